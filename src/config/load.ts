@@ -1,0 +1,112 @@
+/**
+ * Load and validate the YAML config against {@link configSchema}.
+ */
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { Ajv, type ErrorObject } from "ajv";
+import { parse as parseYaml, YAMLParseError } from "yaml";
+import { configSchema, type BridgeConfig } from "./schema.ts";
+
+/**
+ * A config that cannot be used. `key` is the dotted path of the offending key
+ * (`smtp.port`), `file` the config file; the message names both.
+ */
+export class ConfigError extends Error {
+  readonly key: string;
+  readonly file: string;
+  constructor(file: string, key: string, problem: string) {
+    super(`${file}: ${key || "(top level)"}: ${problem}`);
+    this.name = "ConfigError";
+    this.key = key;
+    this.file = file;
+  }
+}
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const validate = ajv.compile<BridgeConfig>(configSchema);
+
+function keyOf(err: ErrorObject): string {
+  const base = err.instancePath.replace(/^\//, "").replace(/\//g, ".");
+  if (err.keyword === "required") {
+    const missing = (err.params as { missingProperty: string }).missingProperty;
+    return base ? `${base}.${missing}` : missing;
+  }
+  if (err.keyword === "additionalProperties") {
+    const extra = (err.params as { additionalProperty: string }).additionalProperty;
+    return base ? `${base}.${extra}` : extra;
+  }
+  return base;
+}
+
+function problemOf(err: ErrorObject): string {
+  switch (err.keyword) {
+    case "required":
+      return "is required";
+    case "additionalProperties":
+      return "is not a known option";
+    case "enum":
+      return `must be one of ${(err.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}`;
+    default:
+      return err.message ?? "is invalid";
+  }
+}
+
+/**
+ * Validate a parsed config object (defaults are filled in place) and resolve
+ * file paths against `baseDir`.
+ * @param raw the parsed YAML document
+ * @param file file name used in error messages
+ * @param baseDir directory relative paths are resolved against
+ * @returns the validated config
+ * @throws ConfigError naming the first offending key and the file
+ */
+export function validateConfig(raw: unknown, file: string, baseDir: string): BridgeConfig {
+  const doc = raw ?? {};
+  if (typeof doc !== "object" || Array.isArray(doc)) throw new ConfigError(file, "", "must be a YAML mapping");
+  if (!validate(doc)) {
+    const first = validate.errors?.[0];
+    if (!first) throw new ConfigError(file, "", "is invalid");
+    throw new ConfigError(file, keyOf(first), problemOf(first));
+  }
+  const cfg = doc as BridgeConfig;
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
+  cfg.appservice.registration_file = abs(cfg.appservice.registration_file);
+  cfg.dkim.private_key_file = abs(cfg.dkim.private_key_file);
+  cfg.database.sqlite_file = abs(cfg.database.sqlite_file);
+  if (cfg.smtp.tls_cert_file) cfg.smtp.tls_cert_file = abs(cfg.smtp.tls_cert_file);
+  if (cfg.smtp.tls_key_file) cfg.smtp.tls_key_file = abs(cfg.smtp.tls_key_file);
+  if (cfg.outbound.mode === "relay" && !cfg.outbound.relay) {
+    throw new ConfigError(file, "outbound.relay", "is required when outbound.mode is \"relay\"");
+  }
+  if (Boolean(cfg.smtp.tls_cert_file) !== Boolean(cfg.smtp.tls_key_file)) {
+    throw new ConfigError(file, cfg.smtp.tls_cert_file ? "smtp.tls_key_file" : "smtp.tls_cert_file", "must be set together with its pair");
+  }
+  for (const [i, pattern] of cfg.permissions.allowed_users.entries()) {
+    if (!pattern.startsWith("@") || !pattern.includes(":")) {
+      throw new ConfigError(file, `permissions.allowed_users.${i}`, "must look like @localpart:server (with * wildcards)");
+    }
+  }
+  return cfg;
+}
+
+/**
+ * Read, parse and validate a YAML config file.
+ * @param file path of the config file
+ * @throws ConfigError when the file is missing, is not YAML, or fails validation
+ */
+export function loadConfig(file: string): BridgeConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(file, "", `cannot be read (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : "";
+    throw new ConfigError(file, "", `is not valid YAML${where}`);
+  }
+  return validateConfig(raw, file, dirname(resolve(file)));
+}

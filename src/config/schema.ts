@@ -1,0 +1,281 @@
+/**
+ * The one schema of the bridge's YAML config. It is the source of the TypeScript
+ * type ({@link BridgeConfig}), of start-up validation (ajv, with defaults filled in)
+ * and of the comments in `config.sample.yaml`.
+ *
+ * Keys are snake_case, as in other Matrix bridges' configs.
+ */
+import type { SchemaObject } from "ajv";
+
+/** `homeserver` section: the homeserver this bridge is registered with. */
+export interface HomeserverConfig {
+  /** Client-Server API base URL, e.g. `http://127.0.0.1:8008`. */
+  url: string;
+  /** The homeserver's server name: the part after `:` in user IDs. */
+  domain: string;
+}
+
+/** `appservice` section: how the homeserver reaches the bridge. */
+export interface AppserviceConfig {
+  /** Address the appservice HTTP listener binds. */
+  bind_address: string;
+  /** Port of the appservice HTTP listener. */
+  port: number;
+  /** URL the homeserver pushes transactions to (written into the registration). */
+  url: string;
+  /** Path of the registration file (relative paths are relative to the config file). */
+  registration_file: string;
+  /** Localpart of the bridge bot, e.g. `emailbot` for `@emailbot:domain`. */
+  bot_localpart: string;
+  /** Display name of the bridge bot. */
+  bot_displayname: string;
+  /** Localpart prefix of ghost users; the registration claims it exclusively. */
+  ghost_prefix: string;
+}
+
+/** `mail` section: the bridge's mail domain and its mailboxes. */
+export interface MailConfig {
+  /** The mail domain: mailboxes are `<localpart>@<domain>`, Message-IDs and DKIM `d=` use it. */
+  domain: string;
+  /** Treat the local part of remote addresses as case-sensitive (RFC 5321 §2.4 allows it; few MTAs do). */
+  case_sensitive_localparts: boolean;
+}
+
+/** `smtp` section: the embedded inbound SMTP listener (smtp-server). */
+export interface SmtpConfig {
+  /** Address the SMTP listener binds. */
+  bind_address: string;
+  /** Port of the SMTP listener (25 in production). */
+  port: number;
+  /** Host name announced in the greeting and EHLO reply (the MX host name). */
+  hostname: string;
+  /** Largest message accepted, in bytes (advertised as SIZE, RFC 1870). */
+  max_message_bytes: number;
+  /** Most concurrent SMTP connections. */
+  max_clients: number;
+  /** PEM certificate file for STARTTLS; null disables STARTTLS. */
+  tls_cert_file: string | null;
+  /** PEM private key file for STARTTLS. */
+  tls_key_file: string | null;
+}
+
+/** `outbound.relay` subsection: a smarthost. */
+export interface RelayConfig {
+  host: string;
+  port: number;
+  /** Implicit TLS (port 465 style); otherwise STARTTLS is used when offered. */
+  secure: boolean;
+  username: string | null;
+  password: string | null;
+}
+
+/** `outbound` section: how mail leaves the bridge. */
+export interface OutboundConfig {
+  /** `direct` delivers to the recipient domain's MX; `relay` hands everything to `relay`. */
+  mode: "direct" | "relay";
+  /** Smarthost used when `mode` is `relay`. */
+  relay: RelayConfig | null;
+  /** Static routes, domain → `host:port`, consulted before MX lookup (tests, split delivery). */
+  static_routes: Record<string, string>;
+  /** Name given in EHLO to remote MTAs; defaults to `smtp.hostname`. */
+  helo_name: string | null;
+  /** Fail delivery instead of falling back to plaintext when STARTTLS is not offered. */
+  require_tls: boolean;
+  /** Connection and greeting timeout towards remote MTAs, in ms. */
+  timeout_ms: number;
+  /** Give up (bounce to the room) after this many hours of temporary failures (RFC 5321 §4.5.4.1: 4-5 days). */
+  max_retry_hours: number;
+}
+
+/** `dkim` section: DKIM signing of outbound mail (RFC 6376). */
+export interface DkimConfig {
+  /** Selector: the key is published at `<selector>._domainkey.<mail.domain>`. */
+  selector: string;
+  /** PEM private key file (RSA 2048 or Ed25519), made by `matrix-email-bridge dkim-keygen`. */
+  private_key_file: string;
+}
+
+/** `database` section. */
+export interface DatabaseConfig {
+  /** `postgres://` URL: use PostgreSQL. Null: use the embedded SQLite file. */
+  url: string | null;
+  /** Embedded SQLite file, used when `url` is null. */
+  sqlite_file: string;
+}
+
+/** `permissions` section: who may use the bridge. */
+export interface PermissionsConfig {
+  /**
+   * Matrix user ID patterns allowed to bridge (`*` matches any run of characters).
+   * Empty list: only users on the bridge's own homeserver.
+   */
+  allowed_users: string[];
+}
+
+/** `logging` section. */
+export interface LoggingConfig {
+  level: "debug" | "info" | "warn" | "error";
+  format: "pretty" | "json";
+}
+
+/** The whole config, after validation and defaults. */
+export interface BridgeConfig {
+  homeserver: HomeserverConfig;
+  appservice: AppserviceConfig;
+  mail: MailConfig;
+  smtp: SmtpConfig;
+  outbound: OutboundConfig;
+  dkim: DkimConfig;
+  database: DatabaseConfig;
+  permissions: PermissionsConfig;
+  logging: LoggingConfig;
+}
+
+const hostPattern = "^[A-Za-z0-9.-]+$";
+
+/**
+ * The JSON schema of {@link BridgeConfig}; `description`s become sample-config comments.
+ * (Typed as a plain schema: ajv's JSONSchemaType cannot express required-but-nullable keys;
+ * test/unit/config.test.ts checks that the defaults produce a complete BridgeConfig.)
+ */
+export const configSchema: SchemaObject = {
+  type: "object",
+  additionalProperties: false,
+  required: ["homeserver", "appservice", "mail", "smtp"],
+  properties: {
+    homeserver: {
+      type: "object",
+      description: "The homeserver this bridge is registered with.",
+      additionalProperties: false,
+      required: ["url", "domain"],
+      properties: {
+        url: { type: "string", pattern: "^https?://", description: "Client-Server API URL of the homeserver." },
+        domain: { type: "string", minLength: 1, description: "Server name: the part after ':' in user IDs." },
+      },
+    },
+    appservice: {
+      type: "object",
+      description: "The appservice HTTP listener the homeserver pushes events to.",
+      additionalProperties: false,
+      required: ["url"],
+      properties: {
+        bind_address: { type: "string", default: "127.0.0.1", description: "Address to listen on." },
+        port: { type: "integer", minimum: 1, maximum: 65535, default: 8090, description: "Port to listen on." },
+        url: { type: "string", pattern: "^https?://", description: "URL the homeserver uses to reach the bridge (goes into the registration)." },
+        registration_file: { type: "string", default: "registration.yaml", description: "Registration file, made by generate-registration." },
+        bot_localpart: { type: "string", pattern: "^[a-z0-9._=/-]+$", default: "emailbot", description: "Localpart of the bridge bot." },
+        bot_displayname: { type: "string", default: "Email bridge", description: "Display name of the bridge bot." },
+        ghost_prefix: { type: "string", pattern: "^[a-z0-9._=/-]+$", default: "email_", description: "Localpart prefix of ghost users (claimed exclusively)." },
+      },
+    },
+    mail: {
+      type: "object",
+      description: "The bridge's mail domain.",
+      additionalProperties: false,
+      required: ["domain"],
+      properties: {
+        domain: { type: "string", pattern: hostPattern, description: "Mail domain of mailboxes; the MX record of this domain points at the SMTP listener." },
+        case_sensitive_localparts: { type: "boolean", default: false, description: "Keep Bob@x and bob@x as two ghosts (most MTAs treat them as one)." },
+      },
+    },
+    smtp: {
+      type: "object",
+      description: "The embedded inbound SMTP listener.",
+      additionalProperties: false,
+      required: ["hostname"],
+      properties: {
+        bind_address: { type: "string", default: "0.0.0.0", description: "Address to listen on." },
+        port: { type: "integer", minimum: 1, maximum: 65535, default: 25, description: "Port to listen on (25 for MX traffic)." },
+        hostname: { type: "string", pattern: hostPattern, description: "Host name in the greeting; the MX host name." },
+        max_message_bytes: { type: "integer", minimum: 1024, default: 26214400, description: "Largest message accepted, in bytes." },
+        max_clients: { type: "integer", minimum: 1, default: 200, description: "Most concurrent SMTP connections." },
+        tls_cert_file: { type: "string", nullable: true, default: null, description: "PEM certificate for STARTTLS (null: no STARTTLS)." },
+        tls_key_file: { type: "string", nullable: true, default: null, description: "PEM private key for STARTTLS." },
+      },
+    },
+    outbound: {
+      type: "object",
+      default: {},
+      description: "How mail leaves the bridge.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        mode: { type: "string", enum: ["direct", "relay"], default: "direct", description: "direct: to the recipient domain's MX; relay: through a smarthost." },
+        relay: {
+          type: "object",
+          nullable: true,
+          default: null,
+          description: "Smarthost for mode: relay.",
+          additionalProperties: false,
+          required: ["host"],
+          properties: {
+            host: { type: "string", description: "Smarthost host name." },
+            port: { type: "integer", minimum: 1, maximum: 65535, default: 587, description: "Smarthost port." },
+            secure: { type: "boolean", default: false, description: "Implicit TLS (465); otherwise STARTTLS." },
+            username: { type: "string", nullable: true, default: null, description: "SMTP AUTH user." },
+            password: { type: "string", nullable: true, default: null, description: "SMTP AUTH password." },
+          },
+        },
+        static_routes: {
+          type: "object",
+          default: {},
+          description: "Domain -> host:port, used before MX lookup.",
+          required: [],
+          additionalProperties: { type: "string", pattern: "^[^:]+:[0-9]+$" },
+        },
+        helo_name: { type: "string", nullable: true, default: null, description: "EHLO name towards remote MTAs (default: smtp.hostname)." },
+        require_tls: { type: "boolean", default: false, description: "Refuse to deliver without STARTTLS." },
+        timeout_ms: { type: "integer", minimum: 100, default: 30000, description: "Connect/greeting timeout, in ms." },
+        max_retry_hours: { type: "number", minimum: 0, default: 96, description: "Hours of temporary failures before giving up." },
+      },
+    },
+    dkim: {
+      type: "object",
+      default: {},
+      description: "DKIM signing of outbound mail.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        selector: { type: "string", pattern: "^[A-Za-z0-9-]+$", default: "meb", description: "DKIM selector." },
+        private_key_file: { type: "string", default: "dkim.key", description: "PEM private key, made by dkim-keygen." },
+      },
+    },
+    database: {
+      type: "object",
+      default: {},
+      description: "Where the bridge keeps its mappings and queues.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        url: { type: "string", nullable: true, pattern: "^postgres(ql)?://", default: null, description: "postgres:// URL; null for the embedded SQLite file." },
+        sqlite_file: { type: "string", default: "data/bridge.sqlite", description: "Embedded SQLite file, used when url is null." },
+      },
+    },
+    permissions: {
+      type: "object",
+      default: {},
+      description: "Who may use the bridge.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        allowed_users: {
+          type: "array",
+          items: { type: "string" },
+          default: [],
+          description: "Matrix user ID patterns ('*' wildcard) allowed to bridge; empty: users of this homeserver.",
+        },
+      },
+    },
+    logging: {
+      type: "object",
+      default: {},
+      description: "Logging.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        level: { type: "string", enum: ["debug", "info", "warn", "error"], default: "info", description: "Lowest level logged." },
+        format: { type: "string", enum: ["pretty", "json"], default: "pretty", description: "pretty or one JSON object per line." },
+      },
+    },
+  },
+};

@@ -1,0 +1,207 @@
+/**
+ * The bridge's persistent state, grouped by aggregate. One SQL implementation
+ * (SqlStore) runs on two engines: PostgreSQL (pg) and embedded SQLite (node:sqlite).
+ *
+ * All addresses passed in are already normalised by bridge/ids.ts (lower-case
+ * domain, IDN as A-labels). Times are epoch milliseconds.
+ */
+
+/** A ghost: the Matrix user that stands for one email address. */
+export interface GhostRow {
+  /** Normalised email address, e.g. `bob@example.org`. */
+  address: string;
+  /** Full Matrix user ID, e.g. `@email_bob=40example.org:hs.example`. */
+  userId: string;
+  /** Last display name set on the ghost (from the From header), or null. */
+  displayName: string | null;
+  updatedAt: number;
+}
+
+/** A room mailbox: `<localpart>@<mail domain>` delivers into `roomId`. */
+export interface RoomMailboxRow {
+  /** Lower-case localpart, unique across the bridge. */
+  localpart: string;
+  roomId: string;
+  /** Matrix user who turned the mailbox on. */
+  createdBy: string;
+  createdAt: number;
+}
+
+/**
+ * Portal kinds:
+ * - `group`: a room where Matrix users invited ghosts (scenario "invite a ghost");
+ * - `mailbox`: a room with a room mailbox (mailing-list style);
+ * - `dm`: a DM portal between one local user's personal mailbox and one remote address.
+ */
+export type PortalKind = "group" | "mailbox" | "dm";
+
+/** A portal: a Matrix room bridged to an email conversation. */
+export interface PortalRow {
+  roomId: string;
+  kind: PortalKind;
+  /** For `dm`: the local user's Matrix ID (owner of the personal mailbox). */
+  localUserId: string | null;
+  /** For `dm`: the remote address. */
+  remoteAddress: string | null;
+  /** Subject of the conversation, used for outbound mail that has no parent. */
+  subject: string | null;
+  /** Whether the room is end-to-end encrypted (the bridge cannot read it). */
+  encrypted: boolean;
+  createdAt: number;
+}
+
+/** Direction of a mapped message. */
+export type Direction = "inbound" | "outbound";
+
+/** Message-ID ↔ event ID mapping: one row per (room, event). */
+export interface MessageRow {
+  roomId: string;
+  eventId: string;
+  /** Message-ID without angle brackets, e.g. `abc.123@mail.example`. */
+  messageId: string;
+  /** The message's References chain (Message-IDs without brackets, oldest first). */
+  references: string[];
+  direction: Direction;
+  /** Email address (inbound: sender; outbound: the Matrix sender's personal address). */
+  sender: string;
+  /** Subject line of the mail. */
+  subject: string | null;
+  createdAt: number;
+}
+
+/** State of a received mail waiting to be posted into Matrix. */
+export type InboundState = "pending" | "posted" | "failed";
+
+/**
+ * A received mail with its routing decision, committed before the SMTP 250.
+ * A worker posts pending rows into Matrix (again after a crash).
+ */
+export interface InboundRow {
+  id: number;
+  /** Target room; null when a DM portal must be created first (see `dmLocalUserId`). */
+  roomId: string | null;
+  /** For a new DM portal: the local user the mail is addressed to. */
+  dmLocalUserId: string | null;
+  /** Event the mail replies to (from In-Reply-To/References), or null. */
+  replyToEventId: string | null;
+  /** Message-ID of the mail without brackets (minted by the bridge if the mail had none). */
+  messageId: string;
+  /** Normalised envelope or header sender address that owns the ghost. */
+  sender: string;
+  /** The raw RFC 5322 message, as received. */
+  raw: Buffer;
+  state: InboundState;
+  attempts: number;
+  /** Posted event ID once `state` is `posted`. */
+  eventId: string | null;
+  lastError: string | null;
+  receivedAt: number;
+}
+
+/** What {@link BridgeStore.insertInbound} takes. */
+export type NewInbound = Pick<InboundRow, "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "raw">;
+
+/** State of an outbound mail. `deferred` will be retried at `nextAttemptAt`. */
+export type OutboundState = "queued" | "deferred" | "sent" | "bounced";
+
+/** A composed, signed mail waiting for delivery. Keyed by the Matrix event it came from. */
+export interface OutboundRow {
+  id: number;
+  roomId: string;
+  eventId: string;
+  messageId: string;
+  /** Envelope sender (MAIL FROM). */
+  envelopeFrom: string;
+  /** Envelope recipients (RCPT TO) not yet delivered. */
+  recipients: string[];
+  /** The signed RFC 5322 message. */
+  raw: Buffer;
+  state: OutboundState;
+  attempts: number;
+  nextAttemptAt: number;
+  lastError: string | null;
+  createdAt: number;
+}
+
+/** What {@link BridgeStore.enqueueOutbound} takes. */
+export type NewOutbound = Pick<OutboundRow, "roomId" | "eventId" | "messageId" | "envelopeFrom" | "recipients" | "raw">;
+
+/** Raised when a room mailbox localpart is already taken by another room. */
+export class MailboxTakenError extends Error {
+  readonly localpart: string;
+  readonly roomId: string;
+  constructor(localpart: string, roomId: string) {
+    super(`mailbox ${localpart} already belongs to room ${roomId}`);
+    this.name = "MailboxTakenError";
+    this.localpart = localpart;
+    this.roomId = roomId;
+  }
+}
+
+/** The bridge's store. Every method is one committed statement or transaction. */
+export interface BridgeStore {
+  /** Engine name, for logs: `postgres` or `sqlite`. */
+  readonly engine: "postgres" | "sqlite";
+  /** Close the connection(s). */
+  close(): Promise<void>;
+
+  // Ghosts
+  /** Insert or update a ghost (display name and updatedAt). */
+  upsertGhost(ghost: Omit<GhostRow, "updatedAt">): Promise<void>;
+  getGhostByAddress(address: string): Promise<GhostRow | null>;
+  getGhostByUserId(userId: string): Promise<GhostRow | null>;
+
+  // Room mailboxes
+  /**
+   * Give `roomId` the mailbox `localpart`. Replaces the room's previous mailbox, if any.
+   * @throws MailboxTakenError if another room holds `localpart`
+   */
+  setRoomMailbox(localpart: string, roomId: string, createdBy: string): Promise<RoomMailboxRow>;
+  getRoomMailboxByLocalpart(localpart: string): Promise<RoomMailboxRow | null>;
+  getRoomMailboxByRoom(roomId: string): Promise<RoomMailboxRow | null>;
+  /** Remove the room's mailbox; returns false if it had none. */
+  removeRoomMailbox(roomId: string): Promise<boolean>;
+
+  // Portals
+  /** Insert a portal, or update kind/subject/encrypted of an existing one (room_id is the key). */
+  upsertPortal(portal: Omit<PortalRow, "createdAt">): Promise<PortalRow>;
+  getPortalByRoom(roomId: string): Promise<PortalRow | null>;
+  /** The DM portal of `localUserId` with `remoteAddress`, if any. */
+  getDmPortal(localUserId: string, remoteAddress: string): Promise<PortalRow | null>;
+  /** Forget a portal (e.g. when the room is left by everyone). */
+  deletePortal(roomId: string): Promise<void>;
+
+  // Message mappings
+  /** Record a mapping; a second insert of the same (roomId, eventId) is ignored. */
+  insertMessage(msg: Omit<MessageRow, "createdAt">): Promise<void>;
+  /** All rooms/events a Message-ID is known in (a mail may reach several portals). */
+  getMessagesByMessageId(messageId: string): Promise<MessageRow[]>;
+  getMessageByEvent(roomId: string, eventId: string): Promise<MessageRow | null>;
+
+  // Inbound queue
+  /**
+   * Commit a received mail with its routing. Idempotent on (roomId or dmLocalUserId, messageId):
+   * a replay of the same mail to the same target returns the existing row with `duplicate: true`.
+   */
+  insertInbound(mail: NewInbound): Promise<{ row: InboundRow; duplicate: boolean }>;
+  /** Pending rows, oldest first. */
+  listPendingInbound(limit: number): Promise<InboundRow[]>;
+  /** Set the room of a pending row once its DM portal exists. */
+  setInboundRoom(id: number, roomId: string): Promise<void>;
+  markInboundPosted(id: number, eventId: string): Promise<void>;
+  /** Count a failed attempt; `final` moves the row to `failed`. */
+  markInboundAttempt(id: number, error: string, final: boolean): Promise<void>;
+
+  // Outbound queue
+  /** Queue a mail. Idempotent on eventId: a replayed event returns the existing row with `duplicate: true`. */
+  enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }>;
+  /** Rows in `queued` or `deferred` whose nextAttemptAt <= now, oldest first. */
+  listDueOutbound(now: number, limit: number): Promise<OutboundRow[]>;
+  /** All delivered: state `sent`, recipients emptied. */
+  markOutboundSent(id: number): Promise<void>;
+  /** Temporary failure: keep `recipients` (those still to do), retry at `nextAttemptAt`. */
+  markOutboundDeferred(id: number, recipients: string[], nextAttemptAt: number, error: string): Promise<void>;
+  /** Permanent failure (5xx or retries exhausted). */
+  markOutboundBounced(id: number, error: string): Promise<void>;
+  getOutboundByEvent(eventId: string): Promise<OutboundRow | null>;
+}
