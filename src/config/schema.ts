@@ -185,7 +185,7 @@ export const configSchema: SchemaObject = {
       required: ["hostname"],
       properties: {
         bind_address: { type: "string", default: "0.0.0.0", description: "Address to listen on." },
-        port: { type: "integer", minimum: 1, maximum: 65535, default: 25, description: "Port to listen on (25 for MX traffic)." },
+        port: { type: "integer", minimum: 0, maximum: 65535, default: 25, description: "Port to listen on (25 for MX traffic; 0 picks a free port)." },
         hostname: { type: "string", pattern: hostPattern, description: "Host name in the greeting; the MX host name." },
         max_message_bytes: { type: "integer", minimum: 1024, default: 26214400, description: "Largest message accepted, in bytes." },
         max_clients: { type: "integer", minimum: 1, default: 200, description: "Most concurrent SMTP connections." },

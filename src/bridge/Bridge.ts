@@ -1,0 +1,133 @@
+/**
+ * Composition root: builds the store, the Matrix side, the inbound SMTP listener
+ * and the outbound queue from a validated config, and wires them together.
+ * No event logic lives here.
+ */
+import { promises as dnsPromises } from "node:dns";
+import type { BridgeConfig } from "../config/schema.ts";
+import type { BridgeStore } from "../store/Store.ts";
+import { openStore } from "../store/open.ts";
+import { MatrixGateway } from "../matrix/MatrixGateway.ts";
+import { SmtpListener } from "../mail/inbound/SmtpListener.ts";
+import { OutboundQueue } from "../mail/outbound/OutboundQueue.ts";
+import { deliverMail } from "../mail/outbound/deliver.ts";
+import type { MxResolver } from "../mail/outbound/routes.ts";
+import { loadDkimSigner } from "../mail/outbound/dkim.ts";
+import { InboundRouter } from "./InboundRouter.ts";
+import { InboundPoster } from "./InboundPoster.ts";
+import { OutboundHandler } from "./OutboundHandler.ts";
+import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
+import { makeAccessCheck } from "./access.ts";
+import { ghostAddress, type IdContext } from "./ids.ts";
+import { configureLogging, getLogger } from "../util/logger.ts";
+
+const log = getLogger("bridge");
+
+/** Things tests (or embedders) may replace. */
+export interface BridgeOverrides {
+  /** MX lookup; default: the system resolver (`dns.promises.resolveMx`). */
+  resolver?: MxResolver;
+  /** Use this store instead of opening the configured one (it is closed on stop). */
+  store?: BridgeStore;
+}
+
+/** A running bridge. */
+export interface RunningBridge {
+  config: BridgeConfig;
+  store: BridgeStore;
+  /** Port the SMTP listener is bound to (config port, or the real port when 0). */
+  smtpPort: number;
+  inbound: InboundPoster;
+  outbound: OutboundQueue;
+  /** Stop everything, in order: SMTP, Matrix, workers, store. */
+  stop(): Promise<void>;
+}
+
+/** The identifier context of a config. */
+export function idContext(config: BridgeConfig): IdContext {
+  return {
+    ghostPrefix: config.appservice.ghost_prefix,
+    serverName: config.homeserver.domain,
+    mailDomain: config.mail.domain.toLowerCase(),
+    botLocalpart: config.appservice.bot_localpart,
+    caseSensitiveLocalparts: config.mail.case_sensitive_localparts,
+  };
+}
+
+/**
+ * Start the bridge.
+ * @throws Error when the DKIM key, the store or the homeserver is unusable (logged by the caller)
+ */
+export async function startBridge(config: BridgeConfig, overrides: BridgeOverrides = {}): Promise<RunningBridge> {
+  configureLogging({ level: config.logging.level, format: config.logging.format });
+  const ids = idContext(config);
+  const mayBridge = makeAccessCheck(config.permissions.allowed_users, ids.serverName);
+  const dkim = loadDkimSigner(config.dkim.private_key_file, ids.mailDomain, config.dkim.selector);
+  const store = overrides.store ?? (await openStore({ url: config.database.url, sqliteFile: config.database.sqlite_file }));
+  const resolver: MxResolver = overrides.resolver ?? ((domain) => dnsPromises.resolveMx(domain));
+
+  let handler: MatrixHandler | null = null;
+  const matrix = await MatrixGateway.create({
+    homeserverUrl: config.homeserver.url,
+    serverName: ids.serverName,
+    registrationFile: config.appservice.registration_file,
+    botDisplayName: config.appservice.bot_displayname,
+    bindAddress: config.appservice.bind_address,
+    port: config.appservice.port,
+    sink: {
+      onMatrixEvent: async (event) => {
+        if (handler) await handler.onEvent(event as unknown as MatrixEvent);
+      },
+      onUserQuery: async (userId) => {
+        const address = ghostAddress(userId, ids);
+        if (!address) return null;
+        const ghost = await store.getGhostByAddress(address);
+        return { displayName: ghost?.displayName ?? address };
+      },
+    },
+  });
+
+  const queue = new OutboundQueue({
+    store,
+    deliver: (raw, envelope) =>
+      deliverMail(raw, envelope, { outbound: config.outbound, heloName: config.outbound.helo_name ?? config.smtp.hostname, resolver }),
+    maxRetryHours: config.outbound.max_retry_hours,
+    onFinal: async (row, outcome) => {
+      if (outcome.failed.length === 0) return;
+      const lines = outcome.failed.map((f) => `• ${f.address}: ${f.message}`).join("\n");
+      await handler?.portalNotice(row.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, row.eventId);
+    },
+  });
+  const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });
+  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler });
+  const poster = new InboundPoster({ store, matrix, ids });
+  const router = new InboundRouter({ store, matrix, ids, mayBridge, onCommitted: () => poster.kick() });
+  const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router });
+
+  await matrix.start();
+  poster.start();
+  queue.start();
+  const { port: smtpPort } = await smtp.listen();
+  log.info("bridge started", {
+    store: store.engine,
+    smtp: `${config.smtp.bind_address}:${smtpPort}`,
+    mailDomain: ids.mailDomain,
+    outbound: config.outbound.mode,
+  });
+
+  return {
+    config,
+    store,
+    smtpPort,
+    inbound: poster,
+    outbound: queue,
+    async stop() {
+      await smtp.close();
+      await matrix.stop();
+      await poster.stop();
+      await queue.stop();
+      await store.close();
+      log.info("bridge stopped");
+    },
+  };
+}

@@ -1,0 +1,184 @@
+/**
+ * Events from Matrix (appservice transactions) → bridge actions:
+ * invites of ghosts and of the bot, bot commands, and room messages to send by mail.
+ */
+import type { BridgeStore } from "../store/Store.ts";
+import { ghostAddress, type IdContext } from "./ids.ts";
+import type { MatrixActions } from "./ports.ts";
+import { parseCommand, runCommand } from "./commands.ts";
+import { NotSentError, type OutboundHandler, type RoomMessageEvent } from "./OutboundHandler.ts";
+import { ENCRYPTED_ROOM_NOTICE } from "../matrix/crypto.ts";
+import { getLogger, errorFields } from "../util/logger.ts";
+
+const log = getLogger("bridge/matrix");
+
+/** A room event as pushed by the homeserver. */
+export interface MatrixEvent {
+  type: string;
+  room_id: string;
+  event_id: string;
+  sender: string;
+  state_key?: string;
+  origin_server_ts: number;
+  content: Record<string, unknown>;
+}
+
+/** Options for {@link MatrixHandler}. */
+export interface MatrixHandlerOptions {
+  store: BridgeStore;
+  matrix: MatrixActions;
+  ids: IdContext;
+  mayBridge: (userId: string) => boolean;
+  outbound: OutboundHandler;
+}
+
+/** Dispatches Matrix events. */
+export class MatrixHandler {
+  private readonly opts: MatrixHandlerOptions;
+
+  constructor(opts: MatrixHandlerOptions) {
+    this.opts = opts;
+  }
+
+  /** Handle one event. Errors are thrown to the caller, which logs them once. */
+  async onEvent(event: MatrixEvent): Promise<void> {
+    if (event.type === "m.room.member" && event.content.membership === "invite" && event.state_key) {
+      await this.onInvite(event, event.state_key);
+    } else if (event.type === "m.room.encryption") {
+      await this.onEncryptionEnabled(event);
+    } else if (event.type === "m.room.message") {
+      await this.onMessage(event as unknown as RoomMessageEvent);
+    }
+  }
+
+  /** The bot or the sender (the bot unless it is not in the room) may post a notice. */
+  private async notice(roomId: string, text: string, replyTo?: string): Promise<void> {
+    const portal = await this.opts.store.getPortalByRoom(roomId);
+    if (portal?.kind === "dm" && portal.remoteAddress) {
+      const ghost = (await this.opts.store.getGhostByAddress(portal.remoteAddress))?.userId;
+      if (ghost) {
+        const content: Record<string, unknown> = { msgtype: "m.notice", body: text };
+        if (replyTo) content["m.relates_to"] = { "m.in_reply_to": { event_id: replyTo } };
+        await this.opts.matrix.sendEvent(ghost, roomId, "m.room.message", content).catch((err: unknown) =>
+          log.error("ghost could not post a notice", { roomId, ...errorFields(err) }),
+        );
+        return;
+      }
+    }
+    await this.opts.matrix.botNotice(roomId, text, replyTo);
+  }
+
+  /** Post a delivery or other notice into a portal (used for delivery failures). */
+  async portalNotice(roomId: string, text: string, replyTo?: string): Promise<void> {
+    await this.notice(roomId, text, replyTo);
+  }
+
+  private async onInvite(event: MatrixEvent, invitee: string): Promise<void> {
+    const { matrix, ids, store } = this.opts;
+    const roomId = event.room_id;
+    const inviter = event.sender;
+    const allowed = inviter === matrix.botUserId || this.opts.mayBridge(inviter);
+    if (invitee === matrix.botUserId) {
+      await matrix.join(roomId, invitee);
+      if (!allowed) {
+        await matrix.botNotice(roomId, `${inviter} is not allowed to use this email bridge, so nothing in this room will be sent by email.`);
+        await matrix.leave(roomId, invitee, "not allowed to use this bridge");
+      } else if (await matrix.isEncrypted(roomId)) {
+        await matrix.botNotice(roomId, ENCRYPTED_ROOM_NOTICE);
+      } else {
+        await matrix.botNotice(roomId, "Hello! I am the email bridge bot. Say `!email help` to see what I can do.");
+      }
+      log.info("bridge bot joined", { roomId, inviter });
+      return;
+    }
+    const address = ghostAddress(invitee, ids);
+    if (!address) return;
+    const known = await store.getGhostByAddress(address);
+    await matrix.ensureGhost(invitee, known?.displayName ?? address, known?.displayName ?? null);
+    if (!known) await store.upsertGhost({ address, userId: invitee, displayName: address });
+    await matrix.join(roomId, invitee);
+    const encrypted = await matrix.isEncrypted(roomId, invitee);
+    if (!allowed || encrypted) {
+      // Bring the bot in to say why, then the ghost leaves: nothing is bridged here.
+      await this.bringBot(roomId, invitee);
+      const why = !allowed
+        ? `${inviter} is not allowed to use this email bridge, so no mail is sent to ${address}.`
+        : ENCRYPTED_ROOM_NOTICE;
+      await matrix.botNotice(roomId, why);
+      await matrix.leave(roomId, invitee, !allowed ? "inviter not allowed to use the bridge" : "room is encrypted");
+      log.info("ghost invite refused", { roomId, inviter, address, reason: !allowed ? "not allowed" : "encrypted" });
+      return;
+    }
+    const portal = await store.getPortalByRoom(roomId);
+    if (!portal) {
+      await store.upsertPortal({ roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false });
+    }
+    if (portal?.kind !== "dm") await this.bringBot(roomId, invitee);
+    log.info("ghost joined portal", { roomId, inviter, address });
+  }
+
+  /** The ghost invites the bridge bot so it can read members and post notices; the bot joins. */
+  private async bringBot(roomId: string, ghost: string): Promise<void> {
+    const { matrix } = this.opts;
+    const members = await matrix.joinedMembers(roomId, ghost);
+    if (members.includes(matrix.botUserId)) return;
+    try {
+      await matrix.invite(roomId, ghost, matrix.botUserId);
+    } catch (err) {
+      log.warn("ghost could not invite the bridge bot", { roomId, ghost, ...errorFields(err) });
+    }
+    await matrix.join(roomId, matrix.botUserId);
+  }
+
+  private async onEncryptionEnabled(event: MatrixEvent): Promise<void> {
+    const portal = await this.opts.store.getPortalByRoom(event.room_id);
+    if (!portal) return;
+    await this.opts.store.upsertPortal({ ...portal, encrypted: true });
+    await this.notice(event.room_id, ENCRYPTED_ROOM_NOTICE);
+  }
+
+  private async onMessage(event: RoomMessageEvent): Promise<void> {
+    const { store, matrix, ids } = this.opts;
+    if (ghostAddress(event.sender, ids) || event.sender === matrix.botUserId) return;
+    const body = typeof event.content.body === "string" ? event.content.body : "";
+    const portal = await store.getPortalByRoom(event.room_id);
+    const args = parseCommand(body, false);
+    if (args && portal?.kind !== "dm") {
+      const reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge }, { roomId: event.room_id, sender: event.sender, args });
+      await matrix.botNotice(event.room_id, reply, event.event_id);
+      return;
+    }
+    if (!portal) {
+      const isDmWithBot = await this.isDmWithBot(event.room_id);
+      const dmArgs = isDmWithBot ? parseCommand(body, true) : null;
+      if (dmArgs) {
+        const reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge }, { roomId: event.room_id, sender: event.sender, args: dmArgs });
+        await matrix.botNotice(event.room_id, reply, event.event_id);
+      }
+      return;
+    }
+    if (portal.encrypted) return;
+    if (!this.opts.mayBridge(event.sender)) {
+      await this.notice(event.room_id, `${event.sender} is not allowed to use this email bridge; this message was not sent by email.`, event.event_id);
+      return;
+    }
+    try {
+      await this.opts.outbound.handle(event, portal);
+    } catch (err) {
+      if (err instanceof NotSentError) {
+        await this.notice(event.room_id, err.message, event.event_id);
+        return;
+      }
+      await this.notice(event.room_id, "This message could not be sent by email because of an error on the bridge. The bridge's log has the details.", event.event_id);
+      throw err;
+    }
+  }
+
+  private async isDmWithBot(roomId: string): Promise<boolean> {
+    try {
+      return (await this.opts.matrix.joinedMembers(roomId)).length === 2;
+    } catch {
+      return false;
+    }
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * Matrix → mail: turns a room message in a portal into a DKIM-signed mail to the
+ * email participants (the ghosts joined to the room) and queues it for delivery.
+ * The mail and its Message-ID mapping are committed before this returns.
+ */
+import type { BridgeStore, PortalRow } from "../store/Store.ts";
+import { composeMail } from "../mail/outbound/compose.ts";
+import type { DkimSigner } from "../mail/outbound/dkim.ts";
+import { ghostAddress, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
+import { matrixToMail, type MessageContent } from "./format.ts";
+import type { MatrixActions } from "./ports.ts";
+import { getLogger } from "../util/logger.ts";
+
+const log = getLogger("bridge/outbound");
+
+/** A room message event, as far as outbound needs it. */
+export interface RoomMessageEvent {
+  room_id: string;
+  event_id: string;
+  sender: string;
+  origin_server_ts: number;
+  content: MessageContent;
+}
+
+/** Options for {@link OutboundHandler}. */
+export interface OutboundHandlerOptions {
+  store: BridgeStore;
+  matrix: MatrixActions;
+  ids: IdContext;
+  dkim: DkimSigner | null;
+  /** Called after a mail was queued, to wake the delivery queue. */
+  onQueued: () => void;
+}
+
+/** Why a room message was not sent by mail; the text is posted as a notice. */
+export class NotSentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "NotSentError";
+  }
+}
+
+const TEXT_TYPES = new Set(["m.text", "m.notice", "m.emote"]);
+
+/** Handles room messages from Matrix users in portals. */
+export class OutboundHandler {
+  private readonly opts: OutboundHandlerOptions;
+
+  constructor(opts: OutboundHandlerOptions) {
+    this.opts = opts;
+  }
+
+  /** The email participants of a portal: the addresses of the ghosts joined to it. */
+  async recipients(portal: PortalRow): Promise<string[]> {
+    if (portal.kind === "dm" && portal.remoteAddress) return [portal.remoteAddress];
+    const members = await this.opts.matrix.joinedMembers(portal.roomId);
+    return members.map((m) => ghostAddress(m, this.opts.ids)).filter((a): a is string => a !== null);
+  }
+
+  /**
+   * Send a room message by mail.
+   * @returns the Message-ID queued, or null when the portal has no email participants
+   * @throws NotSentError with a user-facing reason (unsupported message type, sender without a mailbox)
+   */
+  async handle(event: RoomMessageEvent, portal: PortalRow): Promise<string | null> {
+    const { store, matrix, ids } = this.opts;
+    const rel = event.content["m.relates_to"];
+    if (rel?.rel_type === "m.replace") throw new NotSentError("Edits are not sent by email; the original message was already sent.");
+    if (!TEXT_TYPES.has(event.content.msgtype ?? "")) {
+      throw new NotSentError(`Messages of type ${event.content.msgtype ?? "(none)"} are not sent by email yet; only text is.`);
+    }
+    if (await store.getOutboundByEvent(event.event_id)) return null; // replayed transaction
+    const from = personalAddress(event.sender, ids);
+    if (!from) throw new NotSentError(`${event.sender} has no personal mailbox on this bridge (only users of ${ids.serverName} have one).`);
+    const to = await this.recipients(portal);
+    if (to.length === 0) return null;
+
+    const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
+    const parentId = rel?.["m.in_reply_to"]?.event_id;
+    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : null;
+    const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName);
+    const existing = await store.getMessageByEvent(portal.roomId, event.event_id);
+    const messageId = existing?.messageId ?? mintMessageId(ids.mailDomain);
+    const references = parent ? [...parent.references, parent.messageId] : [];
+    const names = await Promise.all(to.map(async (address) => (await store.getGhostByAddress(address))?.displayName ?? null));
+    const body = matrixToMail(event.content, senderName);
+    const mailbox = portal.kind === "mailbox" ? await store.getRoomMailboxByRoom(portal.roomId) : null;
+    const raw = await composeMail(
+      {
+        from: { name: senderName, address: from },
+        to: to.map((address, i) => ({ name: names[i] ?? null, address })),
+        subject,
+        text: body.text,
+        html: body.html,
+        messageId,
+        inReplyTo: parent?.messageId ?? null,
+        references,
+        date: new Date(event.origin_server_ts),
+        headers: mailbox ? { "Reply-To": `${mailbox.localpart}@${ids.mailDomain}`, "List-Id": `<${mailbox.localpart}.${ids.mailDomain}>` } : {},
+      },
+      this.opts.dkim,
+    );
+    await store.insertMessage({
+      roomId: portal.roomId,
+      eventId: event.event_id,
+      messageId,
+      references,
+      direction: "outbound",
+      sender: from,
+      subject,
+    });
+    const { duplicate } = await store.enqueueOutbound({ roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: to, raw });
+    if (!duplicate) {
+      log.info("mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: to.length });
+      this.opts.onQueued();
+    }
+    return messageId;
+  }
+
+  /** Subject: `Re:` the parent's, else the portal's, else the room name, else a default (kept on the portal). */
+  private async subjectFor(portal: PortalRow, parentSubject: string | null, senderName: string): Promise<string> {
+    if (parentSubject) return /^re:/i.test(parentSubject) ? parentSubject : `Re: ${parentSubject}`;
+    if (portal.subject) return portal.subject;
+    let subject: string | null = null;
+    try {
+      const name = await this.opts.matrix.stateContent(portal.roomId, "m.room.name", "", portalReader(portal, this.opts.ids));
+      if (typeof name?.name === "string" && name.name.trim()) subject = name.name.trim();
+    } catch {
+      /* no name readable */
+    }
+    subject ??= `Message from ${senderName}`;
+    await this.opts.store.upsertPortal({ ...portal, subject });
+    return subject;
+  }
+}

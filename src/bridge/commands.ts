@@ -1,0 +1,153 @@
+/**
+ * Bridge bot commands, given in a room as `!email <command> [args]`
+ * (in a DM with the bot, the `!email` prefix may be left out).
+ */
+import { MailboxTakenError, type BridgeStore } from "../store/Store.ts";
+import { ghostUserId, InvalidAddressError, mailboxUserId, type IdContext } from "./ids.ts";
+import type { MatrixActions } from "./ports.ts";
+
+/** The command prefix. */
+export const COMMAND_PREFIX = "!email";
+
+/** Power level needed to change a room's mailbox (room moderators and admins). */
+export const MAILBOX_POWER_LEVEL = 50;
+
+/** Localparts that are never room mailboxes (RFC 5321 §4.5.1 postmaster; RFC 2142 role addresses). */
+const RESERVED = new Set(["postmaster", "abuse", "mailer-daemon", "hostmaster", "webmaster", "noreply", "no-reply", "root"]);
+
+/** What a command needs. */
+export interface CommandContext {
+  store: BridgeStore;
+  matrix: MatrixActions;
+  ids: IdContext;
+  mayBridge: (userId: string) => boolean;
+}
+
+/** A command invocation. */
+export interface CommandRequest {
+  roomId: string;
+  sender: string;
+  /** Words after the prefix. */
+  args: string[];
+}
+
+const HELP = [
+  "Email bridge commands (say them as `!email <command>`):",
+  "• `help`: this text",
+  "• `mailbox`: show this room's email address",
+  "• `mailbox on [name]`: give this room the address name@DOMAIN (default: the room alias's name); mail to it lands here and room messages go to the email participants (moderators only)",
+  "• `mailbox off`: remove this room's address (moderators only)",
+  "• `invite <address>`: invite the ghost of an email address to this room",
+  "To email someone, invite @PREFIXADDRESS:SERVER (e.g. @PREFIXbob=40example.org:SERVER for bob@example.org) to an unencrypted room.",
+].join("\n");
+
+/** A command error: the reply names the command and what was wrong. */
+class CommandError extends Error {}
+
+/**
+ * Parse a message body as a command.
+ * @param body the message text
+ * @param isDm whether the room is a DM with the bot (prefix optional)
+ * @returns the words after the prefix, or null when the body is not a command
+ */
+export function parseCommand(body: string, isDm: boolean): string[] | null {
+  const words = body.trim().split(/\s+/).filter(Boolean);
+  if (words[0]?.toLowerCase() === COMMAND_PREFIX) return words.slice(1);
+  return isDm && words.length > 0 ? words : null;
+}
+
+/**
+ * Run a command and return the bot's reply text. Never throws for user errors:
+ * the reply names the command and says what was wrong.
+ * @throws only for infrastructure failures (homeserver, store), which the caller logs
+ */
+export async function runCommand(ctx: CommandContext, req: CommandRequest): Promise<string> {
+  const [name = "help", ...rest] = req.args;
+  const command = name.toLowerCase();
+  try {
+    switch (command) {
+      case "help":
+        return HELP.replace(/DOMAIN/g, ctx.ids.mailDomain).replace(/PREFIX/g, ctx.ids.ghostPrefix).replace(/SERVER/g, ctx.ids.serverName);
+      case "mailbox":
+      case "address":
+        return await mailboxCommand(ctx, req, rest);
+      case "invite":
+        return await inviteCommand(ctx, req, rest);
+      default:
+        return `Unknown command \`${name}\`. Say \`${COMMAND_PREFIX} help\` for the list.`;
+    }
+  } catch (err) {
+    if (err instanceof CommandError) return `\`${[command, ...rest.slice(0, 1)].join(" ")}\`: ${err.message}`;
+    throw err;
+  }
+}
+
+async function mailboxCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
+  const sub = args[0]?.toLowerCase();
+  const current = await ctx.store.getRoomMailboxByRoom(req.roomId);
+  if (!sub) {
+    return current
+      ? `This room's email address is ${current.localpart}@${ctx.ids.mailDomain}`
+      : `This room has no email address. A moderator can say \`${COMMAND_PREFIX} mailbox on\` to give it one.`;
+  }
+  if (sub !== "on" && sub !== "off") throw new CommandError(`expected \`on\` or \`off\`, not \`${args[0]}\``);
+  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
+  const level = await ctx.matrix.powerLevel(req.roomId, req.sender);
+  if (level < MAILBOX_POWER_LEVEL) throw new CommandError(`you need power level ${MAILBOX_POWER_LEVEL} (moderator) in this room; you have ${level}`);
+  if (sub === "off") {
+    const removed = await ctx.store.removeRoomMailbox(req.roomId);
+    if (!removed) throw new CommandError("this room has no email address");
+    const portal = await ctx.store.getPortalByRoom(req.roomId);
+    if (portal?.kind === "mailbox") await ctx.store.upsertPortal({ ...portal, kind: "group" });
+    return `Done: ${current!.localpart}@${ctx.ids.mailDomain} no longer delivers to this room.`;
+  }
+  if (await ctx.matrix.isEncrypted(req.roomId)) throw new CommandError("this room is end-to-end encrypted, and the bridge cannot post into encrypted rooms");
+  const localpart = (args[1] ?? (await aliasLocalpart(ctx, req.roomId)))?.toLowerCase();
+  if (!localpart) throw new CommandError(`this room has no alias to take the name from; say \`${COMMAND_PREFIX} mailbox on <name>\``);
+  if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(localpart) || localpart.endsWith(".") || localpart.includes("..")) {
+    throw new CommandError(`"${localpart}" is not a usable address name: use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit`);
+  }
+  if (RESERVED.has(localpart) || localpart === ctx.ids.botLocalpart || localpart.startsWith(ctx.ids.ghostPrefix)) {
+    throw new CommandError(`"${localpart}" is reserved`);
+  }
+  const owner = mailboxUserId(localpart, ctx.ids);
+  if (owner && (await ctx.matrix.userExists(owner))) throw new CommandError(`"${localpart}" is the personal address of ${owner}`);
+  try {
+    await ctx.store.setRoomMailbox(localpart, req.roomId, req.sender);
+  } catch (err) {
+    if (err instanceof MailboxTakenError) throw new CommandError(`${localpart}@${ctx.ids.mailDomain} already belongs to another room`);
+    throw err;
+  }
+  const portal = await ctx.store.getPortalByRoom(req.roomId);
+  await ctx.store.upsertPortal({
+    roomId: req.roomId,
+    kind: "mailbox",
+    localUserId: null,
+    remoteAddress: null,
+    subject: portal?.subject ?? null,
+    encrypted: false,
+  });
+  return `Done: mail to ${localpart}@${ctx.ids.mailDomain} now lands in this room, and messages here go to the room's email participants.`;
+}
+
+async function aliasLocalpart(ctx: CommandContext, roomId: string): Promise<string | null> {
+  const content = await ctx.matrix.stateContent(roomId, "m.room.canonical_alias", "");
+  const alias = typeof content?.alias === "string" ? content.alias : null;
+  const m = alias ? /^#([^:]+):/.exec(alias) : null;
+  return m ? m[1]! : null;
+}
+
+async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
+  if (!args[0]) throw new CommandError("say which address, e.g. `invite bob@example.org`");
+  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
+  let userId: string;
+  try {
+    userId = ghostUserId(args[0], ctx.ids);
+  } catch (err) {
+    if (err instanceof InvalidAddressError) throw new CommandError(err.message);
+    throw err;
+  }
+  await ctx.matrix.ensureGhost(userId, null, null);
+  await ctx.matrix.invite(req.roomId, ctx.matrix.botUserId, userId);
+  return `Invited ${userId}.`;
+}

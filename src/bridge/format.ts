@@ -1,0 +1,81 @@
+/**
+ * Conversions between Matrix message content and mail bodies.
+ */
+import { sanitizeHtml } from "../mail/inbound/sanitize.ts";
+
+/** The text of a Matrix message as mail body parts. */
+export interface MailBody {
+  text: string;
+  /** HTML part, or null for plain-text messages. */
+  html: string | null;
+}
+
+/** Content of an `m.room.message` event, as far as the bridge reads it. */
+export interface MessageContent {
+  msgtype?: string;
+  body?: string;
+  format?: string;
+  formatted_body?: string;
+  "m.relates_to"?: { "m.in_reply_to"?: { event_id?: string }; rel_type?: string; event_id?: string };
+}
+
+/**
+ * Remove the reply fallback a client put in front of a reply (Client-Server API,
+ * "Rich replies": `> <@user> ...` lines in `body`, `<mx-reply>` in `formatted_body`).
+ * The mail carries the thread in In-Reply-To/References instead.
+ */
+export function stripReplyFallback(content: MessageContent): { body: string; formatted: string | null } {
+  let body = content.body ?? "";
+  if (content["m.relates_to"]?.["m.in_reply_to"] && body.startsWith("> ")) {
+    const lines = body.split("\n");
+    let i = 0;
+    while (i < lines.length && lines[i]!.startsWith(">")) i++;
+    if (i < lines.length && lines[i] === "") i++;
+    body = lines.slice(i).join("\n");
+  }
+  let formatted = content.format === "org.matrix.custom.html" && content.formatted_body ? content.formatted_body : null;
+  if (formatted) formatted = formatted.replace(/<mx-reply>[\s\S]*?<\/mx-reply>/g, "");
+  return { body, formatted };
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}
+
+/**
+ * Mail body parts for a Matrix message: text from `body`, HTML from `formatted_body`
+ * (sanitized again: a Matrix client's HTML is untrusted too). `m.emote` becomes
+ * `* Name text`; `m.notice` is sent as text.
+ * @param senderName display name of the Matrix sender, used for emotes
+ */
+export function matrixToMail(content: MessageContent, senderName: string): MailBody {
+  const { body, formatted } = stripReplyFallback(content);
+  if (content.msgtype === "m.emote") {
+    return { text: `* ${senderName} ${body}`, html: formatted ? `* ${escapeHtml(senderName)} ${sanitizeHtml(formatted)}` : null };
+  }
+  return { text: body, html: formatted ? sanitizeHtml(formatted) : null };
+}
+
+/** A parsed mail, as far as posting it into Matrix needs. */
+export interface InboundText {
+  subject: string | null;
+  text: string;
+  /** Sanitized HTML, or null. */
+  html: string | null;
+}
+
+/**
+ * The `m.room.message` content for a received mail. The subject is shown (bold line
+ * above the body) when the mail starts a conversation, not on replies.
+ * @param showSubject whether to show the subject
+ */
+export function mailToMatrix(mail: InboundText, showSubject: boolean): Record<string, unknown> {
+  const subject = showSubject && mail.subject ? mail.subject.trim() : "";
+  const text = mail.text.trim();
+  const body = subject ? `${subject}\n\n${text}` : text;
+  const content: Record<string, unknown> = { msgtype: "m.text", body };
+  const htmlBody = mail.html ?? escapeHtml(text).replace(/\n/g, "<br>");
+  content.format = "org.matrix.custom.html";
+  content.formatted_body = subject ? `<p><strong>${escapeHtml(subject)}</strong></p>${htmlBody}` : htmlBody;
+  return content;
+}

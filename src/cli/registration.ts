@@ -1,0 +1,65 @@
+/**
+ * The appservice registration file (Application Service API › Registration).
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { parse, stringify } from "yaml";
+import type { BridgeConfig } from "../config/schema.ts";
+
+/** The registration document Synapse reads from `app_service_config_files`. */
+export interface Registration {
+  id: string;
+  url: string;
+  as_token: string;
+  hs_token: string;
+  sender_localpart: string;
+  rate_limited: boolean;
+  namespaces: {
+    users: { exclusive: boolean; regex: string }[];
+    aliases: { exclusive: boolean; regex: string }[];
+    rooms: { exclusive: boolean; regex: string }[];
+  };
+  protocols: string[];
+}
+
+function escapeRegex(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+}
+
+/**
+ * Build a registration with fresh tokens (256 random bits each): an exclusive user
+ * namespace for the ghost prefix and the bridge bot, no rate limits, the bridge URL.
+ * @param existing a previous registration whose id and tokens are kept (re-generation)
+ */
+export function buildRegistration(config: BridgeConfig, existing?: Registration): Registration {
+  const domain = escapeRegex(config.homeserver.domain);
+  return {
+    id: existing?.id ?? "email-bridge",
+    url: config.appservice.url,
+    as_token: existing?.as_token ?? randomBytes(32).toString("hex"),
+    hs_token: existing?.hs_token ?? randomBytes(32).toString("hex"),
+    sender_localpart: config.appservice.bot_localpart,
+    rate_limited: false,
+    namespaces: {
+      users: [
+        { exclusive: true, regex: `@${escapeRegex(config.appservice.ghost_prefix)}.+:${domain}` },
+        { exclusive: true, regex: `@${escapeRegex(config.appservice.bot_localpart)}:${domain}` },
+      ],
+      aliases: [],
+      rooms: [],
+    },
+    protocols: ["email"],
+  };
+}
+
+/**
+ * Write the registration file named in `appservice.registration_file`.
+ * Existing tokens are kept unless `rotate` (a token change must be given to Synapse too).
+ * @returns the file path
+ */
+export function writeRegistration(config: BridgeConfig, rotate = false): string {
+  const file = config.appservice.registration_file;
+  const existing = !rotate && existsSync(file) ? (parse(readFileSync(file, "utf8")) as Registration) : undefined;
+  writeFileSync(file, stringify(buildRegistration(config, existing)), { mode: 0o600 });
+  return file;
+}

@@ -1,0 +1,244 @@
+/**
+ * Parsing received mail (RFC 5322 + MIME) into the fields the bridge posts to Matrix.
+ */
+import { simpleParser } from "mailparser";
+import type { AddressObject, EmailAddress, ParsedMail as MailparserMail } from "mailparser";
+import { htmlToPlain, sanitizeHtml } from "./sanitize.ts";
+
+/** One mailbox of an address header. */
+export interface MailAddress {
+  /** The address (`local@domain`) as written in the header, IDN domains decoded to Unicode. */
+  address: string;
+  /** Display name, RFC 2047 encoded words decoded; null when the header gave none. */
+  name: string | null;
+}
+
+/** One attachment (a non-body MIME part), decoded. */
+export interface MailAttachment {
+  /** File name from Content-Disposition/Content-Type (RFC 2183/2231, encoded words decoded); null if none. */
+  filename: string | null;
+  /** MIME type, lower case, e.g. `image/png`. */
+  contentType: string;
+  /** Decoded size in bytes. */
+  size: number;
+  /** Decoded content. */
+  content: Buffer;
+}
+
+/** The fields of a received message the bridge uses. */
+export interface ParsedMail {
+  /** Message-ID (RFC 5322 §3.6.4) without angle brackets; null when missing or empty. */
+  messageId: string | null;
+  /** First message id of In-Reply-To, without angle brackets; null when missing. */
+  inReplyTo: string | null;
+  /** Message ids of References without angle brackets, oldest first, duplicates removed; [] when missing. */
+  references: string[];
+  /** First mailbox of From; null when missing or unparseable. */
+  from: MailAddress | null;
+  /** First mailbox of Reply-To; null when missing. */
+  replyTo: MailAddress | null;
+  /** Mailboxes of To (groups flattened). */
+  to: MailAddress[];
+  /** Mailboxes of Cc (groups flattened). */
+  cc: MailAddress[];
+  /** Subject with encoded words decoded; null when the header is missing. */
+  subject: string | null;
+  /** Date header; null when missing or unparseable. */
+  date: Date | null;
+  /** Plain body: the text/plain parts, or the HTML converted to text when there are none; "" when no body. */
+  text: string;
+  /** HTML body sanitized for Matrix `formatted_body` (see `sanitizeHtml`); null when the mail has no HTML or nothing survives. */
+  html: string | null;
+  /** Auto-Submitted keyword (RFC 3834 §5), lower case, parameters dropped, e.g. `auto-replied`; null when missing. */
+  autoSubmitted: string | null;
+  /** Attachments, including inline images (`cid:` parts). */
+  attachments: MailAttachment[];
+}
+
+/** Message ids in a header value, without brackets: `<a@b> <c@d>`, `<a@b><c@d>`, or a bare `a@b`. */
+export function extractMessageIds(value: string): string[] {
+  const ids: string[] = [];
+  const bracketed = value.match(/<[^<>]*>/g);
+  if (bracketed) {
+    for (const b of bracketed) {
+      const id = b.slice(1, -1).replace(/\s+/g, "");
+      if (id) ids.push(id);
+    }
+    return ids;
+  }
+  for (const token of value.split(/\s+/)) {
+    const id = token.replace(/^[<(]+|[>)]+$/g, "");
+    if (id) ids.push(id);
+  }
+  return ids;
+}
+
+function headerString(mail: MailparserMail, key: string): string | null {
+  const v = mail.headers.get(key);
+  if (v === undefined || v === null) return null;
+  if (typeof v === "string") return v;
+  if (Array.isArray(v) && v.every((x) => typeof x === "string")) return (v as string[]).join(" ");
+  return null;
+}
+
+function flatten(list: EmailAddress[], out: MailAddress[]): MailAddress[] {
+  for (const a of list) {
+    if (a.group) flatten(a.group, out);
+    else if (a.address) out.push({ address: a.address.trim(), name: a.name.trim() || null });
+  }
+  return out;
+}
+
+function addresses(field: AddressObject | AddressObject[] | undefined): MailAddress[] {
+  if (!field) return [];
+  const out: MailAddress[] = [];
+  for (const obj of Array.isArray(field) ? field : [field]) flatten(obj.value, out);
+  return out;
+}
+
+/** The raw, unfolded value of the first `name` header, or null. */
+function rawHeader(mail: MailparserMail, name: string): string | null {
+  const line = mail.headerLines.find((h) => h.key === name)?.line;
+  if (line === undefined) return null;
+  const colon = line.indexOf(":");
+  return line.slice(colon + 1).replace(/\r?\n[ \t]+/g, " ").trim();
+}
+
+/**
+ * Parse a received message with mailparser's `simpleParser`.
+ *
+ * Headers are read leniently: a Message-ID with or without angle brackets, folded
+ * References with one or several ids per line, missing headers (→ null / []). The HTML
+ * body is sanitized here (never returned raw); `cid:` links are left as they are and
+ * images other than `mxc://` are dropped by the sanitizer.
+ *
+ * @param raw the whole message as received in DATA (headers and body, CRLF line ends)
+ * @returns the parsed fields
+ * @throws Error from mailparser when the message exceeds its structural limits (more than
+ *   1000 MIME parts, a part header over 1 MiB)
+ */
+export async function parseMail(raw: Buffer): Promise<ParsedMail> {
+  const mail = await simpleParser(raw, {
+    skipHtmlToText: true,
+    skipTextToHtml: true,
+    skipTextLinks: true,
+    skipImageLinks: true,
+    keepCidLinks: true,
+  });
+
+  const messageIdRaw = headerString(mail, "message-id");
+  const inReplyToRaw = headerString(mail, "in-reply-to");
+  const referencesRaw = headerString(mail, "references");
+  const references: string[] = [];
+  for (const id of referencesRaw ? extractMessageIds(referencesRaw) : []) {
+    if (!references.includes(id)) references.push(id);
+  }
+
+  const dateRaw = rawHeader(mail, "date");
+  const date = dateRaw ? new Date(dateRaw) : null;
+
+  const autoRaw = headerString(mail, "auto-submitted");
+  const autoSubmitted = autoRaw ? (autoRaw.split(";")[0] ?? "").trim().toLowerCase() || null : null;
+
+  const htmlRaw = typeof mail.html === "string" && mail.html.trim() ? mail.html : null;
+  const html = htmlRaw ? sanitizeHtml(htmlRaw) || null : null;
+  const text = mail.text !== undefined && mail.text.trim() ? mail.text : htmlRaw ? htmlToPlain(htmlRaw) : (mail.text ?? "");
+
+  return {
+    messageId: messageIdRaw ? (extractMessageIds(messageIdRaw)[0] ?? null) : null,
+    inReplyTo: inReplyToRaw ? (extractMessageIds(inReplyToRaw)[0] ?? null) : null,
+    references,
+    from: addresses(mail.from)[0] ?? null,
+    replyTo: addresses(mail.replyTo)[0] ?? null,
+    to: addresses(mail.to),
+    cc: addresses(mail.cc),
+    subject: mail.subject ?? null,
+    date: date && !Number.isNaN(date.getTime()) ? date : null,
+    text,
+    html,
+    autoSubmitted,
+    attachments: mail.attachments.map((a) => ({
+      filename: a.filename ?? null,
+      contentType: a.contentType.toLowerCase(),
+      size: a.size,
+      content: a.content,
+    })),
+  };
+}
+
+/** The verb of an attribution line ("wrote" and common translations). */
+const VERB_RE = /\b(?:wrote|schrieb|a écrit|escribió|ha scritto|schreef|napisał|escreveu|skrev|kirjoitti)/i;
+/** An attribution that ends with its verb: "On ..., Alice <a@b> wrote:". */
+const VERB_END_RE = new RegExp(`${VERB_RE.source}\\s*:\\s*$`, "i");
+/** How a wrapped attribution starts ("On Tue, ...", "Am ...", "Le ..."). */
+const OPENER_RE = /^\s*(?:On|Am|Le|El|Il|Op|Em|W dniu|Den|Dne|På)\s/i;
+const QUOTED_RE = /^[ \t]*>/;
+const BLANK_RE = /^[ \t]*$/;
+
+/**
+ * Remove the quoted previous message at the end of a reply, so that only the new text is
+ * posted to Matrix.
+ *
+ * Removes, at the end of the text: a block of `>`-quoted lines (blank lines in and after it
+ * included), together with the attribution line just above it ("On Mon, 1 Jan 2024, Alice
+ * <a@example.org> wrote:", possibly wrapped over up to three lines, common translations too),
+ * and an Outlook-style `-----Original Message-----` line followed by a `From:` header
+ * line, with everything after it. Quotes in the middle of the text
+ * (interleaved replies) are kept.
+ *
+ * @param text plain text body (LF or CRLF line ends)
+ * @returns the text without the trailing quote, trailing blank lines removed; `text` itself,
+ *   unchanged, when no trailing quote is found or when removing it would leave nothing
+ */
+export function stripQuotedReply(text: string): string {
+  const eol = text.includes("\r\n") ? "\r\n" : "\n";
+  const lines = text.split(/\r?\n/);
+
+  let cut = lines.length;
+
+  // Outlook: "-----Original Message-----" (or "----- Original Message -----") then headers.
+  const original = lines.findIndex(
+    (l, k) =>
+      /^\s*-{3,}\s*Original Message\s*-{3,}\s*$/i.test(l) &&
+      lines.slice(k + 1, k + 4).some((h) => /^\s*From:/i.test(h)),
+  );
+  if (original >= 0) {
+    cut = original;
+  } else {
+    // Trailing block of quoted and blank lines, with at least one quoted line.
+    let i = lines.length;
+    let sawQuote = false;
+    while (i > 0) {
+      const l = lines[i - 1] ?? "";
+      if (QUOTED_RE.test(l)) sawQuote = true;
+      else if (!BLANK_RE.test(l)) break;
+      i--;
+    }
+    if (!sawQuote) return text;
+    cut = i;
+    // Attribution just above, after optional blank lines, possibly wrapped (Gmail wraps long ones).
+    let j = cut;
+    while (j > 0 && BLANK_RE.test(lines[j - 1] ?? "")) j--;
+    const last = (lines[j - 1] ?? "").trimEnd();
+    if (j > 0 && last.endsWith(":")) {
+      let found = false;
+      // "On <date>, <name> wrote:" / "Am <date> schrieb <name>:", wrapped over up to 3 lines.
+      for (let k = j - 1; k >= Math.max(0, j - 3); k--) {
+        const l = lines[k] ?? "";
+        if (BLANK_RE.test(l)) break;
+        if (OPENER_RE.test(l) && VERB_RE.test(lines.slice(k, j).join(" "))) {
+          cut = k;
+          found = true;
+          break;
+        }
+      }
+      // "Alice <a@b> wrote:" without an opener.
+      if (!found && VERB_END_RE.test(last)) cut = j - 1;
+    }
+  }
+
+  const kept = lines.slice(0, cut);
+  while (kept.length > 0 && BLANK_RE.test(kept[kept.length - 1] ?? "")) kept.pop();
+  if (kept.length === 0) return text;
+  return kept.join(eol);
+}

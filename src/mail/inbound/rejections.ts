@@ -1,0 +1,174 @@
+/**
+ * SMTP replies the inbound listener gives, each with its basic reply code
+ * (RFC 5321 §4.2) and its enhanced mail system status code (RFC 3463).
+ *
+ * How these reach the wire (smtp-server 3.21): the listener runs smtp-server with
+ * `hideENHANCEDSTATUSCODES: true` (also smtp-server's default). When enhanced codes are
+ * enabled, smtp-server derives the enhanced code of an error a handler passes back from
+ * the basic code alone (`ENHANCED_STATUS_CODES` in smtp-connection.js: 550 → 5.1.1,
+ * 552 → 5.2.2, 553 → 5.1.3, 452 → 4.2.2), with no way for the error to choose it. That
+ * would turn "relaying denied" into `550 5.1.1` and "message too big" into `552 5.2.2`,
+ * or, with our own code in the text, into `550 5.1.1 5.7.1 ...`. With the codes hidden,
+ * smtp-server writes `<responseCode> <err.message>`, so an {@link SmtpReply} puts its
+ * enhanced code at the start of its `message` and the client reads exactly
+ * `550 5.1.1 <bob@example.org>: no such mailbox here`.
+ *
+ * The trade-off: EHLO does not advertise ENHANCEDSTATUSCODES (RFC 2034), and the replies
+ * smtp-server writes itself ("250 Accepted", "503 Error: need MAIL command", its SIZE
+ * check on `MAIL FROM ... SIZE=`) carry no enhanced code. RFC 2034 only requires them
+ * on every reply once the extension is advertised; clients that parse enhanced codes
+ * (Postfix, Exim, nodemailer) read them from the reply text either way.
+ */
+
+/** `d.ddd.ddd` as in RFC 3463 §2: class (2, 4 or 5), subject (0-999), detail (0-999). */
+const ENHANCED_STATUS_RE = /^([245])\.(\d{1,3})\.(\d{1,3})$/;
+
+/**
+ * One SMTP reply to a command, thrown by {@link InboundHandler} implementations (see
+ * `SmtpListener.ts`) to refuse a recipient or a message, and passed to smtp-server.
+ *
+ * `message` is what follows the basic code on the wire: `"<enhancedStatus> <text>"`.
+ * smtp-server replaces control characters in it with spaces, so a reply is always
+ * one line.
+ */
+export class SmtpReply extends Error {
+  /** Basic reply code, 400-599 (RFC 5321 §4.2.1: 4yz transient, 5yz permanent). */
+  readonly responseCode: number;
+  /** Enhanced status code `class.subject.detail` (RFC 3463 §2), class agreeing with `responseCode`. */
+  readonly enhancedStatus: string;
+  /** Human-readable text after the enhanced status, without it. */
+  readonly text: string;
+
+  /**
+   * @param responseCode basic reply code, an integer 400-599
+   * @param enhancedStatus RFC 3463 code whose class digit equals the first digit of `responseCode`
+   * @param text reply text, one line (no CR/LF)
+   * @throws RangeError when the codes are malformed or their classes disagree (RFC 3463 §2:
+   *   "the class ... must match the first digit of the basic reply code"), or the text has a line break
+   */
+  constructor(responseCode: number, enhancedStatus: string, text: string) {
+    if (!Number.isInteger(responseCode) || responseCode < 400 || responseCode > 599) {
+      throw new RangeError(`SMTP reply code must be 400-599, got ${responseCode}`);
+    }
+    const m = ENHANCED_STATUS_RE.exec(enhancedStatus);
+    if (!m || m[1] !== String(responseCode)[0]) {
+      throw new RangeError(`enhanced status ${JSON.stringify(enhancedStatus)} does not fit reply code ${responseCode}`);
+    }
+    if (/[\r\n]/.test(text)) throw new RangeError("SMTP reply text must be one line");
+    super(`${enhancedStatus} ${text}`);
+    this.name = "SmtpReply";
+    this.responseCode = responseCode;
+    this.enhancedStatus = enhancedStatus;
+    this.text = text;
+  }
+
+  /** True for 5yz replies: the sender must not retry (RFC 5321 §4.2.1). */
+  get permanent(): boolean {
+    return this.responseCode >= 500;
+  }
+
+  /** The reply line as the client receives it, e.g. `550 5.1.1 <a@b>: no such mailbox here`. */
+  get line(): string {
+    return `${this.responseCode} ${this.message}`;
+  }
+}
+
+/** True when `err` is an {@link SmtpReply} (also across module copies, by shape). */
+export function isSmtpReply(err: unknown): err is SmtpReply {
+  if (err instanceof SmtpReply) return true;
+  if (!(err instanceof Error)) return false;
+  const e = err as Partial<SmtpReply>;
+  return typeof e.responseCode === "number" && typeof e.enhancedStatus === "string" && typeof e.text === "string";
+}
+
+/**
+ * The reply for anything a handler throws: an {@link SmtpReply} as is, any other
+ * error as {@link Rejections.temporaryFailure} (451 4.3.0) so that the sender retries
+ * instead of bouncing a message that was never stored.
+ */
+export function toSmtpReply(err: unknown): SmtpReply {
+  return isSmtpReply(err) ? err : Rejections.temporaryFailure();
+}
+
+/** `<local@domain>` for reply texts; the address is the one the client sent. */
+function bracket(address: string): string {
+  return `<${address}>`;
+}
+
+/**
+ * The catalogue of replies the bridge gives. Each entry makes a new {@link SmtpReply};
+ * codes are RFC 5321 §4.2.2 basic codes with RFC 3463 enhanced codes.
+ */
+export const Rejections = Object.freeze({
+  /** `550 5.1.1`: RCPT to a mailbox of our domain that does not exist (RFC 3463 X.1.1 bad destination mailbox). */
+  noSuchMailbox: (address: string): SmtpReply => new SmtpReply(550, "5.1.1", `${bracket(address)}: no such mailbox here`),
+
+  /**
+   * `550 5.7.1`: RCPT to a domain that is not the bridge's mail domain. The listener never
+   * relays (RFC 5321 §3.6.2, §7.1); X.7.1 is "delivery not authorized" (RFC 3463).
+   */
+  relayDenied: (address: string): SmtpReply => new SmtpReply(550, "5.7.1", `${bracket(address)}: relaying denied`),
+
+  /** `550 5.2.1`: the mailbox exists but does not accept mail (RFC 3463 X.2.1 mailbox disabled). */
+  mailboxDisabled: (address: string): SmtpReply => new SmtpReply(550, "5.2.1", `${bracket(address)}: mailbox disabled, not accepting messages`),
+
+  /**
+   * `550 5.2.1`: the Matrix room behind the mailbox is gone or the bridge was removed from it,
+   * so nothing can be posted there (X.2.1: mailbox exists, not accepting messages).
+   */
+  portalGone: (address: string): SmtpReply => new SmtpReply(550, "5.2.1", `${bracket(address)}: the Matrix room of this mailbox is no longer bridged`),
+
+  /**
+   * `550 5.2.1`: the Matrix room behind the mailbox is end-to-end encrypted and the bridge
+   * cannot post into it (X.2.1: mailbox exists, not accepting messages).
+   */
+  roomEncrypted: (address: string): SmtpReply => new SmtpReply(550, "5.2.1", `${bracket(address)}: the Matrix room of this mailbox is encrypted and cannot receive mail`),
+
+  /**
+   * `450 4.2.1`: the room cannot take messages right now (homeserver unreachable, bridge bot
+   * not joined yet, rate limited); the sender retries (RFC 5321 §4.2.5, RFC 3463 X.2.1 transient).
+   */
+  mailboxUnavailable: (address: string): SmtpReply => new SmtpReply(450, "4.2.1", `${bracket(address)}: mailbox temporarily unavailable, try again later`),
+
+  /**
+   * `552 5.3.4`: the message is larger than the advertised SIZE (RFC 1870 §6.2 gives 552;
+   * RFC 3463 X.3.4 message too big for system).
+   * @param maxBytes the limit, in bytes
+   */
+  messageTooBig: (maxBytes: number): SmtpReply => new SmtpReply(552, "5.3.4", `message exceeds fixed maximum message size of ${maxBytes} bytes`),
+
+  /**
+   * `452 4.5.3`: more RCPT TO than the per-message limit. RFC 5321 §4.5.3.1.10 says to answer
+   * 452 (transient) so the client sends the rest in another transaction; RFC 3463 X.5.3
+   * too many recipients. RFC 5321 §4.5.3.1.8 requires accepting at least 100.
+   * @param max the limit, in recipients
+   */
+  tooManyRecipients: (max: number): SmtpReply => new SmtpReply(452, "4.5.3", `too many recipients, at most ${max} per message`),
+
+  /**
+   * `451 4.3.0`: a local error (database, homeserver) while deciding or storing; the sender
+   * retries later (RFC 5321 §4.2.2 451, RFC 3463 X.3.0 other mail system status).
+   */
+  temporaryFailure: (): SmtpReply => new SmtpReply(451, "4.3.0", "temporary local failure, try again later"),
+
+  /** `452 4.3.1`: no room to store the message now (RFC 3463 X.3.1 mail system full). */
+  insufficientStorage: (): SmtpReply => new SmtpReply(452, "4.3.1", "insufficient system storage, try again later"),
+
+  /** `553 5.1.7`: the MAIL FROM address is malformed (RFC 3463 X.1.7 bad sender's mailbox address syntax). */
+  badSenderSyntax: (address: string): SmtpReply => new SmtpReply(553, "5.1.7", `${bracket(address)}: bad sender address syntax`),
+
+  /** `553 5.1.3`: the RCPT TO address is malformed (RFC 3463 X.1.3 bad destination mailbox address syntax). */
+  badRecipientSyntax: (address: string): SmtpReply => new SmtpReply(553, "5.1.3", `${bracket(address)}: bad recipient address syntax`),
+
+  /** `550 5.7.1`: the sender is refused by policy (blocked address or domain; RFC 3463 X.7.1). */
+  senderRefused: (address: string): SmtpReply => new SmtpReply(550, "5.7.1", `${bracket(address)}: sender refused`),
+
+  /**
+   * `554 5.4.6`: the message has looped (too many Received headers, or it came back from the
+   * bridge itself; RFC 5321 §6.3, RFC 3463 X.4.6 routing loop detected).
+   */
+  loopDetected: (): SmtpReply => new SmtpReply(554, "5.4.6", "routing loop detected"),
+
+  /** `554 5.6.0`: the message cannot be parsed as RFC 5322/MIME (RFC 3463 X.6.0 other media error). */
+  malformedMessage: (): SmtpReply => new SmtpReply(554, "5.6.0", "message could not be parsed"),
+});

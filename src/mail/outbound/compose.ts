@@ -1,0 +1,163 @@
+/**
+ * Builds the RFC 5322 message for one Matrix message: nodemailer's MailComposer makes
+ * the MIME tree (UTF-8, encoded words, transfer encodings, folding) and nodemailer's
+ * DKIM signer adds the DKIM-Signature (RFC 6376). Only the bridge rules live here:
+ * which headers are set, what is sanitised, and which headers are signed.
+ */
+import type { Readable } from "node:stream";
+import MailComposer from "nodemailer/lib/mail-composer";
+import DKIM from "nodemailer/lib/dkim";
+import type { DkimSigner } from "./dkim.ts";
+
+export type { DkimSigner } from "./dkim.ts";
+
+/** A mailbox: display name (null or "" for none) and address (already normalised by bridge/ids.ts). */
+export interface MailAddress {
+  name: string | null;
+  address: string;
+}
+
+/** One outgoing human message, as the bridge hands it to {@link composeMail}. */
+export interface OutgoingMail {
+  /** Author (the Matrix sender's personal address, or the room mailbox). */
+  from: MailAddress;
+  /** Visible recipients (To:). Envelope recipients are passed separately at delivery. */
+  to: MailAddress[];
+  /** Subject; CR, LF and other control characters are replaced by spaces. */
+  subject: string;
+  /** text/plain body (line breaks may be LF or CRLF; output uses CRLF). */
+  text: string;
+  /** text/html body; null for a text-only message. */
+  html: string | null;
+  /** Message-ID without angle brackets, e.g. `abc.123@mail.example`. */
+  messageId: string;
+  /** Message-ID (without brackets) this replies to, or null. */
+  inReplyTo: string | null;
+  /** References chain (without brackets), oldest first. */
+  references: string[];
+  /** Date header value. */
+  date: Date;
+  /** Extra header fields (e.g. `X-Mailer`). Must not name a header set by this module. */
+  headers?: Record<string, string>;
+}
+
+/**
+ * Header fields covered by the DKIM signature, relaxed/relaxed (RFC 6376 §5.4.1 lists From
+ * as required and the others as recommended). Only fields present in the message are signed.
+ */
+export const DKIM_SIGNED_HEADERS = [
+  "From",
+  "Sender",
+  "Reply-To",
+  "To",
+  "Cc",
+  "Subject",
+  "Date",
+  "Message-ID",
+  "In-Reply-To",
+  "References",
+  "MIME-Version",
+  "Content-Type",
+  "Content-Transfer-Encoding",
+] as const;
+
+/** Header fields this module sets itself; {@link OutgoingMail.headers} may not name them. */
+const RESERVED_HEADERS = new Set([
+  ...DKIM_SIGNED_HEADERS.map((h) => h.toLowerCase()),
+  "bcc",
+  "dkim-signature",
+  "auto-submitted",
+]);
+
+/** RFC 5322 §2.2 field name: printable US-ASCII except colon. */
+const FIELD_NAME = /^[\x21-\x39\x3b-\x7e]+$/;
+/** RFC 5322 §3.6.4 msg-id body (id-left "@" id-right) without brackets, no whitespace or controls. */
+const MSG_ID = /^[^\s<>@\x00-\x1f\x7f]+@[^\s<>@\x00-\x1f\x7f]+$/;
+/** A mailbox address as the bridge produces it: local@domain with no whitespace, controls or brackets. */
+const ADDRESS = /^[^\s<>,;"\x00-\x1f\x7f]+@[^\s<>,;"@\x00-\x1f\x7f]+$/;
+
+/**
+ * Compose (and optionally DKIM-sign) a message.
+ *
+ * Output: CRLF line endings; `multipart/alternative` (text/plain then text/html, RFC 2046
+ * §5.1.4: last part is the preferred one) when `html` is given, else a single text/plain
+ * part; UTF-8 everywhere, non-ASCII headers as RFC 2047 encoded words. `Message-ID`,
+ * `In-Reply-To` and `References` (RFC 5322 §3.6.4) carry `<id>` forms. `Auto-Submitted`
+ * (RFC 3834) is deliberately not set: these are human-written messages.
+ *
+ * Header safety: CR/LF and other control characters in the subject, display names and
+ * extra header values are replaced by spaces before nodemailer encodes them, so no
+ * value can start a new header line.
+ *
+ * @param msg the message.
+ * @param dkim signer, or null for an unsigned message. Signature: `a=rsa-sha256`,
+ *   `c=relaxed/relaxed`, `h=` the present fields of {@link DKIM_SIGNED_HEADERS} (RFC 6376 §3.5).
+ * @returns the message bytes, starting with the DKIM-Signature field when signed.
+ * @throws TypeError for an invalid messageId, address, or extra header name (or one naming a
+ *   header set here); Error when DKIM signing fails (e.g. the key does not suit rsa-sha256).
+ */
+export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): Promise<Buffer> {
+  if (!MSG_ID.test(msg.messageId)) throw new TypeError("composeMail: invalid messageId");
+  const from = toAddress(msg.from, "from");
+  const to = msg.to.map((a) => toAddress(a, "to"));
+  if (to.length === 0) throw new TypeError("composeMail: no To address");
+
+  const headers: Record<string, string> = {};
+  for (const [key, value] of Object.entries(msg.headers ?? {})) {
+    if (!FIELD_NAME.test(key) || RESERVED_HEADERS.has(key.toLowerCase())) {
+      throw new TypeError(`composeMail: header name not allowed: ${JSON.stringify(key)}`);
+    }
+    headers[key] = cleanText(value);
+  }
+
+  const references = msg.references.filter((id) => MSG_ID.test(id)).map((id) => `<${id}>`);
+  const inReplyTo = msg.inReplyTo !== null && MSG_ID.test(msg.inReplyTo) ? `<${msg.inReplyTo}>` : undefined;
+
+  const composer = new MailComposer({
+    from,
+    to,
+    subject: cleanText(msg.subject),
+    text: msg.text,
+    ...(msg.html !== null ? { html: msg.html } : {}),
+    messageId: `<${msg.messageId}>`,
+    ...(inReplyTo !== undefined ? { inReplyTo } : {}),
+    ...(references.length > 0 ? { references } : {}),
+    date: msg.date,
+    headers,
+    newline: "win",
+    // Content comes from Matrix users: never let nodemailer read files or URLs for it.
+    disableFileAccess: true,
+    disableUrlAccess: true,
+  });
+  const unsigned = await composer.compile().build();
+  if (!dkim) return unsigned;
+
+  const signer = new DKIM({
+    domainName: dkim.domainName,
+    keySelector: dkim.keySelector,
+    privateKey: dkim.privateKey,
+    headerFieldNames: DKIM_SIGNED_HEADERS.join(":"),
+  });
+  const signed = await collect(signer.sign(unsigned));
+  // nodemailer's signer silently emits the message unsigned when crypto rejects the key.
+  if (!signed.subarray(0, 16).toString("latin1").startsWith("DKIM-Signature:")) {
+    throw new Error("DKIM signing failed (the key cannot sign rsa-sha256)");
+  }
+  return signed;
+}
+
+/** Replace CR, LF and other C0 controls (except TAB) and DEL by a space. */
+function cleanText(value: string): string {
+  return value.replace(/[\x00-\x08\x0a-\x1f\x7f]/g, " ");
+}
+
+function toAddress(a: MailAddress, field: string): { name: string; address: string } {
+  if (!ADDRESS.test(a.address)) throw new TypeError(`composeMail: invalid ${field} address`);
+  return { name: a.name === null ? "" : cleanText(a.name).trim(), address: a.address };
+}
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+  return Buffer.concat(chunks);
+}

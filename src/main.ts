@@ -1,0 +1,144 @@
+/**
+ * The `matrix-email-bridge` command line.
+ *
+ *   matrix-email-bridge <command> [-c config.yaml] [options]
+ *
+ * Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfig } from "./config/load.ts";
+import type { BridgeConfig } from "./config/schema.ts";
+import { writeRegistration } from "./cli/registration.ts";
+import { dkimKeygen } from "./cli/dkimKeygen.ts";
+import { sendTestMail } from "./cli/sendTestMail.ts";
+import { dkimTxtRecord } from "./mail/outbound/dkim.ts";
+import { dnsRecords, formatZone } from "./mail/outbound/dnsRecords.ts";
+import { getLogger, errorFields } from "./util/logger.ts";
+
+const USAGE = `Usage: matrix-email-bridge <command> [-c config.yaml] [options]
+
+Commands:
+  start                   run the bridge
+  generate-registration   write the appservice registration file (keeps tokens; --rotate makes new ones)
+  dkim-keygen             make the DKIM private key (--force replaces it)
+  dns-records             print the MX, SPF, DKIM and DMARC records to publish for the mail domain
+  validate-config         check the config file and exit
+  send-test-mail          send a test mail to the bridge's SMTP listener:
+                            --to ADDRESS [--from ADDRESS] [--subject TEXT] [--text TEXT]
+                            [--host HOST] [--port PORT] (default: the config's smtp listener)
+
+Options:
+  -c, --config FILE       config file (default: config.yaml)
+  -h, --help              this text`;
+
+class UsageError extends Error {}
+
+function config(file: string): BridgeConfig {
+  return loadConfig(file);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: "string", short: "c", default: "config.yaml" },
+      help: { type: "boolean", short: "h" },
+      force: { type: "boolean" },
+      rotate: { type: "boolean" },
+      to: { type: "string" },
+      from: { type: "string" },
+      subject: { type: "string" },
+      text: { type: "string" },
+      host: { type: "string" },
+      port: { type: "string" },
+    },
+  });
+  const command = positionals[0];
+  if (values.help || !command) {
+    process.stdout.write(USAGE + "\n");
+    return command || values.help ? 0 : 2;
+  }
+  const file = values.config!;
+  switch (command) {
+    case "start": {
+      const { startBridge } = await import("./bridge/Bridge.ts");
+      const bridge = await startBridge(config(file));
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+      });
+      await bridge.stop();
+      return 0;
+    }
+    case "generate-registration": {
+      const out = writeRegistration(config(file), values.rotate ?? false);
+      process.stdout.write(`Wrote ${out}. Add it to app_service_config_files in Synapse's homeserver.yaml and restart Synapse.\n`);
+      return 0;
+    }
+    case "dkim-keygen": {
+      const cfg = config(file);
+      const out = dkimKeygen(cfg, values.force ?? false);
+      process.stdout.write(`Wrote ${out}. Publish the DKIM record that \`matrix-email-bridge dns-records\` prints.\n`);
+      return 0;
+    }
+    case "dns-records": {
+      const cfg = config(file);
+      let key: string;
+      try {
+        key = readFileSync(cfg.dkim.private_key_file, "utf8");
+      } catch {
+        throw new UsageError(`cannot read the DKIM key ${cfg.dkim.private_key_file}; run \`matrix-email-bridge dkim-keygen\` first`);
+      }
+      const records = dnsRecords({
+        mailDomain: cfg.mail.domain,
+        mxHost: cfg.smtp.hostname,
+        selector: cfg.dkim.selector,
+        dkimPublicTxt: dkimTxtRecord(key),
+        relayHost: cfg.outbound.mode === "relay" ? (cfg.outbound.relay?.host ?? null) : null,
+      });
+      process.stdout.write(formatZone(records) + "\n");
+      return 0;
+    }
+    case "validate-config": {
+      config(file);
+      process.stdout.write(`${file}: OK\n`);
+      return 0;
+    }
+    case "send-test-mail": {
+      if (!values.to) throw new UsageError("send-test-mail needs --to ADDRESS");
+      const cfg = values.host && values.port ? null : config(file);
+      const host = values.host ?? (cfg!.smtp.bind_address === "0.0.0.0" ? "127.0.0.1" : cfg!.smtp.bind_address);
+      const port = values.port ? Number(values.port) : cfg!.smtp.port;
+      const reply = await sendTestMail({
+        host,
+        port,
+        to: values.to,
+        from: values.from ?? "tester@example.org",
+        subject: values.subject ?? "Test mail from matrix-email-bridge",
+        text: values.text ?? "Hello from the email side! Reply in Matrix and I will get it by email.",
+      });
+      process.stdout.write(`Sent to ${values.to} via ${host}:${port}: ${reply}\n`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      process.stderr.write(`matrix-email-bridge: ${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    getLogger("cli").error("failed", errorFields(err));
+    process.exitCode = 1;
+  },
+);

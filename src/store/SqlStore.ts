@@ -1,0 +1,291 @@
+/**
+ * {@link BridgeStore} in SQL, one implementation for both engines (see `db/dialect.ts`).
+ * Statements live in `queries/sql.ts`, row mappers in `queries/rows.ts`.
+ */
+import type { Database, Queryable, SqlValue } from "./db/Database.ts";
+import { isUniqueViolation, jsonText } from "./db/dialect.ts";
+import * as Q from "./queries/sql.ts";
+import { toGhost, toInbound, toMailbox, toMessage, toOutbound, toPortal } from "./queries/rows.ts";
+import type { DbRow } from "./queries/rows.ts";
+import { MailboxTakenError } from "./Store.ts";
+import type {
+  BridgeStore,
+  GhostRow,
+  InboundRow,
+  MessageRow,
+  NewInbound,
+  NewOutbound,
+  OutboundRow,
+  PortalRow,
+  RoomMailboxRow,
+} from "./Store.ts";
+
+/** Epoch ms as an integer (BIGINT columns reject fractions on postgres). */
+function ms(t: number): number {
+  if (!Number.isFinite(t)) throw new RangeError("time must be a finite number of epoch ms");
+  return Math.trunc(t);
+}
+
+function limitOf(n: number): number {
+  if (!Number.isInteger(n) || n < 0) throw new RangeError("limit must be a non-negative integer");
+  return n;
+}
+
+async function one<T>(db: Queryable, sql: string, params: readonly SqlValue[], map: (r: DbRow) => T): Promise<T | null> {
+  const rows = await db.query<DbRow>(sql, params);
+  const row = rows[0];
+  return row === undefined ? null : map(row);
+}
+
+/** How often setRoomMailbox retries after losing a race on the room's own row. */
+const MAILBOX_RETRIES = 3;
+
+// ---------------------------------------------------------------- store
+
+/**
+ * The bridge's store over a {@link Database} (PostgreSQL or SQLite). The schema must be
+ * migrated already (see `migrate.ts`; `openStore` does both).
+ *
+ * Every method is one statement or one transaction, committed when its promise resolves.
+ * Times are epoch milliseconds, taken from `now()` (default `Date.now`).
+ */
+export class SqlStore implements BridgeStore {
+  /** The underlying database (for migrations and tests). */
+  readonly db: Database;
+  readonly engine: "postgres" | "sqlite";
+  readonly #now: () => number;
+
+  /**
+   * @param db an open, migrated database; the store owns it and closes it in {@link close}
+   * @param opts.now clock in epoch ms (tests)
+   */
+  constructor(db: Database, opts: { now?: () => number } = {}) {
+    this.db = db;
+    this.engine = db.engine;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  /** Close the database. */
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+
+  // Ghosts
+
+  async upsertGhost(ghost: Omit<GhostRow, "updatedAt">): Promise<void> {
+    await this.db.execute(Q.SQL_UPSERT_GHOST, [ghost.address, ghost.userId, ghost.displayName, ms(this.#now())]);
+  }
+
+  getGhostByAddress(address: string): Promise<GhostRow | null> {
+    return one(this.db, Q.SQL_GHOST_BY_ADDRESS, [address], toGhost);
+  }
+
+  getGhostByUserId(userId: string): Promise<GhostRow | null> {
+    return one(this.db, Q.SQL_GHOST_BY_USER, [userId], toGhost);
+  }
+
+  // Room mailboxes
+
+  /**
+   * Give `roomId` the mailbox `localpart`, replacing the room's previous one. Setting the
+   * mailbox a room already has returns the existing row unchanged.
+   * @throws MailboxTakenError if another room holds `localpart` (also when another process
+   *   claims it concurrently)
+   */
+  async setRoomMailbox(localpart: string, roomId: string, createdBy: string): Promise<RoomMailboxRow> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.db.transaction(async (tx) => {
+          const existing = await one(tx, Q.SQL_MAILBOX_BY_LOCALPART, [localpart], toMailbox);
+          if (existing) {
+            if (existing.roomId !== roomId) throw new MailboxTakenError(localpart, existing.roomId);
+            return existing;
+          }
+          await tx.execute(Q.SQL_DELETE_MAILBOX_OF_ROOM, [roomId]);
+          const rows = await tx.query<DbRow>(Q.SQL_INSERT_MAILBOX, [localpart, roomId, createdBy, ms(this.#now())]);
+          return toMailbox(rows[0]!);
+        });
+      } catch (err) {
+        if (!isUniqueViolation(err)) throw err;
+        // Lost a race: either the localpart was just claimed, or this room just got another mailbox.
+        const holder = await this.getRoomMailboxByLocalpart(localpart);
+        if (holder && holder.roomId !== roomId) throw new MailboxTakenError(localpart, holder.roomId);
+        if (attempt >= MAILBOX_RETRIES) throw err;
+      }
+    }
+  }
+
+  getRoomMailboxByLocalpart(localpart: string): Promise<RoomMailboxRow | null> {
+    return one(this.db, Q.SQL_MAILBOX_BY_LOCALPART, [localpart], toMailbox);
+  }
+
+  getRoomMailboxByRoom(roomId: string): Promise<RoomMailboxRow | null> {
+    return one(this.db, Q.SQL_MAILBOX_BY_ROOM, [roomId], toMailbox);
+  }
+
+  async removeRoomMailbox(roomId: string): Promise<boolean> {
+    const { changes } = await this.db.execute(Q.SQL_DELETE_MAILBOX_OF_ROOM, [roomId]);
+    return changes > 0;
+  }
+
+  // Portals
+
+  /**
+   * Insert a portal, or update kind/subject/encrypted of the existing one (its localUserId,
+   * remoteAddress and createdAt are kept).
+   * @returns the stored row
+   * @throws the driver's unique-violation error if another `dm` portal has the same
+   *   (localUserId, remoteAddress)
+   */
+  async upsertPortal(portal: Omit<PortalRow, "createdAt">): Promise<PortalRow> {
+    const rows = await this.db.query<DbRow>(Q.SQL_UPSERT_PORTAL, [
+      portal.roomId,
+      portal.kind,
+      portal.localUserId,
+      portal.remoteAddress,
+      portal.subject,
+      portal.encrypted,
+      ms(this.#now()),
+    ]);
+    return toPortal(rows[0]!);
+  }
+
+  getPortalByRoom(roomId: string): Promise<PortalRow | null> {
+    return one(this.db, Q.SQL_PORTAL_BY_ROOM, [roomId], toPortal);
+  }
+
+  getDmPortal(localUserId: string, remoteAddress: string): Promise<PortalRow | null> {
+    return one(this.db, Q.SQL_DM_PORTAL, [localUserId, remoteAddress], toPortal);
+  }
+
+  async deletePortal(roomId: string): Promise<void> {
+    await this.db.execute(Q.SQL_DELETE_PORTAL, [roomId]);
+  }
+
+  // Message mappings
+
+  async insertMessage(msg: Omit<MessageRow, "createdAt">): Promise<void> {
+    await this.db.execute(Q.SQL_INSERT_MESSAGE, [
+      msg.roomId,
+      msg.eventId,
+      msg.messageId,
+      jsonText(msg.references),
+      msg.direction,
+      msg.sender,
+      msg.subject,
+      ms(this.#now()),
+    ]);
+  }
+
+  /** All mappings of `messageId`, oldest first. */
+  async getMessagesByMessageId(messageId: string): Promise<MessageRow[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_MESSAGES_BY_MESSAGE_ID, [messageId]);
+    return rows.map(toMessage);
+  }
+
+  getMessageByEvent(roomId: string, eventId: string): Promise<MessageRow | null> {
+    return one(this.db, Q.SQL_MESSAGE_BY_EVENT, [roomId, eventId], toMessage);
+  }
+
+  // Inbound queue
+
+  /**
+   * Commit a received mail as `pending`. The dedupe target is `dm:<localUserId>` for mail
+   * to a new DM portal (`dmLocalUserId`) AND for mail into an existing `dm` portal room, so a
+   * replay that arrives after the worker created the DM portal is still recognised; for any
+   * other room it is the room ID.
+   * @throws Error if neither roomId nor dmLocalUserId is set
+   */
+  async insertInbound(mail: NewInbound): Promise<{ row: InboundRow; duplicate: boolean }> {
+    if (mail.roomId === null && mail.dmLocalUserId === null) {
+      throw new Error("inbound mail needs a roomId or a dmLocalUserId");
+    }
+    return this.db.transaction(async (tx) => {
+      let target: string;
+      if (mail.roomId !== null) {
+        const dm = await tx.query<DbRow>(Q.SQL_INBOUND_TARGET_OF_ROOM, [mail.roomId]);
+        const owner = dm[0]?.local_user_id;
+        target = typeof owner === "string" ? `dm:${owner}` : mail.roomId;
+      } else {
+        target = `dm:${mail.dmLocalUserId}`;
+      }
+      const inserted = await tx.query<DbRow>(Q.SQL_INSERT_INBOUND, [
+        target,
+        mail.roomId,
+        mail.dmLocalUserId,
+        mail.replyToEventId,
+        mail.messageId,
+        mail.sender,
+        mail.raw,
+        ms(this.#now()),
+      ]);
+      if (inserted[0]) return { row: toInbound(inserted[0]), duplicate: false };
+      const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId], toInbound);
+      if (!existing) throw new Error("inbound insert conflicted but no row was found");
+      return { row: existing, duplicate: true };
+    });
+  }
+
+  async listPendingInbound(limit: number): Promise<InboundRow[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_PENDING_INBOUND, [limitOf(limit)]);
+    return rows.map(toInbound);
+  }
+
+  async setInboundRoom(id: number, roomId: string): Promise<void> {
+    await this.db.execute(Q.SQL_SET_INBOUND_ROOM, [id, roomId]);
+  }
+
+  async markInboundPosted(id: number, eventId: string): Promise<void> {
+    await this.db.execute(Q.SQL_INBOUND_POSTED, [id, eventId]);
+  }
+
+  async markInboundAttempt(id: number, error: string, final: boolean): Promise<void> {
+    await this.db.execute(Q.SQL_INBOUND_ATTEMPT, [id, error, final ? 1 : 0]);
+  }
+
+  // Outbound queue
+
+  /** Queue a mail as `queued`, due now. */
+  async enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }> {
+    return this.db.transaction(async (tx) => {
+      const inserted = await tx.query<DbRow>(Q.SQL_ENQUEUE_OUTBOUND, [
+        mail.roomId,
+        mail.eventId,
+        mail.messageId,
+        mail.envelopeFrom,
+        jsonText(mail.recipients),
+        mail.raw,
+        ms(this.#now()),
+      ]);
+      if (inserted[0]) return { row: toOutbound(inserted[0]), duplicate: false };
+      const existing = await one(tx, Q.SQL_OUTBOUND_BY_EVENT, [mail.eventId], toOutbound);
+      if (!existing) throw new Error("outbound insert conflicted but no row was found");
+      return { row: existing, duplicate: true };
+    });
+  }
+
+  /** Due rows (`queued`/`deferred`, nextAttemptAt <= now ms), in queue order (oldest first). */
+  async listDueOutbound(now: number, limit: number): Promise<OutboundRow[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_DUE_OUTBOUND, [ms(now), limitOf(limit)]);
+    return rows.map(toOutbound);
+  }
+
+  /** Mark delivered: `sent`, recipients emptied, attempts + 1, lastError cleared. */
+  async markOutboundSent(id: number): Promise<void> {
+    await this.db.execute(Q.SQL_OUTBOUND_SENT, [id]);
+  }
+
+  /** Temporary failure: `deferred`, keep `recipients`, retry at `nextAttemptAt` (epoch ms), attempts + 1. */
+  async markOutboundDeferred(id: number, recipients: string[], nextAttemptAt: number, error: string): Promise<void> {
+    await this.db.execute(Q.SQL_OUTBOUND_DEFERRED, [id, jsonText(recipients), ms(nextAttemptAt), error]);
+  }
+
+  /** Permanent failure: `bounced`, attempts + 1; recipients are kept as they were. */
+  async markOutboundBounced(id: number, error: string): Promise<void> {
+    await this.db.execute(Q.SQL_OUTBOUND_BOUNCED, [id, error]);
+  }
+
+  getOutboundByEvent(eventId: string): Promise<OutboundRow | null> {
+    return one(this.db, Q.SQL_OUTBOUND_BY_EVENT, [eventId], toOutbound);
+  }
+}

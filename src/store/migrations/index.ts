@@ -1,0 +1,19 @@
+/**
+ * The store's migrations, in order. Append new ones; never edit or reorder applied ones.
+ */
+import { sql001Initial } from "./001-initial.ts";
+
+/** One schema migration. */
+export interface Migration {
+  /** Schema version after this migration; consecutive from 1. */
+  version: number;
+  /** One line for logs. */
+  description: string;
+  /** Statements in the shared dialect (`$n` placeholders not allowed; `{{MARKERS}}` are). */
+  sql: string;
+}
+
+/** All migrations, ordered by version. */
+export const MIGRATIONS: readonly Migration[] = [
+  { version: 1, description: "initial schema", sql: sql001Initial },
+];

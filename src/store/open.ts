@@ -1,0 +1,43 @@
+/**
+ * Open the bridge's store on the configured engine and migrate it.
+ */
+import type { Database } from "./db/Database.ts";
+import { openPostgres } from "./db/postgres.ts";
+import { openSqlite } from "./db/sqlite.ts";
+import { migrate } from "./migrate.ts";
+import { SqlStore } from "./SqlStore.ts";
+import type { BridgeStore } from "./Store.ts";
+import { getLogger } from "../util/logger.ts";
+
+const log = getLogger("store");
+
+/** Where the store lives (the `database` config section). */
+export interface OpenStoreOptions {
+  /** `postgres://` URL: use PostgreSQL. Null: use the SQLite file. */
+  url: string | null;
+  /** SQLite file path (its directory is created), used when `url` is null. */
+  sqliteFile: string;
+}
+
+/**
+ * Connect to PostgreSQL (when `url` is set) or open the SQLite file, then apply pending
+ * migrations. The returned store is a {@link SqlStore}.
+ * @throws the driver's error if the database cannot be opened
+ * @throws Error if the database belongs to Synapse or has a newer schema than this code
+ *   (the connection is closed before throwing)
+ */
+export async function openStore(opts: OpenStoreOptions): Promise<BridgeStore> {
+  const db: Database = opts.url ? await openPostgres(opts.url) : await openSqlite(opts.sqliteFile);
+  try {
+    const result = await migrate(db);
+    log.info("store opened", {
+      engine: db.engine,
+      ...(db.engine === "sqlite" ? { file: opts.sqliteFile } : {}),
+      schemaVersion: result.to,
+    });
+  } catch (err) {
+    await db.close().catch(() => undefined);
+    throw err;
+  }
+  return new SqlStore(db);
+}

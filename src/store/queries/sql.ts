@@ -1,0 +1,101 @@
+/**
+ * The store's SQL statements, in the shared dialect (`$n` placeholders; see `db/dialect.ts`).
+ * Column names are snake_case; `queries/rows.ts` maps result rows to the Store.ts types.
+ */
+
+const GHOST_COLS = "address, user_id, display_name, updated_at";
+/** Insert or update a ghost. $1 address, $2 user_id, $3 display_name, $4 updated_at (ms). */
+export const SQL_UPSERT_GHOST = `
+INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (address) DO UPDATE SET user_id = excluded.user_id, display_name = excluded.display_name,
+  updated_at = excluded.updated_at`;
+/** Ghost by $1 address. */
+export const SQL_GHOST_BY_ADDRESS = `SELECT ${GHOST_COLS} FROM ghosts WHERE address = $1`;
+/** Ghost by $1 user_id. */
+export const SQL_GHOST_BY_USER = `SELECT ${GHOST_COLS} FROM ghosts WHERE user_id = $1`;
+
+const MAILBOX_COLS = "localpart, room_id, created_by, created_at";
+/** Room mailbox by $1 localpart. */
+export const SQL_MAILBOX_BY_LOCALPART = `SELECT ${MAILBOX_COLS} FROM room_mailboxes WHERE localpart = $1`;
+/** Room mailbox by $1 room_id. */
+export const SQL_MAILBOX_BY_ROOM = `SELECT ${MAILBOX_COLS} FROM room_mailboxes WHERE room_id = $1`;
+/** Delete the mailbox of $1 room_id. */
+export const SQL_DELETE_MAILBOX_OF_ROOM = "DELETE FROM room_mailboxes WHERE room_id = $1";
+/** Insert a mailbox, returning it. $1 localpart, $2 room_id, $3 created_by, $4 created_at (ms). */
+export const SQL_INSERT_MAILBOX = `
+INSERT INTO room_mailboxes (localpart, room_id, created_by, created_at) VALUES ($1, $2, $3, $4)
+RETURNING ${MAILBOX_COLS}`;
+
+const PORTAL_COLS = "room_id, kind, local_user_id, remote_address, subject, encrypted, created_at";
+/** Insert a portal or update kind/subject/encrypted, returning it. $1..$7 in column order. */
+export const SQL_UPSERT_PORTAL = `
+INSERT INTO portals (room_id, kind, local_user_id, remote_address, subject, encrypted, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (room_id) DO UPDATE SET kind = excluded.kind, subject = excluded.subject, encrypted = excluded.encrypted
+RETURNING ${PORTAL_COLS}`;
+/** Portal by $1 room_id. */
+export const SQL_PORTAL_BY_ROOM = `SELECT ${PORTAL_COLS} FROM portals WHERE room_id = $1`;
+/** DM portal by $1 local_user_id, $2 remote_address. */
+export const SQL_DM_PORTAL = `SELECT ${PORTAL_COLS} FROM portals WHERE kind = 'dm' AND local_user_id = $1 AND remote_address = $2`;
+/** Delete the portal of $1 room_id. */
+export const SQL_DELETE_PORTAL = "DELETE FROM portals WHERE room_id = $1";
+
+const MESSAGE_COLS = "room_id, event_id, message_id, refs, direction, sender, subject, created_at";
+/** Insert a message mapping unless (room_id, event_id) exists. $1..$8 in column order; refs is JSON text. */
+export const SQL_INSERT_MESSAGE = `
+INSERT INTO messages (room_id, event_id, message_id, refs, direction, sender, subject, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (room_id, event_id) DO NOTHING`;
+/** All mappings of $1 message_id, oldest first. */
+export const SQL_MESSAGES_BY_MESSAGE_ID = `SELECT ${MESSAGE_COLS} FROM messages WHERE message_id = $1 ORDER BY created_at, room_id, event_id`;
+/** Mapping of $1 room_id, $2 event_id. */
+export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE room_id = $1 AND event_id = $2`;
+
+const INBOUND_COLS =
+  "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at";
+/** The local user of $1 room_id if it is a dm portal (for the inbound dedupe target). */
+export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id FROM portals WHERE room_id = $1 AND kind = 'dm'";
+/** Insert a pending inbound mail unless (target, message_id) exists, returning it (no row on conflict). */
+export const SQL_INSERT_INBOUND = `
+INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8)
+ON CONFLICT (target, message_id) DO NOTHING
+RETURNING ${INBOUND_COLS}`;
+/** Inbound mail by $1 target, $2 message_id. */
+export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2`;
+/** Pending inbound mail, oldest first, at most $1 rows. */
+export const SQL_PENDING_INBOUND = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = 'pending' ORDER BY id LIMIT $1`;
+/** Set room_id $2 of inbound mail $1. */
+export const SQL_SET_INBOUND_ROOM = "UPDATE inbound_mail SET room_id = $2 WHERE id = $1";
+/** Mark inbound mail $1 posted as event $2. */
+export const SQL_INBOUND_POSTED = "UPDATE inbound_mail SET state = 'posted', event_id = $2 WHERE id = $1";
+/** Count a failed attempt of inbound mail $1 with error $2; $3 = 1 moves it to failed. */
+export const SQL_INBOUND_ATTEMPT = `
+UPDATE inbound_mail SET attempts = attempts + 1, last_error = $2,
+  state = CASE WHEN $3 = 1 THEN 'failed' ELSE state END
+WHERE id = $1`;
+
+const OUTBOUND_COLS =
+  "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at";
+/** Queue an outbound mail unless event_id exists, returning it (no row on conflict). $7 = now (ms). */
+export const SQL_ENQUEUE_OUTBOUND = `
+INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $7, $7)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING ${OUTBOUND_COLS}`;
+/** Outbound mail by $1 event_id. */
+export const SQL_OUTBOUND_BY_EVENT = `SELECT ${OUTBOUND_COLS} FROM outbound_mail WHERE event_id = $1`;
+/** Queued/deferred outbound mail due at $1 (ms), oldest first, at most $2 rows. */
+export const SQL_DUE_OUTBOUND = `
+SELECT ${OUTBOUND_COLS} FROM outbound_mail
+WHERE state IN ('queued', 'deferred') AND next_attempt_at <= $1
+ORDER BY id LIMIT $2`;
+/** Mark outbound mail $1 sent (recipients emptied). */
+export const SQL_OUTBOUND_SENT = `
+UPDATE outbound_mail SET state = 'sent', recipients = '[]', attempts = attempts + 1, last_error = NULL WHERE id = $1`;
+/** Defer outbound mail $1: $2 remaining recipients (JSON), $3 next attempt (ms), $4 error. */
+export const SQL_OUTBOUND_DEFERRED = `
+UPDATE outbound_mail SET state = 'deferred', recipients = $2, next_attempt_at = $3, last_error = $4, attempts = attempts + 1
+WHERE id = $1`;
+/** Mark outbound mail $1 bounced with error $2. */
+export const SQL_OUTBOUND_BOUNCED = "UPDATE outbound_mail SET state = 'bounced', last_error = $2, attempts = attempts + 1 WHERE id = $1";

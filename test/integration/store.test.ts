@@ -1,0 +1,152 @@
+/**
+ * Runs the BridgeStore contract on SQLite (temp file) and PostgreSQL (throwaway cluster or
+ * MEB_TEST_PG_URL), plus SQLite-specific checks (pragmas, crash durability).
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { pathToFileURL } from "node:url";
+import { openStore } from "../../src/store/open.ts";
+import { configureLogging } from "../../src/util/logger.ts";
+import { SqlStore } from "../../src/store/SqlStore.ts";
+import { startPostgres, stopPostgresCluster } from "../harness/postgres.ts";
+import { runStoreContract } from "./storeContract.ts";
+import type { StoreFixture } from "./storeContract.ts";
+
+// Keep test output readable; warnings and errors still show.
+if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "warn" });
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), "meb-store-"));
+}
+
+async function sqliteFixture(): Promise<StoreFixture> {
+  const dir = tempDir();
+  const sqliteFile = join(dir, "nested", "dir", "bridge.sqlite");
+  const store = await openStore({ url: null, sqliteFile });
+  return {
+    store,
+    reopen: () => openStore({ url: null, sqliteFile }),
+    async cleanup() {
+      await store.close().catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function postgresFixture(): Promise<StoreFixture> {
+  const pg = await startPostgres();
+  try {
+    const store = await openStore({ url: pg.url, sqliteFile: "/nonexistent/unused.sqlite" });
+    return {
+      store,
+      reopen: () => openStore({ url: pg.url, sqliteFile: "/nonexistent/unused.sqlite" }),
+      async cleanup() {
+        await store.close().catch(() => undefined);
+        await pg.stop();
+      },
+    };
+  } catch (err) {
+    await pg.stop();
+    throw err;
+  }
+}
+
+runStoreContract("sqlite", sqliteFixture);
+runStoreContract("postgres", postgresFixture);
+
+after(async () => {
+  await stopPostgresCluster();
+});
+
+describe("sqlite engine", () => {
+  it("opens with WAL, synchronous=FULL and foreign keys on", async () => {
+    const fx = await sqliteFixture();
+    try {
+      assert.ok(fx.store instanceof SqlStore);
+      const db = fx.store.db;
+      assert.deepEqual(await db.query("PRAGMA journal_mode"), [{ journal_mode: "wal" }]);
+      assert.deepEqual(await db.query("PRAGMA synchronous"), [{ synchronous: 2 }]);
+      assert.deepEqual(await db.query("PRAGMA foreign_keys"), [{ foreign_keys: 1 }]);
+      const [timeout] = await db.query<{ timeout: number }>("PRAGMA busy_timeout");
+      assert.ok(timeout!.timeout > 0);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  it("rolls back a failed transaction and keeps serving", async () => {
+    const fx = await sqliteFixture();
+    try {
+      assert.ok(fx.store instanceof SqlStore);
+      const db = fx.store.db;
+      await assert.rejects(
+        db.transaction(async (tx) => {
+          await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", ["a@x", "@a:x"]);
+          await new Promise((r) => setTimeout(r, 10));
+          throw new Error("abort");
+        }),
+        /abort/,
+      );
+      // A statement issued while the transaction was open must not have joined it.
+      const during = db.transaction(async (tx) => {
+        await new Promise((r) => setTimeout(r, 20));
+        await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", ["b@x", "@b:x"]);
+        throw new Error("abort again");
+      });
+      const outside = fx.store.upsertGhost({ address: "c@x", userId: "@c:x", displayName: null });
+      await assert.rejects(during, /abort again/);
+      await outside;
+      assert.equal(await fx.store.getGhostByAddress("a@x"), null);
+      assert.equal(await fx.store.getGhostByAddress("b@x"), null);
+      assert.equal((await fx.store.getGhostByAddress("c@x"))?.userId, "@c:x");
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  it("keeps committed inbound rows when the process is SIGKILLed right after the commit", async () => {
+    const dir = tempDir();
+    const sqliteFile = join(dir, "crash.sqlite");
+    const openUrl = pathToFileURL(join(import.meta.dirname, "../../src/store/open.ts")).href;
+    const rows = 25;
+    const child = `
+      import { openStore } from ${JSON.stringify(openUrl)};
+      const store = await openStore({ url: null, sqliteFile: process.env.MEB_CRASH_FILE });
+      for (let i = 0; i < ${rows}; i++) {
+        await store.insertInbound({ roomId: "!r:hs.test", dmLocalUserId: null, replyToEventId: null,
+          messageId: "crash" + i + "@x", sender: "bob@example.org", raw: Buffer.from([i, 0xff, 0x00, 0xfe]) });
+      }
+      process.kill(process.pid, "SIGKILL");
+    `;
+    try {
+      const result = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve, reject) => {
+        const p = spawn(process.execPath, ["--input-type=module", "-e", child], {
+          env: { ...process.env, MEB_CRASH_FILE: sqliteFile, MEB_LOG_LEVEL: "warn" },
+          stdio: ["ignore", "ignore", "pipe"],
+        });
+        let stderr = "";
+        p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+        p.on("error", reject);
+        p.on("close", (code, signal) => resolve({ code, signal, stderr }));
+      });
+      assert.equal(result.signal, "SIGKILL", `child did not die by SIGKILL: ${result.stderr}`);
+      const store = await openStore({ url: null, sqliteFile });
+      try {
+        const pending = await store.listPendingInbound(100);
+        assert.equal(pending.length, rows);
+        pending.forEach((r, i) => {
+          assert.equal(r.messageId, `crash${i}@x`);
+          assert.ok(r.raw.equals(Buffer.from([i, 0xff, 0x00, 0xfe])));
+        });
+      } finally {
+        await store.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,557 @@
+/**
+ * The BridgeStore contract: the same behaviour tests for every engine.
+ * Used by store.test.ts (SQLite and PostgreSQL).
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import { migrate } from "../../src/store/migrate.ts";
+import { MIGRATIONS } from "../../src/store/migrations/index.ts";
+import { SqlStore } from "../../src/store/SqlStore.ts";
+import { MailboxTakenError } from "../../src/store/Store.ts";
+import type { BridgeStore, NewInbound, NewOutbound } from "../../src/store/Store.ts";
+import type { Database } from "../../src/store/db/Database.ts";
+
+/** A store under test on a fresh, empty (migrated) database. */
+export interface StoreFixture {
+  store: BridgeStore;
+  /** Close what is still open and delete the database. */
+  cleanup(): Promise<void>;
+  /**
+   * Optional: open the same database again through `openStore` (runs migrations).
+   * When given, the contract also checks that `openStore` refuses a newer schema.
+   */
+  reopen?(): Promise<BridgeStore>;
+}
+
+/** Every byte value, plus sequences that are not valid UTF-8. */
+const NASTY_BYTES = Buffer.concat([
+  Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
+  Buffer.from([0xc3, 0x28, 0xa0, 0xa1, 0xe2, 0x28, 0xa1, 0xf0, 0x28, 0x8c, 0xbc, 0xff, 0xfe, 0x00, 0x00]),
+  Buffer.from("Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nBody ünïcödé 🎉\r\n", "utf8"),
+]);
+
+function inbound(over: Partial<NewInbound> = {}): NewInbound {
+  return {
+    roomId: "!room:hs.test",
+    dmLocalUserId: null,
+    replyToEventId: null,
+    messageId: "m1@mail.test",
+    sender: "bob@example.org",
+    raw: Buffer.from("From: bob@example.org\r\n\r\nhi\r\n"),
+    ...over,
+  };
+}
+
+function outbound(over: Partial<NewOutbound> = {}): NewOutbound {
+  return {
+    roomId: "!room:hs.test",
+    eventId: "$ev1",
+    messageId: "out1@bridge.test",
+    envelopeFrom: "alice@bridge.test",
+    recipients: ["bob@example.org", "carol@example.net"],
+    raw: Buffer.from("From: alice@bridge.test\r\n\r\nhello\r\n"),
+    ...over,
+  };
+}
+
+function dbOf(store: BridgeStore): Database {
+  assert.ok(store instanceof SqlStore, "store is a SqlStore");
+  return store.db;
+}
+
+/**
+ * Define the contract tests (node:test `describe`/`it`) for one engine.
+ * @param name suite name, e.g. `sqlite`; must equal `store.engine`
+ * @param makeStore creates a fresh, migrated store for each test; its cleanup runs after the test
+ */
+export function runStoreContract(name: string, makeStore: () => Promise<StoreFixture>): void {
+  describe(`BridgeStore contract: ${name}`, () => {
+    let fx: StoreFixture;
+    let store: BridgeStore;
+
+    beforeEach(async () => {
+      fx = await makeStore();
+      store = fx.store;
+    });
+    afterEach(async () => {
+      await fx.cleanup();
+    });
+
+    it("reports its engine", () => {
+      assert.equal(store.engine, name);
+    });
+
+    describe("ghosts", () => {
+      it("inserts and finds a ghost by address and by user ID", async () => {
+        const before = Date.now();
+        await store.upsertGhost({ address: "bob@example.org", userId: "@email_bob=40example.org:hs.test", displayName: null });
+        const g = await store.getGhostByAddress("bob@example.org");
+        assert.deepEqual(
+          { ...g, updatedAt: 0 },
+          { address: "bob@example.org", userId: "@email_bob=40example.org:hs.test", displayName: null, updatedAt: 0 },
+        );
+        assert.ok(g!.updatedAt >= before && g!.updatedAt <= Date.now(), "updatedAt is epoch ms now");
+        assert.deepEqual(await store.getGhostByUserId("@email_bob=40example.org:hs.test"), g);
+        assert.equal(await store.getGhostByAddress("nobody@example.org"), null);
+        assert.equal(await store.getGhostByUserId("@nobody:hs.test"), null);
+      });
+
+      it("updates the display name on a second upsert", async () => {
+        await store.upsertGhost({ address: "bob@example.org", userId: "@b:hs.test", displayName: "Bob" });
+        const first = await store.getGhostByAddress("bob@example.org");
+        await new Promise((r) => setTimeout(r, 5));
+        await store.upsertGhost({ address: "bob@example.org", userId: "@b:hs.test", displayName: "Bob Ünicode 🎉" });
+        const g = await store.getGhostByUserId("@b:hs.test");
+        assert.equal(g?.displayName, "Bob Ünicode 🎉");
+        assert.ok(g!.updatedAt > first!.updatedAt, "updatedAt moves");
+        await store.upsertGhost({ address: "bob@example.org", userId: "@b:hs.test", displayName: null });
+        assert.equal((await store.getGhostByAddress("bob@example.org"))?.displayName, null);
+      });
+    });
+
+    describe("room mailboxes", () => {
+      it("sets a mailbox and finds it both ways", async () => {
+        const row = await store.setRoomMailbox("team", "!a:hs.test", "@alice:hs.test");
+        assert.equal(row.localpart, "team");
+        assert.equal(row.roomId, "!a:hs.test");
+        assert.equal(row.createdBy, "@alice:hs.test");
+        assert.equal(typeof row.createdAt, "number");
+        assert.deepEqual(await store.getRoomMailboxByLocalpart("team"), row);
+        assert.deepEqual(await store.getRoomMailboxByRoom("!a:hs.test"), row);
+        assert.equal(await store.getRoomMailboxByLocalpart("other"), null);
+        assert.equal(await store.getRoomMailboxByRoom("!b:hs.test"), null);
+      });
+
+      it("setting the same mailbox again is a no-op", async () => {
+        const row = await store.setRoomMailbox("team", "!a:hs.test", "@alice:hs.test");
+        const again = await store.setRoomMailbox("team", "!a:hs.test", "@bob:hs.test");
+        assert.deepEqual(again, row);
+      });
+
+      it("replaces the room's previous mailbox", async () => {
+        await store.setRoomMailbox("old", "!a:hs.test", "@alice:hs.test");
+        const row = await store.setRoomMailbox("new", "!a:hs.test", "@bob:hs.test");
+        assert.equal(row.localpart, "new");
+        assert.equal(await store.getRoomMailboxByLocalpart("old"), null);
+        assert.deepEqual(await store.getRoomMailboxByRoom("!a:hs.test"), row);
+        // The old localpart is free for another room now.
+        await store.setRoomMailbox("old", "!b:hs.test", "@carol:hs.test");
+      });
+
+      it("refuses a localpart held by another room with MailboxTakenError", async () => {
+        const held = await store.setRoomMailbox("team", "!a:hs.test", "@alice:hs.test");
+        await store.setRoomMailbox("mine", "!b:hs.test", "@bob:hs.test");
+        await assert.rejects(store.setRoomMailbox("team", "!b:hs.test", "@bob:hs.test"), (err: unknown) => {
+          assert.ok(err instanceof MailboxTakenError);
+          assert.equal(err.localpart, "team");
+          assert.equal(err.roomId, "!a:hs.test");
+          return true;
+        });
+        assert.deepEqual(await store.getRoomMailboxByLocalpart("team"), held);
+        assert.equal((await store.getRoomMailboxByRoom("!b:hs.test"))?.localpart, "mine", "loser keeps its mailbox");
+      });
+
+      it("lets exactly one of several concurrent claims win", async () => {
+        const rooms = ["!r1:hs.test", "!r2:hs.test", "!r3:hs.test", "!r4:hs.test"];
+        const results = await Promise.allSettled(rooms.map((r) => store.setRoomMailbox("hot", r, "@x:hs.test")));
+        const won = results.filter((r) => r.status === "fulfilled");
+        const lost = results.filter((r) => r.status === "rejected");
+        assert.equal(won.length, 1);
+        for (const l of lost) assert.ok((l as PromiseRejectedResult).reason instanceof MailboxTakenError);
+        const holder = await store.getRoomMailboxByLocalpart("hot");
+        assert.equal(holder?.roomId, (won[0] as PromiseFulfilledResult<{ roomId: string }>).value.roomId);
+      });
+
+      it("removes a room's mailbox", async () => {
+        await store.setRoomMailbox("team", "!a:hs.test", "@alice:hs.test");
+        assert.equal(await store.removeRoomMailbox("!a:hs.test"), true);
+        assert.equal(await store.removeRoomMailbox("!a:hs.test"), false);
+        assert.equal(await store.getRoomMailboxByLocalpart("team"), null);
+        assert.equal(await store.getRoomMailboxByRoom("!a:hs.test"), null);
+      });
+    });
+
+    describe("portals", () => {
+      it("inserts, updates and deletes a portal", async () => {
+        const p = await store.upsertPortal({
+          roomId: "!g:hs.test",
+          kind: "group",
+          localUserId: null,
+          remoteAddress: null,
+          subject: "Plans",
+          encrypted: false,
+        });
+        assert.deepEqual({ ...p, createdAt: 0 }, {
+          roomId: "!g:hs.test",
+          kind: "group",
+          localUserId: null,
+          remoteAddress: null,
+          subject: "Plans",
+          encrypted: false,
+          createdAt: 0,
+        });
+        assert.deepEqual(await store.getPortalByRoom("!g:hs.test"), p);
+
+        const q = await store.upsertPortal({ ...p, kind: "mailbox", subject: null, encrypted: true });
+        assert.equal(q.kind, "mailbox");
+        assert.equal(q.subject, null);
+        assert.equal(q.encrypted, true);
+        assert.equal(q.createdAt, p.createdAt, "createdAt is kept");
+        assert.deepEqual(await store.getPortalByRoom("!g:hs.test"), q);
+
+        await store.deletePortal("!g:hs.test");
+        assert.equal(await store.getPortalByRoom("!g:hs.test"), null);
+        await store.deletePortal("!g:hs.test"); // no-op
+      });
+
+      it("finds DM portals by (local user, remote address)", async () => {
+        const dm = await store.upsertPortal({
+          roomId: "!dm:hs.test",
+          kind: "dm",
+          localUserId: "@alice:hs.test",
+          remoteAddress: "bob@example.org",
+          subject: null,
+          encrypted: false,
+        });
+        await store.upsertPortal({
+          roomId: "!grp:hs.test",
+          kind: "group",
+          localUserId: "@alice:hs.test",
+          remoteAddress: "carol@example.org",
+          subject: null,
+          encrypted: false,
+        });
+        assert.deepEqual(await store.getDmPortal("@alice:hs.test", "bob@example.org"), dm);
+        assert.equal(await store.getDmPortal("@alice:hs.test", "carol@example.org"), null, "only kind dm");
+        assert.equal(await store.getDmPortal("@bob:hs.test", "bob@example.org"), null);
+        assert.equal(await store.getDmPortal("@alice:hs.test", "dave@example.org"), null);
+      });
+
+      it("refuses a second DM portal for the same pair", async () => {
+        const base = { kind: "dm" as const, localUserId: "@alice:hs.test", remoteAddress: "bob@example.org", subject: null, encrypted: false };
+        await store.upsertPortal({ ...base, roomId: "!dm1:hs.test" });
+        await assert.rejects(store.upsertPortal({ ...base, roomId: "!dm2:hs.test" }));
+        assert.equal((await store.getDmPortal("@alice:hs.test", "bob@example.org"))?.roomId, "!dm1:hs.test");
+        assert.equal(await store.getPortalByRoom("!dm2:hs.test"), null);
+      });
+    });
+
+    describe("message mappings", () => {
+      it("maps both directions and round-trips references", async () => {
+        await store.insertMessage({
+          roomId: "!a:hs.test",
+          eventId: "$in",
+          messageId: "m1@mail.test",
+          references: ["r0@x.test", "r1@y.test", "weird\"'\\ü@z.test"],
+          direction: "inbound",
+          sender: "bob@example.org",
+          subject: "Hello ✉",
+        });
+        await store.insertMessage({
+          roomId: "!b:hs.test",
+          eventId: "$out",
+          messageId: "m1@mail.test",
+          references: [],
+          direction: "outbound",
+          sender: "alice@bridge.test",
+          subject: null,
+        });
+        const a = await store.getMessageByEvent("!a:hs.test", "$in");
+        assert.deepEqual({ ...a, createdAt: 0 }, {
+          roomId: "!a:hs.test",
+          eventId: "$in",
+          messageId: "m1@mail.test",
+          references: ["r0@x.test", "r1@y.test", "weird\"'\\ü@z.test"],
+          direction: "inbound",
+          sender: "bob@example.org",
+          subject: "Hello ✉",
+          createdAt: 0,
+        });
+        const b = await store.getMessageByEvent("!b:hs.test", "$out");
+        assert.equal(b?.direction, "outbound");
+        assert.deepEqual(b?.references, []);
+        assert.equal(b?.subject, null);
+
+        const all = await store.getMessagesByMessageId("m1@mail.test");
+        assert.deepEqual(all.map((m) => m.roomId).sort(), ["!a:hs.test", "!b:hs.test"]);
+        assert.deepEqual(await store.getMessagesByMessageId("unknown@x.test"), []);
+        assert.equal(await store.getMessageByEvent("!a:hs.test", "$out"), null, "keyed by (room, event)");
+      });
+
+      it("ignores a second insert of the same (room, event)", async () => {
+        const msg = {
+          roomId: "!a:hs.test",
+          eventId: "$e",
+          messageId: "first@mail.test",
+          references: ["x@y"],
+          direction: "inbound" as const,
+          sender: "bob@example.org",
+          subject: "one",
+        };
+        await store.insertMessage(msg);
+        await store.insertMessage({ ...msg, messageId: "second@mail.test", subject: "two" });
+        const m = await store.getMessageByEvent("!a:hs.test", "$e");
+        assert.equal(m?.messageId, "first@mail.test");
+        assert.equal(m?.subject, "one");
+        assert.deepEqual(await store.getMessagesByMessageId("second@mail.test"), []);
+      });
+    });
+
+    describe("inbound queue", () => {
+      it("commits a pending row with the exact raw bytes", async () => {
+        const before = Date.now();
+        const { row, duplicate } = await store.insertInbound(inbound({ raw: NASTY_BYTES, replyToEventId: "$parent" }));
+        assert.equal(duplicate, false);
+        assert.equal(typeof row.id, "number");
+        assert.equal(row.state, "pending");
+        assert.equal(row.attempts, 0);
+        assert.equal(row.eventId, null);
+        assert.equal(row.lastError, null);
+        assert.equal(row.replyToEventId, "$parent");
+        assert.equal(row.roomId, "!room:hs.test");
+        assert.equal(row.dmLocalUserId, null);
+        assert.ok(row.receivedAt >= before && row.receivedAt <= Date.now());
+        assert.ok(Buffer.isBuffer(row.raw));
+        assert.ok(row.raw.equals(NASTY_BYTES), "raw bytes round-trip on insert");
+        const [pending] = await store.listPendingInbound(10);
+        assert.ok(Buffer.isBuffer(pending!.raw));
+        assert.ok(pending!.raw.equals(NASTY_BYTES), "raw bytes round-trip on read");
+        assert.deepEqual(pending, row);
+      });
+
+      it("round-trips a large random message", async () => {
+        const raw = randomBytes(2 * 1024 * 1024);
+        await store.insertInbound(inbound({ raw }));
+        const [row] = await store.listPendingInbound(1);
+        assert.ok(row!.raw.equals(raw));
+      });
+
+      it("dedupes a replay to the same room, not to another room", async () => {
+        const first = await store.insertInbound(inbound());
+        const replay = await store.insertInbound(inbound({ raw: Buffer.from("different bytes") }));
+        assert.equal(replay.duplicate, true);
+        assert.deepEqual(replay.row, first.row);
+        const other = await store.insertInbound(inbound({ roomId: "!other:hs.test" }));
+        assert.equal(other.duplicate, false);
+        assert.notEqual(other.row.id, first.row.id);
+        const otherMsg = await store.insertInbound(inbound({ messageId: "m2@mail.test" }));
+        assert.equal(otherMsg.duplicate, false);
+        assert.equal((await store.listPendingInbound(10)).length, 3);
+      });
+
+      it("dedupes mail for a new DM portal by local user", async () => {
+        const dm = inbound({ roomId: null, dmLocalUserId: "@alice:hs.test" });
+        const first = await store.insertInbound(dm);
+        assert.equal(first.row.roomId, null);
+        assert.equal(first.row.dmLocalUserId, "@alice:hs.test");
+        const replay = await store.insertInbound(dm);
+        assert.equal(replay.duplicate, true);
+        assert.equal(replay.row.id, first.row.id);
+        const otherUser = await store.insertInbound({ ...dm, dmLocalUserId: "@bob:hs.test" });
+        assert.equal(otherUser.duplicate, false);
+        // A room ID that happens to be spelled like the DM key does not collide.
+        const room = await store.insertInbound(inbound({ roomId: "@alice:hs.test" }));
+        assert.equal(room.duplicate, false);
+      });
+
+      it("still dedupes a DM replay that arrives after the DM portal was created", async () => {
+        const first = await store.insertInbound(inbound({ roomId: null, dmLocalUserId: "@alice:hs.test" }));
+        await store.upsertPortal({
+          roomId: "!dm:hs.test",
+          kind: "dm",
+          localUserId: "@alice:hs.test",
+          remoteAddress: "bob@example.org",
+          subject: null,
+          encrypted: false,
+        });
+        await store.setInboundRoom(first.row.id, "!dm:hs.test");
+        const replay = await store.insertInbound(inbound({ roomId: "!dm:hs.test" }));
+        assert.equal(replay.duplicate, true);
+        assert.equal(replay.row.id, first.row.id);
+        assert.equal(replay.row.roomId, "!dm:hs.test");
+      });
+
+      it("refuses a mail with neither room nor DM user", async () => {
+        await assert.rejects(store.insertInbound(inbound({ roomId: null, dmLocalUserId: null })));
+      });
+
+      it("lists pending rows oldest first, with a limit", async () => {
+        const ids: number[] = [];
+        for (let i = 0; i < 5; i++) ids.push((await store.insertInbound(inbound({ messageId: `m${i}@x` }))).row.id);
+        assert.deepEqual((await store.listPendingInbound(10)).map((r) => r.id), ids);
+        assert.deepEqual((await store.listPendingInbound(2)).map((r) => r.id), ids.slice(0, 2));
+        assert.deepEqual(await store.listPendingInbound(0), []);
+        await store.markInboundPosted(ids[0]!, "$posted");
+        await store.markInboundAttempt(ids[1]!, "boom", true);
+        await store.markInboundAttempt(ids[2]!, "transient", false);
+        assert.deepEqual((await store.listPendingInbound(10)).map((r) => r.id), ids.slice(2));
+      });
+
+      it("sets the room of a row once its DM portal exists", async () => {
+        const { row } = await store.insertInbound(inbound({ roomId: null, dmLocalUserId: "@alice:hs.test" }));
+        await store.setInboundRoom(row.id, "!dm:hs.test");
+        const [p] = await store.listPendingInbound(1);
+        assert.equal(p?.roomId, "!dm:hs.test");
+        assert.equal(p?.dmLocalUserId, "@alice:hs.test");
+      });
+
+      it("marks a row posted", async () => {
+        const { row } = await store.insertInbound(inbound());
+        await store.markInboundPosted(row.id, "$event");
+        assert.deepEqual(await store.listPendingInbound(10), []);
+        const again = await store.insertInbound(inbound());
+        assert.equal(again.duplicate, true);
+        assert.equal(again.row.state, "posted");
+        assert.equal(again.row.eventId, "$event");
+      });
+
+      it("counts attempts and fails a row on the final one", async () => {
+        const { row } = await store.insertInbound(inbound());
+        await store.markInboundAttempt(row.id, "first error", false);
+        let [p] = await store.listPendingInbound(1);
+        assert.equal(p?.attempts, 1);
+        assert.equal(p?.lastError, "first error");
+        assert.equal(p?.state, "pending");
+        await store.markInboundAttempt(row.id, "second error", false);
+        [p] = await store.listPendingInbound(1);
+        assert.equal(p?.attempts, 2);
+        await store.markInboundAttempt(row.id, "given up", true);
+        assert.deepEqual(await store.listPendingInbound(10), []);
+        const { row: failed } = await store.insertInbound(inbound());
+        assert.equal(failed.state, "failed");
+        assert.equal(failed.attempts, 3);
+        assert.equal(failed.lastError, "given up");
+      });
+
+      it("commits many concurrent inserts", async () => {
+        const results = await Promise.all(
+          Array.from({ length: 40 }, (_, i) => store.insertInbound(inbound({ messageId: `c${i % 20}@x` }))),
+        );
+        assert.equal(results.filter((r) => !r.duplicate).length, 20);
+        assert.equal((await store.listPendingInbound(100)).length, 20);
+      });
+    });
+
+    describe("outbound queue", () => {
+      it("queues a mail, due now, with the exact raw bytes", async () => {
+        const before = Date.now();
+        const { row, duplicate } = await store.enqueueOutbound(outbound({ raw: NASTY_BYTES }));
+        assert.equal(duplicate, false);
+        assert.equal(row.state, "queued");
+        assert.equal(row.attempts, 0);
+        assert.equal(row.lastError, null);
+        assert.deepEqual(row.recipients, ["bob@example.org", "carol@example.net"]);
+        assert.equal(row.envelopeFrom, "alice@bridge.test");
+        assert.equal(row.messageId, "out1@bridge.test");
+        assert.ok(row.createdAt >= before && row.nextAttemptAt <= Date.now());
+        assert.ok(Buffer.isBuffer(row.raw) && row.raw.equals(NASTY_BYTES));
+        const got = await store.getOutboundByEvent("$ev1");
+        assert.deepEqual(got, row);
+        assert.ok(got!.raw.equals(NASTY_BYTES));
+        assert.equal(await store.getOutboundByEvent("$nope"), null);
+      });
+
+      it("dedupes a replayed event", async () => {
+        const first = await store.enqueueOutbound(outbound());
+        const replay = await store.enqueueOutbound(outbound({ messageId: "other@x", recipients: ["z@z"] }));
+        assert.equal(replay.duplicate, true);
+        assert.deepEqual(replay.row, first.row);
+        assert.equal((await store.listDueOutbound(Date.now() + 1, 10)).length, 1);
+      });
+
+      it("lists due rows by time, oldest first", async () => {
+        const a = (await store.enqueueOutbound(outbound({ eventId: "$a" }))).row;
+        const b = (await store.enqueueOutbound(outbound({ eventId: "$b" }))).row;
+        const c = (await store.enqueueOutbound(outbound({ eventId: "$c" }))).row;
+        const now = Date.now() + 1;
+        assert.deepEqual((await store.listDueOutbound(now, 10)).map((r) => r.id), [a.id, b.id, c.id]);
+        assert.deepEqual((await store.listDueOutbound(now, 2)).map((r) => r.id), [a.id, b.id]);
+        assert.deepEqual(await store.listDueOutbound(a.nextAttemptAt - 1, 10), [], "nothing is due before it was queued");
+
+        await store.markOutboundDeferred(a.id, ["carol@example.net"], now + 60_000, "451 try later");
+        assert.deepEqual((await store.listDueOutbound(now, 10)).map((r) => r.id), [b.id, c.id]);
+        assert.deepEqual((await store.listDueOutbound(now + 60_000, 10)).map((r) => r.id), [a.id, b.id, c.id]);
+
+        await store.markOutboundSent(b.id);
+        await store.markOutboundBounced(c.id, "550 no such user");
+        assert.deepEqual((await store.listDueOutbound(now + 120_000, 10)).map((r) => r.id), [a.id]);
+      });
+
+      it("keeps the remaining recipients of a deferred mail", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        const retryAt = Date.now() + 300_000.7;
+        await store.markOutboundDeferred(row.id, ["carol@example.net"], retryAt, "451 greylisted");
+        const d = await store.getOutboundByEvent("$ev1");
+        assert.equal(d?.state, "deferred");
+        assert.deepEqual(d?.recipients, ["carol@example.net"]);
+        assert.equal(d?.nextAttemptAt, Math.trunc(retryAt));
+        assert.equal(d?.lastError, "451 greylisted");
+        assert.equal(d?.attempts, 1);
+        assert.ok(d!.raw.equals(row.raw));
+        await store.markOutboundDeferred(row.id, ["carol@example.net"], retryAt + 1000, "451 again");
+        assert.equal((await store.getOutboundByEvent("$ev1"))?.attempts, 2);
+      });
+
+      it("marks a mail sent", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        await store.markOutboundDeferred(row.id, ["carol@example.net"], Date.now(), "451");
+        await store.markOutboundSent(row.id);
+        const s = await store.getOutboundByEvent("$ev1");
+        assert.equal(s?.state, "sent");
+        assert.deepEqual(s?.recipients, []);
+        assert.deepEqual(await store.listDueOutbound(Date.now() + 1e9, 10), []);
+        const replay = await store.enqueueOutbound(outbound());
+        assert.equal(replay.duplicate, true);
+        assert.equal(replay.row.state, "sent");
+      });
+
+      it("marks a mail bounced", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        await store.markOutboundBounced(row.id, "550 5.1.1 unknown user");
+        const b = await store.getOutboundByEvent("$ev1");
+        assert.equal(b?.state, "bounced");
+        assert.equal(b?.lastError, "550 5.1.1 unknown user");
+        assert.deepEqual(await store.listDueOutbound(Date.now() + 1e9, 10), []);
+      });
+    });
+
+    describe("migrations", () => {
+      it("re-running migrations on an existing database is a no-op", async () => {
+        await store.upsertGhost({ address: "bob@example.org", userId: "@b:hs.test", displayName: "Bob" });
+        const latest = MIGRATIONS.length;
+        const res = await migrate(dbOf(store));
+        assert.deepEqual(res, { from: latest, to: latest, applied: [] });
+        assert.equal((await store.getGhostByAddress("bob@example.org"))?.displayName, "Bob");
+        if (fx.reopen) {
+          const again = await fx.reopen();
+          try {
+            assert.equal((await again.getGhostByAddress("bob@example.org"))?.displayName, "Bob");
+          } finally {
+            await again.close();
+          }
+        }
+      });
+
+      it("refuses a schema version newer than the code knows", async () => {
+        const latest = MIGRATIONS.length;
+        await assert.rejects(migrate(dbOf(store), MIGRATIONS.slice(0, latest - 1)), (err: Error) => {
+          assert.match(err.message, new RegExp(`version ${latest} is newer .*latest known version ${latest - 1}`));
+          return true;
+        });
+        await dbOf(store).execute("INSERT INTO schema_version (version, description, applied_at) VALUES ($1, $2, $3)", [
+          999,
+          "from the future",
+          Date.now(),
+        ]);
+        await assert.rejects(migrate(dbOf(store)), /version 999 is newer/);
+        if (fx.reopen) await assert.rejects(fx.reopen(), /version 999 is newer/);
+      });
+
+      it("refuses a Synapse database", async () => {
+        await dbOf(store).exec("CREATE TABLE state_groups_state (state_group BIGINT NOT NULL, room_id TEXT NOT NULL)");
+        await assert.rejects(migrate(dbOf(store)), /Synapse/);
+      });
+    });
+  });
+}

@@ -1,0 +1,157 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { parseMail, stripQuotedReply, extractMessageIds } from "../../src/mail/inbound/parse.ts";
+
+const fixture = (name: string): Promise<Buffer> => readFile(new URL(`../fixtures/eml/${name}`, import.meta.url));
+
+test("plain text mail: headers, addresses, groups, body", async () => {
+  const m = await parseMail(await fixture("plain.eml"));
+  assert.equal(m.messageId, "plain-1@example.org");
+  assert.equal(m.inReplyTo, null);
+  assert.deepEqual(m.references, []);
+  assert.deepEqual(m.from, { address: "alice@example.org", name: "Alice Example" });
+  assert.equal(m.replyTo, null);
+  assert.deepEqual(m.to, [
+    { address: "room-one@bridge.test", name: null },
+    { address: "bob@example.net", name: "Bob B." },
+  ]);
+  // The group "Friends:" is flattened into its members.
+  assert.deepEqual(m.cc, [
+    { address: "carol@example.com", name: null },
+    { address: "dave@example.com", name: "Dave" },
+  ]);
+  assert.equal(m.subject, "Plain hello");
+  assert.equal(m.date?.toISOString(), "2024-01-02T10:00:00.000Z");
+  assert.match(m.text, /^Hello room,\n\nthis is a plain message\.\n/);
+  assert.equal(m.html, null);
+  assert.equal(m.autoSubmitted, null);
+  assert.deepEqual(m.attachments, []);
+});
+
+test("multipart/mixed with multipart/alternative: both bodies, attachment, Reply-To", async () => {
+  const m = await parseMail(await fixture("alternative.eml"));
+  assert.equal(m.messageId, "alt-1@example.org");
+  assert.equal(m.text, "Plain version with *stars*. \nSecond line.\n");
+  assert.equal(m.html, '<p>HTML version with <b>bold</b> and <a href="https://example.org/x">a link</a>.</p>');
+  assert.deepEqual(m.replyTo, { address: "list@example.org", name: "Lists" });
+  assert.equal(m.date?.toISOString(), "2024-01-03T10:30:00.000Z");
+  assert.equal(m.attachments.length, 1);
+  const a = m.attachments[0]!;
+  assert.equal(a.filename, "report.pdf");
+  assert.equal(a.contentType, "application/pdf");
+  assert.equal(a.size, a.content.length);
+  assert.ok(a.content.subarray(0, 5).equals(Buffer.from("%PDF-")));
+});
+
+test("HTML-only mail: sanitized html, text from html-to-text", async () => {
+  const m = await parseMail(await fixture("html-only.eml"));
+  const html = m.html ?? "";
+  assert.ok(html.includes("<h1>Big news</h1>"));
+  assert.ok(html.includes('<a href="https://example.org/ok">a good link</a>'));
+  // Scripts, styles, the head and comments are gone with their content.
+  for (const gone of ["script", "alert", "style", "color: red", "Secret title", "tracking comment", "<!--"]) {
+    assert.ok(!html.includes(gone), `html still contains ${gone}`);
+  }
+  // javascript: link loses its href, event handlers and style attributes are dropped.
+  assert.ok(!html.includes("javascript:"));
+  assert.ok(!/on(click|mouseover)=/.test(html));
+  assert.ok(!html.includes("style="));
+  assert.ok(html.includes("<a>a bad link</a>"));
+  // Only mxc:// images survive; the tracking pixel and the iframe are removed.
+  assert.ok(!html.includes("tracker.example.org"));
+  assert.ok(html.includes('<img src="mxc://matrix.example.org/AbCdEf" alt="logo" />'));
+  assert.ok(!html.includes("<iframe"));
+
+  assert.match(m.text, /^Big news\n\nFirst paragraph with a bad link\s+and a good link \[https:\/\/example\.org\/ok\]\./);
+  assert.ok(m.text.includes("Second paragraph."));
+  for (const gone of ["alert", "Secret title", "color", "javascript", "tracker"]) {
+    assert.ok(!m.text.includes(gone), `text still contains ${gone}`);
+  }
+  assert.equal(m.date?.toISOString(), "2024-01-04T13:00:00.000Z");
+});
+
+test("reply: In-Reply-To, folded References, quoted text stripped", async () => {
+  const m = await parseMail(await fixture("reply.eml"));
+  assert.equal(m.messageId, "reply-3@example.net");
+  assert.equal(m.inReplyTo, "orig-2@bridge.test");
+  // Folded over lines, two ids without a space between, one repeated: oldest first, deduplicated.
+  assert.deepEqual(m.references, ["orig-1@bridge.test", "orig-0@example.org", "orig-2@bridge.test"]);
+  assert.equal(m.subject, "Re: Plain hello");
+  assert.ok(m.text.includes("> Hello room,"));
+  assert.equal(stripQuotedReply(m.text), "Thanks, sounds good to me.\n\nSee you tomorrow.");
+});
+
+test("encoded words: UTF-8 subject (Q and B mixed) and display names", async () => {
+  const m = await parseMail(await fixture("encoded.eml"));
+  assert.equal(m.subject, "Grüße aus München € 😀");
+  assert.deepEqual(m.from, { address: "juergen@example.de", name: "Jürgen Müller" });
+  assert.deepEqual(m.to, [{ address: "room-one@bridge.test", name: "Zürich Team" }]);
+  assert.equal(m.text.trim(), "Schöne Grüße €");
+});
+
+test("missing Message-ID, Date and Subject give null", async () => {
+  const m = await parseMail(await fixture("no-message-id.eml"));
+  assert.equal(m.messageId, null);
+  assert.equal(m.date, null);
+  assert.equal(m.subject, null);
+  assert.equal(m.inReplyTo, null);
+  assert.deepEqual(m.references, []);
+  assert.deepEqual(m.from, { address: "bare@example.org", name: null });
+  assert.equal(m.text.trim(), "No Message-ID, no Date, no Subject.");
+});
+
+test("Message-ID and In-Reply-To without brackets, bad Date, Auto-Submitted", async () => {
+  const m = await parseMail(await fixture("bare-message-id.eml"));
+  assert.equal(m.messageId, "bare-id-7@example.org");
+  assert.equal(m.inReplyTo, "orig-9@bridge.test");
+  assert.equal(m.date, null);
+  assert.equal(m.autoSubmitted, "auto-replied");
+});
+
+test("a message that is only headers parses to an empty body", async () => {
+  const m = await parseMail(Buffer.from("From: a@example.org\r\nSubject: empty\r\n\r\n"));
+  assert.equal(m.text, "");
+  assert.equal(m.html, null);
+  assert.equal(m.subject, "empty");
+});
+
+test("extractMessageIds handles brackets, folding, missing brackets", () => {
+  assert.deepEqual(extractMessageIds("<a@b>"), ["a@b"]);
+  assert.deepEqual(extractMessageIds(" <a@b>\r\n\t<c@d><e@f> "), ["a@b", "c@d", "e@f"]);
+  assert.deepEqual(extractMessageIds("a@b c@d"), ["a@b", "c@d"]);
+  assert.deepEqual(extractMessageIds("Alice's message of today <x@y>"), ["x@y"]);
+  assert.deepEqual(extractMessageIds("  "), []);
+});
+
+test("stripQuotedReply: attribution + quote", () => {
+  const text = "New text.\n\nOn Mon, 1 Jan 2024 at 10:00, Alice <alice@example.org> wrote:\n> old\n> stuff\n";
+  assert.equal(stripQuotedReply(text), "New text.");
+});
+
+test("stripQuotedReply: attribution wrapped over two lines, CRLF kept", () => {
+  const text = "Yes.\r\n\r\nOn Mon, 1 Jan 2024 at 10:00, Alice Example <\r\nalice@example.org> wrote:\r\n\r\n> old\r\n";
+  assert.equal(stripQuotedReply(text), "Yes.");
+  const text2 = "Ja.\nline two\n\nAm 01.01.2024 um 10:00 schrieb Alice:\n> alt\n";
+  assert.equal(stripQuotedReply(text2), "Ja.\nline two");
+});
+
+test("stripQuotedReply: trailing quote block without attribution", () => {
+  assert.equal(stripQuotedReply("Agreed\n> you said\n>\n> more\n\n"), "Agreed");
+});
+
+test("stripQuotedReply: interleaved quotes in the middle are kept, only the trailing block goes", () => {
+  const text = "> question 1\nanswer 1\n> question 2\nanswer 2\n> rest\n> of it\n";
+  assert.equal(stripQuotedReply(text), "> question 1\nanswer 1\n> question 2\nanswer 2");
+});
+
+test("stripQuotedReply: Outlook original message block", () => {
+  const text = "Fine by me.\r\n\r\n-----Original Message-----\r\nFrom: Alice <a@example.org>\r\nSent: Monday\r\n\r\nold text\r\n";
+  assert.equal(stripQuotedReply(text), "Fine by me.");
+});
+
+test("stripQuotedReply: text unchanged when there is no quote, or when it is all quote", () => {
+  for (const t of ["Hello\n\nno quote here\n", "a > b\n", "", "price > 5\nok", "> only\n> quote\n"]) {
+    assert.equal(stripQuotedReply(t), t);
+  }
+});
