@@ -144,17 +144,12 @@ export class MatrixHandler {
     const portal = await store.getPortalByRoom(event.room_id);
     const args = parseCommand(body, false);
     if (args && portal?.kind !== "dm") {
-      const reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge }, { roomId: event.room_id, sender: event.sender, args });
-      await matrix.botNotice(event.room_id, reply, event.event_id);
+      await this.command(event, args);
       return;
     }
     if (!portal) {
-      const isDmWithBot = await this.isDmWithBot(event.room_id);
-      const dmArgs = isDmWithBot ? parseCommand(body, true) : null;
-      if (dmArgs) {
-        const reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge }, { roomId: event.room_id, sender: event.sender, args: dmArgs });
-        await matrix.botNotice(event.room_id, reply, event.event_id);
-      }
+      const dmArgs = (await this.isDmWithBot(event.room_id)) ? parseCommand(body, true) : null;
+      if (dmArgs) await this.command(event, dmArgs);
       return;
     }
     if (portal.encrypted) return;
@@ -172,6 +167,19 @@ export class MatrixHandler {
       await this.notice(event.room_id, "This message could not be sent by email because of an error on the bridge. The bridge's log has the details.", event.event_id);
       throw err;
     }
+  }
+
+  /** Run a bot command and reply; an infrastructure failure gets a reply too, then is rethrown (logged once). */
+  private async command(event: RoomMessageEvent, args: string[]): Promise<void> {
+    const { store, matrix, ids } = this.opts;
+    let reply: string;
+    try {
+      reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge }, { roomId: event.room_id, sender: event.sender, args });
+    } catch (err) {
+      await matrix.botNotice(event.room_id, `\`${args.slice(0, 2).join(" ")}\`: failed because of an error on the bridge; the bridge's log has the details.`, event.event_id);
+      throw err;
+    }
+    await matrix.botNotice(event.room_id, reply, event.event_id);
   }
 
   private async isDmWithBot(roomId: string): Promise<boolean> {

@@ -96,7 +96,9 @@ export class OutboundHandler {
         inReplyTo: parent?.messageId ?? null,
         references,
         date: new Date(event.origin_server_ts),
-        headers: mailbox ? { "Reply-To": `${mailbox.localpart}@${ids.mailDomain}`, "List-Id": `<${mailbox.localpart}.${ids.mailDomain}>` } : {},
+        replyTo: mailbox ? { name: null, address: `${mailbox.localpart}@${ids.mailDomain}` } : null,
+        // RFC 2919 list identifier, so mail clients can filter and thread the room's traffic.
+        headers: mailbox ? { "List-Id": `<${mailbox.localpart}.${ids.mailDomain}>` } : {},
       },
       this.opts.dkim,
     );

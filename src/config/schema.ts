@@ -91,7 +91,7 @@ export interface OutboundConfig {
 export interface DkimConfig {
   /** Selector: the key is published at `<selector>._domainkey.<mail.domain>`. */
   selector: string;
-  /** PEM private key file (RSA 2048 or Ed25519), made by `matrix-email-bridge dkim-keygen`. */
+  /** PEM RSA private key file (2048 bits), made by `matrix-email-bridge dkim-keygen`. */
   private_key_file: string;
 }
 
@@ -237,7 +237,7 @@ export const configSchema: SchemaObject = {
       required: [],
       properties: {
         selector: { type: "string", pattern: "^[A-Za-z0-9-]+$", default: "meb", description: "DKIM selector." },
-        private_key_file: { type: "string", default: "dkim.key", description: "PEM private key, made by dkim-keygen." },
+        private_key_file: { type: "string", default: "dkim.key", description: "PEM RSA private key, made by dkim-keygen." },
       },
     },
     database: {

@@ -8,6 +8,7 @@
 import type { Bridge as BridgeT, Intent, WeakEvent } from "matrix-appservice-bridge";
 import { getLogger, errorFields } from "../util/logger.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
+import { routeLibraryLogs } from "./libraryLogs.ts";
 import type { MatrixActions } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
@@ -40,6 +41,11 @@ function errcodeOf(err: unknown): string | undefined {
   return e?.errcode ?? e?.body?.errcode;
 }
 
+/** The HTTP status of a matrix-bot-sdk error. */
+function statusOf(err: unknown): number | undefined {
+  return (err as { statusCode?: number })?.statusCode;
+}
+
 /** Acts in Matrix as the bridge bot or as a ghost. */
 export class MatrixGateway implements MatrixActions {
   readonly crypto: CryptoStatus;
@@ -60,7 +66,7 @@ export class MatrixGateway implements MatrixActions {
   static async create(opts: MatrixGatewayOptions): Promise<MatrixGateway> {
     const crypto = prepareCrypto();
     const mab = await import("matrix-appservice-bridge");
-    mab.Logger.configure({ console: "warn" });
+    routeLibraryLogs(mab.Logger);
     let gateway: MatrixGateway | null = null;
     const bridge = new mab.Bridge({
       homeserverUrl: opts.homeserverUrl,
@@ -118,8 +124,8 @@ export class MatrixGateway implements MatrixActions {
       }
     }
     try {
-      await bot.ensureRegistered();
-      await bot.ensureProfile(this.opts.botDisplayName);
+      const profile = (await bot.matrixClient.getUserProfile(this.botUserId).catch(() => ({}))) as { displayname?: string };
+      if (profile.displayname !== this.opts.botDisplayName) await bot.setDisplayName(this.opts.botDisplayName);
     } catch (err) {
       log.warn("could not set the bridge bot's display name", errorFields(err));
     }
@@ -286,8 +292,8 @@ export class MatrixGateway implements MatrixActions {
       await this.intent().matrixClient.getUserProfile(userId);
       return true;
     } catch (err) {
-      const code = errcodeOf(err);
-      if (code === "M_NOT_FOUND" || code === "M_INVALID_PARAM") return false;
+      // Synapse answers 404 (errcode M_NOT_FOUND, or M_UNKNOWN "No row found") for unknown users.
+      if (statusOf(err) === 404 || errcodeOf(err) === "M_NOT_FOUND" || errcodeOf(err) === "M_INVALID_PARAM") return false;
       throw err;
     }
   }

@@ -23,6 +23,8 @@ export interface OutgoingMail {
   from: MailAddress;
   /** Visible recipients (To:). Envelope recipients are passed separately at delivery. */
   to: MailAddress[];
+  /** Reply-To (RFC 5322 §3.6.2), e.g. a room mailbox so that replies go to the room; null for none. */
+  replyTo?: MailAddress | null;
   /** Subject; CR, LF and other control characters are replaced by spaces. */
   subject: string;
   /** text/plain body (line breaks may be LF or CRLF; output uses CRLF). */
@@ -100,6 +102,7 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
   if (!MSG_ID.test(msg.messageId)) throw new TypeError("composeMail: invalid messageId");
   const from = toAddress(msg.from, "from");
   const to = msg.to.map((a) => toAddress(a, "to"));
+  const replyTo = msg.replyTo ? toAddress(msg.replyTo, "replyTo") : undefined;
   if (to.length === 0) throw new TypeError("composeMail: no To address");
 
   const headers: Record<string, string> = {};
@@ -116,6 +119,7 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
   const composer = new MailComposer({
     from,
     to,
+    ...(replyTo !== undefined ? { replyTo } : {}),
     subject: cleanText(msg.subject),
     text: msg.text,
     ...(msg.html !== null ? { html: msg.html } : {}),
