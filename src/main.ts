@@ -32,7 +32,11 @@ Options:
   -c, --config FILE       config file (default: config.yaml)
   -h, --help              this text`;
 
+/** Bad usage: the message is printed without a stack trace, exit code 2. */
 class UsageError extends Error {}
+
+/** A failed command whose message says all (e.g. a refused test mail): printed, exit code 1. */
+class CommandFailed extends Error {}
 
 function config(file: string): BridgeConfig {
   return loadConfig(file);
@@ -119,6 +123,9 @@ async function main(argv: string[]): Promise<number> {
         from: values.from ?? "tester@example.org",
         subject: values.subject ?? "Test mail from matrix-email-bridge",
         text: values.text ?? "Hello from the email side! Reply in Matrix and I will get it by email.",
+      }).catch((err: unknown) => {
+        const e = err as { response?: string; message?: string };
+        throw new CommandFailed(`the mail was refused: ${e.response ?? e.message ?? String(err)}`);
       });
       process.stdout.write(`Sent to ${values.to} via ${host}:${port}: ${reply}\n`);
       return 0;
@@ -133,9 +140,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (err instanceof ConfigError || err instanceof UsageError) {
+    if (err instanceof ConfigError || err instanceof UsageError || err instanceof CommandFailed) {
       process.stderr.write(`matrix-email-bridge: ${err.message}\n`);
-      process.exitCode = 2;
+      process.exitCode = err instanceof CommandFailed ? 1 : 2;
       return;
     }
     getLogger("cli").error("failed", errorFields(err));

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `npm run dev`: a throwaway local Synapse plus the bridge on the embedded SQLite store.
+# Needs only what `npm test` needs (Node >= 22.19 is fetched if older; Synapse from PyPI).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/ensure-node.sh
+source scripts/ensure-node.sh
+[[ -d node_modules ]] || npm ci --no-audit --no-fund
+MEB_CACHE="${MEB_CACHE:-$HOME/.cache/matrix-email-bridge}"
+export MEB_CACHE
+export MEB_SYNAPSE_VENV="${MEB_SYNAPSE_VENV:-$MEB_CACHE/synapse-venv}"
+bash scripts/install-synapse.sh
+exec node scripts/dev.ts "$@"
