@@ -21,6 +21,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { setTimeout as delay } from "node:timers/promises";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
@@ -447,6 +448,9 @@ async function openBenchStore(engine: EngineName, tmp: string, n: number): Promi
     store,
     async dispose() {
       await store.close().catch(() => undefined);
+      // pg-pool's end() resolves before its clients have said goodbye; the harness drops the
+      // database WITH (FORCE), which would make those clients log 57P01. Let them finish first.
+      await delay(250);
       await pg.stop();
     },
   };
@@ -475,6 +479,15 @@ async function runScenario(engine: EngineName, scenario: Scenario, settings: Set
   let listener: SmtpListener | null = null;
   try {
     await store.setRoomMailbox(MAILBOX, ROOM_ID, "@admin:localhost");
+    const config: SmtpConfig = {
+      bind_address: "127.0.0.1",
+      port: 0,
+      hostname: "mx.bench.test",
+      max_message_bytes: 26_214_400,
+      max_clients: Math.max(200, settings.concurrency + 10),
+      tls_cert_file: null,
+      tls_key_file: null,
+    };
     const ids: IdContext = {
       ghostPrefix: "email_",
       serverName: "localhost",
@@ -486,6 +499,7 @@ async function runScenario(engine: EngineName, scenario: Scenario, settings: Set
       store,
       ids,
       mayBridge: () => true,
+      hostname: config.hostname,
       matrix: {
         userExists: () => Promise.reject(new Error("bench: userExists must not be called for a room mailbox")),
         joinedMembers: () => Promise.reject(new Error("bench: joinedMembers must not be called for a room mailbox")),
@@ -503,15 +517,6 @@ async function runScenario(engine: EngineName, scenario: Scenario, settings: Set
         await router.deliver(raw, envelope);
         commits.push(performance.now() - t0);
       },
-    };
-    const config: SmtpConfig = {
-      bind_address: "127.0.0.1",
-      port: 0,
-      hostname: "mx.bench.test",
-      max_message_bytes: 26_214_400,
-      max_clients: Math.max(200, settings.concurrency + 10),
-      tls_cert_file: null,
-      tls_key_file: null,
     };
     // No reverse DNS: on loopback in a sandbox a PTR lookup measures the resolver, not the bridge.
     listener = new SmtpListener({ config, mailDomain: MAIL_DOMAIN, handler, reverseLookup: false });
@@ -657,6 +662,7 @@ async function parentMain(): Promise<void> {
   console.log("  fresh store per scenario; messages: ~4 KiB text, or 4 KiB text + 256 KiB attachment (base64, ~350 KB on the wire)");
   console.log("");
 
+  const runStarted = performance.now();
   const tmp = mkdtempSync(join(tmpdir(), "meb-bench-"));
   const rows: Row[] = [];
   let n = 0;
@@ -691,6 +697,7 @@ async function parentMain(): Promise<void> {
     rmSync(tmp, { recursive: true, force: true });
   }
 
+  console.log(`total ${((performance.now() - runStarted) / 1000).toFixed(0)} s`);
   console.log("Summary (client latency: reused = MAIL FROM → 250, new-conn = connect → 250 incl. the 100 ms greeting wait; commit: DATA end → 250, server side)");
   printTable(rows);
   process.exit(0);

@@ -14,6 +14,7 @@ import { deliverMail } from "../mail/outbound/deliver.ts";
 import type { MxResolver } from "../mail/outbound/routes.ts";
 import { loadDkimSigner } from "../mail/outbound/dkim.ts";
 import { InboundRouter } from "./InboundRouter.ts";
+import { checkWithRspamd } from "../mail/inbound/rspamd.ts";
 import { InboundPoster } from "./InboundPoster.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
@@ -101,7 +102,20 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler });
   const poster = new InboundPoster({ store, matrix, ids });
-  const router = new InboundRouter({ store, matrix, ids, mayBridge, onCommitted: () => poster.kick() });
+  const router = new InboundRouter({
+    store,
+    matrix,
+    ids,
+    mayBridge,
+    hostname: config.smtp.hostname,
+    onCommitted: () => poster.kick(),
+    spam: config.spam.rspamd_url
+      ? {
+          check: (raw, envelope) => checkWithRspamd({ url: config.spam.rspamd_url!, timeoutMs: config.spam.timeout_ms }, raw, envelope),
+          onError: config.spam.on_error,
+        }
+      : null,
+  });
   const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router });
 
   await matrix.start();

@@ -7,6 +7,7 @@
  */
 import type { BridgeStore, InboundRow } from "../store/Store.ts";
 import { parseMail, stripQuotedReply } from "../mail/inbound/parse.ts";
+import { parseSpamHeader } from "../mail/inbound/rspamd.ts";
 import { ghostUserId, type IdContext } from "./ids.ts";
 import { mailToMatrix } from "./format.ts";
 import type { MatrixActions } from "./ports.ts";
@@ -128,6 +129,12 @@ export class InboundPoster {
       { subject: mail.subject, text: isReply ? stripQuotedReply(mail.text) : mail.text, html: isReply ? null : mail.html },
       !isReply,
     );
+    const spam = parseSpamHeader(row.raw);
+    if (spam && (spam.action === "add header" || spam.action === "rewrite subject")) {
+      const warning = `⚠️ Possible spam (rspamd score ${spam.score.toFixed(1)} of ${spam.requiredScore.toFixed(1)})`;
+      content.body = `${warning}\n\n${String(content.body)}`;
+      content.formatted_body = `<p><em>${warning}</em></p>${String(content.formatted_body)}`;
+    }
     if (row.replyToEventId) content["m.relates_to"] = { "m.in_reply_to": { event_id: row.replyToEventId } };
     const eventId = await matrix.sendEvent(ghostId, roomId, "m.room.message", content, `meb-in-${row.id}`);
     await store.insertMessage({

@@ -13,6 +13,7 @@
 import type { BridgeStore, NewInbound } from "../store/Store.ts";
 import type { InboundEnvelope, InboundHandler } from "../mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
+import { spamHeader, verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
 import { ghostUserId, mailboxUserId, mintMessageId, normalizeAddress, InvalidAddressError, portalReader, type IdContext } from "./ids.ts";
 import type { MatrixActions } from "./ports.ts";
@@ -34,6 +35,30 @@ export interface InboundRouterOptions {
   mayBridge: (userId: string) => boolean;
   /** Called after a mail was committed, to wake the poster. */
   onCommitted: () => void;
+  /** This host's name for the Received header (smtp.hostname). */
+  hostname: string;
+  /** Spam check (rspamd), or null for none. */
+  spam?: SpamCheck | null;
+}
+
+/** How inbound mail is checked for spam. */
+export interface SpamCheck {
+  /** Ask for a verdict; throws when the checker cannot be asked. */
+  check(raw: Buffer, envelope: InboundEnvelope): Promise<SpamVerdict>;
+  /** When `check` throws: `defer` (451 4.3.0, the sender retries) or `accept` unchecked. */
+  onError: "defer" | "accept";
+}
+
+/**
+ * The trace header an SMTP server adds when it accepts a message (RFC 5321 §4.4):
+ * `Received: from <helo> (<client name> [<ip>]) by <host> with ESMTP[S] id <session>; <date>`.
+ */
+export function receivedHeader(envelope: InboundEnvelope, hostname: string, rcpt: string | null, now = new Date()): string {
+  const clean = (s: string) => s.replace(/[^\x21-\x7e]/g, "");
+  const date = now.toUTCString().replace("GMT", "+0000");
+  const client = `${clean(envelope.heloName) || "unknown"} (${clean(envelope.clientHostname) || "unknown"} [${clean(envelope.remoteAddress)}])`;
+  const forPart = rcpt ? `\r\n\tfor <${clean(rcpt)}>` : "";
+  return `Received: from ${client}\r\n\tby ${hostname} with ${envelope.secure ? "ESMTPS" : "ESMTP"} id ${clean(envelope.sessionId)}${forPart};\r\n\t${date}\r\n`;
 }
 
 /** The bridge's {@link InboundHandler}: recipient checks and routing. */
@@ -91,6 +116,7 @@ export class InboundRouter implements InboundHandler {
     } catch (err) {
       throw new SmtpReply(553, "5.1.7", err instanceof InvalidAddressError ? err.message : "sender address is not usable");
     }
+    const verdictLine = await this.spamVerdict(raw, envelope, sender);
     const messageId = mail.messageId ?? mintMessageId(this.opts.ids.mailDomain);
     const threadIds = [mail.inReplyTo, ...[...mail.references].reverse()].filter((x): x is string => Boolean(x));
     const targets = new Map<string, NewInbound>();
@@ -106,6 +132,10 @@ export class InboundRouter implements InboundHandler {
       }
     }
     if (targets.size === 0) throw new SmtpReply(550, "5.1.1", "no valid recipients");
+    const trace = Buffer.from(receivedHeader(envelope, this.opts.hostname, envelope.rcptTo.length === 1 ? envelope.rcptTo[0]! : null));
+    // Stored as: [spam verdict line] Received: ... original message. The verdict line, when a
+    // check ran, is always first, so a forged copy inside the message is never read as ours.
+    for (const target of targets.values()) target.raw = Buffer.concat([Buffer.from(verdictLine), trace, raw]);
     for (const mailRow of targets.values()) {
       const { row, duplicate } = await this.opts.store.insertInbound(mailRow);
       log.info(duplicate ? "duplicate mail ignored" : "mail accepted", {
@@ -118,6 +148,33 @@ export class InboundRouter implements InboundHandler {
       });
     }
     this.opts.onCommitted();
+  }
+
+  /**
+   * Run the spam check, if configured.
+   * @returns the verdict header line to store ("" when no check ran)
+   * @throws SmtpReply 550 5.7.1 / 451 4.7.1 from the verdict, or 451 4.3.0 when the check failed and `onError` is `defer`
+   */
+  private async spamVerdict(raw: Buffer, envelope: InboundEnvelope, sender: string): Promise<string> {
+    const spam = this.opts.spam;
+    if (!spam) return "";
+    let verdict: SpamVerdict;
+    try {
+      verdict = await spam.check(raw, envelope);
+    } catch (err) {
+      if (spam.onError === "defer") {
+        log.warn("spam check failed, deferring the mail", { session: envelope.sessionId, sender, error: (err as Error).message });
+        throw new SmtpReply(451, "4.3.0", "spam check unavailable, try again later");
+      }
+      log.warn("spam check failed, accepting the mail unchecked", { session: envelope.sessionId, sender, error: (err as Error).message });
+      return "";
+    }
+    const reply = verdictReply(verdict);
+    if (reply) {
+      log.debug("spam verdict refuses the mail", { session: envelope.sessionId, sender, action: verdict.action, score: verdict.score });
+      throw reply;
+    }
+    return spamHeader(verdict);
   }
 
   private async route(

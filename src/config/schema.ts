@@ -112,6 +112,16 @@ export interface PermissionsConfig {
   allowed_users: string[];
 }
 
+/** `spam` section: spam verdicts from rspamd for inbound mail. */
+export interface SpamConfig {
+  /** URL of rspamd's normal worker (e.g. `http://127.0.0.1:11333`); null: no spam check. */
+  rspamd_url: string | null;
+  /** How long to wait for rspamd, in ms. */
+  timeout_ms: number;
+  /** When rspamd cannot be asked: `defer` answers 451 so the sender retries; `accept` lets the mail in unchecked. */
+  on_error: "defer" | "accept";
+}
+
 /** `logging` section. */
 export interface LoggingConfig {
   level: "debug" | "info" | "warn" | "error";
@@ -128,6 +138,7 @@ export interface BridgeConfig {
   dkim: DkimConfig;
   database: DatabaseConfig;
   permissions: PermissionsConfig;
+  spam: SpamConfig;
   logging: LoggingConfig;
 }
 
@@ -264,6 +275,18 @@ export const configSchema: SchemaObject = {
           default: [],
           description: "Matrix user ID patterns ('*' wildcard) allowed to bridge; empty: users of this homeserver.",
         },
+      },
+    },
+    spam: {
+      type: "object",
+      default: {},
+      description: "Spam verdicts from rspamd for inbound mail: reject -> 550 5.7.1, soft reject/greylist -> 451 4.7.1, add header -> posted with a warning.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        rspamd_url: { type: "string", nullable: true, pattern: "^https?://", default: null, description: "rspamd normal worker URL, e.g. http://127.0.0.1:11333 (null: no spam check)." },
+        timeout_ms: { type: "integer", minimum: 100, default: 10000, description: "How long to wait for rspamd, in ms." },
+        on_error: { type: "string", enum: ["defer", "accept"], default: "defer", description: "rspamd unreachable: defer (451, the sender retries) or accept unchecked." },
       },
     },
     logging: {

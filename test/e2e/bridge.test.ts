@@ -18,7 +18,7 @@ describe("bridge end to end (PostgreSQL store)", () => {
   let alice: MatrixTestClient;
 
   before(async () => {
-    env = await startEnv("postgres", ["@alice:localhost", "@dora:localhost"]);
+    env = await startEnv("postgres", ["@alice:localhost", "@dora:localhost"], { rspamd: true });
     alice = await env.synapse.registerUser("alice", { displayName: "Alice Liddell" });
   });
   after(async () => {
@@ -144,6 +144,18 @@ describe("bridge end to end (PostgreSQL store)", () => {
       return true;
     });
     assert.equal((await env.bridge.store.listPendingInbound(100)).length, pendingBefore);
+  });
+
+  it("rspamd's reject verdict refuses the mail with 550 5.7.1 and posts nothing", async () => {
+    const pendingBefore = (await env.bridge.store.listPendingInbound(100)).length;
+    const gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+    await assert.rejects(env.sendMail({ from: "spammer@example.org", to: `team@${MAIL_DOMAIN}`, subject: "Cheap", text: `Buy now\n${gtube}\n` }), (err: Error & { responseCode?: number; response?: string }) => {
+      assert.equal(err.responseCode, 550);
+      assert.match(String(err.response), /5\.7\.1/);
+      return true;
+    });
+    assert.equal((await env.bridge.store.listPendingInbound(100)).length, pendingBefore);
+    assert.equal(await env.bridge.store.getGhostByAddress("spammer@example.org"), null);
   });
 
   it("a user who is not allowed to bridge gets a notice from the bot and no mail is sent", async () => {

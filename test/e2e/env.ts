@@ -18,6 +18,7 @@ import { configureLogging } from "../../src/util/logger.ts";
 import { startSynapse, type SynapseHandle } from "../harness/synapse.ts";
 import { startPostgres, type TestPostgres } from "../harness/postgres.ts";
 import { startSmtpSink, type SmtpSink } from "../harness/smtpSink.ts";
+import { startRspamd } from "../harness/rspamd.ts";
 
 /** The mail domain used in the tests. */
 export const MAIL_DOMAIN = "bridge.test";
@@ -52,12 +53,13 @@ async function freePort(): Promise<number> {
  * @param engine which store the bridge uses
  * @param allowedUsers `permissions.allowed_users`
  */
-export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: string[] = []): Promise<E2eEnv> {
+export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: string[] = [], opts: { rspamd?: boolean } = {}): Promise<E2eEnv> {
   configureLogging({ level: (process.env.MEB_LOG_LEVEL as "debug" | undefined) ?? "warn" });
   const dir = mkdtempSync(join(tmpdir(), "meb-e2e-"));
   const sink = await startSmtpSink();
   let pg: TestPostgres | null = null;
   if (engine === "postgres") pg = await startPostgres();
+  const rspamd = opts.rspamd ? await startRspamd() : null;
   const asPort = await freePort();
   const configFile = join(dir, "config.yaml");
   writeFileSync(
@@ -71,6 +73,7 @@ export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: stri
       dkim: { selector: "e2e", private_key_file: "dkim.key" },
       database: { url: pg?.url ?? null, sqlite_file: "bridge.sqlite" },
       permissions: { allowed_users: allowedUsers },
+      spam: { rspamd_url: rspamd?.url ?? null },
       logging: { level: "warn" },
     }),
   );
@@ -120,6 +123,7 @@ export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: stri
       await synapse.stop();
       await sink.stop();
       await pg?.stop();
+      await rspamd?.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };

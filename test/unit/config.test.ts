@@ -64,3 +64,27 @@ it("config.sample.yaml is what the schema renders (run `npm run generate-sample-
   const file = new URL("../../config.sample.yaml", import.meta.url).pathname;
   assert.equal(readFileSync(file, "utf8"), renderSampleConfig());
 });
+
+it("docker-compose.yml and docker/bridge-config.yaml are in step", () => {
+  const root = new URL("../../", import.meta.url).pathname;
+  const cfg = loadConfig(join(root, "docker/bridge-config.yaml"));
+  const compose = parse(readFileSync(join(root, "docker-compose.yml"), "utf8")) as {
+    services: Record<string, { ports?: string[]; volumes?: string[]; environment?: Record<string, string> }>;
+  };
+  const services = compose.services;
+  const host = (url: string) => new URL(url).hostname;
+  assert.ok(services[host(cfg.homeserver.url)], "homeserver.url must name a compose service");
+  assert.ok(services[host(cfg.appservice.url)], "appservice.url must name a compose service");
+  assert.ok(services[host(cfg.database.url!)], "database.url must name a compose service");
+  assert.ok(services[host(cfg.spam.rspamd_url!)], "spam.rspamd_url must name a compose service");
+  const pg = new URL(cfg.database.url!);
+  const env = services.postgres?.environment ?? {};
+  assert.equal(pg.username, env.POSTGRES_USER);
+  assert.equal(pg.password, env.POSTGRES_PASSWORD);
+  assert.equal(pg.pathname.slice(1), env.POSTGRES_DB);
+  assert.ok(services.bridge?.ports?.some((p) => p.endsWith(`:${cfg.smtp.port}`)), "the bridge must publish smtp.port");
+  assert.equal(cfg.appservice.bind_address, "0.0.0.0");
+  // Synapse reads the registration the bridge writes into its data folder.
+  assert.ok(services.synapse?.volumes?.some((v) => v.startsWith("./data/bridge:")));
+  assert.ok(services.bridge?.volumes?.some((v) => v.startsWith("./data/bridge:/data")));
+});

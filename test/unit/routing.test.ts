@@ -48,6 +48,7 @@ describe("inbound routing", () => {
       ids,
       mayBridge: (u) => u.endsWith(":hs.example"),
       onCommitted: () => committed++,
+      hostname: "mx.bridge.example",
       matrix: {
         userExists: async (u) => USERS.has(u),
         joinedMembers: async (roomId) => {
@@ -81,6 +82,7 @@ describe("inbound routing", () => {
     assert.equal(row?.roomId, "!group:hs.example");
     assert.equal(row?.replyToEventId, "$out1");
     assert.equal(committed, 1);
+    assert.match(row!.raw.toString(), /^Received: from client \(client \[127\.0\.0\.1\]\)\r\n\tby mx\.bridge\.example with ESMTP id s1\r\n\tfor <alice@bridge\.example>;\r\n\t\w{3}, \d\d \w{3} \d{4} [\d:]{8} \+0000\r\nFrom: Carol/);
   });
 
   it("References are searched newest first when In-Reply-To is unknown", async () => {

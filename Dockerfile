@@ -1,0 +1,22 @@
+# matrix-email-bridge container image.
+FROM node:24-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build
+
+FROM node:24-bookworm-slim
+WORKDIR /app
+ENV NODE_ENV=production
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+COPY --from=build /app/dist ./dist
+COPY bin ./bin
+# Config, registration, DKIM key and (for the embedded store) the SQLite file live in /data.
+VOLUME /data
+# 25: inbound SMTP (smtp.port); 8090: appservice listener (appservice.port).
+EXPOSE 25 8090
+ENTRYPOINT ["node", "/app/bin/matrix-email-bridge.js"]
+CMD ["start", "-c", "/data/config.yaml"]

@@ -1,0 +1,32 @@
+import { it } from "node:test";
+import assert from "node:assert/strict";
+import { mailToMatrix, matrixToMail, stripReplyFallback } from "../../src/bridge/format.ts";
+
+it("strips the rich-reply fallback from replies only", () => {
+  const reply = {
+    msgtype: "m.text",
+    body: "> <@bob:hs> original\n> second line\n\nmy answer",
+    format: "org.matrix.custom.html",
+    formatted_body: "<mx-reply><blockquote>original</blockquote></mx-reply>my <b>answer</b>",
+    "m.relates_to": { "m.in_reply_to": { event_id: "$x" } },
+  };
+  assert.deepEqual(stripReplyFallback(reply), { body: "my answer", formatted: "my <b>answer</b>" });
+  assert.equal(stripReplyFallback({ body: "> quoting is fine\nhere" }).body, "> quoting is fine\nhere");
+});
+
+it("turns Matrix messages into mail bodies, sanitizing HTML again", () => {
+  assert.deepEqual(matrixToMail({ msgtype: "m.text", body: "hi" }, "Alice"), { text: "hi", html: null });
+  const html = matrixToMail({ msgtype: "m.text", body: "hi", format: "org.matrix.custom.html", formatted_body: '<b>hi</b><script>alert(1)</script><img src="https://evil/x.png">' }, "Alice");
+  assert.equal(html.html, "<b>hi</b>");
+  assert.deepEqual(matrixToMail({ msgtype: "m.emote", body: "waves" }, "Alice"), { text: "* Alice waves", html: null });
+});
+
+it("shows the subject when a mail starts a conversation, escapes text as HTML", () => {
+  const first = mailToMatrix({ subject: "Plans <2026>", text: "a & b\nc", html: null }, true);
+  assert.equal(first.body, "Plans <2026>\n\na & b\nc");
+  assert.equal(first.formatted_body, "<p><strong>Plans &lt;2026&gt;</strong></p>a &amp; b<br>c");
+  const reply = mailToMatrix({ subject: "Re: Plans", text: "ok", html: "<p>ok</p>" }, false);
+  assert.equal(reply.body, "ok");
+  assert.equal(reply.formatted_body, "<p>ok</p>");
+  assert.equal(reply.msgtype, "m.text");
+});
