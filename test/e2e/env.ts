@@ -4,7 +4,6 @@
  * the embedded SQLite store, and a loopback SMTP sink playing the remote MTAs.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execFileSync } from "node:child_process";
@@ -19,6 +18,7 @@ import { startSynapse, type SynapseHandle } from "../harness/synapse.ts";
 import { startPostgres, type TestPostgres } from "../harness/postgres.ts";
 import { startSmtpSink, type SmtpSink } from "../harness/smtpSink.ts";
 import { startRspamd } from "../harness/rspamd.ts";
+import { freePort } from "../harness/ports.ts";
 
 /** The mail domain used in the tests. */
 export const MAIL_DOMAIN = "bridge.test";
@@ -37,16 +37,6 @@ export interface E2eEnv {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * Start Synapse, the sink and the bridge.

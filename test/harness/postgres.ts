@@ -8,10 +8,10 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
 import { delimiter, join } from "node:path";
 import pg from "pg";
+import { freePort } from "./ports.ts";
 
 /** A fresh database; `stop` drops it. */
 export interface TestPostgres {
@@ -177,18 +177,6 @@ function idOf(flag: "-u" | "-g"): number {
 const pgUid = (): number => idOf("-u");
 const pgGid = (): number => idOf("-g");
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitForConnections(adminUrl: string): Promise<void> {
   const deadline = Date.now() + 30_000;

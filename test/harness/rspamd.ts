@@ -17,9 +17,9 @@
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
+import { freePort } from "./ports.ts";
 
 /** A running rspamd, shared by every caller in this process. */
 export interface TestRspamd {
@@ -231,18 +231,6 @@ function findRspamd(): string | null {
   return which.status === 0 && found ? found : null;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Run `cleanup` at process exit and on SIGINT/SIGTERM; returns a function removing the hooks. */
 function installExitHooks(cleanup: () => void): () => void {

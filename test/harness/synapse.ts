@@ -13,7 +13,6 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { existsSync, openSync, closeSync, readFileSync, rmSync } from "node:fs";
 import { mkdtemp, writeFile, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { MatrixTestClient } from "./matrixClient.ts";
@@ -106,19 +105,6 @@ export function synapseVenvPath(): string {
   return join(cache, "synapse-venv");
 }
 
-/** Returns a TCP port that was free on 127.0.0.1 a moment ago. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => (port ? resolve(port) : reject(new Error("could not allocate a port"))));
-    });
-  });
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -238,6 +224,7 @@ except (OSError, AttributeError):
 sys.argv = ["synapse.app.homeserver"] + sys.argv[1:]
 runpy.run_module("synapse.app.homeserver", run_name="__main__", alter_sys=True)
 `;
+import { freePort } from "./ports.ts";
 
 /**
  * Starts a fresh Synapse (SQLite, loopback only, no federation, relaxed rate
