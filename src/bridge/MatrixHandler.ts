@@ -79,6 +79,8 @@ export class MatrixHandler {
     const inviter = event.sender;
     const allowed = inviter === matrix.botUserId || this.opts.mayBridge(inviter);
     if (invitee === matrix.botUserId) {
+      // A ghost brings the bot into its portal (bringBot), which joins it quietly.
+      if (ghostAddress(inviter, ids)) return;
       await matrix.join(roomId, invitee);
       if (!allowed) {
         await matrix.botNotice(roomId, `${inviter} is not allowed to use this email bridge, so nothing in this room will be sent by email.`);

@@ -27,6 +27,8 @@ describe("bridge end to end (PostgreSQL store)", () => {
 
   it("invite a ghost: the ghost joins, a message becomes DKIM-signed mail, the reply comes back as a Matrix reply", async () => {
     const roomId = await alice.createRoom({ preset: "private_chat", name: "Tea party" });
+    // The ghost does not exist yet: Synapse asks the bridge (appservice user query), which provisions it.
+    await assert.rejects(alice.getProfile(BOB_GHOST));
     await alice.invite(roomId, BOB_GHOST);
     await alice.waitForMembership(roomId, BOB_GHOST, "join");
 
