@@ -18,7 +18,7 @@ describe("bridge end to end (PostgreSQL store)", () => {
   let alice: MatrixTestClient;
 
   before(async () => {
-    env = await startEnv("postgres", ["@alice:localhost", "@dora:localhost"], { rspamd: true });
+    env = await startEnv("postgres", { allowedUsers: ["@alice:localhost", "@dora:localhost"], rspamd: true });
     alice = await env.synapse.registerUser("alice", { displayName: "Alice Liddell" });
   });
   after(async () => {

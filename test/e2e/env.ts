@@ -13,6 +13,7 @@ import { loadConfig } from "../../src/config/load.ts";
 import { writeRegistration } from "../../src/cli/registration.ts";
 import { dkimKeygen } from "../../src/cli/dkimKeygen.ts";
 import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
+import type { BridgeConfig } from "../../src/config/schema.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { startSynapse, type SynapseHandle } from "../harness/synapse.ts";
 import { startPostgres, type TestPostgres } from "../harness/postgres.ts";
@@ -25,73 +26,93 @@ export const MAIL_DOMAIN = "bridge.test";
 /** Remote domains routed to the sink by static routes. */
 export const REMOTE_DOMAINS = ["example.org", "example.net", "example.com"];
 
-/** A running environment. */
-export interface E2eEnv {
+/** Synapse, the sink and a config for the bridge, without the bridge. */
+export interface PreparedEnv {
   dir: string;
+  /** The bridge's config file, pointing at this Synapse, sink, store and rspamd. */
   configFile: string;
+  config: BridgeConfig;
   synapse: SynapseHandle;
-  bridge: RunningBridge;
   sink: SmtpSink;
+  /** The bridge's SMTP port, once a bridge runs (set by {@link startEnv} or the test). */
+  smtpPort: number;
   /** Send a mail to the bridge's SMTP listener; resolves to the server's reply, rejects with the SMTP error. */
-  sendMail(mail: { from: string; to: string | string[]; subject?: string; text?: string; html?: string; inReplyTo?: string; references?: string[]; messageId?: string }): Promise<string>;
+  sendMail(mail: TestMail): Promise<string>;
+  /** Stop everything this environment started. */
   stop(): Promise<void>;
 }
 
+/** A running environment with the bridge started in-process. */
+export interface E2eEnv extends PreparedEnv {
+  bridge: RunningBridge;
+}
+
+/** A mail sent by {@link PreparedEnv.sendMail}. */
+export interface TestMail {
+  from: string;
+  to: string | string[];
+  subject?: string;
+  text?: string;
+  html?: string;
+  inReplyTo?: string;
+  references?: string[];
+  messageId?: string;
+}
+
+/** Options of {@link prepareEnv}. */
+export interface EnvOptions {
+  /** `permissions.allowed_users`. */
+  allowedUsers?: string[];
+  /** Run a real rspamd and set `spam.rspamd_url`. */
+  rspamd?: boolean;
+  /** The bridge's `logging.level` (default warn). */
+  logLevel?: "debug" | "info" | "warn" | "error";
+}
 
 /**
- * Start Synapse, the sink and the bridge.
+ * Start Synapse (with the bridge's generated registration), the sink, the store's
+ * database and optionally rspamd, and write the bridge's config file.
  * @param engine which store the bridge uses
- * @param allowedUsers `permissions.allowed_users`
  */
-export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: string[] = [], opts: { rspamd?: boolean } = {}): Promise<E2eEnv> {
+export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions = {}): Promise<PreparedEnv> {
   configureLogging({ level: (process.env.MEB_LOG_LEVEL as "debug" | undefined) ?? "warn" });
   const dir = mkdtempSync(join(tmpdir(), "meb-e2e-"));
   const sink = await startSmtpSink();
-  let pg: TestPostgres | null = null;
-  if (engine === "postgres") pg = await startPostgres();
+  const pg: TestPostgres | null = engine === "postgres" ? await startPostgres() : null;
   const rspamd = opts.rspamd ? await startRspamd() : null;
   const asPort = await freePort();
   const configFile = join(dir, "config.yaml");
-  writeFileSync(
-    configFile,
-    stringify({
-      homeserver: { url: "http://127.0.0.1:1", domain: "localhost" },
-      appservice: { bind_address: "127.0.0.1", port: asPort, url: `http://127.0.0.1:${asPort}`, registration_file: "registration.yaml" },
-      mail: { domain: MAIL_DOMAIN },
-      smtp: { bind_address: "127.0.0.1", port: 0, hostname: "mx.bridge.test" },
-      outbound: { static_routes: Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, `127.0.0.1:${sink.port}`])), timeout_ms: 5000 },
-      dkim: { selector: "e2e", private_key_file: "dkim.key" },
-      database: { url: pg?.url ?? null, sqlite_file: "bridge.sqlite" },
-      permissions: { allowed_users: allowedUsers },
-      spam: { rspamd_url: rspamd?.url ?? null },
-      logging: { level: "warn" },
-    }),
-  );
-  let config = loadConfig(configFile);
-  writeRegistration(config);
-  dkimKeygen(config, false);
-  const synapse = await startSynapse({ registrationFiles: [config.appservice.registration_file] });
-  // Now that Synapse's URL is known, point the config at it.
-  config = { ...config, homeserver: { ...config.homeserver, url: synapse.url } };
-  const resolver = async (domain: string): Promise<{ exchange: string; priority: number }[]> => {
-    throw Object.assign(new Error(`no live DNS in tests (${domain})`), { code: "ENOTFOUND" });
-  };
-  let bridge: RunningBridge;
-  try {
-    bridge = await startBridge(config, { resolver });
-  } catch (err) {
-    await synapse.stop();
-    await sink.stop();
-    throw err;
-  }
-  return {
+  const write = (homeserverUrl: string) =>
+    writeFileSync(
+      configFile,
+      stringify({
+        homeserver: { url: homeserverUrl, domain: "localhost" },
+        appservice: { bind_address: "127.0.0.1", port: asPort, url: `http://127.0.0.1:${asPort}`, registration_file: "registration.yaml" },
+        mail: { domain: MAIL_DOMAIN },
+        smtp: { bind_address: "127.0.0.1", port: 0, hostname: "mx.bridge.test" },
+        outbound: { static_routes: Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, `127.0.0.1:${sink.port}`])), timeout_ms: 5000 },
+        dkim: { selector: "e2e", private_key_file: "dkim.key" },
+        database: { url: pg?.url ?? null, sqlite_file: "bridge.sqlite" },
+        permissions: { allowed_users: opts.allowedUsers ?? [] },
+        spam: { rspamd_url: rspamd?.url ?? null },
+        logging: { level: opts.logLevel ?? "warn" },
+      }),
+    );
+  write("http://127.0.0.1:1");
+  const draft = loadConfig(configFile);
+  writeRegistration(draft);
+  dkimKeygen(draft, false);
+  const synapse = await startSynapse({ registrationFiles: [draft.appservice.registration_file] });
+  write(synapse.url);
+  const env: PreparedEnv = {
     dir,
     configFile,
+    config: loadConfig(configFile),
     synapse,
-    bridge,
     sink,
+    smtpPort: 0,
     async sendMail(mail) {
-      const transport = nodemailer.createTransport({ host: "127.0.0.1", port: bridge.smtpPort, secure: false, ignoreTLS: true });
+      const transport = nodemailer.createTransport({ host: "127.0.0.1", port: env.smtpPort, secure: false, ignoreTLS: true });
       try {
         const info = await transport.sendMail({
           from: mail.from,
@@ -109,7 +130,6 @@ export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: stri
       }
     },
     async stop() {
-      await bridge.stop();
       await synapse.stop();
       await sink.stop();
       await pg?.stop();
@@ -117,6 +137,36 @@ export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: stri
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  return env;
+}
+
+/** An MX resolver for tests: every lookup fails, so only static routes are used. */
+export async function noDns(domain: string): Promise<{ exchange: string; priority: number }[]> {
+  throw Object.assign(new Error(`no live DNS in tests (${domain})`), { code: "ENOTFOUND" });
+}
+
+/**
+ * {@link prepareEnv}, then start the bridge in-process.
+ * @param engine which store the bridge uses
+ */
+export async function startEnv(engine: "postgres" | "sqlite", opts: EnvOptions = {}): Promise<E2eEnv> {
+  const env = await prepareEnv(engine, opts);
+  let bridge: RunningBridge;
+  try {
+    bridge = await startBridge(env.config, { resolver: noDns });
+  } catch (err) {
+    await env.stop();
+    throw err;
+  }
+  env.smtpPort = bridge.smtpPort;
+  const stopRest = env.stop;
+  return Object.assign(env, {
+    bridge,
+    async stop() {
+      await bridge.stop();
+      await stopRest();
+    },
+  });
 }
 
 /**
@@ -124,5 +174,6 @@ export async function startEnv(engine: "postgres" | "sqlite", allowedUsers: stri
  * @throws Error with stderr when it exits non-zero
  */
 export function runCli(args: string[]): string {
-  return execFileSync(process.execPath, [new URL("../../src/main.ts", import.meta.url).pathname, ...args], { encoding: "utf8" });
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env; // not a test-runner subprocess
+  return execFileSync(process.execPath, [new URL("../../src/main.ts", import.meta.url).pathname, ...args], { encoding: "utf8", env });
 }
