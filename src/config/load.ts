@@ -6,6 +6,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import { Ajv, type ErrorObject } from "ajv";
 import { parse as parseYaml, YAMLParseError } from "yaml";
 import { configSchema, type BridgeConfig } from "./schema.ts";
+import { nameserverProblem } from "../mail/dns.ts";
 
 /**
  * A config that cannot be used. `key` is the dotted path of the offending key
@@ -86,6 +87,11 @@ export function validateConfig(raw: unknown, file: string, baseDir: string): Bri
       throw new ConfigError(file, `permissions.allowed_users.${i}`, "must look like @localpart:server (with * wildcards)");
     }
   }
+  for (const [i, ns] of cfg.dns.nameservers.entries()) {
+    const problem = nameserverProblem(ns);
+    if (problem) throw new ConfigError(file, `dns.nameservers.${i}`, problem);
+  }
+  cfg.auth.trusted_arc_sealers = cfg.auth.trusted_arc_sealers.map((d) => d.toLowerCase().replace(/\.$/, ""));
   return cfg;
 }
 

@@ -122,6 +122,37 @@ export interface SpamConfig {
   on_error: "defer" | "accept";
 }
 
+/** `dns` section: the one resolver every lookup goes through (see `mail/dns.ts`). */
+export interface DnsConfig {
+  /** Servers to ask, each `ip`, `ip:port` or `[ipv6]:port`; empty: the system's resolvers. */
+  nameservers: string[];
+  /** Per-try timeout of a query, in ms. */
+  timeout_ms: number;
+  /** Tries per query. */
+  tries: number;
+  /** Most cached answers; 0: no cache. */
+  cache_entries: number;
+  /** How long answers (and NXDOMAIN/NODATA) are cached, in ms. */
+  cache_ttl_ms: number;
+}
+
+/** What to do with a message whose sender could not be authenticated. */
+export type UnverifiedAction = "mark" | "reject";
+
+/** `auth` section: sender authentication of inbound mail (SPF, DKIM, DMARC, ARC). */
+export interface AuthConfig {
+  /** Refuse (550 5.7.1) a DMARC fail when the From domain publishes p=reject (RFC 7489 §6.3). */
+  enforce_dmarc_reject: boolean;
+  /** Mail with no aligned SPF or DKIM pass: `mark` posts it from the unverified ghost, `reject` refuses it (550 5.7.1). */
+  unverified: UnverifiedAction;
+  /** ARC sealers (`d=` of the newest ARC-Seal) trusted to vouch for the authentication they saw (RFC 8617 §7.2). */
+  trusted_arc_sealers: string[];
+  /** A DNS lookup timed out or failed during authentication: answer 451 4.4.3 so the sender retries. */
+  defer_on_dns_error: boolean;
+  /** Smallest DKIM RSA key accepted, in bits (RFC 8301 §3.2: 1024). */
+  min_dkim_key_bits: number;
+}
+
 /** `logging` section. */
 export interface LoggingConfig {
   level: "debug" | "info" | "warn" | "error";
@@ -139,6 +170,8 @@ export interface BridgeConfig {
   database: DatabaseConfig;
   permissions: PermissionsConfig;
   spam: SpamConfig;
+  dns: DnsConfig;
+  auth: AuthConfig;
   logging: LoggingConfig;
 }
 
@@ -287,6 +320,49 @@ export const configSchema: SchemaObject = {
         rspamd_url: { type: "string", nullable: true, pattern: "^https?://", default: null, description: "rspamd normal worker URL, e.g. http://127.0.0.1:11333 (null: no spam check)." },
         timeout_ms: { type: "integer", minimum: 100, default: 10000, description: "How long to wait for rspamd, in ms." },
         on_error: { type: "string", enum: ["defer", "accept"], default: "defer", description: "rspamd unreachable: defer (451, the sender retries) or accept unchecked." },
+      },
+    },
+    dns: {
+      type: "object",
+      default: {},
+      description: "The one DNS resolver every lookup goes through: SPF, DKIM, DMARC, ARC, MX, PTR, DNSBL, MTA-STS.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        nameservers: {
+          type: "array",
+          items: { type: "string" },
+          default: [],
+          description: "DNS servers, each ip, ip:port or [ipv6]:port; empty: the system's (/etc/resolv.conf).",
+        },
+        timeout_ms: { type: "integer", minimum: 50, default: 5000, description: "Per-try timeout of a query, in ms." },
+        tries: { type: "integer", minimum: 1, maximum: 10, default: 2, description: "Tries per query." },
+        cache_entries: { type: "integer", minimum: 0, default: 5000, description: "Most cached answers (0: no cache)." },
+        cache_ttl_ms: { type: "integer", minimum: 0, default: 300000, description: "How long answers and NXDOMAIN/NODATA are cached, in ms." },
+      },
+    },
+    auth: {
+      type: "object",
+      default: {},
+      description: "Sender authentication of inbound mail (SPF, DKIM, DMARC, ARC), before the 250. See docs/security.md.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        enforce_dmarc_reject: { type: "boolean", default: true, description: "Refuse (550 5.7.1) a DMARC fail when the From domain publishes p=reject." },
+        unverified: {
+          type: "string",
+          enum: ["mark", "reject"],
+          default: "mark",
+          description: "Mail with no aligned SPF or DKIM pass: mark (posted by the address's unverified ghost, never the verified one) or reject (550 5.7.1).",
+        },
+        trusted_arc_sealers: {
+          type: "array",
+          items: { type: "string", pattern: hostPattern },
+          default: [],
+          description: "Forwarders (ARC-Seal d= domains) whose passing ARC chain may turn a DMARC fail into a pass, e.g. a mailing list host.",
+        },
+        defer_on_dns_error: { type: "boolean", default: true, description: "A DNS timeout or SERVFAIL during authentication answers 451 4.4.3 (the sender retries) instead of judging the mail unverified." },
+        min_dkim_key_bits: { type: "integer", minimum: 512, default: 1024, description: "Smallest DKIM RSA key accepted, in bits." },
       },
     },
     logging: {

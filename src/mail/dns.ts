@@ -1,0 +1,237 @@
+/**
+ * The bridge's one DNS resolver. Every lookup the bridge makes goes through it: SPF, DKIM,
+ * DMARC and ARC (mailauth), MX for outbound delivery, PTR of SMTP clients, DNSBL, MTA-STS.
+ *
+ * It sits on node:dns's c-ares `Resolver`, so the servers it asks are exactly the ones the
+ * config names (`dns.nameservers`, `host:port`), or the system's when that list is empty.
+ * Every query has a per-try timeout and a bounded number of tries; answers and
+ * "no such name / no such record" are kept in a small LRU cache for `cacheTtlMs`.
+ * Temporary failures (timeout, SERVFAIL, refused) are never cached.
+ *
+ * Errors are node:dns errors: an `Error` with `code` (`ENOTFOUND`, `ENODATA`, `ETIMEOUT`,
+ * `ESERVFAIL`, ...). {@link isTemporaryDnsError} tells the retryable ones apart.
+ */
+import { Resolver } from "node:dns/promises";
+import { isIP } from "node:net";
+
+/** Record types the bridge looks up (RFC 1035 §3.2.2, RFC 3596). */
+export type DnsRrType = "A" | "AAAA" | "MX" | "TXT" | "PTR" | "CNAME" | "NS";
+
+/** An MX record as node:dns returns it (RFC 1035 §3.3.9). */
+export interface MxRecord {
+  exchange: string;
+  priority: number;
+}
+
+/**
+ * A mailauth-compatible lookup function: the shape of `dns.promises.resolve(name, rrtype)`.
+ * TXT answers are arrays of character-string arrays; MX answers are {@link MxRecord}s;
+ * A/AAAA/PTR/CNAME/NS answers are strings.
+ */
+export type DnsLookup = (name: string, rrtype: string) => Promise<unknown[]>;
+
+/** Options of {@link DnsResolver}; the `dns` config section. */
+export interface DnsResolverOptions {
+  /**
+   * Servers to ask, each `ip`, `ip:port` or `[ipv6]:port` (node:dns `setServers` syntax).
+   * Empty: the system's resolvers (`/etc/resolv.conf`).
+   */
+  nameservers: readonly string[];
+  /** Per-try timeout, in ms. */
+  timeoutMs: number;
+  /** Tries per query (c-ares retries over the servers in turn). */
+  tries: number;
+  /** Most cached answers; 0 turns the cache off. */
+  cacheEntries: number;
+  /** How long an answer (or NXDOMAIN/NODATA) is kept, in ms. */
+  cacheTtlMs: number;
+}
+
+/** node:dns codes that mean "the name or the record does not exist": a definite answer. */
+const NEGATIVE_CODES = new Set(["ENOTFOUND", "ENODATA"]);
+
+/**
+ * node:dns codes that mean "no answer now": a timeout, SERVFAIL, refusal or a network
+ * failure. The caller should answer 4xx and let the sender retry (RFC 7208 §2.6.6
+ * temperror, RFC 7489 §6.6.3).
+ */
+const TEMPORARY_CODES = new Set(["ETIMEOUT", "ESERVFAIL", "ECONNREFUSED", "EREFUSED", "ECANCELLED", "EDESTRUCTION", "ENETUNREACH", "EAI_AGAIN"]);
+
+/**
+ * Whether `err` is a DNS failure that may succeed later (timeout, SERVFAIL, refused, network).
+ * NXDOMAIN and NODATA are definite answers and return false.
+ */
+export function isTemporaryDnsError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && TEMPORARY_CODES.has(code);
+}
+
+/** Whether `err` says the name or record does not exist (NXDOMAIN, NODATA). */
+export function isNegativeDnsAnswer(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && NEGATIVE_CODES.has(code);
+}
+
+interface CacheEntry {
+  expires: number;
+  answer?: unknown[];
+  /** A negative answer, kept as its code and message. */
+  negative?: { code: string; message: string };
+}
+
+/**
+ * Check a `dns.nameservers` entry.
+ * @returns null when usable, else what is wrong (for a config error)
+ */
+export function nameserverProblem(entry: string): string | null {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(entry) ?? /^([0-9.]+)(?::(\d{1,5}))?$/.exec(entry);
+  if (m) {
+    if (!isIP(m[1]!)) return `${JSON.stringify(entry)} is not an IP address (host names cannot name a DNS server)`;
+    if (m[2] !== undefined && (Number(m[2]) < 1 || Number(m[2]) > 65535)) return `port of ${JSON.stringify(entry)} must be 1-65535`;
+    return null;
+  }
+  if (isIP(entry) === 6) return null;
+  return `${JSON.stringify(entry)} must be ip, ip:port or [ipv6]:port`;
+}
+
+/**
+ * The resolver. Create one per bridge and pass it (or its {@link lookup}) wherever a
+ * lookup is made.
+ */
+export class DnsResolver {
+  readonly #resolver: Resolver;
+  readonly #cache = new Map<string, CacheEntry>();
+  readonly #inflight = new Map<string, Promise<unknown[]>>();
+  readonly #opts: DnsResolverOptions;
+  readonly #now: () => number;
+
+  /**
+   * @param opts see {@link DnsResolverOptions}
+   * @param now clock in epoch ms (tests)
+   * @throws Error when a nameserver entry is malformed (see {@link nameserverProblem})
+   */
+  constructor(opts: DnsResolverOptions, now: () => number = Date.now) {
+    this.#opts = opts;
+    this.#now = now;
+    this.#resolver = new Resolver({ timeout: opts.timeoutMs, tries: opts.tries });
+    if (opts.nameservers.length > 0) {
+      for (const ns of opts.nameservers) {
+        const problem = nameserverProblem(ns);
+        if (problem) throw new Error(`dns.nameservers: ${problem}`);
+      }
+      this.#resolver.setServers([...opts.nameservers]);
+    }
+  }
+
+  /** The servers in use (`ip:port` strings, as node:dns reports them). */
+  get servers(): string[] {
+    return this.#resolver.getServers();
+  }
+
+  /**
+   * The mailauth-compatible lookup, bound to this resolver: pass it as mailauth's `resolver`.
+   */
+  readonly lookup: DnsLookup = (name, rrtype) => this.resolve(name, rrtype as DnsRrType);
+
+  /**
+   * Look up `rrtype` records of `name`, from the cache when fresh.
+   * @param name a domain name (case-insensitive; a trailing dot is ignored)
+   * @returns the records, in node:dns's shapes (see {@link DnsLookup})
+   * @throws Error with `code` ENOTFOUND/ENODATA (definite; cached) or a temporary code such
+   *   as ETIMEOUT/ESERVFAIL (not cached; see {@link isTemporaryDnsError})
+   */
+  async resolve(name: string, rrtype: DnsRrType): Promise<unknown[]> {
+    const key = `${rrtype} ${name.toLowerCase().replace(/\.$/, "")}`;
+    const cached = this.#cache.get(key);
+    if (cached) {
+      if (cached.expires > this.#now()) {
+        // LRU: a hit moves the entry to the back.
+        this.#cache.delete(key);
+        this.#cache.set(key, cached);
+        if (cached.negative) throw Object.assign(new Error(cached.negative.message), { code: cached.negative.code, hostname: name });
+        return cached.answer!;
+      }
+      this.#cache.delete(key);
+    }
+    const running = this.#inflight.get(key);
+    if (running) return running;
+    const query = this.#query(key, name, rrtype).finally(() => this.#inflight.delete(key));
+    this.#inflight.set(key, query);
+    return query;
+  }
+
+  async #query(key: string, name: string, rrtype: DnsRrType): Promise<unknown[]> {
+    try {
+      const answer = (await this.#resolver.resolve(name, rrtype)) as unknown[];
+      this.#remember(key, { expires: this.#now() + this.#opts.cacheTtlMs, answer });
+      return answer;
+    } catch (err) {
+      if (isNegativeDnsAnswer(err)) {
+        const e = err as Error & { code: string };
+        this.#remember(key, { expires: this.#now() + this.#opts.cacheTtlMs, negative: { code: e.code, message: e.message } });
+      }
+      throw err;
+    }
+  }
+
+  #remember(key: string, entry: CacheEntry): void {
+    if (this.#opts.cacheEntries <= 0) return;
+    this.#cache.delete(key);
+    this.#cache.set(key, entry);
+    while (this.#cache.size > this.#opts.cacheEntries) {
+      const oldest = this.#cache.keys().next().value;
+      if (oldest === undefined) break;
+      this.#cache.delete(oldest);
+    }
+  }
+
+  /**
+   * MX records of a domain (RFC 5321 §5.1).
+   * @throws as {@link resolve}
+   */
+  async resolveMx(domain: string): Promise<MxRecord[]> {
+    return (await this.resolve(domain, "MX")) as MxRecord[];
+  }
+
+  /**
+   * PTR names of an IP address (the reverse zone, RFC 1035 §3.5, RFC 3596 §2.5).
+   * @param ip an IPv4 or IPv6 address
+   * @throws RangeError for something that is not an IP address; otherwise as {@link resolve}
+   */
+  async reverse(ip: string): Promise<string[]> {
+    return (await this.resolve(reverseName(ip), "PTR")) as string[];
+  }
+
+  /**
+   * The callback form of {@link reverse} that smtp-server's `resolver` option takes
+   * (`resolver.reverse(ip, cb)`), so the listener's client name lookup uses this resolver too.
+   */
+  readonly callbackApi = {
+    reverse: (ip: string, cb: (err: Error | null, hostnames?: string[]) => void): void => {
+      this.reverse(ip).then(
+        (names) => cb(null, names),
+        (err: unknown) => cb(err as Error),
+      );
+    },
+  };
+}
+
+/**
+ * The reverse-zone name of an IP address: `4.3.2.1.in-addr.arpa` for 1.2.3.4 (RFC 1035 §3.5),
+ * nibbles under `ip6.arpa` for IPv6 (RFC 3596 §2.5). IPv4-mapped IPv6 addresses use the IPv4 form.
+ * @throws RangeError when `ip` is not an IP address
+ */
+export function reverseName(ip: string): string {
+  const v4mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  const addr = v4mapped ? v4mapped[1]! : ip;
+  const family = isIP(addr);
+  if (family === 4) return `${addr.split(".").reverse().join(".")}.in-addr.arpa`;
+  if (family !== 6) throw new RangeError(`not an IP address: ${JSON.stringify(ip)}`);
+  const [head = "", tail = ""] = addr.split("::");
+  const groups = (s: string) => (s ? s.split(":") : []);
+  const h = groups(head);
+  const t = groups(tail);
+  const full = [...h, ...Array<string>(addr.includes("::") ? 8 - h.length - t.length : 0).fill("0"), ...t];
+  const nibbles = full.map((g) => g.padStart(4, "0")).join("").split("").reverse();
+  return `${nibbles.join(".")}.ip6.arpa`;
+}
