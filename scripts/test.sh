@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (`npm test`): typecheck, then unit, integration
+# The project's test command (`npm test`): lint, typecheck, then unit, integration
 # and end-to-end tests (the e2e tests run against a real Synapse).
 #
 # - Puts Node >= 22.19 on PATH (scripts/ensure-node.sh).
@@ -24,6 +24,9 @@ MEB_CACHE="${MEB_CACHE:-$HOME/.cache/matrix-email-bridge}"
 export MEB_CACHE
 export MEB_SYNAPSE_VENV="${MEB_SYNAPSE_VENV:-$MEB_CACHE/synapse-venv}"
 bash scripts/install-synapse.sh
+
+echo "test: lint (eslint)" >&2
+npx eslint --max-warnings=0 src test bench scripts
 
 echo "test: typecheck (tsc --noEmit)" >&2
 npx tsc --noEmit -p .

@@ -3,7 +3,6 @@
  * and the outbound queue from a validated config, and wires them together.
  * No event logic lives here.
  */
-import { promises as dnsPromises } from "node:dns";
 import type { BridgeConfig } from "../config/schema.ts";
 import type { BridgeStore } from "../store/Store.ts";
 import { openStore } from "../store/open.ts";
@@ -19,15 +18,15 @@ import { InboundPoster } from "./InboundPoster.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
 import { makeAccessCheck } from "./access.ts";
-import { ghostAddress, type IdContext } from "./ids.ts";
+import type { IdContext } from "./ids.ts";
+import { Ghost } from "./Ghost.ts";
+import { DnsResolver } from "../mail/dns.ts";
 import { configureLogging, getLogger } from "../util/logger.ts";
 
 const log = getLogger("bridge");
 
 /** Things tests (or embedders) may replace. */
 export interface BridgeOverrides {
-  /** MX lookup; default: the system resolver (`dns.promises.resolveMx`). */
-  resolver?: MxResolver;
   /** Use this store instead of opening the configured one (it is closed on stop). */
   store?: BridgeStore;
 }
@@ -65,7 +64,15 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const mayBridge = makeAccessCheck(config.permissions.allowed_users, ids.serverName);
   const dkim = loadDkimSigner(config.dkim.private_key_file, ids.mailDomain, config.dkim.selector);
   const store = overrides.store ?? (await openStore({ url: config.database.url, sqliteFile: config.database.sqlite_file }));
-  const resolver: MxResolver = overrides.resolver ?? ((domain) => dnsPromises.resolveMx(domain));
+  // The one resolver: every lookup (SPF, DKIM, DMARC, ARC, MX, PTR, DNSBL) goes through it.
+  const dns = new DnsResolver({
+    nameservers: config.dns.nameservers,
+    timeoutMs: config.dns.timeout_ms,
+    tries: config.dns.tries,
+    cacheEntries: config.dns.cache_entries,
+    cacheTtlMs: config.dns.cache_ttl_ms,
+  });
+  const resolver: MxResolver = (domain) => dns.resolveMx(domain);
 
   let handler: MatrixHandler | null = null;
   const matrix = await MatrixGateway.create({
@@ -80,10 +87,8 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
         if (handler) await handler.onEvent(event as unknown as MatrixEvent);
       },
       onUserQuery: async (userId) => {
-        const address = ghostAddress(userId, ids);
-        if (!address) return null;
-        const ghost = await store.getGhostByAddress(address);
-        return { displayName: ghost?.displayName ?? address };
+        const ghost = Ghost.fromUserId(userId, ids);
+        return ghost ? { displayName: await ghost.queryName({ store }) } : null;
       },
     },
   });
@@ -100,8 +105,9 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     },
   });
   const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });
-  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler });
-  const poster = new InboundPoster({ store, matrix, ids });
+  const botDisplayName = config.appservice.bot_displayname;
+  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName });
+  const poster = new InboundPoster({ store, matrix, ids, botDisplayName });
   const router = new InboundRouter({
     store,
     matrix,
@@ -109,6 +115,12 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     mayBridge,
     hostname: config.smtp.hostname,
     onCommitted: () => poster.kick(),
+    auth: {
+      lookup: dns.lookup,
+      policy: { enforceDmarcReject: config.auth.enforce_dmarc_reject, unverified: config.auth.unverified, deferOnDnsError: config.auth.defer_on_dns_error },
+      trustedArcSealers: config.auth.trusted_arc_sealers,
+      minKeyBits: config.auth.min_dkim_key_bits,
+    },
     spam: config.spam.rspamd_url
       ? {
           check: (raw, envelope) => checkWithRspamd({ url: config.spam.rspamd_url!, timeoutMs: config.spam.timeout_ms }, raw, envelope),

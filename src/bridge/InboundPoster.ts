@@ -7,9 +7,10 @@
  */
 import type { BridgeStore, InboundRow } from "../store/Store.ts";
 import { parseMail, stripQuotedReply } from "../mail/inbound/parse.ts";
-import { parseSpamHeader } from "../mail/inbound/rspamd.ts";
-import { ghostUserId, type IdContext } from "./ids.ts";
-import { mailToMatrix } from "./format.ts";
+import type { IdContext } from "./ids.ts";
+import { AUTH_FIELD, authContent, mailToMatrix, unverifiedWarning } from "./format.ts";
+import { sanitizeHtml } from "./sanitize.ts";
+import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
@@ -20,6 +21,8 @@ export interface InboundPosterOptions {
   store: BridgeStore;
   matrix: MatrixActions;
   ids: IdContext;
+  /** The bridge bot's display name: no ghost may take it. */
+  botDisplayName: string;
   /** Interval between passes when idle, in ms (default 5000). */
   pollMs?: number;
   /** Attempts before a row is given up as `failed` (default 20). */
@@ -100,43 +103,44 @@ export class InboundPoster {
   private async post(row: InboundRow): Promise<void> {
     const { store, matrix, ids } = this.opts;
     const mail = await parseMail(row.raw);
-    const ghostId = ghostUserId(row.sender, ids);
-    const ghost = await store.getGhostByAddress(row.sender);
-    const fromName = mail.from?.name?.trim() || null;
-    const displayName = fromName ?? ghost?.displayName ?? row.sender;
-    await matrix.ensureGhost(ghostId, displayName, ghost?.displayName ?? null);
-    if (!ghost || ghost.displayName !== displayName) await store.upsertGhost({ address: row.sender, userId: ghostId, displayName });
+    const ghost = Ghost.of(row.sender, row.senderVerified, ids);
+    // Only authenticated mail speaks for the address: the name follows its From header.
+    await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
 
     let roomId = row.roomId;
     if (!roomId) {
       const localUser = row.dmLocalUserId;
       if (!localUser) throw new Error("inbound row has neither a room nor a DM target");
-      const existing = await store.getDmPortal(localUser, row.sender);
+      const existing = await store.getDmPortal(localUser, row.sender, ghost.verified);
       if (existing) {
         roomId = existing.roomId;
       } else {
-        roomId = await matrix.createDm(ghostId, localUser, `Email with ${row.sender}`);
-        await store.upsertPortal({ roomId, kind: "dm", localUserId: localUser, remoteAddress: row.sender, subject: mail.subject, encrypted: false });
-        log.info("DM portal created", { roomId, user: localUser, address: row.sender });
+        const topic = ghost.verified ? `Email with ${row.sender}` : `⚠️ Unverified sender: mail claiming to be from ${row.sender} that could not be authenticated`;
+        roomId = await matrix.createDm(ghost.userId, localUser, topic);
+        await store.upsertPortal({ roomId, kind: "dm", localUserId: localUser, remoteAddress: row.sender, subject: mail.subject, encrypted: false, remoteVerified: ghost.verified });
+        log.info("DM portal created", { roomId, user: localUser, address: row.sender, verified: ghost.verified });
       }
       await store.setInboundRoom(row.id, roomId);
     } else {
-      await matrix.join(roomId, ghostId);
+      await matrix.join(roomId, ghost.userId);
     }
 
     const isReply = row.replyToEventId !== null;
-    const content = mailToMatrix(
-      { subject: mail.subject, text: isReply ? stripQuotedReply(mail.text) : mail.text, html: isReply ? null : mail.html },
-      !isReply,
-    );
-    const spam = parseSpamHeader(row.raw);
-    if (spam && (spam.action === "add header" || spam.action === "rewrite subject")) {
-      const warning = `⚠️ Possible spam (rspamd score ${spam.score.toFixed(1)} of ${spam.requiredScore.toFixed(1)})`;
-      content.body = `${warning}\n\n${String(content.body)}`;
-      content.formatted_body = `<p><em>${warning}</em></p>${String(content.formatted_body)}`;
+    const html = !isReply && mail.html ? sanitizeHtml(mail.html) || null : null;
+    const content = mailToMatrix({ subject: mail.subject, text: isReply ? stripQuotedReply(mail.text) : mail.text, html }, !isReply);
+    const warnings: string[] = [];
+    if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
+    if (row.spam && (row.spam.action === "add header" || row.spam.action === "rewrite subject")) {
+      warnings.push(`⚠️ Possible spam (rspamd score ${row.spam.score.toFixed(1)} of ${row.spam.requiredScore.toFixed(1)})`);
     }
+    for (const warning of warnings.reverse()) {
+      content.body = `${warning}\n\n${String(content.body)}`;
+      content.formatted_body = `<p><em>${escapeHtml(warning)}</em></p>${String(content.formatted_body)}`;
+    }
+    const verdict = authContent(row.auth);
+    content[AUTH_FIELD] = verdict;
     if (row.replyToEventId) content["m.relates_to"] = { "m.in_reply_to": { event_id: row.replyToEventId } };
-    const eventId = await matrix.sendEvent(ghostId, roomId, "m.room.message", content, `meb-in-${row.id}`);
+    const eventId = await matrix.sendEvent(ghost.userId, roomId, "m.room.message", content, `meb-in-${row.id}`);
     await store.insertMessage({
       roomId,
       eventId,
@@ -145,20 +149,25 @@ export class InboundPoster {
       direction: "inbound",
       sender: row.sender,
       subject: mail.subject,
+      participants: row.participants,
     });
     for (const [i, att] of mail.attachments.entries()) {
       const filename = att.filename ?? `attachment-${i + 1}`;
-      const url = await matrix.uploadContent(ghostId, att.content, att.contentType, filename);
+      const url = await matrix.uploadContent(ghost.userId, att.content, att.contentType, filename);
       const msgtype = att.contentType.startsWith("image/") ? "m.image" : att.contentType.startsWith("audio/") ? "m.audio" : att.contentType.startsWith("video/") ? "m.video" : "m.file";
       await matrix.sendEvent(
-        ghostId,
+        ghost.userId,
         roomId,
         "m.room.message",
-        { msgtype, body: filename, url, info: { mimetype: att.contentType, size: att.size } },
+        { msgtype, body: filename, url, info: { mimetype: att.contentType, size: att.size }, [AUTH_FIELD]: verdict },
         `meb-in-${row.id}-att-${i}`,
       );
     }
     await store.markInboundPosted(row.id, eventId);
-    log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghostId });
+    log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId });
   }
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }

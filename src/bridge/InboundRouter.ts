@@ -1,21 +1,32 @@
 /**
  * Inbound routing: decides, during the SMTP transaction, which recipients the bridge
  * accepts and which portal each received mail goes to, and commits the mail with its
- * routing to the store before the SMTP listener answers 250.
+ * routing and verdicts to the store before the SMTP listener answers 250.
  *
- * Routing order for each recipient mailbox:
- * 1. thread: In-Reply-To, then References (newest first), to a portal and event that a
- *    known Message-ID belongs to — if that portal belongs to the recipient mailbox
- *    (the room's mailbox, or a room the mailbox's owner is joined to);
- * 2. a room mailbox → its room;
- * 3. a personal mailbox → the DM portal of its owner with the sender (made on first mail).
+ * At DATA, in order:
+ * 1. the author: the one From mailbox, read strictly (header tricks get 550 5.7.1);
+ * 2. sender authentication (SPF, DKIM, DMARC, ARC; `mail/inbound/auth.ts`) and its policy:
+ *    DMARC p=reject fail → 550 5.7.1, DNS trouble → 451 4.4.3, else verified or unverified;
+ * 3. the spam check (rspamd), when configured;
+ * 4. for each recipient mailbox:
+ *    a. thread: In-Reply-To, then References (newest first), to a known message of a portal
+ *       of that mailbox (the room's mailbox, or a room the mailbox's owner is joined to), but
+ *       only for a VERIFIED sender who took part in that message (as its sender or one of its
+ *       participants): knowing a Message-ID grants no membership;
+ *    b. a room mailbox → its room;
+ *    c. a personal mailbox → the DM portal of its owner with the sender's ghost (verified and
+ *       unverified ghosts have separate DM portals; made on first mail).
  */
-import type { BridgeStore, NewInbound } from "../store/Store.ts";
+import { createHash } from "node:crypto";
+import type { AuthFields, BridgeStore, NewInbound, SpamFields } from "../store/Store.ts";
 import type { InboundEnvelope, InboundHandler } from "../mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
-import { spamHeader, verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
+import { verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
-import { ghostUserId, mailboxUserId, mintMessageId, normalizeAddress, InvalidAddressError, portalReader, type IdContext } from "./ids.ts";
+import { authDecision, authenticateMessage, readAuthor, type AuthPolicy, type AuthVerdict } from "../mail/inbound/auth.ts";
+import type { DnsLookup } from "../mail/dns.ts";
+import { mailboxUserId, normalizeAddress, portalReader, type IdContext } from "./ids.ts";
+import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
@@ -26,6 +37,17 @@ export type Mailbox =
   | { kind: "room"; localpart: string; roomId: string }
   | { kind: "personal"; localpart: string; userId: string };
 
+/** How inbound mail is authenticated (the `auth` and `dns` config sections). */
+export interface SenderAuth {
+  /** The bridge's one DNS lookup. */
+  lookup: DnsLookup;
+  policy: AuthPolicy;
+  /** ARC sealers trusted to vouch for a DMARC pass (lower-case domains). */
+  trustedArcSealers: readonly string[];
+  /** Smallest DKIM RSA key accepted, in bits. */
+  minKeyBits: number;
+}
+
 /** Options for {@link InboundRouter}. */
 export interface InboundRouterOptions {
   store: BridgeStore;
@@ -35,8 +57,10 @@ export interface InboundRouterOptions {
   mayBridge: (userId: string) => boolean;
   /** Called after a mail was committed, to wake the poster. */
   onCommitted: () => void;
-  /** This host's name for the Received header (smtp.hostname). */
+  /** This host's name for the Received header and the authserv-id (smtp.hostname). */
   hostname: string;
+  /** Sender authentication. */
+  auth: SenderAuth;
   /** Spam check (rspamd), or null for none. */
   spam?: SpamCheck | null;
 }
@@ -59,6 +83,20 @@ export function receivedHeader(envelope: InboundEnvelope, hostname: string, rcpt
   const client = `${clean(envelope.heloName) || "unknown"} (${clean(envelope.clientHostname) || "unknown"} [${clean(envelope.remoteAddress)}])`;
   const forPart = rcpt ? `\r\n\tfor <${clean(rcpt)}>` : "";
   return `Received: from ${client}\r\n\tby ${hostname} with ${envelope.secure ? "ESMTPS" : "ESMTP"} id ${clean(envelope.sessionId)}${forPart};\r\n\t${date}\r\n`;
+}
+
+/**
+ * The dedupe hash of a mail: SHA-256 over the envelope sender and the message as received.
+ * With the Message-ID it is the dedupe key, so only a true retransmission is deduplicated.
+ * @returns lower-case hex
+ */
+export function contentHash(mailFrom: string | null, raw: Buffer): string {
+  return createHash("sha256").update(mailFrom ?? "").update("\0").update(raw).digest("hex");
+}
+
+/** The verdict fields shown on posted events (docs/formats.md). */
+export function authFields(v: AuthVerdict): AuthFields {
+  return { spf: v.spf, dkim: v.dkim, dmarc: v.dmarc, arc: v.arc, verified: v.verified };
 }
 
 /** The bridge's {@link InboundHandler}: recipient checks and routing. */
@@ -94,54 +132,79 @@ export class InboundRouter implements InboundHandler {
   }
 
   /**
-   * DATA: parse, route every recipient, and commit one inbound row per target portal.
-   * Resolves only after the rows are committed (the listener then answers 250).
+   * DATA: authenticate, check for spam, route every recipient, and commit one inbound row per
+   * target portal. Resolves only after the rows are committed (the listener then answers 250).
    * @throws SmtpReply for mail that must be refused (5xx) or retried (4xx)
    */
   async deliver(raw: Buffer, envelope: InboundEnvelope): Promise<void> {
-    const mail = await parseMail(raw);
-    const senderText = mail.from?.address ?? envelope.mailFrom;
-    if (!senderText) throw new SmtpReply(550, "5.1.7", "mail without a sender address is not accepted");
+    const { ids } = this.opts;
+    const author = readAuthor(raw, [ids.mailDomain, this.opts.hostname.toLowerCase()]);
     let sender: string;
     try {
-      sender = normalizeAddress(senderText, { caseSensitiveLocalparts: this.opts.ids.caseSensitiveLocalparts });
-    } catch {
-      throw new SmtpReply(553, "5.1.7", `sender address ${JSON.stringify(senderText)} is not usable`);
-    }
-    if (sender.endsWith("@" + this.opts.ids.mailDomain)) {
-      throw new SmtpReply(550, "5.7.1", "sender address on this bridge's own domain is not accepted from outside");
-    }
-    try {
-      ghostUserId(sender, this.opts.ids);
+      sender = normalizeAddress(author.address, { caseSensitiveLocalparts: ids.caseSensitiveLocalparts });
+      Ghost.of(sender, true, ids);
     } catch (err) {
-      throw new SmtpReply(553, "5.1.7", err instanceof InvalidAddressError ? err.message : "sender address is not usable");
+      throw new SmtpReply(550, "5.7.1", `the From address cannot be bridged: ${(err as Error).message}`);
     }
-    const verdictLine = await this.spamVerdict(raw, envelope, sender);
-    const messageId = mail.messageId ?? mintMessageId(this.opts.ids.mailDomain);
+    let mail;
+    try {
+      mail = await parseMail(raw);
+    } catch (err) {
+      log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: (err as Error).message });
+      throw new SmtpReply(554, "5.6.0", "message could not be parsed");
+    }
+    const parsedFrom = mail.from ? safeNormalize(mail.from.address, ids) : null;
+    if (parsedFrom !== sender) throw new SmtpReply(550, "5.7.1", "the From header field is ambiguous");
+
+    const verdict = await authenticateMessage(
+      { raw, mailFrom: envelope.mailFrom, remoteAddress: envelope.remoteAddress, heloName: envelope.heloName },
+      author,
+      { lookup: this.opts.auth.lookup, hostname: this.opts.hostname, minKeyBits: this.opts.auth.minKeyBits, trustedArcSealers: this.opts.auth.trustedArcSealers },
+    );
+    const decision = authDecision(verdict, author, this.opts.auth.policy);
+    const authLog = { session: envelope.sessionId, sender, spf: verdict.spf, dkim: verdict.dkim, dmarc: verdict.dmarc, arc: verdict.arc, policy: verdict.policy, verified: verdict.verified };
+    if (!decision.accept) {
+      log.info("mail refused by sender authentication", { ...authLog, reply: decision.reply.line });
+      throw decision.reply;
+    }
+    log.debug("sender authentication", authLog);
+    const spam = await this.spamVerdict(raw, envelope, sender);
+
+    const hash = contentHash(envelope.mailFrom, raw);
+    // A mail without a Message-ID gets one derived from its content: a retry posts once.
+    const messageId = mail.messageId ?? `${hash.slice(0, 32)}.derived@${ids.mailDomain}`;
+    const participants = [...new Set([...mail.to, ...mail.cc].map((a) => safeNormalize(a.address, ids)).filter((a): a is string => a !== null))];
     const threadIds = [mail.inReplyTo, ...[...mail.references].reverse()].filter((x): x is string => Boolean(x));
     const targets = new Map<string, NewInbound>();
     const members = new Map<string, Promise<string[]>>();
+    const base = {
+      messageId,
+      sender,
+      senderVerified: decision.verified,
+      senderName: mail.from?.name ?? null,
+      auth: authFields(verdict),
+      spam,
+      participants,
+      contentHash: hash,
+    };
     for (const rcpt of envelope.rcptTo) {
       const mailbox = await this.resolveMailbox(rcpt);
       if (!mailbox) continue; // refused at RCPT time; mailbox removed since
-      const target = await this.route(mailbox, sender, threadIds, members);
+      const target = await this.route(mailbox, sender, decision.verified, threadIds, members);
       const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
       const known = targets.get(key);
-      if (!known || (!known.replyToEventId && target.replyToEventId)) {
-        targets.set(key, { ...target, messageId, sender, raw });
-      }
+      if (!known || (!known.replyToEventId && target.replyToEventId)) targets.set(key, { ...base, ...target, raw });
     }
     if (targets.size === 0) throw new SmtpReply(550, "5.1.1", "no valid recipients");
     const trace = Buffer.from(receivedHeader(envelope, this.opts.hostname, envelope.rcptTo.length === 1 ? envelope.rcptTo[0]! : null));
-    // Stored as: [spam verdict line] Received: ... original message. The verdict line, when a
-    // check ran, is always first, so a forged copy inside the message is never read as ours.
-    for (const target of targets.values()) target.raw = Buffer.concat([Buffer.from(verdictLine), trace, raw]);
+    const stored = Buffer.concat([trace, raw]);
     for (const mailRow of targets.values()) {
-      const { row, duplicate } = await this.opts.store.insertInbound(mailRow);
+      const { row, duplicate } = await this.opts.store.insertInbound({ ...mailRow, raw: stored });
       log.info(duplicate ? "duplicate mail ignored" : "mail accepted", {
         session: envelope.sessionId,
         messageId,
         sender,
+        verified: decision.verified,
         roomId: row.roomId ?? undefined,
         dmFor: row.dmLocalUserId ?? undefined,
         inbound: row.id,
@@ -152,12 +215,12 @@ export class InboundRouter implements InboundHandler {
 
   /**
    * Run the spam check, if configured.
-   * @returns the verdict header line to store ("" when no check ran)
+   * @returns the verdict to store, or null when no check ran
    * @throws SmtpReply 550 5.7.1 / 451 4.7.1 from the verdict, or 451 4.3.0 when the check failed and `onError` is `defer`
    */
-  private async spamVerdict(raw: Buffer, envelope: InboundEnvelope, sender: string): Promise<string> {
+  private async spamVerdict(raw: Buffer, envelope: InboundEnvelope, sender: string): Promise<SpamFields | null> {
     const spam = this.opts.spam;
-    if (!spam) return "";
+    if (!spam) return null;
     let verdict: SpamVerdict;
     try {
       verdict = await spam.check(raw, envelope);
@@ -167,24 +230,30 @@ export class InboundRouter implements InboundHandler {
         throw new SmtpReply(451, "4.3.0", "spam check unavailable, try again later");
       }
       log.warn("spam check failed, accepting the mail unchecked", { session: envelope.sessionId, sender, error: (err as Error).message });
-      return "";
+      return null;
     }
     const reply = verdictReply(verdict);
     if (reply) {
       log.debug("spam verdict refuses the mail", { session: envelope.sessionId, sender, action: verdict.action, score: verdict.score });
       throw reply;
     }
-    return spamHeader(verdict);
+    return { action: verdict.action, score: verdict.score, requiredScore: verdict.requiredScore };
   }
 
+  /**
+   * Where a mail for `mailbox` goes. A thread is joined only by a verified sender who took part
+   * in the referenced message; otherwise the mail is routed as if it had no thread headers.
+   */
   private async route(
     mailbox: Mailbox,
     sender: string,
+    verified: boolean,
     threadIds: string[],
     members: Map<string, Promise<string[]>>,
   ): Promise<Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId">> {
-    for (const id of threadIds) {
+    for (const id of verified ? threadIds : []) {
       for (const known of await this.opts.store.getMessagesByMessageId(id)) {
+        if (known.sender !== sender && !known.participants.includes(sender)) continue;
         if (mailbox.kind === "room" && known.roomId === mailbox.roomId) {
           return { roomId: known.roomId, dmLocalUserId: null, replyToEventId: known.eventId };
         }
@@ -201,19 +270,29 @@ export class InboundRouter implements InboundHandler {
       }
     }
     if (mailbox.kind === "room") return { roomId: mailbox.roomId, dmLocalUserId: null, replyToEventId: null };
-    const dm = await this.opts.store.getDmPortal(mailbox.userId, sender);
+    const dm = await this.opts.store.getDmPortal(mailbox.userId, sender, verified);
     if (dm) return { roomId: dm.roomId, dmLocalUserId: null, replyToEventId: null };
     return { roomId: null, dmLocalUserId: mailbox.userId, replyToEventId: null };
   }
 
-  /** Joined members of a portal, read by a bridge user that is in it. */
+  /**
+   * Joined members of a portal, read by a bridge user that is in it.
+   * @returns [] when the room is not a portal
+   * @throws the homeserver's error: the listener answers 451 and the sender retries, rather
+   *   than the reply silently landing in the wrong room
+   */
   private async membersOf(roomId: string): Promise<string[]> {
     const portal = await this.opts.store.getPortalByRoom(roomId);
     if (!portal) return [];
-    try {
-      return await this.opts.matrix.joinedMembers(roomId, portalReader(portal, this.opts.ids));
-    } catch {
-      return [];
-    }
+    return this.opts.matrix.joinedMembers(roomId, portalReader(portal, this.opts.ids));
+  }
+}
+
+/** Normalise an address from a header; null when it cannot be a mailbox address. */
+function safeNormalize(address: string, ids: IdContext): string | null {
+  try {
+    return normalizeAddress(address, { caseSensitiveLocalparts: ids.caseSensitiveLocalparts });
+  } catch {
+    return null; // an unusable To/Cc entry simply names no participant
   }
 }

@@ -3,11 +3,12 @@
  * invites of ghosts and of the bot, bot commands, and room messages to send by mail.
  */
 import type { BridgeStore } from "../store/Store.ts";
-import { ghostAddress, type IdContext } from "./ids.ts";
+import { parseGhost, portalReader, type IdContext } from "./ids.ts";
+import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { parseCommand, runCommand } from "./commands.ts";
 import { NotSentError, type OutboundHandler, type RoomMessageEvent } from "./OutboundHandler.ts";
-import { ENCRYPTED_ROOM_NOTICE } from "../matrix/crypto.ts";
+import { ENCRYPTED_ROOM_NOTICE } from "./notices.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
 const log = getLogger("bridge/matrix");
@@ -30,6 +31,8 @@ export interface MatrixHandlerOptions {
   ids: IdContext;
   mayBridge: (userId: string) => boolean;
   outbound: OutboundHandler;
+  /** The bridge bot's display name: no ghost may take it. */
+  botDisplayName: string;
 }
 
 /** Dispatches Matrix events. */
@@ -55,8 +58,8 @@ export class MatrixHandler {
   private async notice(roomId: string, text: string, replyTo?: string): Promise<void> {
     const portal = await this.opts.store.getPortalByRoom(roomId);
     if (portal?.kind === "dm" && portal.remoteAddress) {
-      const ghost = (await this.opts.store.getGhostByAddress(portal.remoteAddress))?.userId;
-      if (ghost) {
+      const ghost = portalReader(portal, this.opts.ids);
+      {
         const content: Record<string, unknown> = { msgtype: "m.notice", body: text };
         if (replyTo) content["m.relates_to"] = { "m.in_reply_to": { event_id: replyTo } };
         await this.opts.matrix.sendEvent(ghost, roomId, "m.room.message", content).catch((err: unknown) =>
@@ -80,7 +83,7 @@ export class MatrixHandler {
     const allowed = inviter === matrix.botUserId || this.opts.mayBridge(inviter);
     if (invitee === matrix.botUserId) {
       // A ghost brings the bot into its portal (bringBot), which joins it quietly.
-      if (ghostAddress(inviter, ids)) return;
+      if (parseGhost(inviter, ids)) return;
       await matrix.join(roomId, invitee);
       if (!allowed) {
         await matrix.botNotice(roomId, `${inviter} is not allowed to use this email bridge, so nothing in this room will be sent by email.`);
@@ -93,11 +96,11 @@ export class MatrixHandler {
       log.info("bridge bot joined", { roomId, inviter });
       return;
     }
-    const address = ghostAddress(invitee, ids);
-    if (!address) return;
-    const known = await store.getGhostByAddress(address);
-    await matrix.ensureGhost(invitee, known?.displayName ?? address, known?.displayName ?? null);
-    if (!known) await store.upsertGhost({ address, userId: invitee, displayName: address });
+    // Only a verified ghost can be invited: an unverified one exists only to post unauthenticated mail.
+    const ghost = Ghost.fromUserId(invitee, ids);
+    if (!ghost?.verified) return;
+    const address = ghost.address;
+    await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName });
     await matrix.join(roomId, invitee);
     const encrypted = await matrix.isEncrypted(roomId, invitee);
     if (!allowed || encrypted) {
@@ -113,7 +116,7 @@ export class MatrixHandler {
     }
     const portal = await store.getPortalByRoom(roomId);
     if (!portal) {
-      await store.upsertPortal({ roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false });
+      await store.upsertPortal({ roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
     }
     if (portal?.kind !== "dm") await this.bringBot(roomId, invitee);
     log.info("ghost joined portal", { roomId, inviter, address });
@@ -141,7 +144,7 @@ export class MatrixHandler {
 
   private async onMessage(event: RoomMessageEvent): Promise<void> {
     const { store, matrix, ids } = this.opts;
-    if (ghostAddress(event.sender, ids) || event.sender === matrix.botUserId) return;
+    if (parseGhost(event.sender, ids) || event.sender === matrix.botUserId) return;
     const body = typeof event.content.body === "string" ? event.content.body : "";
     const portal = await store.getPortalByRoom(event.room_id);
     const args = parseCommand(body, false);
@@ -176,7 +179,7 @@ export class MatrixHandler {
     const { store, matrix, ids } = this.opts;
     let reply: string;
     try {
-      reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge }, { roomId: event.room_id, sender: event.sender, args });
+      reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge, botDisplayName: this.opts.botDisplayName }, { roomId: event.room_id, sender: event.sender, args });
     } catch (err) {
       await matrix.botNotice(event.room_id, `\`${args.slice(0, 2).join(" ")}\`: failed because of an error on the bridge; the bridge's log has the details.`, event.event_id);
       throw err;

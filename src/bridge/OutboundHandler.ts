@@ -6,7 +6,7 @@
 import type { BridgeStore, PortalRow } from "../store/Store.ts";
 import { composeMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
-import { ghostAddress, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
+import { parseGhost, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
 import { matrixToMail, type MessageContent } from "./format.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
@@ -54,7 +54,8 @@ export class OutboundHandler {
   async recipients(portal: PortalRow): Promise<string[]> {
     if (portal.kind === "dm" && portal.remoteAddress) return [portal.remoteAddress];
     const members = await this.opts.matrix.joinedMembers(portal.roomId);
-    return members.map((m) => ghostAddress(m, this.opts.ids)).filter((a): a is string => a !== null);
+    const addresses = members.map((m) => parseGhost(m, this.opts.ids)?.address).filter((a): a is string => a !== undefined);
+    return [...new Set(addresses)];
   }
 
   /**
@@ -110,6 +111,7 @@ export class OutboundHandler {
       direction: "outbound",
       sender: from,
       subject,
+      participants: to,
     });
     const { duplicate } = await store.enqueueOutbound({ roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: to, raw });
     if (!duplicate) {

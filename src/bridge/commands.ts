@@ -3,7 +3,8 @@
  * (in a DM with the bot, the `!email` prefix may be left out).
  */
 import { MailboxTakenError, type BridgeStore } from "../store/Store.ts";
-import { ghostUserId, InvalidAddressError, mailboxUserId, type IdContext } from "./ids.ts";
+import { InvalidAddressError, mailboxUserId, normalizeAddress, type IdContext } from "./ids.ts";
+import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 
 /** The command prefix. */
@@ -21,6 +22,8 @@ export interface CommandContext {
   matrix: MatrixActions;
   ids: IdContext;
   mayBridge: (userId: string) => boolean;
+  /** The bridge bot's display name: no ghost may take it. */
+  botDisplayName: string;
 }
 
 /** A command invocation. */
@@ -126,6 +129,7 @@ async function mailboxCommand(ctx: CommandContext, req: CommandRequest, args: st
     remoteAddress: null,
     subject: portal?.subject ?? null,
     encrypted: false,
+    remoteVerified: true,
   });
   return `Done: mail to ${localpart}@${ctx.ids.mailDomain} now lands in this room, and messages here go to the room's email participants.`;
 }
@@ -140,14 +144,14 @@ async function aliasLocalpart(ctx: CommandContext, roomId: string): Promise<stri
 async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
   if (!args[0]) throw new CommandError("say which address, e.g. `invite bob@example.org`");
   if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
-  let userId: string;
+  let ghost: Ghost;
   try {
-    userId = ghostUserId(args[0], ctx.ids);
+    ghost = Ghost.of(normalizeAddress(args[0], { caseSensitiveLocalparts: ctx.ids.caseSensitiveLocalparts }), true, ctx.ids);
   } catch (err) {
     if (err instanceof InvalidAddressError) throw new CommandError(err.message);
     throw err;
   }
-  await ctx.matrix.ensureGhost(userId, null, null);
-  await ctx.matrix.invite(req.roomId, ctx.matrix.botUserId, userId);
-  return `Invited ${userId}.`;
+  await ghost.ensureProfile(ctx);
+  await ctx.matrix.invite(req.roomId, ctx.matrix.botUserId, ghost.userId);
+  return `Invited ${ghost.userId}.`;
 }

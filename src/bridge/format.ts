@@ -1,7 +1,27 @@
 /**
  * Conversions between Matrix message content and mail bodies.
  */
-import { sanitizeHtml } from "../mail/inbound/sanitize.ts";
+import { sanitizeHtml } from "./sanitize.ts";
+import type { AuthFields } from "../store/Store.ts";
+
+/**
+ * The content field, under the project's own namespace, that carries a posted mail's
+ * sender-authentication verdict: `{spf, dkim, dmarc, arc, verified}` (docs/formats.md).
+ * `io.github.matrix-email-bridge` is the reverse-DNS name of the project's home; the Matrix
+ * spec reserves `m.` and `org.matrix.` for itself (Client-Server API, "Namespacing").
+ */
+export const AUTH_FIELD = "io.github.matrix-email-bridge.auth";
+
+/** The verdict object put under {@link AUTH_FIELD}; rows from before authentication count as unverified. */
+export function authContent(auth: AuthFields | null): AuthFields {
+  return auth ?? { spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false };
+}
+
+/** The warning line above a mail whose sender did not authenticate. */
+export function unverifiedWarning(address: string, auth: AuthFields | null): string {
+  const a = authContent(auth);
+  return `⚠️ Unverified sender: this mail claims to be from ${address}, but that could not be confirmed (SPF ${a.spf}, DKIM ${a.dkim}, DMARC ${a.dmarc}).`;
+}
 
 /** The text of a Matrix message as mail body parts. */
 export interface MailBody {

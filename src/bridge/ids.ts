@@ -147,8 +147,44 @@ export function ghostUserId(address: string, ctx: IdContext): string {
 }
 
 /**
- * The email address a ghost user ID stands for.
- * @returns the normalised address, or null when `userId` is not a (canonical) ghost of this bridge
+ * Suffix of the unverified ghost's localpart: `@email_bob=40example.org/unverified:hs`.
+ * `/` is a valid localpart character but never valid in a domain, so no canonical verified
+ * ghost ends with it and the two namespaces cannot collide.
+ */
+export const UNVERIFIED_SUFFIX = "/unverified";
+
+/**
+ * The unverified ghost of an address: who posts mail that claims to be from `address` but did
+ * not authenticate (docs/security.md). A separate user, so the verified ghost speaks only for
+ * authenticated mail.
+ * @returns e.g. `@email_bob=40example.org/unverified:hs.example`
+ * @throws InvalidAddressError as {@link ghostUserId}
+ */
+export function unverifiedGhostUserId(address: string, ctx: IdContext): string {
+  const verified = ghostUserId(address, ctx);
+  const userId = verified.replace(/:/, `${UNVERIFIED_SUFFIX}:`);
+  if (Buffer.byteLength(userId) > MAX_USER_ID_BYTES) throw new InvalidAddressError(`address too long for a Matrix user ID: ${address}`);
+  return userId;
+}
+
+/**
+ * The address a ghost user ID stands for, and whether it is the verified ghost.
+ * @returns null when `userId` is not a (canonical) ghost of this bridge
+ */
+export function parseGhost(userId: string, ctx: IdContext): { address: string; verified: boolean } | null {
+  const m = /^@([^:]+):(.+)$/.exec(userId);
+  if (!m || !m[1]!.endsWith(UNVERIFIED_SUFFIX)) {
+    const address = ghostAddress(userId, ctx);
+    return address ? { address, verified: true } : null;
+  }
+  const address = ghostAddress(`@${m[1]!.slice(0, -UNVERIFIED_SUFFIX.length)}:${m[2]}`, ctx);
+  return address ? { address, verified: false } : null;
+}
+
+/**
+ * The email address a verified ghost user ID stands for.
+ * @returns the normalised address, or null when `userId` is not a (canonical) verified ghost of
+ *   this bridge (unverified ghosts included: see {@link parseGhost})
  */
 export function ghostAddress(userId: string, ctx: IdContext): string | null {
   const m = /^@([^:]+):(.+)$/.exec(userId);
@@ -217,6 +253,7 @@ export function bareMessageId(id: string | null | undefined): string | null {
  * The bridge user that is a member of a portal and can read it: the remote party's
  * ghost in a DM portal (the bot is not in DMs), the bridge bot elsewhere.
  */
-export function portalReader(portal: { kind: string; remoteAddress: string | null }, ctx: IdContext): string {
-  return portal.kind === "dm" && portal.remoteAddress ? ghostUserId(portal.remoteAddress, ctx) : botUserId(ctx);
+export function portalReader(portal: { kind: string; remoteAddress: string | null; remoteVerified: boolean }, ctx: IdContext): string {
+  if (portal.kind !== "dm" || !portal.remoteAddress) return botUserId(ctx);
+  return portal.remoteVerified ? ghostUserId(portal.remoteAddress, ctx) : unverifiedGhostUserId(portal.remoteAddress, ctx);
 }

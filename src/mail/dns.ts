@@ -113,7 +113,9 @@ export class DnsResolver {
   constructor(opts: DnsResolverOptions, now: () => number = Date.now) {
     this.#opts = opts;
     this.#now = now;
-    this.#resolver = new Resolver({ timeout: opts.timeoutMs, tries: opts.tries });
+    // c-ares doubles the timeout on each retry unless maxTimeout (Node 22.19, 24.5) caps it:
+    // without it `tries: 3` waited 1 + 2 + 4 = 7 × timeoutMs instead of 3 ×.
+    this.#resolver = new Resolver({ timeout: opts.timeoutMs, tries: opts.tries, maxTimeout: opts.timeoutMs });
     if (opts.nameservers.length > 0) {
       for (const ns of opts.nameservers) {
         const problem = nameserverProblem(ns);
@@ -218,20 +220,28 @@ export class DnsResolver {
 
 /**
  * The reverse-zone name of an IP address: `4.3.2.1.in-addr.arpa` for 1.2.3.4 (RFC 1035 §3.5),
- * nibbles under `ip6.arpa` for IPv6 (RFC 3596 §2.5). IPv4-mapped IPv6 addresses use the IPv4 form.
+ * nibbles under `ip6.arpa` for IPv6 (RFC 3596 §2.5). IPv4-mapped IPv6 addresses (::ffff:0:0/96,
+ * dotted or hex form) use the IPv4 form. IPv6 text may end in a dotted quad (RFC 4291 §2.2,
+ * e.g. the NAT64 `64:ff9b::192.0.2.33`) and carry a zone index (`fe80::1%eth0`, dropped).
  * @throws RangeError when `ip` is not an IP address
  */
 export function reverseName(ip: string): string {
-  const v4mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-  const addr = v4mapped ? v4mapped[1]! : ip;
-  const family = isIP(addr);
-  if (family === 4) return `${addr.split(".").reverse().join(".")}.in-addr.arpa`;
-  if (family !== 6) throw new RangeError(`not an IP address: ${JSON.stringify(ip)}`);
-  const [head = "", tail = ""] = addr.split("::");
+  if (isIP(ip) === 4) return `${ip.split(".").reverse().join(".")}.in-addr.arpa`;
+  const addr = ip.replace(/%.*$/, "");
+  if (isIP(addr) !== 6) throw new RangeError(`not an IP address: ${JSON.stringify(ip)}`);
+  // A trailing dotted quad is the last two 16-bit groups.
+  const text = addr.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_, a: string, b: string, c: string, d: string) =>
+    `${((Number(a) << 8) | Number(b)).toString(16)}:${((Number(c) << 8) | Number(d)).toString(16)}`,
+  );
+  const [head = "", tail = ""] = text.split("::");
   const groups = (s: string) => (s ? s.split(":") : []);
   const h = groups(head);
   const t = groups(tail);
-  const full = [...h, ...Array<string>(addr.includes("::") ? 8 - h.length - t.length : 0).fill("0"), ...t];
-  const nibbles = full.map((g) => g.padStart(4, "0")).join("").split("").reverse();
+  const full = [...h, ...Array<string>(text.includes("::") ? 8 - h.length - t.length : 0).fill("0"), ...t].map((g) => g.toLowerCase().padStart(4, "0"));
+  if (full.slice(0, 5).every((g) => g === "0000") && full[5] === "ffff") {
+    const v4 = [full[6]!, full[7]!].flatMap((g) => [parseInt(g.slice(0, 2), 16), parseInt(g.slice(2), 16)]);
+    return `${v4.reverse().join(".")}.in-addr.arpa`;
+  }
+  const nibbles = full.join("").split("").reverse();
   return `${nibbles.join(".")}.ip6.arpa`;
 }

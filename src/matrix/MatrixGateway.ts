@@ -5,8 +5,9 @@
  * It knows nothing of mail. Events from the homeserver go to a {@link MatrixEventSink}
  * that the bridge core implements; the core calls the methods here to act in Matrix.
  */
-import type { Bridge as BridgeT, Intent, WeakEvent } from "matrix-appservice-bridge";
+import type { AppService, Bridge as BridgeT, Intent, WeakEvent } from "matrix-appservice-bridge";
 import { getLogger, errorFields } from "../util/logger.ts";
+import { createHardenedAppService, loadRegistration } from "./appserviceHttp.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
 import { routeLibraryLogs } from "./libraryLogs.ts";
 import type { MatrixActions } from "../bridge/ports.ts";
@@ -51,27 +52,34 @@ export class MatrixGateway implements MatrixActions {
   readonly crypto: CryptoStatus;
   private readonly bridge: BridgeT;
   private readonly opts: MatrixGatewayOptions;
+  /** The HTTP listener's AppService, with the strict token check (./appserviceHttp.ts). */
+  private readonly appservice: AppService;
   private readonly registeredGhosts = new Set<string>();
 
-  private constructor(bridge: BridgeT, opts: MatrixGatewayOptions, crypto: CryptoStatus) {
+  private constructor(bridge: BridgeT, opts: MatrixGatewayOptions, crypto: CryptoStatus, appservice: AppService) {
     this.bridge = bridge;
     this.opts = opts;
     this.crypto = crypto;
+    this.appservice = appservice;
   }
 
   /**
-   * Load matrix-appservice-bridge (after the crypto probe) and build the gateway.
-   * Nothing listens until {@link start}.
+   * Load matrix-appservice-bridge (after the crypto probe), read the registration file and
+   * build the gateway. Nothing listens until {@link listen} / {@link start}.
+   * @throws Error when the registration file cannot be read or lacks its tokens
    */
   static async create(opts: MatrixGatewayOptions): Promise<MatrixGateway> {
     const crypto = prepareCrypto();
     const mab = await import("matrix-appservice-bridge");
     routeLibraryLogs(mab.Logger);
+    // One parse of the registration, shared by the bridge and the listener's token check.
+    const registration = await loadRegistration(mab.AppServiceRegistration, opts.registrationFile);
+    const appservice = createHardenedAppService(mab.AppService, { homeserverToken: registration.getHomeserverToken() ?? "" });
     let gateway: MatrixGateway | null = null;
     const bridge = new mab.Bridge({
       homeserverUrl: opts.homeserverUrl,
       domain: opts.serverName,
-      registration: opts.registrationFile,
+      registration,
       disableStores: true,
       disableContext: true,
       suppressEcho: true,
@@ -94,7 +102,7 @@ export class MatrixGateway implements MatrixActions {
         },
       },
     });
-    gateway = new MatrixGateway(bridge, opts, crypto);
+    gateway = new MatrixGateway(bridge, opts, crypto, appservice);
     return gateway;
   }
 
@@ -104,13 +112,23 @@ export class MatrixGateway implements MatrixActions {
   }
 
   /**
-   * Start the appservice listener, wait until the homeserver answers (retrying every 2 s,
-   * at most `maxWaitMs`), and set the bot's display name.
-   * @throws Error when the homeserver cannot be reached in time
+   * Initialise the bridge and start only the appservice HTTP listener on `bindAddress:port`
+   * (no homeserver request is made). Every request must carry the `hs_token`, checked
+   * strictly and in constant time (./appserviceAuth.ts, ./appserviceHttp.ts).
+   * @throws Error when the port cannot be bound
+   */
+  async listen(): Promise<void> {
+    await this.bridge.initialise();
+    await this.bridge.listen(this.opts.port, this.opts.bindAddress, 10, this.appservice);
+  }
+
+  /**
+   * Start the appservice listener ({@link listen}), wait until the homeserver answers
+   * (retrying every 2 s, at most `maxWaitMs`), and set the bot's display name.
+   * @throws Error when the listener cannot start or the homeserver cannot be reached in time
    */
   async start(maxWaitMs = 120_000): Promise<void> {
-    await this.bridge.initialise();
-    await this.bridge.listen(this.opts.port, this.opts.bindAddress);
+    await this.listen();
     const bot = this.bridge.getIntent();
     const deadline = Date.now() + maxWaitMs;
     for (;;) {

@@ -71,9 +71,3 @@ export function prepareCrypto(): CryptoStatus {
   }
   return status;
 }
-
-/** The notice the bridge bot posts in an encrypted room it is asked to bridge. */
-export const ENCRYPTED_ROOM_NOTICE =
-  "This room is end-to-end encrypted, and this email bridge cannot read or send encrypted messages " +
-  "(end-to-end encryption is off on this bridge). Messages here will not be bridged to email. " +
-  "Use an unencrypted room to talk to email contacts.";

@@ -3,9 +3,9 @@
  * Statements live in `queries/sql.ts`, row mappers in `queries/rows.ts`.
  */
 import type { Database, Queryable, SqlValue } from "./db/Database.ts";
-import { isUniqueViolation, jsonText } from "./db/dialect.ts";
+import { dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
 import * as Q from "./queries/sql.ts";
-import { toGhost, toInbound, toMailbox, toMessage, toOutbound, toPortal } from "./queries/rows.ts";
+import { toGhost, toInbound, toMailbox, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
 import type { DbRow } from "./queries/rows.ts";
 import { MailboxTakenError } from "./Store.ts";
 import type {
@@ -15,6 +15,9 @@ import type {
   MessageRow,
   NewInbound,
   NewOutbound,
+  OutboundAttemptResult,
+  OutboundRecipientRow,
+  OutboundRecipientUpdate,
   OutboundRow,
   PortalRow,
   RoomMailboxRow,
@@ -146,6 +149,7 @@ export class SqlStore implements BridgeStore {
       portal.subject,
       portal.encrypted,
       ms(this.#now()),
+      portal.remoteVerified,
     ]);
     return toPortal(rows[0]!);
   }
@@ -154,8 +158,8 @@ export class SqlStore implements BridgeStore {
     return one(this.db, Q.SQL_PORTAL_BY_ROOM, [roomId], toPortal);
   }
 
-  getDmPortal(localUserId: string, remoteAddress: string): Promise<PortalRow | null> {
-    return one(this.db, Q.SQL_DM_PORTAL, [localUserId, remoteAddress], toPortal);
+  getDmPortal(localUserId: string, remoteAddress: string, remoteVerified: boolean): Promise<PortalRow | null> {
+    return one(this.db, Q.SQL_DM_PORTAL, [localUserId, remoteAddress, remoteVerified], toPortal);
   }
 
   async deletePortal(roomId: string): Promise<void> {
@@ -174,6 +178,7 @@ export class SqlStore implements BridgeStore {
       msg.sender,
       msg.subject,
       ms(this.#now()),
+      jsonText(msg.participants),
     ]);
   }
 
@@ -218,9 +223,15 @@ export class SqlStore implements BridgeStore {
         mail.sender,
         mail.raw,
         ms(this.#now()),
+        mail.senderVerified,
+        mail.senderName,
+        mail.auth === null ? null : jsonText(mail.auth),
+        mail.spam === null ? null : jsonText(mail.spam),
+        jsonText(mail.participants),
+        mail.contentHash,
       ]);
       if (inserted[0]) return { row: toInbound(inserted[0]), duplicate: false };
-      const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId], toInbound);
+      const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], toInbound);
       if (!existing) throw new Error("inbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
     });
@@ -245,8 +256,9 @@ export class SqlStore implements BridgeStore {
 
   // Outbound queue
 
-  /** Queue a mail as `queued`, due now. */
+  /** Queue a mail as `queued`, due now, with a `pending` row per (distinct) recipient. */
   async enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }> {
+    const now = ms(this.#now());
     return this.db.transaction(async (tx) => {
       const inserted = await tx.query<DbRow>(Q.SQL_ENQUEUE_OUTBOUND, [
         mail.roomId,
@@ -255,9 +267,13 @@ export class SqlStore implements BridgeStore {
         mail.envelopeFrom,
         jsonText(mail.recipients),
         mail.raw,
-        ms(this.#now()),
+        now,
       ]);
-      if (inserted[0]) return { row: toOutbound(inserted[0]), duplicate: false };
+      if (inserted[0]) {
+        const row = toOutbound(inserted[0]);
+        for (const address of mail.recipients) await tx.execute(Q.SQL_INSERT_OUTBOUND_RECIPIENT, [row.id, address, now]);
+        return { row, duplicate: false };
+      }
       const existing = await one(tx, Q.SQL_OUTBOUND_BY_EVENT, [mail.eventId], toOutbound);
       if (!existing) throw new Error("outbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
@@ -287,5 +303,75 @@ export class SqlStore implements BridgeStore {
 
   getOutboundByEvent(eventId: string): Promise<OutboundRow | null> {
     return one(this.db, Q.SQL_OUTBOUND_BY_EVENT, [eventId], toOutbound);
+  }
+
+  getOutboundById(id: number): Promise<OutboundRow | null> {
+    return one(this.db, Q.SQL_OUTBOUND_BY_ID, [id], toOutbound);
+  }
+
+  /**
+   * Record one delivery attempt (see {@link BridgeStore.recordOutboundAttempt}).
+   * @throws Error if there is no mail `id` (the transaction is rolled back)
+   */
+  async recordOutboundAttempt(id: number, updates: OutboundRecipientUpdate[], nextAttemptAt: number): Promise<OutboundAttemptResult> {
+    const now = ms(this.#now());
+    const next = ms(nextAttemptAt);
+    return this.db.transaction(async (tx) => {
+      const current = await tx.query<DbRow>(Q.SQL_OUTBOUND_RECIPIENT_LIST, [id]);
+      if (!current[0]) throw new Error(`no outbound mail ${id}`);
+      const list = parseStringArray(current[0].recipients);
+      for (const u of updates) {
+        await tx.execute(Q.SQL_UPSERT_OUTBOUND_RECIPIENT, [
+          id,
+          u.address,
+          u.state,
+          u.code,
+          u.reply,
+          u.nextAttemptAt === null ? null : ms(u.nextAttemptAt),
+          now,
+        ]);
+      }
+      const recipients = (await tx.query<DbRow>(Q.SQL_OUTBOUND_RECIPIENTS, [id])).map(toOutboundRecipient);
+      const byAddress = new Map(recipients.map((r) => [r.address, r]));
+      // A listed address without a row (queued before migration 3, not in `updates`) is still pending.
+      const remaining = list.filter((a) => {
+        const st = byAddress.get(a)?.state ?? "pending";
+        return st === "pending" || st === "deferred";
+      });
+      const state = remaining.length > 0 ? "deferred" : recipients.some((r) => r.state === "failed") ? "bounced" : "sent";
+      const problems = updates.filter((u) => u.state !== "sent").map((u) => `${u.address}: ${u.reply}`);
+      await tx.execute(Q.SQL_OUTBOUND_ATTEMPT, [id, state, jsonText(remaining), next, problems.length > 0 ? problems.join("; ") : null]);
+      return { state, recipients };
+    });
+  }
+
+  /** Recipients of mail `id`, by address. */
+  async listOutboundRecipients(id: number): Promise<OutboundRecipientRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_OUTBOUND_RECIPIENTS, [id])).map(toOutboundRecipient);
+  }
+
+  /** Failed, unreported recipients, by mail id then address, at most `limit`. */
+  async listUnreportedOutboundFailures(limit: number): Promise<OutboundRecipientRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_UNREPORTED_OUTBOUND_FAILURES, [limitOf(limit)])).map(toOutboundRecipient);
+  }
+
+  /** Mark the failures of `addresses` of mail `id` reported, in one transaction. */
+  async markOutboundRecipientsReported(id: number, addresses: string[]): Promise<void> {
+    if (addresses.length === 0) return;
+    const now = ms(this.#now());
+    await this.db.transaction(async (tx) => {
+      for (const address of addresses) await tx.execute(Q.SQL_OUTBOUND_RECIPIENT_REPORTED, [id, address, now]);
+    });
+  }
+
+  async markOutboundDelayWarned(id: number, at: number): Promise<void> {
+    await this.db.execute(Q.SQL_OUTBOUND_DELAY_WARNED, [id, ms(at)]);
+  }
+
+  /** Earliest nextAttemptAt (ms) > `after` of a queued/deferred mail, or null. */
+  async nextOutboundAttemptAt(after: number): Promise<number | null> {
+    const rows = await this.db.query<DbRow>(Q.SQL_NEXT_OUTBOUND_ATTEMPT, [ms(after)]);
+    const t = rows[0]?.t;
+    return t === null || t === undefined ? null : dbNumber(t);
   }
 }

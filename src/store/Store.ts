@@ -47,6 +47,11 @@ export interface PortalRow {
   subject: string | null;
   /** Whether the room is end-to-end encrypted (the bridge cannot read it). */
   encrypted: boolean;
+  /**
+   * For `dm`: whether the remote party is the verified ghost of `remoteAddress` (true) or its
+   * unverified ghost (false): a DM with an unverified sender is a portal of its own.
+   */
+  remoteVerified: boolean;
   createdAt: number;
 }
 
@@ -66,7 +71,31 @@ export interface MessageRow {
   sender: string;
   /** Subject line of the mail. */
   subject: string | null;
+  /**
+   * Who else took part (normalised addresses): inbound, the mail's To and Cc; outbound, the
+   * envelope recipients. With `sender`, the addresses that may continue this thread.
+   */
+  participants: string[];
   createdAt: number;
+}
+
+/**
+ * The authentication verdict shown on a posted event (docs/formats.md): SPF, DKIM, DMARC and
+ * ARC results (RFC 8601 result words) and whether the sender is verified.
+ */
+export interface AuthFields {
+  spf: string;
+  dkim: string;
+  dmarc: string;
+  arc: string;
+  verified: boolean;
+}
+
+/** The spam verdict a mail was accepted with (rspamd action and scores), when a check ran. */
+export interface SpamFields {
+  action: string;
+  score: number;
+  requiredScore: number;
 }
 
 /** State of a received mail waiting to be posted into Matrix. */
@@ -86,9 +115,21 @@ export interface InboundRow {
   replyToEventId: string | null;
   /** Message-ID of the mail without brackets (minted by the bridge if the mail had none). */
   messageId: string;
-  /** Normalised envelope or header sender address that owns the ghost. */
+  /** Normalised address of the author (the From mailbox): whose ghost posts it. */
   sender: string;
-  /** The raw RFC 5322 message, as received. */
+  /** Whether the author authenticated (aligned SPF or DKIM pass): the verified ghost posts it, else the unverified one. */
+  senderVerified: boolean;
+  /** The From display name as claimed; shown only for verified senders. */
+  senderName: string | null;
+  /** The authentication verdict, or null for rows from before sender authentication. */
+  auth: AuthFields | null;
+  /** The spam verdict, or null when no check ran. */
+  spam: SpamFields | null;
+  /** The mail's To and Cc addresses, normalised. */
+  participants: string[];
+  /** Hash of envelope sender and message: with the Message-ID, the dedupe key. */
+  contentHash: string;
+  /** The raw RFC 5322 message, as received (with the bridge's Received header on top). */
   raw: Buffer;
   state: InboundState;
   attempts: number;
@@ -99,7 +140,10 @@ export interface InboundRow {
 }
 
 /** What {@link BridgeStore.insertInbound} takes. */
-export type NewInbound = Pick<InboundRow, "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "raw">;
+export type NewInbound = Pick<
+  InboundRow,
+  "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "senderVerified" | "senderName" | "auth" | "spam" | "participants" | "contentHash" | "raw"
+>;
 
 /** State of an outbound mail. `deferred` will be retried at `nextAttemptAt`. */
 export type OutboundState = "queued" | "deferred" | "sent" | "bounced";
@@ -121,10 +165,59 @@ export interface OutboundRow {
   nextAttemptAt: number;
   lastError: string | null;
   createdAt: number;
+  /** When the "delivery is delayed" notice went out (once per mail), or null. */
+  delayWarnedAt: number | null;
 }
 
 /** What {@link BridgeStore.enqueueOutbound} takes. */
 export type NewOutbound = Pick<OutboundRow, "roomId" | "eventId" | "messageId" | "envelopeFrom" | "recipients" | "raw">;
+
+/**
+ * State of one recipient of an outbound mail: `pending` (not attempted yet), `sent` (accepted
+ * by a server), `deferred` (temporary failure, retried), `failed` (permanent). `sent` and
+ * `failed` are final.
+ */
+export type OutboundRecipientState = "pending" | "sent" | "deferred" | "failed";
+
+/** Delivery state of one envelope recipient of an outbound mail (table `outbound_recipients`, migration 3). */
+export interface OutboundRecipientRow {
+  /** {@link OutboundRow.id} of the mail. */
+  outboundId: number;
+  /** Envelope recipient (normalised address). */
+  address: string;
+  state: OutboundRecipientState;
+  /** Delivery attempts made for this recipient. */
+  attempts: number;
+  /** SMTP reply code of the last attempt (or a routing error's synthetic code); null when no server answered. */
+  lastCode: number | null;
+  /** The remote server's reply (or the local error) of the last attempt; null before the first. */
+  lastReply: string | null;
+  /** Next try in epoch ms while pending/deferred; null when final. */
+  nextAttemptAt: number | null;
+  /** For `failed`: whether the failure was reported (the notice went out). */
+  reported: boolean;
+  updatedAt: number;
+}
+
+/** The outcome of one recipient in one attempt, for {@link BridgeStore.recordOutboundAttempt}. */
+export interface OutboundRecipientUpdate {
+  address: string;
+  state: "sent" | "deferred" | "failed";
+  /** SMTP reply code, or null when no server answered. */
+  code: number | null;
+  /** Reply text or error message (shown to users on failure). */
+  reply: string;
+  /** Next try in epoch ms for `deferred`; null otherwise. */
+  nextAttemptAt: number | null;
+}
+
+/** What {@link BridgeStore.recordOutboundAttempt} leaves behind. */
+export interface OutboundAttemptResult {
+  /** The mail's new state: `deferred` while any recipient is pending/deferred, else `bounced` if any failed, else `sent`. */
+  state: "deferred" | "sent" | "bounced";
+  /** Every recipient of the mail after the update, by address. */
+  recipients: OutboundRecipientRow[];
+}
 
 /** Raised when a room mailbox localpart is already taken by another room. */
 export class MailboxTakenError extends Error {
@@ -166,8 +259,8 @@ export interface BridgeStore {
   /** Insert a portal, or update kind/subject/encrypted of an existing one (room_id is the key). */
   upsertPortal(portal: Omit<PortalRow, "createdAt">): Promise<PortalRow>;
   getPortalByRoom(roomId: string): Promise<PortalRow | null>;
-  /** The DM portal of `localUserId` with `remoteAddress`, if any. */
-  getDmPortal(localUserId: string, remoteAddress: string): Promise<PortalRow | null>;
+  /** The DM portal of `localUserId` with the verified (or, `remoteVerified` false, the unverified) ghost of `remoteAddress`, if any. */
+  getDmPortal(localUserId: string, remoteAddress: string, remoteVerified: boolean): Promise<PortalRow | null>;
   /** Forget a portal (e.g. when the room is left by everyone). */
   deletePortal(roomId: string): Promise<void>;
 
@@ -180,8 +273,9 @@ export interface BridgeStore {
 
   // Inbound queue
   /**
-   * Commit a received mail with its routing. Idempotent on (roomId or dmLocalUserId, messageId):
-   * a replay of the same mail to the same target returns the existing row with `duplicate: true`.
+   * Commit a received mail with its routing. Idempotent on (roomId or dmLocalUserId, messageId,
+   * contentHash): a replay of the same mail to the same target returns the existing row with
+   * `duplicate: true`; a different mail reusing a Message-ID is a new row.
    */
   insertInbound(mail: NewInbound): Promise<{ row: InboundRow; duplicate: boolean }>;
   /** Pending rows, oldest first. */
@@ -193,7 +287,10 @@ export interface BridgeStore {
   markInboundAttempt(id: number, error: string, final: boolean): Promise<void>;
 
   // Outbound queue
-  /** Queue a mail. Idempotent on eventId: a replayed event returns the existing row with `duplicate: true`. */
+  /**
+   * Queue a mail, with a `pending` row per recipient. Idempotent on eventId: a replayed event
+   * returns the existing row with `duplicate: true`.
+   */
   enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }>;
   /** Rows in `queued` or `deferred` whose nextAttemptAt <= now, oldest first. */
   listDueOutbound(now: number, limit: number): Promise<OutboundRow[]>;
@@ -204,4 +301,30 @@ export interface BridgeStore {
   /** Permanent failure (5xx or retries exhausted). */
   markOutboundBounced(id: number, error: string): Promise<void>;
   getOutboundByEvent(eventId: string): Promise<OutboundRow | null>;
+  /** The outbound mail with this id, or null. */
+  getOutboundById(id: number): Promise<OutboundRow | null>;
+  /**
+   * Record one delivery attempt of mail `id`, in one transaction: each update is upserted into
+   * its recipient's row (attempts + 1; a recipient without a row, e.g. queued before migration 3,
+   * gets one; `reported` is kept), then the mail's row gets attempts + 1, `recipients` = those
+   * of its current list still pending or deferred (in list order), `nextAttemptAt`, `lastError`
+   * (the deferred and failed replies of this attempt, or null) and the state of
+   * {@link OutboundAttemptResult.state}.
+   * @param nextAttemptAt epoch ms of the next try (used while the mail stays deferred).
+   * @throws Error if there is no mail `id` (nothing is written).
+   */
+  recordOutboundAttempt(id: number, updates: OutboundRecipientUpdate[], nextAttemptAt: number): Promise<OutboundAttemptResult>;
+  /** The recipients of mail `id`, by address (empty for a mail queued before migration 3 and not attempted since). */
+  listOutboundRecipients(id: number): Promise<OutboundRecipientRow[]>;
+  /**
+   * Failed recipients whose failure was not reported yet, across all mails, ordered by mail id
+   * then address; at most `limit` rows.
+   */
+  listUnreportedOutboundFailures(limit: number): Promise<OutboundRecipientRow[]>;
+  /** Mark the failures of these recipients of mail `id` reported (unknown addresses are ignored). */
+  markOutboundRecipientsReported(id: number, addresses: string[]): Promise<void>;
+  /** Remember that the delay notice of mail `id` went out at `at` (epoch ms). */
+  markOutboundDelayWarned(id: number, at: number): Promise<void>;
+  /** The earliest `nextAttemptAt` (epoch ms) of a queued/deferred mail that is later than `after`, or null. */
+  nextOutboundAttemptAt(after: number): Promise<number | null>;
 }

@@ -38,6 +38,12 @@ function inbound(over: Partial<NewInbound> = {}): NewInbound {
     replyToEventId: null,
     messageId: "m1@mail.test",
     sender: "bob@example.org",
+    senderVerified: true,
+    senderName: "Bob",
+    auth: { spf: "pass", dkim: "pass", dmarc: "pass", arc: "none", verified: true },
+    spam: null,
+    participants: ["alice@bridge.test"],
+    contentHash: "h1",
     raw: Buffer.from("From: bob@example.org\r\n\r\nhi\r\n"),
     ...over,
   };
@@ -181,6 +187,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           remoteAddress: null,
           subject: "Plans",
           encrypted: false,
+          remoteVerified: true,
         });
         assert.deepEqual({ ...p, createdAt: 0 }, {
           roomId: "!g:hs.test",
@@ -189,6 +196,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           remoteAddress: null,
           subject: "Plans",
           encrypted: false,
+          remoteVerified: true,
           createdAt: 0,
         });
         assert.deepEqual(await store.getPortalByRoom("!g:hs.test"), p);
@@ -213,6 +221,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           remoteAddress: "bob@example.org",
           subject: null,
           encrypted: false,
+          remoteVerified: true,
         });
         await store.upsertPortal({
           roomId: "!grp:hs.test",
@@ -221,18 +230,29 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           remoteAddress: "carol@example.org",
           subject: null,
           encrypted: false,
+          remoteVerified: true,
         });
-        assert.deepEqual(await store.getDmPortal("@alice:hs.test", "bob@example.org"), dm);
-        assert.equal(await store.getDmPortal("@alice:hs.test", "carol@example.org"), null, "only kind dm");
-        assert.equal(await store.getDmPortal("@bob:hs.test", "bob@example.org"), null);
-        assert.equal(await store.getDmPortal("@alice:hs.test", "dave@example.org"), null);
+        assert.deepEqual(await store.getDmPortal("@alice:hs.test", "bob@example.org", true), dm);
+        assert.equal(await store.getDmPortal("@alice:hs.test", "bob@example.org", false), null, "the unverified ghost's DM is another portal");
+        assert.equal(await store.getDmPortal("@alice:hs.test", "carol@example.org", true), null, "only kind dm");
+        assert.equal(await store.getDmPortal("@bob:hs.test", "bob@example.org", true), null);
+        assert.equal(await store.getDmPortal("@alice:hs.test", "dave@example.org", true), null);
+      });
+
+      it("keeps a DM with the unverified ghost of an address apart from the verified one", async () => {
+        const base = { kind: "dm" as const, localUserId: "@alice:hs.test", remoteAddress: "bob@example.org", subject: null, encrypted: false };
+        const verified = await store.upsertPortal({ ...base, roomId: "!v:hs.test", remoteVerified: true });
+        const unverified = await store.upsertPortal({ ...base, roomId: "!u:hs.test", remoteVerified: false });
+        assert.equal(unverified.remoteVerified, false);
+        assert.deepEqual(await store.getDmPortal("@alice:hs.test", "bob@example.org", true), verified);
+        assert.deepEqual(await store.getDmPortal("@alice:hs.test", "bob@example.org", false), unverified);
       });
 
       it("refuses a second DM portal for the same pair", async () => {
-        const base = { kind: "dm" as const, localUserId: "@alice:hs.test", remoteAddress: "bob@example.org", subject: null, encrypted: false };
+        const base = { kind: "dm" as const, localUserId: "@alice:hs.test", remoteAddress: "bob@example.org", subject: null, encrypted: false, remoteVerified: true };
         await store.upsertPortal({ ...base, roomId: "!dm1:hs.test" });
         await assert.rejects(store.upsertPortal({ ...base, roomId: "!dm2:hs.test" }));
-        assert.equal((await store.getDmPortal("@alice:hs.test", "bob@example.org"))?.roomId, "!dm1:hs.test");
+        assert.equal((await store.getDmPortal("@alice:hs.test", "bob@example.org", true))?.roomId, "!dm1:hs.test");
         assert.equal(await store.getPortalByRoom("!dm2:hs.test"), null);
       });
     });
@@ -247,6 +267,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           direction: "inbound",
           sender: "bob@example.org",
           subject: "Hello ✉",
+          participants: ["alice@bridge.test", "carol@example.net"],
         });
         await store.insertMessage({
           roomId: "!b:hs.test",
@@ -256,6 +277,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           direction: "outbound",
           sender: "alice@bridge.test",
           subject: null,
+          participants: [],
         });
         const a = await store.getMessageByEvent("!a:hs.test", "$in");
         assert.deepEqual({ ...a, createdAt: 0 }, {
@@ -266,6 +288,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           direction: "inbound",
           sender: "bob@example.org",
           subject: "Hello ✉",
+          participants: ["alice@bridge.test", "carol@example.net"],
           createdAt: 0,
         });
         const b = await store.getMessageByEvent("!b:hs.test", "$out");
@@ -288,6 +311,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           direction: "inbound" as const,
           sender: "bob@example.org",
           subject: "one",
+          participants: [],
         };
         await store.insertMessage(msg);
         await store.insertMessage({ ...msg, messageId: "second@mail.test", subject: "two" });
@@ -340,6 +364,34 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal((await store.listPendingInbound(10)).length, 3);
       });
 
+      it("keeps a different mail that reuses a Message-ID (another content hash)", async () => {
+        const first = await store.insertInbound(inbound());
+        const reuse = await store.insertInbound(inbound({ contentHash: "h2", raw: Buffer.from("another mail") }));
+        assert.equal(reuse.duplicate, false);
+        assert.notEqual(reuse.row.id, first.row.id);
+        assert.equal((await store.listPendingInbound(10)).length, 2);
+      });
+
+      it("round-trips the verdict columns", async () => {
+        const { row } = await store.insertInbound(
+          inbound({
+            senderVerified: false,
+            senderName: null,
+            auth: { spf: "none", dkim: "fail", dmarc: "none", arc: "none", verified: false },
+            spam: { action: "add header", score: 7.5, requiredScore: 15 },
+            participants: [],
+          }),
+        );
+        const [read] = await store.listPendingInbound(1);
+        assert.deepEqual(read, row);
+        assert.equal(read!.senderVerified, false);
+        assert.equal(read!.senderName, null);
+        assert.deepEqual(read!.auth, { spf: "none", dkim: "fail", dmarc: "none", arc: "none", verified: false });
+        assert.deepEqual(read!.spam, { action: "add header", score: 7.5, requiredScore: 15 });
+        assert.deepEqual(read!.participants, []);
+        assert.equal(read!.contentHash, "h1");
+      });
+
       it("dedupes mail for a new DM portal by local user", async () => {
         const dm = inbound({ roomId: null, dmLocalUserId: "@alice:hs.test" });
         const first = await store.insertInbound(dm);
@@ -364,6 +416,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           remoteAddress: "bob@example.org",
           subject: null,
           encrypted: false,
+          remoteVerified: true,
         });
         await store.setInboundRoom(first.row.id, "!dm:hs.test");
         const replay = await store.insertInbound(inbound({ roomId: "!dm:hs.test" }));

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { sanitizeHtml, htmlToPlain, MATRIX_ALLOWED_TAGS } from "../../src/mail/inbound/sanitize.ts";
+import { sanitizeHtml, MATRIX_ALLOWED_TAGS } from "../../src/bridge/sanitize.ts";
+import { htmlToPlain } from "../../src/mail/inbound/htmlText.ts";
 
 test("every Matrix-permitted tag survives", () => {
   for (const tag of MATRIX_ALLOWED_TAGS) {

@@ -3,7 +3,7 @@
  */
 import { simpleParser } from "mailparser";
 import type { AddressObject, EmailAddress, ParsedMail as MailparserMail } from "mailparser";
-import { htmlToPlain, sanitizeHtml } from "./sanitize.ts";
+import { htmlToPlain } from "./htmlText.ts";
 
 /** One mailbox of an address header. */
 export interface MailAddress {
@@ -47,7 +47,7 @@ export interface ParsedMail {
   date: Date | null;
   /** Plain body: the text/plain parts, or the HTML converted to text when there are none; "" when no body. */
   text: string;
-  /** HTML body sanitized for Matrix `formatted_body` (see `sanitizeHtml`); null when the mail has no HTML or nothing survives. */
+  /** HTML body as the mail has it (untrusted: the bridge sanitizes it before posting); null when the mail has no HTML. */
   html: string | null;
   /** Auto-Submitted keyword (RFC 3834 §5), lower case, parameters dropped, e.g. `auto-replied`; null when missing. */
   autoSubmitted: string | null;
@@ -141,7 +141,6 @@ export async function parseMail(raw: Buffer): Promise<ParsedMail> {
   const autoSubmitted = autoRaw ? (autoRaw.split(";")[0] ?? "").trim().toLowerCase() || null : null;
 
   const htmlRaw = typeof mail.html === "string" && mail.html.trim() ? mail.html : null;
-  const html = htmlRaw ? sanitizeHtml(htmlRaw) || null : null;
   const text = mail.text !== undefined && mail.text.trim() ? mail.text : htmlRaw ? htmlToPlain(htmlRaw) : (mail.text ?? "");
 
   return {
@@ -155,7 +154,7 @@ export async function parseMail(raw: Buffer): Promise<ParsedMail> {
     subject: mail.subject ?? null,
     date: date && !Number.isNaN(date.getTime()) ? date : null,
     text,
-    html,
+    html: htmlRaw,
     autoSubmitted,
     attachments: mail.attachments.map((a) => ({
       filename: a.filename ?? null,

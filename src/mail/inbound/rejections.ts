@@ -166,8 +166,86 @@ export const Rejections = Object.freeze({
   /**
    * `554 5.4.6`: the message has looped (too many Received headers, or it came back from the
    * bridge itself; RFC 5321 §6.3, RFC 3463 X.4.6 routing loop detected).
+   * @param maxHops when given, the Received-header limit that was crossed (Postfix's `hopcount_limit`)
    */
-  loopDetected: (): SmtpReply => new SmtpReply(554, "5.4.6", "routing loop detected"),
+  loopDetected: (maxHops?: number): SmtpReply =>
+    new SmtpReply(554, "5.4.6", maxHops === undefined ? "routing loop detected" : `routing loop detected: more than ${maxHops} Received headers`),
+
+  /**
+   * `552 5.3.4`: the header section (everything before the first empty line; RFC 5322 §2.1)
+   * of the message, or of one of its MIME parts, is larger than the limit. X.3.4 message too
+   * big for system (RFC 3463); 552 as for an oversized message (RFC 1870 §6.2).
+   * @param maxBytes the limit, in bytes
+   */
+  headerTooBig: (maxBytes: number): SmtpReply =>
+    new SmtpReply(552, "5.3.4", `message header section exceeds fixed maximum size of ${maxBytes} bytes`),
+
+  /**
+   * `552 5.6.0`: the message has more MIME parts (RFC 2045/2046 entities, the message itself
+   * included) than the limit. RFC 3463 X.6.0 other or undefined media error.
+   * @param maxParts the limit, in parts
+   */
+  tooManyMimeParts: (maxParts: number): SmtpReply => new SmtpReply(552, "5.6.0", `message has more than ${maxParts} MIME parts`),
+
+  /**
+   * `554 5.6.0`: MIME parts are nested deeper than the limit (multipart and message/rfc822
+   * entities inside each other; RFC 2046 §5). RFC 3463 X.6.0 other or undefined media error.
+   * @param maxDepth the limit, in nesting levels below the message itself
+   */
+  mimeTooDeep: (maxDepth: number): SmtpReply => new SmtpReply(554, "5.6.0", `MIME parts nested deeper than ${maxDepth} levels`),
+
+  /**
+   * `421 4.7.0`: the listener has no free connection slot; the connection is closed. RFC 5321
+   * §3.8/§4.2.3 421 service not available; RFC 3463 X.7.0 other security or policy status.
+   */
+  tooManyConnections: (): SmtpReply => new SmtpReply(421, "4.7.0", "too many connections, try again later"),
+
+  /**
+   * `421 4.7.0`: the client address has as many open connections as allowed; the
+   * connection is closed (RFC 5321 §4.2.3 421; RFC 3463 X.7.0).
+   * @param client the client address (or IPv6 /64) the limit applies to
+   */
+  tooManyConnectionsFromClient: (client: string): SmtpReply =>
+    new SmtpReply(421, "4.7.0", `too many connections from ${client}, try again later`),
+
+  /**
+   * `451 4.7.1`: MAIL FROM over the message rate of the client address (RFC 5321 §4.2.2 451
+   * local error, the client retries; RFC 3463 X.7.1 delivery not authorized, message refused).
+   * @param client the client address (or IPv6 /64)
+   */
+  clientRateLimited: (client: string): SmtpReply =>
+    new SmtpReply(451, "4.7.1", `too many messages from ${client}, try again later`),
+
+  /**
+   * `451 4.7.1`: MAIL FROM over the message rate of the sender's domain (RFC 5321 §4.2.2;
+   * RFC 3463 X.7.1).
+   * @param domain the MAIL FROM domain, lower case
+   */
+  senderDomainRateLimited: (domain: string): SmtpReply =>
+    new SmtpReply(451, "4.7.1", `too many messages from senders at ${domain}, try again later`),
+
+  /**
+   * `421 4.4.2`: the client took too long (a command line, or the whole DATA phase); the
+   * connection is closed. RFC 5321 §4.5.3.2 timeouts, §3.8 421 on closing; RFC 3463 X.4.2 bad
+   * connection.
+   * @param what what timed out, e.g. `command` or `DATA`
+   */
+  timeout: (what: string): SmtpReply => new SmtpReply(421, "4.4.2", `${what} timeout exceeded, closing connection`),
+
+  /**
+   * `554 5.7.1`: the client address is listed on a DNS blocklist (RFC 5782); refused at
+   * connect (RFC 5321 §3.1 554 greeting; RFC 3463 X.7.1 delivery not authorized).
+   * @param ip the client address
+   * @param zone the DNSBL zone that lists it
+   */
+  dnsblListed: (ip: string, zone: string): SmtpReply => new SmtpReply(554, "5.7.1", `${ip} listed at ${zone}`),
+
+  /**
+   * `530 5.7.0`: MAIL before STARTTLS while `smtp.require_tls` is on (RFC 3207 §4: "530 Must
+   * issue a STARTTLS command first"; RFC 3463 X.7.0). Note RFC 3207 §4 also says a publicly
+   * referenced server MUST NOT require STARTTLS, hence off by default.
+   */
+  tlsRequired: (): SmtpReply => new SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first"),
 
   /** `554 5.6.0`: the message cannot be parsed as RFC 5322/MIME (RFC 3463 X.6.0 other media error). */
   malformedMessage: (): SmtpReply => new SmtpReply(554, "5.6.0", "message could not be parsed"),

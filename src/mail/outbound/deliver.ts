@@ -8,10 +8,10 @@ import nodemailer from "nodemailer";
 import type { SMTPTransportOptions } from "nodemailer";
 import type { OutboundConfig } from "../../config/schema.ts";
 import { errorFields, getLogger } from "../../util/logger.ts";
-import { DeliveryError, resolveRoute, type MxResolver, type ResolveRouteOptions, type Route } from "./routes.ts";
+import { DeliveryError, resolveRoute, type AddressResolver, type MxResolver, type ResolveRouteOptions, type Route } from "./routes.ts";
 
 export { DeliveryError } from "./routes.ts";
-export type { MxResolver, Route } from "./routes.ts";
+export type { AddressResolver, MxResolver, Route } from "./routes.ts";
 
 const log = getLogger("mail/outbound");
 
@@ -42,8 +42,13 @@ export interface DeliverOptions {
   outbound: OutboundConfig;
   /** Name sent in EHLO (RFC 5321 §4.1.1.1), normally `outbound.helo_name ?? smtp.hostname`. */
   heloName: string;
-  /** MX lookup (`dns.promises.resolveMx` in production, a fake in tests). */
+  /** MX lookup (the bridge's `DnsResolver.resolveMx` in production, a fake in tests). */
   resolver: MxResolver;
+  /**
+   * A/AAAA lookup for domains without MX records (see routes.ts `ResolveRouteOptions`): lets a
+   * domain with no MX, A or AAAA records fail at once (550 5.1.2) instead of being retried.
+   */
+  addressResolver?: AddressResolver;
   /** Port used for MX hosts (default 25); for tests that point MX records at loopback servers. */
   mxPort?: number;
   /** Order of equal-priority MX hosts (default random); see routes.ts. */
@@ -111,6 +116,7 @@ async function deliverDomain(raw: Buffer, from: string, domain: string, recipien
       timeoutMs: opts.outbound.timeout_ms,
       ...(opts.mxPort !== undefined ? { mxPort: opts.mxPort } : {}),
       ...(opts.shuffle !== undefined ? { shuffle: opts.shuffle } : {}),
+      ...(opts.addressResolver !== undefined ? { addressResolver: opts.addressResolver } : {}),
     });
   } catch (err) {
     const e = err instanceof DeliveryError ? err : new DeliveryError(err instanceof Error ? err.message : String(err), { temporary: true, cause: err });

@@ -1,12 +1,24 @@
 /**
  * Where mail for a recipient domain goes: a static route, the relay, or the domain's
- * MX hosts (RFC 5321 §5.1), with implicit MX and null MX (RFC 7505) handled.
+ * MX hosts (RFC 5321 §5.1), with implicit MX, null MX (RFC 7505) and domains that do not
+ * exist handled: the last two are permanent failures, not days of retries.
  */
 import { isIP } from "node:net";
 import type { OutboundConfig } from "../../config/schema.ts";
+import { isNegativeDnsAnswer, isTemporaryDnsError } from "../dns.ts";
 
-/** MX lookup, the shape of `dns.promises.resolveMx`. Rejects with an Error carrying a DNS `code` (e.g. `ENODATA`). */
+/**
+ * MX lookup, the shape of `DnsResolver.resolveMx` (mail/dns.ts) and `dns.promises.resolveMx`.
+ * Rejects with an Error carrying a node:dns `code`: `ENOTFOUND` (NXDOMAIN), `ENODATA` (no MX
+ * records), or a temporary one (`ETIMEOUT`, `ESERVFAIL`, ...).
+ */
 export type MxResolver = (domain: string) => Promise<{ exchange: string; priority: number }[]>;
+
+/**
+ * A/AAAA lookup, the shape of `DnsResolver.resolve(name, rrtype)` (mail/dns.ts) and
+ * `dns.promises.resolve`: resolves with the addresses, rejects like {@link MxResolver}.
+ */
+export type AddressResolver = (host: string, rrtype: "A" | "AAAA") => Promise<unknown[]>;
 
 /** One place to try, in order. */
 export interface Route {
@@ -30,8 +42,15 @@ export interface ResolveRouteOptions {
   shuffle?: <T>(items: T[]) => T[];
   /** Port for MX hosts (default 25, RFC 5321 §4.5.4; tests point it at a loopback port). */
   mxPort?: number;
-  /** Give up on the MX lookup after this many ms with a temporary error (default: no limit). */
+  /** Give up on each DNS lookup after this many ms with a temporary error (default: no limit). */
   timeoutMs?: number;
+  /**
+   * A/AAAA lookup used for the implicit MX (a domain without MX records): when the domain has
+   * neither A nor AAAA records it cannot receive mail (RFC 5321 §5.1), a permanent failure.
+   * Without it the implicit MX route is returned unchecked and the SMTP client's own lookup
+   * decides (a failure there is temporary).
+   */
+  addressResolver?: AddressResolver;
 }
 
 /**
@@ -59,9 +78,6 @@ export class DeliveryError extends Error {
   }
 }
 
-/** DNS error codes that mean "no MX records" rather than "lookup failed" (node:dns codes). */
-const NO_MX_CODES = new Set(["ENODATA", "ENOTFOUND"]);
-
 /**
  * The ordered routes for `domain`:
  * 1. a static route (`outbound.static_routes[domain]`, exact and case-insensitive match) is the
@@ -69,18 +85,23 @@ const NO_MX_CODES = new Set(["ENODATA", "ENOTFOUND"]);
  * 2. in `relay` mode, the relay (`outbound.relay`) is the only route;
  * 3. else the MX records sorted by ascending priority (equal priorities shuffled), duplicates
  *    dropped, port 25 (RFC 5321 §5.1);
- *    - no MX records (empty answer, `ENODATA`, `ENOTFOUND`): implicit MX, the domain itself
- *      (RFC 5321 §5.1), whose A/AAAA lookup the SMTP client then does;
+ *    - the domain does not exist (NXDOMAIN, `ENOTFOUND`): permanent failure;
+ *    - no MX records (empty answer, `ENODATA`): implicit MX, the domain itself (RFC 5321 §5.1);
+ *      with `opts.addressResolver` its A and AAAA records are checked first, and a domain with
+ *      neither cannot receive mail (permanent failure);
  *    - an address literal domain (`[192.0.2.1]`, RFC 5321 §4.1.3) routes to that address.
  *
  * @param domain recipient domain (normalised: lower case, A-labels).
  * @param cfg routing part of the outbound config.
  * @param resolver MX lookup (inject a fake in tests; never live DNS there).
- * @param opts shuffle, MX port and lookup timeout (ms).
+ * @param opts shuffle, MX port, lookup timeout (ms) and the A/AAAA lookup.
  * @returns at least one route.
- * @throws DeliveryError permanent `556 5.1.10` for a null MX (RFC 7505 §3: a single MX with
- *   exchange "" or "."); temporary `451 4.4.3` for any other DNS failure or timeout, and for
- *   relay mode without `outbound.relay`; Error for a malformed static route value.
+ * @throws DeliveryError, permanent: `556 5.1.10` for a null MX (RFC 7505 §3: a single MX with
+ *   exchange "" or "."); `550 5.1.2` ("bad destination system address", RFC 3463 §3.2) for a
+ *   domain that does not exist (NXDOMAIN) or has no MX and no A/AAAA records.
+ *   Temporary `451 4.4.3` for a DNS failure that may pass (timeout, SERVFAIL, refused, any
+ *   unknown error; see `isTemporaryDnsError` in mail/dns.ts), and `451 4.3.5` for relay mode
+ *   without `outbound.relay`. Error for a malformed static route value.
  */
 export async function resolveRoute(domain: string, cfg: RouteConfig, resolver: MxResolver, opts: ResolveRouteOptions = {}): Promise<Route[]> {
   const d = domain.trim().toLowerCase().replace(/\.$/, "");
@@ -103,17 +124,12 @@ export async function resolveRoute(domain: string, cfg: RouteConfig, resolver: M
   try {
     records = await withTimeout(resolver(d), opts.timeoutMs);
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (typeof code === "string" && NO_MX_CODES.has(code)) return [{ host: d, port, kind: "mx" }];
-    throw new DeliveryError(`MX lookup for ${d} failed${typeof code === "string" ? ` (${code})` : ""}`, {
-      temporary: true,
-      responseCode: 451,
-      enhancedStatus: "4.4.3",
-      cause: err,
-    });
+    if (isNxdomain(err)) throw noSuchDomain(d, err);
+    if (isNegativeDnsAnswer(err)) records = []; // NODATA: the name exists, without MX records
+    else throw dnsFailure(`MX lookup for ${d}`, err);
   }
 
-  if (records.length === 0) return [{ host: d, port, kind: "mx" }];
+  if (records.length === 0) return [await implicitMx(d, port, opts)];
   const isNull = (r: { exchange: string }) => r.exchange === "" || r.exchange === ".";
   if (records.every(isNull)) {
     throw new DeliveryError(`${d} does not accept mail (null MX)`, { temporary: false, responseCode: 556, enhancedStatus: "5.1.10" });
@@ -138,6 +154,47 @@ export async function resolveRoute(domain: string, cfg: RouteConfig, resolver: M
     }
   }
   return routes;
+}
+
+/** NXDOMAIN: node:dns says `ENOTFOUND` for "no such name" (NODATA is `ENODATA`). */
+function isNxdomain(err: unknown): boolean {
+  return isNegativeDnsAnswer(err) && (err as { code?: unknown }).code === "ENOTFOUND";
+}
+
+/** The permanent failure for a domain that cannot receive mail (RFC 3463 §3.2, X.1.2). */
+function noSuchDomain(domain: string, cause: unknown, why = "does not exist (NXDOMAIN)"): DeliveryError {
+  return new DeliveryError(`${domain} ${why}`, { temporary: false, responseCode: 550, enhancedStatus: "5.1.2", cause });
+}
+
+/** The temporary failure for a DNS lookup that failed (RFC 3463 §3.5, X.4.3 directory server failure). */
+function dnsFailure(what: string, err: unknown): DeliveryError {
+  const code = (err as { code?: unknown } | null)?.code;
+  const detail = typeof code === "string" ? ` (${code})` : "";
+  // Unknown errors count as temporary too: only a definite negative answer is final.
+  return new DeliveryError(`${what} failed${isTemporaryDnsError(err) ? "" : ", treated as temporary"}${detail}`, {
+    temporary: true,
+    responseCode: 451,
+    enhancedStatus: "4.4.3",
+    cause: err,
+  });
+}
+
+/**
+ * The implicit MX of a domain without MX records (RFC 5321 §5.1): the domain itself, if it has
+ * an A or AAAA record. Checked only with `opts.addressResolver`.
+ * @throws DeliveryError permanent 550 5.1.2 when both lookups answer "no such name/record";
+ *   temporary 451 4.4.3 when neither found an address and one of them failed temporarily.
+ */
+async function implicitMx(d: string, port: number, opts: ResolveRouteOptions): Promise<Route> {
+  const route: Route = { host: d, port, kind: "mx" };
+  const lookup = opts.addressResolver;
+  if (!lookup) return route;
+  const answers = await Promise.allSettled([withTimeout(lookup(d, "A"), opts.timeoutMs), withTimeout(lookup(d, "AAAA"), opts.timeoutMs)]);
+  if (answers.some((a) => a.status === "fulfilled" && a.value.length > 0)) return route;
+  const failure = answers.find((a): a is PromiseRejectedResult => a.status === "rejected" && !isNegativeDnsAnswer(a.reason));
+  if (failure) throw dnsFailure(`address lookup for ${d} (no MX records)`, failure.reason);
+  const nx = answers.find((a): a is PromiseRejectedResult => a.status === "rejected" && isNxdomain(a.reason));
+  throw noSuchDomain(d, nx?.reason, nx ? "does not exist (NXDOMAIN)" : "has no MX, A or AAAA records");
 }
 
 /** Parse `host:port` (the static route syntax). */

@@ -2,6 +2,8 @@
  * The store's migrations, in order. Append new ones; never edit or reorder applied ones.
  */
 import { sql001Initial } from "./001-initial.ts";
+import { sql002SenderAuth } from "./002-sender-auth.ts";
+import { sql003OutboundRecipients } from "./003-outbound-recipients.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -16,4 +18,6 @@ export interface Migration {
 /** All migrations, ordered by version. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, description: "initial schema", sql: sql001Initial },
+  { version: 2, description: "sender authentication verdicts, participants, content-hash dedupe", sql: sql002SenderAuth },
+  { version: 3, description: "per-recipient outbound delivery state, delay warnings", sql: sql003OutboundRecipients },
 ];

@@ -3,11 +3,15 @@
  */
 import { dbBool, dbBuffer, dbNumber, parseStringArray } from "../db/dialect.ts";
 import type {
+  AuthFields,
+  SpamFields,
   Direction,
   GhostRow,
   InboundRow,
   InboundState,
   MessageRow,
+  OutboundRecipientRow,
+  OutboundRecipientState,
   OutboundRow,
   OutboundState,
   PortalKind,
@@ -56,6 +60,7 @@ export function toPortal(r: DbRow): PortalRow {
     remoteAddress: strOrNull(r.remote_address),
     subject: strOrNull(r.subject),
     encrypted: dbBool(r.encrypted),
+    remoteVerified: dbBool(r.remote_verified),
     createdAt: dbNumber(r.created_at),
   };
 }
@@ -70,8 +75,17 @@ export function toMessage(r: DbRow): MessageRow {
     direction: str(r.direction) as Direction,
     sender: str(r.sender),
     subject: strOrNull(r.subject),
+    participants: parseStringArray(r.participants),
     createdAt: dbNumber(r.created_at),
   };
+}
+
+/** Parse a JSON column holding an object, or null. @throws TypeError when it is not an object */
+function jsonObjectOrNull<T>(v: unknown): T | null {
+  if (v === null || v === undefined) return null;
+  const parsed: unknown = JSON.parse(str(v));
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new TypeError("expected a JSON object column");
+  return parsed as T;
 }
 
 /** Map a row of the matching table to its Store.ts type. @throws TypeError on a malformed row */
@@ -83,6 +97,12 @@ export function toInbound(r: DbRow): InboundRow {
     replyToEventId: strOrNull(r.reply_to_event_id),
     messageId: str(r.message_id),
     sender: str(r.sender),
+    senderVerified: dbBool(r.sender_verified),
+    senderName: strOrNull(r.sender_name),
+    auth: jsonObjectOrNull<AuthFields>(r.auth),
+    spam: jsonObjectOrNull<SpamFields>(r.spam),
+    participants: parseStringArray(r.participants),
+    contentHash: str(r.content_hash),
     raw: dbBuffer(r.raw),
     state: str(r.state) as InboundState,
     attempts: dbNumber(r.attempts),
@@ -107,5 +127,21 @@ export function toOutbound(r: DbRow): OutboundRow {
     nextAttemptAt: dbNumber(r.next_attempt_at),
     lastError: strOrNull(r.last_error),
     createdAt: dbNumber(r.created_at),
+    delayWarnedAt: r.delay_warned_at === null || r.delay_warned_at === undefined ? null : dbNumber(r.delay_warned_at),
+  };
+}
+
+/** Map an `outbound_recipients` row to its Store.ts type. @throws TypeError on a malformed row */
+export function toOutboundRecipient(r: DbRow): OutboundRecipientRow {
+  return {
+    outboundId: dbNumber(r.outbound_id),
+    address: str(r.address),
+    state: str(r.state) as OutboundRecipientState,
+    attempts: dbNumber(r.attempts),
+    lastCode: r.last_code === null || r.last_code === undefined ? null : dbNumber(r.last_code),
+    lastReply: strOrNull(r.last_reply),
+    nextAttemptAt: r.next_attempt_at === null || r.next_attempt_at === undefined ? null : dbNumber(r.next_attempt_at),
+    reported: dbBool(r.reported),
+    updatedAt: dbNumber(r.updated_at),
   };
 }

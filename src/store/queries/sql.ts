@@ -26,25 +26,25 @@ export const SQL_INSERT_MAILBOX = `
 INSERT INTO room_mailboxes (localpart, room_id, created_by, created_at) VALUES ($1, $2, $3, $4)
 RETURNING ${MAILBOX_COLS}`;
 
-const PORTAL_COLS = "room_id, kind, local_user_id, remote_address, subject, encrypted, created_at";
-/** Insert a portal or update kind/subject/encrypted, returning it. $1..$7 in column order. */
+const PORTAL_COLS = "room_id, kind, local_user_id, remote_address, subject, encrypted, created_at, remote_verified";
+/** Insert a portal or update kind/subject/encrypted, returning it. $1..$8 in column order. */
 export const SQL_UPSERT_PORTAL = `
-INSERT INTO portals (room_id, kind, local_user_id, remote_address, subject, encrypted, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO portals (room_id, kind, local_user_id, remote_address, subject, encrypted, created_at, remote_verified)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (room_id) DO UPDATE SET kind = excluded.kind, subject = excluded.subject, encrypted = excluded.encrypted
 RETURNING ${PORTAL_COLS}`;
 /** Portal by $1 room_id. */
 export const SQL_PORTAL_BY_ROOM = `SELECT ${PORTAL_COLS} FROM portals WHERE room_id = $1`;
-/** DM portal by $1 local_user_id, $2 remote_address. */
-export const SQL_DM_PORTAL = `SELECT ${PORTAL_COLS} FROM portals WHERE kind = 'dm' AND local_user_id = $1 AND remote_address = $2`;
+/** DM portal by $1 local_user_id, $2 remote_address, $3 remote_verified. */
+export const SQL_DM_PORTAL = `SELECT ${PORTAL_COLS} FROM portals WHERE kind = 'dm' AND local_user_id = $1 AND remote_address = $2 AND remote_verified = $3`;
 /** Delete the portal of $1 room_id. */
 export const SQL_DELETE_PORTAL = "DELETE FROM portals WHERE room_id = $1";
 
-const MESSAGE_COLS = "room_id, event_id, message_id, refs, direction, sender, subject, created_at";
-/** Insert a message mapping unless (room_id, event_id) exists. $1..$8 in column order; refs is JSON text. */
+const MESSAGE_COLS = "room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants";
+/** Insert a message mapping unless (room_id, event_id) exists. $1..$9 in column order; refs and participants are JSON text. */
 export const SQL_INSERT_MESSAGE = `
-INSERT INTO messages (room_id, event_id, message_id, refs, direction, sender, subject, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO messages (room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (room_id, event_id) DO NOTHING`;
 /** All mappings of $1 message_id, oldest first. */
 export const SQL_MESSAGES_BY_MESSAGE_ID = `SELECT ${MESSAGE_COLS} FROM messages WHERE message_id = $1 ORDER BY created_at, room_id, event_id`;
@@ -52,17 +52,23 @@ export const SQL_MESSAGES_BY_MESSAGE_ID = `SELECT ${MESSAGE_COLS} FROM messages 
 export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE room_id = $1 AND event_id = $2`;
 
 const INBOUND_COLS =
-  "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at";
+  "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
+  "sender_verified, sender_name, auth, spam, participants, content_hash";
 /** The local user of $1 room_id if it is a dm portal (for the inbound dedupe target). */
 export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id FROM portals WHERE room_id = $1 AND kind = 'dm'";
-/** Insert a pending inbound mail unless (target, message_id) exists, returning it (no row on conflict). */
+/**
+ * Insert a pending inbound mail unless (target, message_id, content_hash) exists, returning it
+ * (no row on conflict). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
+ * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash.
+ */
 export const SQL_INSERT_INBOUND = `
-INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8)
-ON CONFLICT (target, message_id) DO NOTHING
+INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at,
+  sender_verified, sender_name, auth, spam, participants, content_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (target, message_id, content_hash) DO NOTHING
 RETURNING ${INBOUND_COLS}`;
-/** Inbound mail by $1 target, $2 message_id. */
-export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2`;
+/** Inbound mail by $1 target, $2 message_id, $3 content_hash. */
+export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2 AND content_hash = $3`;
 /** Pending inbound mail, oldest first, at most $1 rows. */
 export const SQL_PENDING_INBOUND = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = 'pending' ORDER BY id LIMIT $1`;
 /** Set room_id $2 of inbound mail $1. */
@@ -76,7 +82,7 @@ UPDATE inbound_mail SET attempts = attempts + 1, last_error = $2,
 WHERE id = $1`;
 
 const OUTBOUND_COLS =
-  "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at";
+  "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at, delay_warned_at";
 /** Queue an outbound mail unless event_id exists, returning it (no row on conflict). $7 = now (ms). */
 export const SQL_ENQUEUE_OUTBOUND = `
 INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at)
@@ -99,3 +105,46 @@ UPDATE outbound_mail SET state = 'deferred', recipients = $2, next_attempt_at = 
 WHERE id = $1`;
 /** Mark outbound mail $1 bounced with error $2. */
 export const SQL_OUTBOUND_BOUNCED = "UPDATE outbound_mail SET state = 'bounced', last_error = $2, attempts = attempts + 1 WHERE id = $1";
+/** Outbound mail by $1 id. */
+export const SQL_OUTBOUND_BY_ID = `SELECT ${OUTBOUND_COLS} FROM outbound_mail WHERE id = $1`;
+/** Remaining recipients (JSON) of outbound mail $1. */
+export const SQL_OUTBOUND_RECIPIENT_LIST = "SELECT recipients FROM outbound_mail WHERE id = $1";
+/**
+ * Record one attempt of outbound mail $1: $2 state, $3 remaining recipients (JSON), $4 next
+ * attempt (ms), $5 last error.
+ */
+export const SQL_OUTBOUND_ATTEMPT = `
+UPDATE outbound_mail SET state = $2, recipients = $3, next_attempt_at = $4, last_error = $5, attempts = attempts + 1
+WHERE id = $1`;
+/** Remember the delay notice of outbound mail $1 at $2 (ms). */
+export const SQL_OUTBOUND_DELAY_WARNED = "UPDATE outbound_mail SET delay_warned_at = $2 WHERE id = $1";
+/** Earliest next_attempt_at after $1 (ms) of queued/deferred outbound mail, as `t` (NULL when none). */
+export const SQL_NEXT_OUTBOUND_ATTEMPT = `
+SELECT MIN(next_attempt_at) AS t FROM outbound_mail WHERE state IN ('queued', 'deferred') AND next_attempt_at > $1`;
+
+const RECIPIENT_COLS = "outbound_id, address, state, attempts, last_code, last_reply, next_attempt_at, reported, updated_at";
+/** A pending recipient of a new outbound mail: $1 outbound_id, $2 address, $3 now (ms); duplicates ignored. */
+export const SQL_INSERT_OUTBOUND_RECIPIENT = `
+INSERT INTO outbound_recipients (outbound_id, address, state, attempts, last_code, last_reply, next_attempt_at, reported, updated_at)
+VALUES ($1, $2, 'pending', 0, NULL, NULL, $3, FALSE, $3)
+ON CONFLICT (outbound_id, address) DO NOTHING`;
+/**
+ * Upsert the outcome of one attempt for one recipient: $1 outbound_id, $2 address, $3 state,
+ * $4 last_code, $5 last_reply, $6 next_attempt_at (ms or NULL), $7 now (ms). Counts the attempt;
+ * keeps `reported`.
+ */
+export const SQL_UPSERT_OUTBOUND_RECIPIENT = `
+INSERT INTO outbound_recipients (outbound_id, address, state, attempts, last_code, last_reply, next_attempt_at, reported, updated_at)
+VALUES ($1, $2, $3, 1, $4, $5, $6, FALSE, $7)
+ON CONFLICT (outbound_id, address) DO UPDATE SET state = excluded.state, attempts = outbound_recipients.attempts + 1,
+  last_code = excluded.last_code, last_reply = excluded.last_reply, next_attempt_at = excluded.next_attempt_at,
+  updated_at = excluded.updated_at`;
+/** Recipients of outbound mail $1, by address. */
+export const SQL_OUTBOUND_RECIPIENTS = `SELECT ${RECIPIENT_COLS} FROM outbound_recipients WHERE outbound_id = $1 ORDER BY address`;
+/** Failed, unreported recipients of all outbound mail, by mail then address, at most $1 rows. */
+export const SQL_UNREPORTED_OUTBOUND_FAILURES = `
+SELECT ${RECIPIENT_COLS} FROM outbound_recipients WHERE state = 'failed' AND reported = FALSE
+ORDER BY outbound_id, address LIMIT $1`;
+/** Mark the failure of recipient $2 of outbound mail $1 reported; $3 now (ms). */
+export const SQL_OUTBOUND_RECIPIENT_REPORTED = `
+UPDATE outbound_recipients SET reported = TRUE, updated_at = $3 WHERE outbound_id = $1 AND address = $2`;

@@ -1,13 +1,10 @@
 /**
- * Turning the HTML of received mail into something safe to post to Matrix.
- *
- * {@link sanitizeHtml} keeps only the HTML subset the Matrix Client-Server API lets
- * clients render in `formatted_body` (spec, "m.room.message msgtypes", `org.matrix.custom.html`:
- * the list of permitted tags and attributes). {@link htmlToPlain} gives the plain `body`
- * for mails that only have HTML.
+ * The Matrix HTML subset: {@link sanitizeHtml} keeps only the HTML the Matrix Client-Server
+ * API lets clients render in `formatted_body` (spec, "m.room.message msgtypes",
+ * `org.matrix.custom.html`: the list of permitted tags and attributes). Used for the HTML of
+ * received mail (mail → Matrix) and for a Matrix client's HTML (Matrix → mail) alike.
  */
 import sanitize from "sanitize-html";
-import { htmlToText } from "html-to-text";
 
 /**
  * Tags the Matrix spec suggests clients permit. `s` is the non-deprecated spelling of
@@ -112,41 +109,4 @@ const OPTIONS: sanitize.IOptions = {
  */
 export function sanitizeHtml(html: string): string {
   return sanitize(html, OPTIONS).trim();
-}
-
-/**
- * The link target shown in plain text: only the schemes {@link sanitizeHtml} keeps.
- * html-to-text has already removed a `mailto:` prefix, leaving a bare address.
- */
-function plainLinkTarget(href: string): string {
-  const h = href.trim();
-  if (LINK_RE.test(h)) return h;
-  if (/^[^\s:/]+@[^\s:/]+$/.test(h)) return h;
-  return "";
-}
-
-/**
- * Plain text of an HTML mail, for the `body` of a Matrix message when the mail has no
- * `text/plain` part. Links become `text [url]` (only for the link schemes kept by
- * {@link sanitizeHtml}; other links become their text), images are dropped, lines are not wrapped,
- * `<head>`/`<style>`/`<script>` content is ignored.
- *
- * @param html HTML of a mail part
- * @returns plain text, trimmed; empty string when the HTML has no text
- */
-export function htmlToPlain(html: string): string {
-  return htmlToText(html, {
-    wordwrap: false,
-    selectors: [
-      { selector: "img", format: "skip" },
-      { selector: "a", options: { hideLinkHrefIfSameAsText: true, pathRewrite: plainLinkTarget } },
-      { selector: "h1", options: { uppercase: false } },
-      { selector: "h2", options: { uppercase: false } },
-      { selector: "h3", options: { uppercase: false } },
-      { selector: "h4", options: { uppercase: false } },
-      { selector: "h5", options: { uppercase: false } },
-      { selector: "h6", options: { uppercase: false } },
-      { selector: "table", format: "dataTable", options: { uppercaseHeaderCells: false } },
-    ],
-  }).trim();
 }

@@ -1,0 +1,260 @@
+/**
+ * The appservice HTTP listener's front door: authentication and error responses in front
+ * of matrix-appservice's express app.
+ *
+ * Why: matrix-appservice 3.0.0 (lib/app-service.js) checks the `hs_token` loosely and
+ * late, and leaves errors to express's default handler:
+ * - `isInvalidToken` (app-service.js:154-165) takes `authorization.substring(7)` whatever
+ *   the first seven characters are (`Basic1 <t>`, `Bearerx<t>` pass), ignores the
+ *   `access_token` query whenever a header is present (a wrong one passes), and compares
+ *   with `!==` (not constant-time);
+ * - `bodyParser.json` is mounted before every route (app-service.js:45-47), so bodies
+ *   of unauthenticated requests are read and parsed (up to 5 MB) before any token check;
+ * - body-parser's 400/413 errors and unknown routes reach express's `finalhandler`, which
+ *   answers an HTML page with the stack trace and file paths (NODE_ENV is not
+ *   "production") and prints the stack to stderr, outside our logger;
+ * - the legacy routes (`/transactions/:txnId` ...) answer 308 with no token check
+ *   (app-service.js:48-56), where the spec says they take the same request and response.
+ *
+ * How it hooks in, through the libraries' public surface, without patching them:
+ * `Bridge.listen(port, host, backlog, appServiceInstance)` takes our AppService, a
+ * subclass whose deprecated-but-public `app` (what `AppService.listen` hands to
+ * `http.createServer`, app-service.js:89) is a front handler, while the public
+ * `expressApp` getter still returns the library's express app, so routes added by
+ * matrix-appservice-bridge (`addAppServicePath`) land where they always did. The front
+ * handler authenticates every request ({@link checkAppserviceAuth}), rewrites the legacy
+ * paths, then calls the express app with its own final callback, so errors and unmatched
+ * routes get a small JSON Matrix error instead of `finalhandler`'s page.
+ */
+import { readFile } from "node:fs/promises";
+import type { IncomingMessage, RequestListener, Server, ServerResponse } from "node:http";
+import type { AppService, AppServiceOutput, AppServiceRegistration } from "matrix-appservice-bridge";
+import { parse as parseYaml } from "yaml";
+import { errorFields, getLogger } from "../util/logger.ts";
+import { checkAppserviceAuth } from "./appserviceAuth.ts";
+
+const log = getLogger("matrix/http");
+
+/** matrix-appservice's default request body limit (`MAX_SIZE_BYTES`), in bytes. */
+export const DEFAULT_MAX_BODY_BYTES = 5_000_000;
+
+/** The express app type of matrix-appservice (its `expressApp`). */
+type ExpressApp = AppService["expressApp"];
+
+/** An express app called as a plain function with a final callback (`app(req, res, next)`). */
+type ExpressHandler = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
+
+/** Options for {@link createHardenedAppService}. */
+export interface HardenedAppServiceOptions {
+  /** The registration's `hs_token`: the only credentials accepted. Must not be empty. */
+  homeserverToken: string;
+  /** Largest request body accepted, in bytes (413 above it); default {@link DEFAULT_MAX_BODY_BYTES}. */
+  maxBodyBytes?: number;
+}
+
+/**
+ * Legacy routes (Application Service API › Legacy routes): "the exact same request body and
+ * response format, they just belong at a different path". Served as their /_matrix/app/v1 form.
+ */
+const LEGACY_ROUTE = /^\/(?:transactions|users|rooms)\/[^/]+$/;
+
+/** Routes the library serves, with their methods: a known path with another method is 405. */
+const KNOWN_ROUTES: { path: RegExp; methods: readonly string[] }[] = [
+  { path: /^\/_matrix\/app\/v1\/transactions\/[^/]+\/?$/, methods: ["PUT"] },
+  { path: /^\/_matrix\/app\/v1\/(?:users|rooms)\/[^/]+\/?$/, methods: ["GET", "HEAD"] },
+  { path: /^\/health\/?$/, methods: ["GET", "HEAD"] },
+];
+
+/** Longest path written to a log line, in characters (the path is the client's). */
+const MAX_LOGGED_PATH = 200;
+
+/** A Matrix error answer: HTTP status, errcode, constant message. */
+interface MatrixHttpError {
+  status: number;
+  errcode: string;
+  error: string;
+}
+
+/**
+ * Read the registration file the way matrix-appservice-bridge does (YAML mapping →
+ * `AppServiceRegistration.fromObject`), so the gateway and the bridge share one parse.
+ * @param Registration the `AppServiceRegistration` class of matrix-appservice-bridge
+ * @param file path of the registration YAML (Application Service API › Registration)
+ * @throws Error when the file cannot be read, is not a YAML mapping, or has no `hs_token`/`as_token`
+ */
+export async function loadRegistration(Registration: typeof AppServiceRegistration, file: string): Promise<AppServiceRegistration> {
+  const doc = parseYaml(await readFile(file, "utf8")) as unknown;
+  if (!doc || typeof doc !== "object" || Array.isArray(doc)) throw new Error(`registration file ${file} is not a YAML mapping`);
+  const { hs_token: hsToken, as_token: asToken } = doc as { hs_token?: unknown; as_token?: unknown };
+  if (typeof hsToken !== "string" || !hsToken) throw new Error(`registration file ${file} has no hs_token`);
+  if (typeof asToken !== "string" || !asToken) throw new Error(`registration file ${file} has no as_token`);
+  return Registration.fromObject(doc as AppServiceOutput);
+}
+
+/**
+ * Build matrix-appservice's AppService with the front handler described in this module's
+ * header; hand it to `Bridge.listen(port, host, backlog, appservice)`.
+ *
+ * Every request except `GET|HEAD /health` must carry the `hs_token` (rules in
+ * ./appserviceAuth.ts); refusals are 401/403 with `{errcode, error}`. Accepted requests reach
+ * the library with canonical credentials (`Authorization: Bearer <hs_token>`, no
+ * `access_token` in the URL), so its own, looser check agrees. Library errors become JSON:
+ * bad JSON 400 `M_NOT_JSON`, body over `maxBodyBytes` 413 `M_TOO_LARGE`, unknown route 404 /
+ * wrong method 405 `M_UNRECOGNIZED` (Application Service API › Unknown routes), anything else
+ * 500 `M_UNKNOWN`; never a stack trace or a path. Error responses close the connection.
+ *
+ * @param Base the `AppService` class of matrix-appservice-bridge (passed in: the library is
+ *   loaded lazily, after the crypto probe)
+ * @throws Error when `homeserverToken` is empty; `listen()` throws (and closes the server)
+ *   if the library no longer serves the front handler
+ */
+export function createHardenedAppService(Base: typeof AppService, opts: HardenedAppServiceOptions): AppService {
+  if (!opts.homeserverToken) throw new Error("the appservice hs_token is empty");
+
+  class HardenedAppService extends Base {
+    #hsToken: string;
+    readonly #routes: ExpressApp;
+    readonly #front: RequestListener;
+
+    constructor() {
+      super({ homeserverToken: opts.homeserverToken, httpMaxSizeBytes: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES });
+      this.#hsToken = opts.homeserverToken;
+      this.#routes = super.expressApp;
+      this.#routes.disable("x-powered-by");
+      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes);
+      // `app` is what AppService.listen() serves (app-service.js:86-89); declared readonly in its typings.
+      (this as unknown as { app: RequestListener }).app = this.#front;
+    }
+
+    /** The library's express app, where routes are added (matrix-appservice-bridge's `addAppServicePath`). */
+    override get expressApp(): ExpressApp {
+      return this.#routes;
+    }
+
+    /** Change the accepted token (library API); the front handler follows. */
+    override setHomeserverToken(hsToken: string): void {
+      if (!hsToken) throw new Error("the appservice hs_token is empty");
+      super.setHomeserverToken(hsToken);
+      this.#hsToken = hsToken;
+    }
+
+    /**
+     * Start listening (library API), then make sure the server really calls the front
+     * handler: a library upgrade that served its express app directly would silently bring
+     * back the loose token check, so that fails closed instead.
+     */
+    override listen(port: number, hostname: string, backlog: number, callback?: () => void): Promise<void> | undefined {
+      const started = super.listen(port, hostname, backlog, callback);
+      const verify = async (): Promise<void> => {
+        const server = (this as unknown as { server?: Server }).server;
+        if (server && server.listeners("request").includes(this.#front)) return;
+        if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+        throw new Error("matrix-appservice no longer serves AppService.app: the appservice token check cannot be installed");
+      };
+      if (started === undefined) {
+        // Callback form: the server exists synchronously.
+        void verify().catch((err: unknown) => {
+          log.error("appservice listener closed: front handler not installed", errorFields(err));
+        });
+        return undefined;
+      }
+      return started.then(verify);
+    }
+  }
+
+  return new HardenedAppService();
+}
+
+/** Authenticate, canonicalise, and hand the request to the library's express app. */
+function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: string, routes: ExpressApp): void {
+  let url: URL;
+  try {
+    url = new URL(req.url ?? "/", "http://appservice.invalid");
+  } catch {
+    reply(req, res, "/", { status: 400, errcode: "M_UNRECOGNIZED", error: "Malformed request target" });
+    return;
+  }
+  const method = req.method ?? "GET";
+  const isHealth = url.pathname === "/health" && (method === "GET" || method === "HEAD");
+  if (!isHealth) {
+    const auth = checkAppserviceAuth(hsToken, { authorization: req.headersDistinct.authorization }, url.searchParams);
+    if (!auth.ok) {
+      const headers: Record<string, string> = auth.status === 401 ? { "WWW-Authenticate": 'Bearer realm="appservice"' } : {};
+      reply(req, res, url.pathname, auth, headers);
+      return;
+    }
+    // Canonical credentials for the library's own checks; the token leaves the URL (and its logs).
+    req.headers.authorization = `Bearer ${hsToken}`;
+    url.searchParams.delete("access_token");
+  }
+  const path = LEGACY_ROUTE.test(url.pathname) ? `/_matrix/app/v1${url.pathname}` : url.pathname;
+  req.url = path + url.search;
+  (routes as unknown as ExpressHandler)(req, res, (err?: unknown) => {
+    reply(req, res, path, err === undefined || err === null ? unmatched(method, path) : fromLibraryError(err, method, path));
+  });
+}
+
+/** 405 for a known path with another method, else 404 (Application Service API › Unknown routes). */
+function unmatched(method: string, path: string): MatrixHttpError & { allow?: string } {
+  const known = KNOWN_ROUTES.find((r) => r.path.test(path));
+  if (known && !known.methods.includes(method)) {
+    return { status: 405, errcode: "M_UNRECOGNIZED", error: "Unsupported method for this endpoint", allow: known.methods.join(", ") };
+  }
+  return { status: 404, errcode: "M_UNRECOGNIZED", error: "Unrecognized request" };
+}
+
+/**
+ * The JSON answer for an error passed on by the library's express app: body-parser's
+ * (http-errors with a `type`) keep their 4xx status with a constant message; anything else
+ * is a 500, logged here with its message (the client sees none of it).
+ */
+function fromLibraryError(err: unknown, method: string, path: string): MatrixHttpError {
+  const e = (err ?? {}) as { status?: unknown; statusCode?: unknown; type?: unknown };
+  const status = typeof e.status === "number" ? e.status : typeof e.statusCode === "number" ? e.statusCode : 500;
+  switch (e.type) {
+    case "entity.too.large":
+      return { status: 413, errcode: "M_TOO_LARGE", error: "Request body too large" };
+    case "entity.parse.failed":
+      return { status: 400, errcode: "M_NOT_JSON", error: "Request body is not valid JSON" };
+    case "charset.unsupported":
+    case "encoding.unsupported":
+      return { status: 415, errcode: "M_UNRECOGNIZED", error: "Unsupported request body encoding" };
+    case "request.aborted":
+    case "request.size.invalid":
+    case "stream.encoding.set":
+    case "stream.not.readable":
+      return { status: 400, errcode: "M_UNKNOWN", error: "Request body could not be read" };
+  }
+  if (status >= 400 && status < 500) return { status, errcode: "M_UNKNOWN", error: "Bad request" };
+  log.error("appservice request failed", { method, path: path.slice(0, MAX_LOGGED_PATH), ...errorFields(err) });
+  return { status: 500, errcode: "M_UNKNOWN", error: "Internal server error" };
+}
+
+/** Send a Matrix JSON error and close the connection (the request body may be unread). */
+function reply(req: IncomingMessage, res: ServerResponse, path: string, e: MatrixHttpError & { allow?: string }, headers: Record<string, string> = {}): void {
+  if (e.status < 500) {
+    log.warn("appservice request refused", {
+      method: req.method,
+      path: path.slice(0, MAX_LOGGED_PATH),
+      status: e.status,
+      errcode: e.errcode,
+      reason: e.error,
+      remote: req.socket.remoteAddress,
+    });
+  }
+  if (res.headersSent) {
+    // Too late for a status line: the response is cut short instead.
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify({ errcode: e.errcode, error: e.error });
+  res.writeHead(e.status, {
+    ...headers,
+    ...(e.allow ? { Allow: e.allow } : {}),
+    "Content-Type": "application/json",
+    "Content-Length": String(Buffer.byteLength(body)),
+    "Cache-Control": "no-store",
+    Connection: "close",
+  });
+  res.end(body);
+}

@@ -1,0 +1,33 @@
+/**
+ * Migration 2: sender authentication travels as data.
+ *
+ * - `inbound_mail`: the decisions made before the 250, as columns instead of bytes prepended
+ *   to the raw message: whether the sender authenticated (`sender_verified`), the authentication
+ *   verdict (`auth`, JSON `{spf, dkim, dmarc, arc, verified}`), the spam verdict (`spam`, JSON
+ *   `{action, score, requiredScore}` or NULL when no check ran), the From display name as
+ *   claimed (`sender_name`, shown only for verified senders), the mail's To/Cc addresses
+ *   (`participants`, JSON array), and a hash of envelope sender and message (`content_hash`):
+ *   the dedupe key becomes (target, Message-ID, content hash), so only a true retransmission is
+ *   deduplicated. Rows from before this migration count as unverified.
+ * - `messages`: who took part in a message besides its sender (`participants`), so a reply
+ *   may join a thread only if its sender took part.
+ * - `portals`: a DM with an unverified sender is a portal of its own (`remote_verified`).
+ */
+
+/** SQL of migration 2. */
+export const sql002SenderAuth = `
+ALTER TABLE inbound_mail ADD COLUMN sender_verified {{BOOL}} NOT NULL DEFAULT FALSE;
+ALTER TABLE inbound_mail ADD COLUMN sender_name TEXT;
+ALTER TABLE inbound_mail ADD COLUMN auth TEXT;
+ALTER TABLE inbound_mail ADD COLUMN spam TEXT;
+ALTER TABLE inbound_mail ADD COLUMN participants TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE inbound_mail ADD COLUMN content_hash TEXT NOT NULL DEFAULT '';
+DROP INDEX inbound_mail_dedupe;
+CREATE UNIQUE INDEX inbound_mail_dedupe ON inbound_mail (target, message_id, content_hash);
+
+ALTER TABLE messages ADD COLUMN participants TEXT NOT NULL DEFAULT '[]';
+
+ALTER TABLE portals ADD COLUMN remote_verified {{BOOL}} NOT NULL DEFAULT TRUE;
+DROP INDEX portals_dm_key;
+CREATE UNIQUE INDEX portals_dm_key ON portals (local_user_id, remote_address, remote_verified) WHERE kind = 'dm';
+`;
