@@ -93,15 +93,32 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     },
   });
 
+  /** The notices of the outbound queue go into the mail's room, as replies to its event. */
+  const outboundNotice = async (roomId: string, text: string, eventId: string): Promise<void> => {
+    if (!handler) throw new Error("outbound notice before the Matrix handler exists");
+    await handler.portalNotice(roomId, text, eventId);
+  };
+  const utcMinute = (ms: number): string => new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
   const queue = new OutboundQueue({
     store,
     deliver: (raw, envelope) =>
-      deliverMail(raw, envelope, { outbound: config.outbound, heloName: config.outbound.helo_name ?? config.smtp.hostname, resolver }),
+      deliverMail(raw, envelope, {
+        outbound: config.outbound,
+        heloName: config.outbound.helo_name ?? config.smtp.hostname,
+        resolver,
+        addressResolver: (host, rrtype) => dns.resolve(host, rrtype),
+      }),
     maxRetryHours: config.outbound.max_retry_hours,
-    onFinal: async (row, outcome) => {
-      if (outcome.failed.length === 0) return;
-      const lines = outcome.failed.map((f) => `• ${f.address}: ${f.message}`).join("\n");
-      await handler?.portalNotice(row.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, row.eventId);
+    delayWarningHours: config.outbound.delay_warning_hours,
+    concurrency: config.outbound.concurrency,
+    onRecipientsFailed: async (mail, failures) => {
+      const lines = failures.map((f) => `• ${f.address}: ${f.reply}`).join("\n");
+      await outboundNotice(mail.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, mail.eventId);
+    },
+    onDelayed: async (mail, recipients, giveUpAt) => {
+      const until = utcMinute(giveUpAt);
+      const lines = recipients.map((r) => `⏳ Delivery to ${r.address} is delayed: ${r.reply}; still trying until ${until}`).join("\n");
+      await outboundNotice(mail.roomId, lines, mail.eventId);
     },
   });
   const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });

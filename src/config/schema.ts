@@ -57,6 +57,32 @@ export interface SmtpConfig {
   tls_cert_file: string | null;
   /** PEM private key file for STARTTLS. */
   tls_key_file: string | null;
+  /** Refuse MAIL before STARTTLS (530 5.7.0); needs the TLS files. RFC 3207 §4: a public MX must not. */
+  require_tls: boolean;
+  /** Most concurrent connections per client IPv4 address or IPv6 /64; more get 421 4.7.0. */
+  max_connections_per_ip: number;
+  /** Most RCPT TO per message, repeated ones included; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8: at least 100). */
+  max_recipients: number;
+  /** Window of the message rate limits, in ms. */
+  rate_window_ms: number;
+  /** Most MAIL FROM per client address per window; more get 451 4.7.1. 0: no limit. */
+  max_messages_per_ip: number;
+  /** Most MAIL FROM per sender domain per window; more get 451 4.7.1. 0: no limit. */
+  max_messages_per_sender_domain: number;
+  /** Largest header section (of the message or of a MIME part), in bytes; larger gets 552 5.3.4. */
+  max_header_bytes: number;
+  /** Most MIME parts per message (the message itself included); more get 552 5.6.0. */
+  max_mime_parts: number;
+  /** Deepest MIME nesting below the message; deeper gets 554 5.6.0. */
+  max_mime_depth: number;
+  /** Most Received headers (hop count, Postfix hopcount_limit); more get 554 5.4.6. */
+  max_received_headers: number;
+  /** Longest wait for one complete command line, in ms; past it 421 4.4.2 (RFC 5321 §4.5.3.2.7: at least 5 min). */
+  command_timeout_ms: number;
+  /** Longest DATA phase (from 354 to the final dot), in ms; past it 421 4.4.2. */
+  data_timeout_ms: number;
+  /** DNS blocklist zones (RFC 5782) asked for every client at connect; listed gets 554 5.7.1. Empty: off. */
+  dnsbl_zones: string[];
 }
 
 /** `outbound.relay` subsection: a smarthost. */
@@ -85,6 +111,10 @@ export interface OutboundConfig {
   timeout_ms: number;
   /** Give up (bounce to the room) after this many hours of temporary failures (RFC 5321 §4.5.4.1: 4-5 days). */
   max_retry_hours: number;
+  /** Tell the room once when a mail is still not delivered this many hours after it was sent; 0: never. */
+  delay_warning_hours: number;
+  /** Most mails delivered at once (one at a time per room). */
+  concurrency: number;
 }
 
 /** `dkim` section: DKIM signing of outbound mail (RFC 6376). */
@@ -235,6 +265,28 @@ export const configSchema: SchemaObject = {
         max_clients: { type: "integer", minimum: 1, default: 200, description: "Most concurrent SMTP connections." },
         tls_cert_file: { type: "string", nullable: true, default: null, description: "PEM certificate for STARTTLS (null: no STARTTLS)." },
         tls_key_file: { type: "string", nullable: true, default: null, description: "PEM private key for STARTTLS." },
+        require_tls: {
+          type: "boolean",
+          default: false,
+          description: "Refuse MAIL before STARTTLS (530 5.7.0); needs tls_cert_file. RFC 3207 says a public MX must not require it, so leave off for the MX.",
+        },
+        max_connections_per_ip: { type: "integer", minimum: 1, default: 20, description: "Most concurrent connections per client IPv4 address or IPv6 /64 (421 4.7.0 beyond)." },
+        max_recipients: { type: "integer", minimum: 1, default: 100, description: "Most RCPT TO per message, repeated ones included (452 4.5.3 beyond). RFC 5321 requires at least 100." },
+        rate_window_ms: { type: "integer", minimum: 1000, default: 60000, description: "Time window of the two message rate limits, in ms." },
+        max_messages_per_ip: { type: "integer", minimum: 0, default: 120, description: "Most messages (MAIL FROM) per client address per window (451 4.7.1 beyond); 0: no limit." },
+        max_messages_per_sender_domain: { type: "integer", minimum: 0, default: 300, description: "Most messages (MAIL FROM) per sender domain per window (451 4.7.1 beyond); 0: no limit." },
+        max_header_bytes: { type: "integer", minimum: 1024, default: 65536, description: "Largest header section of a message or MIME part, in bytes (552 5.3.4 beyond)." },
+        max_mime_parts: { type: "integer", minimum: 1, default: 500, description: "Most MIME parts per message, the message itself included (552 5.6.0 beyond)." },
+        max_mime_depth: { type: "integer", minimum: 1, default: 20, description: "Deepest MIME nesting below the message (554 5.6.0 beyond)." },
+        max_received_headers: { type: "integer", minimum: 1, default: 50, description: "Most Received headers, i.e. hops (554 5.4.6 beyond: a mail loop)." },
+        command_timeout_ms: { type: "integer", minimum: 1000, default: 300000, description: "Longest wait for one complete command line, in ms (421 4.4.2 beyond). RFC 5321: at least 5 minutes." },
+        data_timeout_ms: { type: "integer", minimum: 1000, default: 600000, description: "Longest DATA phase, from 354 to the final dot, in ms (421 4.4.2 beyond)." },
+        dnsbl_zones: {
+          type: "array",
+          items: { type: "string", pattern: hostPattern },
+          default: [],
+          description: "DNS blocklist zones asked for each client at connect, e.g. zen.spamhaus.org (554 5.7.1 when listed; a DNS failure lets the client in). Empty: off.",
+        },
       },
     },
     outbound: {
@@ -271,6 +323,8 @@ export const configSchema: SchemaObject = {
         require_tls: { type: "boolean", default: false, description: "Refuse to deliver without STARTTLS." },
         timeout_ms: { type: "integer", minimum: 100, default: 30000, description: "Connect/greeting timeout, in ms." },
         max_retry_hours: { type: "number", minimum: 0, default: 96, description: "Hours of temporary failures before giving up." },
+        delay_warning_hours: { type: "number", minimum: 0, default: 4, description: "Tell the room once when a mail is still undelivered after this many hours (0: never)." },
+        concurrency: { type: "integer", minimum: 1, maximum: 1000, default: 8, description: "Most mails delivered at once (one at a time per room)." },
       },
     },
     dkim: {

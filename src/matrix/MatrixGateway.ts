@@ -74,7 +74,7 @@ export class MatrixGateway implements MatrixActions {
     routeLibraryLogs(mab.Logger);
     // One parse of the registration, shared by the bridge and the listener's token check.
     const registration = await loadRegistration(mab.AppServiceRegistration, opts.registrationFile);
-    const appservice = createHardenedAppService(mab.AppService, { homeserverToken: registration.getHomeserverToken() ?? "" });
+    const appservice = createHardenedAppService(mab, { homeserverToken: registration.getHomeserverToken() ?? "" });
     let gateway: MatrixGateway | null = null;
     const bridge = new mab.Bridge({
       homeserverUrl: opts.homeserverUrl,

@@ -14,7 +14,9 @@
  *   answers an HTML page with the stack trace and file paths (NODE_ENV is not
  *   "production") and prints the stack to stderr, outside our logger;
  * - the legacy routes (`/transactions/:txnId` ...) answer 308 with no token check
- *   (app-service.js:48-56), where the spec says they take the same request and response.
+ *   (app-service.js:48-56), where the spec says they take the same request and response;
+ * - a failing user query answers 500 with the error's message (app-service.js:189-193),
+ *   e.g. an ENOENT message with a file path.
  *
  * How it hooks in, through the libraries' public surface, without patching them:
  * `Bridge.listen(port, host, backlog, appServiceInstance)` takes our AppService, a
@@ -24,11 +26,13 @@
  * matrix-appservice-bridge (`addAppServicePath`) land where they always did. The front
  * handler authenticates every request ({@link checkAppserviceAuth}), rewrites the legacy
  * paths, then calls the express app with its own final callback, so errors and unmatched
- * routes get a small JSON Matrix error instead of `finalhandler`'s page.
+ * routes get a small JSON Matrix error instead of `finalhandler`'s page. The query handlers
+ * the bridge assigns (`appservice.onUserQuery = ...`, bridge.js `listen`) are wrapped so a
+ * failure reaches the library as an `AppserviceHttpError` with a constant message.
  */
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, RequestListener, Server, ServerResponse } from "node:http";
-import type { AppService, AppServiceOutput, AppServiceRegistration } from "matrix-appservice-bridge";
+import type { AppService, AppServiceOutput, AppServiceRegistration, AppserviceHttpError } from "matrix-appservice-bridge";
 import { parse as parseYaml } from "yaml";
 import { errorFields, getLogger } from "../util/logger.ts";
 import { checkAppserviceAuth } from "./appserviceAuth.ts";
@@ -41,8 +45,17 @@ export const DEFAULT_MAX_BODY_BYTES = 5_000_000;
 /** The express app type of matrix-appservice (its `expressApp`). */
 type ExpressApp = AppService["expressApp"];
 
+/** `AppService.onUserQuery` / `onAliasQuery`: the queried ID, a legacy callback; a promise or null. */
+type QueryHandler = (arg: string, callback: () => void) => PromiseLike<void> | null;
+
 /** An express app called as a plain function with a final callback (`app(req, res, next)`). */
 type ExpressHandler = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
+
+/** The classes of matrix-appservice-bridge that {@link createHardenedAppService} needs (the module fits). */
+export interface AppServiceLibrary {
+  AppService: typeof AppService;
+  AppserviceHttpError: typeof AppserviceHttpError;
+}
 
 /** Options for {@link createHardenedAppService}. */
 export interface HardenedAppServiceOptions {
@@ -102,16 +115,22 @@ export async function loadRegistration(Registration: typeof AppServiceRegistrati
  * bad JSON 400 `M_NOT_JSON`, body over `maxBodyBytes` 413 `M_TOO_LARGE`, unknown route 404 /
  * wrong method 405 `M_UNRECOGNIZED` (Application Service API › Unknown routes), anything else
  * 500 `M_UNKNOWN`; never a stack trace or a path. Error responses close the connection.
+ * A user or alias query handler that throws anything but an `AppserviceHttpError` answers
+ * 500 `M_UNKNOWN` "Internal server error"; the error is logged here, once.
  *
- * @param Base the `AppService` class of matrix-appservice-bridge (passed in: the library is
- *   loaded lazily, after the crypto probe)
+ * @param lib matrix-appservice-bridge's module (passed in: the library is loaded lazily,
+ *   after the crypto probe)
  * @throws Error when `homeserverToken` is empty; `listen()` throws (and closes the server)
  *   if the library no longer serves the front handler
  */
-export function createHardenedAppService(Base: typeof AppService, opts: HardenedAppServiceOptions): AppService {
+export function createHardenedAppService(lib: AppServiceLibrary, opts: HardenedAppServiceOptions): AppService {
   if (!opts.homeserverToken) throw new Error("the appservice hs_token is empty");
+  const { AppserviceHttpError: HttpError } = lib;
+  /** A query handler's failure as the library will send it: only deliberate HTTP errors keep their text. */
+  const sanitize = (err: unknown): unknown =>
+    err instanceof HttpError ? err : new HttpError({ errcode: "M_UNKNOWN", error: "Internal server error" }, 500);
 
-  class HardenedAppService extends Base {
+  class HardenedAppService extends lib.AppService {
     #hsToken: string;
     readonly #routes: ExpressApp;
     readonly #front: RequestListener;
@@ -124,6 +143,33 @@ export function createHardenedAppService(Base: typeof AppService, opts: Hardened
       this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes);
       // `app` is what AppService.listen() serves (app-service.js:86-89); declared readonly in its typings.
       (this as unknown as { app: RequestListener }).app = this.#front;
+      // Query handlers are assigned by the bridge ("Override this method"); keep them, guarded.
+      // Logged here: the bridge logs alias query failures not at all, user query failures
+      // without the error (its "Failed onUserQuery" line drops the Error argument).
+      for (const name of ["onUserQuery", "onAliasQuery"] as const) {
+        let handler: QueryHandler = this[name];
+        const fail = (arg: string, err: unknown): Promise<never> => {
+          if (!(err instanceof HttpError)) log.error("appservice query failed", { query: name, id: arg, ...errorFields(err) });
+          return Promise.reject(sanitize(err));
+        };
+        const guarded: QueryHandler = (arg, callback) => {
+          let result: PromiseLike<void> | null;
+          try {
+            result = handler.call(this, arg, callback);
+          } catch (err) {
+            return fail(arg, err);
+          }
+          return result && Promise.resolve(result).catch((err: unknown) => fail(arg, err));
+        };
+        Object.defineProperty(this, name, {
+          configurable: true,
+          enumerable: true,
+          get: () => guarded,
+          set: (fn: QueryHandler) => {
+            handler = fn;
+          },
+        });
+      }
     }
 
     /** The library's express app, where routes are added (matrix-appservice-bridge's `addAppServicePath`). */

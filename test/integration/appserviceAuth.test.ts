@@ -53,7 +53,8 @@ describe("checkAppserviceAuth (pure)", () => {
     assert.ok(!r.ok);
     assert.equal(r.status, 401);
     assert.equal(r.errcode, "M_UNAUTHORIZED");
-    assert.equal(check([]).ok === false && check([]).status, 401);
+    const empty = check([]);
+    assert.ok(!empty.ok && empty.status === 401);
     assert.equal(checkAppserviceAuth(HS_TOKEN, {}, q("other=1")).ok, false);
   });
 
@@ -233,7 +234,10 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
         onMatrixEvent: async (event: WeakEvent) => {
           received.push(String((event.content as { body?: unknown }).body));
         },
-        onUserQuery: async () => null,
+        onUserQuery: async (userId: string) => {
+          if (userId.startsWith("@email_broken")) throw new Error("ENOENT: no such file or directory, open '/var/lib/bridge/ghosts.db'");
+          return null;
+        },
       },
     });
     await gateway.listen();
@@ -300,7 +304,9 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
   });
 
   test("two Authorization headers: 403, even when both are right", async () => {
-    const r = await put(V1, "refused", { headers: { authorization: [`Bearer ${HS_TOKEN}`, `Bearer ${HS_TOKEN}`] } });
+    // Node sends an array as one header line per value.
+    const twice = [`Bearer ${HS_TOKEN}`, `Bearer ${HS_TOKEN}`] as unknown as string;
+    const r = await put(V1, "refused", { headers: { authorization: twice } });
     assertMatrixError(r, 403, "M_FORBIDDEN");
   });
 
@@ -353,6 +359,17 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
     const r = await request(port, `${V1}/transactions/${++txn}`, { headers: bearer(HS_TOKEN), body: JSON.stringify({ events: 5 }) });
     assertMatrixError(r, 500, "M_UNKNOWN");
     assert.ok(!r.body.includes("TypeError") && !r.body.includes("iterable"));
+  });
+
+  test("a failing user query answers 500 M_UNKNOWN without the error's message or path", async () => {
+    const path = `${V1}/users/${encodeURIComponent("@email_broken:bridge.test")}`;
+    const r = await request(port, path, { method: "GET", headers: bearer(HS_TOKEN) });
+    assert.equal(r.status, 500);
+    // matrix-appservice writes this body itself ({errcode, message}); only its text is ours.
+    const json = JSON.parse(r.body) as { errcode?: unknown; message?: unknown };
+    assert.equal(json.errcode, "M_UNKNOWN");
+    assert.match(String(json.message), /Internal server error/);
+    assert.ok(!r.body.includes("ENOENT") && !r.body.includes("/var/lib"), r.body);
   });
 
   test("only accepted transactions reach the bridge; no token is ever logged", async () => {

@@ -70,6 +70,8 @@ const outboundBase: OutboundConfig = {
   require_tls: false,
   timeout_ms: 3000,
   max_retry_hours: 96,
+  delay_warning_hours: 4,
+  concurrency: 8,
 };
 
 describe("deliverMail over loopback SMTP", () => {

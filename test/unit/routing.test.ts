@@ -1,9 +1,11 @@
 /**
  * Inbound routing decisions: thread (In-Reply-To/References) first, then room mailbox,
- * then personal mailbox → DM portal. Uses the real store (SQLite, temp file); the Matrix
- * side is a strict fake that answers only what routing asks.
+ * then personal mailbox → DM portal. Uses the real store (SQLite, temp file) and a real DNS
+ * server on loopback for sender authentication (example.org and evil.test publish SPF for
+ * 127.0.0.1; unsigned.test publishes nothing); the Matrix side is a strict fake that answers
+ * only what routing asks.
  */
-import { afterEach, beforeEach, describe, it } from "node:test";
+import { after, afterEach, before, beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,6 +17,8 @@ import type { InboundEnvelope } from "../../src/mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../../src/mail/inbound/rejections.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
+import { DnsResolver } from "../../src/mail/dns.ts";
+import { startDnsServer, type TestDns } from "../harness/dns.ts";
 
 configureLogging({ level: "error" });
 const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDomain: "bridge.example", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
@@ -34,6 +38,19 @@ function mail(opts: { from?: string; messageId?: string; inReplyTo?: string; ref
 }
 
 describe("inbound routing", () => {
+  let dns: TestDns;
+  before(async () => {
+    dns = await startDnsServer({
+      records: {
+        "example.org": { TXT: ["v=spf1 ip4:127.0.0.1 -all"] },
+        "evil.test": { TXT: ["v=spf1 ip4:127.0.0.1 -all"] },
+        "unsigned.test": { A: ["192.0.2.1"] },
+      },
+    });
+  });
+  after(async () => {
+    await dns?.stop();
+  });
   let dir: string;
   let store: BridgeStore;
   let router: InboundRouter;
@@ -49,6 +66,12 @@ describe("inbound routing", () => {
       mayBridge: (u) => u.endsWith(":hs.example"),
       onCommitted: () => committed++,
       hostname: "mx.bridge.example",
+      auth: {
+        lookup: new DnsResolver({ nameservers: [dns.nameserver], timeoutMs: 1000, tries: 1, cacheEntries: 0, cacheTtlMs: 0 }).lookup,
+        policy: { enforceDmarcReject: true, unverified: "mark", deferOnDnsError: true },
+        trustedArcSealers: [],
+        minKeyBits: 1024,
+      },
       matrix: {
         userExists: async (u) => USERS.has(u),
         joinedMembers: async (roomId) => {
@@ -59,9 +82,9 @@ describe("inbound routing", () => {
       },
     });
     await store.setRoomMailbox("team", "!team:hs.example", "@alice:hs.example");
-    await store.upsertPortal({ roomId: "!team:hs.example", kind: "mailbox", localUserId: null, remoteAddress: null, subject: null, encrypted: false });
-    await store.upsertPortal({ roomId: "!group:hs.example", kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false });
-    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out1", messageId: "out1@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea" });
+    await store.upsertPortal({ roomId: "!team:hs.example", kind: "mailbox", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
+    await store.upsertPortal({ roomId: "!group:hs.example", kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
+    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out1", messageId: "out1@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@example.org"] });
   });
   afterEach(async () => {
     await store.close();
@@ -91,6 +114,26 @@ describe("inbound routing", () => {
     assert.equal(row?.replyToEventId, "$out1");
   });
 
+  it("a stranger who knows a Message-ID does not enter the thread, even authenticated", async () => {
+    await router.deliver(mail({ from: "mallory@evil.test", messageId: "h1@evil.test", inReplyTo: "out1@bridge.example" }), envelope(["alice@bridge.example"], "mallory@evil.test"));
+    const [row] = await store.listPendingInbound(10);
+    assert.equal(row?.roomId, null, "not posted into the group portal");
+    assert.equal(row?.dmLocalUserId, "@alice:hs.example");
+    assert.equal(row?.replyToEventId, null);
+    assert.equal(row?.senderVerified, true);
+  });
+
+  it("an unverified sender never joins a thread and gets its own DM portal", async () => {
+    await store.upsertPortal({ roomId: "!dmv:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@unsigned.test", subject: null, encrypted: false, remoteVerified: true });
+    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out2", messageId: "out2@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@unsigned.test"] });
+    await router.deliver(mail({ from: "carol@unsigned.test", messageId: "u1@unsigned.test", inReplyTo: "out2@bridge.example" }), envelope(["alice@bridge.example"], "carol@unsigned.test"));
+    const [row] = await store.listPendingInbound(10);
+    assert.equal(row?.senderVerified, false);
+    assert.deepEqual(row?.auth, { spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false });
+    assert.equal(row?.roomId, null, "neither the thread nor the verified DM");
+    assert.equal(row?.dmLocalUserId, "@alice:hs.example");
+  });
+
   it("a known Message-ID does not route to a room the recipient is not in", async () => {
     await router.deliver(mail({ messageId: "r3@example.org", inReplyTo: "out1@bridge.example" }), envelope(["bob@bridge.example"]));
     const [row] = await store.listPendingInbound(10);
@@ -103,7 +146,7 @@ describe("inbound routing", () => {
     await router.deliver(mail({ messageId: "m2@example.org" }), envelope(["alice@bridge.example"]));
     let rows = await store.listPendingInbound(10);
     assert.deepEqual(rows.map((r) => [r.roomId, r.dmLocalUserId]), [["!team:hs.example", null], [null, "@alice:hs.example"]]);
-    await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@example.org", subject: null, encrypted: false });
+    await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@example.org", subject: null, encrypted: false, remoteVerified: true });
     await router.deliver(mail({ messageId: "m3@example.org" }), envelope(["alice@bridge.example"]));
     rows = await store.listPendingInbound(10);
     assert.equal(rows[2]?.roomId, "!dm:hs.example");
@@ -115,9 +158,20 @@ describe("inbound routing", () => {
     assert.equal((await store.listPendingInbound(10)).length, 1);
   });
 
+  it("a different mail reusing a Message-ID is kept; a mail without one is deduplicated by content", async () => {
+    await router.deliver(mail({ messageId: "same@example.org" }), envelope(["team@bridge.example"]));
+    await router.deliver(Buffer.concat([mail({ messageId: "same@example.org" }), Buffer.from("A different body\r\n")]), envelope(["team@bridge.example"]));
+    assert.equal((await store.listPendingInbound(10)).length, 2);
+    await router.deliver(mail(), envelope(["team@bridge.example"]));
+    await router.deliver(mail(), envelope(["team@bridge.example"]));
+    const rows = await store.listPendingInbound(10);
+    assert.equal(rows.length, 3);
+    assert.match(rows[2]!.messageId, /^[0-9a-f]{32}\.derived@bridge\.example$/);
+  });
+
   it("refuses senders on the bridge's own domain and unusable senders", async () => {
     await assert.rejects(router.deliver(mail({ from: "alice@bridge.example" }), envelope(["team@bridge.example"])), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
-    await assert.rejects(router.deliver(Buffer.from("Subject: x\r\n\r\nbody\r\n"), envelope(["team@bridge.example"], "")), (e: SmtpReply) => e.enhancedStatus === "5.1.7");
+    await assert.rejects(router.deliver(Buffer.from("Subject: x\r\n\r\nbody\r\n"), envelope(["team@bridge.example"], "")), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
     assert.equal((await store.listPendingInbound(10)).length, 0);
   });
 });

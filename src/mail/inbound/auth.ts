@@ -113,7 +113,7 @@ function headerSection(raw: Buffer): string {
   const crlf = raw.indexOf("\r\n\r\n");
   const lf = raw.indexOf("\n\n");
   const end = crlf >= 0 && (lf < 0 || crlf < lf) ? crlf : lf;
-  return raw.subarray(0, end >= 0 ? end : raw.length).toString("latin1");
+  return raw.subarray(0, end >= 0 ? end : raw.length).toString("utf8");
 }
 
 /**
@@ -144,7 +144,7 @@ export function readAuthor(raw: Buffer, ownDomains: readonly string[]): Author {
     const colon = line.indexOf(":");
     const name = colon >= 0 ? line.slice(0, colon) : line;
     if (name.trim().toLowerCase() !== "from") continue;
-    if (colon < 0 || name !== "From" && name.toLowerCase() !== "from") {
+    if (colon < 0 || name.toLowerCase() !== "from") {
       throw badAuthor("the From header field is malformed (white space or a line break before its colon)");
     }
     current = [line.slice(colon + 1)];

@@ -14,8 +14,9 @@
  *
  * The replies for crossed limits are {@link SmtpReply} values from `rejections.ts`.
  */
+import type { Transform } from "node:stream";
 import { Splitter } from "@zone-eu/mailsplit";
-import type { MimeNode, SplitterChunk } from "@zone-eu/mailsplit";
+import type { SplitterChunk } from "@zone-eu/mailsplit";
 import type { SmtpConfig } from "../../config/schema.ts";
 import { reverseName } from "../dns.ts";
 import { Rejections } from "./rejections.ts";
@@ -331,17 +332,19 @@ export class MessageInspector {
       maxChildNodes: limits.maxMimeParts + 10,
     });
     this.#splitter = splitter;
+    // mailsplit's typings declare only "data"; the other events are Transform's.
+    const stream: Transform = splitter;
     this.#splitterDone = new Promise<void>((resolve) => {
       splitter.on("data", (chunk: SplitterChunk) => {
         if (chunk.type === "node") this.#onNode(chunk);
       });
-      splitter.once("error", (err: Error & { code?: string }) => {
+      stream.once("error", (err: Error & { code?: string }) => {
         if (err.code === "EMAXLEN" && /head/i.test(err.message)) this.#fail(Rejections.headerTooBig(limits.maxHeaderBytes));
         else this.#splitterError = err;
         resolve();
       });
-      splitter.once("end", () => resolve());
-      splitter.once("close", () => resolve());
+      stream.once("end", () => resolve());
+      stream.once("close", () => resolve());
     });
   }
 
@@ -453,7 +456,7 @@ export class MessageInspector {
     if (this.#received > this.#limits.maxReceivedHeaders) this.#fail(Rejections.loopDetected(this.#limits.maxReceivedHeaders));
   }
 
-  #onNode(node: MimeNode): void {
+  #onNode(node: Extract<SplitterChunk, { type: "node" }>): void {
     if (this.#violation) return;
     this.#parts++;
     const parent = node.parentNode;

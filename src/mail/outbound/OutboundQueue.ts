@@ -1,24 +1,118 @@
 /**
- * The outbound queue worker: takes due rows from the store, delivers them, and records
- * sent / deferred / bounced. Retries follow a fixed backoff until `maxRetryHours`
- * (RFC 5321 §4.5.4.1: retry for at least 4-5 days, at least 30 min apart after the first
- * tries; the shorter early steps help with greylisting).
+ * The outbound queue: takes due mails from the store, delivers them concurrently, and records
+ * every recipient's outcome in the store as it happens (a 250 is a promise, a 550 is news).
+ *
+ * - A recipient refused for good (5yz, a domain that cannot receive mail, or retries run out)
+ *   is reported at once through `onRecipientsFailed`, while the other recipients of the same
+ *   mail may still be retrying. The report is marked in the store; a failure recorded but not
+ *   reported yet (crash, Matrix down) is reported by the next process, and a reported one
+ *   never again.
+ * - A mail still deferred `delayWarningHours` after it was queued is reported once through
+ *   `onDelayed` (persisted too).
+ * - Retries follow a fixed backoff until `maxRetryHours` (RFC 5321 §4.5.4.1: retry for at
+ *   least 4-5 days, at least 30 min apart after the first tries; the shorter early steps
+ *   help with greylisting).
+ *
+ * The worker shape (kick, poll, idle, stop) is util/worker.ts. This module knows nothing of
+ * Matrix or of the store's tables: it takes the small {@link OutboundQueueStore} interface,
+ * which the bridge's store implements.
  */
-import type { BridgeStore, OutboundRow } from "../../store/Store.ts";
 import { errorFields, getLogger } from "../../util/logger.ts";
-import type { DeliveryResult } from "./deliver.ts";
+import { QueueWorker, type PassResult } from "../../util/worker.ts";
+import type { DeliveryResult, RecipientOutcome } from "./deliver.ts";
 
 const log = getLogger("mail/outbound");
 
-/** The store methods the queue uses. */
-export type OutboundQueueStore = Pick<BridgeStore, "listDueOutbound" | "markOutboundSent" | "markOutboundDeferred" | "markOutboundBounced">;
+/** A queued mail as the queue sees it (the store's outbound row has these fields and more). */
+export interface QueuedMail {
+  id: number;
+  /** Room the mail came from (the notices go there). */
+  roomId: string;
+  /** Matrix event the mail came from (the notices reply to it). */
+  eventId: string;
+  /** Message-ID without brackets (for logs). */
+  messageId: string;
+  /** MAIL FROM address. */
+  envelopeFrom: string;
+  /** Recipients still to deliver (pending or deferred). */
+  recipients: string[];
+  /** The signed message. */
+  raw: Buffer;
+  /** Delivery attempts of the mail so far. */
+  attempts: number;
+  /** When it was queued, epoch ms (the retry deadline and the delay warning count from here). */
+  createdAt: number;
+  /** When the delay notice went out (epoch ms), or null. */
+  delayWarnedAt: number | null;
+}
 
-/** Final result of a row, handed to {@link OutboundQueueOptions.onFinal}. */
-export interface OutboundFinalOutcome {
-  /** Recipients that a server accepted (across the attempts this process saw). */
-  sent: string[];
-  /** Recipients that failed for good (5yz, or still temporary when retries ran out), with the reason. */
-  failed: { address: string; message: string }[];
+/** State of one recipient; `sent` and `failed` are final. */
+export type RecipientState = "pending" | "sent" | "deferred" | "failed";
+
+/** A recipient's persisted delivery state, as the store returns it. */
+export interface RecipientRecord {
+  address: string;
+  state: RecipientState;
+  /** Attempts made for this recipient. */
+  attempts: number;
+  /** SMTP reply code of the last attempt, or null when no server answered. */
+  lastCode: number | null;
+  /** Reply text (or local error) of the last attempt, or null before the first. */
+  lastReply: string | null;
+  /** For `failed`: whether the failure was reported. */
+  reported: boolean;
+}
+
+/** The outcome of one recipient in one attempt, as the queue hands it to the store. */
+export interface RecipientUpdate {
+  address: string;
+  state: "sent" | "deferred" | "failed";
+  /** SMTP reply code, or null when no server answered. */
+  code: number | null;
+  /** Reply text or error message. */
+  reply: string;
+  /** Next try in epoch ms for `deferred`; null otherwise. */
+  nextAttemptAt: number | null;
+}
+
+/**
+ * The store methods the queue uses (implemented by the bridge's store; see store/Store.ts for
+ * their full contract).
+ */
+export interface OutboundQueueStore {
+  /** Queued/deferred mails with nextAttemptAt <= `now` (epoch ms), oldest first, at most `limit`. */
+  listDueOutbound(now: number, limit: number): Promise<QueuedMail[]>;
+  /** One mail by id, or null. */
+  getOutboundById(id: number): Promise<QueuedMail | null>;
+  /**
+   * Record one attempt in one transaction: upsert each recipient's update, then the mail's
+   * state (`deferred` while any recipient is pending/deferred, else `bounced` if any failed,
+   * else `sent`), remaining recipients and next attempt (epoch ms).
+   * @returns the new state and every recipient of the mail after the update.
+   * @throws when there is no such mail or the store fails.
+   */
+  recordOutboundAttempt(
+    id: number,
+    updates: RecipientUpdate[],
+    nextAttemptAt: number,
+  ): Promise<{ state: "deferred" | "sent" | "bounced"; recipients: RecipientRecord[] }>;
+  /** Failed recipients not reported yet, across all mails (by mail id, then address), at most `limit`. */
+  listUnreportedOutboundFailures(limit: number): Promise<(RecipientRecord & { outboundId: number })[]>;
+  /** Mark these recipients' failures reported. */
+  markOutboundRecipientsReported(id: number, addresses: string[]): Promise<void>;
+  /** Remember that the delay notice of mail `id` went out at `at` (epoch ms). */
+  markOutboundDelayWarned(id: number, at: number): Promise<void>;
+  /** Earliest next attempt (epoch ms) later than `after` of any queued/deferred mail, or null. */
+  nextOutboundAttemptAt(after: number): Promise<number | null>;
+}
+
+/** A recipient in a failure or delay report. */
+export interface RecipientReport {
+  address: string;
+  /** SMTP reply code of the last attempt, or null when no server answered. */
+  code: number | null;
+  /** The remote server's reply (or the local error), e.g. `550 5.1.1 No such user`. */
+  reply: string;
 }
 
 /** Options of {@link OutboundQueue}. */
@@ -26,15 +120,31 @@ export interface OutboundQueueOptions {
   store: OutboundQueueStore;
   /** One delivery attempt (deliver.ts `deliverMail` bound to its options). */
   deliver: (raw: Buffer, envelope: { from: string; to: string[] }) => Promise<DeliveryResult>;
-  /** Give up after this many hours since the row's createdAt (config `outbound.max_retry_hours`). */
+  /** Give up on temporary failures after this many hours since the mail was queued (config `outbound.max_retry_hours`). */
   maxRetryHours: number;
-  /** Called once when a row becomes `sent` or `bounced` (the bridge posts a notice for failures). Errors are logged, not retried. */
-  onFinal: (row: OutboundRow, outcome: OutboundFinalOutcome) => Promise<void>;
+  /**
+   * Report a mail still deferred this many hours after it was queued, once (config
+   * `outbound.delay_warning_hours`); 0 never reports.
+   */
+  delayWarningHours: number;
+  /** Most deliveries in flight at once (config `outbound.concurrency`, default 8); one at a time per room. */
+  concurrency?: number;
+  /**
+   * Recipients of `mail` failed for good (called at once, and again after a restart if it
+   * threw or the process died before the report was recorded). Throw to have it retried at
+   * the next poll.
+   */
+  onRecipientsFailed: (mail: QueuedMail, failures: RecipientReport[]) => Promise<void>;
+  /**
+   * `mail` is still deferred past the warning time (called once per mail; again later if it
+   * throws). `giveUpAt` is when the queue stops trying, epoch ms.
+   */
+  onDelayed: (mail: QueuedMail, recipients: RecipientReport[], giveUpAt: number) => Promise<void>;
   /** Current time in epoch ms (default `Date.now`). */
   clock?: () => number;
-  /** Interval between passes in ms (default 10 000). */
+  /** Safety-net poll interval in ms (default 10 000); also how often unreported failures are looked for. */
   pollMs?: number;
-  /** Rows taken per pass (default 20). */
+  /** Due mails fetched per pass (default `max(50, 4 * concurrency)`). */
   batchSize?: number;
 }
 
@@ -45,7 +155,7 @@ export interface OutboundQueueOptions {
 export const RETRY_BACKOFF_MS: readonly number[] = [60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 60 * 60_000, 2 * 60 * 60_000];
 
 /**
- * The backoff step for a row.
+ * The backoff step for a mail.
  * @param failedAttempts failed attempts so far including the current one (>= 1).
  * @returns delay in ms, {@link RETRY_BACKOFF_MS} capped at its last value (2 h).
  */
@@ -54,183 +164,250 @@ export function retryDelayMs(failedAttempts: number): number {
   return RETRY_BACKOFF_MS[i] ?? 2 * 60 * 60_000;
 }
 
+const HOUR_MS = 3_600_000;
+
+/** Unreported failures looked at per sweep. */
+const SWEEP_LIMIT = 200;
+
 /**
- * Worker over the outbound rows of the store.
+ * The text shown for an outcome: the server's reply as it came (`550 5.1.1 No such user`), or
+ * the error message prefixed with its (synthetic) code, e.g. `556 5.1.10 x.example does not accept mail (null MX)`.
+ */
+function replyText(o: RecipientOutcome): string {
+  const m = o.message.trim();
+  if (o.code === undefined || m.startsWith(String(o.code))) return m;
+  return `${o.code}${o.enhancedStatus ? ` ${o.enhancedStatus}` : ""} ${m}`;
+}
+
+function report(r: RecipientRecord): RecipientReport {
+  return { address: r.address, code: r.lastCode, reply: r.lastReply ?? "(no reply recorded)" };
+}
+
+/**
+ * Worker over the outbound mails of the store.
  *
- * One pass: `listDueOutbound(now, batchSize)`, then for each row one `deliver` of its
- * remaining recipients, then
- * - all accepted → `markOutboundSent`;
- * - some still temporary and retry time left → `markOutboundDeferred(temporary recipients,
- *   min(now + retryDelayMs(row.attempts + 1), createdAt + maxRetryHours))`, so partial
- *   deliveries shrink the recipient list and the last try falls on the deadline;
- * - otherwise (nothing temporary left, or `maxRetryHours` since createdAt reached) →
- *   `markOutboundBounced` if any recipient failed, else `markOutboundSent`.
- * `onFinal` runs once per row, on the sent/bounced transition.
+ * A pass (util/worker.ts runs them: at start, on `kick()`, when a delivery finishes, when the
+ * next mail falls due, and at least every `pollMs`):
+ * 1. at start and then every `pollMs`: report failures that are recorded but not reported
+ *    (mails being delivered right now excepted: their delivery reports them);
+ * 2. start deliveries of due mails, oldest first, up to `concurrency` in flight, at most one
+ *    per room (so a room's mails are first tried in the order they were queued; rooms go in
+ *    parallel). A pass does not wait for its deliveries; each one kicks the worker when done.
  *
- * The backoff counts `row.attempts` as the failed attempts before this one, so the store
- * must increment `attempts` in `markOutboundDeferred`. Recipients that were accepted or
- * permanently refused in earlier passes are remembered in memory only: after a restart,
- * `onFinal` reports only what the current process saw.
- *
- * Passes never overlap: `kick()` during a pass schedules one more pass right after it.
- * A pass that throws (e.g. the store is down) is logged and retried at the next poll.
+ * One delivery: `deliver` to the mail's remaining recipients, then per recipient
+ * - accepted → `sent`;
+ * - refused permanently (5yz, NXDOMAIN, null MX; see deliver.ts and routes.ts) → `failed`;
+ * - temporary with retry time left → `deferred` until
+ *   `min(now + retryDelayMs(attempts + 1), createdAt + maxRetryHours, warning time if not warned yet)`
+ *   (the last try falls on the deadline; one falls on the warning time so its notice has a
+ *   fresh reply);
+ * - temporary at or past `createdAt + maxRetryHours` → `failed` ("gave up after N h: ...").
+ * All recorded in one store transaction; then new failures go to `onRecipientsFailed` (and are
+ * marked reported when it resolves), and a mail still deferred past the warning time goes to
+ * `onDelayed` once (marked when it resolves). A `deliver` that throws counts as a temporary
+ * failure of every recipient. A store failure is logged; the mail stays due and is tried again.
  */
 export class OutboundQueue {
   readonly #opts: OutboundQueueOptions;
   readonly #clock: () => number;
   readonly #pollMs: number;
+  readonly #concurrency: number;
   readonly #batchSize: number;
-  #timer: NodeJS.Timeout | null = null;
-  #running: Promise<void> | null = null;
-  #started = false;
-  #stopped = false;
-  /** Kicks requested so far, and the highest request number a finished pass has covered. */
-  #requested = 0;
-  #completed = 0;
-  #waiters: { upTo: number; resolve: () => void }[] = [];
-  /** Per row id: outcomes of earlier passes that are final (sent / permanent). */
-  readonly #history = new Map<number, OutboundFinalOutcome>();
+  readonly #worker: QueueWorker;
+  /** Deliveries in flight (also reports in flight during a sweep), by mail id. */
+  readonly #inflight = new Map<number, Promise<void>>();
+  /** Rooms with a delivery in flight. */
+  readonly #busyRooms = new Set<string>();
+  /** Clock time of the next sweep for unreported failures (0: at the next pass). */
+  #sweepDueAt = 0;
 
-  /** @param opts see {@link OutboundQueueOptions}. */
+  /**
+   * @param opts see {@link OutboundQueueOptions}.
+   * @throws RangeError for a `concurrency` or `batchSize` that is not a positive integer, or a
+   *   negative `maxRetryHours` / `delayWarningHours`.
+   */
   constructor(opts: OutboundQueueOptions) {
     this.#opts = opts;
     this.#clock = opts.clock ?? Date.now;
     this.#pollMs = opts.pollMs ?? 10_000;
-    this.#batchSize = opts.batchSize ?? 20;
+    this.#concurrency = opts.concurrency ?? 8;
+    this.#batchSize = opts.batchSize ?? Math.max(50, 4 * this.#concurrency);
+    if (!Number.isInteger(this.#concurrency) || this.#concurrency < 1) throw new RangeError(`outbound concurrency must be an integer >= 1, got ${this.#concurrency}`);
+    if (!Number.isInteger(this.#batchSize) || this.#batchSize < 1) throw new RangeError(`outbound batchSize must be an integer >= 1, got ${this.#batchSize}`);
+    if (!(opts.maxRetryHours >= 0)) throw new RangeError(`maxRetryHours must be >= 0, got ${opts.maxRetryHours}`);
+    if (!(opts.delayWarningHours >= 0)) throw new RangeError(`delayWarningHours must be >= 0, got ${opts.delayWarningHours}`);
+    this.#worker = new QueueWorker({ name: "outbound", pass: () => this.#pass(), pollMs: this.#pollMs, clock: this.#clock });
   }
 
-  /** Start polling every `pollMs` ms, beginning with a pass now. Idempotent. */
+  /** Start: a first pass now (reporting what a previous process left unreported), then as described above. Idempotent. */
   start(): void {
-    if (this.#started) return;
-    this.#started = true;
-    this.#stopped = false;
-    void this.kick();
+    if (!this.#worker.started) this.#sweepDueAt = 0;
+    this.#worker.start();
   }
 
-  /** Stop polling and wait for the pass in flight, if any, to finish. Later kicks do nothing until start(). */
-  async stop(): Promise<void> {
-    this.#started = false;
-    this.#stopped = true;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = null;
-    while (this.#running) await this.#running;
-    for (const w of this.#waiters.splice(0)) w.resolve();
+  /** A mail was committed: run a pass now (or right after the one in flight). Does nothing unless started. */
+  kick(): void {
+    this.#worker.kick();
   }
 
   /**
-   * Run a pass now (e.g. right after enqueueing), or right after the pass in flight.
-   * @returns resolves once a pass that started after this call has finished (never rejects;
-   *   resolves at once after stop()).
+   * Resolves when no pass runs, no kick is pending and no delivery is in flight (tests, shutdown).
+   * Never rejects.
    */
-  kick(): Promise<void> {
-    if (this.#stopped) return Promise.resolve();
-    const ticket = ++this.#requested;
-    const done = new Promise<void>((resolve) => this.#waiters.push({ upTo: ticket, resolve }));
-    if (!this.#running) {
-      if (this.#timer) clearTimeout(this.#timer);
-      this.#timer = null;
-      this.#running = this.#loop().finally(() => {
-        this.#running = null;
-        if (!this.#stopped && this.#completed < this.#requested) void this.kick();
-        else this.#schedule();
-      });
-    }
-    return done;
-  }
-
-  async #loop(): Promise<void> {
-    while (!this.#stopped && this.#completed < this.#requested) {
-      const target = this.#requested;
-      try {
-        await this.#pass();
-      } catch (err) {
-        log.error("outbound queue pass failed", errorFields(err));
-      }
-      this.#completed = target;
-      this.#waiters = this.#waiters.filter((w) => {
-        if (w.upTo > target) return true;
-        w.resolve();
-        return false;
-      });
+  async idle(): Promise<void> {
+    for (;;) {
+      await this.#worker.idle();
+      if (this.#inflight.size === 0) return;
+      await Promise.allSettled([...this.#inflight.values()]);
     }
   }
 
-  #schedule(): void {
-    if (!this.#started || this.#timer) return;
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      void this.kick();
-    }, this.#pollMs);
-    this.#timer.unref();
+  /** Stop: no new passes or deliveries; resolves once the pass and the deliveries in flight have finished. */
+  async stop(): Promise<void> {
+    await this.#worker.stop();
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight.values()]);
   }
 
-  async #pass(): Promise<number> {
-    const rows = await this.#opts.store.listDueOutbound(this.#clock(), this.#batchSize);
-    for (const row of rows) {
-      try {
-        await this.#handle(row);
-      } catch (err) {
-        log.error("outbound row failed", { id: row.id, messageId: row.messageId, roomId: row.roomId, ...errorFields(err) });
+  async #pass(): Promise<PassResult> {
+    const { store } = this.#opts;
+    const now = this.#clock();
+    if (now >= this.#sweepDueAt) {
+      this.#sweepDueAt = now + this.#pollMs;
+      await this.#sweep();
+    }
+    let started = 0;
+    const free = this.#concurrency - this.#inflight.size;
+    if (free > 0) {
+      for (const mail of await store.listDueOutbound(now, this.#batchSize)) {
+        if (started >= free) break;
+        // One delivery per room at a time keeps a room's mails in order; a mail in flight is
+        // still due in the store, and its room is busy, so it is skipped here too.
+        if (this.#busyRooms.has(mail.roomId)) continue;
+        this.#startDelivery(mail);
+        started++;
       }
     }
-    return rows.length;
+    const next = await store.nextOutboundAttemptAt(now);
+    return { didWork: started > 0, ...(next !== null ? { nextDueAt: next } : {}) };
   }
 
-  async #handle(row: OutboundRow): Promise<void> {
-    const { store, deliver, maxRetryHours } = this.#opts;
-    const history = this.#history.get(row.id) ?? { sent: [], failed: [] };
-    const ctx = { id: row.id, messageId: row.messageId, roomId: row.roomId };
+  #startDelivery(mail: QueuedMail): void {
+    this.#busyRooms.add(mail.roomId);
+    const task = this.#attempt(mail)
+      .catch((err: unknown) => {
+        log.error("outbound delivery attempt failed", { outboundId: mail.id, messageId: mail.messageId, roomId: mail.roomId, ...errorFields(err) });
+      })
+      .finally(() => {
+        this.#inflight.delete(mail.id);
+        this.#busyRooms.delete(mail.roomId);
+        this.#worker.kick();
+      });
+    this.#inflight.set(mail.id, task);
+  }
+
+  /** Report failures left unreported (by a previous process, or a report that threw). */
+  async #sweep(): Promise<void> {
+    const { store } = this.#opts;
+    const byMail = new Map<number, RecipientRecord[]>();
+    for (const r of await store.listUnreportedOutboundFailures(SWEEP_LIMIT)) {
+      if (this.#inflight.has(r.outboundId)) continue;
+      const list = byMail.get(r.outboundId) ?? [];
+      list.push(r);
+      byMail.set(r.outboundId, list);
+    }
+    for (const [id, failures] of byMail) {
+      const mail = await store.getOutboundById(id);
+      if (!mail) {
+        log.error("unreported outbound failure without its mail", { outboundId: id, recipients: failures.map((f) => f.address) });
+        continue;
+      }
+      const task = this.#reportFailures(mail, failures);
+      this.#inflight.set(id, task);
+      try {
+        await task;
+      } finally {
+        this.#inflight.delete(id);
+      }
+    }
+  }
+
+  /** Report `failures` of `mail`; marks them reported when the callback resolves. Never rejects (logs). */
+  async #reportFailures(mail: QueuedMail, failures: RecipientRecord[]): Promise<void> {
+    const ctx = { outboundId: mail.id, messageId: mail.messageId, roomId: mail.roomId, recipients: failures.map((f) => f.address) };
+    try {
+      await this.#opts.onRecipientsFailed(mail, failures.map(report));
+    } catch (err) {
+      log.error("reporting failed outbound recipients failed, will retry", { ...ctx, ...errorFields(err) });
+      return;
+    }
+    try {
+      await this.#opts.store.markOutboundRecipientsReported(mail.id, failures.map((f) => f.address));
+      log.info("failed outbound recipients reported", ctx);
+    } catch (err) {
+      log.error("failed outbound recipients reported, but not marked: a restart may report them again", { ...ctx, ...errorFields(err) });
+    }
+  }
+
+  /** One delivery attempt of `mail`, recorded, then reported. */
+  async #attempt(mail: QueuedMail): Promise<void> {
+    const { store, deliver, maxRetryHours, delayWarningHours } = this.#opts;
+    const ctx = { outboundId: mail.id, messageId: mail.messageId, roomId: mail.roomId };
 
     let result: DeliveryResult;
     try {
-      result = await deliver(row.raw, { from: row.envelopeFrom, to: row.recipients });
+      result = await deliver(mail.raw, { from: mail.envelopeFrom, to: mail.recipients });
     } catch (err) {
       // deliver() reports failures as outcomes; a throw is unexpected: treat all as temporary.
+      log.error("outbound deliver threw", { ...ctx, ...errorFields(err) });
       const message = err instanceof Error ? err.message : String(err);
-      result = { recipients: row.recipients.map((address) => ({ address, status: "temporary", message })) };
+      result = { recipients: mail.recipients.map((address) => ({ address, status: "temporary", message })) };
     }
     const byAddress = new Map(result.recipients.map((o) => [o.address, o]));
 
-    const temporary: { address: string; message: string }[] = [];
-    for (const address of row.recipients) {
-      const o = byAddress.get(address) ?? { address, status: "temporary" as const, message: "no delivery outcome" };
-      if (o.status === "sent") {
-        history.sent.push(address);
-      } else if (o.status === "permanent") {
-        history.failed.push({ address, message: o.message });
-        log.warn("outbound recipient failed permanently", { ...ctx, recipient: address, code: o.code, reason: o.message });
-      } else {
-        temporary.push({ address, message: o.message });
-      }
-    }
-
     const now = this.#clock();
-    const deadline = row.createdAt + maxRetryHours * 3_600_000;
-    if (temporary.length > 0 && now < deadline) {
-      // The last retry happens at the deadline rather than up to one backoff step after it.
-      const next = Math.min(now + retryDelayMs(row.attempts + 1), deadline);
-      const error = temporary.map((t) => `${t.address}: ${t.message}`).join("; ");
-      this.#history.set(row.id, history);
-      await store.markOutboundDeferred(row.id, temporary.map((t) => t.address), next, error);
-      for (const t of temporary) log.info("outbound recipient deferred", { ...ctx, recipient: t.address, reason: t.message, nextAttemptAt: next });
-      return;
-    }
+    const deadline = mail.createdAt + maxRetryHours * HOUR_MS;
+    const warnAt = delayWarningHours > 0 ? mail.createdAt + delayWarningHours * HOUR_MS : null;
+    const warnPending = warnAt !== null && mail.delayWarnedAt === null && warnAt < deadline;
+    let next = Math.min(now + retryDelayMs(mail.attempts + 1), deadline);
+    if (warnPending && warnAt !== null && warnAt > now) next = Math.min(next, warnAt);
 
-    for (const t of temporary) {
-      history.failed.push({ address: t.address, message: `gave up after ${maxRetryHours} h: ${t.message}` });
-      log.warn("outbound recipient given up", { ...ctx, recipient: t.address, reason: t.message });
-    }
-    this.#history.delete(row.id);
-    if (history.failed.length > 0) {
-      await store.markOutboundBounced(row.id, history.failed.map((f) => `${f.address}: ${f.message}`).join("; "));
-    } else {
-      await store.markOutboundSent(row.id);
-      log.info("outbound mail sent", { ...ctx, recipients: history.sent.length });
-    }
-    try {
-      await this.#opts.onFinal(row, history);
-    } catch (err) {
-      log.error("outbound onFinal failed", { ...ctx, ...errorFields(err) });
+    const updates: RecipientUpdate[] = mail.recipients.map((address) => {
+      const o: RecipientOutcome = byAddress.get(address) ?? { address, status: "temporary", message: "no delivery outcome" };
+      const reply = replyText(o);
+      const code = o.code ?? null;
+      const fields = { ...ctx, recipient: address, code, host: o.host, reply };
+      if (o.status === "sent") {
+        log.info("outbound recipient accepted", fields);
+        return { address, state: "sent", code, reply, nextAttemptAt: null };
+      }
+      if (o.status === "permanent") {
+        log.warn("outbound recipient failed permanently", fields);
+        return { address, state: "failed", code, reply, nextAttemptAt: null };
+      }
+      if (now < deadline) {
+        log.info("outbound recipient deferred", { ...fields, nextAttemptAt: next });
+        return { address, state: "deferred", code, reply, nextAttemptAt: next };
+      }
+      log.warn("outbound recipient given up", { ...fields, maxRetryHours });
+      return { address, state: "failed", code, reply: `gave up after ${maxRetryHours} h: ${reply}`, nextAttemptAt: null };
+    });
+
+    const { state, recipients } = await store.recordOutboundAttempt(mail.id, updates, next);
+    if (state !== "deferred") log.info("outbound mail done", { ...ctx, state, recipients: recipients.length });
+
+    const unreported = recipients.filter((r) => r.state === "failed" && !r.reported);
+    if (unreported.length > 0) await this.#reportFailures(mail, unreported);
+
+    if (state === "deferred" && warnPending && warnAt !== null && now >= warnAt) {
+      const delayed = recipients.filter((r) => r.state === "deferred" || r.state === "pending").map(report);
+      try {
+        await this.#opts.onDelayed(mail, delayed, deadline);
+      } catch (err) {
+        log.error("reporting delayed outbound mail failed, will retry at the next attempt", { ...ctx, ...errorFields(err) });
+        return;
+      }
+      await store.markOutboundDelayWarned(mail.id, now);
+      log.info("delayed outbound mail reported", { ...ctx, recipients: delayed.map((d) => d.address) });
     }
   }
 }
