@@ -1,7 +1,10 @@
 /**
  * The end-to-end environment: a real Synapse (PyPI virtualenv, loopback) with the
  * bridge's generated registration, the bridge started in-process on PostgreSQL or
- * the embedded SQLite store, and a loopback SMTP sink playing the remote MTAs.
+ * the embedded SQLite store, a loopback SMTP sink playing the remote MTAs, and a real DNS
+ * server on loopback (the bridge's only resolver: `dns.nameservers`) publishing the records
+ * `dns-records` prints for the bridge's domain and SPF for the remote test domains, whose
+ * mail comes from 127.0.0.1.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,6 +23,7 @@ import { startPostgres, type TestPostgres } from "../harness/postgres.ts";
 import { startSmtpSink, type SmtpSink } from "../harness/smtpSink.ts";
 import { startRspamd } from "../harness/rspamd.ts";
 import { freePort } from "../harness/ports.ts";
+import { mergeZones, startDnsServer, zoneFromZoneFile, type TestDns, type Zone } from "../harness/dns.ts";
 
 /** The mail domain used in the tests. */
 export const MAIL_DOMAIN = "bridge.test";
@@ -34,10 +38,18 @@ export interface PreparedEnv {
   config: BridgeConfig;
   synapse: SynapseHandle;
   sink: SmtpSink;
+  /** The DNS server the bridge asks. */
+  dns: TestDns;
+  /** The records it serves at the start: the bridge's own (from `dns-records`) and the remote domains' SPF. */
+  baseZone: Zone["records"];
+  /** Serve the base records plus `extra` (later names win). */
+  setDnsRecords(extra: Zone["records"], more?: Omit<Zone, "records">): Promise<void>;
   /** The bridge's SMTP port, once a bridge runs (set by {@link startEnv} or the test). */
   smtpPort: number;
   /** Send a mail to the bridge's SMTP listener; resolves to the server's reply, rejects with the SMTP error. */
   sendMail(mail: TestMail): Promise<string>;
+  /** Send raw RFC 5322 bytes with the given envelope; resolves to the server's reply, rejects with the SMTP error. */
+  sendRaw(raw: Buffer | string, envelope: { from: string; to: string | string[] }): Promise<string>;
   /** Stop everything this environment started. */
   stop(): Promise<void>;
 }
@@ -80,6 +92,7 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
   const sink = await startSmtpSink();
   const pg: TestPostgres | null = engine === "postgres" ? await startPostgres() : null;
   const rspamd = opts.rspamd ? await startRspamd() : null;
+  const dns = await startDnsServer({ records: {} });
   const asPort = await freePort();
   const configFile = join(dir, "config.yaml");
   const write = (homeserverUrl: string) =>
@@ -95,6 +108,7 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
         database: { url: pg?.url ?? null, sqlite_file: "bridge.sqlite" },
         permissions: { allowed_users: opts.allowedUsers ?? [] },
         spam: { rspamd_url: rspamd?.url ?? null },
+        dns: { nameservers: [dns.nameserver], timeout_ms: 500, tries: 1, cache_ttl_ms: 0 },
         logging: { level: opts.logLevel ?? "warn" },
       }),
     );
@@ -102,6 +116,12 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
   const draft = loadConfig(configFile);
   writeRegistration(draft);
   dkimKeygen(draft, false);
+  // The bridge's own records, exactly as `dns-records` prints them; the remote test MTAs send from 127.0.0.1.
+  const baseZone = mergeZones(
+    zoneFromZoneFile(runCli(["dns-records", "-c", configFile])),
+    Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, { TXT: ["v=spf1 ip4:127.0.0.1 -all"] }])),
+  );
+  await dns.setZone({ records: baseZone });
   const synapse = await startSynapse({ registrationFiles: [draft.appservice.registration_file] });
   write(synapse.url);
   const env: PreparedEnv = {
@@ -110,6 +130,11 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
     config: loadConfig(configFile),
     synapse,
     sink,
+    dns,
+    baseZone,
+    async setDnsRecords(extra, more = {}) {
+      await dns.setZone({ ...more, records: mergeZones(baseZone, extra) });
+    },
     smtpPort: 0,
     async sendMail(mail) {
       const transport = nodemailer.createTransport({ host: "127.0.0.1", port: env.smtpPort, secure: false, ignoreTLS: true });
@@ -129,20 +154,26 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
         transport.close();
       }
     },
+    async sendRaw(raw, envelope) {
+      const transport = nodemailer.createTransport({ host: "127.0.0.1", port: env.smtpPort, secure: false, ignoreTLS: true });
+      try {
+        const to = Array.isArray(envelope.to) ? envelope.to : [envelope.to];
+        const info = await transport.sendMail({ envelope: { from: envelope.from, to }, raw });
+        return info.response;
+      } finally {
+        transport.close();
+      }
+    },
     async stop() {
       await synapse.stop();
       await sink.stop();
       await pg?.stop();
       await rspamd?.stop();
+      await dns.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };
   return env;
-}
-
-/** An MX resolver for tests: every lookup fails, so only static routes are used. */
-export async function noDns(domain: string): Promise<{ exchange: string; priority: number }[]> {
-  throw Object.assign(new Error(`no live DNS in tests (${domain})`), { code: "ENOTFOUND" });
 }
 
 /**
@@ -153,7 +184,7 @@ export async function startEnv(engine: "postgres" | "sqlite", opts: EnvOptions =
   const env = await prepareEnv(engine, opts);
   let bridge: RunningBridge;
   try {
-    bridge = await startBridge(env.config, { resolver: noDns });
+    bridge = await startBridge(env.config);
   } catch (err) {
     await env.stop();
     throw err;

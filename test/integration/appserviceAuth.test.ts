@@ -370,6 +370,10 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
     assert.equal(json.errcode, "M_UNKNOWN");
     assert.match(String(json.message), /Internal server error/);
     assert.ok(!r.body.includes("ENOENT") && !r.body.includes("/var/lib"), r.body);
+    // The operator still gets the real error, once, in the bridge's log.
+    const logged = logLines.filter((l) => l.includes('"appservice query failed"') && l.includes("@email_broken:bridge.test"));
+    assert.equal(logged.length, 1);
+    assert.match(logged[0]!, /ENOENT/);
   });
 
   test("only accepted transactions reach the bridge; no token is ever logged", async () => {

@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { DeliveryError, resolveRoute, type MxResolver, type RouteConfig } from "../../src/mail/outbound/routes.ts";
+import { DeliveryError, resolveRoute, type AddressResolver, type MxResolver, type RouteConfig } from "../../src/mail/outbound/routes.ts";
 
 const direct: RouteConfig = { mode: "direct", relay: null, static_routes: {} };
 const keep = <T>(items: T[]): T[] => items;
@@ -92,15 +92,81 @@ describe("resolveRoute", () => {
     }
   });
 
-  for (const code of ["ENODATA", "ENOTFOUND"]) {
-    it(`falls back to the implicit MX on ${code} (RFC 5321 §5.1)`, async () => {
-      const routes = await resolveRoute("Example.NET", direct, fakeResolver({ "example.net": dnsError(code) }));
-      assert.deepEqual(routes, [{ host: "example.net", port: 25, kind: "mx" }]);
-    });
-  }
+  it("falls back to the implicit MX on ENODATA (RFC 5321 §5.1)", async () => {
+    const routes = await resolveRoute("Example.NET", direct, fakeResolver({ "example.net": dnsError("ENODATA") }));
+    assert.deepEqual(routes, [{ host: "example.net", port: 25, kind: "mx" }]);
+  });
 
   it("falls back to the implicit MX on an empty answer", async () => {
     assert.deepEqual(await resolveRoute("example.net", direct, fakeResolver({ "example.net": [] })), [{ host: "example.net", port: 25, kind: "mx" }]);
+  });
+
+  /** Asserts a permanent 550 5.1.2 (bad destination system address, RFC 3463 §3.2). */
+  const badDestination = (pattern: RegExp) => (e: unknown) => {
+    assert.ok(e instanceof DeliveryError);
+    assert.equal(e.temporary, false);
+    assert.equal(e.responseCode, 550);
+    assert.equal(e.enhancedStatus, "5.1.2");
+    assert.match(e.message, pattern);
+    return true;
+  };
+
+  it("refuses a domain that does not exist (NXDOMAIN) permanently with 550 5.1.2", async () => {
+    await assert.rejects(resolveRoute("nx.example", direct, fakeResolver({})), badDestination(/^nx\.example does not exist \(NXDOMAIN\)$/));
+  });
+
+  describe("implicit MX with an address lookup", () => {
+    /** Fake A/AAAA lookup over a table keyed `TYPE name`; missing entries are NODATA. */
+    const addresses =
+      (table: Record<string, string[] | Error>): AddressResolver =>
+      async (host, rrtype) => {
+        const v = table[`${rrtype} ${host}`];
+        if (v === undefined) throw dnsError("ENODATA");
+        if (v instanceof Error) throw v;
+        return v;
+      };
+    const noMx = fakeResolver({ "example.net": dnsError("ENODATA") });
+
+    it("routes to the domain when it has an A or an AAAA record", async () => {
+      for (const table of [{ "A example.net": ["192.0.2.1"] }, { "AAAA example.net": ["2001:db8::1"] }]) {
+        const routes = await resolveRoute("example.net", direct, noMx, { addressResolver: addresses(table) });
+        assert.deepEqual(routes, [{ host: "example.net", port: 25, kind: "mx" }]);
+      }
+    });
+
+    it("refuses a domain with no MX, A or AAAA records permanently with 550 5.1.2", async () => {
+      await assert.rejects(
+        resolveRoute("example.net", direct, noMx, { addressResolver: addresses({}) }),
+        badDestination(/^example\.net has no MX, A or AAAA records$/),
+      );
+      const empty = fakeResolver({ "example.net": [] });
+      await assert.rejects(resolveRoute("example.net", direct, empty, { addressResolver: addresses({ "A example.net": [] }) }), badDestination(/no MX, A or AAAA/));
+    });
+
+    it("stays temporary when an address lookup fails temporarily and none found an address", async () => {
+      await assert.rejects(
+        resolveRoute("example.net", direct, noMx, { addressResolver: addresses({ "AAAA example.net": dnsError("ESERVFAIL") }) }),
+        (e: unknown) => {
+          assert.ok(e instanceof DeliveryError);
+          assert.equal(e.temporary, true);
+          assert.equal(e.responseCode, 451);
+          assert.match(e.message, /ESERVFAIL/);
+          return true;
+        },
+      );
+      // One family answering is enough, whatever the other one does.
+      const routes = await resolveRoute("example.net", direct, noMx, {
+        addressResolver: addresses({ "A example.net": ["192.0.2.1"], "AAAA example.net": dnsError("ETIMEOUT") }),
+      });
+      assert.equal(routes.length, 1);
+    });
+
+    it("is not asked when MX records exist", async () => {
+      const routes = await resolveRoute("example.org", direct, fakeResolver({ "example.org": [{ exchange: "mx.example.org", priority: 10 }] }), {
+        addressResolver: async () => assert.fail("no address lookup expected"),
+      });
+      assert.deepEqual(routes, [{ host: "mx.example.org", port: 25, kind: "mx" }]);
+    });
   });
 
   for (const exchange of ["", "."]) {
@@ -121,7 +187,7 @@ describe("resolveRoute", () => {
     assert.deepEqual(await resolveRoute("odd.example", direct, resolver), [{ host: "mx.odd.example", port: 25, kind: "mx" }]);
   });
 
-  for (const code of ["ESERVFAIL", "ETIMEOUT", "ECONNREFUSED", "EREFUSED"]) {
+  for (const code of ["ESERVFAIL", "ETIMEOUT", "ECONNREFUSED", "EREFUSED", "EWHATEVER"]) {
     it(`turns DNS failure ${code} into a temporary 451 4.4.3`, async () => {
       await assert.rejects(resolveRoute("example.org", direct, fakeResolver({ "example.org": dnsError(code) })), (e: unknown) => {
         assert.ok(e instanceof DeliveryError);
