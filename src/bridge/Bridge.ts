@@ -145,7 +145,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
         }
       : null,
   });
-  const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router });
+  const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router, dns });
 
   await matrix.start();
   poster.start();

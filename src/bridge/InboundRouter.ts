@@ -100,7 +100,7 @@ export function authFields(v: AuthVerdict): AuthFields {
 }
 
 /** The bridge's {@link InboundHandler}: recipient checks and routing. */
-export class InboundRouter implements InboundHandler {
+export class InboundRouter implements InboundHandler<Mailbox> {
   private readonly opts: InboundRouterOptions;
 
   constructor(opts: InboundRouterOptions) {
@@ -123,12 +123,13 @@ export class InboundRouter implements InboundHandler {
   }
 
   /** RCPT TO: accept only the bridge's own mailboxes (RFC 5321 §3.6.2: never an open relay). */
-  async checkRecipient(address: string, envelope: InboundEnvelope): Promise<void> {
+  async checkRecipient(address: string, envelope: InboundEnvelope): Promise<Mailbox> {
     const mailbox = await this.resolveMailbox(address);
     if (!mailbox) {
       log.info("recipient rejected: no such mailbox", { session: envelope.sessionId, rcpt: address });
       throw new SmtpReply(550, "5.1.1", `<${address}>: no such mailbox here`);
     }
+    return mailbox;
   }
 
   /**

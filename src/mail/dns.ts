@@ -53,13 +53,27 @@ const NEGATIVE_CODES = new Set(["ENOTFOUND", "ENODATA"]);
 /**
  * node:dns codes that mean "no answer now": a timeout, SERVFAIL, refusal or a network
  * failure. The caller should answer 4xx and let the sender retry (RFC 7208 §2.6.6
- * temperror, RFC 7489 §6.6.3).
+ * temperror, RFC 7489 §6.6.3). EBADRESP (a malformed reply) and EOF (a TCP connection closed
+ * mid-reply) count too: c-ares fails every query in flight on a connection with EBADRESP when
+ * one reply on it cannot be parsed, so an unrelated lookup can get it (see
+ * test/integration/dns.test.ts).
  */
-const TEMPORARY_CODES = new Set(["ETIMEOUT", "ESERVFAIL", "ECONNREFUSED", "EREFUSED", "ECANCELLED", "EDESTRUCTION", "ENETUNREACH", "EAI_AGAIN"]);
+const TEMPORARY_CODES = new Set([
+  "ETIMEOUT",
+  "ESERVFAIL",
+  "ECONNREFUSED",
+  "EREFUSED",
+  "ECANCELLED",
+  "EDESTRUCTION",
+  "ENETUNREACH",
+  "EAI_AGAIN",
+  "EBADRESP",
+  "EOF",
+]);
 
 /**
- * Whether `err` is a DNS failure that may succeed later (timeout, SERVFAIL, refused, network).
- * NXDOMAIN and NODATA are definite answers and return false.
+ * Whether `err` is a DNS failure that may succeed later (timeout, SERVFAIL, refused, network,
+ * malformed reply). NXDOMAIN and NODATA are definite answers and return false.
  */
 export function isTemporaryDnsError(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;

@@ -81,6 +81,9 @@ export class MatrixGateway implements MatrixActions {
       domain: opts.serverName,
       registration,
       disableStores: true,
+      // bridge/ids.ts mints spec-valid user IDs (`/` and `+` included, Identifier Grammar);
+      // the library's own escaping would turn them into other, non-canonical IDs.
+      escapeUserIds: false,
       disableContext: true,
       suppressEcho: true,
       logRequestOutcome: false,

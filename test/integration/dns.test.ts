@@ -219,6 +219,40 @@ describe("DnsResolver against a real DNS server", () => {
     assert.deepEqual(asked(await dns.takeQueries()), ["A broken.example.test", "A broken.example.test"]);
   });
 
+  test("a malformed reply (a TXT record with no strings) is EBADRESP: temporary, not cached", async () => {
+    await dns.setZone({ records: { "empty.example.test": { TXT: [[]] } }, timeout: ["slow.example.test"] });
+    const r = resolver({ timeoutMs: 300 });
+    const err = await rejection(r.resolve("empty.example.test", "TXT"));
+    assert.equal(err.code, "EBADRESP");
+    assert.equal(isTemporaryDnsError(err), true);
+
+    // c-ares drops the connection a bad reply came on, failing what else was in flight on it:
+    // whatever a concurrent lookup gets, it must be classed as temporary.
+    const [bad, other] = await Promise.allSettled([r.resolve("empty.example.test", "TXT"), r.resolve("slow.example.test", "A")]);
+    for (const s of [bad, other]) {
+      assert.equal(s.status, "rejected");
+      assert.equal(isTemporaryDnsError(s.reason), true, `code ${(s.reason as { code?: string }).code}`);
+    }
+
+    await dns.setZone({ records: { "empty.example.test": { TXT: ["fixed"] } } });
+    assert.deepEqual(await r.resolve("empty.example.test", "TXT"), [["fixed"]]);
+  });
+
+  test("names with characters Node's resolver refuses fail with EBADNAME before any query", async () => {
+    // RFC 7208 macros can expand to such names (e.g. %{l} of "user+tag"); mailauth then
+    // returns permerror. See test/fixtures/spf/README.md.
+    await dns.setZone(BASE_ZONE);
+    await dns.takeQueries();
+    const r = resolver();
+    for (const name of ["user+tag.example.test", "foo:bar.example.test", "a b.example.test"]) {
+      const err = await rejection(r.resolve(name, "A"));
+      assert.equal(err.code, "EBADNAME", name);
+      assert.equal(isTemporaryDnsError(err), false);
+      assert.equal(isNegativeDnsAnswer(err), false);
+    }
+    assert.deepEqual(asked(await dns.takeQueries()), []);
+  });
+
   test("answers are cached for cacheTtlMs, then asked again", async () => {
     await dns.setZone({ records: { "c.example.test": { A: ["192.0.2.1"] } } });
     await dns.takeQueries();

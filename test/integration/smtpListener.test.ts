@@ -12,10 +12,9 @@ import { promisify } from "node:util";
 import nodemailer from "nodemailer";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
 import type { SMTPConnectionOptions, SMTPConnectionSendInfo, SMTPEnvelope } from "nodemailer/lib/smtp-connection";
-import type { SmtpConfig } from "../../src/config/schema.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SmtpListener } from "../../src/mail/inbound/SmtpListener.ts";
-import type { InboundEnvelope, InboundHandler, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
+import type { InboundEnvelope, InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
 import { Rejections, SmtpReply } from "../../src/mail/inbound/rejections.ts";
 
 const DOMAIN = "bridge.test";
@@ -24,7 +23,7 @@ const MAX_BYTES = 8192;
 const logLines: string[] = [];
 configureLogging({ level: "debug", format: "json", write: (line) => logLines.push(line) });
 
-function smtpConfig(overrides: Partial<SmtpConfig> = {}): SmtpConfig {
+function smtpConfig(overrides: Partial<SmtpListenerConfig> = {}): SmtpListenerConfig {
   return {
     bind_address: "127.0.0.1",
     port: 0,
@@ -39,25 +38,29 @@ function smtpConfig(overrides: Partial<SmtpConfig> = {}): SmtpConfig {
 
 interface Delivery {
   raw: Buffer;
-  envelope: InboundEnvelope;
+  envelope: InboundEnvelope<string>;
 }
 
-/** Handler: `nobody*` → 550 5.1.1, `disabled*` → 550 5.2.1, `broken*` → plain Error, `slow*` never answers; deliver is swappable. */
-class RecordingHandler implements InboundHandler {
-  checked: { address: string; envelope: InboundEnvelope }[] = [];
+/**
+ * Handler: `nobody*` → 550 5.1.1, `disabled*` → 550 5.2.1, `broken*` → plain Error, `slow*` never
+ * answers; others resolve to `mailbox:<local part lower-cased>`; deliver is swappable.
+ */
+class RecordingHandler implements InboundHandler<string> {
+  checked: { address: string; envelope: InboundEnvelope<string> }[] = [];
   deliveries: Delivery[] = [];
-  deliverImpl: (raw: Buffer, envelope: InboundEnvelope) => Promise<void> = async () => {};
+  deliverImpl: (raw: Buffer, envelope: InboundEnvelope<string>) => Promise<void> = async () => {};
 
-  async checkRecipient(address: string, envelope: InboundEnvelope): Promise<void> {
+  async checkRecipient(address: string, envelope: InboundEnvelope<string>): Promise<string> {
     this.checked.push({ address, envelope: structuredClone(envelope) });
     const local = address.slice(0, address.lastIndexOf("@"));
     if (local.startsWith("nobody")) throw Rejections.noSuchMailbox(address);
     if (local.startsWith("disabled")) throw Rejections.mailboxDisabled(address);
     if (local.startsWith("broken")) throw new Error("database is down");
     if (local.startsWith("slow")) await new Promise<never>(() => {});
+    return `mailbox:${local.toLowerCase()}`;
   }
 
-  async deliver(raw: Buffer, envelope: InboundEnvelope): Promise<void> {
+  async deliver(raw: Buffer, envelope: InboundEnvelope<string>): Promise<void> {
     await this.deliverImpl(raw, envelope);
     this.deliveries.push({ raw, envelope });
   }
@@ -70,10 +73,10 @@ class RecordingHandler implements InboundHandler {
 }
 
 async function startListener(
-  handler: InboundHandler,
-  overrides: Partial<SmtpConfig> = {},
-  extra: Partial<SmtpListenerOptions> = {},
-): Promise<{ listener: SmtpListener; port: number }> {
+  handler: InboundHandler<string>,
+  overrides: Partial<SmtpListenerConfig> = {},
+  extra: Partial<SmtpListenerOptions<string>> = {},
+): Promise<{ listener: SmtpListener<string>; port: number }> {
   const listener = new SmtpListener({
     config: smtpConfig(overrides),
     mailDomain: DOMAIN,
@@ -227,6 +230,10 @@ describe("SmtpReply", () => {
       Rejections.messageTooBig(1), Rejections.tooManyRecipients(1), Rejections.temporaryFailure(),
       Rejections.insufficientStorage(), Rejections.badSenderSyntax("a"), Rejections.badRecipientSyntax("a"),
       Rejections.senderRefused("a@b"), Rejections.loopDetected(), Rejections.malformedMessage(),
+      Rejections.loopDetected(50), Rejections.headerTooBig(1), Rejections.tooManyMimeParts(1), Rejections.mimeTooDeep(1),
+      Rejections.tooManyConnections(), Rejections.tooManyConnectionsFromClient("192.0.2.1"),
+      Rejections.clientRateLimited("192.0.2.1"), Rejections.senderDomainRateLimited("example.org"),
+      Rejections.timeout("command"), Rejections.dnsblListed("192.0.2.1", "bl.example"), Rejections.tlsRequired(),
     ];
     for (const e of entries) assert.match(e.line, /^[45]\d\d [45]\.\d{1,3}\.\d{1,3} \S/);
   });
@@ -234,7 +241,7 @@ describe("SmtpReply", () => {
 
 describe("SmtpListener over loopback", () => {
   const handler = new RecordingHandler();
-  let listener: SmtpListener;
+  let listener: SmtpListener<string>;
   let port: number;
 
   before(async () => {
@@ -332,8 +339,14 @@ describe("SmtpListener over loopback", () => {
       ["room-one@bridge.test", "nobody@bridge.test", "disabled@bridge.test", "broken@bridge.test", "Room-Two@bridge.test"],
     );
     assert.deepEqual(handler.checked.at(-1)?.envelope.rcptTo, ["room-one@bridge.test"]);
+    assert.deepEqual([...handler.checked.at(-1)!.envelope.recipients], [["room-one@bridge.test", "mailbox:room-one"]]);
     assert.equal(handler.deliveries.length, 1);
     assert.deepEqual(handler.deliveries[0]!.envelope.rcptTo, ["room-one@bridge.test", "Room-Two@bridge.test"]);
+    // The resolved values reach deliver, accepted recipients only, in RCPT order.
+    assert.deepEqual(
+      [...handler.deliveries[0]!.envelope.recipients],
+      [["room-one@bridge.test", "mailbox:room-one"], ["Room-Two@bridge.test", "mailbox:room-two"]],
+    );
     assert.equal(handler.deliveries[0]!.raw.toString(), "Subject: x\r\n\r\nbody\r\n");
   });
 
@@ -506,7 +519,7 @@ describe("SmtpListener over loopback", () => {
 describe("SmtpListener limits and lifecycle", () => {
   test("too many recipients: 452 4.5.3 past the limit", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, {}, { maxRecipients: 3 });
+    const { listener, port } = await startListener(handler, { max_recipients: 3 });
     try {
       const to = ["r1@bridge.test", "r2@bridge.test", "r3@bridge.test", "r4@bridge.test", "r5@bridge.test"];
       const info = await sendOnce(port, { from: "alice@example.org", to }, rawMessage());
@@ -521,9 +534,9 @@ describe("SmtpListener limits and lifecycle", () => {
     }
   });
 
-  test("a repeated recipient does not count twice against the limit", async () => {
+  test("a repeated recipient counts against the limit again, but is resolved only once", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, {}, { maxRecipients: 1 });
+    const { listener, port } = await startListener(handler, { max_recipients: 2 });
     const c = await RawClient.open(port);
     try {
       await c.reply();
@@ -531,11 +544,14 @@ describe("SmtpListener limits and lifecycle", () => {
       await c.command("MAIL FROM:<a@example.org>");
       assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["250 Accepted"]);
       assert.deepEqual(await c.command("RCPT TO:<r1@BRIDGE.TEST>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RCPT TO:<r2@bridge.test>"), ["452 4.5.3 too many recipients, at most 1 per message"]);
+      assert.deepEqual(await c.command("RCPT TO:<r2@bridge.test>"), ["452 4.5.3 too many recipients, at most 2 per message"]);
+      assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["452 4.5.3 too many recipients, at most 2 per message"]);
     } finally {
       c.close();
       await listener.close();
     }
+    assert.deepEqual(handler.checked.map((x) => x.address), ["r1@bridge.test"]);
+    assert.equal(handler.deliveries.length, 0);
   });
 
   test("a recipient check that hangs gets 451 4.3.0 after recipientTimeoutMs", async () => {
@@ -556,7 +572,7 @@ describe("SmtpListener limits and lifecycle", () => {
     }
   });
 
-  test("max_clients: the connection over the limit gets 421", async () => {
+  test("max_clients: the connection over the limit gets 421 4.7.0", async () => {
     const handler = new RecordingHandler();
     const { listener, port } = await startListener(handler, { max_clients: 1 });
     const first = await RawClient.open(port);
@@ -564,7 +580,7 @@ describe("SmtpListener limits and lifecycle", () => {
       assert.match((await first.reply())[0] ?? "", /^220 /);
       const second = await RawClient.open(port);
       try {
-        assert.match((await second.reply())[0] ?? "", /^421 /);
+        assert.deepEqual(await second.reply(), ["421 4.7.0 too many connections, try again later"]);
       } finally {
         second.close();
       }

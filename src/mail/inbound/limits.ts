@@ -333,7 +333,7 @@ export class MessageInspector {
     });
     this.#splitter = splitter;
     // mailsplit's typings declare only "data"; the other events are Transform's.
-    const stream: Transform = splitter;
+    const stream = splitter as unknown as Transform;
     this.#splitterDone = new Promise<void>((resolve) => {
       splitter.on("data", (chunk: SplitterChunk) => {
         if (chunk.type === "node") this.#onNode(chunk);
