@@ -305,6 +305,7 @@ export class SqlStore implements BridgeStore {
     return one(this.db, Q.SQL_OUTBOUND_BY_EVENT, [eventId], toOutbound);
   }
 
+  /** The outbound mail with this id, or null. */
   getOutboundById(id: number): Promise<OutboundRow | null> {
     return one(this.db, Q.SQL_OUTBOUND_BY_ID, [id], toOutbound);
   }
@@ -364,6 +365,7 @@ export class SqlStore implements BridgeStore {
     });
   }
 
+  /** Set `delayWarnedAt` of mail `id` to `at` (epoch ms, truncated). */
   async markOutboundDelayWarned(id: number, at: number): Promise<void> {
     await this.db.execute(Q.SQL_OUTBOUND_DELAY_WARNED, [id, ms(at)]);
   }

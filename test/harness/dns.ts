@@ -316,7 +316,8 @@ export function zoneFromZoneFile(text: string): Zone["records"] {
  * Merge record maps: for a name in several maps, the record lists of each type are
  * concatenated (in argument order). Names are normalized (lower case, no trailing dot).
  * @param parts record maps as in {@link Zone.records}
- * @returns a new record map; the inputs are not modified
+ * @returns a new record map; the inputs are not modified (never throws; the server checks
+ *   the records when the zone is set)
  */
 export function mergeZones(...parts: Zone["records"][]): Zone["records"] {
   const out: Zone["records"] = {};
@@ -331,7 +332,11 @@ export function mergeZones(...parts: Zone["records"][]): Zone["records"] {
   return out;
 }
 
-/** A name as the server keys it: lower case, no trailing dot. */
+/**
+ * A name as the server keys it.
+ * @param name a domain name, any case, with or without trailing dot
+ * @returns the name in lower case without trailing dot (never throws)
+ */
 export function normalizeName(name: string): string {
   return name.toLowerCase().replace(/\.$/, "");
 }

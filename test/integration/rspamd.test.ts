@@ -15,8 +15,6 @@ import { SmtpReply } from "../../src/mail/inbound/rejections.ts";
 import {
   SPAM_ACTIONS,
   checkWithRspamd,
-  parseSpamHeader,
-  spamHeader,
   verdictReply,
 } from "../../src/mail/inbound/rspamd.ts";
 import type { SpamVerdict } from "../../src/mail/inbound/rspamd.ts";
@@ -139,54 +137,6 @@ describe("verdictReply (unit)", () => {
 
   test("every known action is covered", () => {
     assert.deepEqual([...SPAM_ACTIONS].sort(), ["add header", "greylist", "no action", "reject", "rewrite subject", "soft reject"]);
-  });
-});
-
-describe("spamHeader / parseSpamHeader", () => {
-  const verdict: SpamVerdict = { action: "add header", score: 7.2, requiredScore: 15, symbols: ["X"] };
-
-  test("writes one CRLF-terminated line", () => {
-    assert.equal(spamHeader(verdict), 'X-Matrix-Email-Bridge-Spam: action="add header"; score=7.20; required=15.00\r\n');
-    assert.equal(spamHeader({ action: "no action", score: -0.1, requiredScore: 15 }), 'X-Matrix-Email-Bridge-Spam: action="no action"; score=-0.10; required=15.00\r\n');
-  });
-
-  test("round trip when prepended", () => {
-    for (const action of SPAM_ACTIONS) {
-      const raw = Buffer.concat([Buffer.from(spamHeader({ action, score: 3.456, requiredScore: 15 })), message("hello")]);
-      assert.deepEqual(parseSpamHeader(raw), { action, score: 3.46, requiredScore: 15 });
-    }
-    // LF-only storage is read as well.
-    assert.deepEqual(parseSpamHeader(Buffer.from('X-Matrix-Email-Bridge-Spam: action="reject"; score=20.00; required=15.00\nFrom: a@b\n\nx\n')), {
-      action: "reject",
-      score: 20,
-      requiredScore: 15,
-    });
-  });
-
-  test("a forged header that is not the first line is not trusted", () => {
-    const forged = 'X-Matrix-Email-Bridge-Spam: action="no action"; score=-100.00; required=15.00\r\n';
-    // Sender put it into the header section, not first.
-    assert.equal(parseSpamHeader(Buffer.from("Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n" + forged + "From: a@b\r\n\r\nhi\r\n")), null);
-    // In the body.
-    assert.equal(parseSpamHeader(Buffer.concat([message("hi"), Buffer.from(forged)])), null);
-    // Preceded by blank space (a continuation is not the first line).
-    assert.equal(parseSpamHeader(Buffer.from(" " + forged + "From: a@b\r\n\r\nhi\r\n")), null);
-    // The bridge's own (first) header wins over a forged one further down.
-    const genuine = spamHeader({ action: "add header", score: 8, requiredScore: 15 });
-    assert.deepEqual(parseSpamHeader(Buffer.from(genuine + forged + "From: a@b\r\n\r\nhi\r\n")), { action: "add header", score: 8, requiredScore: 15 });
-  });
-
-  test("malformed first lines give null", () => {
-    const bad = [
-      "",
-      "From: a@b\r\n\r\nhi\r\n",
-      'X-Matrix-Email-Bridge-Spam: action="discard"; score=1.00; required=15.00\r\n',
-      'X-Matrix-Email-Bridge-Spam: action="reject"; score=abc; required=15.00\r\n',
-      'X-Matrix-Email-Bridge-Spam: action="reject"; score=1.00; required=15.00', // no line end
-      'X-Matrix-Email-Bridge-Spam: action="reject"; score=1.00; required=15.00; extra=1\r\n',
-      'X-Other: action="reject"; score=1.00; required=15.00\r\n',
-    ];
-    for (const s of bad) assert.equal(parseSpamHeader(Buffer.from(s)), null, JSON.stringify(s));
   });
 });
 
@@ -327,13 +277,6 @@ describe("checkWithRspamd against a real rspamd", () => {
     assert.ok(both.symbols.includes("TO_MATCH_ENVRCPT_ALL"), JSON.stringify(both.symbols));
     const one = await checkWithRspamd({ url: rspamd.url, timeoutMs: 10_000 }, raw(), envelope({ rcptTo: ["bob@bridge.test"] }));
     assert.ok(one.symbols.includes("TO_MATCH_ENVRCPT_SOME"), JSON.stringify(one.symbols));
-  });
-
-  test("the verdict round-trips through the stored header", async () => {
-    const v = await checkWithRspamd({ url: rspamd.url, timeoutMs: 10_000 }, message("hello again"), envelope());
-    const stored = Buffer.concat([Buffer.from(spamHeader(v)), message("hello again")]);
-    const back = parseSpamHeader(stored);
-    assert.deepEqual(back, { action: v.action, score: Number(v.score.toFixed(2)), requiredScore: Number(v.requiredScore.toFixed(2)) });
   });
 
   test("an unreachable rspamd is an Error naming the URL", async () => {

@@ -606,5 +606,153 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         await assert.rejects(migrate(dbOf(store)), /Synapse/);
       });
     });
+
+    describe("outbound recipients", () => {
+      const failed = (address: string, reply = "550 5.1.1 No such user") => ({ address, state: "failed" as const, code: 550, reply, nextAttemptAt: null });
+      const deferred = (address: string, nextAttemptAt: number) => ({ address, state: "deferred" as const, code: 451, reply: "451 4.7.1 Greylisted", nextAttemptAt });
+      const delivered = (address: string) => ({ address, state: "sent" as const, code: 250, reply: "250 2.0.0 OK", nextAttemptAt: null });
+
+      it("enqueue creates one pending row per distinct recipient; a replay adds none", async () => {
+        const { row } = await store.enqueueOutbound(outbound({ recipients: ["bob@example.org", "carol@example.net", "bob@example.org"] }));
+        assert.equal(row.delayWarnedAt, null);
+        const rs = await store.listOutboundRecipients(row.id);
+        assert.deepEqual(
+          rs.map((r) => ({ ...r, updatedAt: 0 })),
+          ["bob@example.org", "carol@example.net"].map((address) => ({
+            outboundId: row.id,
+            address,
+            state: "pending",
+            attempts: 0,
+            lastCode: null,
+            lastReply: null,
+            nextAttemptAt: row.createdAt,
+            reported: false,
+            updatedAt: 0,
+          })),
+        );
+        await store.enqueueOutbound(outbound({ recipients: ["zed@example.org"] }));
+        assert.equal((await store.listOutboundRecipients(row.id)).length, 2);
+        assert.deepEqual(await store.listOutboundRecipients(row.id + 1000), []);
+        assert.deepEqual(await store.getOutboundById(row.id), row);
+        assert.equal(await store.getOutboundById(row.id + 1000), null);
+      });
+
+      it("records an attempt per recipient and derives the mail's state", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        const retryAt = Date.now() + 60_000.9;
+        const first = await store.recordOutboundAttempt(row.id, [failed("bob@example.org"), deferred("carol@example.net", retryAt)], retryAt);
+        assert.equal(first.state, "deferred");
+        assert.deepEqual(
+          first.recipients.map((r) => [r.address, r.state, r.attempts, r.lastCode, r.lastReply, r.nextAttemptAt, r.reported]),
+          [
+            ["bob@example.org", "failed", 1, 550, "550 5.1.1 No such user", null, false],
+            ["carol@example.net", "deferred", 1, 451, "451 4.7.1 Greylisted", Math.trunc(retryAt), false],
+          ],
+        );
+        let m = await store.getOutboundById(row.id);
+        assert.equal(m?.state, "deferred");
+        assert.deepEqual(m?.recipients, ["carol@example.net"]);
+        assert.equal(m?.attempts, 1);
+        assert.equal(m?.nextAttemptAt, Math.trunc(retryAt));
+        assert.equal(m?.lastError, "bob@example.org: 550 5.1.1 No such user; carol@example.net: 451 4.7.1 Greylisted");
+        assert.deepEqual((await store.listDueOutbound(Math.trunc(retryAt), 10)).map((r) => r.id), [row.id]);
+        assert.deepEqual(await store.listDueOutbound(Math.trunc(retryAt) - 1, 10), []);
+
+        const second = await store.recordOutboundAttempt(row.id, [delivered("carol@example.net")], Date.now());
+        assert.equal(second.state, "bounced", "done, and one recipient failed");
+        assert.deepEqual(second.recipients.map((r) => [r.address, r.state, r.attempts]), [
+          ["bob@example.org", "failed", 1],
+          ["carol@example.net", "sent", 2],
+        ]);
+        m = await store.getOutboundById(row.id);
+        assert.equal(m?.state, "bounced");
+        assert.deepEqual(m?.recipients, []);
+        assert.equal(m?.attempts, 2);
+        assert.equal(m?.lastError, null);
+        assert.deepEqual(await store.listDueOutbound(Date.now() + 1e9, 10), []);
+      });
+
+      it("a mail whose recipients were all accepted is sent", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        const res = await store.recordOutboundAttempt(row.id, [delivered("bob@example.org"), delivered("carol@example.net")], Date.now());
+        assert.equal(res.state, "sent");
+        const m = await store.getOutboundByEvent("$ev1");
+        assert.equal(m?.state, "sent");
+        assert.deepEqual(m?.recipients, []);
+        assert.equal(m?.lastError, null);
+      });
+
+      it("upserts a recipient without a row and keeps unlisted recipients pending (mail queued before migration 3)", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        await dbOf(store).execute("DELETE FROM outbound_recipients WHERE outbound_id = $1", [row.id]);
+        assert.deepEqual(await store.listOutboundRecipients(row.id), []);
+        const res = await store.recordOutboundAttempt(row.id, [failed("bob@example.org")], Date.now() + 1000);
+        assert.equal(res.state, "deferred", "carol was not attempted: still to do");
+        assert.deepEqual(res.recipients.map((r) => [r.address, r.state, r.attempts]), [["bob@example.org", "failed", 1]]);
+        assert.deepEqual((await store.getOutboundById(row.id))?.recipients, ["carol@example.net"]);
+      });
+
+      it("refuses to record an attempt of an unknown mail, writing nothing", async () => {
+        await assert.rejects(store.recordOutboundAttempt(424242, [failed("bob@example.org")], Date.now()), /no outbound mail 424242/);
+        assert.deepEqual(await store.listUnreportedOutboundFailures(10), []);
+      });
+
+      it("lists unreported failures across mails until they are marked reported", async () => {
+        const a = (await store.enqueueOutbound(outbound({ eventId: "$a" }))).row;
+        const b = (await store.enqueueOutbound(outbound({ eventId: "$b" }))).row;
+        await store.recordOutboundAttempt(b.id, [failed("carol@example.net"), delivered("bob@example.org")], Date.now());
+        await store.recordOutboundAttempt(a.id, [failed("carol@example.net"), failed("bob@example.org", "556 5.1.10 null MX")], Date.now());
+        const all = await store.listUnreportedOutboundFailures(10);
+        assert.deepEqual(all.map((r) => [r.outboundId, r.address, r.lastReply]), [
+          [a.id, "bob@example.org", "556 5.1.10 null MX"],
+          [a.id, "carol@example.net", "550 5.1.1 No such user"],
+          [b.id, "carol@example.net", "550 5.1.1 No such user"],
+        ]);
+        assert.equal((await store.listUnreportedOutboundFailures(2)).length, 2);
+        assert.deepEqual(await store.listUnreportedOutboundFailures(0), []);
+
+        await store.markOutboundRecipientsReported(a.id, ["bob@example.org", "carol@example.net", "nobody@example.org"]);
+        await store.markOutboundRecipientsReported(b.id, []);
+        assert.deepEqual((await store.listUnreportedOutboundFailures(10)).map((r) => [r.outboundId, r.address]), [[b.id, "carol@example.net"]]);
+        const rs = await store.listOutboundRecipients(a.id);
+        assert.deepEqual(rs.map((r) => [r.address, r.reported]), [["bob@example.org", true], ["carol@example.net", true]]);
+      });
+
+      it("keeps a recipient's reported flag when it is recorded again", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        await store.recordOutboundAttempt(row.id, [failed("bob@example.org"), deferred("carol@example.net", Date.now())], Date.now());
+        await store.markOutboundRecipientsReported(row.id, ["bob@example.org"]);
+        await store.recordOutboundAttempt(row.id, [failed("bob@example.org", "550 again"), delivered("carol@example.net")], Date.now());
+        const [bob] = await store.listOutboundRecipients(row.id);
+        assert.equal(bob?.reported, true);
+        assert.equal(bob?.attempts, 2);
+        assert.equal(bob?.lastReply, "550 again");
+      });
+
+      it("remembers the delay warning of a mail", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        const at = Date.now() + 4 * 3_600_000 + 0.5;
+        await store.markOutboundDelayWarned(row.id, at);
+        assert.equal((await store.getOutboundById(row.id))?.delayWarnedAt, Math.trunc(at));
+        assert.equal((await store.getOutboundByEvent("$ev1"))?.delayWarnedAt, Math.trunc(at));
+        assert.equal((await store.listDueOutbound(Date.now() + 1, 10))[0]?.delayWarnedAt, Math.trunc(at));
+      });
+
+      it("tells the earliest next attempt after a time, among queued and deferred mails", async () => {
+        const t = Date.now();
+        assert.equal(await store.nextOutboundAttemptAt(0), null, "empty queue");
+        const a = (await store.enqueueOutbound(outbound({ eventId: "$a" }))).row;
+        const b = (await store.enqueueOutbound(outbound({ eventId: "$b" }))).row;
+        const c = (await store.enqueueOutbound(outbound({ eventId: "$c" }))).row;
+        assert.equal(await store.nextOutboundAttemptAt(0), a.nextAttemptAt);
+        await store.recordOutboundAttempt(a.id, [deferred("bob@example.org", t + 50_000)], t + 50_000);
+        await store.recordOutboundAttempt(b.id, [deferred("bob@example.org", t + 20_000)], t + 20_000);
+        await store.recordOutboundAttempt(c.id, [delivered("bob@example.org"), delivered("carol@example.net")], t + 10_000);
+        const now = Math.max(a.nextAttemptAt, b.nextAttemptAt, c.nextAttemptAt);
+        assert.equal(await store.nextOutboundAttemptAt(now), t + 20_000, "the sent mail does not count");
+        assert.equal(await store.nextOutboundAttemptAt(t + 20_000), t + 50_000, "strictly later");
+        assert.equal(await store.nextOutboundAttemptAt(t + 50_000), null);
+      });
+    });
   });
 }

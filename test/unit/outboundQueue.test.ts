@@ -19,6 +19,7 @@ import {
 } from "../../src/mail/outbound/OutboundQueue.ts";
 import { openSqlite } from "../../src/store/db/sqlite.ts";
 import { migrate } from "../../src/store/migrate.ts";
+import { MIGRATIONS } from "../../src/store/migrations/index.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
 import type { NewOutbound, OutboundRow } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
@@ -543,6 +544,47 @@ describe("OutboundQueue: retries and delay warnings", () => {
     q.kick();
     await q.idle();
     assert.equal((await world.row(row.id)).state, "sent");
+  });
+});
+
+describe("OutboundQueue: upgrade", () => {
+  it("delivers a mail queued before migration 3 and records its recipients", async () => {
+    const db = await openSqlite(":memory:");
+    await migrate(db, MIGRATIONS.filter((m) => m.version < 3));
+    await db.execute(
+      `INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at)
+       VALUES ($1, $2, $3, $4, $5, $6, 'deferred', 2, $7, $7)`,
+      ["!old:hs.test", "$old", "old@bridge.test", "alice@bridge.test", JSON.stringify(["gone@example.org", "ok@example.org"]), Buffer.from("x\r\n"), T0],
+    );
+    assert.deepEqual((await migrate(db)).applied, MIGRATIONS.filter((m) => m.version >= 3).map((m) => m.version));
+    const store = new SqlStore(db, { now: () => T0 });
+    const failures: RecipientReport[][] = [];
+    const q = new OutboundQueue({
+      store,
+      deliver: scripted((to) => to.map((a) => (a.startsWith("gone") ? perm(a) : sent(a)))).deliver,
+      maxRetryHours: 96,
+      delayWarningHours: 4,
+      clock: () => T0,
+      onRecipientsFailed: async (_mail, f) => {
+        failures.push(f);
+      },
+      onDelayed: async () => assert.fail("no delay"),
+    });
+    try {
+      const [row] = await store.listDueOutbound(T0, 10);
+      assert.equal(row?.delayWarnedAt, null);
+      assert.deepEqual(await store.listOutboundRecipients(row!.id), [], "no recipient rows before the first attempt");
+      await drain(q);
+      assert.deepEqual(failures.map((f) => f.map((x) => x.address)), [["gone@example.org"]]);
+      assert.equal((await store.getOutboundById(row!.id))?.state, "bounced");
+      assert.deepEqual((await store.listOutboundRecipients(row!.id)).map((r) => [r.address, r.state, r.reported]), [
+        ["gone@example.org", "failed", true],
+        ["ok@example.org", "sent", false],
+      ]);
+    } finally {
+      await q.stop();
+      await store.close();
+    }
   });
 });
 

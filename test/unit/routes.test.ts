@@ -128,7 +128,8 @@ describe("resolveRoute", () => {
     const noMx = fakeResolver({ "example.net": dnsError("ENODATA") });
 
     it("routes to the domain when it has an A or an AAAA record", async () => {
-      for (const table of [{ "A example.net": ["192.0.2.1"] }, { "AAAA example.net": ["2001:db8::1"] }]) {
+      const tables: Record<string, string[]>[] = [{ "A example.net": ["192.0.2.1"] }, { "AAAA example.net": ["2001:db8::1"] }];
+      for (const table of tables) {
         const routes = await resolveRoute("example.net", direct, noMx, { addressResolver: addresses(table) });
         assert.deepEqual(routes, [{ host: "example.net", port: 25, kind: "mx" }]);
       }

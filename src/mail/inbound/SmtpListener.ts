@@ -712,6 +712,11 @@ export class SmtpListener<R = unknown> {
       finish(Rejections.temporaryFailure());
     });
     stream.once("end", () => {
+      // The client has sent everything; from here on it waits for us.
+      if (state) {
+        this.#clearTimer(state, "dataTimer");
+        this.#clearTimer(state, "dataIdleTimer");
+      }
       if (failed) return;
       if (state?.timedOut) {
         // The 421 went out already; the message is not used.

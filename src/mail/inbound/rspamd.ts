@@ -44,9 +44,6 @@ export interface SpamVerdict {
   symbols: string[];
 }
 
-/** The part of a {@link SpamVerdict} that {@link spamHeader} records and {@link parseSpamHeader} reads back. */
-export type SpamHeaderVerdict = Pick<SpamVerdict, "action" | "score" | "requiredScore">;
-
 /** Options of {@link checkWithRspamd}. */
 export interface RspamdOptions {
   /** Base URL of rspamd's normal worker, e.g. `http://127.0.0.1:11333` (`/checkv2` is appended). */
@@ -55,8 +52,6 @@ export interface RspamdOptions {
   timeoutMs: number;
 }
 
-/** Name of the header line {@link spamHeader} writes. */
-export const SPAM_HEADER_NAME = "X-Matrix-Email-Bridge-Spam";
 
 /** Longest answer body kept in an error message, in characters. */
 const MAX_ERROR_BODY = 200;
@@ -173,48 +168,6 @@ export function verdictReply(v: Pick<SpamVerdict, "action">): SmtpReply | null {
   }
 }
 
-/**
- * The header line the bridge prepends to a message it stores after a spam check, e.g.
- * `X-Matrix-Email-Bridge-Spam: action="add header"; score=7.20; required=15.00\r\n`.
- *
- * Scores are written with two decimals. The line ends with CRLF and is well under the
- * RFC 5322 §2.1.1 line limit.
- *
- * @param v the verdict (symbols are not recorded)
- * @returns the complete header line including its CRLF
- */
-export function spamHeader(v: SpamHeaderVerdict): string {
-  return `${SPAM_HEADER_NAME}: action="${v.action}"; score=${v.score.toFixed(2)}; required=${v.requiredScore.toFixed(2)}\r\n`;
-}
-
-const SPAM_HEADER_RE = new RegExp(
-  `^${SPAM_HEADER_NAME}: action="([a-z ]+)"; score=(-?\\d+\\.\\d+); required=(-?\\d+\\.\\d+)\\r?$`,
-  "i",
-);
-
-/**
- * Read back the verdict written by {@link spamHeader}.
- *
- * Trusted ONLY when it is the very first line of `raw`: the bridge always prepends its
- * header when a spam check ran, so the first line is the bridge's own; a copy anywhere else
- * (further down the header section, e.g. forged by the sender, or in the body) is never
- * read. Conversely, the caller must strip or never store a message beginning with such a
- * line when no spam check ran (otherwise a sender could put one first).
- *
- * @param raw the stored message (bytes)
- * @returns action and scores, or null when the first line is not a well-formed header of
- *   this name with a known action
- */
-export function parseSpamHeader(raw: Buffer): SpamHeaderVerdict | null {
-  const end = raw.indexOf(0x0a);
-  if (end < 0 || end > 512) return null;
-  const m = SPAM_HEADER_RE.exec(raw.subarray(0, end).toString("latin1"));
-  if (!m) return null;
-  const action = m[1];
-  if (!isSpamAction(action)) return null;
-  return { action, score: Number(m[2]), requiredScore: Number(m[3]) };
-}
-
 function isSpamAction(a: unknown): a is SpamAction {
   return typeof a === "string" && (SPAM_ACTIONS as readonly string[]).includes(a);
 }
@@ -240,7 +193,6 @@ function parseCheckV2(text: string): SpamVerdict | string {
 
 /** A header value fetch accepts: control characters removed, UTF-8 bytes as a byte string. */
 function headerValue(s: string): string {
-  // eslint-disable-next-line no-control-regex
   const clean = s.replace(/[\u0000-\u001f\u007f]/g, "").trim();
   return Buffer.from(clean, "utf8").toString("latin1");
 }

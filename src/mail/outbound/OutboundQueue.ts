@@ -193,6 +193,8 @@ function report(r: RecipientRecord): RecipientReport {
  * 2. start deliveries of due mails, oldest first, up to `concurrency` in flight, at most one
  *    per room (so a room's mails are first tried in the order they were queued; rooms go in
  *    parallel). A pass does not wait for its deliveries; each one kicks the worker when done.
+ *    A pass looks at the first `batchSize` due mails only: a room with more due mails than
+ *    that holds back the mails of other rooms queued after them until it has fewer.
  *
  * One delivery: `deliver` to the mail's remaining recipients, then per recipient
  * - accepted → `sent`;

@@ -19,7 +19,11 @@ const log = getLogger("mail/outbound");
 export interface RecipientOutcome {
   /** Envelope recipient as given to {@link deliverMail}. */
   address: string;
-  /** `sent`: a server accepted it (2yz after DATA); `temporary`: retry later (4yz, network, DNS); `permanent`: bounce (5yz). */
+  /**
+   * `sent`: a server accepted it (2yz after DATA); `temporary`: retry later (4yz, network, a DNS
+   * failure that may pass); `permanent`: bounce (5yz, or a domain that cannot receive mail:
+   * NXDOMAIN, null MX, no MX and no address; see routes.ts).
+   */
   status: "sent" | "temporary" | "permanent";
   /** SMTP reply code, when a server answered (or the synthetic code of a routing error). */
   code?: number;
