@@ -165,7 +165,7 @@ export class DnsResolver {
         this.#cache.delete(key);
         this.#cache.set(key, cached);
         if (cached.negative) throw Object.assign(new Error(cached.negative.message), { code: cached.negative.code, hostname: name });
-        return cached.answer!;
+        return structuredClone(cached.answer!);
       }
       this.#cache.delete(key);
     }
