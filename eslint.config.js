@@ -74,29 +74,12 @@ export default defineConfig([
 
   {
     files: ["src/mail/**/*.ts"],
-    ignores: ["src/mail/outbound/OutboundQueue.ts"],
     rules: {
       "no-restricted-imports": ["error", {
         patterns: [
           folder("matrix", `mail/ must not import matrix/: ${SIDES}`),
           folder("bridge", "mail/ must not import bridge/: the bridge core uses mail/, never the other way round"),
           folder("store", "mail/ must not import store/: take what you need as a parameter or a small interface owned by mail/"),
-        ],
-      }],
-    },
-  },
-
-  // KNOWN VIOLATION, to be fixed, then this block deleted (and the `ignores` above):
-  // src/mail/outbound/OutboundQueue.ts has `import type { BridgeStore, OutboundRow } from "../../store/Store.ts"`.
-  // Only that one file and that one store file are let through; every other rule of mail/ still applies.
-  {
-    files: ["src/mail/outbound/OutboundQueue.ts"],
-    rules: {
-      "no-restricted-imports": ["error", {
-        patterns: [
-          folder("matrix", `mail/ must not import matrix/: ${SIDES}`),
-          folder("bridge", "mail/ must not import bridge/: the bridge core uses mail/, never the other way round"),
-          folder("store", "mail/ must not import store/ (OutboundQueue.ts: only the known type import of store/Store.ts is tolerated)", "Store.ts"),
         ],
       }],
     },

@@ -118,7 +118,8 @@ describe("sqlite engine", () => {
       const store = await openStore({ url: null, sqliteFile: process.env.MEB_CRASH_FILE });
       for (let i = 0; i < ${rows}; i++) {
         await store.insertInbound({ roomId: "!r:hs.test", dmLocalUserId: null, replyToEventId: null,
-          messageId: "crash" + i + "@x", sender: "bob@example.org", raw: Buffer.from([i, 0xff, 0x00, 0xfe]) });
+          messageId: "crash" + i + "@x", sender: "bob@example.org", senderVerified: true, senderName: null,
+          auth: null, spam: null, participants: [], contentHash: "h" + i, raw: Buffer.from([i, 0xff, 0x00, 0xfe]) });
       }
       process.kill(process.pid, "SIGKILL");
     `;
