@@ -15,6 +15,7 @@ import { loadDkimSigner } from "../mail/outbound/dkim.ts";
 import { InboundRouter } from "./InboundRouter.ts";
 import { checkWithRspamd } from "../mail/inbound/rspamd.ts";
 import { InboundPoster } from "./InboundPoster.ts";
+import { DsnService } from "./DsnService.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
 import { makeAccessCheck } from "./access.ts";
@@ -82,9 +83,13 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     botDisplayName: config.appservice.bot_displayname,
     bindAddress: config.appservice.bind_address,
     port: config.appservice.port,
+    // Transactions are journaled in the store before their 200 (migration 4).
+    journal: store,
     sink: {
       onMatrixEvent: async (event) => {
-        if (handler) await handler.onEvent(event as unknown as MatrixEvent);
+        // Thrown, not skipped: the event stays in the journal and is retried.
+        if (!handler) throw new Error("Matrix event before the Matrix handler exists");
+        await handler.onEvent(event as unknown as MatrixEvent);
       },
       onUserQuery: async (userId) => {
         const ghost = Ghost.fromUserId(userId, ids);
@@ -95,6 +100,11 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
 
   /** The notices of the outbound queue go into the mail's room, as replies to its event. */
   const outboundNotice = async (roomId: string, text: string, eventId: string): Promise<void> => {
+    // A DSN the bridge sent has no room: a bounce of a bounce is dropped (RFC 5321 §6.2).
+    if (!roomId) {
+      log.warn("a DSN the bridge sent could not be delivered", { eventId, text });
+      return;
+    }
     if (!handler) throw new Error("outbound notice before the Matrix handler exists");
     await handler.portalNotice(roomId, text, eventId);
   };
@@ -124,7 +134,21 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });
   const botDisplayName = config.appservice.bot_displayname;
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName });
-  const poster = new InboundPoster({ store, matrix, ids, botDisplayName });
+  const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
+  const poster = new InboundPoster({
+    store,
+    matrix,
+    ids,
+    botDisplayName,
+    settings: {
+      retryHours: config.inbound.retry_hours,
+      retryBaseMs: config.inbound.retry_base_ms,
+      retryMaxMs: config.inbound.retry_max_ms,
+      concurrency: config.inbound.concurrency,
+      maxTextBytes: config.inbound.max_text_bytes,
+    },
+    onUndeliverable: (row, why) => dsn.undeliverable(row, why),
+  });
   const router = new InboundRouter({
     store,
     matrix,

@@ -1,20 +1,60 @@
 /**
- * Posts committed inbound mail into Matrix, as the sender's ghost.
+ * Posts committed inbound mail into Matrix, as the sender's ghost: the inbound queue.
  *
- * Works from the store's inbound queue, so mail answered with 250 is posted even
- * after a crash: pending rows are picked up again at start. Each post uses a
- * transaction ID derived from the row, so a retry does not post twice.
+ * RFC 5321 §6.1: once the bridge answered 250 the mail is its responsibility. So:
+ * - rows live in the store and are picked up again after a crash or restart;
+ * - each post uses transaction IDs derived from the row, so a retry never posts twice;
+ * - a failure the homeserver may get over (down, 5xx, 429 with `retry_after_ms`) is retried
+ *   with exponential backoff and jitter for `inbound.retry_hours` after arrival; the row waits
+ *   in the store, and only its own room waits with it (the store hands out the oldest pending
+ *   row of each room), so per-room order is the arrival order and other rooms go on;
+ * - a mail the homeserver refuses for its content is first made postable (long text cut at a
+ *   marker with the full text attached; names cleaned and cut; an attachment whose upload fails
+ *   posted as `application/octet-stream`, or named in a notice);
+ * - what truly cannot be posted is given up loudly: a notice in the room when there is one,
+ *   the sender hears why (a DSN, through `onUndeliverable`), and the raw mail stays in the
+ *   store (`matrix-email-bridge queue show`).
+ * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
-import type { BridgeStore, InboundRow } from "../store/Store.ts";
-import { parseMail, stripQuotedReply } from "../mail/inbound/parse.ts";
+import type { AuthFields, BridgeStore, InboundRow, PortalRow } from "../store/Store.ts";
+import { parseMail, stripQuotedReply, type ParsedMail } from "../mail/inbound/parse.ts";
 import type { IdContext } from "./ids.ts";
-import { AUTH_FIELD, authContent, mailToMatrix, unverifiedWarning } from "./format.ts";
+import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
 import { sanitizeHtml } from "./sanitize.ts";
 import { Ghost } from "./Ghost.ts";
-import type { MatrixActions } from "./ports.ts";
-import { getLogger, errorFields } from "../util/logger.ts";
+import type { HomeserverFailure, MatrixActions } from "./ports.ts";
+import { QueueWorker, backoffMs, type PassResult } from "../util/worker.ts";
+import { getLogger } from "../util/logger.ts";
 
 const log = getLogger("bridge/inbound");
+
+/**
+ * Budget for one event's JSON, in bytes: Synapse refuses events over 65 536 bytes as a whole
+ * (Matrix spec, "Size limits"); the rest is left for the event's envelope and signatures.
+ */
+const EVENT_JSON_BUDGET = 56_000;
+
+/** The `inbound` config section, as the poster takes it. */
+export interface InboundQueueSettings {
+  /** Retry temporary failures for this long after arrival, in hours. */
+  retryHours: number;
+  /** First retry delay, in ms (doubles, with jitter). */
+  retryBaseMs: number;
+  /** Longest retry delay, in ms. */
+  retryMaxMs: number;
+  /** Rooms posted into at once. */
+  concurrency: number;
+  /** Longest text in one event, in bytes. */
+  maxTextBytes: number;
+}
+
+/** Why a mail was given up. */
+export interface Undeliverable {
+  /** RFC 3463 status for the DSN, e.g. `5.3.4` (too big), `4.4.7` (retries exhausted), `5.2.1`. */
+  status: string;
+  /** One line: what the homeserver said or what went wrong. */
+  diagnostic: string;
+}
 
 /** Options for {@link InboundPoster}. */
 export interface InboundPosterOptions {
@@ -23,121 +63,139 @@ export interface InboundPosterOptions {
   ids: IdContext;
   /** The bridge bot's display name: no ghost may take it. */
   botDisplayName: string;
-  /** Interval between passes when idle, in ms (default 5000). */
+  settings: InboundQueueSettings;
+  /**
+   * Tell the sender a mail cannot be delivered (a DSN). Throwing keeps the row pending (it is
+   * tried again later), so a mail is never marked failed without its sender hearing of it.
+   */
+  onUndeliverable: (row: InboundRow, why: Undeliverable) => Promise<void>;
+  /** Safety-net poll interval, in ms (default 10 000). */
   pollMs?: number;
-  /** Attempts before a row is given up as `failed` (default 20). */
-  maxAttempts?: number;
+  /** Clock in epoch ms (tests). */
+  clock?: () => number;
 }
 
-/** The inbound queue worker. One pass at a time; rows in arrival order. */
+/** A failure the poster decided, not the homeserver: the row is given up with this status. */
+class PermanentPostError extends Error {
+  readonly status: string;
+  constructor(status: string, message: string) {
+    super(message);
+    this.name = "PermanentPostError";
+    this.status = status;
+  }
+}
+
+/** The inbound queue worker. */
 export class InboundPoster {
   private readonly opts: InboundPosterOptions;
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private again = false;
-  private stopped = true;
+  private readonly worker: QueueWorker;
+  private readonly clock: () => number;
 
   constructor(opts: InboundPosterOptions) {
     this.opts = opts;
+    this.clock = opts.clock ?? Date.now;
+    this.worker = new QueueWorker({ name: "inbound", pass: () => this.pass(), pollMs: opts.pollMs ?? 10_000, clock: this.clock });
   }
 
-  /** Start polling; pending rows from before a restart are posted now. */
+  /** Start; rows pending from before a restart are posted now. */
   start(): void {
-    this.stopped = false;
-    this.kick();
+    this.worker.start();
   }
 
-  /** Stop polling and wait for the current pass. */
+  /** Stop and wait for the pass in flight. */
   async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    await this.running;
+    await this.worker.stop();
   }
 
-  /** Run a pass now (after a commit); a pass in progress is followed by another. */
+  /** Run a pass now (after a commit). */
   kick(): void {
-    if (this.stopped) return;
-    if (this.running) {
-      this.again = true;
+    this.worker.kick();
+  }
+
+  /** Resolves when no pass runs and none is pending (tests, shutdown). */
+  async idle(): Promise<void> {
+    await this.worker.idle();
+  }
+
+  /** One pass: the due head row of each room, up to `concurrency` rooms at once. */
+  private async pass(): Promise<PassResult> {
+    const { store, settings } = this.opts;
+    const rows = await store.listDueInbound(this.clock(), settings.concurrency * 4);
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < rows.length) await this.attempt(rows[next++]!);
+    };
+    await Promise.all(Array.from({ length: Math.min(settings.concurrency, rows.length) }, lane));
+    return { didWork: rows.length > 0, nextDueAt: (await store.nextInboundAttemptAt()) ?? undefined };
+  }
+
+  /** Try one row; decide retry or give-up on failure. Never throws for a row's own failure. */
+  private async attempt(row: InboundRow): Promise<void> {
+    const ctx = { inbound: row.id, messageId: row.messageId, roomId: row.roomId ?? undefined, sender: row.sender, attempt: row.attempts + 1 };
+    try {
+      await this.post(row);
+      return;
+    } catch (err) {
+      const failure: HomeserverFailure =
+        err instanceof PermanentPostError
+          ? { temporary: false, retryAfterMs: null, status: null, errcode: null, message: err.message }
+          : this.opts.matrix.classifyError(err);
+      const deadline = row.receivedAt + this.opts.settings.retryHours * 3_600_000;
+      const now = this.clock();
+      if (failure.temporary && now < deadline) {
+        const wait = Math.max(
+          backoffMs(row.attempts + 1, { baseMs: this.opts.settings.retryBaseMs, maxMs: this.opts.settings.retryMaxMs, jitter: 0.2 }),
+          failure.retryAfterMs ?? 0,
+        );
+        log.warn("posting mail into Matrix failed, will retry", { ...ctx, error: failure.message, retryInMs: wait });
+        await this.opts.store.markInboundRetry(row.id, failure.message, Math.min(now + wait, deadline));
+        return;
+      }
+      const why: Undeliverable = failure.temporary
+        ? { status: "4.4.7", diagnostic: `the homeserver could not take the message for ${this.opts.settings.retryHours} hours: ${failure.message}` }
+        : { status: err instanceof PermanentPostError ? err.status : "5.6.0", diagnostic: `the homeserver refused the message: ${failure.message}` };
+      await this.giveUp(row, why, ctx);
+    }
+  }
+
+  /** Give a row up: notice in its room (best effort), DSN to the sender, then `failed`. */
+  private async giveUp(row: InboundRow, why: Undeliverable, ctx: Record<string, unknown>): Promise<void> {
+    log.error("mail cannot be posted into Matrix, giving up", { ...ctx, status: why.status, error: why.diagnostic });
+    if (row.roomId) {
+      await this.opts.matrix.botNotice(
+        row.roomId,
+        `⚠️ A mail from ${row.sender} could not be posted here (${why.diagnostic}). The sender was told; the bridge keeps the mail (queue id ${row.id}).`,
+      );
+    }
+    try {
+      await this.opts.onUndeliverable(row, why);
+    } catch (err) {
+      // The sender must hear of it: keep the row and try the whole thing again later.
+      const message = err instanceof Error ? err.message : String(err);
+      log.error("could not tell the sender about an undeliverable mail, will retry", { ...ctx, error: message });
+      await this.opts.store.markInboundRetry(row.id, `DSN failed: ${message}`, this.clock() + this.opts.settings.retryMaxMs);
       return;
     }
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    this.running = this.pass()
-      .catch((err: unknown) => log.error("inbound pass failed", errorFields(err)))
-      .finally(() => {
-        this.running = null;
-        if (this.stopped) return;
-        if (this.again) {
-          this.again = false;
-          this.kick();
-        } else {
-          this.timer = setTimeout(() => this.kick(), this.opts.pollMs ?? 5000);
-        }
-      });
-  }
-
-  /** Wait until the queue is drained (tests, shutdown). */
-  async idle(): Promise<void> {
-    while (this.running) await this.running;
-  }
-
-  private async pass(): Promise<void> {
-    const rows = await this.opts.store.listPendingInbound(50);
-    for (const row of rows) {
-      if (this.stopped) return;
-      try {
-        await this.post(row);
-      } catch (err) {
-        const final = row.attempts + 1 >= (this.opts.maxAttempts ?? 20);
-        const fields = { inbound: row.id, messageId: row.messageId, roomId: row.roomId ?? undefined, sender: row.sender, attempt: row.attempts + 1, ...errorFields(err) };
-        if (final) log.error("giving up posting mail into Matrix", fields);
-        else log.warn("posting mail into Matrix failed, will retry", fields);
-        await this.opts.store.markInboundAttempt(row.id, errorFields(err).error as string, final);
-      }
-    }
+    await this.opts.store.markInboundFailed(row.id, why.diagnostic);
   }
 
   /** Post one row: ghost profile, DM portal if needed, message, attachments, mapping. */
   private async post(row: InboundRow): Promise<void> {
     const { store, matrix, ids } = this.opts;
-    const mail = await parseMail(row.raw);
+    let mail: ParsedMail;
+    try {
+      mail = await parseMail(row.raw);
+    } catch (err) {
+      // It parsed at DATA time; parsing it again cannot get better.
+      throw new PermanentPostError("5.6.0", `the stored message cannot be parsed: ${(err as Error).message}`);
+    }
     const ghost = Ghost.of(row.sender, row.senderVerified, ids);
     // Only authenticated mail speaks for the address: the name follows its From header.
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
 
-    let roomId = row.roomId;
-    if (!roomId) {
-      const localUser = row.dmLocalUserId;
-      if (!localUser) throw new Error("inbound row has neither a room nor a DM target");
-      const existing = await store.getDmPortal(localUser, row.sender, ghost.verified);
-      if (existing) {
-        roomId = existing.roomId;
-      } else {
-        const topic = ghost.verified ? `Email with ${row.sender}` : `⚠️ Unverified sender: mail claiming to be from ${row.sender} that could not be authenticated`;
-        roomId = await matrix.createDm(ghost.userId, localUser, topic);
-        await store.upsertPortal({ roomId, kind: "dm", localUserId: localUser, remoteAddress: row.sender, subject: mail.subject, encrypted: false, remoteVerified: ghost.verified });
-        log.info("DM portal created", { roomId, user: localUser, address: row.sender, verified: ghost.verified });
-      }
-      await store.setInboundRoom(row.id, roomId);
-    } else {
-      await matrix.join(roomId, ghost.userId);
-    }
-
-    const isReply = row.replyToEventId !== null;
-    const html = !isReply && mail.html ? sanitizeHtml(mail.html) || null : null;
-    const content = mailToMatrix({ subject: mail.subject, text: isReply ? stripQuotedReply(mail.text) : mail.text, html }, !isReply);
-    const warnings: string[] = [];
-    if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
-    if (row.spam && (row.spam.action === "add header" || row.spam.action === "rewrite subject")) {
-      warnings.push(`⚠️ Possible spam (rspamd score ${row.spam.score.toFixed(1)} of ${row.spam.requiredScore.toFixed(1)})`);
-    }
-    for (const warning of warnings.reverse()) {
-      content.body = `${warning}\n\n${String(content.body)}`;
-      content.formatted_body = `<p><em>${escapeHtml(warning)}</em></p>${String(content.formatted_body)}`;
-    }
+    const roomId = await this.roomFor(row, ghost, mail);
     const verdict = authContent(row.auth);
+    const { content, cut } = this.content(row, mail);
     content[AUTH_FIELD] = verdict;
     if (row.replyToEventId) content["m.relates_to"] = { "m.in_reply_to": { event_id: row.replyToEventId } };
     const eventId = await matrix.sendEvent(ghost.userId, roomId, "m.room.message", content, `meb-in-${row.id}`);
@@ -151,23 +209,145 @@ export class InboundPoster {
       subject: mail.subject,
       participants: row.participants,
     });
-    for (const [i, att] of mail.attachments.entries()) {
-      const filename = att.filename ?? `attachment-${i + 1}`;
-      const url = await matrix.uploadContent(ghost.userId, att.content, att.contentType, filename);
-      const msgtype = att.contentType.startsWith("image/") ? "m.image" : att.contentType.startsWith("audio/") ? "m.audio" : att.contentType.startsWith("video/") ? "m.video" : "m.file";
-      await matrix.sendEvent(
-        ghost.userId,
-        roomId,
-        "m.room.message",
-        { msgtype, body: filename, url, info: { mimetype: att.contentType, size: att.size }, [AUTH_FIELD]: verdict },
-        `meb-in-${row.id}-att-${i}`,
-      );
-    }
+    const files: { filename: string; contentType: string; content: Buffer }[] = [];
+    if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from(mail.text, "utf8") });
+    // What did not decode is not lost: the original goes with what could be read.
+    if (mail.losses.length > 0) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
+    for (const [i, att] of mail.attachments.entries()) files.push({ filename: att.filename ?? `attachment-${i + 1}`, contentType: att.contentType, content: att.content });
+    for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict);
     await store.markInboundPosted(row.id, eventId);
-    log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId });
+    log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId, verified: ghost.verified });
+  }
+
+  /**
+   * The room a row goes to. A new DM portal is made when there is none yet, and again when
+   * the local user has left (or was removed from) the one there is: mail never lands in a room
+   * its reader left (the new DM invites them again, with `is_direct`).
+   */
+  private async roomFor(row: InboundRow, ghost: Ghost, mail: ParsedMail): Promise<string> {
+    const { store, matrix } = this.opts;
+    const portal: PortalRow | null = row.roomId ? await store.getPortalByRoom(row.roomId) : null;
+    if (row.roomId && portal?.kind !== "dm") {
+      await matrix.join(row.roomId, ghost.userId);
+      return row.roomId;
+    }
+    const localUser = portal?.localUserId ?? row.dmLocalUserId;
+    if (!localUser) throw new PermanentPostError("5.1.1", "the mail has neither a room nor a DM partner");
+    const existing = portal ?? (await store.getDmPortal(localUser, row.sender, ghost.verified));
+    if (existing && (await this.stillReads(existing.roomId, localUser, ghost))) {
+      if (row.roomId !== existing.roomId) await store.setInboundRoom(row.id, existing.roomId);
+      return existing.roomId;
+    }
+    const topic = ghost.verified ? `Email with ${row.sender}` : `⚠️ Unverified sender: mail claiming to be from ${row.sender} that could not be authenticated`;
+    const roomId = await matrix.createDm(ghost.userId, localUser, topic);
+    if (existing) await store.deletePortal(existing.roomId);
+    await store.upsertPortal({ roomId, kind: "dm", localUserId: localUser, remoteAddress: row.sender, subject: mail.subject, encrypted: false, remoteVerified: ghost.verified });
+    await store.setInboundRoom(row.id, roomId);
+    log.info(existing ? "DM portal re-created: the user had left the old one" : "DM portal created", { roomId, oldRoomId: existing?.roomId, user: localUser, address: row.sender, verified: ghost.verified });
+    return roomId;
+  }
+
+  /**
+   * Whether `localUser` is (or is invited to be) in a DM portal that the ghost is still in.
+   * A ghost that was removed from the room cannot read it: the answer is then false.
+   * @throws the homeserver's error when it cannot be asked (the row is retried)
+   */
+  private async stillReads(roomId: string, localUser: string, ghost: Ghost): Promise<boolean> {
+    let member: Record<string, unknown> | null;
+    try {
+      member = await this.opts.matrix.stateContent(roomId, "m.room.member", localUser, ghost.userId);
+    } catch (err) {
+      if (this.opts.matrix.classifyError(err).temporary) throw err;
+      return false; // the ghost is not in the room (any more), or the room is gone
+    }
+    return member?.membership === "join" || member?.membership === "invite";
+  }
+
+  /**
+   * The message content: subject, text (reply quotes stripped), sanitized HTML, warnings; text
+   * longer than `maxTextBytes`, or content over the event budget, is cut at a marker.
+   * @returns the content and whether the text was cut (then the full text is attached)
+   */
+  private content(row: InboundRow, mail: ParsedMail): { content: Record<string, unknown>; cut: boolean } {
+    const isReply = row.replyToEventId !== null;
+    const text = isReply ? stripQuotedReply(mail.text) : mail.text;
+    const html = !isReply && mail.html ? sanitizeHtml(mail.html) || null : null;
+    const warnings: string[] = [];
+    if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
+    if (mail.losses.length > 0) warnings.push(`⚠️ Parts of this mail could not be decoded (${mail.losses.join(", ")}); the original is attached as message.eml.`);
+    if (row.spam && (row.spam.action === "add header" || row.spam.action === "rewrite subject")) {
+      warnings.push(`⚠️ Possible spam (rspamd score ${row.spam.score.toFixed(1)} of ${row.spam.requiredScore.toFixed(1)})`);
+    }
+    let budget = this.opts.settings.maxTextBytes;
+    for (let round = 0; ; round++) {
+      const piece = cutText(text, budget);
+      const marker = piece.cut ? "\n\n✂️ [This mail is longer than fits in one message; the full text is attached as message.txt]" : "";
+      // Cut text keeps no HTML: cutting markup could break it, and the whole text is attached.
+      const keepHtml = !piece.cut && html !== null && Buffer.byteLength(html) <= budget ? html : null;
+      const content = mailToMatrix({ subject: mail.subject, text: piece.text + marker, html: keepHtml }, !isReply);
+      for (const warning of [...warnings].reverse()) {
+        content.body = `${warning}\n\n${String(content.body)}`;
+        content.formatted_body = `<p><em>${escapeHtml(warning)}</em></p>${String(content.formatted_body)}`;
+      }
+      if (Buffer.byteLength(JSON.stringify(content)) <= EVENT_JSON_BUDGET || round >= 6) return { content, cut: piece.cut || budget < this.opts.settings.maxTextBytes };
+      budget = Math.floor(budget / 2); // escaping made it bigger than the text: try smaller
+    }
+  }
+
+  /**
+   * Post one file. Files over the homeserver's upload limit, and files the homeserver refuses
+   * even as `application/octet-stream`, are named in a notice instead: one bad attachment never
+   * stops the others. Temporary failures throw (the row is retried; the sends are idempotent).
+   */
+  private async postFile(
+    row: InboundRow,
+    ghost: Ghost,
+    roomId: string,
+    file: { filename: string; contentType: string; content: Buffer },
+    index: number,
+    verdict: AuthFields,
+  ): Promise<void> {
+    const { matrix } = this.opts;
+    const txnId = `meb-in-${row.id}-att-${index}`;
+    const limit = await matrix.uploadLimitBytes();
+    const size = file.content.length;
+    const notice = async (why: string): Promise<void> => {
+      await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: "m.notice", body: `📎 ${file.filename} (${size} bytes) ${why}`, [AUTH_FIELD]: verdict }, txnId);
+    };
+    if (limit !== null && size > limit) {
+      await notice(`is larger than this homeserver's upload limit of ${limit} bytes and was not posted.`);
+      return;
+    }
+    const typed = safeMimeType(file.contentType);
+    let url: string;
+    let mimetype = typed;
+    try {
+      url = await matrix.uploadContent(ghost.userId, file.content, typed, file.filename);
+    } catch (err) {
+      const failure = matrix.classifyError(err);
+      if (failure.temporary) throw err;
+      try {
+        mimetype = "application/octet-stream";
+        url = await matrix.uploadContent(ghost.userId, file.content, mimetype, file.filename);
+      } catch (again) {
+        const second = matrix.classifyError(again);
+        if (second.temporary) throw again;
+        log.warn("attachment refused by the homeserver, named in a notice", { inbound: row.id, roomId, file: file.filename, error: second.message });
+        await notice(`could not be posted: the homeserver refused it (${second.message}).`);
+        return;
+      }
+    }
+    const msgtype = mimetype.startsWith("image/") ? "m.image" : mimetype.startsWith("audio/") ? "m.audio" : mimetype.startsWith("video/") ? "m.video" : "m.file";
+    await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype, body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict }, txnId);
   }
 }
 
-function escapeHtml(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+/**
+ * A media type safe to send as an HTTP header and to show: `type/subtype` of RFC 6838 token
+ * characters (parameters dropped), else `application/octet-stream`. A mail's Content-Type is
+ * untrusted (`application/x-€` made the upload itself throw).
+ */
+export function safeMimeType(contentType: string): string {
+  const base = contentType.split(";")[0]!.trim().toLowerCase();
+  return /^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$/.test(base) ? base : "application/octet-stream";
 }

@@ -137,7 +137,7 @@ export class InboundRouter implements InboundHandler<Mailbox> {
    * target portal. Resolves only after the rows are committed (the listener then answers 250).
    * @throws SmtpReply for mail that must be refused (5xx) or retried (4xx)
    */
-  async deliver(raw: Buffer, envelope: InboundEnvelope): Promise<void> {
+  async deliver(raw: Buffer, envelope: InboundEnvelope<Mailbox>): Promise<void> {
     const { ids } = this.opts;
     const author = readAuthor(raw, [ids.mailDomain, this.opts.hostname.toLowerCase()]);
     let sender: string;
@@ -153,6 +153,10 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     } catch (err) {
       log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: (err as Error).message });
       throw new SmtpReply(554, "5.6.0", "message could not be parsed");
+    }
+    if (mail.unreadable) {
+      log.info("mail cannot be read", { session: envelope.sessionId, sender, problem: mail.unreadable });
+      throw new SmtpReply(554, "5.6.0", `message could not be parsed: ${mail.unreadable}`);
     }
     const parsedFrom = mail.from ? safeNormalize(mail.from.address, ids) : null;
     if (parsedFrom !== sender) throw new SmtpReply(550, "5.7.1", "the From header field is ambiguous");
@@ -187,10 +191,10 @@ export class InboundRouter implements InboundHandler<Mailbox> {
       spam,
       participants,
       contentHash: hash,
+      envelopeFrom: envelope.mailFrom,
     };
-    for (const rcpt of envelope.rcptTo) {
-      const mailbox = await this.resolveMailbox(rcpt);
-      if (!mailbox) continue; // refused at RCPT time; mailbox removed since
+    // Each recipient was resolved once, at RCPT time; the decision travels with the envelope.
+    for (const mailbox of envelope.recipients.values()) {
       const target = await this.route(mailbox, sender, decision.verified, threadIds, members);
       const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
       const known = targets.get(key);

@@ -23,6 +23,21 @@ export function unverifiedWarning(address: string, auth: AuthFields | null): str
   return `⚠️ Unverified sender: this mail claims to be from ${address}, but that could not be confirmed (SPF ${a.spf}, DKIM ${a.dkim}, DMARC ${a.dmarc}).`;
 }
 
+/**
+ * Cut text to at most `maxBytes` bytes of UTF-8, never inside a character, at the last line
+ * break when one is near the end (within the last fifth).
+ * @returns the (possibly) shorter text and whether it was cut
+ */
+export function cutText(text: string, maxBytes: number): { text: string; cut: boolean } {
+  if (Buffer.byteLength(text) <= maxBytes) return { text, cut: false };
+  let s = Buffer.from(text, "utf8").subarray(0, maxBytes).toString("utf8");
+  // A character split by the cut decodes as U+FFFD at the very end: drop it.
+  if (s.endsWith("\uFFFD")) s = s.slice(0, -1);
+  const nl = s.lastIndexOf("\n");
+  if (nl > s.length * 0.8) s = s.slice(0, nl);
+  return { text: s.trimEnd(), cut: true };
+}
+
 /** The text of a Matrix message as mail body parts. */
 export interface MailBody {
   text: string;
@@ -58,7 +73,8 @@ export function stripReplyFallback(content: MessageContent): { body: string; for
   return { body, formatted };
 }
 
-function escapeHtml(s: string): string {
+/** Escape text for HTML (`& < > "`). */
+export function escapeHtml(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }
 

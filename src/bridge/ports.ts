@@ -27,4 +27,80 @@ export interface MatrixActions {
   powerLevel(roomId: string, userId: string, asUserId?: string): Promise<number>;
   displayName(roomId: string, userId: string, asUserId?: string): Promise<string>;
   userExists(userId: string): Promise<boolean>;
+  /**
+   * The homeserver's largest upload, in bytes (`m.upload.size` from
+   * `/_matrix/client/v1/media/config`), or null when it sets none. Cached.
+   */
+  uploadLimitBytes(): Promise<number | null>;
+  /** What a failed homeserver request means for a retry (see {@link HomeserverFailure}). */
+  classifyError(err: unknown): HomeserverFailure;
+}
+
+/**
+ * A failed homeserver request, judged for the queues (Client-Server API, "Standard error
+ * response" and "Rate limiting").
+ */
+export interface HomeserverFailure {
+  /**
+   * True when the same request may succeed later: no answer (network), 5xx, 429 /
+   * `M_LIMIT_EXCEEDED`, 408, or an unrecognised failure. False when the homeserver refused the
+   * request itself (4xx such as `M_TOO_LARGE`, `M_FORBIDDEN`, `M_BAD_JSON`, `M_NOT_FOUND`).
+   */
+  temporary: boolean;
+  /** The server's `retry_after_ms` (or `Retry-After`), in ms, when it gave one. */
+  retryAfterMs: number | null;
+  /** HTTP status, when there was an answer. */
+  status: number | null;
+  /** Matrix `errcode`, when there was one. */
+  errcode: string | null;
+  /** One line for logs and notices. */
+  message: string;
+}
+
+/**
+ * A room event of an appservice transaction, to journal (Application Service API › Pushing
+ * events). `json` is the event as received, JSON text.
+ */
+export interface JournalEventInput {
+  eventId: string;
+  roomId: string;
+  json: string;
+}
+
+/** A journaled event waiting to be handled (what the Matrix side reads back). */
+export interface JournaledEvent {
+  eventId: string;
+  roomId: string;
+  /** The homeserver's transaction ID that brought it. */
+  txnId: string;
+  /** The event as received, JSON text. */
+  json: string;
+  /** Handler runs that threw so far. */
+  attempts: number;
+  /** Epoch ms before which it is not retried. */
+  nextAttemptAt: number;
+}
+
+/**
+ * The durable journal of appservice transactions, written before the transaction's 200 and
+ * read by the Matrix side to hand events to the bridge (src/matrix/appserviceTransactions.ts).
+ * The bridge core passes its store (`BridgeStore` implements it; migration 4).
+ */
+export interface MatrixEventJournal {
+  /**
+   * Record a transaction and its events in one commit. A known transaction ID is a no-op
+   * (`duplicate: true`); a known event ID is skipped. `recorded` counts new events.
+   * @throws when the commit fails (nothing is recorded)
+   */
+  recordAppserviceTransaction(txnId: string, events: JournalEventInput[]): Promise<{ duplicate: boolean; recorded: number }>;
+  /** The oldest pending event of each room, due or not, oldest first, at most `limit`. */
+  listMatrixEventHeads(limit: number): Promise<JournaledEvent[]>;
+  /** The event was handled: it becomes `done`. */
+  markMatrixEventDone(eventId: string): Promise<void>;
+  /** The handler threw; retry not before `nextAttemptAt` (epoch ms). */
+  markMatrixEventRetry(eventId: string, error: string, nextAttemptAt: number): Promise<void>;
+  /** The handler threw for the last time: the event becomes `failed`. */
+  markMatrixEventFailed(eventId: string, error: string): Promise<void>;
+  /** Delete finished events and transaction IDs older than `before` (epoch ms). */
+  pruneMatrixJournal(before: number): Promise<{ events: number; txns: number }>;
 }

@@ -91,6 +91,9 @@ export function validateConfig(raw: unknown, file: string, baseDir: string): Bri
     const problem = nameserverProblem(ns);
     if (problem) throw new ConfigError(file, `dns.nameservers.${i}`, problem);
   }
+  if (cfg.inbound.retry_max_ms < cfg.inbound.retry_base_ms) {
+    throw new ConfigError(file, "inbound.retry_max_ms", "must be at least inbound.retry_base_ms");
+  }
   cfg.auth.trusted_arc_sealers = cfg.auth.trusted_arc_sealers.map((d) => d.toLowerCase().replace(/\.$/, ""));
   return cfg;
 }

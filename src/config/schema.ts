@@ -152,6 +152,20 @@ export interface SpamConfig {
   on_error: "defer" | "accept";
 }
 
+/** `inbound` section: posting accepted mail into Matrix (the inbound queue). */
+export interface InboundConfig {
+  /** Keep retrying a mail the homeserver cannot take now (down, 5xx, rate limited) for this long after it arrived, in hours; then the sender gets a DSN. */
+  retry_hours: number;
+  /** First retry delay, in ms; doubles per attempt (with jitter) up to `retry_max_ms`. */
+  retry_base_ms: number;
+  /** Longest retry delay, in ms. */
+  retry_max_ms: number;
+  /** How many rooms are posted into at once (one mail at a time per room, in arrival order). */
+  concurrency: number;
+  /** Longest text posted in one event, in bytes; longer text is cut at a marker and attached whole as a .txt file. */
+  max_text_bytes: number;
+}
+
 /** `dns` section: the one resolver every lookup goes through (see `mail/dns.ts`). */
 export interface DnsConfig {
   /** Servers to ask, each `ip`, `ip:port` or `[ipv6]:port`; empty: the system's resolvers. */
@@ -202,6 +216,7 @@ export interface BridgeConfig {
   spam: SpamConfig;
   dns: DnsConfig;
   auth: AuthConfig;
+  inbound: InboundConfig;
   logging: LoggingConfig;
 }
 
@@ -374,6 +389,20 @@ export const configSchema: SchemaObject = {
         rspamd_url: { type: "string", nullable: true, pattern: "^https?://", default: null, description: "rspamd normal worker URL, e.g. http://127.0.0.1:11333 (null: no spam check)." },
         timeout_ms: { type: "integer", minimum: 100, default: 10000, description: "How long to wait for rspamd, in ms." },
         on_error: { type: "string", enum: ["defer", "accept"], default: "defer", description: "rspamd unreachable: defer (451, the sender retries) or accept unchecked." },
+      },
+    },
+    inbound: {
+      type: "object",
+      default: {},
+      description: "Posting accepted mail into Matrix: a queue that survives restarts and homeserver outages.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        retry_hours: { type: "number", minimum: 0, default: 48, description: "Keep retrying a mail the homeserver cannot take now for this long after it arrived, in hours; then the sender gets a DSN." },
+        retry_base_ms: { type: "integer", minimum: 10, default: 5000, description: "First retry delay, in ms (doubles per attempt, with jitter)." },
+        retry_max_ms: { type: "integer", minimum: 10, default: 600000, description: "Longest retry delay, in ms." },
+        concurrency: { type: "integer", minimum: 1, maximum: 64, default: 4, description: "Rooms posted into at once (one mail at a time per room, in arrival order)." },
+        max_text_bytes: { type: "integer", minimum: 1024, maximum: 48000, default: 24000, description: "Longest text in one event, in bytes; longer text is cut at a marker and attached whole as a .txt file." },
       },
     },
     dns: {

@@ -8,15 +8,22 @@
 import type { AppService, Bridge as BridgeT, Intent, WeakEvent } from "matrix-appservice-bridge";
 import { getLogger, errorFields } from "../util/logger.ts";
 import { createHardenedAppService, loadRegistration } from "./appserviceHttp.ts";
+import { AppserviceTransactions, type AppserviceTransactionsOptions } from "./appserviceTransactions.ts";
+import { armedFailpoint } from "./failpoint.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
 import { routeLibraryLogs } from "./libraryLogs.ts";
-import type { MatrixActions } from "../bridge/ports.ts";
+import type { HomeserverFailure, MatrixActions, MatrixEventJournal } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
 
 /** Receives events pushed by the homeserver (appservice transactions). */
 export interface MatrixEventSink {
-  /** One room event. Rejections are logged by the gateway, once. */
+  /**
+   * One room event, from the journal (./appserviceTransactions.ts): called again for the same
+   * event after a crash or a rejection, so it must be idempotent on the event ID. Resolving
+   * marks the event done; rejecting gets it retried with backoff, then marked failed. Rejections
+   * are logged by the gateway, once each.
+   */
   onMatrixEvent(event: WeakEvent): Promise<void>;
   /**
    * The homeserver asks whether a user in our namespace exists (appservice user query,
@@ -34,6 +41,13 @@ export interface MatrixGatewayOptions {
   bindAddress: string;
   port: number;
   sink: MatrixEventSink;
+  /**
+   * Where appservice transactions are journaled before their 200 (the bridge's store,
+   * migration 4); events are handed to `sink` from there.
+   */
+  journal: MatrixEventJournal;
+  /** Retry and concurrency settings of the event dispatcher (tests); defaults in ./appserviceTransactions.ts. */
+  dispatch?: Pick<AppserviceTransactionsOptions, "maxAttempts" | "retryBackoff" | "concurrency" | "pollMs">;
 }
 
 /** A Matrix error with its errcode, as thrown by matrix-bot-sdk. */
@@ -55,17 +69,26 @@ export class MatrixGateway implements MatrixActions {
   /** The HTTP listener's AppService, with the strict token check (./appserviceHttp.ts). */
   private readonly appservice: AppService;
   private readonly registeredGhosts = new Set<string>();
+  /** Journals transactions before their 200 and hands their events to the sink (./appserviceTransactions.ts). */
+  readonly #transactions: AppserviceTransactions;
 
-  private constructor(bridge: BridgeT, opts: MatrixGatewayOptions, crypto: CryptoStatus, appservice: AppService) {
+  private constructor(bridge: BridgeT, opts: MatrixGatewayOptions, crypto: CryptoStatus, appservice: AppService, transactions: AppserviceTransactions) {
     this.bridge = bridge;
     this.opts = opts;
     this.crypto = crypto;
     this.appservice = appservice;
+    this.#transactions = transactions;
   }
 
   /**
    * Load matrix-appservice-bridge (after the crypto probe), read the registration file and
    * build the gateway. Nothing listens until {@link listen} / {@link start}.
+   *
+   * Appservice transactions do not go through the library's event path: the listener's front
+   * handler journals them (`opts.journal`) and answers 200 only after the commit; the events
+   * are then handed to `opts.sink.onMatrixEvent` from the journal (./appserviceTransactions.ts).
+   * Events of the bridge's own users (the bot, exclusive user namespaces) are dropped before
+   * the journal, as the library's `suppressEcho` did.
    * @throws Error when the registration file cannot be read or lacks its tokens
    */
   static async create(opts: MatrixGatewayOptions): Promise<MatrixGateway> {
@@ -74,8 +97,20 @@ export class MatrixGateway implements MatrixActions {
     routeLibraryLogs(mab.Logger);
     // One parse of the registration, shared by the bridge and the listener's token check.
     const registration = await loadRegistration(mab.AppServiceRegistration, opts.registrationFile);
-    const appservice = createHardenedAppService(mab, { homeserverToken: registration.getHomeserverToken() ?? "" });
     let gateway: MatrixGateway | null = null;
+    const failpointArmed = armedFailpoint();
+    if (failpointArmed) log.warn("test failpoint armed: this process will SIGKILL itself", { failpoint: failpointArmed });
+    const transactions = new AppserviceTransactions({
+      ...opts.dispatch,
+      journal: opts.journal,
+      handle: (event) => opts.sink.onMatrixEvent(event),
+      // The library's suppressEcho rule (bridge.js onEvent): the bot, or a user of an exclusive namespace.
+      isOwnUser: (userId) => {
+        if (!gateway) throw new Error("appservice transaction before the gateway exists");
+        return userId === gateway.botUserId || registration.isUserMatch(userId, true);
+      },
+    });
+    const appservice = createHardenedAppService(mab, { homeserverToken: registration.getHomeserverToken() ?? "", transactions });
     const bridge = new mab.Bridge({
       homeserverUrl: opts.homeserverUrl,
       domain: opts.serverName,
@@ -87,16 +122,15 @@ export class MatrixGateway implements MatrixActions {
       disableContext: true,
       suppressEcho: true,
       logRequestOutcome: false,
+      // Unused: events never enter the library's queue (see above); ordering is the journal's.
       queue: { type: "per_room", perRequest: true },
       controller: {
         onEvent: (request) => {
+          // Transactions never reach the library (the front handler journals them), so no event
+          // should come this way; one that does is not handled (it is not in the journal).
           const event = request.getData();
-          const work = gateway ? opts.sink.onMatrixEvent(event) : Promise.resolve();
-          request.outcomeFrom(
-            work.catch((err: unknown) => {
-              log.error("failed to handle Matrix event", { roomId: event.room_id, eventId: event.event_id, type: event.type, ...errorFields(err) });
-            }),
-          );
+          log.error("Matrix event reached the library's event path: not handled", { roomId: event.room_id, eventId: event.event_id, type: event.type });
+          request.resolve(undefined);
         },
         onUserQuery: async (matrixUser) => {
           const answer = await opts.sink.onUserQuery(matrixUser.getId());
@@ -105,7 +139,7 @@ export class MatrixGateway implements MatrixActions {
         },
       },
     });
-    gateway = new MatrixGateway(bridge, opts, crypto, appservice);
+    gateway = new MatrixGateway(bridge, opts, crypto, appservice, transactions);
     return gateway;
   }
 
@@ -117,21 +151,32 @@ export class MatrixGateway implements MatrixActions {
   /**
    * Initialise the bridge and start only the appservice HTTP listener on `bindAddress:port`
    * (no homeserver request is made). Every request must carry the `hs_token`, checked
-   * strictly and in constant time (./appserviceAuth.ts, ./appserviceHttp.ts).
+   * strictly and in constant time (./appserviceAuth.ts, ./appserviceHttp.ts). Then start
+   * handing journaled events to the sink (those left pending by a previous run first).
    * @throws Error when the port cannot be bound
    */
   async listen(): Promise<void> {
+    await this.#listen();
+    this.#transactions.start();
+  }
+
+  /** Initialise the bridge and start the HTTP listener; transactions are journaled from now on. */
+  async #listen(): Promise<void> {
     await this.bridge.initialise();
     await this.bridge.listen(this.opts.port, this.opts.bindAddress, 10, this.appservice);
   }
 
   /**
    * Start the appservice listener ({@link listen}), wait until the homeserver answers
-   * (retrying every 2 s, at most `maxWaitMs`), and set the bot's display name.
+   * (retrying every 2 s, at most `maxWaitMs`), set the bot's display name, then start handing
+   * journaled events to the sink (those left pending by a previous run first). Transactions
+   * are journaled (and answered) as soon as the listener runs.
    * @throws Error when the listener cannot start or the homeserver cannot be reached in time
    */
   async start(maxWaitMs = 120_000): Promise<void> {
-    await this.listen();
+    // Journal from now on; handle once the homeserver answers (a pending event must not
+    // spend its attempts while the homeserver is still down).
+    await this.#listen();
     const bot = this.bridge.getIntent();
     const deadline = Date.now() + maxWaitMs;
     for (;;) {
@@ -150,11 +195,16 @@ export class MatrixGateway implements MatrixActions {
     } catch (err) {
       log.warn("could not set the bridge bot's display name", errorFields(err));
     }
+    this.#transactions.start();
     log.info("appservice listening", { bind: this.opts.bindAddress, port: this.opts.port, bot: this.botUserId, e2ee: this.crypto.available ? "binding loaded" : "off" });
   }
 
-  /** Stop listening. */
+  /**
+   * Stop handing events to the sink (waiting for those being handled; the rest stay pending
+   * in the journal for the next start), then stop listening.
+   */
   async stop(): Promise<void> {
+    await this.#transactions.stop();
     await this.bridge.close().catch(() => undefined);
   }
 
@@ -305,6 +355,42 @@ export class MatrixGateway implements MatrixActions {
       /* fall through */
     }
     return userId;
+  }
+
+  #uploadLimit: Promise<number | null> | null = null;
+
+  /**
+   * `m.upload.size` of the homeserver (`GET /_matrix/client/v1/media/config`, authenticated
+   * media, spec v1.11), asked once; null when the server sets no limit. A failed request is
+   * not cached.
+   * @throws the homeserver's error
+   */
+  uploadLimitBytes(): Promise<number | null> {
+    this.#uploadLimit ??= (async () => {
+      const res = (await this.intent().matrixClient.doRequest("GET", "/_matrix/client/v1/media/config")) as { "m.upload.size"?: unknown };
+      const size = res["m.upload.size"];
+      return typeof size === "number" && Number.isFinite(size) && size > 0 ? size : null;
+    })();
+    const pending = this.#uploadLimit;
+    pending.catch(() => {
+      if (this.#uploadLimit === pending) this.#uploadLimit = null;
+    });
+    return pending;
+  }
+
+  /**
+   * Judge a failed request: see {@link HomeserverFailure}. matrix-bot-sdk's errors carry
+   * `statusCode`, `errcode`/`body.errcode` and `retryAfterMs`; network failures carry a `code`.
+   */
+  classifyError(err: unknown): HomeserverFailure {
+    const status = statusOf(err) ?? null;
+    const errcode = errcodeOf(err) ?? null;
+    const e = err as { retryAfterMs?: unknown; body?: { retry_after_ms?: unknown; error?: unknown }; message?: unknown; error?: unknown };
+    const after = typeof e?.retryAfterMs === "number" ? e.retryAfterMs : typeof e?.body?.retry_after_ms === "number" ? e.body.retry_after_ms : null;
+    const text = typeof e?.body?.error === "string" ? e.body.error : typeof e?.error === "string" ? e.error : typeof e?.message === "string" ? e.message : String(err);
+    const message = [status, errcode, text].filter((x) => x !== null && x !== "").join(" ").replace(/\s+/g, " ").slice(0, 300);
+    const temporary = status === null || status >= 500 || status === 429 || status === 408 || errcode === "M_LIMIT_EXCEEDED";
+    return { temporary, retryAfterMs: after, status, errcode, message };
   }
 
   /** Whether a user exists on the homeserver (its profile can be read). */

@@ -29,6 +29,13 @@
  * routes get a small JSON Matrix error instead of `finalhandler`'s page. The query handlers
  * the bridge assigns (`appservice.onUserQuery = ...`, bridge.js `listen`) are wrapped so a
  * failure reaches the library as an `AppserviceHttpError` with a constant message.
+ *
+ * Transactions (`PUT /_matrix/app/v1/transactions/{txnId}`, and the legacy path) never reach
+ * the library when a {@link TransactionReceiver} is given: the library answers 200 before any
+ * handler has run (app-service.js `onTransaction`), so a crash after its 200 lost the events.
+ * The front handler reads the JSON body itself (same limit, same error answers), has the
+ * receiver commit the transaction to the journal (./appserviceTransactions.ts), and only then
+ * answers 200 `{}`; the receiver starts handling once the response is finished.
  */
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, RequestListener, Server, ServerResponse } from "node:http";
@@ -63,6 +70,44 @@ export interface HardenedAppServiceOptions {
   homeserverToken: string;
   /** Largest request body accepted, in bytes (413 above it); default {@link DEFAULT_MAX_BODY_BYTES}. */
   maxBodyBytes?: number;
+  /**
+   * Who records transactions before their 200 (./appserviceTransactions.ts). Without one,
+   * transactions go to the library as they always did (answered 200 before any handling).
+   */
+  transactions?: TransactionReceiver;
+}
+
+/** What {@link TransactionReceiver.record} did. */
+export interface RecordedTransaction {
+  /** The transaction ID was recorded before (a replay): nothing new was committed. */
+  duplicate: boolean;
+  /**
+   * Call once the 200 is finished (or the connection is gone): the transaction's events may
+   * be handled from now on. Never throws.
+   */
+  afterResponse(): void;
+}
+
+/**
+ * Records appservice transactions durably (Application Service API › Pushing events); the
+ * front handler answers 200 only after {@link record} resolved.
+ */
+export interface TransactionReceiver {
+  /**
+   * Commit transaction `txnId` with its parsed JSON body. A transaction ID seen before must
+   * resolve without side effects (the homeserver retries until it gets 200).
+   * @throws TransactionBodyError for a malformed body: answered 400 `M_BAD_JSON`
+   * @throws anything else when the commit failed: answered 500 `M_UNKNOWN` (the homeserver retries)
+   */
+  record(txnId: string, body: unknown): Promise<RecordedTransaction>;
+}
+
+/** A transaction body that is valid JSON but not a transaction (answered 400 `M_BAD_JSON`). */
+export class TransactionBodyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TransactionBodyError";
+  }
 }
 
 /**
@@ -77,6 +122,12 @@ const KNOWN_ROUTES: { path: RegExp; methods: readonly string[] }[] = [
   { path: /^\/_matrix\/app\/v1\/(?:users|rooms)\/[^/]+\/?$/, methods: ["GET", "HEAD"] },
   { path: /^\/health\/?$/, methods: ["GET", "HEAD"] },
 ];
+
+/** The transaction route; group 1 is the (encoded) transaction ID. */
+const TRANSACTION_ROUTE = /^\/_matrix\/app\/v1\/transactions\/([^/]+)\/?$/;
+
+/** Longest transaction ID accepted, in characters (Synapse sends a decimal counter). */
+const MAX_TXN_ID_LENGTH = 255;
 
 /** Longest path written to a log line, in characters (the path is the client's). */
 const MAX_LOGGED_PATH = 200;
@@ -140,7 +191,8 @@ export function createHardenedAppService(lib: AppServiceLibrary, opts: HardenedA
       this.#hsToken = opts.homeserverToken;
       this.#routes = super.expressApp;
       this.#routes.disable("x-powered-by");
-      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes);
+      const transactions = opts.transactions ? { receiver: opts.transactions, maxBodyBytes: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES } : null;
+      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes, transactions);
       // `app` is what AppService.listen() serves (app-service.js:86-89); declared readonly in its typings.
       (this as unknown as { app: RequestListener }).app = this.#front;
       // Query handlers are assigned by the bridge ("Override this method"); keep them, guarded.
@@ -211,8 +263,17 @@ export function createHardenedAppService(lib: AppServiceLibrary, opts: HardenedA
   return new HardenedAppService();
 }
 
-/** Authenticate, canonicalise, and hand the request to the library's express app. */
-function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: string, routes: ExpressApp): void {
+/** Where transactions go instead of the library, and their body limit in bytes. */
+interface TransactionRoute {
+  receiver: TransactionReceiver;
+  maxBodyBytes: number;
+}
+
+/**
+ * Authenticate, canonicalise, and hand the request to the library's express app; transactions
+ * go to {@link handleTransaction} when a receiver is set.
+ */
+function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: string, routes: ExpressApp, transactions: TransactionRoute | null): void {
   let url: URL;
   try {
     url = new URL(req.url ?? "/", "http://appservice.invalid");
@@ -235,9 +296,126 @@ function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: strin
   }
   const path = LEGACY_ROUTE.test(url.pathname) ? `/_matrix/app/v1${url.pathname}` : url.pathname;
   req.url = path + url.search;
+  const txn = transactions && method === "PUT" ? TRANSACTION_ROUTE.exec(path) : null;
+  if (transactions && txn) {
+    void handleTransaction(req, res, path, txn[1]!, transactions).catch((err: unknown) => {
+      log.error("appservice transaction request failed", { path: path.slice(0, MAX_LOGGED_PATH), ...errorFields(err) });
+      reply(req, res, path, { status: 500, errcode: "M_UNKNOWN", error: "Internal server error" });
+    });
+    return;
+  }
   (routes as unknown as ExpressHandler)(req, res, (err?: unknown) => {
     reply(req, res, path, err === undefined || err === null ? unmatched(method, path) : fromLibraryError(err, method, path));
   });
+}
+
+/**
+ * `PUT /_matrix/app/v1/transactions/{txnId}` (Application Service API › Pushing events): read
+ * the JSON body (at most `maxBodyBytes`), have the receiver commit it, then answer 200 `{}`.
+ * Errors: txn ID undecodable or longer than {@link MAX_TXN_ID_LENGTH} 400 `M_INVALID_PARAM`;
+ * body as {@link readJsonBody}; not a transaction 400 `M_BAD_JSON`; commit failed 500
+ * `M_UNKNOWN` (logged here, once, with the txn ID). The receiver's `afterResponse` runs once
+ * the response is closed, whether or not the homeserver read it.
+ */
+async function handleTransaction(req: IncomingMessage, res: ServerResponse, path: string, encodedTxnId: string, route: TransactionRoute): Promise<void> {
+  let txnId: string;
+  try {
+    txnId = decodeURIComponent(encodedTxnId);
+  } catch {
+    reply(req, res, path, { status: 400, errcode: "M_INVALID_PARAM", error: "Malformed transaction ID" });
+    return;
+  }
+  if (!txnId || txnId.length > MAX_TXN_ID_LENGTH) {
+    reply(req, res, path, { status: 400, errcode: "M_INVALID_PARAM", error: "Malformed transaction ID" });
+    return;
+  }
+  const body = await readJsonBody(req, route.maxBodyBytes);
+  if (!body.ok) {
+    reply(req, res, path, body.error);
+    return;
+  }
+  let recorded: RecordedTransaction;
+  try {
+    recorded = await route.receiver.record(txnId, body.value);
+  } catch (err) {
+    if (err instanceof TransactionBodyError) {
+      reply(req, res, path, { status: 400, errcode: "M_BAD_JSON", error: "Request body is not an appservice transaction" });
+      return;
+    }
+    log.error("appservice transaction not recorded", { txnId: txnId.slice(0, MAX_LOGGED_PATH), ...errorFields(err) });
+    reply(req, res, path, { status: 500, errcode: "M_UNKNOWN", error: "Internal server error" });
+    return;
+  }
+  let after = false;
+  const afterResponse = () => {
+    if (after) return;
+    after = true;
+    recorded.afterResponse();
+  };
+  res.once("close", afterResponse);
+  if (res.destroyed) {
+    afterResponse();
+    return;
+  }
+  res.writeHead(200, { "Content-Type": "application/json", "Content-Length": "2", "Cache-Control": "no-store" });
+  res.end("{}");
+}
+
+/** A request body read as JSON, or the Matrix error to answer. */
+type JsonBody = { ok: true; value: unknown } | { ok: false; error: MatrixHttpError };
+
+/**
+ * Read a request body as JSON, the way matrix-appservice's body-parser would refuse it:
+ * `Content-Encoding` other than identity, or a charset other than UTF-8 415 `M_UNRECOGNIZED`;
+ * more than `limit` bytes (announced or read) 413 `M_TOO_LARGE` (reading stops; the error
+ * answer closes the connection); a failed read 400 `M_UNKNOWN`; not JSON 400 `M_NOT_JSON`.
+ * The `Content-Type` is not required to say JSON: the route's body is JSON by definition.
+ * @param limit largest body in bytes
+ */
+async function readJsonBody(req: IncomingMessage, limit: number): Promise<JsonBody> {
+  const encoding = (req.headers["content-encoding"] ?? "identity").trim().toLowerCase();
+  if (encoding !== "identity") return { ok: false, error: { status: 415, errcode: "M_UNRECOGNIZED", error: "Unsupported request body encoding" } };
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.headers["content-type"] ?? "")?.[1]?.toLowerCase();
+  if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+    return { ok: false, error: { status: 415, errcode: "M_UNRECOGNIZED", error: "Unsupported request body encoding" } };
+  }
+  const tooLarge: JsonBody = { ok: false, error: { status: 413, errcode: "M_TOO_LARGE", error: "Request body too large" } };
+  const announced = Number(req.headers["content-length"] ?? "0");
+  if (announced > limit) return tooLarge;
+  const read = await new Promise<Buffer | JsonBody>((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (result: Buffer | JsonBody) => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("close", onFailure);
+      // The error listener stays: a reset after the answer (e.g. following a 413) must not
+      // become an uncaught 'error'; by then the result is settled and it changes nothing.
+      resolve(result);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        // Stop reading; the error answer closes the connection.
+        req.pause();
+        finish(tooLarge);
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => finish(Buffer.concat(chunks, size));
+    const onFailure = () => finish({ ok: false, error: { status: 400, errcode: "M_UNKNOWN", error: "Request body could not be read" } });
+    req.on("data", onData);
+    req.once("end", onEnd);
+    req.on("error", onFailure);
+    req.once("close", onFailure);
+  });
+  if (!Buffer.isBuffer(read)) return read;
+  try {
+    return { ok: true, value: JSON.parse(read.toString("utf8").replace(/^\uFEFF/, "")) as unknown };
+  } catch {
+    return { ok: false, error: { status: 400, errcode: "M_NOT_JSON", error: "Request body is not valid JSON" } };
+  }
 }
 
 /** 405 for a known path with another method, else 404 (Application Service API › Unknown routes). */

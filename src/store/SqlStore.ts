@@ -3,23 +3,27 @@
  * Statements live in `queries/sql.ts`, row mappers in `queries/rows.ts`.
  */
 import type { Database, Queryable, SqlValue } from "./db/Database.ts";
-import { dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
+import { dbBool, dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
 import * as Q from "./queries/sql.ts";
-import { toGhost, toInbound, toMailbox, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
+import { toGhost, toInbound, toMailbox, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
 import type { DbRow } from "./queries/rows.ts";
 import { MailboxTakenError } from "./Store.ts";
 import type {
   BridgeStore,
   GhostRow,
   InboundRow,
+  InboundState,
+  MatrixEventRow,
   MessageRow,
   NewInbound,
+  NewMatrixEvent,
   NewOutbound,
   OutboundAttemptResult,
   OutboundRecipientRow,
   OutboundRecipientUpdate,
   OutboundRow,
   PortalRow,
+  RecordedAppserviceTransaction,
   RoomMailboxRow,
 } from "./Store.ts";
 
@@ -42,6 +46,14 @@ async function one<T>(db: Queryable, sql: string, params: readonly SqlValue[], m
 
 /** How often setRoomMailbox retries after losing a race on the room's own row. */
 const MAILBOX_RETRIES = 3;
+
+/**
+ * The inbound queue target of a DM: one per local user, remote address and ghost kind, so
+ * mail for one DM never waits behind, or is deduplicated against, another DM's.
+ */
+function dmTarget(localUserId: string, remoteAddress: string, remoteVerified: boolean): string {
+  return `dm:${localUserId} ${remoteAddress} ${remoteVerified ? "v" : "u"}`;
+}
 
 // ---------------------------------------------------------------- store
 
@@ -208,11 +220,13 @@ export class SqlStore implements BridgeStore {
     return this.db.transaction(async (tx) => {
       let target: string;
       if (mail.roomId !== null) {
-        const dm = await tx.query<DbRow>(Q.SQL_INBOUND_TARGET_OF_ROOM, [mail.roomId]);
-        const owner = dm[0]?.local_user_id;
-        target = typeof owner === "string" ? `dm:${owner}` : mail.roomId;
+        const dm = (await tx.query<DbRow>(Q.SQL_INBOUND_TARGET_OF_ROOM, [mail.roomId]))[0];
+        target =
+          dm && typeof dm.local_user_id === "string" && typeof dm.remote_address === "string"
+            ? dmTarget(dm.local_user_id, dm.remote_address, dbBool(dm.remote_verified))
+            : mail.roomId;
       } else {
-        target = `dm:${mail.dmLocalUserId}`;
+        target = dmTarget(mail.dmLocalUserId!, mail.sender, mail.senderVerified);
       }
       const inserted = await tx.query<DbRow>(Q.SQL_INSERT_INBOUND, [
         target,
@@ -229,6 +243,7 @@ export class SqlStore implements BridgeStore {
         mail.spam === null ? null : jsonText(mail.spam),
         jsonText(mail.participants),
         mail.contentHash,
+        mail.envelopeFrom,
       ]);
       if (inserted[0]) return { row: toInbound(inserted[0]), duplicate: false };
       const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], toInbound);
@@ -250,8 +265,39 @@ export class SqlStore implements BridgeStore {
     await this.db.execute(Q.SQL_INBOUND_POSTED, [id, eventId]);
   }
 
-  async markInboundAttempt(id: number, error: string, final: boolean): Promise<void> {
-    await this.db.execute(Q.SQL_INBOUND_ATTEMPT, [id, error, final ? 1 : 0]);
+  async listDueInbound(now: number, limit: number): Promise<InboundRow[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_DUE_INBOUND, [ms(now), limitOf(limit)]);
+    return rows.map(toInbound);
+  }
+
+  async nextInboundAttemptAt(): Promise<number | null> {
+    const due = (await this.db.query<DbRow>(Q.SQL_NEXT_INBOUND_DUE, []))[0]?.due;
+    return due === null || due === undefined ? null : dbNumber(due);
+  }
+
+  getInbound(id: number): Promise<InboundRow | null> {
+    return one(this.db, Q.SQL_INBOUND_BY_ID, [id], toInbound);
+  }
+
+  async listInbound(state: InboundState | null, limit: number): Promise<InboundRow[]> {
+    const rows = state === null ? await this.db.query<DbRow>(Q.SQL_INBOUND_ALL, [limitOf(limit)]) : await this.db.query<DbRow>(Q.SQL_INBOUND_IN_STATE, [state, limitOf(limit)]);
+    return rows.map(toInbound);
+  }
+
+  async markInboundRetry(id: number, error: string, nextAttemptAt: number): Promise<void> {
+    await this.db.execute(Q.SQL_INBOUND_RETRY, [id, error, ms(nextAttemptAt)]);
+  }
+
+  async markInboundFailed(id: number, error: string): Promise<void> {
+    await this.db.execute(Q.SQL_INBOUND_FAILED, [id, error]);
+  }
+
+  async requeueInbound(id: number): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_INBOUND_REQUEUE, [id, ms(this.#now())])).changes > 0;
+  }
+
+  async dropInbound(id: number): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_INBOUND_DROP, [id])).changes > 0;
   }
 
   // Outbound queue
@@ -375,5 +421,58 @@ export class SqlStore implements BridgeStore {
     const rows = await this.db.query<DbRow>(Q.SQL_NEXT_OUTBOUND_ATTEMPT, [ms(after)]);
     const t = rows[0]?.t;
     return t === null || t === undefined ? null : dbNumber(t);
+  }
+
+  // Appservice transaction journal
+
+  /**
+   * Record transaction `txnId` and its new events in one transaction (see
+   * {@link BridgeStore.recordAppserviceTransaction}); events are inserted in `events` order,
+   * so their `seq` is their arrival order.
+   * @throws the driver's error (rolled back: nothing is written)
+   */
+  async recordAppserviceTransaction(txnId: string, events: NewMatrixEvent[]): Promise<RecordedAppserviceTransaction> {
+    const now = ms(this.#now());
+    return this.db.transaction(async (tx) => {
+      const fresh = await tx.query<DbRow>(Q.SQL_INSERT_APPSERVICE_TXN, [txnId, now]);
+      if (!fresh[0]) return { duplicate: true, recorded: 0 };
+      let recorded = 0;
+      for (const e of events) {
+        const inserted = await tx.query<DbRow>(Q.SQL_INSERT_MATRIX_EVENT, [e.eventId, e.roomId, txnId, e.json, now]);
+        if (inserted[0]) recorded++;
+      }
+      return { duplicate: false, recorded };
+    });
+  }
+
+  /** Oldest pending event of each room, oldest first, at most `limit`. */
+  async listMatrixEventHeads(limit: number): Promise<MatrixEventRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_MATRIX_EVENT_HEADS, [limitOf(limit)])).map(toMatrixEvent);
+  }
+
+  getMatrixEvent(eventId: string): Promise<MatrixEventRow | null> {
+    return one(this.db, Q.SQL_MATRIX_EVENT_BY_ID, [eventId], toMatrixEvent);
+  }
+
+  async markMatrixEventDone(eventId: string): Promise<void> {
+    await this.db.execute(Q.SQL_MATRIX_EVENT_DONE, [eventId, ms(this.#now())]);
+  }
+
+  async markMatrixEventRetry(eventId: string, error: string, nextAttemptAt: number): Promise<void> {
+    await this.db.execute(Q.SQL_MATRIX_EVENT_RETRY, [eventId, error, ms(nextAttemptAt)]);
+  }
+
+  async markMatrixEventFailed(eventId: string, error: string): Promise<void> {
+    await this.db.execute(Q.SQL_MATRIX_EVENT_FAILED, [eventId, error, ms(this.#now())]);
+  }
+
+  /** Delete finished events and transaction IDs older than `before` (epoch ms), in one transaction. */
+  async pruneMatrixJournal(before: number): Promise<{ events: number; txns: number }> {
+    const cutoff = ms(before);
+    return this.db.transaction(async (tx) => {
+      const events = (await tx.execute(Q.SQL_PRUNE_MATRIX_EVENTS, [cutoff])).changes;
+      const txns = (await tx.execute(Q.SQL_PRUNE_APPSERVICE_TXNS, [cutoff])).changes;
+      return { events, txns };
+    });
   }
 }

@@ -129,10 +129,14 @@ export interface InboundRow {
   participants: string[];
   /** Hash of envelope sender and message: with the Message-ID, the dedupe key. */
   contentHash: string;
+  /** The MAIL FROM reverse-path, or null for the null reverse-path `<>`: where a DSN would go. */
+  envelopeFrom: string | null;
   /** The raw RFC 5322 message, as received (with the bridge's Received header on top). */
   raw: Buffer;
   state: InboundState;
   attempts: number;
+  /** Epoch ms before which a pending row is not tried again (backoff after a temporary failure). */
+  nextAttemptAt: number;
   /** Posted event ID once `state` is `posted`. */
   eventId: string | null;
   lastError: string | null;
@@ -142,7 +146,7 @@ export interface InboundRow {
 /** What {@link BridgeStore.insertInbound} takes. */
 export type NewInbound = Pick<
   InboundRow,
-  "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "senderVerified" | "senderName" | "auth" | "spam" | "participants" | "contentHash" | "raw"
+  "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "senderVerified" | "senderName" | "auth" | "spam" | "participants" | "contentHash" | "envelopeFrom" | "raw"
 >;
 
 /** State of an outbound mail. `deferred` will be retried at `nextAttemptAt`. */
@@ -219,6 +223,47 @@ export interface OutboundAttemptResult {
   recipients: OutboundRecipientRow[];
 }
 
+/**
+ * State of a journaled Matrix event (table `matrix_events`, migration 4): `pending` (to be
+ * handled), `done` (the handler resolved), `failed` (the handler threw on every attempt).
+ * `done` and `failed` are final.
+ */
+export type MatrixEventState = "pending" | "done" | "failed";
+
+/** A room event of an appservice transaction, as journaled before the transaction's 200. */
+export interface MatrixEventRow {
+  /** Arrival order across all transactions (per room, events are handled in this order). */
+  seq: number;
+  eventId: string;
+  roomId: string;
+  /** The transaction that brought it (the homeserver's transaction ID). */
+  txnId: string;
+  /** The event as received, JSON text. */
+  json: string;
+  state: MatrixEventState;
+  /** Handler runs that threw. */
+  attempts: number;
+  /** The last failure's message, or null. */
+  lastError: string | null;
+  /** Epoch ms before which a pending event is not retried (backoff). */
+  nextAttemptAt: number;
+  /** Epoch ms of the journal commit. */
+  receivedAt: number;
+  /** Epoch ms when it became `done` or `failed`; null while pending. */
+  doneAt: number | null;
+}
+
+/** What {@link BridgeStore.recordAppserviceTransaction} takes per event. */
+export type NewMatrixEvent = Pick<MatrixEventRow, "eventId" | "roomId" | "json">;
+
+/** What {@link BridgeStore.recordAppserviceTransaction} did. */
+export interface RecordedAppserviceTransaction {
+  /** The transaction ID was recorded before: nothing was written. */
+  duplicate: boolean;
+  /** Events newly recorded (0 for a duplicate; events already journaled by another transaction are not counted). */
+  recorded: number;
+}
+
 /** Raised when a room mailbox localpart is already taken by another room. */
 export class MailboxTakenError extends Error {
   readonly localpart: string;
@@ -278,13 +323,31 @@ export interface BridgeStore {
    * `duplicate: true`; a different mail reusing a Message-ID is a new row.
    */
   insertInbound(mail: NewInbound): Promise<{ row: InboundRow; duplicate: boolean }>;
-  /** Pending rows, oldest first. */
+  /** Pending rows, oldest first (due or not). */
   listPendingInbound(limit: number): Promise<InboundRow[]>;
+  /**
+   * Pending rows due at `now` (epoch ms) that are the oldest pending row of their target (room,
+   * or DM partner): per-target order is kept, and a row waiting for its retry holds back only
+   * its own target. Oldest first, at most `limit`.
+   */
+  listDueInbound(now: number, limit: number): Promise<InboundRow[]>;
+  /** The earliest `nextAttemptAt` of a pending row, or null when none is pending. */
+  nextInboundAttemptAt(): Promise<number | null>;
+  /** One row by id, or null. */
+  getInbound(id: number): Promise<InboundRow | null>;
+  /** Rows in `state` (all states when null), newest first, at most `limit` (for the `queue` CLI). */
+  listInbound(state: InboundState | null, limit: number): Promise<InboundRow[]>;
   /** Set the room of a pending row once its DM portal exists. */
   setInboundRoom(id: number, roomId: string): Promise<void>;
   markInboundPosted(id: number, eventId: string): Promise<void>;
-  /** Count a failed attempt; `final` moves the row to `failed`. */
-  markInboundAttempt(id: number, error: string, final: boolean): Promise<void>;
+  /** A temporary failure: attempts + 1, `error` kept, not tried again before `nextAttemptAt` (epoch ms). */
+  markInboundRetry(id: number, error: string, nextAttemptAt: number): Promise<void>;
+  /** A permanent failure, handled (DSN sent, notice posted): `failed`, attempts + 1, `error` kept. */
+  markInboundFailed(id: number, error: string): Promise<void>;
+  /** Put a row back in the queue, due now (the `queue retry` CLI). Returns false when there is no such row or it was posted. */
+  requeueInbound(id: number): Promise<boolean>;
+  /** Delete a row that is not posted (the `queue drop` CLI). Returns false when there is no such row or it was posted. */
+  dropInbound(id: number): Promise<boolean>;
 
   // Outbound queue
   /**
@@ -327,4 +390,34 @@ export interface BridgeStore {
   markOutboundDelayWarned(id: number, at: number): Promise<void>;
   /** The earliest `nextAttemptAt` (epoch ms) of a queued/deferred mail that is later than `after`, or null. */
   nextOutboundAttemptAt(after: number): Promise<number | null>;
+
+  // Appservice transaction journal (migration 4; src/matrix/appserviceTransactions.ts)
+  /**
+   * Record an appservice transaction and its room events, in one transaction (Application
+   * Service API › Pushing events: the 200 may only follow this commit). A transaction ID
+   * recorded before is a no-op (`duplicate: true`, nothing written); an event ID journaled
+   * before (by another transaction) is skipped. New events are `pending`, due now, in
+   * `events` order.
+   * @throws the driver's error (nothing is written)
+   */
+  recordAppserviceTransaction(txnId: string, events: NewMatrixEvent[]): Promise<RecordedAppserviceTransaction>;
+  /**
+   * The oldest pending event of each room, due or not, oldest first (by `seq`), at most `limit`:
+   * the only event of its room that may be handled now.
+   */
+  listMatrixEventHeads(limit: number): Promise<MatrixEventRow[]>;
+  /** One journaled event by ID, or null. */
+  getMatrixEvent(eventId: string): Promise<MatrixEventRow | null>;
+  /** The handler resolved: `done`, `doneAt` now. Only a pending event changes. */
+  markMatrixEventDone(eventId: string): Promise<void>;
+  /** The handler threw, to retry: attempts + 1, `error` kept, not retried before `nextAttemptAt` (epoch ms). Only a pending event changes. */
+  markMatrixEventRetry(eventId: string, error: string, nextAttemptAt: number): Promise<void>;
+  /** The handler threw for the last time: `failed`, attempts + 1, `error` kept, `doneAt` now. Only a pending event changes. */
+  markMatrixEventFailed(eventId: string, error: string): Promise<void>;
+  /**
+   * Forget what is old: `done`/`failed` events finished before `before` and transaction IDs
+   * received before `before` (epoch ms). Pending events are never deleted.
+   * @returns how many rows of each were deleted
+   */
+  pruneMatrixJournal(before: number): Promise<{ events: number; txns: number }>;
 }

@@ -11,7 +11,8 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
-import { existsSync, openSync, closeSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, openSync, closeSync, readFileSync, rmSync, statSync } from "node:fs";
+import { connect } from "node:net";
 import { mkdtemp, writeFile, rm } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -57,8 +58,10 @@ export interface SynapseHandle {
   stdioFile: string;
   /** The `registration_shared_secret` in use. */
   registrationSharedSecret: string;
-  /** Time from spawning Synapse until its client API answered, in ms. */
-  startupMs: number;
+  /** Time from spawning Synapse until its client API answered, in ms (of the most recent start). */
+  readonly startupMs: number;
+  /** Whether the Synapse process is currently running (false after stopProcess() or stop()). */
+  readonly running: boolean;
   /**
    * Registers a local user via the shared-secret admin API
    * (`/_synapse/admin/v1/register`: GET nonce, POST with HMAC-SHA1 mac) and
@@ -69,14 +72,39 @@ export interface SynapseHandle {
   /** Last `maxBytes` (default 8000) of the log file and stdio capture, for diagnostics. */
   logTail(maxBytes?: number): string;
   /**
-   * Stops Synapse (SIGTERM, then SIGKILL after 10 s) and removes `dataDir`
-   * unless MEB_KEEP_SYNAPSE_DATA=1. Idempotent.
+   * Stops only the Synapse process, as for a homeserver restart or upgrade:
+   * SIGTERM, then SIGKILL after 10 s; resolves once it has exited and
+   * 127.0.0.1:`port` refuses connections. Keeps the data dir, config,
+   * database, signing key and port. Idempotent (no-op while stopped).
+   */
+  stopProcess(): Promise<void>;
+  /**
+   * Starts Synapse again with the same config and data (same server, users,
+   * rooms, access tokens, appservice registrations) on the same port, and
+   * waits until `/_matrix/client/versions` answers (same start timeout as
+   * startSynapse). Retries a few times if the port is briefly still in use.
+   * No-op while running. Throws an Error with {@link logTail} on failure,
+   * and after stop().
+   */
+  startProcess(): Promise<void>;
+  /** stopProcess(), wait `downMs` (default 0), startProcess(). */
+  restart(downMs?: number): Promise<void>;
+  /**
+   * Stops Synapse if it runs (SIGTERM, then SIGKILL after 10 s) and removes
+   * `dataDir` unless MEB_KEEP_SYNAPSE_DATA=1. Works whether the process is
+   * running or stopped; idempotent. The handle cannot be restarted afterwards.
    */
   stop(): Promise<void>;
 }
 
-/** Synapse children still running; killed synchronously if the test process exits without stop(). */
-const liveChildren = new Set<{ child: ChildProcess; dataDir: string }>();
+/** One per handle, from start until stop(); `child` is the current Synapse process, if any. */
+interface LiveEntry {
+  child: ChildProcess | undefined;
+  dataDir: string;
+}
+
+/** Handles not yet stopped; their child is killed (and data dir removed) synchronously if the test process exits without stop(). */
+const liveChildren = new Set<LiveEntry>();
 let exitHookInstalled = false;
 
 function installExitHook(): void {
@@ -85,7 +113,7 @@ function installExitHook(): void {
   process.on("exit", () => {
     for (const entry of liveChildren) {
       try {
-        entry.child.kill("SIGKILL");
+        entry.child?.kill("SIGKILL");
       } catch {
         /* already gone */
       }
@@ -118,6 +146,65 @@ function tailOf(file: string, maxBytes: number): string {
   } catch {
     return "(missing)";
   }
+}
+
+/** Size of `file` in bytes, 0 if it does not exist. */
+function sizeOf(file: string): number {
+  try {
+    return statSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Contents of `file` from byte `offset` on ("" if missing). */
+function readFrom(file: string, offset: number): string {
+  try {
+    return readFileSync(file).subarray(offset).toString("utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port` right now. */
+function portAcceptsConnections(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect({ host: "127.0.0.1", port });
+    const done = (accepted: boolean): void => {
+      sock.destroy();
+      resolve(accepted);
+    };
+    sock.setTimeout(1000, () => done(false));
+    sock.once("connect", () => done(true));
+    sock.once("error", () => done(false));
+  });
+}
+
+/** Waits until 127.0.0.1:`port` refuses connections; throws after `timeoutMs`. */
+async function waitPortClosed(port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (await portAcceptsConnections(port)) {
+    if (Date.now() > deadline) {
+      throw new Error(`port ${port} still accepts connections ${timeoutMs} ms after Synapse exited`);
+    }
+    await sleep(100);
+  }
+}
+
+/** Synapse could not bind its port (its own output says "Address already in use"). */
+class AddressInUseError extends Error {}
+
+/** One spawned Synapse process. */
+interface SynapseProcess {
+  child: ChildProcess;
+  spawnedAt: number;
+  /** Set once the process has exited (or could not be spawned). */
+  exited?: { code: number | null; signal: NodeJS.Signals | null };
+  spawnError?: Error;
+  /** Resolves when the process has exited. */
+  exitPromise: Promise<void>;
+  /** Log file and stdio output written since this process was spawned. */
+  logSinceSpawn(): string;
 }
 
 /** Unpadded standard base64 (Matrix "unpadded Base64", spec appendix §"Unpadded Base64"). */
@@ -303,93 +390,186 @@ async function startOnce(python: string, opts: StartSynapseOptions): Promise<Syn
   const logTail = (maxBytes = 8000): string =>
     `--- ${logFile} (tail) ---\n${tailOf(logFile, maxBytes)}\n--- ${stdioFile} (tail) ---\n${tailOf(stdioFile, maxBytes)}`;
 
-  const stdioFd = openSync(stdioFile, "a");
-  let child: ChildProcess;
-  try {
-    child = spawn(python, [bootstrapFile, "-c", configFile], {
-      cwd: dataDir,
-      stdio: ["ignore", stdioFd, stdioFd],
-      env: { ...process.env, PYTHONUNBUFFERED: "1", MEB_PARENT_PID: String(process.pid) },
-    });
-  } finally {
-    closeSync(stdioFd);
-  }
-  const spawnedAt = Date.now();
   installExitHook();
-  const entry = { child, dataDir };
+  /** Registered with the exit hook from now until stop(); `child` follows restarts. */
+  const entry: LiveEntry = { child: undefined, dataDir };
   liveChildren.add(entry);
-  child.unref();
 
-  let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  let spawnError: Error | undefined;
-  const exitPromise = new Promise<void>((resolve) => {
+  /** The current Synapse process, undefined while stopped. */
+  let current: SynapseProcess | undefined;
+  /** stop() was called: the handle is finished. */
+  let stopped = false;
+  /** Spawn-to-ready time of the most recent successful start. */
+  let startupMs = 0;
+
+  /** Spawns Synapse with the (unchanged) config and tracks it until it exits. */
+  const spawnProcess = (): SynapseProcess => {
+    const logOffset = sizeOf(logFile);
+    const stdioOffset = sizeOf(stdioFile);
+    const stdioFd = openSync(stdioFile, "a");
+    let child: ChildProcess;
+    try {
+      child = spawn(python, [bootstrapFile, "-c", configFile], {
+        cwd: dataDir,
+        stdio: ["ignore", stdioFd, stdioFd],
+        env: { ...process.env, PYTHONUNBUFFERED: "1", MEB_PARENT_PID: String(process.pid) },
+      });
+    } finally {
+      closeSync(stdioFd);
+    }
+    child.unref();
+    entry.child = child;
+    let markGone!: () => void;
+    const proc: SynapseProcess = {
+      child,
+      spawnedAt: Date.now(),
+      exitPromise: new Promise<void>((resolve) => (markGone = resolve)),
+      logSinceSpawn: () => `${readFrom(logFile, logOffset)}\n${readFrom(stdioFile, stdioOffset)}`,
+    };
+    const onGone = (): void => {
+      if (entry.child === child) entry.child = undefined;
+      markGone();
+    };
     child.once("exit", (code, signal) => {
-      exited = { code, signal };
-      liveChildren.delete(entry);
-      resolve();
+      proc.exited ??= { code, signal };
+      onGone();
     });
     child.once("error", (err) => {
-      spawnError = err;
-      exited ??= { code: null, signal: null };
-      liveChildren.delete(entry);
-      resolve();
+      proc.spawnError = err;
+      proc.exited ??= { code: null, signal: null };
+      onGone();
     });
-  });
+    return proc;
+  };
 
   /** SIGTERM, then SIGKILL after 10 s; resolves once the process is gone. */
-  const terminate = async (): Promise<void> => {
-    if (exited) return;
-    child.kill("SIGTERM");
+  const terminate = async (proc: SynapseProcess): Promise<void> => {
+    if (proc.exited) return;
+    proc.child.kill("SIGTERM");
     let timer: NodeJS.Timeout | undefined;
     const gone = await Promise.race([
-      exitPromise.then(() => true),
+      proc.exitPromise.then(() => true),
       new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 10_000))),
     ]);
     clearTimeout(timer);
     if (!gone) {
-      child.kill("SIGKILL");
-      await exitPromise;
+      proc.child.kill("SIGKILL");
+      await proc.exitPromise;
     }
   };
-  let stopped = false;
+
+  /**
+   * Spawns Synapse and waits until the client API answers. On an early exit
+   * throws {@link AddressInUseError} if this process' own output says the
+   * port was taken, else an Error with the log tail; on timeout terminates it
+   * and throws. `current` is set while the process may be running.
+   */
+  const launch = async (): Promise<SynapseProcess> => {
+    const proc = spawnProcess();
+    current = proc;
+    for (;;) {
+      if (proc.exited) {
+        if (current === proc) current = undefined;
+        const how = proc.spawnError
+          ? `could not be spawned (${proc.spawnError.message})`
+          : `exited early (code ${proc.exited.code}, signal ${proc.exited.signal})`;
+        if (/Address already in use/i.test(proc.logSinceSpawn())) {
+          throw new AddressInUseError(`Synapse ${how}: Address already in use (port ${port})`);
+        }
+        throw new Error(`Synapse ${how} while starting on port ${port} (data dir ${dataDir}).\n${logTail()}`);
+      }
+      try {
+        const res = await fetch(`${url}/_matrix/client/versions`, { signal: AbortSignal.timeout(2000) });
+        await res.body?.cancel();
+        if (res.ok && !proc.exited) break;
+      } catch {
+        /* not listening yet */
+      }
+      if (!proc.exited && Date.now() - proc.spawnedAt > timeoutMs) {
+        await terminate(proc);
+        if (current === proc) current = undefined;
+        throw new Error(
+          `Synapse did not answer ${url}/_matrix/client/versions within ${timeoutMs} ms ` +
+            `(data dir ${dataDir}).\n${logTail()}`,
+        );
+      }
+      await sleep(200);
+    }
+    startupMs = Date.now() - proc.spawnedAt;
+    return proc;
+  };
+
+  /** Serializes stopProcess/startProcess so concurrent calls cannot interleave. */
+  let queue: Promise<unknown> = Promise.resolve();
+  const serialized = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = queue.then(fn, fn);
+    queue = run.catch(() => undefined);
+    return run;
+  };
+
+  const stopProcessNow = async (): Promise<void> => {
+    const proc = current;
+    if (proc) {
+      await terminate(proc);
+      if (current === proc) current = undefined;
+    }
+    await waitPortClosed(port, 10_000);
+  };
+
+  const stopProcess = (): Promise<void> => serialized(async () => {
+    if (!stopped) await stopProcessNow();
+  });
+
+  const startProcess = (): Promise<void> =>
+    serialized(async () => {
+      if (stopped) throw new Error(`startProcess: Synapse on port ${port} was stopped with stop()`);
+      if (current && !current.exited) return;
+      const attempts = 6;
+      for (let attempt = 1; ; attempt++) {
+        if (stopped) throw new Error(`startProcess: Synapse on port ${port} was stopped with stop()`);
+        try {
+          await launch();
+          return;
+        } catch (err) {
+          if (!(err instanceof AddressInUseError) || attempt >= attempts || stopped) {
+            if (err instanceof AddressInUseError) {
+              throw new Error(`${err.message}; gave up after ${attempt} attempts.\n${logTail()}`, { cause: err });
+            }
+            throw err;
+          }
+          await sleep(250 * attempt);
+        }
+      }
+    });
+
+  const restart = async (downMs = 0): Promise<void> => {
+    await stopProcess();
+    if (downMs > 0) await sleep(downMs);
+    await startProcess();
+  };
+
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    await terminate();
+    // Kill whatever runs now (this also aborts a pending startProcess), then
+    // once queued operations have settled, whatever they may have started.
+    if (current) await terminate(current);
+    await queue;
+    if (current) await terminate(current);
+    current = undefined;
+    liveChildren.delete(entry);
     if (process.env["MEB_KEEP_SYNAPSE_DATA"] !== "1") await rm(dataDir, { recursive: true, force: true });
   };
 
-  // Wait for the client API to answer.
-  const started = Date.now();
-  for (;;) {
-    if (exited) {
-      const how = spawnError
-        ? `could not be spawned (${spawnError.message})`
-        : `exited early (code ${exited.code}, signal ${exited.signal})`;
-      const tail = logTail();
-      if (/Address already in use/i.test(tail)) {
-        await rm(dataDir, { recursive: true, force: true });
-        throw new Error(`Synapse ${how}: Address already in use (port ${port})`);
-      }
-      throw new Error(`Synapse ${how} while starting on port ${port}; data dir kept at ${dataDir}.\n${tail}`);
-    }
-    try {
-      const res = await fetch(`${url}/_matrix/client/versions`, { signal: AbortSignal.timeout(2000) });
-      await res.body?.cancel();
-      if (res.ok) break;
-    } catch {
-      /* not listening yet */
-    }
-    if (Date.now() - started > timeoutMs) {
-      await terminate();
-      throw new Error(
-        `Synapse did not answer ${url}/_matrix/client/versions within ${timeoutMs} ms; ` +
-          `data dir kept at ${dataDir}.\n${logTail()}`,
-      );
-    }
-    await sleep(200);
+  // Initial start. A port clash discards this data dir (startSynapse retries
+  // with a fresh port); other failures keep it for inspection.
+  try {
+    await launch();
+  } catch (err) {
+    liveChildren.delete(entry);
+    if (err instanceof AddressInUseError) await rm(dataDir, { recursive: true, force: true });
+    throw err;
   }
-  const startupMs = Date.now() - spawnedAt;
 
   const registerUser = async (localpart: string, ropts: RegisterUserOptions = {}): Promise<MatrixTestClient> => {
     const anon = new MatrixTestClient({ baseUrl: url, userId: "", accessToken: "" });
@@ -425,9 +605,17 @@ async function startOnce(python: string, opts: StartSynapseOptions): Promise<Syn
     logFile,
     stdioFile,
     registrationSharedSecret: secret,
-    startupMs,
+    get startupMs() {
+      return startupMs;
+    },
+    get running() {
+      return current !== undefined && !current.exited;
+    },
     registerUser,
     logTail,
+    stopProcess,
+    startProcess,
+    restart,
     stop,
   };
 }

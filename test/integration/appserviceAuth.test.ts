@@ -18,6 +18,7 @@ import { configureLogging } from "../../src/util/logger.ts";
 import { checkAppserviceAuth } from "../../src/matrix/appserviceAuth.ts";
 import { MatrixGateway } from "../../src/matrix/MatrixGateway.ts";
 import { freePort } from "../harness/ports.ts";
+import { MemoryJournal } from "../harness/memoryJournal.ts";
 
 const HS_TOKEN = randomBytes(32).toString("hex");
 const WRONG = randomBytes(32).toString("hex");
@@ -230,6 +231,7 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
       botDisplayName: "Email bridge",
       bindAddress: "127.0.0.1",
       port,
+      journal: new MemoryJournal(),
       sink: {
         onMatrixEvent: async (event: WeakEvent) => {
           received.push(String((event.content as { body?: unknown }).body));
@@ -354,10 +356,10 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
     assert.equal(r.headers.allow, "PUT");
   });
 
-  test("a handler failure is a 500 M_UNKNOWN without details", async () => {
-    // `events` must be an array; the library iterates it and throws a TypeError.
+  test("a body that is JSON but not a transaction is a 400 M_BAD_JSON without details", async () => {
+    // `events` must be an array (Application Service API › Pushing events).
     const r = await request(port, `${V1}/transactions/${++txn}`, { headers: bearer(HS_TOKEN), body: JSON.stringify({ events: 5 }) });
-    assertMatrixError(r, 500, "M_UNKNOWN");
+    assertMatrixError(r, 400, "M_BAD_JSON");
     assert.ok(!r.body.includes("TypeError") && !r.body.includes("iterable"));
   });
 

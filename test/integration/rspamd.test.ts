@@ -27,6 +27,7 @@ function envelope(overrides: Partial<InboundEnvelope> = {}): InboundEnvelope {
   return {
     mailFrom: "alice@example.com",
     rcptTo: ["bob@bridge.test"],
+    recipients: new Map(),
     remoteAddress: "192.0.2.10",
     clientHostname: "mail.example.com",
     heloName: "mail.example.com",

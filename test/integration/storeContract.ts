@@ -44,6 +44,7 @@ function inbound(over: Partial<NewInbound> = {}): NewInbound {
     spam: null,
     participants: ["alice@bridge.test"],
     contentHash: "h1",
+    envelopeFrom: "bob@example.org",
     raw: Buffer.from("From: bob@example.org\r\n\r\nhi\r\n"),
     ...over,
   };
@@ -436,8 +437,8 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.deepEqual((await store.listPendingInbound(2)).map((r) => r.id), ids.slice(0, 2));
         assert.deepEqual(await store.listPendingInbound(0), []);
         await store.markInboundPosted(ids[0]!, "$posted");
-        await store.markInboundAttempt(ids[1]!, "boom", true);
-        await store.markInboundAttempt(ids[2]!, "transient", false);
+        await store.markInboundFailed(ids[1]!, "boom");
+        await store.markInboundRetry(ids[2]!, "transient", Date.now() + 60_000);
         assert.deepEqual((await store.listPendingInbound(10)).map((r) => r.id), ids.slice(2));
       });
 
@@ -459,22 +460,53 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(again.row.eventId, "$event");
       });
 
-      it("counts attempts and fails a row on the final one", async () => {
+      it("counts attempts, waits for the retry time, and fails a row", async () => {
         const { row } = await store.insertInbound(inbound());
-        await store.markInboundAttempt(row.id, "first error", false);
+        const later = Date.now() + 60_000;
+        await store.markInboundRetry(row.id, "first error", later);
         let [p] = await store.listPendingInbound(1);
         assert.equal(p?.attempts, 1);
         assert.equal(p?.lastError, "first error");
         assert.equal(p?.state, "pending");
-        await store.markInboundAttempt(row.id, "second error", false);
+        assert.equal(p?.nextAttemptAt, later);
+        assert.equal(await store.nextInboundAttemptAt(), later);
+        assert.deepEqual(await store.listDueInbound(Date.now(), 10), [], "not due before its retry time");
+        assert.deepEqual((await store.listDueInbound(later, 10)).map((r) => r.id), [row.id]);
+        await store.markInboundRetry(row.id, "second error", later);
         [p] = await store.listPendingInbound(1);
         assert.equal(p?.attempts, 2);
-        await store.markInboundAttempt(row.id, "given up", true);
+        await store.markInboundFailed(row.id, "given up");
         assert.deepEqual(await store.listPendingInbound(10), []);
+        assert.equal(await store.nextInboundAttemptAt(), null);
         const { row: failed } = await store.insertInbound(inbound());
         assert.equal(failed.state, "failed");
         assert.equal(failed.attempts, 3);
         assert.equal(failed.lastError, "given up");
+        assert.deepEqual((await store.listInbound("failed", 10)).map((r) => r.id), [row.id]);
+        assert.equal((await store.getInbound(row.id))?.state, "failed");
+        assert.equal(await store.requeueInbound(row.id), true);
+        assert.equal((await store.getInbound(row.id))?.state, "pending");
+        assert.equal(await store.dropInbound(row.id), true);
+        assert.equal(await store.getInbound(row.id), null);
+        assert.equal(await store.requeueInbound(row.id), false);
+      });
+
+      it("due rows: only the oldest pending row of each target, so a waiting row holds back only its own room", async () => {
+        const a1 = (await store.insertInbound(inbound({ messageId: "a1@x", roomId: "!a:hs.test" }))).row;
+        const a2 = (await store.insertInbound(inbound({ messageId: "a2@x", roomId: "!a:hs.test" }))).row;
+        const b1 = (await store.insertInbound(inbound({ messageId: "b1@x", roomId: "!b:hs.test" }))).row;
+        const d1 = (await store.insertInbound(inbound({ messageId: "d1@x", roomId: null, dmLocalUserId: "@alice:hs.test", sender: "bob@example.org" }))).row;
+        const d2 = (await store.insertInbound(inbound({ messageId: "d2@x", roomId: null, dmLocalUserId: "@alice:hs.test", sender: "carol@example.org" }))).row;
+        const now = Date.now();
+        assert.deepEqual((await store.listDueInbound(now, 10)).map((r) => r.id), [a1.id, b1.id, d1.id, d2.id]);
+        await store.markInboundRetry(a1.id, "homeserver down", now + 60_000);
+        await store.markInboundRetry(d1.id, "homeserver down", now + 60_000);
+        // a2 waits behind a1 (same room, order kept); b1 and carol's DM are not held back.
+        assert.deepEqual((await store.listDueInbound(now, 10)).map((r) => r.id), [b1.id, d2.id]);
+        await store.markInboundPosted(a1.id, "$a1");
+        assert.deepEqual((await store.listDueInbound(now, 10)).map((r) => r.id), [a2.id, b1.id, d2.id]);
+        await store.markInboundFailed(d1.id, "unpostable");
+        assert.deepEqual((await store.listDueInbound(now, 2)).map((r) => r.id), [a2.id, b1.id]);
       });
 
       it("commits many concurrent inserts", async () => {
@@ -752,6 +784,115 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(await store.nextOutboundAttemptAt(now), t + 20_000, "the sent mail does not count");
         assert.equal(await store.nextOutboundAttemptAt(t + 20_000), t + 50_000, "strictly later");
         assert.equal(await store.nextOutboundAttemptAt(t + 50_000), null);
+      });
+    });
+
+    describe("appservice transaction journal", () => {
+      const ev = (eventId: string, roomId = "!a:hs.test") => ({ eventId, roomId, json: JSON.stringify({ event_id: eventId, room_id: roomId, type: "m.room.message", body: "ünï 🎉" }) });
+      const heads = async () => (await store.listMatrixEventHeads(100)).map((e) => e.eventId);
+
+      it("records a transaction and its events once: a replayed transaction ID writes nothing", async () => {
+        assert.deepEqual(await store.recordAppserviceTransaction("t1", [ev("$1"), ev("$2")]), { duplicate: false, recorded: 2 });
+        assert.deepEqual(await store.recordAppserviceTransaction("t1", [ev("$1"), ev("$2"), ev("$3")]), { duplicate: true, recorded: 0 });
+        assert.equal(await store.getMatrixEvent("$3"), null, "nothing of a replayed transaction is written");
+        const one = await store.getMatrixEvent("$1");
+        assert.equal(one?.txnId, "t1");
+        assert.equal(one?.roomId, "!a:hs.test");
+        assert.equal(one?.state, "pending");
+        assert.equal(one?.attempts, 0);
+        assert.equal(one?.doneAt, null);
+        assert.deepEqual(JSON.parse(one!.json), JSON.parse(ev("$1").json));
+        assert.ok(one!.nextAttemptAt <= Date.now());
+      });
+
+      it("skips an event ID journaled by another transaction, even once it is done", async () => {
+        await store.recordAppserviceTransaction("t1", [ev("$1")]);
+        await store.markMatrixEventDone("$1");
+        assert.deepEqual(await store.recordAppserviceTransaction("t2", [ev("$1"), ev("$2")]), { duplicate: false, recorded: 1 });
+        assert.equal((await store.getMatrixEvent("$1"))?.state, "done");
+        assert.equal((await store.getMatrixEvent("$1"))?.txnId, "t1");
+        assert.deepEqual(await heads(), ["$2"]);
+        // The same event twice in one transaction: recorded once.
+        assert.deepEqual(await store.recordAppserviceTransaction("t3", [ev("$3"), ev("$3")]), { duplicate: false, recorded: 1 });
+        // A transaction with no events still counts as seen.
+        assert.deepEqual(await store.recordAppserviceTransaction("t4", []), { duplicate: false, recorded: 0 });
+        assert.deepEqual(await store.recordAppserviceTransaction("t4", [ev("$4")]), { duplicate: true, recorded: 0 });
+      });
+
+      it("a failed commit records nothing, so the retried transaction is new", async () => {
+        const bad = { eventId: "$bad", roomId: "!a:hs.test", json: null as unknown as string };
+        await assert.rejects(store.recordAppserviceTransaction("t1", [ev("$1"), bad]));
+        assert.equal(await store.getMatrixEvent("$1"), null, "rolled back");
+        assert.deepEqual(await store.recordAppserviceTransaction("t1", [ev("$1")]), { duplicate: false, recorded: 1 });
+      });
+
+      it("heads: the oldest pending event of each room, in arrival order across transactions", async () => {
+        await store.recordAppserviceTransaction("t1", [ev("$a1", "!a:hs.test"), ev("$b1", "!b:hs.test"), ev("$a2", "!a:hs.test")]);
+        await store.recordAppserviceTransaction("t2", [ev("$c1", "!c:hs.test"), ev("$a3", "!a:hs.test"), ev("$b2", "!b:hs.test")]);
+        assert.deepEqual(await heads(), ["$a1", "$b1", "$c1"]);
+        assert.deepEqual((await store.listMatrixEventHeads(2)).map((e) => e.eventId), ["$a1", "$b1"], "limit");
+        await store.markMatrixEventDone("$a1");
+        assert.deepEqual(await heads(), ["$b1", "$a2", "$c1"]);
+        // A head waiting for its retry still holds back its own room, and only it.
+        const later = Date.now() + 60_000;
+        await store.markMatrixEventRetry("$a2", "boom", later);
+        const a2 = (await store.listMatrixEventHeads(100)).find((e) => e.eventId === "$a2");
+        assert.equal(a2?.nextAttemptAt, later);
+        assert.equal(a2?.attempts, 1);
+        assert.equal(a2?.lastError, "boom");
+        await store.markMatrixEventDone("$b1");
+        assert.deepEqual(await heads(), ["$a2", "$c1", "$b2"]);
+        await store.markMatrixEventFailed("$a2", "boom again");
+        const failedRow = await store.getMatrixEvent("$a2");
+        assert.equal(failedRow?.state, "failed");
+        assert.equal(failedRow?.attempts, 2);
+        assert.equal(failedRow?.lastError, "boom again");
+        assert.ok(failedRow?.doneAt);
+        assert.deepEqual(await heads(), ["$c1", "$a3", "$b2"], "a failed event no longer holds back its room");
+        const seqs = await Promise.all(["$a1", "$b1", "$a2", "$c1", "$a3", "$b2"].map(async (id) => (await store.getMatrixEvent(id))!.seq));
+        assert.deepEqual([...seqs].sort((x, y) => x - y), seqs, "seq is the arrival order");
+      });
+
+      it("only a pending event changes state", async () => {
+        await store.recordAppserviceTransaction("t1", [ev("$1"), ev("$2")]);
+        await store.markMatrixEventDone("$1");
+        await store.markMatrixEventFailed("$1", "late failure");
+        await store.markMatrixEventRetry("$1", "late retry", Date.now());
+        const done = await store.getMatrixEvent("$1");
+        assert.equal(done?.state, "done");
+        assert.equal(done?.attempts, 0);
+        assert.equal(done?.lastError, null);
+        await store.markMatrixEventFailed("$2", "x");
+        await store.markMatrixEventDone("$2");
+        assert.equal((await store.getMatrixEvent("$2"))?.state, "failed");
+        await store.markMatrixEventDone("$unknown");
+      });
+
+      it("prunes finished events and old transaction IDs, never pending events", async () => {
+        await store.recordAppserviceTransaction("t1", [ev("$done"), ev("$failed", "!b:hs.test"), ev("$pending", "!c:hs.test")]);
+        await store.markMatrixEventDone("$done");
+        await store.markMatrixEventFailed("$failed", "x");
+        assert.deepEqual(await store.pruneMatrixJournal(0), { events: 0, txns: 0 });
+        assert.deepEqual(await store.pruneMatrixJournal(Date.now() + 1000), { events: 2, txns: 1 });
+        assert.equal(await store.getMatrixEvent("$done"), null);
+        assert.equal((await store.getMatrixEvent("$pending"))?.state, "pending");
+        // The transaction ID is forgotten: the homeserver never replays one that old.
+        assert.deepEqual(await store.recordAppserviceTransaction("t1", [ev("$pending", "!c:hs.test")]), { duplicate: false, recorded: 0 });
+      });
+
+      it("a replay after a restart is still a no-op, and pending events are still there", async () => {
+        if (!fx.reopen) return;
+        await store.recordAppserviceTransaction("t1", [ev("$1"), ev("$2")]);
+        await store.markMatrixEventDone("$1");
+        await store.close();
+        const again = await fx.reopen();
+        try {
+          assert.deepEqual(await again.recordAppserviceTransaction("t1", [ev("$1"), ev("$2")]), { duplicate: true, recorded: 0 });
+          assert.deepEqual(await again.recordAppserviceTransaction("t2", [ev("$1"), ev("$2")]), { duplicate: false, recorded: 0 });
+          assert.deepEqual((await again.listMatrixEventHeads(10)).map((e) => e.eventId), ["$2"]);
+        } finally {
+          await again.close();
+        }
       });
     });
   });

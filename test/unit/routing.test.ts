@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore } from "../../src/store/Store.ts";
-import { InboundRouter } from "../../src/bridge/InboundRouter.ts";
+import { InboundRouter, type Mailbox } from "../../src/bridge/InboundRouter.ts";
 import type { InboundEnvelope } from "../../src/mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../../src/mail/inbound/rejections.ts";
 import { configureLogging } from "../../src/util/logger.ts";
@@ -25,8 +25,14 @@ const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDo
 const USERS = new Set(["@alice:hs.example", "@bob:hs.example"]);
 const MEMBERS: Record<string, string[]> = { "!group:hs.example": ["@alice:hs.example", "@emailbot:hs.example"] };
 
-function envelope(rcptTo: string[], mailFrom = "carol@example.org"): InboundEnvelope {
-  return { mailFrom, rcptTo, remoteAddress: "127.0.0.1", clientHostname: "client", heloName: "client", sessionId: "s1", secure: false };
+async function envelope(rcptTo: string[], mailFrom = "carol@example.org"): Promise<InboundEnvelope<Mailbox>> {
+  // As the listener does: each recipient resolved once at RCPT time, carried to DATA.
+  const recipients = new Map<string, Mailbox>();
+  for (const r of rcptTo) {
+    const key = r.toLowerCase();
+    if (!recipients.has(key)) recipients.set(key, await router.checkRecipient(r, { mailFrom, rcptTo: [], recipients: new Map(), remoteAddress: "127.0.0.1", clientHostname: "client", heloName: "client", sessionId: "s1", secure: false }));
+  }
+  return { mailFrom, rcptTo, recipients, remoteAddress: "127.0.0.1", clientHostname: "client", heloName: "client", sessionId: "s1", secure: false };
 }
 
 function mail(opts: { from?: string; messageId?: string; inReplyTo?: string; references?: string[] } = {}): Buffer {
@@ -36,6 +42,8 @@ function mail(opts: { from?: string; messageId?: string; inReplyTo?: string; ref
   if (opts.references) lines.push(`References: ${opts.references.map((r) => `<${r}>`).join(" ")}`);
   return Buffer.from(lines.join("\r\n") + "\r\n\r\nHello\r\n");
 }
+
+let router: InboundRouter;
 
 describe("inbound routing", () => {
   let dns: TestDns;
@@ -53,7 +61,6 @@ describe("inbound routing", () => {
   });
   let dir: string;
   let store: BridgeStore;
-  let router: InboundRouter;
   let committed = 0;
 
   beforeEach(async () => {
@@ -92,15 +99,15 @@ describe("inbound routing", () => {
   });
 
   it("accepts room and personal mailboxes, refuses the rest with 550 5.1.1", async () => {
-    await router.checkRecipient("team@bridge.example", envelope([]));
-    await router.checkRecipient("alice@bridge.example", envelope([]));
+    await router.checkRecipient("team@bridge.example", await envelope([]));
+    await router.checkRecipient("alice@bridge.example", await envelope([]));
     for (const bad of ["nobody@bridge.example", "emailbot@bridge.example", "email_bob=40example.org@bridge.example"]) {
-      await assert.rejects(router.checkRecipient(bad, envelope([])), (e: SmtpReply) => e instanceof SmtpReply && e.responseCode === 550 && e.enhancedStatus === "5.1.1", bad);
+      await assert.rejects(router.checkRecipient(bad, await envelope([])), (e: SmtpReply) => e instanceof SmtpReply && e.responseCode === 550 && e.enhancedStatus === "5.1.1", bad);
     }
   });
 
   it("a reply goes to the portal and event its In-Reply-To belongs to, when the recipient is a member", async () => {
-    await router.deliver(mail({ messageId: "r1@example.org", inReplyTo: "out1@bridge.example" }), envelope(["alice@bridge.example"]));
+    await router.deliver(mail({ messageId: "r1@example.org", inReplyTo: "out1@bridge.example" }), await envelope(["alice@bridge.example"]));
     const [row] = await store.listPendingInbound(10);
     assert.equal(row?.roomId, "!group:hs.example");
     assert.equal(row?.replyToEventId, "$out1");
@@ -109,13 +116,13 @@ describe("inbound routing", () => {
   });
 
   it("References are searched newest first when In-Reply-To is unknown", async () => {
-    await router.deliver(mail({ messageId: "r2@example.org", inReplyTo: "unknown@x.org", references: ["out1@bridge.example", "unknown@x.org"] }), envelope(["alice@bridge.example"]));
+    await router.deliver(mail({ messageId: "r2@example.org", inReplyTo: "unknown@x.org", references: ["out1@bridge.example", "unknown@x.org"] }), await envelope(["alice@bridge.example"]));
     const [row] = await store.listPendingInbound(10);
     assert.equal(row?.replyToEventId, "$out1");
   });
 
   it("a stranger who knows a Message-ID does not enter the thread, even authenticated", async () => {
-    await router.deliver(mail({ from: "mallory@evil.test", messageId: "h1@evil.test", inReplyTo: "out1@bridge.example" }), envelope(["alice@bridge.example"], "mallory@evil.test"));
+    await router.deliver(mail({ from: "mallory@evil.test", messageId: "h1@evil.test", inReplyTo: "out1@bridge.example" }), await envelope(["alice@bridge.example"], "mallory@evil.test"));
     const [row] = await store.listPendingInbound(10);
     assert.equal(row?.roomId, null, "not posted into the group portal");
     assert.equal(row?.dmLocalUserId, "@alice:hs.example");
@@ -126,7 +133,7 @@ describe("inbound routing", () => {
   it("an unverified sender never joins a thread and gets its own DM portal", async () => {
     await store.upsertPortal({ roomId: "!dmv:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@unsigned.test", subject: null, encrypted: false, remoteVerified: true });
     await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out2", messageId: "out2@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@unsigned.test"] });
-    await router.deliver(mail({ from: "carol@unsigned.test", messageId: "u1@unsigned.test", inReplyTo: "out2@bridge.example" }), envelope(["alice@bridge.example"], "carol@unsigned.test"));
+    await router.deliver(mail({ from: "carol@unsigned.test", messageId: "u1@unsigned.test", inReplyTo: "out2@bridge.example" }), await envelope(["alice@bridge.example"], "carol@unsigned.test"));
     const [row] = await store.listPendingInbound(10);
     assert.equal(row?.senderVerified, false);
     assert.deepEqual(row?.auth, { spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false });
@@ -135,43 +142,43 @@ describe("inbound routing", () => {
   });
 
   it("a known Message-ID does not route to a room the recipient is not in", async () => {
-    await router.deliver(mail({ messageId: "r3@example.org", inReplyTo: "out1@bridge.example" }), envelope(["bob@bridge.example"]));
+    await router.deliver(mail({ messageId: "r3@example.org", inReplyTo: "out1@bridge.example" }), await envelope(["bob@bridge.example"]));
     const [row] = await store.listPendingInbound(10);
     assert.equal(row?.roomId, null);
     assert.equal(row?.dmLocalUserId, "@bob:hs.example");
   });
 
   it("a room mailbox routes to its room; a personal one to the DM portal, once it exists", async () => {
-    await router.deliver(mail({ messageId: "m1@example.org" }), envelope(["team@bridge.example"]));
-    await router.deliver(mail({ messageId: "m2@example.org" }), envelope(["alice@bridge.example"]));
+    await router.deliver(mail({ messageId: "m1@example.org" }), await envelope(["team@bridge.example"]));
+    await router.deliver(mail({ messageId: "m2@example.org" }), await envelope(["alice@bridge.example"]));
     let rows = await store.listPendingInbound(10);
     assert.deepEqual(rows.map((r) => [r.roomId, r.dmLocalUserId]), [["!team:hs.example", null], [null, "@alice:hs.example"]]);
     await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@example.org", subject: null, encrypted: false, remoteVerified: true });
-    await router.deliver(mail({ messageId: "m3@example.org" }), envelope(["alice@bridge.example"]));
+    await router.deliver(mail({ messageId: "m3@example.org" }), await envelope(["alice@bridge.example"]));
     rows = await store.listPendingInbound(10);
     assert.equal(rows[2]?.roomId, "!dm:hs.example");
   });
 
   it("one mail to two mailboxes of one room is committed once; a replay is a duplicate", async () => {
-    await router.deliver(mail({ messageId: "d1@example.org" }), envelope(["team@bridge.example", "TEAM@bridge.example"]));
-    await router.deliver(mail({ messageId: "d1@example.org" }), envelope(["team@bridge.example"]));
+    await router.deliver(mail({ messageId: "d1@example.org" }), await envelope(["team@bridge.example", "TEAM@bridge.example"]));
+    await router.deliver(mail({ messageId: "d1@example.org" }), await envelope(["team@bridge.example"]));
     assert.equal((await store.listPendingInbound(10)).length, 1);
   });
 
   it("a different mail reusing a Message-ID is kept; a mail without one is deduplicated by content", async () => {
-    await router.deliver(mail({ messageId: "same@example.org" }), envelope(["team@bridge.example"]));
-    await router.deliver(Buffer.concat([mail({ messageId: "same@example.org" }), Buffer.from("A different body\r\n")]), envelope(["team@bridge.example"]));
+    await router.deliver(mail({ messageId: "same@example.org" }), await envelope(["team@bridge.example"]));
+    await router.deliver(Buffer.concat([mail({ messageId: "same@example.org" }), Buffer.from("A different body\r\n")]), await envelope(["team@bridge.example"]));
     assert.equal((await store.listPendingInbound(10)).length, 2);
-    await router.deliver(mail(), envelope(["team@bridge.example"]));
-    await router.deliver(mail(), envelope(["team@bridge.example"]));
+    await router.deliver(mail(), await envelope(["team@bridge.example"]));
+    await router.deliver(mail(), await envelope(["team@bridge.example"]));
     const rows = await store.listPendingInbound(10);
     assert.equal(rows.length, 3);
     assert.match(rows[2]!.messageId, /^[0-9a-f]{32}\.derived@bridge\.example$/);
   });
 
   it("refuses senders on the bridge's own domain and unusable senders", async () => {
-    await assert.rejects(router.deliver(mail({ from: "alice@bridge.example" }), envelope(["team@bridge.example"])), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
-    await assert.rejects(router.deliver(Buffer.from("Subject: x\r\n\r\nbody\r\n"), envelope(["team@bridge.example"], "")), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
+    await assert.rejects(router.deliver(mail({ from: "alice@bridge.example" }), await envelope(["team@bridge.example"])), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
+    await assert.rejects(router.deliver(Buffer.from("Subject: x\r\n\r\nbody\r\n"), await envelope(["team@bridge.example"], "")), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
     assert.equal((await store.listPendingInbound(10)).length, 0);
   });
 });

@@ -53,6 +53,31 @@ export interface ParsedMail {
   autoSubmitted: string | null;
   /** Attachments, including inline images (`cid:` parts). */
   attachments: MailAttachment[];
+  /**
+   * What could not be decoded, one phrase each (e.g. "undecodable characters"): the text is
+   * posted, but the original should go with it. Empty for a clean mail.
+   */
+  losses: string[];
+  /**
+   * Why the mail cannot be read at all (a multipart with no boundary, or whose boundary never
+   * occurs): null when it can. Such a mail is refused at DATA (554 5.6.0), never posted empty.
+   */
+  unreadable: string | null;
+}
+
+/** C0 controls other than TAB, LF, CR, and DEL: never part of readable text. */
+// eslint-disable-next-line no-control-regex
+const CONTROL_RE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/g;
+
+/** Why the top-level MIME structure cannot be read, or null (RFC 2046 §5.1.1: a multipart needs a boundary that occurs). */
+function unreadableStructure(mail: MailparserMail, raw: Buffer): string | null {
+  const ct = mail.headers.get("content-type") as { value?: unknown; params?: Record<string, unknown> } | undefined;
+  const type = typeof ct?.value === "string" ? ct.value.toLowerCase() : "";
+  if (!type.startsWith("multipart/")) return null;
+  const boundary = ct?.params?.boundary;
+  if (typeof boundary !== "string" || boundary === "") return `a ${type} message without a boundary`;
+  if (!raw.includes(`--${boundary}`)) return `a ${type} message whose boundary never occurs`;
+  return null;
 }
 
 /** Message ids in a header value, without brackets: `<a@b> <c@d>`, `<a@b><c@d>`, or a bare `a@b`. */
@@ -141,7 +166,12 @@ export async function parseMail(raw: Buffer): Promise<ParsedMail> {
   const autoSubmitted = autoRaw ? (autoRaw.split(";")[0] ?? "").trim().toLowerCase() || null : null;
 
   const htmlRaw = typeof mail.html === "string" && mail.html.trim() ? mail.html : null;
-  const text = mail.text !== undefined && mail.text.trim() ? mail.text : htmlRaw ? htmlToPlain(htmlRaw) : (mail.text ?? "");
+  const decoded = mail.text !== undefined && mail.text.trim() ? mail.text : htmlRaw ? htmlToPlain(htmlRaw) : (mail.text ?? "");
+  const losses: string[] = [];
+  // U+FFFD is what the decoders put where bytes did not decode (bad base64, unknown charset).
+  if (decoded.includes("\uFFFD") || htmlRaw?.includes("\uFFFD")) losses.push("undecodable characters");
+  if (decoded.search(CONTROL_RE) >= 0) losses.push("control characters");
+  const text = decoded.replace(CONTROL_RE, "");
 
   return {
     messageId: messageIdRaw ? (extractMessageIds(messageIdRaw)[0] ?? null) : null,
@@ -154,8 +184,10 @@ export async function parseMail(raw: Buffer): Promise<ParsedMail> {
     subject: mail.subject ?? null,
     date: date && !Number.isNaN(date.getTime()) ? date : null,
     text,
-    html: htmlRaw,
+    html: htmlRaw === null ? null : htmlRaw.replace(CONTROL_RE, ""),
     autoSubmitted,
+    losses,
+    unreadable: unreadableStructure(mail, raw),
     attachments: mail.attachments.map((a) => ({
       filename: a.filename ?? null,
       contentType: a.contentType.toLowerCase(),

@@ -134,8 +134,17 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     disableUrlAccess: true,
   });
   const unsigned = await composer.compile().build();
-  if (!dkim) return unsigned;
+  return dkim ? signWithDkim(unsigned, dkim) : unsigned;
+}
 
+/**
+ * DKIM-sign a complete message (RFC 6376): `a=rsa-sha256`, `c=relaxed/relaxed`, the headers of
+ * {@link DKIM_SIGNED_HEADERS}, `d=`/`s=` from `dkim`.
+ * @param unsigned the message (CRLF line ends)
+ * @returns the message with its DKIM-Signature header on top
+ * @throws Error when the key cannot sign
+ */
+export async function signWithDkim(unsigned: Buffer, dkim: DkimSigner): Promise<Buffer> {
   const signer = new DKIM({
     domainName: dkim.domainName,
     keySelector: dkim.keySelector,

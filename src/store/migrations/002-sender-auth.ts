@@ -12,6 +12,11 @@
  * - `messages`: who took part in a message besides its sender (`participants`), so a reply
  *   may join a thread only if its sender took part.
  * - `portals`: a DM with an unverified sender is a portal of its own (`remote_verified`).
+ * - `inbound_mail.envelope_from`: the MAIL FROM reverse-path (NULL for `<>`), where a DSN goes.
+ * - `inbound_mail.next_attempt_at`: posting is a queue with backoff; a row waits until then.
+ *   The head of each target (the oldest pending row) blocks only its own target, so per-room
+ *   order is kept and a failing room never holds back another. DM targets now name the remote
+ *   party too (`dm:<user> <address> v|u`), so one failing DM never holds back another DM.
  */
 
 /** SQL of migration 2. */
@@ -22,6 +27,9 @@ ALTER TABLE inbound_mail ADD COLUMN auth TEXT;
 ALTER TABLE inbound_mail ADD COLUMN spam TEXT;
 ALTER TABLE inbound_mail ADD COLUMN participants TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE inbound_mail ADD COLUMN content_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE inbound_mail ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE inbound_mail ADD COLUMN envelope_from TEXT;
+CREATE INDEX inbound_mail_head ON inbound_mail (state, target, id);
 DROP INDEX inbound_mail_dedupe;
 CREATE UNIQUE INDEX inbound_mail_dedupe ON inbound_mail (target, message_id, content_hash);
 

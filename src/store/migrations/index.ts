@@ -4,6 +4,7 @@
 import { sql001Initial } from "./001-initial.ts";
 import { sql002SenderAuth } from "./002-sender-auth.ts";
 import { sql003OutboundRecipients } from "./003-outbound-recipients.ts";
+import { sql004AppserviceTransactions } from "./004-appservice-transactions.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -20,4 +21,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 1, description: "initial schema", sql: sql001Initial },
   { version: 2, description: "sender authentication verdicts, participants, content-hash dedupe", sql: sql002SenderAuth },
   { version: 3, description: "per-recipient outbound delivery state, delay warnings", sql: sql003OutboundRecipients },
+  { version: 4, description: "journal of appservice transactions and their Matrix events", sql: sql004AppserviceTransactions },
 ];

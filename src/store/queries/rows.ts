@@ -9,6 +9,8 @@ import type {
   GhostRow,
   InboundRow,
   InboundState,
+  MatrixEventRow,
+  MatrixEventState,
   MessageRow,
   OutboundRecipientRow,
   OutboundRecipientState,
@@ -103,6 +105,8 @@ export function toInbound(r: DbRow): InboundRow {
     spam: jsonObjectOrNull<SpamFields>(r.spam),
     participants: parseStringArray(r.participants),
     contentHash: str(r.content_hash),
+    nextAttemptAt: dbNumber(r.next_attempt_at),
+    envelopeFrom: strOrNull(r.envelope_from),
     raw: dbBuffer(r.raw),
     state: str(r.state) as InboundState,
     attempts: dbNumber(r.attempts),
@@ -143,5 +147,22 @@ export function toOutboundRecipient(r: DbRow): OutboundRecipientRow {
     nextAttemptAt: r.next_attempt_at === null || r.next_attempt_at === undefined ? null : dbNumber(r.next_attempt_at),
     reported: dbBool(r.reported),
     updatedAt: dbNumber(r.updated_at),
+  };
+}
+
+/** Map a `matrix_events` row to its Store.ts type. @throws TypeError on a malformed row */
+export function toMatrixEvent(r: DbRow): MatrixEventRow {
+  return {
+    seq: dbNumber(r.seq),
+    eventId: str(r.event_id),
+    roomId: str(r.room_id),
+    txnId: str(r.txn_id),
+    json: str(r.event),
+    state: str(r.state) as MatrixEventState,
+    attempts: dbNumber(r.attempts),
+    lastError: strOrNull(r.last_error),
+    nextAttemptAt: dbNumber(r.next_attempt_at),
+    receivedAt: dbNumber(r.received_at),
+    doneAt: r.done_at === null || r.done_at === undefined ? null : dbNumber(r.done_at),
   };
 }

@@ -53,34 +53,50 @@ export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE 
 
 const INBOUND_COLS =
   "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
-  "sender_verified, sender_name, auth, spam, participants, content_hash";
-/** The local user of $1 room_id if it is a dm portal (for the inbound dedupe target). */
-export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id FROM portals WHERE room_id = $1 AND kind = 'dm'";
+  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from";
+/** The local user and remote party of $1 room_id if it is a dm portal (for the inbound target). */
+export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id, remote_address, remote_verified FROM portals WHERE room_id = $1 AND kind = 'dm'";
 /**
  * Insert a pending inbound mail unless (target, message_id, content_hash) exists, returning it
  * (no row on conflict). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
- * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash.
+ * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash, $15 envelope_from.
  */
 export const SQL_INSERT_INBOUND = `
 INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at,
-  sender_verified, sender_name, auth, spam, participants, content_hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14)
+  sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (target, message_id, content_hash) DO NOTHING
 RETURNING ${INBOUND_COLS}`;
 /** Inbound mail by $1 target, $2 message_id, $3 content_hash. */
 export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2 AND content_hash = $3`;
 /** Pending inbound mail, oldest first, at most $1 rows. */
 export const SQL_PENDING_INBOUND = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = 'pending' ORDER BY id LIMIT $1`;
+/** The oldest pending row of each target, if due at $1 (ms); oldest first, at most $2 rows. */
+export const SQL_DUE_INBOUND = `
+SELECT ${INBOUND_COLS} FROM inbound_mail m
+WHERE m.state = 'pending' AND m.next_attempt_at <= $1
+  AND NOT EXISTS (SELECT 1 FROM inbound_mail p WHERE p.state = 'pending' AND p.target = m.target AND p.id < m.id)
+ORDER BY m.id LIMIT $2`;
+/** Earliest next_attempt_at of pending inbound mail (NULL when none). */
+export const SQL_NEXT_INBOUND_DUE = "SELECT MIN(next_attempt_at) AS due FROM inbound_mail WHERE state = 'pending'";
+/** Inbound mail by $1 id. */
+export const SQL_INBOUND_BY_ID = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE id = $1`;
+/** Inbound mail in state $1, newest first, at most $2 rows. */
+export const SQL_INBOUND_IN_STATE = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = $1 ORDER BY id DESC LIMIT $2`;
+/** Any inbound mail, newest first, at most $1 rows. */
+export const SQL_INBOUND_ALL = `SELECT ${INBOUND_COLS} FROM inbound_mail ORDER BY id DESC LIMIT $1`;
+/** A temporary failure of $1: error $2, next attempt $3 (ms). */
+export const SQL_INBOUND_RETRY = "UPDATE inbound_mail SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 WHERE id = $1 AND state = 'pending'";
+/** A permanent failure of $1 with error $2. */
+export const SQL_INBOUND_FAILED = "UPDATE inbound_mail SET state = 'failed', attempts = attempts + 1, last_error = $2 WHERE id = $1 AND state = 'pending'";
+/** Requeue $1 (not posted), due at $2 (ms). */
+export const SQL_INBOUND_REQUEUE = "UPDATE inbound_mail SET state = 'pending', next_attempt_at = $2 WHERE id = $1 AND state <> 'posted'";
+/** Delete $1 unless posted. */
+export const SQL_INBOUND_DROP = "DELETE FROM inbound_mail WHERE id = $1 AND state <> 'posted'";
 /** Set room_id $2 of inbound mail $1. */
 export const SQL_SET_INBOUND_ROOM = "UPDATE inbound_mail SET room_id = $2 WHERE id = $1";
 /** Mark inbound mail $1 posted as event $2. */
 export const SQL_INBOUND_POSTED = "UPDATE inbound_mail SET state = 'posted', event_id = $2 WHERE id = $1";
-/** Count a failed attempt of inbound mail $1 with error $2; $3 = 1 moves it to failed. */
-export const SQL_INBOUND_ATTEMPT = `
-UPDATE inbound_mail SET attempts = attempts + 1, last_error = $2,
-  state = CASE WHEN $3 = 1 THEN 'failed' ELSE state END
-WHERE id = $1`;
-
 const OUTBOUND_COLS =
   "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at, delay_warned_at";
 /** Queue an outbound mail unless event_id exists, returning it (no row on conflict). $7 = now (ms). */
@@ -148,3 +164,42 @@ ORDER BY outbound_id, address LIMIT $1`;
 /** Mark the failure of recipient $2 of outbound mail $1 reported; $3 now (ms). */
 export const SQL_OUTBOUND_RECIPIENT_REPORTED = `
 UPDATE outbound_recipients SET reported = TRUE, updated_at = $3 WHERE outbound_id = $1 AND address = $2`;
+
+// Appservice transaction journal (migration 4)
+
+/** Record transaction $1 unless known; $2 received_at (ms). Returns a row only when it is new. */
+export const SQL_INSERT_APPSERVICE_TXN = `
+INSERT INTO appservice_txns (txn_id, received_at) VALUES ($1, $2)
+ON CONFLICT (txn_id) DO NOTHING
+RETURNING txn_id`;
+const MATRIX_EVENT_COLS = "seq, event_id, room_id, txn_id, event, state, attempts, last_error, next_attempt_at, received_at, done_at";
+/**
+ * Journal a pending event unless its event ID is known: $1 event_id, $2 room_id, $3 txn_id,
+ * $4 event (JSON text), $5 now (ms: received_at and next_attempt_at). Returns a row only when it is new.
+ */
+export const SQL_INSERT_MATRIX_EVENT = `
+INSERT INTO matrix_events (event_id, room_id, txn_id, event, state, attempts, next_attempt_at, received_at)
+VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING seq`;
+/** The oldest pending event of each room, due or not, oldest first, at most $1 rows. */
+export const SQL_MATRIX_EVENT_HEADS = `
+SELECT ${MATRIX_EVENT_COLS} FROM matrix_events e
+WHERE e.state = 'pending'
+  AND NOT EXISTS (SELECT 1 FROM matrix_events p WHERE p.state = 'pending' AND p.room_id = e.room_id AND p.seq < e.seq)
+ORDER BY e.seq LIMIT $1`;
+/** Journaled event by $1 event_id. */
+export const SQL_MATRIX_EVENT_BY_ID = `SELECT ${MATRIX_EVENT_COLS} FROM matrix_events WHERE event_id = $1`;
+/** Pending event $1 handled; $2 now (ms). */
+export const SQL_MATRIX_EVENT_DONE = `
+UPDATE matrix_events SET state = 'done', done_at = $2 WHERE event_id = $1 AND state = 'pending'`;
+/** Pending event $1 failed, to retry: $2 error, $3 next_attempt_at (ms). */
+export const SQL_MATRIX_EVENT_RETRY = `
+UPDATE matrix_events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 WHERE event_id = $1 AND state = 'pending'`;
+/** Pending event $1 failed for good: $2 error, $3 now (ms). */
+export const SQL_MATRIX_EVENT_FAILED = `
+UPDATE matrix_events SET state = 'failed', attempts = attempts + 1, last_error = $2, done_at = $3 WHERE event_id = $1 AND state = 'pending'`;
+/** Delete done/failed events finished before $1 (ms). */
+export const SQL_PRUNE_MATRIX_EVENTS = "DELETE FROM matrix_events WHERE state <> 'pending' AND done_at < $1";
+/** Delete transaction IDs received before $1 (ms). */
+export const SQL_PRUNE_APPSERVICE_TXNS = "DELETE FROM appservice_txns WHERE received_at < $1";
