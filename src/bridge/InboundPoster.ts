@@ -153,7 +153,7 @@ export class InboundPoster {
       }
       const why: Undeliverable = failure.temporary
         ? { status: "4.4.7", diagnostic: `the homeserver could not take the message for ${this.opts.settings.retryHours} hours: ${failure.message}` }
-        : { status: err instanceof PermanentPostError ? err.status : "5.6.0", diagnostic: `the homeserver refused the message: ${failure.message}` };
+        : { status: err instanceof PermanentPostError ? err.status : refusalStatus(failure), diagnostic: `the homeserver refused the message: ${failure.message}` };
       await this.giveUp(row, why, ctx);
     }
   }
@@ -340,6 +340,17 @@ export class InboundPoster {
     const msgtype = mimetype.startsWith("image/") ? "m.image" : mimetype.startsWith("audio/") ? "m.audio" : mimetype.startsWith("video/") ? "m.video" : "m.file";
     await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype, body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict }, txnId);
   }
+}
+
+/**
+ * The RFC 3463 status of a homeserver's refusal, for the DSN: the room cannot be entered or is
+ * gone (`M_FORBIDDEN`, `M_NOT_FOUND`): 5.2.1 mailbox not accepting messages; too big
+ * (`M_TOO_LARGE`): 5.3.4; anything else about the content: 5.6.0.
+ */
+function refusalStatus(failure: HomeserverFailure): string {
+  if (failure.errcode === "M_FORBIDDEN" || failure.errcode === "M_NOT_FOUND" || failure.status === 403 || failure.status === 404) return "5.2.1";
+  if (failure.errcode === "M_TOO_LARGE" || failure.status === 413) return "5.3.4";
+  return "5.6.0";
 }
 
 /**

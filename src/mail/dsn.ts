@@ -20,7 +20,11 @@ import { simpleParser } from "mailparser";
 export interface DsnRecipient {
   /** Final recipient address (`local@domain`), written as `Final-Recipient: rfc822; <address>` (RFC 3464 §2.3.2). */
   address: string;
-  /** RFC 3463 status code, e.g. `5.3.4`; the class must be 5 for `failed` and 4 for `delayed` (RFC 3464 §2.3.4). */
+  /**
+   * RFC 3463 status code, e.g. `5.3.4`. Class 5 or 4 for `failed` (4 when the bridge gave up on a
+   * transient error, e.g. `4.4.7` delivery time expired, RFC 3463 §3.5; Postfix reports expired
+   * mail the same way), class 4 for `delayed` (RFC 3464 §2.3.4: 2.X.X is success, not for these actions).
+   */
   status: string;
   /**
    * One-line diagnostic `<type>; <text>` (RFC 3464 §2.3.6), e.g. `smtp; 554 5.6.0 ...` or
@@ -56,10 +60,15 @@ export interface DsnInput {
   recipients: DsnRecipient[];
   /** Human-readable explanation, the first (text/plain, UTF-8) part (RFC 6522 §3). LF or CRLF line ends. */
   humanText: string;
-  /** The header section of the original message (without the body; a trailing empty line is dropped). */
+  /** The header section of the original message; the first empty line and anything after it (a body) are dropped. */
   originalHeaders: Buffer;
   /** Right-hand side of the report's fresh Message-ID, e.g. `mail.example`. */
   messageIdDomain: string;
+  /**
+   * Message-ID for the report, without angle brackets (e.g. one the caller minted to key its
+   * outbound queue); when absent a random one @{@link messageIdDomain} is made.
+   */
+  messageId?: string;
   /** Date header of the report; default now. */
   date?: Date;
 }
@@ -71,6 +80,8 @@ export const MAX_PARSED_FIELD_CHARS = 2000;
 
 /** A mailbox address: local@domain, no whitespace, controls, brackets or separators (non-ASCII allowed: SMTPUTF8). */
 const ADDRESS = /^[^\s<>,;"\\()\x00-\x1f\x7f]+@[^\s<>,;"\\()@\x00-\x1f\x7f]+$/;
+/** RFC 5322 §3.6.4 msg-id without brackets (id-left "@" id-right): no whitespace, controls or brackets. */
+const MSG_ID = /^[^\s<>@\x00-\x1f\x7f]+@[^\s<>@\x00-\x1f\x7f]+$/;
 /** A DNS host name (RFC 1123 §2.1 labels), optionally with a trailing dot. */
 const HOSTNAME = /^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 /** RFC 3463 §2 status-code: class "." subject "." detail, class 2, 4 or 5, 1-3 digits each. */
@@ -89,11 +100,12 @@ const MAX_WORD = 900;
 /**
  * Build a failure (or delay) DSN for mail the bridge accepted but could not deliver into Matrix.
  *
- * Output: CRLF line ends, all lines at most 998 octets (RFC 5322 §2.1.1), 7-bit except
- * where nodemailer picks quoted-printable for the human text. Header fields:
+ * Output: CRLF line ends, all lines at most 998 octets (RFC 5322 §2.1.1), US-ASCII only (the
+ * human text is quoted-printable when it needs it) — except a non-ASCII `to` address, which is
+ * written as UTF-8 (RFC 6532), so such a report must go out with SMTPUTF8. Header fields:
  * `From: Mail Delivery System <fromAddress>`, `To`, `Subject` (`Undelivered Mail Returned to
  * Sender`, or `Delayed Mail` when every recipient is `delayed`), `Date`, a fresh
- * `Message-ID: <random@messageIdDomain>`, `Auto-Submitted: auto-replied` (RFC 3834 §5),
+ * `Message-ID: <random@messageIdDomain>` (or `<messageId>` when given), `Auto-Submitted: auto-replied` (RFC 3834 §5),
  * `MIME-Version`, and `Content-Type: multipart/report; report-type=delivery-status`
  * (RFC 6522 §3) with three parts:
  *
@@ -120,8 +132,9 @@ const MAX_WORD = 900;
  * @returns the whole message, ready for DATA.
  * @throws TypeError when `recipients` is empty, an address (`to`, `fromAddress`, a recipient) is
  *   not `local@domain` or over 512 octets, `reportingMta` or `messageIdDomain` is not a host name,
- *   a status is not an RFC 3463 code or its class does not match the action (5 for failed, 4 for
- *   delayed), a non-empty diagnostic has no valid `type;` prefix, or a date is invalid.
+ *   a status is not an RFC 3463 code or its class does not fit the action (4 or 5 for failed, 4 for
+ *   delayed), a non-empty diagnostic has no valid `type;` prefix, `messageId` is not `left@right`,
+ *   or a date is invalid.
  */
 export async function composeDsn(input: DsnInput): Promise<Buffer> {
   const to = checkAddress(input.to, "to");
@@ -131,6 +144,10 @@ export async function composeDsn(input: DsnInput): Promise<Buffer> {
   const arrival = checkDate(input.arrivalDate, "arrivalDate");
   const date = checkDate(input.date ?? new Date(), "date");
   if (input.recipients.length === 0) throw new TypeError("composeDsn: no recipients");
+  if (input.messageId !== undefined && !MSG_ID.test(input.messageId)) {
+    throw new TypeError(`composeDsn: invalid messageId: ${JSON.stringify(input.messageId)}`);
+  }
+  const messageId = input.messageId ?? `${randomBytes(12).toString("hex")}.${Date.now().toString(36)}@${idDomain}`;
 
   const perMessage: string[] = [];
   const envid = input.originalEnvelopeId == null ? "" : asciiOnly(oneLine(input.originalEnvelopeId)).slice(0, MAX_ENVID_CHARS);
@@ -152,7 +169,7 @@ export async function composeDsn(input: DsnInput): Promise<Buffer> {
   root.setHeader("To", { name: "", address: to });
   root.setHeader("Subject", allDelayed ? "Delayed Mail" : "Undelivered Mail Returned to Sender");
   root.setHeader("Date", date);
-  root.setHeader("Message-ID", `<${randomBytes(12).toString("hex")}.${Date.now().toString(36)}@${idDomain}>`);
+  root.setHeader("Message-ID", `<${messageId}>`);
   root.setHeader("Auto-Submitted", "auto-replied");
   root.setHeader("MIME-Version", "1.0");
 
@@ -322,7 +339,7 @@ function recipientBlock(r: DsnRecipient, index: number): string {
   if (action !== "failed" && action !== "delayed") throw new TypeError(`composeDsn: ${where}.action must be failed or delayed`);
   const status = r.status.trim();
   if (!STATUS.test(status)) throw new TypeError(`composeDsn: ${where}.status is not an RFC 3463 code: ${JSON.stringify(r.status)}`);
-  if (status[0] !== (action === "failed" ? "5" : "4")) {
+  if (status[0] === "2" || (action === "delayed" && status[0] !== "4")) {
     throw new TypeError(`composeDsn: ${where}.status ${status} does not match action ${action}`);
   }
 

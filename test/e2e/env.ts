@@ -79,6 +79,8 @@ export interface EnvOptions {
   rspamd?: boolean;
   /** The bridge's `logging.level` (default warn). */
   logLevel?: "debug" | "info" | "warn" | "error";
+  /** Config sections merged over the defaults (one level deep: `{ inbound: { retry_base_ms: 200 } }`). */
+  config?: Record<string, Record<string, unknown>>;
 }
 
 /**
@@ -98,7 +100,7 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
   const write = (homeserverUrl: string) =>
     writeFileSync(
       configFile,
-      stringify({
+      stringify(mergeSections({
         homeserver: { url: homeserverUrl, domain: "localhost" },
         appservice: { bind_address: "127.0.0.1", port: asPort, url: `http://127.0.0.1:${asPort}`, registration_file: "registration.yaml" },
         mail: { domain: MAIL_DOMAIN },
@@ -110,7 +112,7 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
         spam: { rspamd_url: rspamd?.url ?? null },
         dns: { nameservers: [dns.nameserver], timeout_ms: 500, tries: 1, cache_ttl_ms: 0 },
         logging: { level: opts.logLevel ?? "warn" },
-      }),
+      }, opts.config ?? {})),
     );
   write("http://127.0.0.1:1");
   const draft = loadConfig(configFile);
@@ -174,6 +176,13 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
     },
   };
   return env;
+}
+
+/** `base` with each section of `over` merged into the same-named section. */
+function mergeSections(base: Record<string, unknown>, over: Record<string, Record<string, unknown>>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, section] of Object.entries(over)) out[key] = { ...((out[key] as Record<string, unknown> | undefined) ?? {}), ...section };
+  return out;
 }
 
 /**

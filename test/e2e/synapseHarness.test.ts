@@ -5,11 +5,18 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { setTimeout as sleep } from "node:timers/promises";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startSynapse, type SynapseHandle } from "../harness/synapse.ts";
 import { MatrixApiError, MatrixTestClient } from "../harness/matrixClient.ts";
+
+const execFileAsync = promisify(execFile);
 
 describe("Synapse harness", () => {
   let dir: string;
@@ -142,6 +149,136 @@ describe("Synapse harness", () => {
     // users cannot be registered by hand inside the exclusive namespace
     await assert.rejects(synapse.registerUser("harness_manual"), MatrixApiError);
   });
+});
+
+test("Synapse can be stopped and started again with the same data (restart / outage)", { timeout: 120_000 }, async () => {
+  const synapse = await startSynapse({ registrationFiles: [] });
+  try {
+    const { url, port, registrationSharedSecret: secret } = synapse;
+    assert.equal(synapse.running, true);
+    const frank = await synapse.registerUser("frank");
+    const roomId = await frank.createRoom({ name: "restart room" });
+    const beforeId = await frank.sendText(roomId, "before the outage");
+
+    let t0 = Date.now();
+    await synapse.stopProcess();
+    console.log(`# stopProcess took ${Date.now() - t0} ms`);
+    assert.equal(synapse.running, false);
+    await synapse.stopProcess(); // idempotent
+
+    // While it is down, requests fail fast with a connection error, not a hang.
+    t0 = Date.now();
+    await assert.rejects(frank.whoami(), (err: unknown) => {
+      assert.ok(!(err instanceof MatrixApiError), `expected a connection error, got ${String(err)}`);
+      const cause = (err as Error).cause as { cause?: { code?: string } } | undefined;
+      assert.equal(cause?.cause?.code, "ECONNREFUSED", `unexpected error: ${(err as Error).message}`);
+      return true;
+    });
+    await assert.rejects(
+      fetch(`${url}/_matrix/client/versions`, { signal: AbortSignal.timeout(2000) }),
+      (err: Error) => err.name === "TypeError" && (err.cause as { code?: string }).code === "ECONNREFUSED",
+    );
+    assert.ok(Date.now() - t0 < 2000, "requests to a stopped Synapse should fail fast");
+    assert.match(synapse.logTail(), /homeserver\.log/);
+
+    t0 = Date.now();
+    await synapse.startProcess();
+    console.log(`# startProcess took ${Date.now() - t0} ms (startupMs ${synapse.startupMs})`);
+    assert.equal(synapse.running, true);
+    await synapse.startProcess(); // no-op while running
+    assert.equal(synapse.url, url);
+    assert.equal(synapse.port, port);
+    assert.equal(synapse.registrationSharedSecret, secret);
+
+    // Same server, same access token, same room and history.
+    assert.equal((await frank.whoami()).user_id, "@frank:localhost");
+    assert.ok((await frank.joinedRooms()).includes(roomId));
+    const history = await frank.getRoomMessages(roomId);
+    assert.ok(history.some((ev) => ev.event_id === beforeId && ev.content.body === "before the outage"));
+    const afterId = await frank.sendText(roomId, "after the restart");
+    // Registering via the shared secret still works, and old users still exist.
+    const grace = await synapse.registerUser("grace");
+    await assert.rejects(synapse.registerUser("frank"), (err: unknown) => err instanceof MatrixApiError && err.errcode === "M_USER_IN_USE");
+
+    t0 = Date.now();
+    await synapse.restart(500);
+    const took = Date.now() - t0;
+    console.log(`# restart(500) took ${took} ms`);
+    assert.ok(took >= 500);
+    assert.equal(synapse.running, true);
+    const latest = await frank.getRoomMessages(roomId, { limit: 10 });
+    assert.ok(latest.some((ev) => ev.event_id === afterId));
+    assert.ok(latest.some((ev) => ev.event_id === beforeId));
+    const thirdId = await frank.sendText(roomId, "after the second restart");
+    await frank.invite(roomId, grace.userId);
+    await grace.join(roomId);
+    const seen = await grace.waitForEvent(roomId, (ev) => ev.event_id === thirdId, 5_000);
+    assert.equal(seen.content.body, "after the second restart");
+  } finally {
+    await synapse.stop();
+  }
+  assert.equal(synapse.running, false);
+  assert.equal(existsSync(synapse.dataDir), process.env["MEB_KEEP_SYNAPSE_DATA"] === "1");
+  await synapse.stop(); // idempotent
+  await assert.rejects(synapse.startProcess(), /stopped with stop\(\)/);
+});
+
+test("startProcess retries while the port is briefly still taken", { timeout: 90_000 }, async () => {
+  const synapse = await startSynapse({ registrationFiles: [] });
+  try {
+    const henry = await synapse.registerUser("henry");
+    await synapse.stopProcess();
+    // Something else holds the port for a moment (like a socket not yet released).
+    const squatter = createServer((sock) => sock.destroy());
+    await new Promise<void>((resolve, reject) => {
+      squatter.once("error", reject);
+      squatter.listen(synapse.port, "127.0.0.1", () => resolve());
+    });
+    const starting = synapse.startProcess();
+    await sleep(3000);
+    await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    await starting;
+    assert.match(synapse.logTail(50_000), /Address already in use/);
+    assert.equal((await henry.whoami()).user_id, "@henry:localhost");
+  } finally {
+    await synapse.stop();
+  }
+});
+
+test("the exit hook kills the restarted Synapse if the test process exits without stop()", { timeout: 60_000 }, async () => {
+  const harness = new URL("../harness/synapse.ts", import.meta.url).href;
+  const script = [
+    `import { startSynapse } from ${JSON.stringify(harness)};`,
+    `const s = await startSynapse({ registrationFiles: [] });`,
+    `await s.restart();`,
+    `console.log(JSON.stringify({ port: s.port, dataDir: s.dataDir }));`,
+    `process.exit(0);`,
+  ].join("\n");
+  const { stdout } = await execFileAsync(process.execPath, ["--input-type=module", "-e", script], {
+    env: { ...process.env, MEB_KEEP_SYNAPSE_DATA: "" },
+    timeout: 50_000,
+  });
+  const { port, dataDir } = JSON.parse(stdout.trim().split("\n").pop()!) as { port: number; dataDir: string };
+  assert.equal(existsSync(dataDir), false, "the exit hook should remove the data dir");
+  // The restarted process was killed: its port stops accepting connections.
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const open = await fetch(`http://127.0.0.1:${port}/_matrix/client/versions`, { signal: AbortSignal.timeout(1000) })
+      .then(() => true, () => false);
+    if (!open) break;
+    assert.ok(Date.now() < deadline, `Synapse on port ${port} survived its parent`);
+    await sleep(200);
+  }
+});
+
+test("stop() works while the process is stopped", { timeout: 60_000 }, async () => {
+  const synapse = await startSynapse({ registrationFiles: [] });
+  try {
+    await synapse.stopProcess();
+  } finally {
+    await synapse.stop();
+  }
+  assert.equal(existsSync(synapse.dataDir), process.env["MEB_KEEP_SYNAPSE_DATA"] === "1");
 });
 
 test("startSynapse fails loudly when the virtualenv is missing", async () => {

@@ -1,6 +1,6 @@
 /**
  * A remote MTA for tests: a real smtp-server on 127.0.0.1 that accepts every
- * recipient and keeps what it receives.
+ * recipient (unless told to refuse one) and keeps what it receives.
  */
 import { SMTPServer } from "smtp-server";
 
@@ -16,6 +16,11 @@ export interface SinkMail {
 export interface SmtpSink {
   port: number;
   mails: SinkMail[];
+  /**
+   * RCPT TO replies to give instead of 250, by address (lower case): e.g.
+   * `{ code: 550, message: "5.1.1 no such user" }` or `{ code: 451, message: "4.3.0 try later" }`.
+   */
+  refuse: Map<string, { code: number; message: string }>;
   /** Wait (polling every 50 ms) for a mail matching `predicate`; throws after `timeoutMs` listing what came. */
   waitForMail(predicate: (m: SinkMail) => boolean, timeoutMs?: number): Promise<SinkMail>;
   stop(): Promise<void>;
@@ -24,10 +29,16 @@ export interface SmtpSink {
 /** Start a sink on a free loopback port. */
 export async function startSmtpSink(): Promise<SmtpSink> {
   const mails: SinkMail[] = [];
+  const refuse = new Map<string, { code: number; message: string }>();
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ["AUTH"],
     logger: false,
+    onRcptTo(address, _session, callback) {
+      const rule = refuse.get(address.address.toLowerCase());
+      if (!rule) return callback();
+      callback(Object.assign(new Error(rule.message), { responseCode: rule.code }));
+    },
     onData(stream, session, callback) {
       const chunks: Buffer[] = [];
       stream.on("data", (c: Buffer) => chunks.push(c));
@@ -47,6 +58,7 @@ export async function startSmtpSink(): Promise<SmtpSink> {
   return {
     port,
     mails,
+    refuse,
     async waitForMail(predicate, timeoutMs = 30_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {

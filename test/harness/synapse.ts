@@ -516,9 +516,10 @@ async function startOnce(python: string, opts: StartSynapseOptions): Promise<Syn
     await waitPortClosed(port, 10_000);
   };
 
-  const stopProcess = (): Promise<void> => serialized(async () => {
-    if (!stopped) await stopProcessNow();
-  });
+  const stopProcess = (): Promise<void> =>
+    serialized(async () => {
+      if (!stopped) await stopProcessNow();
+    });
 
   const startProcess = (): Promise<void> =>
     serialized(async () => {
