@@ -3,8 +3,9 @@
  * a DSN (RFC 3464 `multipart/report`), from the null reverse-path, DKIM-signed, queued on the
  * outbound queue like any other mail (so it survives restarts and remote MTA outages).
  *
- * Never in answer to a null reverse-path, an `Auto-Submitted` mail, a list/bulk mail, or a
- * report (RFC 3834 §2, RFC 5321 §6.2): those are given up with a log line only.
+ * Never in answer to a null reverse-path, a mailer-daemon, an `Auto-Submitted` mail, or a report
+ * (RFC 3834 §2, RFC 5321 §6.2): those are given up with a log line only. List mail does get one:
+ * lists rely on bounces to their envelope sender to drop dead addresses.
  */
 import type { BridgeStore, InboundRow } from "../store/Store.ts";
 import { composeDsn, mayBounce } from "../mail/dsn.ts";
@@ -52,11 +53,10 @@ export class DsnService {
   async undeliverable(row: InboundRow, why: Undeliverable): Promise<void> {
     const headers = headerSection(row.raw);
     const mail = await parseMail(headers);
-    const precedence = /^precedence:\s*([^\r\n;]+)/im.exec(headers.toString("latin1"))?.[1]?.trim() ?? null;
     const contentType = /^content-type:\s*([^\r\n;]+)/im.exec(headers.toString("latin1"))?.[1]?.trim() ?? null;
     const ctx = { inbound: row.id, messageId: row.messageId, envelopeFrom: row.envelopeFrom ?? "<>" };
-    if (!row.envelopeFrom || !mayBounce(row.envelopeFrom, { autoSubmitted: mail.autoSubmitted, precedence, contentType })) {
-      log.info("no DSN for an undeliverable mail (null sender, automatic or list mail)", ctx);
+    if (!row.envelopeFrom || !mayBounce(row.envelopeFrom, { autoSubmitted: mail.autoSubmitted, contentType })) {
+      log.info("no DSN for an undeliverable mail (null sender, automatic mail or a report)", ctx);
       return;
     }
     const messageId = mintMessageId(this.opts.ids.mailDomain);
@@ -76,6 +76,7 @@ export class DsnService {
       ].join("\r\n"),
       originalHeaders: headers,
       messageIdDomain: this.opts.ids.mailDomain,
+      messageId,
     });
     const raw = this.opts.dkim ? await signWithDkim(unsigned, this.opts.dkim) : unsigned;
     const { duplicate } = await this.opts.store.enqueueOutbound({

@@ -459,6 +459,21 @@ describe("parseDsn on real-world-shaped reports", () => {
     );
   });
 
+  it("lenient: per-message fields run into the first recipient block without an empty line", async () => {
+    const raw = Buffer.from(
+      "Content-Type: multipart/report; report-type=delivery-status; boundary=q\n\n" +
+        "--q\nContent-Type: message/delivery-status\n\n" +
+        "Reporting-MTA: dns; mx.example.net\nOriginal-Envelope-Id: abc\nFinal-Recipient: rfc822; one@example.net\nAction: failed\nStatus: 5.1.1\n" +
+        "--q--\n",
+    );
+    assert.deepEqual(await parseDsn(raw), {
+      reportingMta: "mx.example.net",
+      originalMessageId: null,
+      originalEnvelopeId: "abc",
+      recipients: [{ address: "one@example.net", action: "failed", status: "5.1.1", diagnostic: null, remoteMta: null }],
+    });
+  });
+
   it("returns null for mail that is not a delivery-status report", async () => {
     assert.equal(await parseDsn(await fixture("plain.eml")), null);
     assert.equal(await parseDsn(await fixture("alternative.eml")), null);
