@@ -36,6 +36,7 @@ import { configureLogging } from "../src/util/logger.ts";
 import { startPostgres, stopPostgresCluster } from "../test/harness/postgres.ts";
 import { startDnsServer, type TestDns } from "../test/harness/dns.ts";
 import { DnsResolver } from "../src/mail/dns.ts";
+import { Subscriptions } from "../src/bridge/Subscriptions.ts";
 import type { Mailbox, SenderAuth } from "../src/bridge/InboundRouter.ts";
 import type { TestPostgres } from "../test/harness/postgres.ts";
 
@@ -528,6 +529,8 @@ async function runScenario(engine: EngineName, scenario: Scenario, settings: Set
       // Posting into Matrix is not part of this measurement.
       onCommitted: () => {},
       auth: await benchAuth(),
+      subscriptions: new Subscriptions({ store, ids, dkim: null, onQueued: () => {} }),
+      admins: { roomId: null, users: [] },
     });
     // Times the commit: from the end of DATA (the listener calls deliver when the data
     // stream ends) until the rows are committed, i.e. until the listener writes 250.

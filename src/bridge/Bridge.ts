@@ -16,6 +16,7 @@ import { InboundRouter } from "./InboundRouter.ts";
 import { checkWithRspamd } from "../mail/inbound/rspamd.ts";
 import { InboundPoster } from "./InboundPoster.ts";
 import { DsnService } from "./DsnService.ts";
+import { Subscriptions } from "./Subscriptions.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
 import { makeAccessCheck } from "./access.ts";
@@ -134,6 +135,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });
   const botDisplayName = config.appservice.bot_displayname;
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName });
+  const subscriptions = new Subscriptions({ store, ids, dkim, onQueued: () => queue.kick() });
   const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
   const poster = new InboundPoster({
     store,
@@ -156,6 +158,8 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     mayBridge,
     hostname: config.smtp.hostname,
     onCommitted: () => poster.kick(),
+    subscriptions,
+    admins: { roomId: config.permissions.admin_room, users: config.permissions.admins },
     auth: {
       lookup: dns.lookup,
       policy: { enforceDmarcReject: config.auth.enforce_dmarc_reject, unverified: config.auth.unverified, deferOnDnsError: config.auth.defer_on_dns_error },

@@ -208,6 +208,7 @@ export class InboundPoster {
       sender: row.sender,
       subject: mail.subject,
       participants: row.participants,
+      viaList: false,
     });
     const files: { filename: string; contentType: string; content: Buffer }[] = [];
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from(mail.text, "utf8") });

@@ -26,16 +26,34 @@ import { parseMail } from "../mail/inbound/parse.ts";
 import { authDecision, authenticateMessage, readAuthor, type AuthPolicy, type AuthVerdict } from "../mail/inbound/auth.ts";
 import type { DnsLookup } from "../mail/dns.ts";
 import { mailboxUserId, normalizeAddress, portalReader, type IdContext } from "./ids.ts";
+import type { MailboxPolicy } from "../store/Store.ts";
+import { parseMailboxCommand, type MailboxCommand, type Subscriptions } from "./Subscriptions.ts";
 import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
 const log = getLogger("bridge/inbound");
 
-/** A mailbox of the bridge, as resolved from a recipient address. */
+/**
+ * A mailbox of the bridge, as resolved from a recipient address at RCPT time:
+ * - `room`: a room mailbox (`team@`), or one of its command addresses (`team+subscribe@`,
+ *   `team+unsubscribe@`, `team+confirm-<token>@`, RFC 5233 subaddressing);
+ * - `personal`: a local user's personal mailbox;
+ * - `admin`: `postmaster` (RFC 5321 §4.5.1) or `abuse` (RFC 2142), delivered to the admin room
+ *   or to each bridge admin's DM.
+ */
 export type Mailbox =
-  | { kind: "room"; localpart: string; roomId: string }
-  | { kind: "personal"; localpart: string; userId: string };
+  | { kind: "room"; localpart: string; roomId: string; policy: MailboxPolicy; command: MailboxCommand | null }
+  | { kind: "personal"; localpart: string; userId: string }
+  | { kind: "admin"; localpart: string };
+
+/** Where mail to `postmaster` and `abuse` goes (`permissions.admin_room`, `permissions.admins`). */
+export interface AdminDelivery {
+  /** A room the bot is in; null: each admin's DM instead. */
+  roomId: string | null;
+  /** Matrix users who get it by DM when there is no admin room. */
+  users: readonly string[];
+}
 
 /** How inbound mail is authenticated (the `auth` and `dns` config sections). */
 export interface SenderAuth {
@@ -63,6 +81,12 @@ export interface InboundRouterOptions {
   auth: SenderAuth;
   /** Spam check (rspamd), or null for none. */
   spam?: SpamCheck | null;
+  /** Room mailbox subscriptions (plus-address commands). */
+  subscriptions: Pick<Subscriptions, "request" | "confirm" | "unsubscribe">;
+  /** Where `postmaster` and `abuse` go; null users and room: they are refused (550 5.1.1). */
+  admins: AdminDelivery;
+  /** Homeserver lookups of personal mailboxes (cached results excluded) allowed per 10 s; more answer 451 4.7.1. Default 100. */
+  userLookupsPer10s?: number;
 }
 
 /** How inbound mail is checked for spam. */
@@ -113,13 +137,48 @@ export class InboundRouter implements InboundHandler<Mailbox> {
    * @throws Error when the homeserver cannot be asked (the listener answers 451)
    */
   async resolveMailbox(address: string): Promise<Mailbox | null> {
-    const localpart = address.slice(0, address.lastIndexOf("@")).toLowerCase();
+    const full = address.slice(0, address.lastIndexOf("@")).toLowerCase();
+    const plus = full.indexOf("+");
+    const localpart = plus > 0 ? full.slice(0, plus) : full;
     const room = await this.opts.store.getRoomMailboxByLocalpart(localpart);
-    if (room) return { kind: "room", localpart, roomId: room.roomId };
+    if (room) {
+      const command = plus > 0 ? parseMailboxCommand(full.slice(plus + 1)) : null;
+      if (plus > 0 && !command) return null;
+      return { kind: "room", localpart, roomId: room.roomId, policy: room.policy, command };
+    }
+    if (plus > 0) return null;
+    if (localpart === "postmaster" || localpart === "abuse") {
+      const { roomId, users } = this.opts.admins;
+      return roomId || users.length > 0 ? { kind: "admin", localpart } : null;
+    }
     const userId = mailboxUserId(localpart, this.opts.ids);
     if (!userId || !this.opts.mayBridge(userId)) return null;
-    if (!(await this.opts.matrix.userExists(userId))) return null;
+    if (!(await this.userExists(userId))) return null;
     return { kind: "personal", localpart, userId };
+  }
+
+  /** Known answers of `userExists`, with when they expire (epoch ms). */
+  private readonly userCache = new Map<string, { exists: boolean; until: number }>();
+  /** Start (epoch ms) and count of the current 10 s lookup window. */
+  private lookupWindow = { start: 0, count: 0 };
+
+  /**
+   * Whether a local user exists, asked of the homeserver at most once a minute per user (a
+   * missing one: every 10 s), and at most `userLookupsPer10s` uncached times per 10 s overall.
+   * @throws SmtpReply 451 4.7.1 over the rate; the homeserver's error when it cannot be asked
+   */
+  private async userExists(userId: string): Promise<boolean> {
+    const now = Date.now();
+    const hit = this.userCache.get(userId);
+    if (hit && hit.until > now) return hit.exists;
+    if (now - this.lookupWindow.start >= 10_000) this.lookupWindow = { start: now, count: 0 };
+    if (++this.lookupWindow.count > (this.opts.userLookupsPer10s ?? 100)) {
+      throw new SmtpReply(451, "4.7.1", "too many recipient lookups, try again later");
+    }
+    const exists = await this.opts.matrix.userExists(userId);
+    if (this.userCache.size >= 10_000) this.userCache.clear();
+    this.userCache.set(userId, { exists, until: now + (exists ? 60_000 : 10_000) });
+    return exists;
   }
 
   /** RCPT TO: accept only the bridge's own mailboxes (RFC 5321 §3.6.2: never an open relay). */
@@ -194,13 +253,22 @@ export class InboundRouter implements InboundHandler<Mailbox> {
       envelopeFrom: envelope.mailFrom,
     };
     // Each recipient was resolved once, at RCPT time; the decision travels with the envelope.
+    const commands: (() => Promise<void>)[] = [];
     for (const mailbox of envelope.recipients.values()) {
-      const target = await this.route(mailbox, sender, decision.verified, threadIds, members);
-      const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
-      const known = targets.get(key);
-      if (!known || (!known.replyToEventId && target.replyToEventId)) targets.set(key, { ...base, ...target, raw });
+      if (mailbox.kind === "room" && mailbox.command) {
+        commands.push(this.command(mailbox, mailbox.command, sender, decision.verified, envelope));
+        continue;
+      }
+      if (mailbox.kind === "room") await this.checkPolicy(mailbox, sender, decision.verified);
+      for (const target of await this.route(mailbox, sender, decision.verified, threadIds, members)) {
+        const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
+        const known = targets.get(key);
+        if (!known || (!known.replyToEventId && target.replyToEventId)) targets.set(key, { ...base, ...target, raw });
+      }
     }
-    if (targets.size === 0) throw new SmtpReply(550, "5.1.1", "no valid recipients");
+    if (targets.size === 0 && commands.length === 0) throw new SmtpReply(550, "5.1.1", "no valid recipients");
+    for (const run of commands) await run();
+    if (targets.size === 0) return;
     const trace = Buffer.from(receivedHeader(envelope, this.opts.hostname, envelope.rcptTo.length === 1 ? envelope.rcptTo[0]! : null));
     const stored = Buffer.concat([trace, raw]);
     for (const mailRow of targets.values()) {
@@ -246,11 +314,62 @@ export class InboundRouter implements InboundHandler<Mailbox> {
   }
 
   /**
-   * Where a mail for `mailbox` goes. A thread is joined only by a verified sender who took part
-   * in the referenced message; otherwise the mail is routed as if it had no thread headers.
+   * A plus-address command to a room mailbox. Refusals are thrown at once (before anything is
+   * committed); the returned function carries it out after every recipient was checked.
+   * Subscribing and unsubscribing need an authenticated sender: a forged From must neither mail
+   * a confirmation to a stranger nor remove a subscriber.
+   * @throws SmtpReply 550 5.7.1 for an unauthenticated (un)subscribe
+   */
+  private command(mailbox: Extract<Mailbox, { kind: "room" }>, command: MailboxCommand, sender: string, verified: boolean, envelope: InboundEnvelope): () => Promise<void> {
+    const ctx = { session: envelope.sessionId, roomId: mailbox.roomId, sender, command: command.kind };
+    if (command.kind !== "confirm" && !verified) {
+      throw new SmtpReply(550, "5.7.1", `${command.kind} requests to ${mailbox.localpart}@${this.opts.ids.mailDomain} need an authenticated sender`);
+    }
+    return async () => {
+      if (command.kind === "subscribe") await this.opts.subscriptions.request(mailbox.roomId, mailbox.localpart, sender);
+      else if (command.kind === "unsubscribe") await this.opts.subscriptions.unsubscribe(mailbox.roomId, sender);
+      else await this.opts.subscriptions.confirm(command.token, sender);
+      log.info("room mailbox command", ctx);
+    };
+  }
+
+  /**
+   * A room mailbox's posting policy: `verified` takes authenticated senders only, `members`
+   * only senders whose (verified) ghost is already in the room.
+   * @throws SmtpReply 550 5.7.1 when the sender may not post; the homeserver's error when the
+   *   member list cannot be read (the listener answers 451)
+   */
+  private async checkPolicy(mailbox: Extract<Mailbox, { kind: "room" }>, sender: string, verified: boolean): Promise<void> {
+    if (mailbox.policy === "open") return;
+    const address = `${mailbox.localpart}@${this.opts.ids.mailDomain}`;
+    if (!verified) throw new SmtpReply(550, "5.7.1", `${address} accepts mail from authenticated senders only`);
+    if (mailbox.policy === "members") {
+      const members = await this.opts.matrix.joinedMembers(mailbox.roomId);
+      if (!members.includes(Ghost.of(sender, true, this.opts.ids).userId)) throw new SmtpReply(550, "5.7.1", `${address} accepts mail from its members only`);
+    }
+  }
+
+  /**
+   * Where a mail for `mailbox` goes (one target, or one per admin). A thread is joined only by a
+   * verified sender who took part in the referenced message; otherwise the mail is routed as if
+   * it had no thread headers.
    */
   private async route(
     mailbox: Mailbox,
+    sender: string,
+    verified: boolean,
+    threadIds: string[],
+    members: Map<string, Promise<string[]>>,
+  ): Promise<Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId">[]> {
+    if (mailbox.kind === "admin") {
+      const { roomId, users } = this.opts.admins;
+      return roomId ? [{ roomId, dmLocalUserId: null, replyToEventId: null }] : users.map((u) => ({ roomId: null, dmLocalUserId: u, replyToEventId: null }));
+    }
+    return [await this.routeOne(mailbox, sender, verified, threadIds, members)];
+  }
+
+  private async routeOne(
+    mailbox: Exclude<Mailbox, { kind: "admin" }>,
     sender: string,
     verified: boolean,
     threadIds: string[],

@@ -3,7 +3,7 @@
  * email participants (the ghosts joined to the room) and queues it for delivery.
  * The mail and its Message-ID mapping are committed before this returns.
  */
-import type { BridgeStore, PortalRow } from "../store/Store.ts";
+import type { BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
 import { composeMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { parseGhost, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
@@ -50,12 +50,30 @@ export class OutboundHandler {
     this.opts = opts;
   }
 
-  /** The email participants of a portal: the addresses of the ghosts joined to it. */
-  async recipients(portal: PortalRow): Promise<string[]> {
-    if (portal.kind === "dm" && portal.remoteAddress) return [portal.remoteAddress];
+  /**
+   * Who gets a room message by mail, and who is shown in To:.
+   * - DM portal: the remote party.
+   * - group portal: the addresses of the ghosts joined to the room.
+   * - room mailbox: a message in an email conversation (a reply, or a message in a thread, whose
+   *   parent is a known mail) goes to that conversation's participants (the parent's sender, To
+   *   and Cc), who already see each other; a top-level message goes to the room's subscribers
+   *   only, each by envelope, with the list address in To: so subscribers never see each other;
+   *   so does a reply to such a list message.
+   */
+  async recipients(portal: PortalRow, parent: MessageRow | null): Promise<{ envelope: string[]; to: string[]; list: boolean }> {
+    const { ids, store } = this.opts;
+    if (portal.kind === "dm" && portal.remoteAddress) return { envelope: [portal.remoteAddress], to: [portal.remoteAddress], list: false };
+    if (portal.kind === "mailbox") {
+      if (parent && !parent.viaList) {
+        const own = `@${ids.mailDomain}`;
+        const people = [...new Set([parent.sender, ...parent.participants])].filter((a) => !a.endsWith(own));
+        return { envelope: people, to: people, list: false };
+      }
+      return { envelope: await store.listSubscribers(portal.roomId), to: [], list: true };
+    }
     const members = await this.opts.matrix.joinedMembers(portal.roomId);
-    const addresses = members.map((m) => parseGhost(m, this.opts.ids)?.address).filter((a): a is string => a !== undefined);
-    return [...new Set(addresses)];
+    const addresses = [...new Set(members.map((m) => parseGhost(m, ids)?.address).filter((a): a is string => a !== undefined))];
+    return { envelope: addresses, to: addresses, list: false };
   }
 
   /**
@@ -73,23 +91,34 @@ export class OutboundHandler {
     if (await store.getOutboundByEvent(event.event_id)) return null; // replayed transaction
     const from = personalAddress(event.sender, ids);
     if (!from) throw new NotSentError(`${event.sender} has no personal mailbox on this bridge (only users of ${ids.serverName} have one).`);
-    const to = await this.recipients(portal);
-    if (to.length === 0) return null;
+    // The parent: the message replied to, else the thread's root (Client-Server API, "Threading").
+    const parentId = rel?.["m.in_reply_to"]?.event_id ?? (rel?.rel_type === "m.thread" ? rel.event_id : undefined);
+    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : null;
+    const plan = await this.recipients(portal, parent);
+    if (plan.envelope.length === 0) return null;
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
-    const parentId = rel?.["m.in_reply_to"]?.event_id;
-    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : null;
     const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName);
     const existing = await store.getMessageByEvent(portal.roomId, event.event_id);
     const messageId = existing?.messageId ?? mintMessageId(ids.mailDomain);
     const references = parent ? [...parent.references, parent.messageId] : [];
-    const names = await Promise.all(to.map(async (address) => (await store.getGhostByAddress(address))?.displayName ?? null));
+    const names = await Promise.all(plan.to.map(async (address) => (await store.getGhostByAddress(address))?.displayName ?? null));
     const body = matrixToMail(event.content, senderName);
     const mailbox = portal.kind === "mailbox" ? await store.getRoomMailboxByRoom(portal.roomId) : null;
+    const list = mailbox ? `${mailbox.localpart}@${ids.mailDomain}` : null;
+    const listHeaders: Record<string, string> = mailbox
+      ? {
+          // RFC 2919 list identifier and RFC 2369 list commands, so mail clients can filter,
+          // thread, post and unsubscribe.
+          "List-Id": `<${mailbox.localpart}.${ids.mailDomain}>`,
+          "List-Post": `<mailto:${list}>`,
+          "List-Unsubscribe": `<mailto:${mailbox.localpart}+unsubscribe@${ids.mailDomain}>`,
+        }
+      : {};
     const raw = await composeMail(
       {
         from: { name: senderName, address: from },
-        to: to.map((address, i) => ({ name: names[i] ?? null, address })),
+        to: plan.list && list ? [{ name: null, address: list }] : plan.to.map((address, i) => ({ name: names[i] ?? null, address })),
         subject,
         text: body.text,
         html: body.html,
@@ -97,9 +126,8 @@ export class OutboundHandler {
         inReplyTo: parent?.messageId ?? null,
         references,
         date: new Date(event.origin_server_ts),
-        replyTo: mailbox ? { name: null, address: `${mailbox.localpart}@${ids.mailDomain}` } : null,
-        // RFC 2919 list identifier, so mail clients can filter and thread the room's traffic.
-        headers: mailbox ? { "List-Id": `<${mailbox.localpart}.${ids.mailDomain}>` } : {},
+        replyTo: list ? { name: null, address: list } : null,
+        headers: listHeaders,
       },
       this.opts.dkim,
     );
@@ -111,11 +139,12 @@ export class OutboundHandler {
       direction: "outbound",
       sender: from,
       subject,
-      participants: to,
+      participants: plan.envelope,
+      viaList: plan.list,
     });
-    const { duplicate } = await store.enqueueOutbound({ roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: to, raw });
+    const { duplicate } = await store.enqueueOutbound({ roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: plan.envelope, raw });
     if (!duplicate) {
-      log.info("mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: to.length });
+      log.info("mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: plan.envelope.length, list: plan.list });
       this.opts.onQueued();
     }
     return messageId;

@@ -21,6 +21,7 @@ const COMMENTED: Record<string, string[]> = {
   "outbound.relay": ["relay:", "  host: smtp.example.net", "  port: 587", "  secure: false", "  username: bridge", "  password: secret"],
   "outbound.static_routes": ["static_routes:", '  example.net: "127.0.0.1:2525"'],
   "dns.nameservers": ["nameservers:", '  - "127.0.0.1:53"'],
+  "permissions.admins": ["admins:", '  - "@admin:example.org"'],
   "auth.trusted_arc_sealers": ["trusted_arc_sealers:", "  - lists.example.net"],
 };
 

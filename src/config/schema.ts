@@ -140,6 +140,10 @@ export interface PermissionsConfig {
    * Empty list: only users on the bridge's own homeserver.
    */
   allowed_users: string[];
+  /** Bridge admins (Matrix user IDs): they get mail to `postmaster@` and `abuse@` by DM when there is no admin room. */
+  admins: string[];
+  /** A room (ID) that gets mail to `postmaster@` and `abuse@` instead of the admins' DMs; the bot must be in it. */
+  admin_room: string | null;
 }
 
 /** `spam` section: spam verdicts from rspamd for inbound mail. */
@@ -377,6 +381,13 @@ export const configSchema: SchemaObject = {
           default: [],
           description: "Matrix user ID patterns ('*' wildcard) allowed to bridge; empty: users of this homeserver.",
         },
+        admins: {
+          type: "array",
+          items: { type: "string", pattern: "^@[^:]+:.+$" },
+          default: [],
+          description: "Bridge admins (Matrix user IDs): mail to postmaster@ and abuse@ reaches them by DM (RFC 5321 §4.5.1 requires a postmaster).",
+        },
+        admin_room: { type: "string", nullable: true, pattern: "^!.+:.+$", default: null, description: "Room ID that gets postmaster@ and abuse@ mail instead of the admins' DMs (the bot must be in it)." },
       },
     },
     spam: {

@@ -57,6 +57,11 @@ export const DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000;
 const PRUNE_INTERVAL_MS = 3600 * 1000;
 /** Room heads read per dispatcher pass. */
 const HEADS_PER_PASS = 1000;
+/**
+ * How long a room waits when the outcome of its event could not be written (journal down), in
+ * ms: the event is still pending, and handling it again at once would spin.
+ */
+const UNRECORDED_OUTCOME_PAUSE_MS = 5000;
 
 /** Options of {@link AppserviceTransactions}. */
 export interface AppserviceTransactionsOptions {
@@ -149,6 +154,8 @@ export class AppserviceTransactions implements TransactionReceiver {
   readonly #worker: QueueWorker;
   /** The event being handled, per room. */
   readonly #inFlight = new Map<string, Promise<void>>();
+  /** Rooms paused after an outcome could not be recorded: room → epoch ms when they may go on. */
+  readonly #paused = new Map<string, number>();
   #lastPrune = Number.NEGATIVE_INFINITY;
 
   /**
@@ -242,8 +249,11 @@ export class AppserviceTransactions implements TransactionReceiver {
     let nextDueAt: number | undefined;
     for (const head of heads) {
       if (this.#inFlight.has(head.roomId)) continue;
-      if (head.nextAttemptAt > now) {
-        nextDueAt = nextDueAt === undefined ? head.nextAttemptAt : Math.min(nextDueAt, head.nextAttemptAt);
+      const pausedUntil = this.#paused.get(head.roomId) ?? 0;
+      if (pausedUntil <= now) this.#paused.delete(head.roomId);
+      const dueAt = Math.max(head.nextAttemptAt, pausedUntil);
+      if (dueAt > now) {
+        nextDueAt = nextDueAt === undefined ? dueAt : Math.min(nextDueAt, dueAt);
         continue;
       }
       if (this.#inFlight.size >= this.#concurrency) break;
@@ -281,8 +291,9 @@ export class AppserviceTransactions implements TransactionReceiver {
     try {
       await this.#opts.journal.markMatrixEventDone(head.eventId);
     } catch (err) {
-      // Still pending: handled again later (handlers are idempotent on the event ID).
-      log.error("Matrix event handled but not marked done", { ...ctx, ...errorFields(err) });
+      // Still pending: handled again after a pause (handlers are idempotent on the event ID).
+      this.#paused.set(head.roomId, this.#clock() + UNRECORDED_OUTCOME_PAUSE_MS);
+      log.error("Matrix event handled but not marked done", { ...ctx, retryInMs: UNRECORDED_OUTCOME_PAUSE_MS, ...errorFields(err) });
     }
   }
 
@@ -300,7 +311,8 @@ export class AppserviceTransactions implements TransactionReceiver {
         log.warn("Matrix event failed: will retry", { ...ctx, type, attempts, retryInMs: delay, ...errorFields(err) });
       }
     } catch (markErr) {
-      log.error("Matrix event failed and its failure could not be recorded", { ...ctx, type, attempts, ...errorFields(err), markError: errorFields(markErr).error });
+      this.#paused.set(head.roomId, this.#clock() + UNRECORDED_OUTCOME_PAUSE_MS);
+      log.error("Matrix event failed and its failure could not be recorded", { ...ctx, type, attempts, retryInMs: UNRECORDED_OUTCOME_PAUSE_MS, ...errorFields(err), markError: errorFields(markErr).error });
     }
   }
 }

@@ -5,14 +5,18 @@
 import type { Database, Queryable, SqlValue } from "./db/Database.ts";
 import { dbBool, dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
 import * as Q from "./queries/sql.ts";
-import { toGhost, toInbound, toMailbox, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
+import { toGhost, toInbound, toMailbox, toSubscriber, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
 import type { DbRow } from "./queries/rows.ts";
 import { MailboxTakenError } from "./Store.ts";
+import { RawCipher } from "./rawCipher.ts";
 import type {
   BridgeStore,
   GhostRow,
   InboundRow,
   InboundState,
+  RawPurgeResult,
+  MailboxPolicy,
+  SubscriberRow,
   MatrixEventRow,
   MessageRow,
   NewInbound,
@@ -22,6 +26,8 @@ import type {
   OutboundRecipientRow,
   OutboundRecipientUpdate,
   OutboundRow,
+  OutboundState,
+  QueueCountsSnapshot,
   PortalRow,
   RecordedAppserviceTransaction,
   RoomMailboxRow,
@@ -69,16 +75,35 @@ export class SqlStore implements BridgeStore {
   readonly db: Database;
   readonly engine: "postgres" | "sqlite";
   readonly #now: () => number;
+  /** Encrypts `raw` on write, decrypts it on read (src/store/rawCipher.ts). */
+  readonly #cipher: RawCipher;
 
   /**
    * @param db an open, migrated database; the store owns it and closes it in {@link close}
    * @param opts.now clock in epoch ms (tests)
+   * @param opts.cipher encryption at rest of `inbound_mail.raw` and `outbound_mail.raw`
+   *   (default: none, plaintext written; an encrypted row then fails to read, loudly)
    */
-  constructor(db: Database, opts: { now?: () => number } = {}) {
+  constructor(db: Database, opts: { now?: () => number; cipher?: RawCipher } = {}) {
     this.db = db;
     this.engine = db.engine;
     this.#now = opts.now ?? Date.now;
+    this.#cipher = opts.cipher ?? RawCipher.plaintext();
   }
+
+  /** Map an inbound row, decrypting `raw`. @throws RawDecryptError naming the row and key ID */
+  readonly #toInbound = (r: DbRow): InboundRow => {
+    const row = toInbound(r);
+    row.raw = this.#cipher.open(row.raw, "inbound_mail", row.id);
+    return row;
+  };
+
+  /** Map an outbound row, decrypting `raw`. @throws RawDecryptError naming the row and key ID */
+  readonly #toOutbound = (r: DbRow): OutboundRow => {
+    const row = toOutbound(r);
+    row.raw = this.#cipher.open(row.raw, "outbound_mail", row.id);
+    return row;
+  };
 
   /** Close the database. */
   async close(): Promise<void> {
@@ -143,6 +168,31 @@ export class SqlStore implements BridgeStore {
     return changes > 0;
   }
 
+  async setMailboxPolicy(roomId: string, policy: MailboxPolicy): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_SET_MAILBOX_POLICY, [roomId, policy])).changes > 0;
+  }
+
+  // Room mailbox subscribers
+
+  async putSubscriber(row: Omit<SubscriberRow, "createdAt">): Promise<SubscriberRow> {
+    const rows = await this.db.query<DbRow>(Q.SQL_PUT_SUBSCRIBER, [row.roomId, row.address, row.state, row.state === "active" ? null : row.token, ms(this.#now())]);
+    return toSubscriber(rows[0]!);
+  }
+
+  async activateSubscriber(token: string): Promise<SubscriberRow | null> {
+    const rows = await this.db.query<DbRow>(Q.SQL_ACTIVATE_SUBSCRIBER, [token]);
+    return rows[0] ? toSubscriber(rows[0]) : null;
+  }
+
+  async removeSubscriber(roomId: string, address: string): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_DELETE_SUBSCRIBER, [roomId, address])).changes > 0;
+  }
+
+  async listSubscribers(roomId: string): Promise<string[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_ACTIVE_SUBSCRIBERS, [roomId]);
+    return rows.map((r) => String(r.address));
+  }
+
   // Portals
 
   /**
@@ -191,6 +241,7 @@ export class SqlStore implements BridgeStore {
       msg.subject,
       ms(this.#now()),
       jsonText(msg.participants),
+      msg.viaList,
     ]);
   }
 
@@ -235,7 +286,7 @@ export class SqlStore implements BridgeStore {
         mail.replyToEventId,
         mail.messageId,
         mail.sender,
-        mail.raw,
+        this.#cipher.seal(mail.raw, "inbound_mail"),
         ms(this.#now()),
         mail.senderVerified,
         mail.senderName,
@@ -246,7 +297,7 @@ export class SqlStore implements BridgeStore {
         mail.envelopeFrom,
       ]);
       if (inserted[0]) return { row: toInbound(inserted[0]), duplicate: false };
-      const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], toInbound);
+      const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], this.#toInbound);
       if (!existing) throw new Error("inbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
     });
@@ -254,7 +305,7 @@ export class SqlStore implements BridgeStore {
 
   async listPendingInbound(limit: number): Promise<InboundRow[]> {
     const rows = await this.db.query<DbRow>(Q.SQL_PENDING_INBOUND, [limitOf(limit)]);
-    return rows.map(toInbound);
+    return rows.map(this.#toInbound);
   }
 
   async setInboundRoom(id: number, roomId: string): Promise<void> {
@@ -267,7 +318,7 @@ export class SqlStore implements BridgeStore {
 
   async listDueInbound(now: number, limit: number): Promise<InboundRow[]> {
     const rows = await this.db.query<DbRow>(Q.SQL_DUE_INBOUND, [ms(now), limitOf(limit)]);
-    return rows.map(toInbound);
+    return rows.map(this.#toInbound);
   }
 
   async nextInboundAttemptAt(): Promise<number | null> {
@@ -276,12 +327,12 @@ export class SqlStore implements BridgeStore {
   }
 
   getInbound(id: number): Promise<InboundRow | null> {
-    return one(this.db, Q.SQL_INBOUND_BY_ID, [id], toInbound);
+    return one(this.db, Q.SQL_INBOUND_BY_ID, [id], this.#toInbound);
   }
 
   async listInbound(state: InboundState | null, limit: number): Promise<InboundRow[]> {
     const rows = state === null ? await this.db.query<DbRow>(Q.SQL_INBOUND_ALL, [limitOf(limit)]) : await this.db.query<DbRow>(Q.SQL_INBOUND_IN_STATE, [state, limitOf(limit)]);
-    return rows.map(toInbound);
+    return rows.map(this.#toInbound);
   }
 
   async markInboundRetry(id: number, error: string, nextAttemptAt: number): Promise<void> {
@@ -312,7 +363,7 @@ export class SqlStore implements BridgeStore {
         mail.messageId,
         mail.envelopeFrom,
         jsonText(mail.recipients),
-        mail.raw,
+        this.#cipher.seal(mail.raw, "outbound_mail"),
         now,
       ]);
       if (inserted[0]) {
@@ -320,7 +371,7 @@ export class SqlStore implements BridgeStore {
         for (const address of mail.recipients) await tx.execute(Q.SQL_INSERT_OUTBOUND_RECIPIENT, [row.id, address, now]);
         return { row, duplicate: false };
       }
-      const existing = await one(tx, Q.SQL_OUTBOUND_BY_EVENT, [mail.eventId], toOutbound);
+      const existing = await one(tx, Q.SQL_OUTBOUND_BY_EVENT, [mail.eventId], this.#toOutbound);
       if (!existing) throw new Error("outbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
     });
@@ -329,7 +380,7 @@ export class SqlStore implements BridgeStore {
   /** Due rows (`queued`/`deferred`, nextAttemptAt <= now ms), in queue order (oldest first). */
   async listDueOutbound(now: number, limit: number): Promise<OutboundRow[]> {
     const rows = await this.db.query<DbRow>(Q.SQL_DUE_OUTBOUND, [ms(now), limitOf(limit)]);
-    return rows.map(toOutbound);
+    return rows.map(this.#toOutbound);
   }
 
   /** Mark delivered: `sent`, recipients emptied, attempts + 1, lastError cleared. */
@@ -348,12 +399,12 @@ export class SqlStore implements BridgeStore {
   }
 
   getOutboundByEvent(eventId: string): Promise<OutboundRow | null> {
-    return one(this.db, Q.SQL_OUTBOUND_BY_EVENT, [eventId], toOutbound);
+    return one(this.db, Q.SQL_OUTBOUND_BY_EVENT, [eventId], this.#toOutbound);
   }
 
   /** The outbound mail with this id, or null. */
   getOutboundById(id: number): Promise<OutboundRow | null> {
-    return one(this.db, Q.SQL_OUTBOUND_BY_ID, [id], toOutbound);
+    return one(this.db, Q.SQL_OUTBOUND_BY_ID, [id], this.#toOutbound);
   }
 
   /**
@@ -421,6 +472,57 @@ export class SqlStore implements BridgeStore {
     const rows = await this.db.query<DbRow>(Q.SQL_NEXT_OUTBOUND_ATTEMPT, [ms(after)]);
     const t = rows[0]?.t;
     return t === null || t === undefined ? null : dbNumber(t);
+  }
+
+  /** Mails in `state` (any when null), newest first, at most `limit`. */
+  async listOutbound(state: OutboundState | null, limit: number): Promise<OutboundRow[]> {
+    const rows = state === null ? await this.db.query<DbRow>(Q.SQL_OUTBOUND_ALL, [limitOf(limit)]) : await this.db.query<DbRow>(Q.SQL_OUTBOUND_IN_STATE, [state, limitOf(limit)]);
+    return rows.map(this.#toOutbound);
+  }
+
+  /**
+   * Make mail `id` due now with every recipient not accepted yet (see
+   * {@link BridgeStore.requeueOutbound}). The remaining list keeps its order; recipients
+   * taken back from `failed` follow, by address.
+   */
+  async requeueOutbound(id: number): Promise<boolean> {
+    const now = ms(this.#now());
+    return this.db.transaction(async (tx) => {
+      const mail = (await tx.query<DbRow>(Q.SQL_OUTBOUND_REQUEUE_READ, [id]))[0];
+      if (!mail || mail.state === "sent") return false;
+      await tx.execute(Q.SQL_OUTBOUND_RECIPIENTS_REQUEUE, [id, now]);
+      const rows = (await tx.query<DbRow>(Q.SQL_OUTBOUND_RECIPIENTS, [id])).map(toOutboundRecipient);
+      const stateOf = new Map(rows.map((r) => [r.address, r.state]));
+      // A listed address without a row (queued before migration 3) is still to do.
+      const listed = parseStringArray(mail.recipients).filter((a) => (stateOf.get(a) ?? "pending") !== "sent");
+      const taken = rows.filter((r) => r.state !== "sent" && !listed.includes(r.address)).map((r) => r.address);
+      const recipients = [...listed, ...taken];
+      if (recipients.length === 0) return false;
+      const state = dbNumber(mail.attempts) === 0 ? "queued" : "deferred";
+      await tx.execute(Q.SQL_OUTBOUND_REQUEUE, [id, state, jsonText(recipients), now]);
+      return true;
+    });
+  }
+
+  /** Delete mail `id` and its recipients unless it was sent, in one transaction. */
+  async dropOutbound(id: number): Promise<boolean> {
+    return this.db.transaction(async (tx) => {
+      await tx.execute(Q.SQL_OUTBOUND_DROP_RECIPIENTS, [id]);
+      return (await tx.execute(Q.SQL_OUTBOUND_DROP, [id])).changes > 0;
+    });
+  }
+
+  // Queue gauges
+
+  /** Both queues' sizes in one statement. */
+  async queueCounts(): Promise<QueueCountsSnapshot> {
+    const r = (await this.db.query<DbRow>(Q.SQL_QUEUE_COUNTS, []))[0];
+    if (!r) throw new Error("queue counts query returned no row");
+    const at = (v: unknown): number | null => (v === null || v === undefined ? null : dbNumber(v));
+    return {
+      inbound: { waiting: dbNumber(r.inbound_waiting), oldestWaitingAt: at(r.inbound_oldest), failed: dbNumber(r.inbound_failed) },
+      outbound: { waiting: dbNumber(r.outbound_waiting), oldestWaitingAt: at(r.outbound_oldest), failed: dbNumber(r.outbound_failed) },
+    };
   }
 
   // Appservice transaction journal

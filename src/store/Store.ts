@@ -24,6 +24,23 @@ export interface RoomMailboxRow {
   roomId: string;
   /** Matrix user who turned the mailbox on. */
   createdBy: string;
+  /** Who may post: anyone (`open`), ghosts already in the room (`members`), authenticated senders (`verified`). */
+  policy: MailboxPolicy;
+  createdAt: number;
+}
+
+/** Who may post to a room mailbox. */
+export type MailboxPolicy = "open" | "members" | "verified";
+
+/** An address that receives a room mailbox's top-level messages (once `active`). */
+export interface SubscriberRow {
+  roomId: string;
+  /** Normalised address. */
+  address: string;
+  /** `pending` until the address confirms (or a moderator adds it: `active` at once). */
+  state: "pending" | "active";
+  /** The confirmation token of a pending subscription; null once active. */
+  token: string | null;
   createdAt: number;
 }
 
@@ -76,6 +93,8 @@ export interface MessageRow {
    * envelope recipients. With `sender`, the addresses that may continue this thread.
    */
   participants: string[];
+  /** Sent to a room mailbox's subscribers as a list mail (recipients hidden from each other). */
+  viaList: boolean;
   createdAt: number;
 }
 
@@ -131,8 +150,13 @@ export interface InboundRow {
   contentHash: string;
   /** The MAIL FROM reverse-path, or null for the null reverse-path `<>`: where a DSN would go. */
   envelopeFrom: string | null;
-  /** The raw RFC 5322 message, as received (with the bridge's Received header on top). */
+  /**
+   * The raw RFC 5322 message, as received (with the bridge's Received header on top);
+   * decrypted when stored encrypted. Empty once purged (see `rawPurgedAt`).
+   */
   raw: Buffer;
+  /** Epoch ms when the retention purge emptied `raw` (migration 5), or null while it is kept. */
+  rawPurgedAt: number | null;
   state: InboundState;
   attempts: number;
   /** Epoch ms before which a pending row is not tried again (backoff after a temporary failure). */
@@ -162,8 +186,10 @@ export interface OutboundRow {
   envelopeFrom: string;
   /** Envelope recipients (RCPT TO) not yet delivered. */
   recipients: string[];
-  /** The signed RFC 5322 message. */
+  /** The signed RFC 5322 message; decrypted when stored encrypted. Empty once purged (see `rawPurgedAt`). */
   raw: Buffer;
+  /** Epoch ms when the retention purge emptied `raw` (migration 5), or null while it is kept. */
+  rawPurgedAt: number | null;
   state: OutboundState;
   attempts: number;
   nextAttemptAt: number;
@@ -223,6 +249,22 @@ export interface OutboundAttemptResult {
   recipients: OutboundRecipientRow[];
 }
 
+/** The size of one queue, for metrics and `/health`. */
+export interface QueueCounts {
+  /** Items waiting: inbound rows `pending`; outbound mails `queued` or `deferred`. */
+  waiting: number;
+  /** When the oldest waiting item arrived, epoch ms (inbound `receivedAt`, outbound `createdAt`); null when none waits. */
+  oldestWaitingAt: number | null;
+  /** Items given up and kept: inbound rows `failed`; outbound mails `bounced`. */
+  failed: number;
+}
+
+/** What {@link BridgeStore.queueCounts} returns. */
+export interface QueueCountsSnapshot {
+  inbound: QueueCounts;
+  outbound: QueueCounts;
+}
+
 /**
  * State of a journaled Matrix event (table `matrix_events`, migration 4): `pending` (to be
  * handled), `done` (the handler resolved), `failed` (the handler threw on every attempt).
@@ -264,6 +306,14 @@ export interface RecordedAppserviceTransaction {
   recorded: number;
 }
 
+/** What {@link BridgeStore.purgeRawMail} emptied. */
+export interface RawPurgeResult {
+  /** Inbound rows whose `raw` was emptied. */
+  inbound: number;
+  /** Outbound rows whose `raw` was emptied. */
+  outbound: number;
+}
+
 /** Raised when a room mailbox localpart is already taken by another room. */
 export class MailboxTakenError extends Error {
   readonly localpart: string;
@@ -299,6 +349,21 @@ export interface BridgeStore {
   getRoomMailboxByRoom(roomId: string): Promise<RoomMailboxRow | null>;
   /** Remove the room's mailbox; returns false if it had none. */
   removeRoomMailbox(roomId: string): Promise<boolean>;
+  /** Set who may post to the room's mailbox; returns false if the room has none. */
+  setMailboxPolicy(roomId: string, policy: MailboxPolicy): Promise<boolean>;
+
+  // Room mailbox subscribers
+  /**
+   * Add or refresh a subscriber. An `active` subscriber stays active (a new pending request
+   * does not demote it); a pending one gets the new token.
+   */
+  putSubscriber(row: Omit<SubscriberRow, "createdAt">): Promise<SubscriberRow>;
+  /** Confirm a pending subscription by its token; returns the now active row, or null for an unknown token. */
+  activateSubscriber(token: string): Promise<SubscriberRow | null>;
+  /** Remove a subscriber (pending or active); returns false when there was none. */
+  removeSubscriber(roomId: string, address: string): Promise<boolean>;
+  /** Active subscribers of a room, by address. */
+  listSubscribers(roomId: string): Promise<string[]>;
 
   // Portals
   /** Insert a portal, or update kind/subject/encrypted of an existing one (room_id is the key). */
@@ -390,6 +455,22 @@ export interface BridgeStore {
   markOutboundDelayWarned(id: number, at: number): Promise<void>;
   /** The earliest `nextAttemptAt` (epoch ms) of a queued/deferred mail that is later than `after`, or null. */
   nextOutboundAttemptAt(after: number): Promise<number | null>;
+  /** Mails in `state` (all states when null), newest first, at most `limit` (for the `queue` CLI). */
+  listOutbound(state: OutboundState | null, limit: number): Promise<OutboundRow[]>;
+  /**
+   * Try mail `id` again, due now (the `queue retry` CLI), in one transaction: every recipient
+   * not accepted yet is due now (a `failed` one becomes `deferred`, its failure unreported, so
+   * a new failure is reported again); the mail becomes `queued` (never attempted) or `deferred`
+   * with those recipients. Returns false when there is no such mail, it is `sent`, or no
+   * recipient is left to try.
+   */
+  requeueOutbound(id: number): Promise<boolean>;
+  /** Delete a mail that is not `sent`, with its recipients (the `queue drop` CLI). Returns false when there is no such mail or it was sent. */
+  dropOutbound(id: number): Promise<boolean>;
+
+  // Queue gauges (metrics, /health)
+  /** How many items wait and how old the oldest is, per queue; one consistent read. */
+  queueCounts(): Promise<QueueCountsSnapshot>;
 
   // Appservice transaction journal (migration 4; src/matrix/appserviceTransactions.ts)
   /**
@@ -420,4 +501,17 @@ export interface BridgeStore {
    * @returns how many rows of each were deleted
    */
   pruneMatrixJournal(before: number): Promise<{ events: number; txns: number }>;
+
+  // Stored mail retention (migration 5; src/store/retention.ts)
+  /**
+   * Empty the raw bytes of resolved mail that arrived before `before` (epoch ms): inbound mail
+   * that is `posted` (by `receivedAt`); outbound mail that is `sent`, or `bounced` with every
+   * failed recipient reported (by `createdAt`). `raw` becomes empty and `rawPurgedAt` is set
+   * to now; the rows stay (dedupe, queue history). Mail still pending, queued, deferred, failed
+   * inbound (it may be retried) and bounces not yet reported are never touched. At most
+   * `limit` rows of each table, oldest first; one transaction.
+   * @returns how many rows of each table were emptied
+   * @throws RangeError when `before` is not finite or `limit` is not a non-negative integer
+   */
+  purgeRawMail(before: number, limit: number): Promise<RawPurgeResult>;
 }

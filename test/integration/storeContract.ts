@@ -269,6 +269,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           sender: "bob@example.org",
           subject: "Hello ✉",
           participants: ["alice@bridge.test", "carol@example.net"],
+          viaList: false,
         });
         await store.insertMessage({
           roomId: "!b:hs.test",
@@ -279,6 +280,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           sender: "alice@bridge.test",
           subject: null,
           participants: [],
+          viaList: true,
         });
         const a = await store.getMessageByEvent("!a:hs.test", "$in");
         assert.deepEqual({ ...a, createdAt: 0 }, {
@@ -290,12 +292,14 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           sender: "bob@example.org",
           subject: "Hello ✉",
           participants: ["alice@bridge.test", "carol@example.net"],
+          viaList: false,
           createdAt: 0,
         });
         const b = await store.getMessageByEvent("!b:hs.test", "$out");
         assert.equal(b?.direction, "outbound");
         assert.deepEqual(b?.references, []);
         assert.equal(b?.subject, null);
+        assert.equal(b?.viaList, true);
 
         const all = await store.getMessagesByMessageId("m1@mail.test");
         assert.deepEqual(all.map((m) => m.roomId).sort(), ["!a:hs.test", "!b:hs.test"]);
@@ -313,6 +317,7 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           sender: "bob@example.org",
           subject: "one",
           participants: [],
+          viaList: false,
         };
         await store.insertMessage(msg);
         await store.insertMessage({ ...msg, messageId: "second@mail.test", subject: "two" });
@@ -893,6 +898,112 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         } finally {
           await again.close();
         }
+      });
+    });
+
+    describe("queue administration (queue CLI) and queue counts", () => {
+      const failed = (address: string) => ({ address, state: "failed" as const, code: 550, reply: "550 5.1.1 No such user", nextAttemptAt: null });
+      const deferred = (address: string, nextAttemptAt: number) => ({ address, state: "deferred" as const, code: 451, reply: "451 4.7.1 Greylisted", nextAttemptAt });
+      const delivered = (address: string) => ({ address, state: "sent" as const, code: 250, reply: "250 2.0.0 OK", nextAttemptAt: null });
+      const bob = "bob@example.org";
+      const carol = "carol@example.net";
+
+      it("lists outbound mail newest first, by state, at most limit", async () => {
+        const m1 = (await store.enqueueOutbound(outbound({ eventId: "$q1" }))).row;
+        const m2 = (await store.enqueueOutbound(outbound({ eventId: "$q2" }))).row;
+        const m3 = (await store.enqueueOutbound(outbound({ eventId: "$q3" }))).row;
+        await store.recordOutboundAttempt(m2.id, [delivered(bob), failed(carol)], Date.now());
+        assert.deepEqual((await store.listOutbound(null, 10)).map((r) => r.id), [m3.id, m2.id, m1.id]);
+        assert.deepEqual((await store.listOutbound(null, 2)).map((r) => r.id), [m3.id, m2.id]);
+        assert.deepEqual((await store.listOutbound("queued", 10)).map((r) => r.id), [m3.id, m1.id]);
+        assert.deepEqual((await store.listOutbound("bounced", 10)).map((r) => r.id), [m2.id]);
+        assert.deepEqual(await store.listOutbound("sent", 10), []);
+        assert.ok((await store.listOutbound(null, 1))[0]!.raw.equals(m3.raw), "rows carry the raw message");
+        await assert.rejects(store.listOutbound(null, -1), RangeError);
+      });
+
+      it("retry: a bounced mail's failed recipients are due again, unreported; the accepted ones are not resent", async () => {
+        const { row } = await store.enqueueOutbound(outbound());
+        await store.recordOutboundAttempt(row.id, [delivered(bob), failed(carol)], Date.now());
+        await store.markOutboundRecipientsReported(row.id, [carol]);
+        const before = Date.now();
+        assert.equal(await store.requeueOutbound(row.id), true);
+        const mail = await store.getOutboundById(row.id);
+        assert.equal(mail?.state, "deferred");
+        assert.deepEqual(mail?.recipients, [carol]);
+        assert.equal(mail?.attempts, 1, "attempts are kept");
+        assert.ok(mail!.nextAttemptAt >= before && mail!.nextAttemptAt <= Date.now(), "due now");
+        assert.deepEqual((await store.listDueOutbound(Date.now(), 10)).map((r) => r.id), [row.id]);
+        const rs = await store.listOutboundRecipients(row.id);
+        assert.deepEqual(
+          rs.map((r) => [r.address, r.state, r.attempts, r.reported, r.lastReply]),
+          [
+            [bob, "sent", 1, false, "250 2.0.0 OK"],
+            [carol, "deferred", 1, false, "550 5.1.1 No such user"],
+          ],
+        );
+        assert.ok(rs[1]!.nextAttemptAt! >= before);
+        // A new failure is news again: reported again.
+        const again = await store.recordOutboundAttempt(row.id, [failed(carol)], Date.now());
+        assert.equal(again.state, "bounced");
+        assert.deepEqual((await store.listUnreportedOutboundFailures(10)).map((r) => r.address), [carol]);
+      });
+
+      it("retry: a deferred mail is due now with its recipients in order; a new mail stays queued", async () => {
+        const fresh = (await store.enqueueOutbound(outbound({ eventId: "$fresh" }))).row;
+        assert.equal(await store.requeueOutbound(fresh.id), true);
+        assert.equal((await store.getOutboundById(fresh.id))?.state, "queued");
+        const { row } = await store.enqueueOutbound(outbound({ eventId: "$later", recipients: [carol, bob] }));
+        const later = Date.now() + 3_600_000;
+        await store.recordOutboundAttempt(row.id, [deferred(carol, later), deferred(bob, later)], later);
+        assert.deepEqual((await store.listDueOutbound(Date.now(), 10)).map((r) => r.id), [fresh.id]);
+        assert.equal(await store.requeueOutbound(row.id), true);
+        const mail = await store.getOutboundById(row.id);
+        assert.equal(mail?.state, "deferred");
+        assert.deepEqual(mail?.recipients, [carol, bob]);
+        assert.ok(mail!.nextAttemptAt <= Date.now());
+        assert.ok((await store.listOutboundRecipients(row.id)).every((r) => r.state === "deferred" && r.nextAttemptAt! <= Date.now()));
+      });
+
+      it("retry and drop refuse a sent mail and an unknown id; drop deletes a mail with its recipients", async () => {
+        const sent = (await store.enqueueOutbound(outbound({ eventId: "$sent" }))).row;
+        await store.recordOutboundAttempt(sent.id, [delivered(bob), delivered(carol)], Date.now());
+        assert.equal(await store.requeueOutbound(sent.id), false);
+        assert.equal(await store.dropOutbound(sent.id), false);
+        assert.equal((await store.getOutboundById(sent.id))?.state, "sent");
+        assert.equal((await store.listOutboundRecipients(sent.id)).length, 2, "a refused drop deletes nothing");
+        assert.equal(await store.requeueOutbound(sent.id + 1000), false);
+        assert.equal(await store.dropOutbound(sent.id + 1000), false);
+        const { row } = await store.enqueueOutbound(outbound({ eventId: "$drop" }));
+        await store.recordOutboundAttempt(row.id, [failed(bob), deferred(carol, Date.now() + 60_000)], Date.now() + 60_000);
+        assert.equal(await store.dropOutbound(row.id), true);
+        assert.equal(await store.getOutboundById(row.id), null);
+        assert.deepEqual(await store.listOutboundRecipients(row.id), []);
+        assert.deepEqual(await store.listUnreportedOutboundFailures(10), []);
+        assert.equal(await store.dropOutbound(row.id), false);
+        assert.equal(await store.requeueOutbound(row.id), false);
+      });
+
+      it("counts waiting and given-up items of both queues and the oldest waiting item's arrival", async () => {
+        const empty = { waiting: 0, oldestWaitingAt: null, failed: 0 };
+        assert.deepEqual(await store.queueCounts(), { inbound: empty, outbound: empty });
+        const a = (await store.insertInbound(inbound({ messageId: "a@x" }))).row;
+        await new Promise((r) => setTimeout(r, 5));
+        const b = (await store.insertInbound(inbound({ messageId: "b@x" }))).row;
+        const c = (await store.insertInbound(inbound({ messageId: "c@x" }))).row;
+        await store.markInboundFailed(a.id, "given up");
+        await store.markInboundPosted(c.id, "$posted");
+        const o1 = (await store.enqueueOutbound(outbound({ eventId: "$o1" }))).row;
+        await new Promise((r) => setTimeout(r, 5));
+        const o2 = (await store.enqueueOutbound(outbound({ eventId: "$o2" }))).row;
+        const o3 = (await store.enqueueOutbound(outbound({ eventId: "$o3" }))).row;
+        await store.recordOutboundAttempt(o1.id, [failed(bob), failed(carol)], Date.now());
+        await store.recordOutboundAttempt(o2.id, [deferred(bob, Date.now() + 60_000), delivered(carol)], Date.now() + 60_000);
+        await store.recordOutboundAttempt(o3.id, [delivered(bob), delivered(carol)], Date.now());
+        assert.deepEqual(await store.queueCounts(), {
+          inbound: { waiting: 1, oldestWaitingAt: b.receivedAt, failed: 1 },
+          outbound: { waiting: 1, oldestWaitingAt: o2.createdAt, failed: 1 },
+        });
       });
     });
   });

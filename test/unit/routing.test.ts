@@ -18,6 +18,7 @@ import { SmtpReply } from "../../src/mail/inbound/rejections.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
+import { Subscriptions } from "../../src/bridge/Subscriptions.ts";
 import { startDnsServer, type TestDns } from "../harness/dns.ts";
 
 configureLogging({ level: "error" });
@@ -73,6 +74,8 @@ describe("inbound routing", () => {
       mayBridge: (u) => u.endsWith(":hs.example"),
       onCommitted: () => committed++,
       hostname: "mx.bridge.example",
+      subscriptions: new Subscriptions({ store, ids, dkim: null, onQueued: () => undefined }),
+      admins: { roomId: null, users: ["@admin:hs.example"] },
       auth: {
         lookup: new DnsResolver({ nameservers: [dns.nameserver], timeoutMs: 1000, tries: 1, cacheEntries: 0, cacheTtlMs: 0 }).lookup,
         policy: { enforceDmarcReject: true, unverified: "mark", deferOnDnsError: true },
@@ -91,7 +94,7 @@ describe("inbound routing", () => {
     await store.setRoomMailbox("team", "!team:hs.example", "@alice:hs.example");
     await store.upsertPortal({ roomId: "!team:hs.example", kind: "mailbox", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
     await store.upsertPortal({ roomId: "!group:hs.example", kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
-    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out1", messageId: "out1@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@example.org"] });
+    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out1", messageId: "out1@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@example.org"], viaList: false });
   });
   afterEach(async () => {
     await store.close();
@@ -132,7 +135,7 @@ describe("inbound routing", () => {
 
   it("an unverified sender never joins a thread and gets its own DM portal", async () => {
     await store.upsertPortal({ roomId: "!dmv:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@unsigned.test", subject: null, encrypted: false, remoteVerified: true });
-    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out2", messageId: "out2@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@unsigned.test"] });
+    await store.insertMessage({ roomId: "!group:hs.example", eventId: "$out2", messageId: "out2@bridge.example", references: [], direction: "outbound", sender: "alice@bridge.example", subject: "Tea", participants: ["carol@unsigned.test"], viaList: false });
     await router.deliver(mail({ from: "carol@unsigned.test", messageId: "u1@unsigned.test", inReplyTo: "out2@bridge.example" }), await envelope(["alice@bridge.example"], "carol@unsigned.test"));
     const [row] = await store.listPendingInbound(10);
     assert.equal(row?.senderVerified, false);

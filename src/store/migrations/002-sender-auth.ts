@@ -10,8 +10,12 @@
  *   the dedupe key becomes (target, Message-ID, content hash), so only a true retransmission is
  *   deduplicated. Rows from before this migration count as unverified.
  * - `messages`: who took part in a message besides its sender (`participants`), so a reply
- *   may join a thread only if its sender took part.
+ *   may join a thread only if its sender took part; `via_list` when it went to a room
+ *   mailbox's subscribers (each hidden from the others), so replies to it do too.
  * - `portals`: a DM with an unverified sender is a portal of its own (`remote_verified`).
+ * - `room_mailboxes.policy`: who may post to a room mailbox (`open`, `members`, `verified`).
+ * - `room_subscribers`: who receives a room mailbox's top-level messages; an address becomes a
+ *   subscriber by confirming a mail (`pending` with a token, then `active`) or by a moderator.
  * - `inbound_mail.envelope_from`: the MAIL FROM reverse-path (NULL for `<>`), where a DSN goes.
  * - `inbound_mail.next_attempt_at`: posting is a queue with backoff; a row waits until then.
  *   The head of each target (the oldest pending row) blocks only its own target, so per-room
@@ -34,6 +38,18 @@ DROP INDEX inbound_mail_dedupe;
 CREATE UNIQUE INDEX inbound_mail_dedupe ON inbound_mail (target, message_id, content_hash);
 
 ALTER TABLE messages ADD COLUMN participants TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE messages ADD COLUMN via_list {{BOOL}} NOT NULL DEFAULT FALSE;
+
+ALTER TABLE room_mailboxes ADD COLUMN policy TEXT NOT NULL DEFAULT 'open' CHECK (policy IN ('open', 'members', 'verified'));
+CREATE TABLE room_subscribers (
+  room_id     TEXT NOT NULL,
+  address     TEXT NOT NULL,
+  state       TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+  token       TEXT,
+  created_at  BIGINT NOT NULL,
+  PRIMARY KEY (room_id, address)
+);
+CREATE UNIQUE INDEX room_subscribers_token ON room_subscribers (token);
 
 ALTER TABLE portals ADD COLUMN remote_verified {{BOOL}} NOT NULL DEFAULT TRUE;
 DROP INDEX portals_dm_key;

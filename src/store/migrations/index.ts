@@ -5,6 +5,7 @@ import { sql001Initial } from "./001-initial.ts";
 import { sql002SenderAuth } from "./002-sender-auth.ts";
 import { sql003OutboundRecipients } from "./003-outbound-recipients.ts";
 import { sql004AppserviceTransactions } from "./004-appservice-transactions.ts";
+import { sql005RawAtRest } from "./005-raw-at-rest.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -22,4 +23,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 2, description: "sender authentication verdicts, participants, content-hash dedupe", sql: sql002SenderAuth },
   { version: 3, description: "per-recipient outbound delivery state, delay warnings", sql: sql003OutboundRecipients },
   { version: 4, description: "journal of appservice transactions and their Matrix events", sql: sql004AppserviceTransactions },
+  { version: 5, description: "retention of stored mail: raw_purged_at", sql: sql005RawAtRest },
 ];

@@ -3,6 +3,8 @@
  */
 import { dbBool, dbBuffer, dbNumber, parseStringArray } from "../db/dialect.ts";
 import type {
+  MailboxPolicy,
+  SubscriberRow,
   AuthFields,
   SpamFields,
   Direction,
@@ -49,6 +51,18 @@ export function toMailbox(r: DbRow): RoomMailboxRow {
     localpart: str(r.localpart),
     roomId: str(r.room_id),
     createdBy: str(r.created_by),
+    policy: str(r.policy) as MailboxPolicy,
+    createdAt: dbNumber(r.created_at),
+  };
+}
+
+/** Map a row of the matching table to its Store.ts type. @throws TypeError on a malformed row */
+export function toSubscriber(r: DbRow): SubscriberRow {
+  return {
+    roomId: str(r.room_id),
+    address: str(r.address),
+    state: str(r.state) as SubscriberRow["state"],
+    token: strOrNull(r.token),
     createdAt: dbNumber(r.created_at),
   };
 }
@@ -78,6 +92,7 @@ export function toMessage(r: DbRow): MessageRow {
     sender: str(r.sender),
     subject: strOrNull(r.subject),
     participants: parseStringArray(r.participants),
+    viaList: dbBool(r.via_list),
     createdAt: dbNumber(r.created_at),
   };
 }
@@ -107,7 +122,9 @@ export function toInbound(r: DbRow): InboundRow {
     contentHash: str(r.content_hash),
     nextAttemptAt: dbNumber(r.next_attempt_at),
     envelopeFrom: strOrNull(r.envelope_from),
+    // As stored (maybe an encrypted envelope): SqlStore decrypts it (src/store/rawCipher.ts).
     raw: dbBuffer(r.raw),
+    rawPurgedAt: r.raw_purged_at === null || r.raw_purged_at === undefined ? null : dbNumber(r.raw_purged_at),
     state: str(r.state) as InboundState,
     attempts: dbNumber(r.attempts),
     eventId: strOrNull(r.event_id),
@@ -125,7 +142,9 @@ export function toOutbound(r: DbRow): OutboundRow {
     messageId: str(r.message_id),
     envelopeFrom: str(r.envelope_from),
     recipients: parseStringArray(r.recipients),
+    // As stored (maybe an encrypted envelope): SqlStore decrypts it (src/store/rawCipher.ts).
     raw: dbBuffer(r.raw),
+    rawPurgedAt: r.raw_purged_at === null || r.raw_purged_at === undefined ? null : dbNumber(r.raw_purged_at),
     state: str(r.state) as OutboundState,
     attempts: dbNumber(r.attempts),
     nextAttemptAt: dbNumber(r.next_attempt_at),

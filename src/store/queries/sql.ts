@@ -14,11 +14,32 @@ export const SQL_GHOST_BY_ADDRESS = `SELECT ${GHOST_COLS} FROM ghosts WHERE addr
 /** Ghost by $1 user_id. */
 export const SQL_GHOST_BY_USER = `SELECT ${GHOST_COLS} FROM ghosts WHERE user_id = $1`;
 
-const MAILBOX_COLS = "localpart, room_id, created_by, created_at";
+const MAILBOX_COLS = "localpart, room_id, created_by, created_at, policy";
 /** Room mailbox by $1 localpart. */
 export const SQL_MAILBOX_BY_LOCALPART = `SELECT ${MAILBOX_COLS} FROM room_mailboxes WHERE localpart = $1`;
 /** Room mailbox by $1 room_id. */
 export const SQL_MAILBOX_BY_ROOM = `SELECT ${MAILBOX_COLS} FROM room_mailboxes WHERE room_id = $1`;
+/** Set policy $2 of the mailbox of $1 room_id. */
+export const SQL_SET_MAILBOX_POLICY = "UPDATE room_mailboxes SET policy = $2 WHERE room_id = $1";
+
+const SUBSCRIBER_COLS = "room_id, address, state, token, created_at";
+/**
+ * Add a subscriber ($1 room, $2 address, $3 state, $4 token, $5 created_at) or refresh it: a
+ * pending one takes the new state and token; an active one stays active.
+ */
+export const SQL_PUT_SUBSCRIBER = `
+INSERT INTO room_subscribers (room_id, address, state, token, created_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (room_id, address) DO UPDATE SET
+  state = CASE WHEN room_subscribers.state = 'active' THEN 'active' ELSE excluded.state END,
+  token = CASE WHEN room_subscribers.state = 'active' OR excluded.state = 'active' THEN NULL ELSE excluded.token END
+RETURNING ${SUBSCRIBER_COLS}`;
+/** Activate the pending subscription with token $1. */
+export const SQL_ACTIVATE_SUBSCRIBER = `UPDATE room_subscribers SET state = 'active', token = NULL WHERE token = $1 AND state = 'pending' RETURNING ${SUBSCRIBER_COLS}`;
+/** Delete subscriber $2 of room $1. */
+export const SQL_DELETE_SUBSCRIBER = "DELETE FROM room_subscribers WHERE room_id = $1 AND address = $2";
+/** Active subscribers of room $1. */
+export const SQL_ACTIVE_SUBSCRIBERS = "SELECT address FROM room_subscribers WHERE room_id = $1 AND state = 'active' ORDER BY address";
+
 /** Delete the mailbox of $1 room_id. */
 export const SQL_DELETE_MAILBOX_OF_ROOM = "DELETE FROM room_mailboxes WHERE room_id = $1";
 /** Insert a mailbox, returning it. $1 localpart, $2 room_id, $3 created_by, $4 created_at (ms). */
@@ -40,11 +61,11 @@ export const SQL_DM_PORTAL = `SELECT ${PORTAL_COLS} FROM portals WHERE kind = 'd
 /** Delete the portal of $1 room_id. */
 export const SQL_DELETE_PORTAL = "DELETE FROM portals WHERE room_id = $1";
 
-const MESSAGE_COLS = "room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants";
-/** Insert a message mapping unless (room_id, event_id) exists. $1..$9 in column order; refs and participants are JSON text. */
+const MESSAGE_COLS = "room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants, via_list";
+/** Insert a message mapping unless (room_id, event_id) exists. $1..$10 in column order; refs and participants are JSON text. */
 export const SQL_INSERT_MESSAGE = `
-INSERT INTO messages (room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+INSERT INTO messages (room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants, via_list)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (room_id, event_id) DO NOTHING`;
 /** All mappings of $1 message_id, oldest first. */
 export const SQL_MESSAGES_BY_MESSAGE_ID = `SELECT ${MESSAGE_COLS} FROM messages WHERE message_id = $1 ORDER BY created_at, room_id, event_id`;
@@ -53,7 +74,7 @@ export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE 
 
 const INBOUND_COLS =
   "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
-  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from";
+  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from, raw_purged_at";
 /** The local user and remote party of $1 room_id if it is a dm portal (for the inbound target). */
 export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id, remote_address, remote_verified FROM portals WHERE room_id = $1 AND kind = 'dm'";
 /**
@@ -98,7 +119,8 @@ export const SQL_SET_INBOUND_ROOM = "UPDATE inbound_mail SET room_id = $2 WHERE 
 /** Mark inbound mail $1 posted as event $2. */
 export const SQL_INBOUND_POSTED = "UPDATE inbound_mail SET state = 'posted', event_id = $2 WHERE id = $1";
 const OUTBOUND_COLS =
-  "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at, delay_warned_at";
+  "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at, delay_warned_at, " +
+  "raw_purged_at";
 /** Queue an outbound mail unless event_id exists, returning it (no row on conflict). $7 = now (ms). */
 export const SQL_ENQUEUE_OUTBOUND = `
 INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at)
@@ -165,6 +187,39 @@ ORDER BY outbound_id, address LIMIT $1`;
 export const SQL_OUTBOUND_RECIPIENT_REPORTED = `
 UPDATE outbound_recipients SET reported = TRUE, updated_at = $3 WHERE outbound_id = $1 AND address = $2`;
 
+// Queue administration (the `queue` CLI) and queue gauges
+
+/** Outbound mail in state $1, newest first, at most $2 rows. */
+export const SQL_OUTBOUND_IN_STATE = `SELECT ${OUTBOUND_COLS} FROM outbound_mail WHERE state = $1 ORDER BY id DESC LIMIT $2`;
+/** Any outbound mail, newest first, at most $1 rows. */
+export const SQL_OUTBOUND_ALL = `SELECT ${OUTBOUND_COLS} FROM outbound_mail ORDER BY id DESC LIMIT $1`;
+/** State, attempts and remaining recipients (JSON) of outbound mail $1. */
+export const SQL_OUTBOUND_REQUEUE_READ = "SELECT state, attempts, recipients FROM outbound_mail WHERE id = $1";
+/**
+ * Every recipient of outbound mail $1 not accepted yet becomes due at $2 (ms): `failed` turns
+ * `deferred`, failures unreported.
+ */
+export const SQL_OUTBOUND_RECIPIENTS_REQUEUE = `
+UPDATE outbound_recipients SET state = CASE WHEN state = 'failed' THEN 'deferred' ELSE state END,
+  next_attempt_at = $2, reported = FALSE, updated_at = $2
+WHERE outbound_id = $1 AND state <> 'sent'`;
+/** Requeue outbound mail $1 (not sent): $2 state, $3 recipients (JSON), due at $4 (ms). */
+export const SQL_OUTBOUND_REQUEUE = "UPDATE outbound_mail SET state = $2, recipients = $3, next_attempt_at = $4 WHERE id = $1 AND state <> 'sent'";
+/** Delete outbound mail $1 unless sent (its recipients first: SQL_OUTBOUND_DROP_RECIPIENTS). */
+export const SQL_OUTBOUND_DROP = "DELETE FROM outbound_mail WHERE id = $1 AND state <> 'sent'";
+/** Delete the recipients of outbound mail $1 unless it was sent. */
+export const SQL_OUTBOUND_DROP_RECIPIENTS = `
+DELETE FROM outbound_recipients WHERE outbound_id = $1 AND EXISTS (SELECT 1 FROM outbound_mail m WHERE m.id = $1 AND m.state <> 'sent')`;
+/** Sizes of both queues: waiting items, the oldest waiting item's arrival (ms, NULL when none), given-up items. */
+export const SQL_QUEUE_COUNTS = `
+SELECT
+  (SELECT COUNT(*) FROM inbound_mail WHERE state = 'pending') AS inbound_waiting,
+  (SELECT MIN(received_at) FROM inbound_mail WHERE state = 'pending') AS inbound_oldest,
+  (SELECT COUNT(*) FROM inbound_mail WHERE state = 'failed') AS inbound_failed,
+  (SELECT COUNT(*) FROM outbound_mail WHERE state IN ('queued', 'deferred')) AS outbound_waiting,
+  (SELECT MIN(created_at) FROM outbound_mail WHERE state IN ('queued', 'deferred')) AS outbound_oldest,
+  (SELECT COUNT(*) FROM outbound_mail WHERE state = 'bounced') AS outbound_failed`;
+
 // Appservice transaction journal (migration 4)
 
 /** Record transaction $1 unless known; $2 received_at (ms). Returns a row only when it is new. */
@@ -203,3 +258,37 @@ UPDATE matrix_events SET state = 'failed', attempts = attempts + 1, last_error =
 export const SQL_PRUNE_MATRIX_EVENTS = "DELETE FROM matrix_events WHERE state <> 'pending' AND done_at < $1";
 /** Delete transaction IDs received before $1 (ms). */
 export const SQL_PRUNE_APPSERVICE_TXNS = "DELETE FROM appservice_txns WHERE received_at < $1";
+
+// Stored mail retention and re-encryption (migration 5; src/store/retention.ts, src/store/reencrypt.ts)
+
+/**
+ * Empty the raw bytes of posted inbound mail received before $3 (ms): raw = $1 (empty),
+ * raw_purged_at = $2 (now, ms); oldest first, at most $4 rows. The outer conditions repeat the
+ * inner ones so a row that changed meanwhile is left alone.
+ */
+export const SQL_PURGE_INBOUND_RAW = `
+UPDATE inbound_mail SET raw = $1, raw_purged_at = $2
+WHERE state = 'posted' AND raw_purged_at IS NULL AND id IN (
+  SELECT id FROM inbound_mail WHERE state = 'posted' AND raw_purged_at IS NULL AND received_at < $3 ORDER BY id LIMIT $4)`;
+/**
+ * Empty the raw bytes of outbound mail queued before $3 (ms) that is sent, or bounced with every
+ * failed recipient reported: raw = $1 (empty), raw_purged_at = $2 (now, ms); oldest first, at
+ * most $4 rows.
+ */
+export const SQL_PURGE_OUTBOUND_RAW = `
+UPDATE outbound_mail SET raw = $1, raw_purged_at = $2
+WHERE state IN ('sent', 'bounced') AND raw_purged_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM outbound_recipients r WHERE r.outbound_id = outbound_mail.id AND r.state = 'failed' AND r.reported = FALSE)
+  AND id IN (
+    SELECT m.id FROM outbound_mail m
+    WHERE m.state IN ('sent', 'bounced') AND m.raw_purged_at IS NULL AND m.created_at < $3
+      AND NOT EXISTS (SELECT 1 FROM outbound_recipients f WHERE f.outbound_id = m.id AND f.state = 'failed' AND f.reported = FALSE)
+    ORDER BY m.id LIMIT $4)`;
+/** Inbound rows with id > $1 whose raw is kept, by id, at most $2: id and raw. */
+export const SQL_INBOUND_RAW_PAGE = "SELECT id, raw FROM inbound_mail WHERE id > $1 AND raw_purged_at IS NULL ORDER BY id LIMIT $2";
+/** Outbound rows with id > $1 whose raw is kept, by id, at most $2: id and raw. */
+export const SQL_OUTBOUND_RAW_PAGE = "SELECT id, raw FROM outbound_mail WHERE id > $1 AND raw_purged_at IS NULL ORDER BY id LIMIT $2";
+/** Replace raw of inbound row $1 with $3 if it still is $2 (not purged or rewritten meanwhile). */
+export const SQL_INBOUND_RAW_SWAP = "UPDATE inbound_mail SET raw = $3 WHERE id = $1 AND raw = $2 AND raw_purged_at IS NULL";
+/** Replace raw of outbound row $1 with $3 if it still is $2 (not purged or rewritten meanwhile). */
+export const SQL_OUTBOUND_RAW_SWAP = "UPDATE outbound_mail SET raw = $3 WHERE id = $1 AND raw = $2 AND raw_purged_at IS NULL";

@@ -1,0 +1,87 @@
+/**
+ * End to end, the homeserver goes away mid-burst: Synapse is stopped for 90 s while 100 mails
+ * arrive for a room mailbox and a personal mailbox, then started again. Every mail that got 250
+ * appears exactly once, in the order it was accepted; mail refused with 4xx while Synapse was
+ * down (personal mailboxes need the homeserver to say the user exists) is resent by the test, as
+ * an MTA would, and also appears once. The bridge's retry delays are shortened through config
+ * (`inbound.retry_base_ms`, `inbound.retry_max_ms`); the outage is not.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
+import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
+
+const BOT = "@emailbot:localhost";
+const BOB = "@email_bob=40example.org:localhost";
+const OUTAGE_MS = 90_000;
+const MAILS = 100;
+
+describe("homeserver outage during a burst (PostgreSQL store)", () => {
+  let env: E2eEnv;
+  let alice: MatrixTestClient;
+  let dora: MatrixTestClient;
+  let teamRoom: string;
+
+  before(async () => {
+    env = await startEnv("postgres", {
+      allowedUsers: ["@alice:localhost", "@dora:localhost"],
+      config: { inbound: { retry_base_ms: 500, retry_max_ms: 5000 } },
+    });
+    alice = await env.synapse.registerUser("alice");
+    dora = await env.synapse.registerUser("dora");
+    teamRoom = await alice.createRoom({ preset: "private_chat", name: "Team", room_alias_name: "team" });
+    await alice.invite(teamRoom, BOT);
+    await alice.waitForMembership(teamRoom, BOT, "join");
+    await alice.sendText(teamRoom, "!email mailbox on");
+    await alice.waitForEvent(teamRoom, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+  });
+  after(async () => {
+    await env?.stop();
+  });
+
+  it("every accepted mail appears exactly once, in order; refused ones are resent and appear once", async () => {
+    const accepted: Record<string, number[]> = { team: [], dora: [] };
+    const refused: number[] = [];
+    const send = async (n: number): Promise<void> => {
+      const mailbox = n % 2 === 0 ? "team" : "dora";
+      try {
+        const reply = await env.sendMail({ from: "Bob <bob@example.org>", to: `${mailbox}@${MAIL_DOMAIN}`, subject: `burst ${n}`, text: `burst body ${n}` });
+        assert.match(reply, /^250 /);
+        accepted[mailbox]!.push(n);
+      } catch (err) {
+        const e = err as { responseCode?: number; response?: string };
+        assert.ok(e.responseCode !== undefined && e.responseCode >= 400 && e.responseCode < 500, `only temporary refusals are allowed, got ${e.response ?? String(err)}`);
+        refused.push(n);
+      }
+    };
+
+    // The first 20 while the homeserver is up (the DM portal gets made), the rest while it is down.
+    for (let n = 0; n < 20; n++) await send(n);
+    await env.synapse.stopProcess();
+    const downAt = Date.now();
+    for (let n = 20; n < MAILS; n++) await send(n);
+    assert.ok(accepted.team!.length >= 50, "room mailbox mail is accepted while the homeserver is down");
+    await new Promise((r) => setTimeout(r, Math.max(0, OUTAGE_MS - (Date.now() - downAt))));
+    await env.synapse.startProcess();
+    // The sending MTA retries what it was told to retry.
+    for (const n of refused.splice(0)) await send(n);
+    assert.deepEqual(refused, [], "nothing is refused once the homeserver is back");
+
+    const dmRoom = await dora.waitForInvite(120_000, (i) => i.inviter === BOB);
+    await dora.join(dmRoom);
+    const bursts = async (client: MatrixTestClient, roomId: string, expected: number): Promise<number[]> => {
+      const deadline = Date.now() + 180_000;
+      for (;;) {
+        const events: MatrixEvent[] = (await client.getRoomMessages(roomId, { limit: 200 })).reverse();
+        const seen = events.filter((e) => e.sender === BOB && e.type === "m.room.message").map((e) => Number(/burst body (\d+)/.exec(String(e.content.body))?.[1]));
+        if (seen.length >= expected || Date.now() > deadline) return seen;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    };
+    assert.deepEqual(await bursts(alice, teamRoom, accepted.team!.length), accepted.team, "room mailbox: each mail once, in the order of its 250");
+    assert.deepEqual(await bursts(dora, dmRoom, accepted.dora!.length), accepted.dora, "personal mailbox: each mail once, in the order of its 250");
+    assert.equal(accepted.team!.length + accepted.dora!.length, MAILS);
+    const stuck = await env.bridge.store.listPendingInbound(10);
+    assert.deepEqual(stuck.map((r) => r.id), [], "nothing left in the queue");
+  });
+});
