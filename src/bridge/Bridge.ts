@@ -6,6 +6,8 @@
 import type { BridgeConfig } from "../config/schema.ts";
 import type { BridgeStore } from "../store/Store.ts";
 import { openStore } from "../store/open.ts";
+import { loadRawCipher } from "../store/rawCipher.ts";
+import { RawRetention } from "../store/retention.ts";
 import { MatrixGateway } from "../matrix/MatrixGateway.ts";
 import { SmtpListener } from "../mail/inbound/SmtpListener.ts";
 import { OutboundQueue } from "../mail/outbound/OutboundQueue.ts";
@@ -24,6 +26,8 @@ import type { IdContext } from "./ids.ts";
 import { Ghost } from "./Ghost.ts";
 import { DnsResolver } from "../mail/dns.ts";
 import { configureLogging, getLogger } from "../util/logger.ts";
+import { BridgeMetrics } from "../util/metrics.ts";
+import { startOperationsListener } from "./health.ts";
 
 const log = getLogger("bridge");
 
@@ -41,7 +45,11 @@ export interface RunningBridge {
   smtpPort: number;
   inbound: InboundPoster;
   outbound: OutboundQueue;
-  /** Stop everything, in order: SMTP, Matrix, workers, store. */
+  /** The bridge's metrics (served on `/metrics` when `metrics.enabled`). */
+  metrics: BridgeMetrics;
+  /** Port of the metrics listener (the real one when `metrics.port` is 0), or null when `metrics.enabled` is off. */
+  metricsPort: number | null;
+  /** Stop everything, in order: SMTP, Matrix, workers, metrics listener, store. */
   stop(): Promise<void>;
 }
 
@@ -58,14 +66,22 @@ export function idContext(config: BridgeConfig): IdContext {
 
 /**
  * Start the bridge.
- * @throws Error when the DKIM key, the store or the homeserver is unusable (logged by the caller)
+ * @throws Error when the DKIM key, a stored-mail key (`storage`, RawKeyError), the store or the
+ *   homeserver is unusable (logged by the caller)
  */
 export async function startBridge(config: BridgeConfig, overrides: BridgeOverrides = {}): Promise<RunningBridge> {
   configureLogging({ level: config.logging.level, format: config.logging.format });
   const ids = idContext(config);
   const mayBridge = makeAccessCheck(config.permissions.allowed_users, ids.serverName);
   const dkim = loadDkimSigner(config.dkim.private_key_file, ids.mailDomain, config.dkim.selector);
-  const store = overrides.store ?? (await openStore({ url: config.database.url, sqliteFile: config.database.sqlite_file }));
+  // Stored mail is encrypted at rest when `storage` names a key (RawKeyError when a key is unusable).
+  const cipher = loadRawCipher(config.storage);
+  const store = overrides.store ?? (await openStore({ url: config.database.url, sqliteFile: config.database.sqlite_file, cipher }));
+  const storage = config.storage;
+  const retention =
+    storage.raw_retention_days === null
+      ? null
+      : new RawRetention({ store, retentionDays: storage.raw_retention_days, intervalMs: storage.purge_interval_ms, batchSize: storage.purge_batch_size });
   // The one resolver: every lookup (SPF, DKIM, DMARC, ARC, MX, PTR, DNSBL) goes through it.
   const dns = new DnsResolver({
     nameservers: config.dns.nameservers,
@@ -110,6 +126,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     await handler.portalNotice(roomId, text, eventId);
   };
   const utcMinute = (ms: number): string => new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
+  const metrics = new BridgeMetrics({ queueSizes: () => store.queueCounts() });
   const queue = new OutboundQueue({
     store,
     deliver: (raw, envelope) =>
@@ -122,6 +139,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     maxRetryHours: config.outbound.max_retry_hours,
     delayWarningHours: config.outbound.delay_warning_hours,
     concurrency: config.outbound.concurrency,
+    onRecipientResult: (outcome) => metrics.outboundDelivery(outcome),
     onRecipientsFailed: async (mail, failures) => {
       const lines = failures.map((f) => `• ${f.address}: ${f.reply}`).join("\n");
       await outboundNotice(mail.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, mail.eventId);
@@ -132,7 +150,14 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       await outboundNotice(mail.roomId, lines, mail.eventId);
     },
   });
-  const outboundHandler = new OutboundHandler({ store, matrix, ids, dkim, onQueued: () => queue.kick() });
+  const outboundHandler = new OutboundHandler({
+    store,
+    matrix,
+    ids,
+    dkim,
+    onQueued: () => queue.kick(),
+    limits: { mailsPerHour: config.outbound.max_mails_per_user_per_hour, newRecipientsPerDay: config.outbound.max_new_recipients_per_user_per_day },
+  });
   const botDisplayName = config.appservice.bot_displayname;
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName });
   const subscriptions = new Subscriptions({ store, ids, dkim, onQueued: () => queue.kick() });
@@ -150,6 +175,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       maxTextBytes: config.inbound.max_text_bytes,
     },
     onUndeliverable: (row, why) => dsn.undeliverable(row, why),
+    onResult: (outcome) => metrics.inboundPost(outcome),
   });
   const router = new InboundRouter({
     store,
@@ -173,17 +199,22 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
         }
       : null,
   });
-  const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router, dns });
+  const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router, dns, onReply: (code) => metrics.smtpReply(code) });
+  // Up before the homeserver wait, so /health says what is not up yet.
+  const appserviceAddress = { bindAddress: config.appservice.bind_address, port: config.appservice.port };
+  const ops = config.metrics.enabled ? await startOperationsListener({ config: config.metrics, metrics, store, smtp, appservice: appserviceAddress }) : null;
 
   await matrix.start();
   poster.start();
   queue.start();
+  retention?.start();
   const { port: smtpPort } = await smtp.listen();
   log.info("bridge started", {
     store: store.engine,
     smtp: `${config.smtp.bind_address}:${smtpPort}`,
     mailDomain: ids.mailDomain,
     outbound: config.outbound.mode,
+    rawRetentionDays: config.storage.raw_retention_days,
   });
 
   return {
@@ -192,11 +223,15 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     smtpPort,
     inbound: poster,
     outbound: queue,
+    metrics,
+    metricsPort: ops?.port ?? null,
     async stop() {
       await smtp.close();
       await matrix.stop();
       await poster.stop();
       await queue.stop();
+      await retention?.stop();
+      await ops?.close();
       await store.close();
       log.info("bridge stopped");
     },

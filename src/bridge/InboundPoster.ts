@@ -73,6 +73,18 @@ export interface InboundPosterOptions {
   pollMs?: number;
   /** Clock in epoch ms (tests). */
   clock?: () => number;
+  /** Told the outcome of every post attempt once it is recorded (metrics). Must not throw. */
+  onResult?: (outcome: InboundPostOutcome) => void;
+}
+
+/** One post attempt's outcome, for {@link InboundPosterOptions.onResult}. */
+export interface InboundPostOutcome {
+  /** `posted`; `retry`: a temporary failure, tried again later; `failed`: given up (sender told). */
+  result: "posted" | "retry" | "failed";
+  /** Which attempt of the row this was, 1 for the first. */
+  attempt: number;
+  /** Time from the row's `receivedAt` (the SMTP 250) to now, in ms. */
+  ageMs: number;
 }
 
 /** A failure the poster decided, not the homeserver: the row is given up with this status. */
@@ -134,6 +146,7 @@ export class InboundPoster {
     const ctx = { inbound: row.id, messageId: row.messageId, roomId: row.roomId ?? undefined, sender: row.sender, attempt: row.attempts + 1 };
     try {
       await this.post(row);
+      this.opts.onResult?.({ result: "posted", attempt: row.attempts + 1, ageMs: this.clock() - row.receivedAt });
       return;
     } catch (err) {
       const failure: HomeserverFailure =
@@ -149,6 +162,7 @@ export class InboundPoster {
         );
         log.warn("posting mail into Matrix failed, will retry", { ...ctx, error: failure.message, retryInMs: wait });
         await this.opts.store.markInboundRetry(row.id, failure.message, Math.min(now + wait, deadline));
+        this.opts.onResult?.({ result: "retry", attempt: row.attempts + 1, ageMs: this.clock() - row.receivedAt });
         return;
       }
       const why: Undeliverable = failure.temporary
@@ -174,9 +188,11 @@ export class InboundPoster {
       const message = err instanceof Error ? err.message : String(err);
       log.error("could not tell the sender about an undeliverable mail, will retry", { ...ctx, error: message });
       await this.opts.store.markInboundRetry(row.id, `DSN failed: ${message}`, this.clock() + this.opts.settings.retryMaxMs);
+      this.opts.onResult?.({ result: "retry", attempt: row.attempts + 1, ageMs: this.clock() - row.receivedAt });
       return;
     }
     await this.opts.store.markInboundFailed(row.id, why.diagnostic);
+    this.opts.onResult?.({ result: "failed", attempt: row.attempts + 1, ageMs: this.clock() - row.receivedAt });
   }
 
   /** Post one row: ghost profile, DM portal if needed, message, attachments, mapping. */

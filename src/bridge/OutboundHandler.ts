@@ -30,6 +30,8 @@ export interface OutboundHandlerOptions {
   dkim: DkimSigner | null;
   /** Called after a mail was queued, to wake the delivery queue. */
   onQueued: () => void;
+  /** Per-user sending limits (`outbound.max_mails_per_user_per_hour`, `…_new_recipients_per_user_per_day`; 0: none). */
+  limits: { mailsPerHour: number; newRecipientsPerDay: number };
 }
 
 /** Why a room message was not sent by mail; the text is posted as a notice. */
@@ -96,6 +98,7 @@ export class OutboundHandler {
     const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : null;
     const plan = await this.recipients(portal, parent);
     if (plan.envelope.length === 0) return null;
+    await this.checkLimits(from, plan.envelope, event);
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
     const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName);
@@ -148,6 +151,36 @@ export class OutboundHandler {
       this.opts.onQueued();
     }
     return messageId;
+  }
+
+  /**
+   * The per-user abuse limits: mails per hour and first-time recipients per day.
+   * @throws NotSentError (the bot says so in the room) when over a limit; admins get a log line
+   */
+  private async checkLimits(from: string, recipients: string[], event: RoomMessageEvent): Promise<void> {
+    const { store, limits } = this.opts;
+    const now = Date.now();
+    const ctx = { roomId: event.room_id, eventId: event.event_id, user: event.sender };
+    if (limits.mailsPerHour > 0) {
+      const sent = await store.countOutboundSince(from, now - 3_600_000);
+      if (sent >= limits.mailsPerHour) {
+        log.warn("sending limit reached: mails per hour", { ...ctx, sent, limit: limits.mailsPerHour });
+        throw new NotSentError(`Not sent by email: ${event.sender} has sent ${sent} mails in the last hour, the limit of this bridge (${limits.mailsPerHour}). Try again later.`);
+      }
+    }
+    if (limits.newRecipientsPerDay > 0) {
+      const known = await store.knownOutboundRecipients(from, recipients);
+      const fresh = recipients.filter((a) => !known.has(a));
+      if (fresh.length > 0) {
+        const already = await store.countNewRecipientsSince(from, now - 86_400_000);
+        if (already + fresh.length > limits.newRecipientsPerDay) {
+          log.warn("sending limit reached: new recipients per day", { ...ctx, already, adding: fresh.length, limit: limits.newRecipientsPerDay });
+          throw new NotSentError(
+            `Not sent by email: this would make ${already + fresh.length} new addresses for ${event.sender} today, over the limit of this bridge (${limits.newRecipientsPerDay} a day). Try again tomorrow.`,
+          );
+        }
+      }
+    }
   }
 
   /** Subject: `Re:` the parent's, else the portal's, else the room name, else a default (kept on the portal). */

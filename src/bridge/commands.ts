@@ -40,7 +40,11 @@ const HELP = [
   "• `mailbox`: show this room's email address",
   "• `mailbox on [name]`: give this room the address name@DOMAIN (default: the room alias's name); mail to it lands here and room messages go to the email participants (moderators only)",
   "• `mailbox off`: remove this room's address (moderators only)",
-  "• `invite <address>`: invite the ghost of an email address to this room",
+  "• `mailbox policy open|members|verified`: who may mail this room: anyone, only addresses already in the room, or only authenticated senders (moderators only)",
+  "• `invite <address>`: invite the ghost of an email address to this room; in a room with an address, a moderator's invite also subscribes it to the room's messages",
+  "• `unsubscribe <address>`: stop sending this room's messages to an address (moderators only)",
+  "• `subscribers`: who gets this room's messages by mail",
+  "Replies in an email conversation go to that conversation's people; other messages go to the subscribers. Anyone can ask to subscribe by mailing NAME+subscribe@DOMAIN.",
   "To email someone, invite @PREFIXADDRESS:SERVER (e.g. @PREFIXbob=40example.org:SERVER for bob@example.org) to an unencrypted room.",
 ].join("\n");
 
@@ -76,6 +80,10 @@ export async function runCommand(ctx: CommandContext, req: CommandRequest): Prom
         return await mailboxCommand(ctx, req, rest);
       case "invite":
         return await inviteCommand(ctx, req, rest);
+      case "unsubscribe":
+        return await unsubscribeCommand(ctx, req, rest);
+      case "subscribers":
+        return await subscribersCommand(ctx, req);
       default:
         return `Unknown command \`${name}\`. Say \`${COMMAND_PREFIX} help\` for the list.`;
     }
@@ -93,10 +101,17 @@ async function mailboxCommand(ctx: CommandContext, req: CommandRequest, args: st
       ? `This room's email address is ${current.localpart}@${ctx.ids.mailDomain}`
       : `This room has no email address. A moderator can say \`${COMMAND_PREFIX} mailbox on\` to give it one.`;
   }
-  if (sub !== "on" && sub !== "off") throw new CommandError(`expected \`on\` or \`off\`, not \`${args[0]}\``);
+  if (sub !== "on" && sub !== "off" && sub !== "policy") throw new CommandError(`expected \`on\`, \`off\` or \`policy\`, not \`${args[0]}\``);
   if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
   const level = await ctx.matrix.powerLevel(req.roomId, req.sender);
   if (level < MAILBOX_POWER_LEVEL) throw new CommandError(`you need power level ${MAILBOX_POWER_LEVEL} (moderator) in this room; you have ${level}`);
+  if (sub === "policy") {
+    const policy = args[1]?.toLowerCase();
+    if (policy !== "open" && policy !== "members" && policy !== "verified") throw new CommandError("expected `open`, `members` or `verified`");
+    if (!(await ctx.store.setMailboxPolicy(req.roomId, policy))) throw new CommandError("this room has no email address");
+    const what = { open: "anyone", members: "only addresses already in this room", verified: "only senders whose mail authenticates (SPF/DKIM aligned with their domain)" }[policy];
+    return `Done: ${current!.localpart}@${ctx.ids.mailDomain} now takes mail from ${what}.`;
+  }
   if (sub === "off") {
     const removed = await ctx.store.removeRoomMailbox(req.roomId);
     if (!removed) throw new CommandError("this room has no email address");
@@ -153,5 +168,31 @@ async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: str
   }
   await ghost.ensureProfile(ctx);
   await ctx.matrix.invite(req.roomId, ctx.matrix.botUserId, ghost.userId);
+  const mailbox = await ctx.store.getRoomMailboxByRoom(req.roomId);
+  if (mailbox && (await ctx.matrix.powerLevel(req.roomId, req.sender)) >= MAILBOX_POWER_LEVEL) {
+    await ctx.store.putSubscriber({ roomId: req.roomId, address: ghost.address, state: "active", token: null });
+    return `Invited ${ghost.userId}; ${ghost.address} now gets this room's messages by mail.`;
+  }
   return `Invited ${ghost.userId}.`;
+}
+
+async function unsubscribeCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
+  if (!args[0]) throw new CommandError("say which address, e.g. `unsubscribe bob@example.org`");
+  const level = await ctx.matrix.powerLevel(req.roomId, req.sender);
+  if (level < MAILBOX_POWER_LEVEL) throw new CommandError(`you need power level ${MAILBOX_POWER_LEVEL} (moderator) in this room; you have ${level}`);
+  let address: string;
+  try {
+    address = normalizeAddress(args[0], { caseSensitiveLocalparts: ctx.ids.caseSensitiveLocalparts });
+  } catch (err) {
+    if (err instanceof InvalidAddressError) throw new CommandError(err.message);
+    throw err;
+  }
+  if (!(await ctx.store.removeSubscriber(req.roomId, address))) throw new CommandError(`${address} is not a subscriber of this room`);
+  return `Done: ${address} no longer gets this room's messages.`;
+}
+
+async function subscribersCommand(ctx: CommandContext, req: CommandRequest): Promise<string> {
+  if (!(await ctx.store.getRoomMailboxByRoom(req.roomId))) throw new CommandError("this room has no email address");
+  const list = await ctx.store.listSubscribers(req.roomId);
+  return list.length === 0 ? "Nobody gets this room's messages by mail yet." : `This room's messages go by mail to:\n${list.map((a) => `• ${a}`).join("\n")}`;
 }

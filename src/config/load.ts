@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { Ajv, type ErrorObject } from "ajv";
 import { parse as parseYaml, YAMLParseError } from "yaml";
-import { configSchema, type BridgeConfig } from "./schema.ts";
+import { configSchema, type BridgeConfig, type StorageConfig } from "./schema.ts";
 import { nameserverProblem } from "../mail/dns.ts";
 
 /**
@@ -58,10 +58,12 @@ function problemOf(err: ErrorObject): string {
  * @param raw the parsed YAML document
  * @param file file name used in error messages
  * @param baseDir directory relative paths are resolved against
+ * @param env environment the storage key variable (`storage.encryption_key_env`) is read from
  * @returns the validated config
- * @throws ConfigError naming the first offending key and the file
+ * @throws ConfigError naming the first offending key and the file (and a key file or variable
+ *   that cannot be used)
  */
-export function validateConfig(raw: unknown, file: string, baseDir: string): BridgeConfig {
+export function validateConfig(raw: unknown, file: string, baseDir: string, env: NodeJS.ProcessEnv = process.env): BridgeConfig {
   const doc = raw ?? {};
   if (typeof doc !== "object" || Array.isArray(doc)) throw new ConfigError(file, "", "must be a YAML mapping");
   if (!validate(doc)) {
@@ -95,7 +97,58 @@ export function validateConfig(raw: unknown, file: string, baseDir: string): Bri
     throw new ConfigError(file, "inbound.retry_max_ms", "must be at least inbound.retry_base_ms");
   }
   cfg.auth.trusted_arc_sealers = cfg.auth.trusted_arc_sealers.map((d) => d.toLowerCase().replace(/\.$/, ""));
+  if (cfg.storage.encryption_key_file) cfg.storage.encryption_key_file = abs(cfg.storage.encryption_key_file);
+  for (const [id, path] of Object.entries(cfg.storage.encryption_keys)) cfg.storage.encryption_keys[id] = abs(path);
+  checkStorageKeys(cfg.storage, file, env);
   return cfg;
+}
+
+/** Why `text` is not a stored-mail key (the base64 of 32 bytes), or null. Same rule as store/rawCipher.ts `decodeRawKey`. */
+function storageKeyProblem(text: string): string | null {
+  const b64 = text.trim();
+  const key = Buffer.from(b64, "base64");
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64) || key.toString("base64") !== b64) return "is not base64 (expected 32 random bytes: openssl rand -base64 32)";
+  return key.length === 32 ? null : `holds ${key.length} bytes; an AES-256 key is 32 bytes (openssl rand -base64 32)`;
+}
+
+/**
+ * The `storage` keys' cross-field checks; every key file is read and every key decoded, so a
+ * bad key stops the start here (the store reads them again: store/rawCipher.ts `loadRawCipher`).
+ * @throws ConfigError naming the key, the config file and the key file or variable
+ */
+function checkStorageKeys(st: StorageConfig, file: string, env: NodeJS.ProcessEnv): void {
+  if (st.encryption_key_file !== null && st.encryption_key_env !== null) {
+    throw new ConfigError(file, "storage.encryption_key_env", "must not be set together with storage.encryption_key_file: set only one");
+  }
+  const hasKey = st.encryption_key_file !== null || st.encryption_key_env !== null;
+  if (hasKey && st.encryption_key_id === null) {
+    throw new ConfigError(file, "storage.encryption_key_id", "is required when storage.encryption_key_file or storage.encryption_key_env is set");
+  }
+  if (!hasKey && st.encryption_key_id !== null) {
+    throw new ConfigError(file, "storage.encryption_key_id", "is set, but neither storage.encryption_key_file nor storage.encryption_key_env is");
+  }
+  const checkFile = (key: string, path: string): void => {
+    let text: string;
+    try {
+      text = readFileSync(path, "utf8");
+    } catch (err) {
+      throw new ConfigError(file, key, `key file ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+    }
+    const problem = storageKeyProblem(text);
+    if (problem) throw new ConfigError(file, key, `key file ${path} ${problem}`);
+  };
+  if (st.encryption_key_file !== null) checkFile("storage.encryption_key_file", st.encryption_key_file);
+  if (st.encryption_key_env !== null) {
+    const value = env[st.encryption_key_env];
+    const problem = value === undefined || value.trim() === "" ? "is not set" : storageKeyProblem(value);
+    if (problem) throw new ConfigError(file, "storage.encryption_key_env", `environment variable ${st.encryption_key_env} ${problem}`);
+  }
+  for (const [id, path] of Object.entries(st.encryption_keys)) {
+    if (id === st.encryption_key_id) {
+      throw new ConfigError(file, `storage.encryption_keys.${id}`, "has the ID of the current key (storage.encryption_key_id); an older key needs an ID of its own");
+    }
+    checkFile(`storage.encryption_keys.${id}`, path);
+  }
 }
 
 /**

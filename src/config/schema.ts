@@ -115,6 +115,10 @@ export interface OutboundConfig {
   delay_warning_hours: number;
   /** Most mails delivered at once (one at a time per room). */
   concurrency: number;
+  /** Most mails one Matrix user may send per hour; over it the bot says so and nothing is sent. 0: no limit. */
+  max_mails_per_user_per_hour: number;
+  /** Most addresses one Matrix user may mail for the first time per day. 0: no limit. */
+  max_new_recipients_per_user_per_day: number;
 }
 
 /** `dkim` section: DKIM signing of outbound mail (RFC 6376). */
@@ -201,10 +205,45 @@ export interface AuthConfig {
   min_dkim_key_bits: number;
 }
 
+/**
+ * `storage` section: the stored copy of mail (`inbound_mail.raw`, `outbound_mail.raw`):
+ * retention and encryption at rest (docs/security.md, "Stored mail").
+ */
+export interface StorageConfig {
+  /**
+   * Days the raw bytes of resolved mail (posted inbound; sent or finally bounced outbound) are
+   * kept after it arrived, then emptied (the row stays); null: kept forever. Unresolved mail is
+   * kept until it is resolved.
+   */
+  raw_retention_days: number | null;
+  /** How often the purge runs, in ms (once at start, then at this interval). */
+  purge_interval_ms: number;
+  /** Most rows emptied per table per purge batch. */
+  purge_batch_size: number;
+  /** ID of the current encryption key, stored with every blob it encrypts; required with a key. */
+  encryption_key_id: string | null;
+  /** File holding the current key (base64 of 32 bytes); relative to the config file. */
+  encryption_key_file: string | null;
+  /** Name of the environment variable holding the current key (base64 of 32 bytes); instead of the file. */
+  encryption_key_env: string | null;
+  /** Older keys, key ID → key file, used only to read what they encrypted. */
+  encryption_keys: Record<string, string>;
+}
+
 /** `logging` section. */
 export interface LoggingConfig {
   level: "debug" | "info" | "warn" | "error";
   format: "pretty" | "json";
+}
+
+/** `metrics` section: the Prometheus metrics and health listener (docs/operations.md). */
+export interface MetricsConfig {
+  /** Serve `GET /metrics` (Prometheus text format) and `GET /health`. */
+  enabled: boolean;
+  /** Address the metrics listener binds; it has no authentication, keep it private. */
+  bind_address: string;
+  /** Port of the metrics listener (0 picks a free port). */
+  port: number;
 }
 
 /** The whole config, after validation and defaults. */
@@ -221,7 +260,9 @@ export interface BridgeConfig {
   dns: DnsConfig;
   auth: AuthConfig;
   inbound: InboundConfig;
+  storage: StorageConfig;
   logging: LoggingConfig;
+  metrics: MetricsConfig;
 }
 
 const hostPattern = "^[A-Za-z0-9.-]+$";
@@ -342,6 +383,8 @@ export const configSchema: SchemaObject = {
         require_tls: { type: "boolean", default: false, description: "Refuse to deliver without STARTTLS." },
         timeout_ms: { type: "integer", minimum: 100, default: 30000, description: "Connect/greeting timeout, in ms." },
         max_retry_hours: { type: "number", minimum: 0, default: 96, description: "Hours of temporary failures before giving up." },
+        max_mails_per_user_per_hour: { type: "integer", minimum: 0, default: 200, description: "Most mails one Matrix user may send per hour (abuse limit; the bot says so in the room). 0: no limit." },
+        max_new_recipients_per_user_per_day: { type: "integer", minimum: 0, default: 100, description: "Most addresses one Matrix user may mail for the first time per day. 0: no limit." },
         delay_warning_hours: { type: "number", minimum: 0, default: 4, description: "Tell the room once when a mail is still undelivered after this many hours (0: never)." },
         concurrency: { type: "integer", minimum: 1, maximum: 1000, default: 8, description: "Most mails delivered at once (one at a time per room)." },
       },
@@ -459,6 +502,52 @@ export const configSchema: SchemaObject = {
         min_dkim_key_bits: { type: "integer", minimum: 512, default: 1024, description: "Smallest DKIM RSA key accepted, in bits." },
       },
     },
+    storage: {
+      type: "object",
+      default: {},
+      description: "The stored copy of mail (inbound_mail.raw, outbound_mail.raw): how long it is kept, and encryption at rest. See docs/security.md.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        raw_retention_days: {
+          type: "number",
+          nullable: true,
+          minimum: 0,
+          default: 30,
+          description: "Days the raw bytes of posted inbound mail and of sent or finally bounced outbound mail are kept after the mail arrived, then emptied (the row stays, for dedupe and the queue history). Mail not resolved yet is kept until it is. null: keep forever.",
+        },
+        purge_interval_ms: { type: "integer", minimum: 10, default: 3600000, description: "How often the purge runs, in ms (also once at start)." },
+        purge_batch_size: { type: "integer", minimum: 1, default: 500, description: "Most rows emptied per table per purge batch (a full batch is followed by the next at once)." },
+        encryption_key_id: {
+          type: "string",
+          nullable: true,
+          pattern: "^[A-Za-z0-9._-]{1,32}$",
+          default: null,
+          description: "ID of the current encryption key, stored with every blob it encrypts; required with a key. Give a new key a new ID and move the old one to encryption_keys.",
+        },
+        encryption_key_file: {
+          type: "string",
+          nullable: true,
+          default: null,
+          description: "File holding the current key: base64 of 32 random bytes (openssl rand -base64 32). Set: stored mail is encrypted (AES-256-GCM). null: stored in plaintext.",
+        },
+        encryption_key_env: {
+          type: "string",
+          nullable: true,
+          pattern: "^[A-Za-z_][A-Za-z0-9_]*$",
+          default: null,
+          description: "Name of an environment variable holding the current key (base64 of 32 bytes), instead of encryption_key_file.",
+        },
+        encryption_keys: {
+          type: "object",
+          default: {},
+          description: "Older keys, key ID -> key file: used only to read mail they encrypted, never to write.",
+          required: [],
+          propertyNames: { pattern: "^[A-Za-z0-9._-]{1,32}$" },
+          additionalProperties: { type: "string" },
+        },
+      },
+    },
     logging: {
       type: "object",
       default: {},
@@ -468,6 +557,18 @@ export const configSchema: SchemaObject = {
       properties: {
         level: { type: "string", enum: ["debug", "info", "warn", "error"], default: "info", description: "Lowest level logged." },
         format: { type: "string", enum: ["pretty", "json"], default: "pretty", description: "pretty or one JSON object per line." },
+      },
+    },
+    metrics: {
+      type: "object",
+      default: {},
+      description: "Prometheus metrics (GET /metrics) and the health check (GET /health) on an HTTP listener of their own. See docs/operations.md.",
+      additionalProperties: false,
+      required: [],
+      properties: {
+        enabled: { type: "boolean", default: false, description: "Serve /metrics and /health." },
+        bind_address: { type: "string", default: "127.0.0.1", description: "Address to listen on. There is no authentication: keep it on loopback or a private network." },
+        port: { type: "integer", minimum: 0, maximum: 65535, default: 9100, description: "Port to listen on (0 picks a free port)." },
       },
     },
   },

@@ -188,6 +188,22 @@ export class SqlStore implements BridgeStore {
     return (await this.db.execute(Q.SQL_DELETE_SUBSCRIBER, [roomId, address])).changes > 0;
   }
 
+  async countOutboundSince(envelopeFrom: string, since: number): Promise<number> {
+    return dbNumber((await this.db.query<DbRow>(Q.SQL_COUNT_OUTBOUND_SINCE, [envelopeFrom, ms(since)]))[0]?.n ?? 0);
+  }
+
+  async knownOutboundRecipients(envelopeFrom: string, addresses: readonly string[]): Promise<Set<string>> {
+    const known = new Set<string>();
+    for (const address of new Set(addresses)) {
+      if ((await this.db.query<DbRow>(Q.SQL_KNOWN_RECIPIENT, [envelopeFrom, address])).length > 0) known.add(address);
+    }
+    return known;
+  }
+
+  async countNewRecipientsSince(envelopeFrom: string, since: number): Promise<number> {
+    return dbNumber((await this.db.query<DbRow>(Q.SQL_COUNT_NEW_RECIPIENTS, [envelopeFrom, ms(since)]))[0]?.n ?? 0);
+  }
+
   async listSubscribers(roomId: string): Promise<string[]> {
     const rows = await this.db.query<DbRow>(Q.SQL_ACTIVE_SUBSCRIBERS, [roomId]);
     return rows.map((r) => String(r.address));
@@ -575,6 +591,25 @@ export class SqlStore implements BridgeStore {
       const events = (await tx.execute(Q.SQL_PRUNE_MATRIX_EVENTS, [cutoff])).changes;
       const txns = (await tx.execute(Q.SQL_PRUNE_APPSERVICE_TXNS, [cutoff])).changes;
       return { events, txns };
+    });
+  }
+
+  // Stored mail retention
+
+  /**
+   * Empty the raw bytes of resolved mail that arrived before `before` (epoch ms), at most
+   * `limit` rows per table, in one transaction (see {@link BridgeStore.purgeRawMail}).
+   * @throws RangeError when `before` is not finite or `limit` is not a non-negative integer
+   */
+  async purgeRawMail(before: number, limit: number): Promise<RawPurgeResult> {
+    const cutoff = ms(before);
+    const n = limitOf(limit);
+    const now = ms(this.#now());
+    const empty = Buffer.alloc(0);
+    return this.db.transaction(async (tx) => {
+      const inbound = (await tx.execute(Q.SQL_PURGE_INBOUND_RAW, [empty, now, cutoff, n])).changes;
+      const outbound = (await tx.execute(Q.SQL_PURGE_OUTBOUND_RAW, [empty, now, cutoff, n])).changes;
+      return { inbound, outbound };
     });
   }
 }

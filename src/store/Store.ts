@@ -365,6 +365,14 @@ export interface BridgeStore {
   /** Active subscribers of a room, by address. */
   listSubscribers(roomId: string): Promise<string[]>;
 
+  // Per-user sending limits
+  /** How many mails `envelopeFrom` queued since `since` (epoch ms). */
+  countOutboundSince(envelopeFrom: string, since: number): Promise<number>;
+  /** Which of `addresses` `envelopeFrom` has mailed before (any time). */
+  knownOutboundRecipients(envelopeFrom: string, addresses: readonly string[]): Promise<Set<string>>;
+  /** How many addresses `envelopeFrom` mailed for the first time since `since` (epoch ms). */
+  countNewRecipientsSince(envelopeFrom: string, since: number): Promise<number>;
+
   // Portals
   /** Insert a portal, or update kind/subject/encrypted of an existing one (room_id is the key). */
   upsertPortal(portal: Omit<PortalRow, "createdAt">): Promise<PortalRow>;
@@ -461,8 +469,8 @@ export interface BridgeStore {
    * Try mail `id` again, due now (the `queue retry` CLI), in one transaction: every recipient
    * not accepted yet is due now (a `failed` one becomes `deferred`, its failure unreported, so
    * a new failure is reported again); the mail becomes `queued` (never attempted) or `deferred`
-   * with those recipients. Returns false when there is no such mail, it is `sent`, or no
-   * recipient is left to try.
+   * with those recipients. Returns false when there is no such mail, it is `sent`, its raw
+   * bytes were purged ({@link BridgeStore.purgeRawMail}), or no recipient is left to try.
    */
   requeueOutbound(id: number): Promise<boolean>;
   /** Delete a mail that is not `sent`, with its recipients (the `queue drop` CLI). Returns false when there is no such mail or it was sent. */

@@ -6,6 +6,7 @@ import { openPostgres } from "./db/postgres.ts";
 import { openSqlite } from "./db/sqlite.ts";
 import { migrate } from "./migrate.ts";
 import { SqlStore } from "./SqlStore.ts";
+import type { RawCipher } from "./rawCipher.ts";
 import type { BridgeStore } from "./Store.ts";
 import { getLogger } from "../util/logger.ts";
 
@@ -17,6 +18,11 @@ export interface OpenStoreOptions {
   url: string | null;
   /** SQLite file path (its directory is created), used when `url` is null. */
   sqliteFile: string;
+  /**
+   * Encryption at rest of the stored mail (`loadRawCipher` in `rawCipher.ts`, from the
+   * `storage` config section). Omitted: mail is stored in plaintext.
+   */
+  cipher?: RawCipher;
 }
 
 /**
@@ -34,10 +40,13 @@ export async function openStore(opts: OpenStoreOptions): Promise<BridgeStore> {
       engine: db.engine,
       ...(db.engine === "sqlite" ? { file: opts.sqliteFile } : {}),
       schemaVersion: result.to,
+      // Key IDs only, never key bytes; null: stored mail is written in plaintext.
+      rawEncryptionKeyId: opts.cipher?.currentKeyId ?? null,
+      rawDecryptionKeyIds: opts.cipher?.keyIds ?? [],
     });
   } catch (err) {
     await db.close().catch(() => undefined);
     throw err;
   }
-  return new SqlStore(db);
+  return new SqlStore(db, { cipher: opts.cipher });
 }

@@ -207,14 +207,15 @@ export class RawCipher {
   }
 
   /**
-   * Whether a stored `raw` should be rewritten under the current key: a non-empty plaintext
-   * while there is a current key, or an envelope under another key. Empty (purged) blobs never.
+   * Whether a stored `raw` should be rewritten under the current key: a non-empty plaintext,
+   * or an envelope under another key. Never without a current key; never an empty (purged) blob.
    * @throws RawDecryptError (`malformed`) when an envelope is too short to hold its key ID
    */
   needsReencryption(stored: Buffer, table: RawTable, rowId: number | null): boolean {
     const cur = this.#current;
-    if (!isRawEnvelope(stored)) return cur !== null && stored.length > 0;
-    return parseHeader(stored, table, rowId).keyId !== cur?.id;
+    if (!cur) return false;
+    if (!isRawEnvelope(stored)) return stored.length > 0;
+    return parseHeader(stored, table, rowId).keyId !== cur.id;
   }
 }
 

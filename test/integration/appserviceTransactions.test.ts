@@ -344,6 +344,24 @@ describe("appservice transactions (real HTTP, MatrixGateway, SQLite journal)", (
     await until(async () => (await store.getMatrixEvent("$next"))?.state === "done", "done");
   });
 
+  test("an outcome that cannot be written pauses the room instead of spinning", async () => {
+    const calls: string[] = [];
+    const broken = journalOf(store);
+    broken.markMatrixEventDone = async () => {
+      throw new Error("disk I/O error");
+    };
+    const port = await startGateway(async (e) => {
+      calls.push(e.event_id);
+    }, {}, broken);
+    assert.equal((await putTxn(port, "1", { events: [message("$m1")] })).status, 200);
+    await sleep(1000);
+    assert.deepEqual(calls, ["$m1"], "handled once, then the room waits");
+    assert.equal((await store.getMatrixEvent("$m1"))?.state, "pending", "handled again later");
+    const lines = logLines.filter((l) => l.includes('"Matrix event handled but not marked done"'));
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]!, /"eventId":"\$m1".*"retryInMs":5000.*disk I\/O error/);
+  });
+
   test("echoes, malformed events, ephemeral and to-device data are not journaled; a bad body is 400", async () => {
     const handled: string[] = [];
     const port = await startGateway(async (e) => {

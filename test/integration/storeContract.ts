@@ -11,6 +11,10 @@ import { SqlStore } from "../../src/store/SqlStore.ts";
 import { MailboxTakenError } from "../../src/store/Store.ts";
 import type { BridgeStore, NewInbound, NewOutbound } from "../../src/store/Store.ts";
 import type { Database } from "../../src/store/db/Database.ts";
+import { dbBuffer } from "../../src/store/db/dialect.ts";
+import { RawCipher, RawDecryptError, isRawEnvelope, rawEnvelopeKeyId } from "../../src/store/rawCipher.ts";
+import type { RawKey } from "../../src/store/rawCipher.ts";
+import { reencryptRawMail } from "../../src/store/reencrypt.ts";
 
 /** A store under test on a fresh, empty (migrated) database. */
 export interface StoreFixture {
@@ -1004,6 +1008,214 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
           inbound: { waiting: 1, oldestWaitingAt: b.receivedAt, failed: 1 },
           outbound: { waiting: 1, oldestWaitingAt: o2.createdAt, failed: 1 },
         });
+      });
+    });
+
+    describe("stored mail at rest (retention, encryption)", () => {
+      const DAY = 86_400_000;
+      const T0 = Date.UTC(2030, 0, 1);
+      const bob = "bob@example.org";
+      const carol = "carol@example.net";
+      const keyA: RawKey = { id: "key-a", key: randomBytes(32) };
+      const keyB: RawKey = { id: "key-b", key: randomBytes(32) };
+      const SECRET = Buffer.from("From: bob@example.org\r\nSubject: top-secret-marker\r\n\r\nThe quarterly numbers are 4 8 15 16 23 42.\r\n");
+
+      /** Another store over the fixture's database (not closed: the fixture closes the database). */
+      function storeWith(opts: { now?: () => number; cipher?: RawCipher }): SqlStore {
+        return new SqlStore(dbOf(store), opts);
+      }
+      /** The `raw` column as the database holds it. */
+      async function column(table: "inbound_mail" | "outbound_mail", id: number): Promise<Buffer> {
+        const [r] = await dbOf(store).query<{ raw: unknown }>(`SELECT raw FROM ${table} WHERE id = $1`, [id]);
+        assert.ok(r, `${table} row ${id} exists`);
+        return dbBuffer(r.raw);
+      }
+      const deliveredTo = (address: string) => ({ address, state: "sent" as const, code: 250, reply: "250 2.0.0 OK", nextAttemptAt: null });
+      const failedTo = (address: string) => ({ address, state: "failed" as const, code: 550, reply: "550 5.1.1 No such user", nextAttemptAt: null });
+      const deferredTo = (address: string) => ({ address, state: "deferred" as const, code: 451, reply: "451 4.7.1 Greylisted", nextAttemptAt: T0 + DAY });
+
+      it("empties the raw bytes of posted inbound mail after the retention; the row and its dedupe stay", async () => {
+        let now = T0;
+        const s = storeWith({ now: () => now });
+        const posted = (await s.insertInbound(inbound({ messageId: "posted@x", raw: SECRET }))).row;
+        await s.markInboundPosted(posted.id, "$posted");
+        const pending = (await s.insertInbound(inbound({ messageId: "pending@x" }))).row;
+        const failed = (await s.insertInbound(inbound({ messageId: "failed@x", roomId: "!other:hs.test" }))).row;
+        await s.markInboundFailed(failed.id, "given up");
+        now = T0 + 29 * DAY;
+        assert.deepEqual(await s.purgeRawMail(now - 30 * DAY, 100), { inbound: 0, outbound: 0 }, "younger than the retention: kept");
+        now = T0 + 31 * DAY;
+        assert.deepEqual(await s.purgeRawMail(now - 30 * DAY, 100), { inbound: 1, outbound: 0 });
+        const after = await s.getInbound(posted.id);
+        assert.equal(after?.raw.length, 0, "raw emptied");
+        assert.equal(after?.rawPurgedAt, now);
+        assert.equal(after?.state, "posted");
+        assert.equal(after?.eventId, "$posted");
+        assert.equal((await column("inbound_mail", posted.id)).length, 0, "the bytes are gone from the database");
+        for (const kept of [pending, failed]) {
+          const row = await s.getInbound(kept.id);
+          assert.ok(row?.raw.equals(kept.raw), `${row?.state} mail is kept however old`);
+          assert.equal(row?.rawPurgedAt, null);
+        }
+        assert.equal(posted.rawPurgedAt, null);
+        const replay = await s.insertInbound(inbound({ messageId: "posted@x", raw: SECRET }));
+        assert.equal(replay.duplicate, true, "a replay of a purged mail is still a duplicate");
+        assert.equal(replay.row.id, posted.id);
+        assert.deepEqual(await s.purgeRawMail(now - 30 * DAY, 100), { inbound: 0, outbound: 0 }, "purging again changes nothing");
+      });
+
+      it("empties sent and finally bounced outbound mail; queued, deferred and unreported bounces are kept", async () => {
+        let now = T0;
+        const s = storeWith({ now: () => now });
+        const mail = async (eventId: string) => (await s.enqueueOutbound(outbound({ eventId, recipients: [bob, carol] }))).row;
+        const sent = await mail("$sent");
+        await s.recordOutboundAttempt(sent.id, [deliveredTo(bob), deliveredTo(carol)], T0);
+        const reported = await mail("$reported");
+        await s.recordOutboundAttempt(reported.id, [deliveredTo(bob), failedTo(carol)], T0);
+        await s.markOutboundRecipientsReported(reported.id, [carol]);
+        const unreported = await mail("$unreported");
+        await s.recordOutboundAttempt(unreported.id, [failedTo(bob), failedTo(carol)], T0);
+        const deferred = await mail("$deferred");
+        await s.recordOutboundAttempt(deferred.id, [deliveredTo(bob), deferredTo(carol)], T0 + DAY);
+        const queued = await mail("$queued");
+        now = T0 + 31 * DAY;
+        assert.deepEqual(await s.purgeRawMail(now - 30 * DAY, 100), { inbound: 0, outbound: 2 });
+        for (const gone of [sent, reported]) {
+          const row = await s.getOutboundById(gone.id);
+          assert.equal(row?.raw.length, 0);
+          assert.equal(row?.rawPurgedAt, now);
+          assert.equal((await s.listOutboundRecipients(gone.id)).length, 2, "the queue history stays");
+        }
+        for (const kept of [unreported, deferred, queued]) {
+          const row = await s.getOutboundById(kept.id);
+          assert.ok(row?.raw.equals(kept.raw), `${row?.state} mail is kept`);
+          assert.equal(row?.rawPurgedAt, null);
+        }
+        assert.equal(await s.requeueOutbound(reported.id), false, "a purged mail cannot be sent again (its bytes are gone)");
+        await s.markOutboundRecipientsReported(unreported.id, [bob, carol]);
+        assert.deepEqual(await s.purgeRawMail(now - 30 * DAY, 100), { inbound: 0, outbound: 1 }, "a bounce is purged once reported");
+        assert.equal((await s.getOutboundById(unreported.id))?.raw.length, 0);
+      });
+
+      it("purges in bounded batches, oldest first, per table", async () => {
+        let now = T0;
+        const s = storeWith({ now: () => now });
+        const ids: number[] = [];
+        for (let i = 0; i < 5; i++) {
+          const { row } = await s.insertInbound(inbound({ messageId: `b${i}@x`, contentHash: `h${i}` }));
+          await s.markInboundPosted(row.id, `$b${i}`);
+          ids.push(row.id);
+          const out = (await s.enqueueOutbound(outbound({ eventId: `$o${i}`, recipients: [bob] }))).row;
+          await s.recordOutboundAttempt(out.id, [deliveredTo(bob)], T0);
+        }
+        now = T0 + DAY;
+        const purgedIds = async () => (await Promise.all(ids.map((id) => s.getInbound(id)))).filter((r) => r?.rawPurgedAt !== null).map((r) => r!.id);
+        assert.deepEqual(await s.purgeRawMail(now, 2), { inbound: 2, outbound: 2 });
+        assert.deepEqual(await purgedIds(), ids.slice(0, 2));
+        assert.deepEqual(await s.purgeRawMail(now, 2), { inbound: 2, outbound: 2 });
+        assert.deepEqual(await s.purgeRawMail(now, 2), { inbound: 1, outbound: 1 });
+        assert.deepEqual(await s.purgeRawMail(now, 2), { inbound: 0, outbound: 0 });
+        assert.deepEqual(await purgedIds(), ids);
+        await assert.rejects(s.purgeRawMail(Number.NaN, 2), RangeError);
+        await assert.rejects(s.purgeRawMail(now, -1), RangeError);
+      });
+
+      it("encrypts raw on write and decrypts it on read; the database holds no plaintext", async () => {
+        const enc = storeWith({ cipher: new RawCipher({ current: keyA }) });
+        const { row } = await enc.insertInbound(inbound({ raw: SECRET }));
+        assert.ok(row.raw.equals(SECRET), "the returned row holds the plaintext");
+        assert.ok((await enc.getInbound(row.id))?.raw.equals(SECRET));
+        assert.ok((await enc.listPendingInbound(10))[0]?.raw.equals(SECRET));
+        const stored = await column("inbound_mail", row.id);
+        assert.ok(isRawEnvelope(stored), "starts with the MEB1 envelope");
+        assert.equal(rawEnvelopeKeyId(stored), "key-a");
+        assert.equal(stored.includes(Buffer.from("top-secret-marker")), false, "no plaintext in the column");
+        assert.equal(stored.includes(Buffer.from("quarterly")), false);
+        assert.equal(stored.length, SECRET.length + 5 + 1 + "key-a".length + 12 + 16);
+
+        const nasty = (await enc.insertInbound(inbound({ messageId: "nasty@x", raw: NASTY_BYTES }))).row;
+        assert.ok((await enc.getInbound(nasty.id))?.raw.equals(NASTY_BYTES), "every byte value round-trips");
+        const big = randomBytes(2 * 1024 * 1024);
+        const bigRow = (await enc.insertInbound(inbound({ messageId: "big@x", raw: big }))).row;
+        assert.ok((await enc.getInbound(bigRow.id))?.raw.equals(big));
+
+        const out = (await enc.enqueueOutbound(outbound({ raw: SECRET }))).row;
+        assert.ok(out.raw.equals(SECRET));
+        assert.ok((await enc.getOutboundById(out.id))?.raw.equals(SECRET));
+        assert.ok((await enc.getOutboundByEvent("$ev1"))?.raw.equals(SECRET));
+        assert.ok((await enc.listDueOutbound(Date.now() + 1000, 10))[0]?.raw.equals(SECRET));
+        const outStored = await column("outbound_mail", out.id);
+        assert.equal(rawEnvelopeKeyId(outStored), "key-a");
+        assert.equal(outStored.includes(Buffer.from("top-secret-marker")), false);
+        const again = await enc.enqueueOutbound(outbound({ raw: SECRET }));
+        assert.equal(again.duplicate, true);
+        assert.ok(again.row.raw.equals(SECRET), "a duplicate returns the decrypted row");
+      });
+
+      it("reads plaintext rows written before encryption was turned on", async () => {
+        const plainIn = (await store.insertInbound(inbound({ raw: SECRET }))).row;
+        const plainOut = (await store.enqueueOutbound(outbound({ raw: SECRET }))).row;
+        assert.ok((await column("inbound_mail", plainIn.id)).equals(SECRET), "written in plaintext without a key");
+        const enc = storeWith({ cipher: new RawCipher({ current: keyA }) });
+        assert.ok((await enc.getInbound(plainIn.id))?.raw.equals(SECRET));
+        assert.ok((await enc.getOutboundById(plainOut.id))?.raw.equals(SECRET));
+      });
+
+      it("fails loudly, naming the row and the key ID, on a wrong key, an unknown key ID or altered bytes", async () => {
+        const enc = storeWith({ cipher: new RawCipher({ current: keyA }) });
+        const { row } = await enc.insertInbound(inbound({ raw: SECRET }));
+        const out = (await enc.enqueueOutbound(outbound({ raw: SECRET }))).row;
+        const isDecryptError = (table: string, id: number, keyId: string, reason: string) => (err: unknown) => {
+          assert.ok(err instanceof RawDecryptError, String(err));
+          assert.equal(err.table, table);
+          assert.equal(err.rowId, id);
+          assert.equal(err.keyId, keyId);
+          assert.equal(err.reason, reason);
+          assert.ok(err.message.includes(`${table} row ${id}`) && err.message.includes(`"${keyId}"`), err.message);
+          return true;
+        };
+        const wrong = storeWith({ cipher: new RawCipher({ current: { id: "key-a", key: randomBytes(32) } }) });
+        await assert.rejects(wrong.getInbound(row.id), isDecryptError("inbound_mail", row.id, "key-a", "authentication"));
+        await assert.rejects(wrong.listPendingInbound(10), isDecryptError("inbound_mail", row.id, "key-a", "authentication"));
+        await assert.rejects(wrong.getOutboundById(out.id), isDecryptError("outbound_mail", out.id, "key-a", "authentication"));
+        await assert.rejects(store.getInbound(row.id), isDecryptError("inbound_mail", row.id, "key-a", "unknown-key"), "no key configured at all");
+        const onlyB = storeWith({ cipher: new RawCipher({ current: keyB }) });
+        await assert.rejects(onlyB.getOutboundByEvent("$ev1"), isDecryptError("outbound_mail", out.id, "key-a", "unknown-key"));
+        const stored = await column("inbound_mail", row.id);
+        const altered = Buffer.from(stored);
+        altered[altered.length - 1] = altered[altered.length - 1]! ^ 0x01;
+        await dbOf(store).execute("UPDATE inbound_mail SET raw = $2 WHERE id = $1", [row.id, altered]);
+        await assert.rejects(enc.getInbound(row.id), isDecryptError("inbound_mail", row.id, "key-a", "authentication"));
+      });
+
+      it("rotates keys: old rows read with the old key kept, new rows use the new key, re-encryption moves the rest", async () => {
+        const plain = (await store.insertInbound(inbound({ messageId: "plain@x", raw: SECRET }))).row;
+        const encA = storeWith({ cipher: new RawCipher({ current: keyA }) });
+        const a1 = (await encA.insertInbound(inbound({ messageId: "a1@x", raw: SECRET }))).row;
+        const o1 = (await encA.enqueueOutbound(outbound({ eventId: "$a1", raw: SECRET }))).row;
+        const rotated = new RawCipher({ current: keyB, previous: [keyA] });
+        const encB = storeWith({ cipher: rotated });
+        assert.ok((await encB.getInbound(a1.id))?.raw.equals(SECRET), "a row under the old key still reads");
+        assert.ok((await encB.getOutboundById(o1.id))?.raw.equals(SECRET));
+        assert.ok((await encB.getInbound(plain.id))?.raw.equals(SECRET));
+        const b1 = (await encB.insertInbound(inbound({ messageId: "b1@x", raw: SECRET }))).row;
+        const o2 = (await encB.enqueueOutbound(outbound({ eventId: "$b1", raw: SECRET }))).row;
+        assert.equal(rawEnvelopeKeyId(await column("inbound_mail", b1.id)), "key-b", "new rows use the new key");
+        assert.equal(rawEnvelopeKeyId(await column("outbound_mail", o2.id)), "key-b");
+        assert.equal(rawEnvelopeKeyId(await column("inbound_mail", a1.id)), "key-a", "old rows are not rewritten on read");
+
+        // A purged row is not re-encrypted (nothing to protect).
+        await encB.markInboundPosted(b1.id, "$b1");
+        await encB.purgeRawMail(Date.now() + 1000, 10);
+        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated, { batchSize: 1 }), { inbound: 2, outbound: 1 });
+        for (const id of [plain.id, a1.id]) assert.equal(rawEnvelopeKeyId(await column("inbound_mail", id)), "key-b");
+        assert.equal(rawEnvelopeKeyId(await column("outbound_mail", o1.id)), "key-b");
+        assert.equal((await column("inbound_mail", b1.id)).length, 0);
+        const onlyB = storeWith({ cipher: new RawCipher({ current: keyB }) });
+        for (const id of [plain.id, a1.id]) assert.ok((await onlyB.getInbound(id))?.raw.equals(SECRET), "key A can be retired");
+        assert.ok((await onlyB.getOutboundById(o1.id))?.raw.equals(SECRET));
+        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated), { inbound: 0, outbound: 0 }, "a second run has nothing to do");
+        await assert.rejects(reencryptRawMail(dbOf(store), RawCipher.plaintext()), /no current key/);
       });
     });
   });

@@ -194,7 +194,7 @@ const outboundBase: OutboundConfig = {
   timeout_ms: 3000,
   max_retry_hours: 96,
   delay_warning_hours: 4,
-  concurrency: 8,
+  concurrency: 8, max_mails_per_user_per_hour: 0, max_new_recipients_per_user_per_day: 0,
 };
 
 /** deliverMail over a static route table and a fake MX (and A/AAAA) resolver: never live DNS. */

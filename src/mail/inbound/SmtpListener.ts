@@ -32,6 +32,7 @@ import { checkDnsbl } from "./dnsbl.ts";
 import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clientKey } from "./limits.ts";
 import type { MessageLimits, SmtpLimitKey } from "./limits.ts";
 import { Rejections, SmtpReply, isSmtpReply, toSmtpReply } from "./rejections.ts";
+import { replyTap } from "./replyTap.ts";
 
 /**
  * The SMTP envelope of one mail transaction (RFC 5321 §2.3.1), as seen by the handler.
@@ -110,6 +111,8 @@ export interface SmtpListenerOptions<R = unknown> {
   recipientTimeoutMs?: number;
   /** How long {@link SmtpListener.close} waits for open sessions and running deliveries, in ms. Default 10000. */
   closeTimeoutMs?: number;
+  /** Called with the code of every reply written to a client, smtp-server's own included (metrics; see replyTap.ts). */
+  onReply?: (code: number) => void;
 }
 
 /** Default per-message recipient limit (RFC 5321 §4.5.3.1.8). */
@@ -188,6 +191,7 @@ export class SmtpListener<R = unknown> {
   readonly #reverseLookup: boolean;
   readonly #closeTimeoutMs: number;
   readonly #recipientTimeoutMs: number;
+  readonly #onReply: ((code: number) => void) | null;
   readonly #messageLimits: MessageLimits;
   readonly #connections: ConnectionLimiter;
   readonly #clientRate: RateLimiter;
@@ -231,6 +235,7 @@ export class SmtpListener<R = unknown> {
     this.#reverseLookup = opts.reverseLookup ?? true;
     this.#closeTimeoutMs = opts.closeTimeoutMs ?? 10_000;
     this.#recipientTimeoutMs = opts.recipientTimeoutMs ?? 30_000;
+    this.#onReply = opts.onReply ?? null;
     this.#messageLimits = {
       maxHeaderBytes: limits.max_header_bytes,
       maxReceivedHeaders: limits.max_received_headers,
@@ -291,7 +296,8 @@ export class SmtpListener<R = unknown> {
       // enhanced code) stays as a backstop, and bounds the time before the greeting.
       socketTimeout: limits.command_timeout_ms + 30_000,
       closeTimeout: this.#closeTimeoutMs,
-      logger: false,
+      // With `onReply`, a logger that only reads reply codes (replyTap.ts); otherwise none.
+      logger: this.#onReply ? replyTap(this.#onReply) : false,
       onConnect: (session, cb) => this.#onConnect(session, cb),
       onClose: (session) => this.#onClose(session),
       onMailFrom: (address, session, cb) => this.#onMailFrom(address, session, cb),
@@ -321,6 +327,11 @@ export class SmtpListener<R = unknown> {
       dnsblZones: limits.dnsbl_zones,
     });
     return { port };
+  }
+
+  /** Whether the listener is bound and accepting connections (`/health`). */
+  get listening(): boolean {
+    return this.#server?.server.listening ?? false;
   }
 
   /**

@@ -146,6 +146,18 @@ export interface OutboundQueueOptions {
   pollMs?: number;
   /** Due mails fetched per pass (default `max(50, 4 * concurrency)`). */
   batchSize?: number;
+  /** Told each recipient's outcome of an attempt once it is recorded (metrics). Must not throw. */
+  onRecipientResult?: (outcome: RecipientResult) => void;
+}
+
+/** One recipient's outcome of one attempt, for {@link OutboundQueueOptions.onRecipientResult}. */
+export interface RecipientResult {
+  /** `sent` (the remote server's 250), `deferred` (retried later) or `failed` (for good). */
+  result: "sent" | "deferred" | "failed";
+  /** Which attempt of the mail this was, 1 for the first. */
+  attempt: number;
+  /** Time from the mail's `createdAt` (the Matrix event) to the end of the attempt, in ms. */
+  ageMs: number;
 }
 
 /**
@@ -395,6 +407,7 @@ export class OutboundQueue {
     });
 
     const { state, recipients } = await store.recordOutboundAttempt(mail.id, updates, next);
+    for (const u of updates) this.#opts.onRecipientResult?.({ result: u.state, attempt: mail.attempts + 1, ageMs: now - mail.createdAt });
     if (state !== "deferred") log.info("outbound mail done", { ...ctx, state, recipients: recipients.length });
 
     const unreported = recipients.filter((r) => r.state === "failed" && !r.reported);

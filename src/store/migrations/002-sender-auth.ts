@@ -16,6 +16,7 @@
  * - `room_mailboxes.policy`: who may post to a room mailbox (`open`, `members`, `verified`).
  * - `room_subscribers`: who receives a room mailbox's top-level messages; an address becomes a
  *   subscriber by confirming a mail (`pending` with a token, then `active`) or by a moderator.
+ * - `outbound_mail_sender`: an index for the per-user sending limits.
  * - `inbound_mail.envelope_from`: the MAIL FROM reverse-path (NULL for `<>`), where a DSN goes.
  * - `inbound_mail.next_attempt_at`: posting is a queue with backoff; a row waits until then.
  *   The head of each target (the oldest pending row) blocks only its own target, so per-room
@@ -50,6 +51,8 @@ CREATE TABLE room_subscribers (
   PRIMARY KEY (room_id, address)
 );
 CREATE UNIQUE INDEX room_subscribers_token ON room_subscribers (token);
+
+CREATE INDEX outbound_mail_sender ON outbound_mail (envelope_from, created_at);
 
 ALTER TABLE portals ADD COLUMN remote_verified {{BOOL}} NOT NULL DEFAULT TRUE;
 DROP INDEX portals_dm_key;

@@ -40,6 +40,19 @@ export const SQL_DELETE_SUBSCRIBER = "DELETE FROM room_subscribers WHERE room_id
 /** Active subscribers of room $1. */
 export const SQL_ACTIVE_SUBSCRIBERS = "SELECT address FROM room_subscribers WHERE room_id = $1 AND state = 'active' ORDER BY address";
 
+/** Mails queued by $1 envelope_from since $2 (ms). */
+export const SQL_COUNT_OUTBOUND_SINCE = "SELECT COUNT(*) AS n FROM outbound_mail WHERE envelope_from = $1 AND created_at >= $2";
+/** Whether $1 envelope_from has mailed $2 address before. */
+export const SQL_KNOWN_RECIPIENT = `
+SELECT 1 AS known FROM outbound_recipients r JOIN outbound_mail m ON m.id = r.outbound_id
+WHERE m.envelope_from = $1 AND r.address = $2 LIMIT 1`;
+/** Addresses $1 envelope_from mailed for the first time since $2 (ms). */
+export const SQL_COUNT_NEW_RECIPIENTS = `
+SELECT COUNT(*) AS n FROM (
+  SELECT r.address, MIN(m.created_at) AS first_at FROM outbound_recipients r JOIN outbound_mail m ON m.id = r.outbound_id
+  WHERE m.envelope_from = $1 GROUP BY r.address
+) t WHERE t.first_at >= $2`;
+
 /** Delete the mailbox of $1 room_id. */
 export const SQL_DELETE_MAILBOX_OF_ROOM = "DELETE FROM room_mailboxes WHERE room_id = $1";
 /** Insert a mailbox, returning it. $1 localpart, $2 room_id, $3 created_by, $4 created_at (ms). */
@@ -193,8 +206,8 @@ UPDATE outbound_recipients SET reported = TRUE, updated_at = $3 WHERE outbound_i
 export const SQL_OUTBOUND_IN_STATE = `SELECT ${OUTBOUND_COLS} FROM outbound_mail WHERE state = $1 ORDER BY id DESC LIMIT $2`;
 /** Any outbound mail, newest first, at most $1 rows. */
 export const SQL_OUTBOUND_ALL = `SELECT ${OUTBOUND_COLS} FROM outbound_mail ORDER BY id DESC LIMIT $1`;
-/** State, attempts and remaining recipients (JSON) of outbound mail $1. */
-export const SQL_OUTBOUND_REQUEUE_READ = "SELECT state, attempts, recipients FROM outbound_mail WHERE id = $1";
+/** State, attempts and remaining recipients (JSON) of outbound mail $1; no row once its raw bytes were purged (migration 5). */
+export const SQL_OUTBOUND_REQUEUE_READ = "SELECT state, attempts, recipients FROM outbound_mail WHERE id = $1 AND raw_purged_at IS NULL";
 /**
  * Every recipient of outbound mail $1 not accepted yet becomes due at $2 (ms): `failed` turns
  * `deferred`, failures unreported.
