@@ -27,6 +27,11 @@ Commands:
   send-test-mail          send a test mail to the bridge's SMTP listener:
                             --to ADDRESS [--from ADDRESS] [--subject TEXT] [--text TEXT]
                             [--host HOST] [--port PORT] (default: the config's smtp listener)
+  queue                   look at and act on the mail queues (works while the bridge runs):
+                            list [inbound|outbound] [--state S] [--limit N]
+                            show inbound|outbound ID [--raw]  (--raw: the stored message bytes)
+                            retry inbound|outbound ID         (due now)
+                            drop inbound|outbound ID --yes    (deletes it and its message)
 
 Options:
   -c, --config FILE       config file (default: config.yaml)
@@ -57,6 +62,10 @@ async function main(argv: string[]): Promise<number> {
       text: { type: "string" },
       host: { type: "string" },
       port: { type: "string" },
+      state: { type: "string" },
+      limit: { type: "string" },
+      raw: { type: "boolean" },
+      yes: { type: "boolean" },
     },
   });
   const command = positionals[0];
@@ -128,6 +137,16 @@ async function main(argv: string[]): Promise<number> {
         throw new CommandFailed(`the mail was refused: ${e.response ?? e.message ?? String(err)}`);
       });
       process.stdout.write(`Sent to ${values.to} via ${host}:${port}: ${reply}\n`);
+      return 0;
+    }
+    case "queue": {
+      // Loaded on demand, like `start`: only this command needs the store drivers.
+      const { queueCommand, QueueCommandError } = await import("./cli/queue.ts");
+      const { state, limit, raw, yes } = values;
+      await queueCommand(positionals.slice(1), { state, limit, raw, yes }, () => config(file)).catch((err: unknown) => {
+        if (err instanceof QueueCommandError) throw err.usage ? new UsageError(err.message) : new CommandFailed(err.message);
+        throw err;
+      });
       return 0;
     }
     default:

@@ -87,7 +87,7 @@ export class Subscriptions {
         inReplyTo: null,
         references: [],
         date: new Date(),
-        headers: { "Auto-Submitted": "auto-replied" },
+        autoSubmitted: "auto-replied",
       },
       this.opts.dkim,
     );

@@ -312,7 +312,7 @@ export class SqlStore implements BridgeStore {
         mail.contentHash,
         mail.envelopeFrom,
       ]);
-      if (inserted[0]) return { row: toInbound(inserted[0]), duplicate: false };
+      if (inserted[0]) return { row: this.#toInbound(inserted[0]), duplicate: false };
       const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], this.#toInbound);
       if (!existing) throw new Error("inbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
@@ -383,7 +383,7 @@ export class SqlStore implements BridgeStore {
         now,
       ]);
       if (inserted[0]) {
-        const row = toOutbound(inserted[0]);
+        const row = this.#toOutbound(inserted[0]);
         for (const address of mail.recipients) await tx.execute(Q.SQL_INSERT_OUTBOUND_RECIPIENT, [row.id, address, now]);
         return { row, duplicate: false };
       }

@@ -41,6 +41,11 @@ export interface OutgoingMail {
   date: Date;
   /** Extra header fields (e.g. `X-Mailer`). Must not name a header set by this module. */
   headers?: Record<string, string>;
+  /**
+   * `Auto-Submitted` (RFC 3834 §5) for mail the bridge writes by itself (a subscription
+   * confirmation: `auto-replied`); omitted for human-written messages.
+   */
+  autoSubmitted?: "auto-replied" | "auto-generated";
 }
 
 /**
@@ -85,7 +90,7 @@ const ADDRESS = /^[^\s<>,;"\x00-\x1f\x7f]+@[^\s<>,;"@\x00-\x1f\x7f]+$/;
  * §5.1.4: last part is the preferred one) when `html` is given, else a single text/plain
  * part; UTF-8 everywhere, non-ASCII headers as RFC 2047 encoded words. `Message-ID`,
  * `In-Reply-To` and `References` (RFC 5322 §3.6.4) carry `<id>` forms. `Auto-Submitted`
- * (RFC 3834) is deliberately not set: these are human-written messages.
+ * (RFC 3834) is set only when `autoSubmitted` asks for it (mail the bridge writes itself).
  *
  * Header safety: CR/LF and other control characters in the subject, display names and
  * extra header values are replaced by spaces before nodemailer encodes them, so no
@@ -112,6 +117,7 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     }
     headers[key] = cleanText(value);
   }
+  if (msg.autoSubmitted) headers["Auto-Submitted"] = msg.autoSubmitted;
 
   const references = msg.references.filter((id) => MSG_ID.test(id)).map((id) => `<${id}>`);
   const inReplyTo = msg.inReplyTo !== null && MSG_ID.test(msg.inReplyTo) ? `<${msg.inReplyTo}>` : undefined;
