@@ -18,6 +18,7 @@ import { InboundRouter } from "./InboundRouter.ts";
 import { checkWithRspamd } from "../mail/inbound/rspamd.ts";
 import { InboundPoster } from "./InboundPoster.ts";
 import { DsnService } from "./DsnService.ts";
+import { NoticeService } from "./NoticeService.ts";
 import { Subscriptions } from "./Subscriptions.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
@@ -76,7 +77,12 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const dkim = loadDkimSigner(config.dkim.private_key_file, ids.mailDomain, config.dkim.selector);
   // Stored mail is encrypted at rest when `storage` names a key (RawKeyError when a key is unusable).
   const cipher = loadRawCipher(config.storage);
-  const store = overrides.store ?? (await openStore({ url: config.database.url, sqliteFile: config.database.sqlite_file, cipher }));
+  const store = overrides.store ?? (await openStore({
+      url: config.database.url,
+      sqliteFile: config.database.sqlite_file,
+      cipher,
+      timeouts: { connectMs: config.database.connect_timeout_ms, queryMs: config.database.query_timeout_ms },
+    }));
   const storage = config.storage;
   const retention =
     storage.raw_retention_days === null
@@ -92,6 +98,8 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   });
   const resolver: MxResolver = (domain) => dns.resolveMx(domain);
 
+  // The gateway's event sink needs the handler, and the handler needs the gateway: the sink
+  // refuses events until the handler exists (they stay in the journal and are retried).
   let handler: MatrixHandler | null = null;
   const matrix = await MatrixGateway.create({
     homeserverUrl: config.homeserver.url,
@@ -115,6 +123,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     },
   });
 
+  const notices = new NoticeService({ store, matrix, ids });
   /** The notices of the outbound queue go into the mail's room, as replies to its event. */
   const outboundNotice = async (roomId: string, text: string, eventId: string): Promise<void> => {
     // A DSN the bridge sent has no room: a bounce of a bounce is dropped (RFC 5321 §6.2).
@@ -122,8 +131,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       log.warn("a DSN the bridge sent could not be delivered", { eventId, text });
       return;
     }
-    if (!handler) throw new Error("outbound notice before the Matrix handler exists");
-    await handler.portalNotice(roomId, text, eventId);
+    await notices.post(roomId, text, eventId);
   };
   const utcMinute = (ms: number): string => new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
   const metrics = new BridgeMetrics({ queueSizes: () => store.queueCounts() });
@@ -159,7 +167,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     limits: { mailsPerHour: config.outbound.max_mails_per_user_per_hour, newRecipientsPerDay: config.outbound.max_new_recipients_per_user_per_day },
   });
   const botDisplayName = config.appservice.bot_displayname;
-  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName });
+  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName, notices });
   const subscriptions = new Subscriptions({ store, ids, dkim, onQueued: () => queue.kick() });
   const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
   const poster = new InboundPoster({
@@ -174,6 +182,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       concurrency: config.inbound.concurrency,
       maxTextBytes: config.inbound.max_text_bytes,
     },
+    notices,
     onUndeliverable: (row, why) => dsn.undeliverable(row, why),
     onResult: (outcome) => metrics.inboundPost(outcome),
   });

@@ -22,6 +22,7 @@ import type { IdContext } from "./ids.ts";
 import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
 import { sanitizeHtml } from "./sanitize.ts";
 import { Ghost } from "./Ghost.ts";
+import type { NoticeService } from "./NoticeService.ts";
 import type { HomeserverFailure, MatrixActions } from "./ports.ts";
 import { QueueWorker, backoffMs, type PassResult } from "../util/worker.ts";
 import { getLogger } from "../util/logger.ts";
@@ -64,6 +65,8 @@ export interface InboundPosterOptions {
   /** The bridge bot's display name: no ghost may take it. */
   botDisplayName: string;
   settings: InboundQueueSettings;
+  /** Posts the "could not be posted" notice into the room. */
+  notices: Pick<NoticeService, "post">;
   /**
    * Tell the sender a mail cannot be delivered (a DSN). Throwing keeps the row pending (it is
    * tried again later), so a mail is never marked failed without its sender hearing of it.
@@ -176,10 +179,10 @@ export class InboundPoster {
   private async giveUp(row: InboundRow, why: Undeliverable, ctx: Record<string, unknown>): Promise<void> {
     log.error("mail cannot be posted into Matrix, giving up", { ...ctx, status: why.status, error: why.diagnostic });
     if (row.roomId) {
-      await this.opts.matrix.botNotice(
-        row.roomId,
-        `⚠️ A mail from ${row.sender} could not be posted here (${why.diagnostic}). The sender was told; the bridge keeps the mail (queue id ${row.id}).`,
-      );
+      // Best effort: the room may be exactly what cannot be reached. The DSN is what counts.
+      await this.opts.notices
+        .post(row.roomId, `⚠️ A mail from ${row.sender} could not be posted here (${why.diagnostic}). The sender was told; the bridge keeps the mail (queue id ${row.id}).`, undefined, `meb-in-${row.id}-failed`)
+        .catch((err: unknown) => log.warn("could not post the undeliverable notice", { ...ctx, error: err instanceof Error ? err.message : String(err) }));
     }
     try {
       await this.opts.onUndeliverable(row, why);

@@ -3,7 +3,8 @@
  * invites of ghosts and of the bot, bot commands, and room messages to send by mail.
  */
 import type { BridgeStore } from "../store/Store.ts";
-import { parseGhost, portalReader, type IdContext } from "./ids.ts";
+import { parseGhost, type IdContext } from "./ids.ts";
+import type { NoticeService } from "./NoticeService.ts";
 import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { parseCommand, runCommand } from "./commands.ts";
@@ -33,6 +34,7 @@ export interface MatrixHandlerOptions {
   outbound: OutboundHandler;
   /** The bridge bot's display name: no ghost may take it. */
   botDisplayName: string;
+  notices: NoticeService;
 }
 
 /** Dispatches Matrix events. */
@@ -54,26 +56,9 @@ export class MatrixHandler {
     }
   }
 
-  /** The bot or the sender (the bot unless it is not in the room) may post a notice. */
+  /** A notice in answer to something in the room: best effort, a failure is logged once. */
   private async notice(roomId: string, text: string, replyTo?: string): Promise<void> {
-    const portal = await this.opts.store.getPortalByRoom(roomId);
-    if (portal?.kind === "dm" && portal.remoteAddress) {
-      const ghost = portalReader(portal, this.opts.ids);
-      {
-        const content: Record<string, unknown> = { msgtype: "m.notice", body: text };
-        if (replyTo) content["m.relates_to"] = { "m.in_reply_to": { event_id: replyTo } };
-        await this.opts.matrix.sendEvent(ghost, roomId, "m.room.message", content).catch((err: unknown) =>
-          log.error("ghost could not post a notice", { roomId, ...errorFields(err) }),
-        );
-        return;
-      }
-    }
-    await this.opts.matrix.botNotice(roomId, text, replyTo);
-  }
-
-  /** Post a delivery or other notice into a portal (used for delivery failures). */
-  async portalNotice(roomId: string, text: string, replyTo?: string): Promise<void> {
-    await this.notice(roomId, text, replyTo);
+    await this.opts.notices.post(roomId, text, replyTo).catch((err: unknown) => log.error("could not post a notice", { roomId, ...errorFields(err) }));
   }
 
   private async onInvite(event: MatrixEvent, invitee: string): Promise<void> {

@@ -135,6 +135,10 @@ export interface DatabaseConfig {
   url: string | null;
   /** Embedded SQLite file, used when `url` is null. */
   sqlite_file: string;
+  /** PostgreSQL: longest wait for a connection, in ms (a hung database answers 451, not a held DATA). */
+  connect_timeout_ms: number;
+  /** PostgreSQL: longest statement, in ms. */
+  query_timeout_ms: number;
 }
 
 /** `permissions` section: who may use the bridge. */
@@ -409,6 +413,8 @@ export const configSchema: SchemaObject = {
       properties: {
         url: { type: "string", nullable: true, pattern: "^postgres(ql)?://", default: null, description: "postgres:// URL; null for the embedded SQLite file." },
         sqlite_file: { type: "string", default: "data/bridge.sqlite", description: "Embedded SQLite file, used when url is null." },
+        connect_timeout_ms: { type: "integer", minimum: 100, default: 5000, description: "PostgreSQL: longest wait for a connection, in ms (a hung database gets 451 at the SMTP side)." },
+        query_timeout_ms: { type: "integer", minimum: 100, default: 10000, description: "PostgreSQL: longest statement, in ms." },
       },
     },
     permissions: {

@@ -18,6 +18,8 @@ export interface OpenStoreOptions {
   url: string | null;
   /** SQLite file path (its directory is created), used when `url` is null. */
   sqliteFile: string;
+  /** PostgreSQL only: longest wait for a connection, and longest statement, in ms (see `openPostgres`). */
+  timeouts?: { connectMs: number; queryMs: number };
   /**
    * Encryption at rest of the stored mail (`loadRawCipher` in `rawCipher.ts`, from the
    * `storage` config section). Omitted: mail is stored in plaintext.
@@ -33,7 +35,9 @@ export interface OpenStoreOptions {
  *   (the connection is closed before throwing)
  */
 export async function openStore(opts: OpenStoreOptions): Promise<BridgeStore> {
-  const db: Database = opts.url ? await openPostgres(opts.url) : await openSqlite(opts.sqliteFile);
+  const db: Database = opts.url
+    ? await openPostgres(opts.url, { connectTimeoutMs: opts.timeouts?.connectMs, queryTimeoutMs: opts.timeouts?.queryMs })
+    : await openSqlite(opts.sqliteFile);
   try {
     const result = await migrate(db);
     log.info("store opened", {

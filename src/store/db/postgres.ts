@@ -90,13 +90,23 @@ class PgDatabase extends PgQueryable implements Database {
  * Open a PostgreSQL {@link Database}.
  * @param url `postgres://user:pass@host:port/db` connection URL
  * @param opts.max pool size (default 10)
+ * @param opts.connectTimeoutMs longest wait for a connection (a new one, or a free one from the
+ *   pool), in ms (default 5000): a database that does not answer fails fast, so the SMTP side
+ *   answers 451 instead of holding DATA open
+ * @param opts.queryTimeoutMs longest statement, in ms (default 10 000), enforced by the client
+ *   (`query_timeout`) and by the server (`statement_timeout`)
  * @returns the database; the first connection is made (and checked) before it resolves
  * @throws the pg connection error if the server cannot be reached or refuses the login
  */
-export async function openPostgres(url: string, opts: { max?: number } = {}): Promise<Database> {
+export async function openPostgres(url: string, opts: { max?: number; connectTimeoutMs?: number; queryTimeoutMs?: number } = {}): Promise<Database> {
+  const queryTimeout = opts.queryTimeoutMs ?? 10_000;
   const pool = new Pool({
     connectionString: url,
     max: opts.max ?? 10,
+    connectionTimeoutMillis: opts.connectTimeoutMs ?? 5_000,
+    query_timeout: queryTimeout,
+    statement_timeout: queryTimeout,
+    idle_in_transaction_session_timeout: queryTimeout * 3,
     types: poolTypes,
     application_name: "matrix-email-bridge",
   });
