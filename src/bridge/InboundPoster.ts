@@ -18,6 +18,7 @@
  */
 import type { AuthFields, BridgeStore, InboundRow, PortalRow } from "../store/Store.ts";
 import { parseMail, stripQuotedReply, type ParsedMail } from "../mail/inbound/parse.ts";
+import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
 import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
 import { sanitizeHtml } from "./sanitize.ts";
@@ -208,6 +209,10 @@ export class InboundPoster {
       // It parsed at DATA time; parsing it again cannot get better.
       throw new PermanentPostError("5.6.0", `the stored message cannot be parsed: ${(err as Error).message}`);
     }
+    if (row.kind === "dsn" && row.roomId) {
+      await this.postReport(row, row.roomId);
+      return;
+    }
     const ghost = Ghost.of(row.sender, row.senderVerified, ids);
     // Only authenticated mail speaks for the address: the name follows its From header.
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
@@ -237,6 +242,21 @@ export class InboundPoster {
     for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict);
     await store.markInboundPosted(row.id, eventId);
     log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId, verified: ghost.verified });
+  }
+
+  /**
+   * A delivery report about mail the bridge sent: a notice replying to that message, naming each
+   * address and what the reporting server said (RFC 3464 Final-Recipient, Action, Status,
+   * Diagnostic-Code).
+   */
+  private async postReport(row: InboundRow, roomId: string): Promise<void> {
+    const report = await parseDsn(row.raw);
+    const lines = (report?.recipients ?? []).map((r) => `• ${r.address}: ${r.action} (${r.status})${r.diagnostic ? `: ${r.diagnostic}` : ""}`);
+    const from = report?.reportingMta ? ` from ${report.reportingMta}` : "";
+    const text = `⚠️ A delivery report${from} came back for this message:\n${lines.length > 0 ? lines.join("\n") : "(it names no recipient)"}`;
+    const eventId = await this.opts.notices.post(roomId, text, row.replyToEventId ?? undefined, `meb-in-${row.id}`);
+    await this.opts.store.markInboundPosted(row.id, eventId);
+    log.info("delivery report posted", { inbound: row.id, roomId, eventId, replyTo: row.replyToEventId });
   }
 
   /**

@@ -23,6 +23,7 @@ import type { InboundEnvelope, InboundHandler } from "../mail/inbound/SmtpListen
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import { verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
+import { parseDsn } from "../mail/dsn.ts";
 import { authDecision, authenticateMessage, readAuthor, type AuthPolicy, type AuthVerdict } from "../mail/inbound/auth.ts";
 import type { DnsLookup } from "../mail/dns.ts";
 import { mailboxUserId, normalizeAddress, portalReader, type IdContext } from "./ids.ts";
@@ -252,6 +253,15 @@ export class InboundRouter implements InboundHandler<Mailbox> {
       contentHash: hash,
       envelopeFrom: envelope.mailFrom,
     };
+    // A delivery report about mail the bridge sent goes to that message, as a reply.
+    const bounce = await this.bounceTarget(raw, envelope, decision.verified);
+    if (bounce) {
+      const stored = Buffer.concat([Buffer.from(receivedHeader(envelope, this.opts.hostname, null)), raw]);
+      const { row, duplicate } = await this.opts.store.insertInbound({ ...base, kind: "dsn", ...bounce, raw: stored });
+      log.info(duplicate ? "duplicate delivery report ignored" : "delivery report accepted", { session: envelope.sessionId, messageId, roomId: row.roomId ?? undefined, replyTo: row.replyToEventId ?? undefined, inbound: row.id });
+      this.opts.onCommitted();
+      return;
+    }
     // Each recipient was resolved once, at RCPT time; the decision travels with the envelope.
     const commands: (() => Promise<void>)[] = [];
     for (const mailbox of envelope.recipients.values()) {
@@ -311,6 +321,24 @@ export class InboundRouter implements InboundHandler<Mailbox> {
       throw reply;
     }
     return { action: verdict.action, score: verdict.score, requiredScore: verdict.requiredScore };
+  }
+
+  /**
+   * Where a delivery report (RFC 3464) about mail the bridge sent goes: the room of the original
+   * message, as a reply to it. Only an authenticated report (its reporting domain passes SPF or
+   * DKIM aligned with its From) from the null reverse-path is matched, and only to a message
+   * whose sender's personal mailbox it was mailed to; anything else is ordinary mail.
+   * @returns the target, or null when the mail is not such a report
+   */
+  private async bounceTarget(raw: Buffer, envelope: InboundEnvelope<Mailbox>, verified: boolean): Promise<Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId"> | null> {
+    if (!verified || envelope.mailFrom) return null;
+    const report = await parseDsn(raw);
+    if (!report?.originalMessageId) return null;
+    const owners = new Set([...envelope.recipients.values()].flatMap((m) => (m.kind === "personal" ? [`${m.localpart}@${this.opts.ids.mailDomain}`] : [])));
+    for (const known of await this.opts.store.getMessagesByMessageId(report.originalMessageId)) {
+      if (known.direction === "outbound" && owners.has(known.sender)) return { roomId: known.roomId, dmLocalUserId: null, replyToEventId: known.eventId };
+    }
+    return null;
   }
 
   /**

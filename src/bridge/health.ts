@@ -72,10 +72,17 @@ export interface OperationsListenerOptions extends HealthParts {
 
 /**
  * Start the metrics listener: `/metrics` from `metrics`, `/health` from {@link makeHealthCheck}.
- * @throws the socket's error when `metrics.bind_address:port` cannot be bound
+ * @throws Error naming `metrics.bind_address`/`metrics.port` when the socket cannot be bound
+ *   (its `cause` is the socket's error)
  */
-export function startOperationsListener(opts: OperationsListenerOptions): Promise<MetricsListener> {
-  return startMetricsListener({ bindAddress: opts.config.bind_address, port: opts.config.port, metrics: opts.metrics, health: makeHealthCheck(opts) });
+export async function startOperationsListener(opts: OperationsListenerOptions): Promise<MetricsListener> {
+  const { bind_address: bindAddress, port } = opts.config;
+  try {
+    return await startMetricsListener({ bindAddress, port, metrics: opts.metrics, health: makeHealthCheck(opts) });
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    throw new Error(`the metrics listener cannot listen on ${bindAddress}:${port} (metrics.bind_address, metrics.port): ${why}`, { cause: err });
+  }
 }
 
 /** The queue sizes as `/health` shows them (snake_case, ages in seconds). */

@@ -245,6 +245,7 @@ async function showInbound(store: BridgeStore, id: number, raw: boolean, out: Qu
   if (raw) return writeRaw(out, "inbound", r, now);
   const fields: [string, string][] = [
     ["id", String(r.id)],
+    ["kind", r.kind === "dsn" ? "dsn (a delivery report about mail the bridge sent)" : r.kind],
     ["state", r.state],
     ["attempts", String(r.attempts)],
     ["received", when(r.receivedAt, now)],

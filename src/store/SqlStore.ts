@@ -311,6 +311,7 @@ export class SqlStore implements BridgeStore {
         jsonText(mail.participants),
         mail.contentHash,
         mail.envelopeFrom,
+        mail.kind ?? "mail",
       ]);
       if (inserted[0]) return { row: this.#toInbound(inserted[0]), duplicate: false };
       const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], this.#toInbound);

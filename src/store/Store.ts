@@ -150,6 +150,8 @@ export interface InboundRow {
   contentHash: string;
   /** The MAIL FROM reverse-path, or null for the null reverse-path `<>`: where a DSN would go. */
   envelopeFrom: string | null;
+  /** `dsn`: a delivery report (RFC 3464) about mail the bridge sent, posted as a notice replying to it; else `mail`. */
+  kind: "mail" | "dsn";
   /**
    * The raw RFC 5322 message, as received (with the bridge's Received header on top);
    * decrypted when stored encrypted. Empty once purged (see `rawPurgedAt`).
@@ -167,11 +169,12 @@ export interface InboundRow {
   receivedAt: number;
 }
 
-/** What {@link BridgeStore.insertInbound} takes. */
+/** What {@link BridgeStore.insertInbound} takes (`kind` defaults to `mail`). */
 export type NewInbound = Pick<
   InboundRow,
   "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "senderVerified" | "senderName" | "auth" | "spam" | "participants" | "contentHash" | "envelopeFrom" | "raw"
->;
+> &
+  Partial<Pick<InboundRow, "kind">>;
 
 /** State of an outbound mail. `deferred` will be retried at `nextAttemptAt`. */
 export type OutboundState = "queued" | "deferred" | "sent" | "bounced";

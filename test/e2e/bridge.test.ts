@@ -80,7 +80,7 @@ describe("bridge end to end (PostgreSQL store)", () => {
     assert.equal(parsed.subject, "Re: Tea party");
   });
 
-  it("email a room: a moderator gives the room a mailbox; mail to it is posted by the sender's ghost; room messages go to the email participants", async () => {
+  it("email a room: a moderator gives the room a mailbox; mail to it is posted by the sender's ghost; a reply goes back to the sender", async () => {
     const roomId = await alice.createRoom({ preset: "private_chat", name: "Team", room_alias_name: "team" });
     await alice.invite(roomId, BOT);
     await alice.waitForMembership(roomId, BOT, "join");
@@ -96,7 +96,8 @@ describe("bridge end to end (PostgreSQL store)", () => {
     assert.match(String(posted.content.body), /^Quarterly numbers\n\nNumbers are up\./);
     assert.match(String(posted.content.formatted_body), /<strong>Quarterly numbers<\/strong>/);
 
-    await alice.sendText(roomId, "Thanks Carol, great news.");
+    // A reply in Carol's conversation goes to Carol (top-level messages go to subscribers only).
+    await alice.sendText(roomId, "Thanks Carol, great news.", { replyTo: posted.event_id });
     const out = await env.sink.waitForMail((m) => m.rcptTo.includes("carol@example.net"));
     const parsed = await simpleParser(out.raw);
     assert.equal(parsed.replyTo?.value[0]?.address, `team@${MAIL_DOMAIN}`);

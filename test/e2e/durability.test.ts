@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { simpleParser } from "mailparser";
 import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
-import { parseDsn } from "../../src/mail/dsn.ts";
+import { composeDsn, parseDsn } from "../../src/mail/dsn.ts";
 
 const BOT = "@emailbot:localhost";
 const BOB = "@email_bob=40example.org:localhost";
@@ -192,5 +192,29 @@ describe("a 250 is a promise, end to end (PostgreSQL store)", () => {
     const row = await env.bridge.store.getOutboundByEvent(eventId);
     assert.equal(row?.state, "deferred", "frank is still being retried");
     env.sink.refuse.clear();
+  });
+  it("a bounce for mail the bridge sent comes back as a notice replying to that message", async () => {
+    const room = await alice.createRoom({ preset: "private_chat", name: "Bouncy" });
+    const ghost = "@email_gone=40example.org:localhost";
+    await alice.invite(room, ghost);
+    await alice.waitForMembership(room, ghost, "join");
+    const eventId = await alice.sendText(room, "This one will bounce later");
+    const sent = await env.sink.waitForMail((m) => m.rcptTo.includes("gone@example.org"));
+    const headerEnd = sent.raw.indexOf("\r\n\r\n");
+    const dsn = await composeDsn({
+      reportingMta: "mx.example.org",
+      fromAddress: "MAILER-DAEMON@example.org",
+      to: `alice@${MAIL_DOMAIN}`,
+      arrivalDate: new Date(),
+      recipients: [{ address: "gone@example.org", status: "5.1.1", diagnostic: "smtp; 550 5.1.1 <gone@example.org>: user unknown" }],
+      humanText: "Your message could not be delivered.",
+      originalHeaders: sent.raw.subarray(0, headerEnd + 2),
+      messageIdDomain: "example.org",
+    });
+    // A report comes from the null reverse-path; SPF then checks the HELO name, example.org.
+    assert.match(await env.sendRaw(dsn, { from: "", to: `alice@${MAIL_DOMAIN}` }, { helo: "example.org" }), /^250 /);
+    const notice = await alice.waitForEvent(room, (e) => e.content.msgtype === "m.notice" && String(e.content.body ?? "").includes("delivery report"));
+    assert.match(String(notice.content.body), /gone@example\.org: failed \(5\.1\.1\)/);
+    assert.equal((notice.content["m.relates_to"] as { "m.in_reply_to": { event_id: string } })["m.in_reply_to"].event_id, eventId);
   });
 });

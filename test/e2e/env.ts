@@ -49,7 +49,7 @@ export interface PreparedEnv {
   /** Send a mail to the bridge's SMTP listener; resolves to the server's reply, rejects with the SMTP error. */
   sendMail(mail: TestMail): Promise<string>;
   /** Send raw RFC 5322 bytes with the given envelope; resolves to the server's reply, rejects with the SMTP error. */
-  sendRaw(raw: Buffer | string, envelope: { from: string; to: string | string[] }): Promise<string>;
+  sendRaw(raw: Buffer | string, envelope: { from: string; to: string | string[] }, opts?: { helo?: string }): Promise<string>;
   /** Stop everything this environment started. */
   stop(): Promise<void>;
 }
@@ -156,8 +156,8 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
         transport.close();
       }
     },
-    async sendRaw(raw, envelope) {
-      const transport = nodemailer.createTransport({ host: "127.0.0.1", port: env.smtpPort, secure: false, ignoreTLS: true });
+    async sendRaw(raw, envelope, opts = {}) {
+      const transport = nodemailer.createTransport({ host: "127.0.0.1", port: env.smtpPort, secure: false, ignoreTLS: true, ...(opts.helo ? { name: opts.helo } : {}) });
       try {
         const to = Array.isArray(envelope.to) ? envelope.to : [envelope.to];
         const info = await transport.sendMail({ envelope: { from: envelope.from, to }, raw });

@@ -63,6 +63,7 @@ function inbound(over: Partial<NewInbound> = {}): NewInbound {
     participants: ["alice@bridge.test"],
     contentHash: "h1",
     envelopeFrom: "bob@example.org",
+    kind: "mail",
     raw: RAW,
     ...over,
   };

@@ -119,7 +119,7 @@ describe("sqlite engine", () => {
       for (let i = 0; i < ${rows}; i++) {
         await store.insertInbound({ roomId: "!r:hs.test", dmLocalUserId: null, replyToEventId: null,
           messageId: "crash" + i + "@x", sender: "bob@example.org", senderVerified: true, senderName: null,
-          auth: null, spam: null, participants: [], contentHash: "h" + i, envelopeFrom: null, raw: Buffer.from([i, 0xff, 0x00, 0xfe]) });
+          auth: null, spam: null, participants: [], contentHash: "h" + i, envelopeFrom: null, kind: "mail", raw: Buffer.from([i, 0xff, 0x00, 0xfe]) });
       }
       process.kill(process.pid, "SIGKILL");
     `;

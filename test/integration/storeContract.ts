@@ -49,6 +49,7 @@ function inbound(over: Partial<NewInbound> = {}): NewInbound {
     participants: ["alice@bridge.test"],
     contentHash: "h1",
     envelopeFrom: "bob@example.org",
+    kind: "mail",
     raw: Buffer.from("From: bob@example.org\r\n\r\nhi\r\n"),
     ...over,
   };

@@ -17,6 +17,8 @@
  * - `room_subscribers`: who receives a room mailbox's top-level messages; an address becomes a
  *   subscriber by confirming a mail (`pending` with a token, then `active`) or by a moderator.
  * - `outbound_mail_sender`: an index for the per-user sending limits.
+ * - `inbound_mail.kind`: `dsn` for a delivery report about mail the bridge sent, shown as a
+ *   notice replying to that message; `mail` otherwise.
  * - `inbound_mail.envelope_from`: the MAIL FROM reverse-path (NULL for `<>`), where a DSN goes.
  * - `inbound_mail.next_attempt_at`: posting is a queue with backoff; a row waits until then.
  *   The head of each target (the oldest pending row) blocks only its own target, so per-room
@@ -34,6 +36,7 @@ ALTER TABLE inbound_mail ADD COLUMN participants TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE inbound_mail ADD COLUMN content_hash TEXT NOT NULL DEFAULT '';
 ALTER TABLE inbound_mail ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE inbound_mail ADD COLUMN envelope_from TEXT;
+ALTER TABLE inbound_mail ADD COLUMN kind TEXT NOT NULL DEFAULT 'mail' CHECK (kind IN ('mail', 'dsn'));
 CREATE INDEX inbound_mail_head ON inbound_mail (state, target, id);
 DROP INDEX inbound_mail_dedupe;
 CREATE UNIQUE INDEX inbound_mail_dedupe ON inbound_mail (target, message_id, content_hash);

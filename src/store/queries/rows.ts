@@ -122,6 +122,7 @@ export function toInbound(r: DbRow): InboundRow {
     contentHash: str(r.content_hash),
     nextAttemptAt: dbNumber(r.next_attempt_at),
     envelopeFrom: strOrNull(r.envelope_from),
+    kind: str(r.kind) as InboundRow["kind"],
     // As stored (maybe an encrypted envelope): SqlStore decrypts it (src/store/rawCipher.ts).
     raw: dbBuffer(r.raw),
     rawPurgedAt: r.raw_purged_at === null || r.raw_purged_at === undefined ? null : dbNumber(r.raw_purged_at),
