@@ -218,6 +218,9 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   queue.start();
   retention?.start();
   const { port: smtpPort } = await smtp.listen();
+  if (!config.permissions.admin_room && config.permissions.admins.length === 0) {
+    log.warn("no postmaster: mail to postmaster@ and abuse@ is refused until permissions.admins or permissions.admin_room is set (RFC 5321 §4.5.1)", {});
+  }
   log.info("bridge started", {
     store: store.engine,
     smtp: `${config.smtp.bind_address}:${smtpPort}`,

@@ -94,6 +94,8 @@ export class BridgeMetrics {
   readonly #clock: () => number;
   /** The queue read of the scrape in progress, shared by the gauges' collect functions. */
   #reading: Promise<void> | null = null;
+  /** Whether the last queue read failed (a failure is logged when it starts, not at every scrape). */
+  #readFailing = false;
 
   /** @param opts see {@link BridgeMetricsOptions} */
   constructor(opts: BridgeMetricsOptions = {}) {
@@ -201,8 +203,8 @@ export class BridgeMetrics {
 
   /**
    * Every metric in the Prometheus text format, reading the queue gauges from the store.
-   * A failing store read does not fail the scrape: it is logged, `meb_store_up` is 0 and the
-   * queue gauges have no samples (rather than stale or made-up values).
+   * A failing store read does not fail the scrape: `meb_store_up` is 0 and the queue gauges
+   * have no samples (rather than stale or made-up values); the first failure in a row is logged.
    * @throws only what prom-client throws while rendering (not expected)
    */
   async render(): Promise<string> {
@@ -226,13 +228,16 @@ export class BridgeMetrics {
     try {
       sizes = await source();
     } catch (err) {
-      log.warn("queue sizes could not be read for the metrics", errorFields(err));
+      if (!this.#readFailing) log.warn("queue sizes cannot be read for the metrics; meb_store_up is 0 until they can", errorFields(err));
+      this.#readFailing = true;
       this.#depth.reset();
       this.#oldestAge.reset();
       this.#failedItems.reset();
       this.#storeUp?.set(0);
       return;
     }
+    if (this.#readFailing) log.info("queue sizes can be read for the metrics again", {});
+    this.#readFailing = false;
     const now = this.#clock();
     for (const queue of QUEUES) {
       const q = sizes[queue];
