@@ -8,12 +8,11 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { dkimSign } from "mailauth";
-import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
+import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
 import { dkimTxtRecord } from "../../src/mail/outbound/dkim.ts";
 import { AUTH_FIELD } from "../../src/bridge/format.ts";
 
-const BOT = "@emailbot:localhost";
 const BANK = "@email_alerts=40bank.test:localhost";
 const NEWS = "@email_news=40none.test:localhost";
 const NEWS_UNVERIFIED = "@email_news=40none.test/unverified:localhost";
@@ -75,11 +74,7 @@ describe("sender authentication end to end (embedded SQLite store)", () => {
       { timeout: ["s1._domainkey.slow.test"] },
     );
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
-    roomId = await alice.createRoom({ preset: "private_chat", name: "Inbox", room_alias_name: "inbox" });
-    await alice.invite(roomId, BOT);
-    await alice.waitForMembership(roomId, BOT, "join");
-    await alice.sendText(roomId, "!email mailbox on");
-    await alice.waitForEvent(roomId, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+    roomId = await createMailboxRoom(alice, "inbox", "Inbox");
   });
   after(async () => {
     await env?.stop();

@@ -8,7 +8,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { simpleParser } from "mailparser";
-import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
+import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 
 const BOT = "@emailbot:localhost";
@@ -60,11 +60,7 @@ describe("room boundaries end to end (embedded SQLite store)", () => {
   });
 
   it("a room mailbox with three correspondents: a reply reaches only its conversation; a top-level message only the subscribers, hidden from each other", async () => {
-    const room = await alice.createRoom({ preset: "private_chat", name: "Team", room_alias_name: "team" });
-    await alice.invite(room, BOT);
-    await alice.waitForMembership(room, BOT, "join");
-    await alice.sendText(room, "!email mailbox on");
-    await alice.waitForEvent(room, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+    const room = await createMailboxRoom(alice, "team", "Team");
     const team = `team@${MAIL_DOMAIN}`;
 
     for (const who of ["carol@example.net", "dave@example.net", "erin@example.net"]) {
@@ -114,11 +110,7 @@ describe("room boundaries end to end (embedded SQLite store)", () => {
   });
 
   it("posting policy `verified`: mail whose sender does not authenticate gets 550 5.7.1", async () => {
-    const room = await alice.createRoom({ preset: "private_chat", name: "Strict", room_alias_name: "strict" });
-    await alice.invite(room, BOT);
-    await alice.waitForMembership(room, BOT, "join");
-    await alice.sendText(room, "!email mailbox on");
-    await alice.waitForEvent(room, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+    const room = await createMailboxRoom(alice, "strict", "Strict");
     await alice.sendText(room, "!email mailbox policy verified");
     await alice.waitForEvent(room, (e) => e.sender === BOT && String(e.content.body).includes("now takes mail from only senders whose mail authenticates"));
     const raw = "From: news@none.test\r\nTo: strict@x\r\nSubject: hi\r\nMessage-ID: <p1@none.test>\r\n\r\nunverified hello\r\n";

@@ -7,7 +7,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { simpleParser } from "mailparser";
-import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
+import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
 import { composeDsn, parseDsn } from "../../src/mail/dsn.ts";
 
@@ -33,11 +33,7 @@ describe("a 250 is a promise, end to end (PostgreSQL store)", () => {
       config: { inbound: { retry_base_ms: 200, retry_max_ms: 2000 }, outbound: { delay_warning_hours: 0 } },
     });
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
-    roomId = await alice.createRoom({ preset: "private_chat", name: "Durable", room_alias_name: "durable" });
-    await alice.invite(roomId, BOT);
-    await alice.waitForMembership(roomId, BOT, "join");
-    await alice.sendText(roomId, "!email mailbox on");
-    await alice.waitForEvent(roomId, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+    roomId = await createMailboxRoom(alice, "durable", "Durable");
   });
   after(async () => {
     await env?.stop();
@@ -155,11 +151,7 @@ describe("a 250 is a promise, end to end (PostgreSQL store)", () => {
 
   it("a mail that truly cannot be posted comes back to its sender as a DSN (multipart/report)", async () => {
     // A room whose mailbox stays but that the bridge can no longer enter: the bot is banned.
-    const locked = await alice.createRoom({ preset: "private_chat", name: "Locked", room_alias_name: "locked" });
-    await alice.invite(locked, BOT);
-    await alice.waitForMembership(locked, BOT, "join");
-    await alice.sendText(locked, "!email mailbox on");
-    await alice.waitForEvent(locked, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+    const locked = await createMailboxRoom(alice, "locked", "Locked");
     await alice.request("POST", `/rooms/${encodeURIComponent(locked)}/ban`, { user_id: BOT, reason: "test" });
     const subject = `Unpostable ${Date.now()}`;
     assert.match(await env.sendRaw(rfc5322({ from: "Carol <carol@example.net>", to: `locked@${MAIL_DOMAIN}`, subject, body: "nobody will read this" }), { from: "carol@example.net", to: `locked@${MAIL_DOMAIN}` }), /^250 /);

@@ -19,6 +19,7 @@ import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
 import type { BridgeConfig } from "../../src/config/schema.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { startSynapse, type SynapseHandle } from "../harness/synapse.ts";
+import type { MatrixTestClient } from "../harness/matrixClient.ts";
 import { startPostgres, type TestPostgres } from "../harness/postgres.ts";
 import { startSmtpSink, type SmtpSink } from "../harness/smtpSink.ts";
 import { startRspamd } from "../harness/rspamd.ts";
@@ -207,6 +208,22 @@ export async function startEnv(engine: "postgres" | "sqlite", opts: EnvOptions =
       await stopRest();
     },
   });
+}
+
+/**
+ * A private room of `client` named `name`, with the bridge bot joined and the room mailbox
+ * `<alias>@MAIL_DOMAIN` turned on, as a moderator's `!email mailbox on` does.
+ * @returns the room ID
+ * @throws when the bot does not join or does not confirm within the client's wait
+ */
+export async function createMailboxRoom(client: MatrixTestClient, alias: string, name = alias): Promise<string> {
+  const bot = "@emailbot:localhost";
+  const roomId = await client.createRoom({ preset: "private_chat", name, room_alias_name: alias });
+  await client.invite(roomId, bot);
+  await client.waitForMembership(roomId, bot, "join");
+  await client.sendText(roomId, "!email mailbox on");
+  await client.waitForEvent(roomId, (e) => e.sender === bot && String(e.content.body).startsWith("Done"));
+  return roomId;
 }
 
 /**

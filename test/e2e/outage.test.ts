@@ -8,10 +8,9 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
+import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
 
-const BOT = "@emailbot:localhost";
 const BOB = "@email_bob=40example.org:localhost";
 const OUTAGE_MS = 90_000;
 const MAILS = 100;
@@ -29,11 +28,7 @@ describe("homeserver outage during a burst (PostgreSQL store)", () => {
     });
     alice = await env.synapse.registerUser("alice");
     dora = await env.synapse.registerUser("dora");
-    teamRoom = await alice.createRoom({ preset: "private_chat", name: "Team", room_alias_name: "team" });
-    await alice.invite(teamRoom, BOT);
-    await alice.waitForMembership(teamRoom, BOT, "join");
-    await alice.sendText(teamRoom, "!email mailbox on");
-    await alice.waitForEvent(teamRoom, (e) => e.sender === BOT && String(e.content.body).startsWith("Done"));
+    teamRoom = await createMailboxRoom(alice, "team", "Team");
   });
   after(async () => {
     await env?.stop();
