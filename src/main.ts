@@ -25,7 +25,7 @@ Commands:
   dns-records             print the MX, SPF, DKIM and DMARC records to publish for the mail domain
   validate-config         check the config file and exit
   send-test-mail          send a test mail to the bridge's SMTP listener:
-                            --to ADDRESS [--from ADDRESS] [--subject TEXT] [--text TEXT]
+                            --to ADDRESS [--from ADDRESS] [--envelope-from ADDRESS] [--subject TEXT] [--text TEXT]
                             [--host HOST] [--port PORT] (default: the config's smtp listener)
   queue                   look at and act on the mail queues (works while the bridge runs):
                             list [inbound|outbound] [--state S] [--limit N]
@@ -58,6 +58,7 @@ async function main(argv: string[]): Promise<number> {
       rotate: { type: "boolean" },
       to: { type: "string" },
       from: { type: "string" },
+      "envelope-from": { type: "string" },
       subject: { type: "string" },
       text: { type: "string" },
       host: { type: "string" },
@@ -130,6 +131,7 @@ async function main(argv: string[]): Promise<number> {
         port,
         to: values.to,
         from: values.from ?? "tester@example.org",
+        ...(values["envelope-from"] ? { envelopeFrom: values["envelope-from"] } : {}),
         subject: values.subject ?? "Test mail from matrix-email-bridge",
         text: values.text ?? "Hello from the email side! Reply in Matrix and I will get it by email.",
       }).catch((err: unknown) => {

@@ -8,6 +8,8 @@ export interface TestMail {
   host: string;
   port: number;
   from: string;
+  /** MAIL FROM, when it should differ from `from` (e.g. to show a forged From as unverified). */
+  envelopeFrom?: string;
   to: string;
   subject: string;
   text: string;
@@ -21,7 +23,13 @@ export interface TestMail {
 export async function sendTestMail(mail: TestMail): Promise<string> {
   const transport = nodemailer.createTransport({ host: mail.host, port: mail.port, secure: false, tls: { rejectUnauthorized: false } });
   try {
-    const info = await transport.sendMail({ from: mail.from, to: mail.to, subject: mail.subject, text: mail.text });
+    const info = await transport.sendMail({
+      from: mail.from,
+      to: mail.to,
+      subject: mail.subject,
+      text: mail.text,
+      ...(mail.envelopeFrom ? { envelope: { from: mail.envelopeFrom, to: [mail.to] } } : {}),
+    });
     return info.response;
   } finally {
     transport.close();

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# `npm run cli -- <command> [options]`: the matrix-email-bridge CLI from a checkout, with a Node
+# >= 22.19 put on PATH first (scripts/ensure-node.sh), so it works whatever `node` the machine has.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/ensure-node.sh
+source scripts/ensure-node.sh 2>/dev/null
+exec node src/main.ts "$@"
