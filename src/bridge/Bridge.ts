@@ -183,6 +183,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       maxTextBytes: config.inbound.max_text_bytes,
     },
     notices,
+    adminRoom: config.permissions.admin_room,
     onUndeliverable: (row, why) => dsn.undeliverable(row, why),
     onResult: (outcome) => metrics.inboundPost(outcome),
   });

@@ -68,6 +68,8 @@ export interface InboundPosterOptions {
   settings: InboundQueueSettings;
   /** Posts the "could not be posted" notice into the room. */
   notices: Pick<NoticeService, "post">;
+  /** `permissions.admin_room`: told when a given-up mail's own room cannot be (null: none). */
+  adminRoom?: string | null;
   /**
    * Tell the sender a mail cannot be delivered (a DSN). Throwing keeps the row pending (it is
    * tried again later), so a mail is never marked failed without its sender hearing of it.
@@ -179,11 +181,23 @@ export class InboundPoster {
   /** Give a row up: notice in its room (best effort), DSN to the sender, then `failed`. */
   private async giveUp(row: InboundRow, why: Undeliverable, ctx: Record<string, unknown>): Promise<void> {
     log.error("mail cannot be posted into Matrix, giving up", { ...ctx, status: why.status, error: why.diagnostic });
+    // Best effort: the room may be exactly what cannot be reached (the DSN is what counts);
+    // then the admin room, when there is one, hears of it.
+    const text = `⚠️ A mail from ${row.sender} could not be posted here (${why.diagnostic}). The sender was told; the bridge keeps the mail (queue id ${row.id}).`;
+    let told = false;
     if (row.roomId) {
-      // Best effort: the room may be exactly what cannot be reached. The DSN is what counts.
+      try {
+        await this.opts.notices.post(row.roomId, text, undefined, `meb-in-${row.id}-failed`);
+        told = true;
+      } catch (err) {
+        log.warn("could not post the undeliverable notice in the room", { ...ctx, error: err instanceof Error ? err.message : String(err) });
+      }
+    }
+    if (!told && this.opts.adminRoom) {
+      const where = row.roomId ? ` for room ${row.roomId}` : "";
       await this.opts.notices
-        .post(row.roomId, `⚠️ A mail from ${row.sender} could not be posted here (${why.diagnostic}). The sender was told; the bridge keeps the mail (queue id ${row.id}).`, undefined, `meb-in-${row.id}-failed`)
-        .catch((err: unknown) => log.warn("could not post the undeliverable notice", { ...ctx, error: err instanceof Error ? err.message : String(err) }));
+        .post(this.opts.adminRoom, text.replace("could not be posted here", `could not be posted${where}`), undefined, `meb-in-${row.id}-failed-admin`)
+        .catch((err: unknown) => log.warn("could not post the undeliverable notice in the admin room", { ...ctx, error: err instanceof Error ? err.message : String(err) }));
     }
     try {
       await this.opts.onUndeliverable(row, why);
