@@ -10,14 +10,14 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { WeakEvent } from "matrix-appservice-bridge";
 import { configureLogging } from "../../src/util/logger.ts";
 import { checkAppserviceAuth } from "../../src/matrix/appserviceAuth.ts";
-import { MatrixGateway } from "../../src/matrix/MatrixGateway.ts";
-import { freePort } from "../harness/ports.ts";
+import type { MatrixGateway } from "../../src/matrix/MatrixGateway.ts";
+import { createTestGateway, writeRegistration } from "../harness/appservice.ts";
 import { MemoryJournal } from "../harness/memoryJournal.ts";
 
 const HS_TOKEN = randomBytes(32).toString("hex");
@@ -204,33 +204,8 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "meb-asauth-"));
-    const registrationFile = join(dir, "registration.yaml");
-    await writeFile(
-      registrationFile,
-      [
-        "id: email-bridge",
-        "url: http://127.0.0.1:1",
-        `as_token: ${randomBytes(32).toString("hex")}`,
-        `hs_token: ${HS_TOKEN}`,
-        "sender_localpart: emailbot",
-        "rate_limited: false",
-        "namespaces:",
-        "  users:",
-        "    - exclusive: true",
-        '      regex: "@email_.+:bridge\\\\.test"',
-        "  aliases: []",
-        "  rooms: []",
-        "",
-      ].join("\n"),
-    );
-    port = await freePort();
-    gateway = await MatrixGateway.create({
-      homeserverUrl: `http://127.0.0.1:${await freePort()}`, // never contacted by listen()
-      serverName: "bridge.test",
-      registrationFile,
-      botDisplayName: "Email bridge",
-      bindAddress: "127.0.0.1",
-      port,
+    ({ gateway, port } = await createTestGateway({
+      registrationFile: await writeRegistration(dir, HS_TOKEN),
       journal: new MemoryJournal(),
       sink: {
         onMatrixEvent: async (event: WeakEvent) => {
@@ -241,7 +216,7 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
           return null;
         },
       },
-    });
+    }));
     await gateway.listen();
   });
 

@@ -13,19 +13,20 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { WeakEvent } from "matrix-appservice-bridge";
 import { configureLogging } from "../../src/util/logger.ts";
-import { MatrixGateway, type MatrixGatewayOptions } from "../../src/matrix/MatrixGateway.ts";
+import type { MatrixGateway, MatrixGatewayOptions } from "../../src/matrix/MatrixGateway.ts";
 import { parseTransaction } from "../../src/matrix/appserviceTransactions.ts";
 import { TransactionBodyError } from "../../src/matrix/appserviceHttp.ts";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore } from "../../src/store/Store.ts";
 import type { MatrixEventJournal } from "../../src/bridge/ports.ts";
 import { freePort } from "../harness/ports.ts";
+import { createTestGateway, writeRegistration } from "../harness/appservice.ts";
 
 const HS_TOKEN = randomBytes(32).toString("hex");
 const BOT = "@emailbot:bridge.test";
@@ -38,25 +39,7 @@ let registrationFile: string;
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "meb-astxn-"));
-  registrationFile = join(dir, "registration.yaml");
-  await writeFile(
-    registrationFile,
-    [
-      "id: email-bridge",
-      "url: http://127.0.0.1:1",
-      `as_token: ${randomBytes(32).toString("hex")}`,
-      `hs_token: ${HS_TOKEN}`,
-      "sender_localpart: emailbot",
-      "rate_limited: false",
-      "namespaces:",
-      "  users:",
-      "    - exclusive: true",
-      '      regex: "@email_.+:bridge\\\\.test"',
-      "  aliases: []",
-      "  rooms: []",
-      "",
-    ].join("\n"),
-  );
+  registrationFile = await writeRegistration(dir, HS_TOKEN);
 });
 
 after(async () => {
@@ -163,14 +146,8 @@ describe("appservice transactions (real HTTP, MatrixGateway, SQLite journal)", (
 
   /** Create a gateway on `store` with the test's sink, and start its listener. */
   async function startGateway(onEvent: (e: WeakEvent) => Promise<void>, extra: Partial<MatrixGatewayOptions> = {}, journal: MatrixEventJournal = store): Promise<number> {
-    const port = await freePort();
-    const gateway = await MatrixGateway.create({
-      homeserverUrl: `http://127.0.0.1:${await freePort()}`, // never contacted
-      serverName: "bridge.test",
+    const { gateway, port } = await createTestGateway({
       registrationFile,
-      botDisplayName: "Email bridge",
-      bindAddress: "127.0.0.1",
-      port,
       journal,
       sink: { onMatrixEvent: onEvent, onUserQuery: async () => null },
       dispatch: { retryBackoff: { baseMs: 20, maxMs: 40, jitter: 0 }, maxAttempts: 3, pollMs: 200 },
@@ -491,14 +468,9 @@ describe("crash windows (test failpoints, gateway in a child process)", () => {
 
       const store = await openStore({ url: null, sqliteFile });
       const handled: string[] = [];
-      const port = await freePort();
-      const gateway = await MatrixGateway.create({
+      const { gateway, port } = await createTestGateway({
         homeserverUrl: "http://127.0.0.1:1",
-        serverName: "bridge.test",
         registrationFile,
-        botDisplayName: "Email bridge",
-        bindAddress: "127.0.0.1",
-        port,
         journal: store,
         sink: { onMatrixEvent: async (e) => void handled.push(e.event_id), onUserQuery: async () => null },
       });

@@ -6,198 +6,22 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
-import net from "node:net";
-import { tmpdir } from "node:os";
+import { readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import tls from "node:tls";
-import { promisify } from "node:util";
 import { configureLogging } from "../../src/util/logger.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
 import { SmtpListener } from "../../src/mail/inbound/SmtpListener.ts";
-import type { InboundEnvelope, InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
-import { Rejections } from "../../src/mail/inbound/rejections.ts";
 import { startDnsServer } from "../harness/dns.ts";
 import type { TestDns } from "../harness/dns.ts";
-
-const DOMAIN = "bridge.test";
+import {
+  MAIL_DOMAIN, RawClient, RecordingHandler, delay, makeCert, testWithOpenssl, smtpListenerConfig, startSmtpListener,
+} from "../harness/smtpListener.ts";
 
 const logLines: string[] = [];
 configureLogging({ level: "debug", format: "json", write: (line) => logLines.push(line) });
 
 function logged(msg: string): Record<string, unknown>[] {
   return logLines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === msg);
-}
-
-function smtpConfig(overrides: Partial<SmtpListenerConfig> = {}): SmtpListenerConfig {
-  return {
-    bind_address: "127.0.0.1",
-    port: 0,
-    hostname: "mx.bridge.test",
-    max_message_bytes: 4 * 1024 * 1024,
-    max_clients: 50,
-    tls_cert_file: null,
-    tls_key_file: null,
-    ...overrides,
-  };
-}
-
-/** Handler: `nobody*` → 550 5.1.1, others resolve to `mailbox:<local>`; checks and deliveries are recorded. */
-class RecordingHandler implements InboundHandler<string> {
-  checked: string[] = [];
-  deliveries: { raw: Buffer; envelope: InboundEnvelope<string> }[] = [];
-  checkDelayMs = 0;
-  deliverDelayMs = 0;
-
-  async checkRecipient(address: string): Promise<string> {
-    this.checked.push(address);
-    if (this.checkDelayMs) await delay(this.checkDelayMs);
-    const local = address.slice(0, address.lastIndexOf("@"));
-    if (local.startsWith("nobody")) throw Rejections.noSuchMailbox(address);
-    return `mailbox:${local.toLowerCase()}`;
-  }
-
-  async deliver(raw: Buffer, envelope: InboundEnvelope<string>): Promise<void> {
-    if (this.deliverDelayMs) await delay(this.deliverDelayMs);
-    this.deliveries.push({ raw, envelope });
-  }
-}
-
-const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function startListener(
-  handler: InboundHandler<string>,
-  overrides: Partial<SmtpListenerConfig> = {},
-  extra: Partial<SmtpListenerOptions<string>> = {},
-): Promise<{ listener: SmtpListener<string>; port: number }> {
-  const listener = new SmtpListener({
-    config: smtpConfig(overrides),
-    mailDomain: DOMAIN,
-    handler,
-    reverseLookup: false,
-    closeTimeoutMs: 1000,
-    ...extra,
-  });
-  const { port } = await listener.listen();
-  return { listener, port };
-}
-
-/** A minimal line-based SMTP client (optionally from another loopback address), with STARTTLS. */
-class RawClient {
-  readonly socket: net.Socket;
-  #stream: net.Socket | tls.TLSSocket;
-  #buffer = "";
-  #lines: string[] = [];
-  #waiters: (() => void)[] = [];
-  closed = false;
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    this.#stream = socket;
-    this.#attach(socket);
-    socket.on("close", () => {
-      this.closed = true;
-      this.#wake();
-    });
-  }
-
-  #attach(stream: net.Socket | tls.TLSSocket): void {
-    stream.on("data", (chunk: Buffer) => {
-      this.#buffer += chunk.toString("latin1");
-      let i: number;
-      while ((i = this.#buffer.indexOf("\r\n")) >= 0) {
-        this.#lines.push(this.#buffer.slice(0, i));
-        this.#buffer = this.#buffer.slice(i + 2);
-      }
-      this.#wake();
-    });
-    stream.on("error", () => {});
-  }
-
-  static async open(port: number, localAddress?: string): Promise<RawClient> {
-    const socket = net.connect({ port, host: "127.0.0.1", ...(localAddress ? { localAddress } : {}) });
-    await new Promise<void>((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("error", reject);
-    });
-    return new RawClient(socket);
-  }
-
-  #wake(): void {
-    const w = this.#waiters;
-    this.#waiters = [];
-    for (const f of w) f();
-  }
-
-  /** The next complete reply (all lines of a multi-line reply). */
-  async reply(timeoutMs = 5000): Promise<string[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const end = this.#lines.findIndex((l) => /^\d{3}(?: |$)/.test(l));
-      if (end >= 0) return this.#lines.splice(0, end + 1);
-      if (this.closed) throw new Error(`connection closed, pending lines: ${JSON.stringify(this.#lines)}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error("timeout waiting for reply");
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  /** Resolves once the server closed the connection; rejects after `timeoutMs`. */
-  async waitClosed(timeoutMs = 7000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error("connection not closed");
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  write(data: string): void {
-    this.#stream.write(data);
-  }
-
-  async command(line: string): Promise<string[]> {
-    this.write(line + "\r\n");
-    return this.reply();
-  }
-
-  /** Greeting and EHLO; returns the EHLO reply. */
-  async hello(): Promise<string[]> {
-    const greeting = await this.reply();
-    assert.match(greeting[0] ?? "", /^220 /, greeting.join("\n"));
-    return this.command("EHLO client.example.org");
-  }
-
-  /** STARTTLS, then the TLS handshake (any certificate accepted); returns the server's certificate. */
-  async startTls(): Promise<tls.PeerCertificate> {
-    assert.deepEqual(await this.command("STARTTLS"), ["220 Ready to start TLS"]);
-    this.socket.removeAllListeners("data");
-    const secure = tls.connect({ socket: this.socket, rejectUnauthorized: false });
-    await new Promise<void>((resolve, reject) => {
-      secure.once("secureConnect", resolve);
-      secure.once("error", reject);
-    });
-    this.#stream = secure;
-    this.#attach(secure);
-    return secure.getPeerCertificate();
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
 }
 
 /** One complete transaction on an open, greeted session; returns the reply to the final dot. */
@@ -226,7 +50,7 @@ const SIMPLE = "From: a@example.org\r\nTo: room@bridge.test\r\nSubject: hi\r\n\r
 describe("connection limits (421 4.7.0)", () => {
   test("per client IP: idle sockets of one address cannot take the slots of another", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { max_clients: 10, max_connections_per_ip: 3 });
+    const { listener, port } = await startSmtpListener(handler, { max_clients: 10, max_connections_per_ip: 3 });
     const idle: RawClient[] = [];
     try {
       // 30 sockets from 127.0.0.2 (the issue had 300 fill 200 slots): 3 get in, 27 are refused.
@@ -261,7 +85,7 @@ describe("connection limits (421 4.7.0)", () => {
 
   test("in total: over max_clients the reply is exactly 421 4.7.0 and the connection closes", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { max_clients: 2, max_connections_per_ip: 20 });
+    const { listener, port } = await startSmtpListener(handler, { max_clients: 2, max_connections_per_ip: 20 });
     const a = await RawClient.open(port, "127.0.0.2");
     const b = await RawClient.open(port, "127.0.0.3");
     try {
@@ -286,7 +110,7 @@ describe("connection limits (421 4.7.0)", () => {
 describe("message rate limits (451 4.7.1 at MAIL FROM)", () => {
   test("per client IP per window", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { max_messages_per_ip: 2, rate_window_ms: 60_000 });
+    const { listener, port } = await startSmtpListener(handler, { max_messages_per_ip: 2, rate_window_ms: 60_000 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -308,7 +132,7 @@ describe("message rate limits (451 4.7.1 at MAIL FROM)", () => {
 
   test("per sender domain per window (case-insensitive); other domains and <> unaffected", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { max_messages_per_sender_domain: 2, max_messages_per_ip: 100 });
+    const { listener, port } = await startSmtpListener(handler, { max_messages_per_sender_domain: 2, max_messages_per_ip: 100 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -335,7 +159,7 @@ describe("message content limits (while DATA streams)", () => {
 
   // Default limits (64 KiB header, 50 hops, 500 parts, depth 20); 4 MiB messages.
   before(async () => {
-    ({ listener, port } = await startListener(handler));
+    ({ listener, port } = await startSmtpListener(handler));
   });
   after(async () => {
     await listener.close();
@@ -411,7 +235,7 @@ describe("message content limits (while DATA streams)", () => {
 describe("recipients: every RCPT counts, each distinct address is resolved once", () => {
   test("1,200 RCPT TO for one address: 100 get 250, the rest 452 4.5.3; one handler call", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler);
+    const { listener, port } = await startSmtpListener(handler);
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -440,7 +264,7 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
 
   test("a repeated refused recipient gets the same refusal without asking again; a new transaction asks again", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { max_recipients: 3 });
+    const { listener, port } = await startSmtpListener(handler, { max_recipients: 3 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -466,7 +290,7 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
 
   test("postmaster (bare, any case, @domain) is never refused by the listener, even past the limit", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { max_recipients: 1 });
+    const { listener, port } = await startSmtpListener(handler, { max_recipients: 1 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -488,7 +312,7 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
 describe("timeouts (421 4.4.2)", () => {
   test("idle after the greeting: 421 4.4.2 after command_timeout_ms, then closed", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { command_timeout_ms: 300 });
+    const { listener, port } = await startSmtpListener(handler, { command_timeout_ms: 300 });
     const c = await RawClient.open(port);
     try {
       await c.reply();
@@ -504,7 +328,7 @@ describe("timeouts (421 4.4.2)", () => {
 
   test("slowloris: a command dribbled byte by byte does not extend the command timeout", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { command_timeout_ms: 400 });
+    const { listener, port } = await startSmtpListener(handler, { command_timeout_ms: 400 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -529,7 +353,7 @@ describe("timeouts (421 4.4.2)", () => {
 
   test("DATA dribbled line by line: 421 4.4.2 at data_timeout_ms, deliver never called", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { command_timeout_ms: 400, data_timeout_ms: 800 });
+    const { listener, port } = await startSmtpListener(handler, { command_timeout_ms: 400, data_timeout_ms: 800 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -558,7 +382,7 @@ describe("timeouts (421 4.4.2)", () => {
 
   test("DATA idle: no bytes for command_timeout_ms after 354 gives 421 4.4.2", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { command_timeout_ms: 300, data_timeout_ms: 10_000 });
+    const { listener, port } = await startSmtpListener(handler, { command_timeout_ms: 300, data_timeout_ms: 10_000 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -579,7 +403,7 @@ describe("timeouts (421 4.4.2)", () => {
     const handler = new RecordingHandler();
     handler.checkDelayMs = 500;
     handler.deliverDelayMs = 500;
-    const { listener, port } = await startListener(handler, { command_timeout_ms: 250 });
+    const { listener, port } = await startSmtpListener(handler, { command_timeout_ms: 250 });
     const c = await RawClient.open(port);
     try {
       await c.hello();
@@ -615,7 +439,7 @@ describe("DNSBL at connect (real DNS server on loopback)", () => {
 
   test("a listed client gets 554 5.7.1 <ip> listed at <zone> and is closed; an unlisted one gets in", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { dnsbl_zones: ["clean.test", "listed.test"] }, { dns: resolver() });
+    const { listener, port } = await startSmtpListener(handler, { dnsbl_zones: ["clean.test", "listed.test"] }, { dns: resolver() });
     try {
       const c = await RawClient.open(port);
       try {
@@ -637,7 +461,7 @@ describe("DNSBL at connect (real DNS server on loopback)", () => {
 
   test("a DNSBL that times out, or answers outside 127.0.0.x, does not block (fail open) and is logged", async () => {
     const handler = new RecordingHandler();
-    const { listener, port } = await startListener(handler, { dnsbl_zones: ["slow.test", "odd.test"] }, { dns: resolver() });
+    const { listener, port } = await startSmtpListener(handler, { dnsbl_zones: ["slow.test", "odd.test"] }, { dns: resolver() });
     try {
       assert.deepEqual(await sendOne(port, SIMPLE), ["250 2.0.0 OK: message accepted for delivery"]);
     } finally {
@@ -652,7 +476,7 @@ describe("DNSBL at connect (real DNS server on loopback)", () => {
   test("the client's PTR lookup goes through the same resolver", async () => {
     const handler = new RecordingHandler();
     await dns.takeQueries();
-    const { listener, port } = await startListener(handler, {}, { dns: resolver(), reverseLookup: true });
+    const { listener, port } = await startSmtpListener(handler, {}, { dns: resolver(), reverseLookup: true });
     const c = await RawClient.open(port);
     try {
       const ehlo = await c.hello();
@@ -667,117 +491,79 @@ describe("DNSBL at connect (real DNS server on loopback)", () => {
 
   test("dnsbl_zones without a resolver is a constructor error", () => {
     assert.throws(
-      () => new SmtpListener({ config: smtpConfig({ dnsbl_zones: ["bl.test"] }), mailDomain: DOMAIN, handler: new RecordingHandler() }),
+      () => new SmtpListener({ config: smtpListenerConfig({ dnsbl_zones: ["bl.test"] }), mailDomain: MAIL_DOMAIN, handler: new RecordingHandler() }),
       /dnsbl_zones/,
     );
   });
 });
 
-const execFileP = promisify(execFile);
-
-async function haveOpenssl(): Promise<boolean> {
-  try {
-    await execFileP("openssl", ["version"]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** A self-signed EC certificate for `cn` in `dir`; returns the two file paths. */
-async function makeCert(dir: string, cn: string): Promise<{ cert: string; key: string }> {
-  const cert = join(dir, `${cn}.cert.pem`);
-  const key = join(dir, `${cn}.key.pem`);
-  await execFileP("openssl", [
-    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-    "-keyout", key, "-out", cert, "-days", "1", "-subj", `/CN=${cn}`,
-  ]);
-  return { cert, key };
-}
-
 describe("STARTTLS: certificate reload, require_tls, no AUTH", async () => {
-  const available = await haveOpenssl();
-  // In CI a missing openssl is a failure, not a skip.
-  const skip = !available && !process.env.CI ? "openssl CLI not available" : false;
-
-  test("a certificate replaced on disk is used by the next STARTTLS, without a restart", { skip }, async () => {
-    assert.ok(available, "openssl CLI is required for this test (CI is set)");
-    const dir = await mkdtemp(join(tmpdir(), "meb-smtp-reload-"));
-    try {
-      const a = await makeCert(dir, "a.bridge.test");
-      const b = await makeCert(dir, "b.bridge.test");
-      const c3 = await makeCert(dir, "c.bridge.test");
-      const certFile = join(dir, "live-cert.pem");
-      const keyFile = join(dir, "live-key.pem");
-      await writeFile(certFile, await readFile(a.cert));
-      await writeFile(keyFile, await readFile(a.key));
-      const handler = new RecordingHandler();
-      const { listener, port } = await startListener(handler, { tls_cert_file: certFile, tls_key_file: keyFile });
-      const subjectOfNextSession = async (): Promise<string | undefined> => {
-        const c = await RawClient.open(port);
-        try {
-          await c.hello();
-          const cert = await c.startTls();
-          const ehlo = await c.command("EHLO client.example.org");
-          assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
-          return cert.subject?.CN as string | undefined;
-        } finally {
-          c.close();
-        }
-      };
-      try {
-        assert.equal(await subjectOfNextSession(), "a.bridge.test");
-        // Replaced the way certbot/acme tools do: new files renamed over the old ones.
-        await writeFile(certFile + ".new", await readFile(b.cert));
-        await writeFile(keyFile + ".new", await readFile(b.key));
-        await rename(keyFile + ".new", keyFile);
-        await rename(certFile + ".new", certFile);
-        assert.equal(await subjectOfNextSession(), "b.bridge.test");
-        // A half-done renewal (key of another certificate): the previous pair stays in use.
-        await writeFile(keyFile, await readFile(c3.key));
-        assert.equal(await subjectOfNextSession(), "b.bridge.test");
-        assert.ok(logged("smtp tls certificate files unusable, previous certificate kept").length > 0);
-        // Completed (overwritten in place): picked up.
-        await writeFile(certFile, await readFile(c3.cert));
-        assert.equal(await subjectOfNextSession(), "c.bridge.test");
-      } finally {
-        await listener.close();
-      }
-      assert.equal(handler.deliveries.length, 0);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
-
-  test("require_tls: MAIL before STARTTLS gets 530 5.7.0; after STARTTLS mail is accepted; AUTH never offered", { skip }, async () => {
-    assert.ok(available, "openssl CLI is required for this test (CI is set)");
-    const dir = await mkdtemp(join(tmpdir(), "meb-smtp-reqtls-"));
-    try {
-      const { cert, key } = await makeCert(dir, "mx.bridge.test");
-      const handler = new RecordingHandler();
-      const { listener, port } = await startListener(handler, { tls_cert_file: cert, tls_key_file: key, require_tls: true });
+  await testWithOpenssl("a certificate replaced on disk is used by the next STARTTLS, without a restart", "meb-smtp-reload-", async (dir) => {
+    const a = await makeCert(dir, "a.bridge.test");
+    const b = await makeCert(dir, "b.bridge.test");
+    const c3 = await makeCert(dir, "c.bridge.test");
+    const certFile = join(dir, "live-cert.pem");
+    const keyFile = join(dir, "live-key.pem");
+    await writeFile(certFile, await readFile(a.cert));
+    await writeFile(keyFile, await readFile(a.key));
+    const handler = new RecordingHandler();
+    const { listener, port } = await startSmtpListener(handler, { tls_cert_file: certFile, tls_key_file: keyFile });
+    const subjectOfNextSession = async (): Promise<string | undefined> => {
       const c = await RawClient.open(port);
       try {
-        const ehlo = await c.hello();
-        assert.ok(ehlo.some((l) => /^250[- ]STARTTLS$/.test(l)), ehlo.join("\n"));
+        await c.hello();
+        const cert = await c.startTls();
+        const ehlo = await c.command("EHLO client.example.org");
         assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
-        assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["530 5.7.0 Must issue a STARTTLS command first"]);
-        await c.startTls();
-        const ehlo2 = await c.command("EHLO client.example.org");
-        assert.ok(!ehlo2.some((l) => /AUTH|STARTTLS/.test(l)), ehlo2.join("\n"));
-        assert.deepEqual(await transaction(c, SIMPLE), ["250 2.0.0 OK: message accepted for delivery"]);
+        return cert.subject?.CN as string | undefined;
       } finally {
         c.close();
-        await listener.close();
       }
-      assert.equal(handler.deliveries.length, 1);
-      assert.equal(handler.deliveries[0]!.envelope.secure, true);
-      assert.throws(
-        () => new SmtpListener({ config: smtpConfig({ require_tls: true }), mailDomain: DOMAIN, handler }),
-        /require_tls/,
-      );
+    };
+    try {
+      assert.equal(await subjectOfNextSession(), "a.bridge.test");
+      // Replaced the way certbot/acme tools do: new files renamed over the old ones.
+      await writeFile(certFile + ".new", await readFile(b.cert));
+      await writeFile(keyFile + ".new", await readFile(b.key));
+      await rename(keyFile + ".new", keyFile);
+      await rename(certFile + ".new", certFile);
+      assert.equal(await subjectOfNextSession(), "b.bridge.test");
+      // A half-done renewal (key of another certificate): the previous pair stays in use.
+      await writeFile(keyFile, await readFile(c3.key));
+      assert.equal(await subjectOfNextSession(), "b.bridge.test");
+      assert.ok(logged("smtp tls certificate files unusable, previous certificate kept").length > 0);
+      // Completed (overwritten in place): picked up.
+      await writeFile(certFile, await readFile(c3.cert));
+      assert.equal(await subjectOfNextSession(), "c.bridge.test");
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await listener.close();
     }
+    assert.equal(handler.deliveries.length, 0);
+  });
+
+  await testWithOpenssl("require_tls: MAIL before STARTTLS gets 530 5.7.0; after STARTTLS mail is accepted; AUTH never offered", "meb-smtp-reqtls-", async (dir) => {
+    const { cert, key } = await makeCert(dir, "mx.bridge.test");
+    const handler = new RecordingHandler();
+    const { listener, port } = await startSmtpListener(handler, { tls_cert_file: cert, tls_key_file: key, require_tls: true });
+    const c = await RawClient.open(port);
+    try {
+      const ehlo = await c.hello();
+      assert.ok(ehlo.some((l) => /^250[- ]STARTTLS$/.test(l)), ehlo.join("\n"));
+      assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["530 5.7.0 Must issue a STARTTLS command first"]);
+      await c.startTls();
+      const ehlo2 = await c.command("EHLO client.example.org");
+      assert.ok(!ehlo2.some((l) => /AUTH|STARTTLS/.test(l)), ehlo2.join("\n"));
+      assert.deepEqual(await transaction(c, SIMPLE), ["250 2.0.0 OK: message accepted for delivery"]);
+    } finally {
+      c.close();
+      await listener.close();
+    }
+    assert.equal(handler.deliveries.length, 1);
+    assert.equal(handler.deliveries[0]!.envelope.secure, true);
+    assert.throws(
+      () => new SmtpListener({ config: smtpListenerConfig({ require_tls: true }), mailDomain: MAIL_DOMAIN, handler }),
+      /require_tls/,
+    );
   });
 });

@@ -3,90 +3,32 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
-import net from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import nodemailer from "nodemailer";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
 import type { SMTPConnectionOptions, SMTPConnectionSendInfo, SMTPEnvelope } from "nodemailer/lib/smtp-connection";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SmtpListener } from "../../src/mail/inbound/SmtpListener.ts";
-import type { InboundEnvelope, InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
+import type { InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
 import { Rejections, SmtpReply } from "../../src/mail/inbound/rejections.ts";
+import { MAIL_DOMAIN, RawClient, RecordingHandler, delay, makeCert, testWithOpenssl, smtpListenerConfig, startSmtpListener } from "../harness/smtpListener.ts";
 
-const DOMAIN = "bridge.test";
 const MAX_BYTES = 8192;
 
 const logLines: string[] = [];
 configureLogging({ level: "debug", format: "json", write: (line) => logLines.push(line) });
 
+/** This file's listener configuration: small messages (MAX_BYTES) and 20 clients, then `overrides`. */
 function smtpConfig(overrides: Partial<SmtpListenerConfig> = {}): SmtpListenerConfig {
-  return {
-    bind_address: "127.0.0.1",
-    port: 0,
-    hostname: "mx.bridge.test",
-    max_message_bytes: MAX_BYTES,
-    max_clients: 20,
-    tls_cert_file: null,
-    tls_key_file: null,
-    ...overrides,
-  };
+  return smtpListenerConfig({ max_message_bytes: MAX_BYTES, max_clients: 20, ...overrides });
 }
 
-interface Delivery {
-  raw: Buffer;
-  envelope: InboundEnvelope<string>;
-}
-
-/**
- * Handler: `nobody*` → 550 5.1.1, `disabled*` → 550 5.2.1, `broken*` → plain Error, `slow*` never
- * answers; others resolve to `mailbox:<local part lower-cased>`; deliver is swappable.
- */
-class RecordingHandler implements InboundHandler<string> {
-  checked: { address: string; envelope: InboundEnvelope<string> }[] = [];
-  deliveries: Delivery[] = [];
-  deliverImpl: (raw: Buffer, envelope: InboundEnvelope<string>) => Promise<void> = async () => {};
-
-  async checkRecipient(address: string, envelope: InboundEnvelope<string>): Promise<string> {
-    this.checked.push({ address, envelope: structuredClone(envelope) });
-    const local = address.slice(0, address.lastIndexOf("@"));
-    if (local.startsWith("nobody")) throw Rejections.noSuchMailbox(address);
-    if (local.startsWith("disabled")) throw Rejections.mailboxDisabled(address);
-    if (local.startsWith("broken")) throw new Error("database is down");
-    if (local.startsWith("slow")) await new Promise<never>(() => {});
-    return `mailbox:${local.toLowerCase()}`;
-  }
-
-  async deliver(raw: Buffer, envelope: InboundEnvelope<string>): Promise<void> {
-    await this.deliverImpl(raw, envelope);
-    this.deliveries.push({ raw, envelope });
-  }
-
-  reset(): void {
-    this.checked = [];
-    this.deliveries = [];
-    this.deliverImpl = async () => {};
-  }
-}
-
-async function startListener(
+/** {@link startSmtpListener} with this file's configuration and a 2 s close timeout. */
+function startListener(
   handler: InboundHandler<string>,
   overrides: Partial<SmtpListenerConfig> = {},
   extra: Partial<SmtpListenerOptions<string>> = {},
 ): Promise<{ listener: SmtpListener<string>; port: number }> {
-  const listener = new SmtpListener({
-    config: smtpConfig(overrides),
-    mailDomain: DOMAIN,
-    handler,
-    reverseLookup: false,
-    closeTimeoutMs: 2000,
-    ...extra,
-  });
-  const { port } = await listener.listen();
-  return { listener, port };
+  return startSmtpListener(handler, smtpConfig(overrides), { closeTimeoutMs: 2000, ...extra });
 }
 
 /** A message with CRLF line ends, a dot-stuffed line, 8-bit UTF-8, and no final reformatting needed. */
@@ -130,79 +72,6 @@ async function sendOnce(port: number, envelope: SMTPEnvelope, message: Buffer): 
     conn.quit();
   }
 }
-
-/** A minimal line-based SMTP client for checking exact reply lines. */
-class RawClient {
-  readonly socket: net.Socket;
-  #buffer = "";
-  #lines: string[] = [];
-  #waiters: (() => void)[] = [];
-  closed = false;
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    socket.setEncoding("utf8");
-    socket.on("data", (chunk: string) => {
-      this.#buffer += chunk;
-      let i: number;
-      while ((i = this.#buffer.indexOf("\r\n")) >= 0) {
-        this.#lines.push(this.#buffer.slice(0, i));
-        this.#buffer = this.#buffer.slice(i + 2);
-      }
-      this.#wake();
-    });
-    socket.on("close", () => {
-      this.closed = true;
-      this.#wake();
-    });
-    socket.on("error", () => {});
-  }
-
-  static async open(port: number): Promise<RawClient> {
-    const socket = net.connect(port, "127.0.0.1");
-    await new Promise<void>((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("error", reject);
-    });
-    return new RawClient(socket);
-  }
-
-  #wake(): void {
-    const w = this.#waiters;
-    this.#waiters = [];
-    for (const f of w) f();
-  }
-
-  /** The next complete reply (all lines of a multi-line reply). */
-  async reply(timeoutMs = 5000): Promise<string[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const end = this.#lines.findIndex((l) => /^\d{3}(?: |$)/.test(l));
-      if (end >= 0) return this.#lines.splice(0, end + 1);
-      if (this.closed) throw new Error(`connection closed, pending lines: ${JSON.stringify(this.#lines)}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error("timeout waiting for reply");
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  async command(line: string): Promise<string[]> {
-    this.socket.write(line + "\r\n");
-    return this.reply();
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe("SmtpReply", () => {
   test("message carries the enhanced code exactly once", () => {
@@ -335,11 +204,11 @@ describe("SmtpListener over loopback", () => {
     }
     // The handler was never asked about the foreign domains; the domain part is lower-cased.
     assert.deepEqual(
-      handler.checked.map((x) => x.address),
+      handler.checked,
       ["room-one@bridge.test", "nobody@bridge.test", "disabled@bridge.test", "broken@bridge.test", "Room-Two@bridge.test"],
     );
-    assert.deepEqual(handler.checked.at(-1)?.envelope.rcptTo, ["room-one@bridge.test"]);
-    assert.deepEqual([...handler.checked.at(-1)!.envelope.recipients], [["room-one@bridge.test", "mailbox:room-one"]]);
+    assert.deepEqual(handler.checkedEnvelopes.at(-1)?.rcptTo, ["room-one@bridge.test"]);
+    assert.deepEqual([...handler.checkedEnvelopes.at(-1)!.recipients], [["room-one@bridge.test", "mailbox:room-one"]]);
     assert.equal(handler.deliveries.length, 1);
     assert.deepEqual(handler.deliveries[0]!.envelope.rcptTo, ["room-one@bridge.test", "Room-Two@bridge.test"]);
     // The resolved values reach deliver, accepted recipients only, in RCPT order.
@@ -362,7 +231,7 @@ describe("SmtpListener over loopback", () => {
     } finally {
       c.close();
     }
-    assert.deepEqual(handler.checked.map((x) => x.address), ["postmaster@bridge.test"]);
+    assert.deepEqual(handler.checked, ["postmaster@bridge.test"]);
   });
 
   test("RCPT to another domain gets 550 5.7.1 (SMTPConnection)", async () => {
@@ -550,7 +419,7 @@ describe("SmtpListener limits and lifecycle", () => {
       c.close();
       await listener.close();
     }
-    assert.deepEqual(handler.checked.map((x) => x.address), ["r1@bridge.test"]);
+    assert.deepEqual(handler.checked, ["r1@bridge.test"]);
     assert.equal(handler.deliveries.length, 0);
   });
 
@@ -595,7 +464,7 @@ describe("SmtpListener limits and lifecycle", () => {
     const a = await startListener(handler);
     try {
       assert.ok(a.port > 0);
-      const b = new SmtpListener({ config: smtpConfig({ port: a.port }), mailDomain: DOMAIN, handler, reverseLookup: false });
+      const b = new SmtpListener({ config: smtpConfig({ port: a.port }), mailDomain: MAIL_DOMAIN, handler, reverseLookup: false });
       await assert.rejects(b.listen(), /EADDRINUSE/);
       await b.close();
     } finally {
@@ -644,65 +513,39 @@ describe("SmtpListener limits and lifecycle", () => {
 
   test("constructor rejects half-configured TLS and a bad domain", () => {
     const handler = new RecordingHandler();
-    assert.throws(() => new SmtpListener({ config: smtpConfig({ tls_cert_file: "/x.pem" }), mailDomain: DOMAIN, handler }), /together/);
+    assert.throws(() => new SmtpListener({ config: smtpConfig({ tls_cert_file: "/x.pem" }), mailDomain: MAIL_DOMAIN, handler }), /together/);
     assert.throws(() => new SmtpListener({ config: smtpConfig(), mailDomain: "", handler }), /mail domain/);
   });
 });
 
-const execFileP = promisify(execFile);
-
-async function haveOpenssl(): Promise<boolean> {
-  try {
-    await execFileP("openssl", ["version"]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 describe("SmtpListener STARTTLS", async () => {
-  const available = await haveOpenssl();
-  // In CI a missing openssl is a failure, not a skip: the STARTTLS path must be tested there.
-  const skip = !available && !process.env.CI ? "openssl CLI not available" : false;
-
-  test("STARTTLS with a self-signed certificate; envelope.secure is true", { skip }, async () => {
-    assert.ok(available, "openssl CLI is required for this test (CI is set)");
-    const dir = await mkdtemp(join(tmpdir(), "meb-smtp-tls-"));
-    const cert = join(dir, "cert.pem");
-    const key = join(dir, "key.pem");
+  await testWithOpenssl("STARTTLS with a self-signed certificate; envelope.secure is true", "meb-smtp-tls-", async (dir) => {
+    const { cert, key } = await makeCert(dir, "mx.bridge.test");
+    const handler = new RecordingHandler();
+    const { listener, port } = await startListener(handler, { tls_cert_file: cert, tls_key_file: key });
     try {
-      await execFileP("openssl", [
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=mx.bridge.test",
-      ]);
-      const handler = new RecordingHandler();
-      const { listener, port } = await startListener(handler, { tls_cert_file: cert, tls_key_file: key });
+      const c = await RawClient.open(port);
       try {
-        const c = await RawClient.open(port);
-        try {
-          await c.reply();
-          const ehlo = await c.command("EHLO client.example.org");
-          assert.ok(ehlo.some((l) => /^250[- ]STARTTLS$/.test(l)), ehlo.join("\n"));
-          assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
-        } finally {
-          c.close();
-        }
-        const conn = await connect(port, { ignoreTLS: false, requireTLS: true, tls: { rejectUnauthorized: false } });
-        try {
-          assert.equal(conn.secure, true);
-          const info = await send(conn, { from: "alice@example.org", to: ["room-one@bridge.test"] }, rawMessage());
-          assert.match(info.response, /^250 /);
-        } finally {
-          conn.quit();
-        }
-        assert.equal(handler.deliveries.length, 1);
-        assert.equal(handler.deliveries[0]!.envelope.secure, true);
-        assert.ok(handler.deliveries[0]!.raw.equals(rawMessage()));
+        await c.reply();
+        const ehlo = await c.command("EHLO client.example.org");
+        assert.ok(ehlo.some((l) => /^250[- ]STARTTLS$/.test(l)), ehlo.join("\n"));
+        assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
       } finally {
-        await listener.close();
+        c.close();
       }
+      const conn = await connect(port, { ignoreTLS: false, requireTLS: true, tls: { rejectUnauthorized: false } });
+      try {
+        assert.equal(conn.secure, true);
+        const info = await send(conn, { from: "alice@example.org", to: ["room-one@bridge.test"] }, rawMessage());
+        assert.match(info.response, /^250 /);
+      } finally {
+        conn.quit();
+      }
+      assert.equal(handler.deliveries.length, 1);
+      assert.equal(handler.deliveries[0]!.envelope.secure, true);
+      assert.ok(handler.deliveries[0]!.raw.equals(rawMessage()));
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await listener.close();
     }
   });
 });
