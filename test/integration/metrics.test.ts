@@ -23,6 +23,7 @@ import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, NewInbound } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { BridgeMetrics, startMetricsListener, type MetricsListener } from "../../src/util/metrics.ts";
+import { newInbound } from "../harness/rows.ts";
 
 if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
 
@@ -121,23 +122,13 @@ async function rawSession(port: number, lines: string[]): Promise<string[]> {
 }
 
 function inbound(over: Partial<NewInbound> = {}): NewInbound {
-  return {
-    roomId: "!room:hs.test",
-    dmLocalUserId: null,
-    replyToEventId: null,
+  return newInbound({
     messageId: "m1@example.org",
-    sender: "bob@example.org",
-    senderVerified: true,
-    senderName: "Bob",
     auth: null,
-    spam: null,
     participants: [],
-    contentHash: "h1",
-    envelopeFrom: "bob@example.org",
-    kind: "mail",
     raw: Buffer.from("From: Bob <bob@example.org>\r\nSubject: hi\r\nMessage-ID: <m1@example.org>\r\n\r\nhello\r\n"),
     ...over,
-  };
+  });
 }
 
 /** A homeserver whose first `sendEvent` fails (temporarily), then takes everything. */

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, InboundRow, NewInbound, OutboundRow } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
+import { newInbound } from "../harness/rows.ts";
 
 if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "warn" });
 
@@ -50,23 +51,7 @@ const RAW = Buffer.concat([
 ]);
 
 function inbound(over: Partial<NewInbound> = {}): NewInbound {
-  return {
-    roomId: "!room:hs.test",
-    dmLocalUserId: null,
-    replyToEventId: null,
-    messageId: "m1@example.org",
-    sender: "bob@example.org",
-    senderVerified: true,
-    senderName: "Bob",
-    auth: { spf: "pass", dkim: "pass", dmarc: "pass", arc: "none", verified: true },
-    spam: null,
-    participants: ["alice@bridge.test"],
-    contentHash: "h1",
-    envelopeFrom: "bob@example.org",
-    kind: "mail",
-    raw: RAW,
-    ...over,
-  };
+  return newInbound({ messageId: "m1@example.org", raw: RAW, ...over });
 }
 
 describe("queue CLI", () => {

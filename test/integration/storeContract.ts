@@ -15,6 +15,7 @@ import { dbBuffer } from "../../src/store/db/dialect.ts";
 import { RawCipher, RawDecryptError, isRawEnvelope, rawEnvelopeKeyId } from "../../src/store/rawCipher.ts";
 import type { RawKey } from "../../src/store/rawCipher.ts";
 import { reencryptRawMail } from "../../src/store/reencrypt.ts";
+import { newInbound } from "../harness/rows.ts";
 
 /** A store under test on a fresh, empty (migrated) database. */
 export interface StoreFixture {
@@ -36,23 +37,7 @@ const NASTY_BYTES = Buffer.concat([
 ]);
 
 function inbound(over: Partial<NewInbound> = {}): NewInbound {
-  return {
-    roomId: "!room:hs.test",
-    dmLocalUserId: null,
-    replyToEventId: null,
-    messageId: "m1@mail.test",
-    sender: "bob@example.org",
-    senderVerified: true,
-    senderName: "Bob",
-    auth: { spf: "pass", dkim: "pass", dmarc: "pass", arc: "none", verified: true },
-    spam: null,
-    participants: ["alice@bridge.test"],
-    contentHash: "h1",
-    envelopeFrom: "bob@example.org",
-    kind: "mail",
-    raw: Buffer.from("From: bob@example.org\r\n\r\nhi\r\n"),
-    ...over,
-  };
+  return newInbound(over);
 }
 
 function outbound(over: Partial<NewOutbound> = {}): NewOutbound {
