@@ -214,11 +214,15 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const appserviceAddress = { bindAddress: config.appservice.bind_address, port: config.appservice.port };
   const ops = config.metrics.enabled ? await startOperationsListener({ config: config.metrics, metrics, store, smtp, appservice: appserviceAddress }) : null;
 
-  await matrix.start();
+  // Mail is accepted before the homeserver answers: a bridge (re)started during a homeserver
+  // outage takes room-mailbox mail into its queue (personal mailboxes get 451 until the
+  // homeserver can say who exists), and posts it once the homeserver is back.
+  await matrix.open();
   poster.start();
   queue.start();
   retention?.start();
   const { port: smtpPort } = await smtp.listen();
+  await matrix.start(Number.POSITIVE_INFINITY);
   if (!config.permissions.admin_room && config.permissions.admins.length === 0) {
     log.warn("no postmaster: mail to postmaster@ and abuse@ is refused until permissions.admins or permissions.admin_room is set (RFC 5321 §4.5.1)", {});
   }

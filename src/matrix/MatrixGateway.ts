@@ -160,17 +160,32 @@ export class MatrixGateway implements MatrixActions {
     this.#transactions.start();
   }
 
-  /** Initialise the bridge and start the HTTP listener; transactions are journaled from now on. */
+  #opened = false;
+
+  /**
+   * Initialise the bridge and start the HTTP listener without asking the homeserver anything:
+   * transactions are journaled (and answered) from now on, and intents can be made; events are
+   * handed to the sink only after {@link start}. Idempotent.
+   * @throws Error when the port cannot be bound
+   */
+  async open(): Promise<void> {
+    await this.#listen();
+  }
+
+  /** Initialise the bridge and start the HTTP listener, once; transactions are journaled from now on. */
   async #listen(): Promise<void> {
+    if (this.#opened) return;
     await this.bridge.initialise();
     await this.bridge.listen(this.opts.port, this.opts.bindAddress, 10, this.appservice);
+    this.#opened = true;
   }
 
   /**
-   * Start the appservice listener ({@link listen}), wait until the homeserver answers
-   * (retrying every 2 s, at most `maxWaitMs`), set the bot's display name, then start handing
-   * journaled events to the sink (those left pending by a previous run first). Transactions
-   * are journaled (and answered) as soon as the listener runs.
+   * Start the appservice listener ({@link open}) if not yet, wait until the homeserver answers
+   * (retrying after 2 s, doubling up to 30 s, for at most `maxWaitMs`; `Infinity`: as long as it
+   * takes), set the bot's display name, then start handing journaled events to the sink (those
+   * left pending by a previous run first). Transactions are journaled (and answered) as soon as
+   * the listener runs.
    * @throws Error when the listener cannot start or the homeserver cannot be reached in time
    */
   async start(maxWaitMs = 120_000): Promise<void> {
@@ -179,14 +194,14 @@ export class MatrixGateway implements MatrixActions {
     await this.#listen();
     const bot = this.bridge.getIntent();
     const deadline = Date.now() + maxWaitMs;
-    for (;;) {
+    for (let waitMs = 2000; ; waitMs = Math.min(waitMs * 2, 30_000)) {
       try {
         await bot.matrixClient.getWhoAmI();
         break;
       } catch (err) {
         if (Date.now() > deadline) throw new Error(`homeserver ${this.opts.homeserverUrl} did not answer: ${errorFields(err).error}`);
-        log.warn("homeserver not reachable yet, retrying in 2s", { homeserver: this.opts.homeserverUrl, ...errorFields(err) });
-        await new Promise((r) => setTimeout(r, 2000));
+        log.warn("homeserver not reachable yet, will retry", { homeserver: this.opts.homeserverUrl, retryInMs: waitMs, ...errorFields(err) });
+        await new Promise((r) => setTimeout(r, waitMs));
       }
     }
     try {
