@@ -293,12 +293,34 @@ export class InboundPoster {
       return existing.roomId;
     }
     const topic = ghost.verified ? `Email with ${row.sender}` : `⚠️ Unverified sender: mail claiming to be from ${row.sender} that could not be authenticated`;
-    const roomId = await matrix.createDm(ghost.userId, localUser, topic);
+    const roomId = (await this.orphanDm(ghost, localUser)) ?? (await matrix.createDm(ghost.userId, localUser, topic));
     if (existing) await store.deletePortal(existing.roomId);
     await store.upsertPortal({ roomId, kind: "dm", localUserId: localUser, remoteAddress: row.sender, subject: mail.subject, encrypted: false, remoteVerified: ghost.verified });
     await store.setInboundRoom(row.id, roomId);
     log.info(existing ? "DM portal re-created: the user had left the old one" : "DM portal created", { roomId, oldRoomId: existing?.roomId, user: localUser, address: row.sender, verified: ghost.verified });
     return roomId;
+  }
+
+  /**
+   * A DM room this ghost made for `localUser` whose portal row was never written (the bridge
+   * died between creating the room and recording it): a room the ghost created (a ghost creates
+   * rooms only as DMs), that is no portal, where `localUser` is invited or joined. Adopting it
+   * means a retry neither leaves an empty room behind nor invites the user twice.
+   * @returns the room ID, or null when there is none
+   * @throws the homeserver's error when it cannot be asked (the row is retried)
+   */
+  private async orphanDm(ghost: Ghost, localUser: string): Promise<string | null> {
+    const { matrix, store } = this.opts;
+    for (const roomId of await matrix.joinedRooms(ghost.userId)) {
+      if (await store.getPortalByRoom(roomId)) continue;
+      if ((await matrix.roomCreator(roomId, ghost.userId)) !== ghost.userId) continue;
+      const member = await matrix.stateContent(roomId, "m.room.member", localUser, ghost.userId);
+      if (member?.membership === "invite" || member?.membership === "join") {
+        log.warn("adopting a DM room left without a portal by an earlier crash", { roomId, user: localUser, ghost: ghost.userId });
+        return roomId;
+      }
+    }
+    return null;
   }
 
   /**

@@ -22,6 +22,10 @@ export interface MatrixActions {
   /** A ghost creates a DM room inviting a local user; returns the room ID. */
   createDm(ghostUserId: string, inviteeUserId: string, topic: string | null): Promise<string>;
   joinedMembers(roomId: string, asUserId?: string): Promise<string[]>;
+  /** The rooms `asUserId` (a ghost or the bot) is joined to. */
+  joinedRooms(asUserId: string): Promise<string[]>;
+  /** Who created a room (the sender of its `m.room.create`), read as `asUserId`, a member. */
+  roomCreator(roomId: string, asUserId: string): Promise<string>;
   stateContent(roomId: string, type: string, stateKey: string, asUserId?: string): Promise<Record<string, unknown> | null>;
   isEncrypted(roomId: string, asUserId?: string): Promise<boolean>;
   powerLevel(roomId: string, userId: string, asUserId?: string): Promise<number>;

@@ -312,6 +312,17 @@ export class MatrixGateway implements MatrixActions {
     });
   }
 
+  /** The rooms `asUserId` is joined to (Client-Server API, `GET /joined_rooms`). */
+  async joinedRooms(asUserId: string): Promise<string[]> {
+    return this.intent(asUserId).matrixClient.getJoinedRooms();
+  }
+
+  /** The sender of the room's `m.room.create` event, read as `asUserId` (a member). */
+  async roomCreator(roomId: string, asUserId: string): Promise<string> {
+    const create = (await this.intent(asUserId).matrixClient.getRoomStateEventBody(roomId, "m.room.create", "")) as { sender: string };
+    return create.sender;
+  }
+
   /** Joined members of a room, read as `asUserId` (who must be in the room). */
   async joinedMembers(roomId: string, asUserId?: string): Promise<string[]> {
     return this.intent(asUserId).matrixClient.getJoinedRoomMembers(roomId);

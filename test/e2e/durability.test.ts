@@ -6,9 +6,11 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
 import { simpleParser } from "mailparser";
 import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
-import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
+import { MatrixTestClient, type MatrixEvent } from "../harness/matrixClient.ts";
 import { composeDsn, parseDsn } from "../../src/mail/dsn.ts";
 
 const BOT = "@emailbot:localhost";
@@ -29,7 +31,7 @@ describe("a 250 is a promise, end to end (PostgreSQL store)", () => {
 
   before(async () => {
     env = await startEnv("postgres", {
-      allowedUsers: ["@alice:localhost", "@dora:localhost"],
+      allowedUsers: ["@alice:localhost", "@dora:localhost", "@erin:localhost"],
       config: { inbound: { retry_base_ms: 200, retry_max_ms: 2000 }, outbound: { delay_warning_hours: 0 } },
     });
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
@@ -208,5 +210,20 @@ describe("a 250 is a promise, end to end (PostgreSQL store)", () => {
     const notice = await alice.waitForEvent(room, (e) => e.content.msgtype === "m.notice" && String(e.content.body ?? "").includes("delivery report"));
     assert.match(String(notice.content.body), /gone@example\.org: failed \(5\.1\.1\)/);
     assert.equal((notice.content["m.relates_to"] as { "m.in_reply_to": { event_id: string } })["m.in_reply_to"].event_id, eventId);
+  });
+  it("a DM room left without its portal by a crash is adopted on the retry, not made again", async () => {
+    // What a kill -9 between the ghost creating the DM room and the portal row leaves behind.
+    const erin = await env.synapse.registerUser("erin");
+    const asToken = String((parseYaml(readFileSync(env.config.appservice.registration_file, "utf8")) as { as_token: string }).as_token);
+    const ghost = await MatrixTestClient.registerAppserviceUser(env.synapse.url, asToken, "email_frank=40example.org");
+    const orphan = await ghost.createRoom({ preset: "private_chat", is_direct: true, invite: [erin.userId] });
+    await erin.waitForInvite(30_000, (i) => i.roomId === orphan);
+
+    await send(rfc5322({ from: "Frank <frank@example.org>", to: `erin@${MAIL_DOMAIN}`, subject: "Hi Erin", body: "adopted, not duplicated" }), "frank@example.org", `erin@${MAIL_DOMAIN}`);
+    await erin.join(orphan);
+    await erin.waitForEvent(orphan, (e) => String(e.content.body ?? "").includes("adopted, not duplicated"));
+    const sync = await erin.sync();
+    assert.deepEqual(Object.keys(sync.rooms?.invite ?? {}), [], "no second invite");
+    assert.equal((await env.bridge.store.getDmPortal(erin.userId, "frank@example.org", true))?.roomId, orphan);
   });
 });
