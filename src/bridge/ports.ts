@@ -83,6 +83,8 @@ export interface JournaledEvent {
   attempts: number;
   /** Epoch ms before which it is not retried. */
   nextAttemptAt: number;
+  /** Epoch ms when it was journaled (temporary failures are retried for a window from here). */
+  receivedAt: number;
 }
 
 /**

@@ -50,6 +50,9 @@ export interface MatrixGatewayOptions {
   dispatch?: Pick<AppserviceTransactionsOptions, "maxAttempts" | "retryBackoff" | "concurrency" | "pollMs">;
 }
 
+/** Error codes of a peer (homeserver, database) that cannot be reached: the same request may work later. */
+const OUTAGE_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EAI_AGAIN", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT", "UND_ERR_SOCKET", "UND_ERR_HEADERS_TIMEOUT"]);
+
 /** A Matrix error with its errcode, as thrown by matrix-bot-sdk. */
 function errcodeOf(err: unknown): string | undefined {
   const e = err as { errcode?: string; body?: { errcode?: string } };
@@ -104,6 +107,14 @@ export class MatrixGateway implements MatrixActions {
       ...opts.dispatch,
       journal: opts.journal,
       handle: (event) => opts.sink.onMatrixEvent(event),
+      // A homeserver (or store) that is down does not make an event fail: it is retried for 48 h.
+      // Only real outages count; a bug's plain Error still fails after its attempts.
+      isTemporary: (err) => {
+        const code = (err as { code?: unknown } | null)?.code;
+        if (typeof code === "string" && OUTAGE_CODES.has(code)) return true;
+        const failure = gateway?.classifyError(err);
+        return failure !== undefined && failure.status !== null && failure.temporary;
+      },
       // The library's suppressEcho rule (bridge.js onEvent): the bot, or a user of an exclusive namespace.
       isOwnUser: (userId) => {
         if (!gateway) throw new Error("appservice transaction before the gateway exists");

@@ -47,6 +47,8 @@ const log = getLogger("matrix/transactions");
 
 /** Handler runs of one event, in all, before it is marked `failed`. */
 export const DEFAULT_MAX_ATTEMPTS = 8;
+/** Default window for retrying temporary failures: 48 h, like the inbound queue (a homeserver outage of a day loses nothing). */
+export const DEFAULT_RETRY_WINDOW_MS = 48 * 3_600_000;
 /** Backoff between runs of a failing event: 1 s, 2 s, 4 s … capped at 60 s (about 2 min in all). */
 export const DEFAULT_RETRY_BACKOFF: BackoffOptions = { baseMs: 1000, maxMs: 60_000, jitter: 0.2 };
 /** Rooms whose events are handled at once. */
@@ -71,8 +73,16 @@ export interface AppserviceTransactionsOptions {
   handle: (event: WeakEvent) => Promise<void>;
   /** Whether a sender is one of the bridge's own users (bot, exclusive namespace): its events are not journaled. */
   isOwnUser: (userId: string) => boolean;
-  /** Handler runs per event before `failed` (>= 1); default {@link DEFAULT_MAX_ATTEMPTS}. */
+  /** Handler runs per event before `failed` (>= 1); default {@link DEFAULT_MAX_ATTEMPTS}. Temporary failures do not count while within `retryWindowMs`. */
   maxAttempts?: number;
+  /**
+   * Whether a handler's error may go away by itself (homeserver down, 5xx, 429, network, store
+   * down): such an event is retried with backoff for `retryWindowMs` after it was journaled,
+   * however many runs that takes. Default: nothing is temporary.
+   */
+  isTemporary?: (err: unknown) => boolean;
+  /** How long temporary failures are retried, in ms from journaling; default {@link DEFAULT_RETRY_WINDOW_MS}. */
+  retryWindowMs?: number;
   /** Backoff between runs; default {@link DEFAULT_RETRY_BACKOFF}. */
   retryBackoff?: BackoffOptions;
   /** Rooms handled at once (>= 1); default {@link DEFAULT_CONCURRENCY}. */
@@ -301,8 +311,9 @@ export class AppserviceTransactions implements TransactionReceiver {
   async #failed(head: JournaledEvent, ctx: Record<string, string>, type: unknown, err: unknown): Promise<void> {
     const attempts = head.attempts + 1;
     const message = errorFields(err).error as string;
+    const keepTrying = (this.#opts.isTemporary?.(err) ?? false) && this.#clock() - head.receivedAt < (this.#opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS);
     try {
-      if (attempts >= this.#maxAttempts) {
+      if (attempts >= this.#maxAttempts && !keepTrying) {
         await this.#opts.journal.markMatrixEventFailed(head.eventId, message);
         log.error("Matrix event failed: giving up", { ...ctx, type, attempts, ...errorFields(err) });
       } else {

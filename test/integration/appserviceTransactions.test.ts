@@ -321,6 +321,18 @@ describe("appservice transactions (real HTTP, MatrixGateway, SQLite journal)", (
     await until(async () => (await store.getMatrixEvent("$next"))?.state === "done", "done");
   });
 
+  test("a homeserver outage is no failure: an event keeps being retried past maxAttempts, then handled", async () => {
+    let calls = 0;
+    const port = await startGateway(async () => {
+      calls++;
+      if (calls <= 5) throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:8008"), { code: "ECONNREFUSED" });
+    });
+    assert.equal((await putTxn(port, "1", { events: [message("$down")] })).status, 200);
+    await until(async () => (await store.getMatrixEvent("$down"))?.state === "done", "done after the outage");
+    assert.equal(calls, 6, "five failed runs (more than maxAttempts = 3), then the one that worked");
+    assert.equal(logLines.filter((l) => l.includes('"Matrix event failed: giving up"')).length, 0);
+  });
+
   test("an outcome that cannot be written pauses the room instead of spinning", async () => {
     const calls: string[] = [];
     const broken = journalOf(store);
