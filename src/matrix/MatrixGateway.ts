@@ -59,6 +59,13 @@ function errcodeOf(err: unknown): string | undefined {
   return e?.errcode ?? e?.body?.errcode;
 }
 
+/** Most memberships {@link MatrixGateway} remembers as joined (about 100 bytes each). */
+const MAX_KNOWN_MEMBERSHIPS = 100_000;
+
+function membershipKey(roomId: string, userId: string): string {
+  return `${roomId}\n${userId}`;
+}
+
 /** The HTTP status of a matrix-bot-sdk error. */
 function statusOf(err: unknown): number | undefined {
   return (err as { statusCode?: number })?.statusCode;
@@ -72,6 +79,12 @@ export class MatrixGateway implements MatrixActions {
   /** The HTTP listener's AppService, with the strict token check (./appserviceHttp.ts). */
   private readonly appservice: AppService;
   private readonly registeredGhosts = new Set<string>();
+  /**
+   * Memberships known to be `join` (`roomId\nuserId`), so a post does not join again each time.
+   * Forgotten when the room says otherwise (a membership event through the appservice
+   * transactions, or a send refused with `M_FORBIDDEN`); bounded, oldest forgotten first.
+   */
+  readonly #joined = new Set<string>();
   /** Journals transactions before their 200 and hands their events to the sink (./appserviceTransactions.ts). */
   readonly #transactions: AppserviceTransactions;
 
@@ -106,7 +119,10 @@ export class MatrixGateway implements MatrixActions {
     const transactions = new AppserviceTransactions({
       ...opts.dispatch,
       journal: opts.journal,
-      handle: (event) => opts.sink.onMatrixEvent(event),
+      handle: (event) => {
+        gateway?.noteMembership(event);
+        return opts.sink.onMatrixEvent(event);
+      },
       // A homeserver (or store) that is down does not make an event fail: it is retried for 48 h.
       // Only real outages count; a bug's plain Error still fails after its attempts.
       isTemporary: (err) => {
@@ -257,6 +273,7 @@ export class MatrixGateway implements MatrixActions {
    * If the homeserver refuses (not invited), the bot invites it first when the bot is in the room.
    */
   async join(roomId: string, userId: string): Promise<void> {
+    if (this.#joined.has(membershipKey(roomId, userId))) return;
     const client = this.intent(userId).matrixClient;
     try {
       await client.joinRoom(roomId);
@@ -265,6 +282,26 @@ export class MatrixGateway implements MatrixActions {
       await this.intent().matrixClient.inviteUser(userId, roomId);
       await client.joinRoom(roomId);
     }
+    this.#rememberJoined(roomId, userId);
+  }
+
+  #rememberJoined(roomId: string, userId: string): void {
+    const key = membershipKey(roomId, userId);
+    this.#joined.delete(key);
+    this.#joined.add(key);
+    if (this.#joined.size > MAX_KNOWN_MEMBERSHIPS) this.#joined.delete(this.#joined.values().next().value!);
+  }
+
+  /**
+   * Keep the known memberships true: an `m.room.member` event about one of the bridge's users
+   * (a kick, a ban, a join) from an appservice transaction. Other events are ignored.
+   * @param event a Matrix event as the homeserver pushed it (Client-Server event format)
+   */
+  noteMembership(event: { type?: unknown; room_id?: unknown; state_key?: unknown; content?: unknown }): void {
+    if (event.type !== "m.room.member" || typeof event.room_id !== "string" || typeof event.state_key !== "string") return;
+    const membership = (event.content as { membership?: unknown } | undefined)?.membership;
+    if (membership === "join") this.#rememberJoined(event.room_id, event.state_key);
+    else this.#joined.delete(membershipKey(event.room_id, event.state_key));
   }
 
   /** `inviter` invites `invitee` to a room. */
@@ -274,6 +311,7 @@ export class MatrixGateway implements MatrixActions {
 
   /** `userId` leaves (or rejects an invite to) a room. */
   async leave(roomId: string, userId: string, reason?: string): Promise<void> {
+    this.#joined.delete(membershipKey(roomId, userId));
     await this.intent(userId).matrixClient.leaveRoom(roomId, reason);
   }
 
@@ -283,6 +321,18 @@ export class MatrixGateway implements MatrixActions {
    * @returns the event ID
    */
   async sendEvent(userId: string, roomId: string, type: string, content: Record<string, unknown>, txnId?: string): Promise<string> {
+    try {
+      return await this.#send(userId, roomId, type, content, txnId);
+    } catch (err) {
+      // Removed from the room since the bridge last joined it: join again, then send once more.
+      if (errcodeOf(err) !== "M_FORBIDDEN" || !this.#joined.delete(membershipKey(roomId, userId))) throw err;
+      log.info("a bridge user is no longer in the room; joining again", { roomId, userId });
+      await this.join(roomId, userId);
+      return this.#send(userId, roomId, type, content, txnId);
+    }
+  }
+
+  async #send(userId: string, roomId: string, type: string, content: Record<string, unknown>, txnId?: string): Promise<string> {
     const client = this.intent(userId).matrixClient;
     if (!txnId) return client.sendEvent(roomId, type, content);
     const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`;
@@ -313,7 +363,7 @@ export class MatrixGateway implements MatrixActions {
    */
   async createDm(ghostUserId: string, inviteeUserId: string, topic: string | null): Promise<string> {
     const client = this.intent(ghostUserId).matrixClient;
-    return client.createRoom({
+    const roomId = await client.createRoom({
       preset: "private_chat",
       is_direct: true,
       invite: [inviteeUserId],
@@ -321,6 +371,8 @@ export class MatrixGateway implements MatrixActions {
       // The ghost, as creator, has top power already (room v12+: implicitly; earlier: 100).
       power_level_content_override: { users: { [inviteeUserId]: 100 } },
     });
+    this.#rememberJoined(roomId, ghostUserId);
+    return roomId;
   }
 
   /** The rooms `asUserId` is joined to (Client-Server API, `GET /joined_rooms`). */

@@ -12,6 +12,8 @@ import { pathToFileURL } from "node:url";
 import { openStore } from "../../src/store/open.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
+import { SqliteDatabase } from "../../src/store/db/sqlite.ts";
+import { newInbound } from "../harness/rows.ts";
 import { startPostgres, stopPostgresCluster } from "../harness/postgres.ts";
 import { runStoreContract } from "./storeContract.ts";
 import type { StoreFixture } from "./storeContract.ts";
@@ -73,6 +75,42 @@ describe("sqlite engine", () => {
       assert.deepEqual(await db.query("PRAGMA foreign_keys"), [{ foreign_keys: 1 }]);
       const [timeout] = await db.query<{ timeout: number }>("PRAGMA busy_timeout");
       assert.ok(timeout!.timeout > 0);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  it("commits concurrent transactions together (group commit), in call order, each failure rolled back alone", async () => {
+    const fx = await sqliteFixture();
+    try {
+      assert.ok(fx.store instanceof SqlStore);
+      const db = fx.store.db;
+      assert.ok(db instanceof SqliteDatabase);
+      const before = { ...db.stats };
+      const insert = (address: string, fail: boolean): Promise<string> =>
+        db.transaction(async (tx) => {
+          await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", [address, `@${address}`]);
+          if (fail) throw new Error(`refused ${address}`);
+          return address;
+        });
+      const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => insert(`g${i}@x`, i % 10 === 3)));
+      results.forEach((r, i) => {
+        if (i % 10 === 3) assert.equal(r.status === "rejected" && (r.reason as Error).message, `refused g${i}@x`);
+        else assert.deepEqual(r, { status: "fulfilled", value: `g${i}@x` });
+      });
+      const rows = await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid");
+      assert.deepEqual(
+        rows.map((r) => r.address),
+        Array.from({ length: 40 }, (_, i) => `g${i}@x`).filter((_, i) => i % 10 !== 3),
+      );
+      const groups = db.stats.groups - before.groups;
+      assert.equal(db.stats.transactions - before.transactions, 36);
+      assert.ok(groups >= 1 && groups <= 4, `40 concurrent transactions took ${groups} commits`);
+
+      // Inbound mail the same way: ids follow the order the commits were asked for.
+      const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => fx.store.insertInbound(newInbound({ messageId: `gc${i}@x`, contentHash: `gc${i}` }))));
+      const sorted = [...ids.map((r) => r.row.id)].sort((a, b) => a - b);
+      assert.deepEqual(ids.map((r) => r.row.id), sorted);
     } finally {
       await fx.cleanup();
     }

@@ -1,0 +1,106 @@
+/**
+ * The SQLite engine's worker thread: owns the one `node:sqlite` connection and runs the
+ * statements the main thread sends, one at a time, so that SQLite's synchronous work (above
+ * all the fsync of a `COMMIT` under `synchronous=FULL`) never blocks the bridge's event loop.
+ *
+ * Protocol (see `sqlite.ts`, the only sender): each request `{ id, op, ... }` gets exactly one
+ * reply `{ id, ok: true, rows?, changes? }` or `{ id, ok: false, error }`, in order. SQL arrives
+ * already in SQLite's dialect and parameters already converted (`sqliteDialect`).
+ */
+import { parentPort } from "node:worker_threads";
+import { DatabaseSync } from "node:sqlite";
+import type { SQLInputValue, StatementSync } from "node:sqlite";
+
+/** A request from the main thread. */
+export type SqliteRequest =
+  | { id: number; op: "open"; file: string; busyTimeoutMs: number }
+  | { id: number; op: "all" | "run"; sql: string; params: SQLInputValue[] }
+  | { id: number; op: "exec"; sql: string }
+  /** `ROLLBACK` if a transaction is open (after a failed statement or `COMMIT`), else nothing. */
+  | { id: number; op: "rollbackIfOpen" }
+  | { id: number; op: "close" };
+
+/** A reply to one {@link SqliteRequest}. */
+export type SqliteReply =
+  | { id: number; ok: true; rows?: Record<string, unknown>[]; changes?: number; journalMode?: unknown }
+  | { id: number; ok: false; error: SerializedError };
+
+/** The fields of a `node:sqlite` error that callers look at (`isUniqueViolation`). */
+export interface SerializedError {
+  name: string;
+  message: string;
+  code?: unknown;
+  errcode?: unknown;
+  errstr?: unknown;
+}
+
+/** Prepared statements kept per connection (the same SQL text is prepared once). */
+const MAX_CACHED_STATEMENTS = 500;
+
+let db: DatabaseSync | null = null;
+const statements = new Map<string, StatementSync>();
+
+function prepare(sql: string): StatementSync {
+  let stmt = statements.get(sql);
+  if (stmt === undefined) {
+    stmt = db!.prepare(sql);
+    if (statements.size < MAX_CACHED_STATEMENTS) statements.set(sql, stmt);
+  }
+  return stmt;
+}
+
+function serialize(err: unknown): SerializedError {
+  const e = err as { name?: unknown; message?: unknown; code?: unknown; errcode?: unknown; errstr?: unknown };
+  return {
+    name: typeof e?.name === "string" ? e.name : "Error",
+    message: typeof e?.message === "string" ? e.message : String(err),
+    ...(e?.code !== undefined ? { code: e.code } : {}),
+    ...(e?.errcode !== undefined ? { errcode: e.errcode } : {}),
+    ...(e?.errstr !== undefined ? { errstr: e.errstr } : {}),
+  };
+}
+
+function handle(req: SqliteRequest): SqliteReply {
+  if (req.op === "open") {
+    const conn = new DatabaseSync(req.file);
+    try {
+      conn.exec(`PRAGMA busy_timeout = ${req.busyTimeoutMs}`);
+      const mode = (conn.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: unknown } | undefined)?.journal_mode;
+      conn.exec("PRAGMA synchronous = FULL");
+      conn.exec("PRAGMA foreign_keys = ON");
+      db = conn;
+      return { id: req.id, ok: true, journalMode: mode };
+    } catch (err) {
+      conn.close();
+      throw err;
+    }
+  }
+  if (db === null) throw new Error("sqlite database is not open");
+  switch (req.op) {
+    case "all":
+      return { id: req.id, ok: true, rows: prepare(req.sql).all(...req.params) as Record<string, unknown>[] };
+    case "run":
+      return { id: req.id, ok: true, changes: Number(prepare(req.sql).run(...req.params).changes) };
+    case "exec":
+      db.exec(req.sql);
+      return { id: req.id, ok: true };
+    case "rollbackIfOpen":
+      if (db.isTransaction) db.exec("ROLLBACK");
+      return { id: req.id, ok: true };
+    case "close":
+      statements.clear();
+      db.close();
+      db = null;
+      return { id: req.id, ok: true };
+  }
+}
+
+parentPort!.on("message", (req: SqliteRequest) => {
+  let reply: SqliteReply;
+  try {
+    reply = handle(req);
+  } catch (err) {
+    reply = { id: req.id, ok: false, error: serialize(err) };
+  }
+  parentPort!.postMessage(reply);
+});
