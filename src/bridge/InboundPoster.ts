@@ -17,7 +17,8 @@
  * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
 import type { AuthFields, BridgeStore, InboundRow, PortalRow } from "../store/Store.ts";
-import { parseMail, stripQuotedReply, type ParsedMail } from "../mail/inbound/parse.ts";
+import { forEachAttachment, parseMail, stripQuotedReply, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
 import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
@@ -75,6 +76,8 @@ export interface InboundPosterOptions {
    * tried again later), so a mail is never marked failed without its sender hearing of it.
    */
   onUndeliverable: (row: InboundRow, why: Undeliverable) => Promise<void>;
+  /** The parses the router made at DATA time (parse once); a row not in it is parsed from the stored message. */
+  parsed?: ParsedMailCache;
   /** Safety-net poll interval, in ms (default 10 000). */
   pollMs?: number;
   /** Clock in epoch ms (tests). */
@@ -216,17 +219,11 @@ export class InboundPoster {
   /** Post one row: ghost profile, DM portal if needed, message, attachments, mapping. */
   private async post(row: InboundRow): Promise<void> {
     const { store, matrix, ids } = this.opts;
-    let mail: ParsedMail;
-    try {
-      mail = await parseMail(row.raw);
-    } catch (err) {
-      // It parsed at DATA time; parsing it again cannot get better.
-      throw new PermanentPostError("5.6.0", `the stored message cannot be parsed: ${(err as Error).message}`);
-    }
     if (row.kind === "dsn" && row.roomId) {
       await this.postReport(row, row.roomId);
       return;
     }
+    const mail = this.opts.parsed?.take(row.id) ?? (await this.parseStored(row));
     const ghost = Ghost.of(row.sender, row.senderVerified, ids);
     // Only authenticated mail speaks for the address: the name follows its From header.
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
@@ -252,10 +249,29 @@ export class InboundPoster {
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from(mail.text, "utf8") });
     // What did not decode is not lost: the original goes with what could be read.
     if (mail.losses.length > 0) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
-    for (const [i, att] of mail.attachments.entries()) files.push({ filename: att.filename ?? `attachment-${i + 1}`, contentType: att.contentType, content: att.content });
     for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict);
+    // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
+    if (mail.attachments.length > 0) {
+      await forEachAttachment(row.raw, (att, i) =>
+        this.postFile(row, ghost, roomId, { filename: att.filename ?? `attachment-${i + 1}`, contentType: att.contentType, content: att.content }, files.length + i, verdict),
+      );
+    }
     await store.markInboundPosted(row.id, eventId);
     log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId, verified: ghost.verified });
+  }
+
+  /**
+   * Parse the stored message (a row whose DATA-time parse is not at hand: a retry, or a row
+   * from before a restart). Attachments are only counted here.
+   * @throws PermanentPostError 5.6.0 when it does not parse (it parsed at DATA time; parsing
+   *   it again cannot get better)
+   */
+  private async parseStored(row: InboundRow): Promise<ParsedMailSummary> {
+    try {
+      return await parseMail(row.raw, { attachments: "metadata" });
+    } catch (err) {
+      throw new PermanentPostError("5.6.0", `the stored message cannot be parsed: ${(err as Error).message}`);
+    }
   }
 
   /**
@@ -278,7 +294,7 @@ export class InboundPoster {
    * the local user has left (or was removed from) the one there is: mail never lands in a room
    * its reader left (the new DM invites them again, with `is_direct`).
    */
-  private async roomFor(row: InboundRow, ghost: Ghost, mail: ParsedMail): Promise<string> {
+  private async roomFor(row: InboundRow, ghost: Ghost, mail: ParsedMailSummary): Promise<string> {
     const { store, matrix } = this.opts;
     const portal: PortalRow | null = row.roomId ? await store.getPortalByRoom(row.roomId) : null;
     if (row.roomId && portal?.kind !== "dm") {
@@ -344,7 +360,7 @@ export class InboundPoster {
    * longer than `maxTextBytes`, or content over the event budget, is cut at a marker.
    * @returns the content and whether the text was cut (then the full text is attached)
    */
-  private content(row: InboundRow, mail: ParsedMail): { content: Record<string, unknown>; cut: boolean } {
+  private content(row: InboundRow, mail: ParsedMailSummary): { content: Record<string, unknown>; cut: boolean } {
     const isReply = row.replyToEventId !== null;
     const text = isReply ? stripQuotedReply(mail.text) : mail.text;
     const html = !isReply && mail.html ? sanitizeHtml(mail.html) || null : null;

@@ -23,6 +23,7 @@ import type { InboundEnvelope, InboundHandler } from "../mail/inbound/SmtpListen
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import { verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
+import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import { authDecision, authenticateMessage, readAuthor, type AuthPolicy, type AuthVerdict } from "../mail/inbound/auth.ts";
 import type { DnsLookup } from "../mail/dns.ts";
@@ -76,6 +77,8 @@ export interface InboundRouterOptions {
   mayBridge: (userId: string) => boolean;
   /** Called after a mail was committed, to wake the poster. */
   onCommitted: () => void;
+  /** Where the DATA-time parse of each committed row is left for the poster (parse once); omitted: not kept. */
+  parsed?: ParsedMailCache;
   /** This host's name for the Received header and the authserv-id (smtp.hostname). */
   hostname: string;
   /** Sender authentication. */
@@ -209,7 +212,7 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     }
     let mail;
     try {
-      mail = await parseMail(raw);
+      mail = await parseMail(raw, { attachments: "metadata" });
     } catch (err) {
       log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: (err as Error).message });
       throw new SmtpReply(554, "5.6.0", "message could not be parsed");
@@ -283,6 +286,8 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     const stored = Buffer.concat([trace, raw]);
     for (const mailRow of targets.values()) {
       const { row, duplicate } = await this.opts.store.insertInbound({ ...mailRow, raw: stored });
+      // Parse once: the poster posts this parse rather than parsing the stored message again.
+      if (!duplicate) this.opts.parsed?.put(row.id, mail);
       log.info(duplicate ? "duplicate mail ignored" : "mail accepted", {
         session: envelope.sessionId,
         messageId,

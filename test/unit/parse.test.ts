@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import { parseMail, stripQuotedReply, extractMessageIds } from "../../src/mail/inbound/parse.ts";
+import { forEachAttachment, parseMail, stripQuotedReply, extractMessageIds } from "../../src/mail/inbound/parse.ts";
+import { ParsedMailCache } from "../../src/bridge/ParsedMailCache.ts";
 import { sanitizeHtml } from "../../src/bridge/sanitize.ts";
 
 const fixture = (name: string): Promise<Buffer> => readFile(new URL(`../fixtures/eml/${name}`, import.meta.url));
@@ -43,6 +44,65 @@ test("multipart/mixed with multipart/alternative: both bodies, attachment, Reply
   assert.equal(a.contentType, "application/pdf");
   assert.equal(a.size, a.content.length);
   assert.ok(a.content.subarray(0, 5).equals(Buffer.from("%PDF-")));
+});
+
+/** A mail with `n` base64 attachments of `size` bytes each (byte i of attachment k is (i + k) % 251). */
+function withAttachments(n: number, size: number): Buffer {
+  const parts = ["From: a@example.org", "To: room@bridge.test", "Subject: files", "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"', "", "--b", "Content-Type: text/plain", "", "see attached", ""];
+  for (let k = 0; k < n; k++) {
+    const data = Buffer.alloc(size, 0).map((_, i) => (i + k) % 251);
+    parts.push("--b", "Content-Type: application/octet-stream", `Content-Disposition: attachment; filename="f${k}.bin"`, "Content-Transfer-Encoding: base64", "", ...(data.toString("base64").match(/.{1,76}/g) ?? []), "");
+  }
+  parts.push("--b--", "");
+  return Buffer.from(parts.join("\r\n"));
+}
+
+test("parse once: metadata mode counts attachments without keeping them; forEachAttachment reads them one at a time", async () => {
+  const raw = withAttachments(3, 100_000);
+  const full = await parseMail(raw);
+  const summary = await parseMail(raw, { attachments: "metadata" });
+  assert.equal(summary.text, full.text);
+  assert.deepEqual(
+    summary.attachments,
+    full.attachments.map(({ filename, contentType, size }) => ({ filename, contentType, size })),
+  );
+  assert.deepEqual(summary.attachments.map((a) => a.size), [100_000, 100_000, 100_000]);
+  assert.ok(!("content" in summary.attachments[0]!), "no content is kept");
+
+  const seen: number[] = [];
+  let inFlight = 0;
+  await forEachAttachment(raw, async (att, i) => {
+    inFlight++;
+    assert.equal(inFlight, 1, "one attachment at a time");
+    assert.equal(att.filename, `f${i}.bin`);
+    assert.ok(att.content.equals(full.attachments[i]!.content));
+    await new Promise((r) => setTimeout(r, 5));
+    seen.push(i);
+    inFlight--;
+  });
+  assert.deepEqual(seen, [0, 1, 2]);
+  // An error from the consumer stops the walk and is what rejects.
+  await assert.rejects(
+    forEachAttachment(raw, async (_att, i) => {
+      if (i === 1) throw new Error("upload failed");
+    }),
+    /upload failed/,
+  );
+});
+
+test("ParsedMailCache: take once, bounded in bytes, oldest out first", async () => {
+  const m = await parseMail(Buffer.from("From: a@example.org\r\nSubject: s\r\n\r\n" + "x".repeat(1000) + "\r\n"), { attachments: "metadata" });
+  const cache = new ParsedMailCache(3 * (2 * 1010 + 512));
+  for (let id = 1; id <= 4; id++) cache.put(id, m);
+  assert.equal(cache.take(1), null, "the oldest went first");
+  assert.equal(cache.take(4), m);
+  assert.equal(cache.take(4), null, "taken once");
+  assert.ok(cache.bytes > 0 && cache.bytes <= 3 * (2 * 1010 + 512));
+  assert.equal(new ParsedMailCache(0).take(1), null);
+  const none = new ParsedMailCache(0);
+  none.put(1, m);
+  assert.equal(none.take(1), null, "a bound of 0 keeps nothing");
+  assert.throws(() => new ParsedMailCache(-1), RangeError);
 });
 
 test("HTML-only mail: raw html (sanitized by the bridge before posting), text from html-to-text", async () => {

@@ -1,8 +1,9 @@
 /**
  * Parsing received mail (RFC 5322 + MIME) into the fields the bridge posts to Matrix.
  */
-import { simpleParser } from "mailparser";
-import type { AddressObject, EmailAddress, ParsedMail as MailparserMail } from "mailparser";
+import type { Readable } from "node:stream";
+import { MailParser } from "mailparser";
+import type { AddressObject, AttachmentStream, EmailAddress, MessageText, ParsedMail as MailparserMail } from "mailparser";
 import { htmlToPlain } from "./htmlText.ts";
 
 /** One mailbox of an address header. */
@@ -13,17 +14,24 @@ export interface MailAddress {
   name: string | null;
 }
 
-/** One attachment (a non-body MIME part), decoded. */
-export interface MailAttachment {
+/** One attachment (a non-body MIME part), without its content. */
+export interface MailAttachmentInfo {
   /** File name from Content-Disposition/Content-Type (RFC 2183/2231, encoded words decoded); null if none. */
   filename: string | null;
   /** MIME type, lower case, e.g. `image/png`. */
   contentType: string;
   /** Decoded size in bytes. */
   size: number;
+}
+
+/** One attachment (a non-body MIME part), decoded. */
+export interface MailAttachment extends MailAttachmentInfo {
   /** Decoded content. */
   content: Buffer;
 }
+
+/** The fields of a received message the bridge uses, with attachments as {@link MailAttachmentInfo} (no content). */
+export type ParsedMailSummary = Omit<ParsedMail, "attachments"> & { attachments: MailAttachmentInfo[] };
 
 /** The fields of a received message the bridge uses. */
 export interface ParsedMail {
@@ -129,28 +137,145 @@ function rawHeader(mail: MailparserMail, name: string): string | null {
   return line.slice(colon + 1).replace(/\r?\n[ \t]+/g, " ").trim();
 }
 
+/** What one run of mailparser over a message gives (the fields `simpleParser` would set). */
+interface MailparserRun {
+  mail: MailparserMail;
+  attachments: MailAttachmentInfo[];
+}
+
+/** Options of mailparser: the bridge converts HTML itself and keeps `cid:` links. */
+const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true } as const;
+
 /**
- * Parse a received message with mailparser's `simpleParser`.
+ * Run mailparser's streaming parser over `raw`, handing each attachment's decoded content to
+ * `onAttachment` as a stream, one attachment at a time: the next is decoded only after the
+ * promise of the previous one settled, so at most one attachment is being read at a time.
+ * This is `simpleParser` (mailparser's simple-parser.js, with `keepCidLinks`) without its
+ * buffering of every attachment.
+ * @throws Error from mailparser (structural limits) or from `onAttachment`
+ */
+function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, content: Readable, index: number) => Promise<void>): Promise<MailparserRun> {
+  return new Promise((resolve, reject) => {
+    const mail = { attachments: [] } as unknown as MailparserMail & Record<string, unknown>;
+    const attachments: MailAttachmentInfo[] = [];
+    const parser = new MailParser(PARSER_OPTIONS);
+    let settled = false;
+    const fail = (err: unknown): void => {
+      if (settled) return;
+      settled = true;
+      parser.destroy();
+      reject(err instanceof Error ? err : new Error(String(err)));
+    };
+    parser.on("error", fail);
+    parser.on("headers", (headers) => {
+      mail.headers = headers;
+      mail.headerLines = (parser as unknown as { headerLines: MailparserMail["headerLines"] }).headerLines;
+    });
+    let reading = false;
+    const reader = (): void => {
+      reading = true;
+      const read = parser.read() as (AttachmentStream & { type: "attachment" }) | MessageText | null;
+      if (read === null) {
+        reading = false;
+        return;
+      }
+      if (read.type === "text") {
+        for (const key of ["text", "html"] as const) if (read[key] !== undefined) mail[key] = read[key];
+        reader();
+        return;
+      }
+      const data = read as AttachmentStream & { content: Readable };
+      const info: MailAttachmentInfo = { filename: data.filename ?? null, contentType: data.contentType.toLowerCase(), size: 0 };
+      const index = attachments.length;
+      attachments.push(info);
+      let size = 0;
+      data.content.on("data", (chunk: Buffer) => (size += chunk.length));
+      onAttachment(info, data.content, index).then(
+        () => {
+          // Whatever the consumer left unread is drained: the size counts the whole part.
+          data.content.resume();
+          const done = (): void => {
+            info.size = size;
+            (data.release as () => void)();
+            reader();
+          };
+          if (data.content.readableEnded) done();
+          else data.content.once("end", done);
+        },
+        fail,
+      );
+    };
+    parser.on("readable", () => {
+      if (!reading) reader();
+    });
+    parser.on("end", () => {
+      if (settled) return;
+      settled = true;
+      for (const key of ["subject", "references", "date", "to", "from", "cc", "bcc", "message-id", "in-reply-to", "reply-to"]) {
+        if (mail.headers?.has(key)) mail[key.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())] = mail.headers.get(key);
+      }
+      resolve({ mail, attachments });
+    });
+    parser.end(raw);
+  });
+}
+
+/** Read an attachment stream into one Buffer. */
+function collect(content: Readable): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    content.on("data", (chunk: Buffer) => chunks.push(chunk));
+    content.once("end", () => resolve(Buffer.concat(chunks)));
+    content.once("error", reject);
+  });
+}
+
+/**
+ * Parse a received message with mailparser.
  *
  * Headers are read leniently: a Message-ID with or without angle brackets, folded
  * References with one or several ids per line, missing headers (→ null / []). The HTML
- * body is sanitized here (never returned raw); `cid:` links are left as they are and
- * images other than `mxc://` are dropped by the sanitizer.
+ * body is returned as the mail has it (the bridge sanitizes it before posting); `cid:` links
+ * are left as they are.
+ *
+ * With `{ attachments: "metadata" }` the attachments are decoded only to be counted (name,
+ * type, size): nothing of their content is kept. That is the parse made at DATA time
+ * ({@link ParsedMailSummary}); {@link forEachAttachment} reads the content later, one
+ * attachment at a time.
  *
  * @param raw the whole message as received in DATA (headers and body, CRLF line ends)
  * @returns the parsed fields
  * @throws Error from mailparser when the message exceeds its structural limits (more than
  *   1000 MIME parts, a part header over 1 MiB)
  */
-export async function parseMail(raw: Buffer): Promise<ParsedMail> {
-  const mail = await simpleParser(raw, {
-    skipHtmlToText: true,
-    skipTextToHtml: true,
-    skipTextLinks: true,
-    skipImageLinks: true,
-    keepCidLinks: true,
+export async function parseMail(raw: Buffer): Promise<ParsedMail>;
+export async function parseMail(raw: Buffer, opts: { attachments: "metadata" }): Promise<ParsedMailSummary>;
+export async function parseMail(raw: Buffer, opts?: { attachments: "metadata" }): Promise<ParsedMail | ParsedMailSummary> {
+  const contents: Buffer[] = [];
+  const { mail, attachments } = await runMailparser(raw, async (_info, content, index) => {
+    if (!opts) contents[index] = await collect(content);
   });
+  const summary = summarize(mail, attachments, raw);
+  if (opts) return summary;
+  return { ...summary, attachments: attachments.map((a, i) => ({ ...a, content: contents[i] ?? Buffer.alloc(0) })) };
+}
 
+/**
+ * Hand each attachment of `raw`, decoded, to `fn`, in order, one at a time: only the
+ * attachment being handled is in memory (plus `raw` itself). Indexes match
+ * `parseMail(raw).attachments`.
+ * @param fn called with the attachment and its index; the next attachment is read once it settles
+ * @throws Error from mailparser, or what `fn` throws (no further attachment is read)
+ */
+export async function forEachAttachment(raw: Buffer, fn: (attachment: MailAttachment, index: number) => Promise<void>): Promise<void> {
+  await runMailparser(raw, async (info, content, index) => {
+    const data = await collect(content);
+    await fn({ ...info, size: data.length, content: data }, index);
+  });
+}
+
+/** The bridge's fields of a mailparser result. */
+function summarize(mail: MailparserMail, attachments: MailAttachmentInfo[], raw: Buffer): ParsedMailSummary {
   const messageIdRaw = headerString(mail, "message-id");
   const inReplyToRaw = headerString(mail, "in-reply-to");
   const referencesRaw = headerString(mail, "references");
@@ -188,12 +313,7 @@ export async function parseMail(raw: Buffer): Promise<ParsedMail> {
     autoSubmitted,
     losses,
     unreadable: unreadableStructure(mail, raw),
-    attachments: mail.attachments.map((a) => ({
-      filename: a.filename ?? null,
-      contentType: a.contentType.toLowerCase(),
-      size: a.size,
-      content: a.content,
-    })),
+    attachments,
   };
 }
 
