@@ -313,7 +313,8 @@ export class SqlStore implements BridgeStore {
         mail.envelopeFrom,
         mail.kind ?? "mail",
       ]);
-      if (inserted[0]) return { row: this.#toInbound(inserted[0]), duplicate: false };
+      // The insert does not read the bytes back: the row carries the caller's plaintext.
+      if (inserted[0]) return { row: { ...toInbound({ ...inserted[0], raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false };
       const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], this.#toInbound);
       if (!existing) throw new Error("inbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };

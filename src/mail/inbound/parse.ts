@@ -143,6 +143,9 @@ interface MailparserRun {
   attachments: MailAttachmentInfo[];
 }
 
+/** Bytes of the message handed to mailparser per write. */
+const FEED_SLICE_BYTES = 64 * 1024;
+
 /** Options of mailparser: the bridge converts HTML itself and keeps `cid:` links. */
 const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true } as const;
 
@@ -216,7 +219,21 @@ function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, con
       }
       resolve({ mail, attachments });
     });
-    parser.end(raw);
+    // Fed in slices, minding backpressure: one big write would make every stage below
+    // (MIME splitting, transfer decoding) buffer the whole message at once.
+    let offset = 0;
+    const feed = (): void => {
+      while (offset < raw.length && !settled) {
+        const slice = raw.subarray(offset, Math.min(offset + FEED_SLICE_BYTES, raw.length));
+        offset += slice.length;
+        if (!parser.write(slice)) {
+          parser.once("drain", feed);
+          return;
+        }
+      }
+      if (!settled) parser.end();
+    };
+    feed();
   });
 }
 

@@ -88,11 +88,13 @@ export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE 
 const INBOUND_COLS =
   "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
   "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from, raw_purged_at, kind";
+/** {@link INBOUND_COLS} but `raw`: an insert does not read back the bytes it just wrote (a 25 MiB mail would be copied twice more). */
+const INBOUND_COLS_BUT_RAW = INBOUND_COLS.replace(" raw,", "");
 /** The local user and remote party of $1 room_id if it is a dm portal (for the inbound target). */
 export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id, remote_address, remote_verified FROM portals WHERE room_id = $1 AND kind = 'dm'";
 /**
  * Insert a pending inbound mail unless (target, message_id, content_hash) exists, returning it
- * (no row on conflict). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
+ * (no row on conflict; `raw` is not returned). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
  * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash, $15 envelope_from, $16 kind.
  */
 export const SQL_INSERT_INBOUND = `
@@ -100,7 +102,7 @@ INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, 
   sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from, kind)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (target, message_id, content_hash) DO NOTHING
-RETURNING ${INBOUND_COLS}`;
+RETURNING ${INBOUND_COLS_BUT_RAW}`;
 /** Inbound mail by $1 target, $2 message_id, $3 content_hash. */
 export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2 AND content_hash = $3`;
 /** Pending inbound mail, oldest first, at most $1 rows. */
