@@ -12,11 +12,13 @@ import { MatrixGateway } from "../matrix/MatrixGateway.ts";
 import { SmtpListener } from "../mail/inbound/SmtpListener.ts";
 import { OutboundQueue } from "../mail/outbound/OutboundQueue.ts";
 import { deliverMail } from "../mail/outbound/deliver.ts";
+import { poolOptionsFromConfig, SmtpPool } from "../mail/outbound/pool.ts";
 import type { MxResolver } from "../mail/outbound/routes.ts";
 import { loadDkimSigner } from "../mail/outbound/dkim.ts";
 import { InboundRouter } from "./InboundRouter.ts";
 import { checkWithRspamd } from "../mail/inbound/rspamd.ts";
 import { InboundPoster } from "./InboundPoster.ts";
+import { ParsedMailCache } from "./ParsedMailCache.ts";
 import { DsnService } from "./DsnService.ts";
 import { NoticeService } from "./NoticeService.ts";
 import { Subscriptions } from "./Subscriptions.ts";
@@ -50,7 +52,7 @@ export interface RunningBridge {
   metrics: BridgeMetrics;
   /** Port of the metrics listener (the real one when `metrics.port` is 0), or null when `metrics.enabled` is off. */
   metricsPort: number | null;
-  /** Stop everything, in order: SMTP, Matrix, workers, metrics listener, store. */
+  /** Stop everything, in order: SMTP, Matrix, workers, outbound SMTP connections, metrics listener, store. */
   stop(): Promise<void>;
 }
 
@@ -135,6 +137,8 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   };
   const utcMinute = (ms: number): string => new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
   const metrics = new BridgeMetrics({ queueSizes: () => store.queueCounts() });
+  // Outbound SMTP connections, reused across deliveries; closed on stop, after the queue.
+  const smtpPool = new SmtpPool(poolOptionsFromConfig(config.outbound));
   const queue = new OutboundQueue({
     store,
     deliver: (raw, envelope) =>
@@ -143,6 +147,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
         heloName: config.outbound.helo_name ?? config.smtp.hostname,
         resolver,
         addressResolver: (host, rrtype) => dns.resolve(host, rrtype),
+        pool: smtpPool,
       }),
     maxRetryHours: config.outbound.max_retry_hours,
     delayWarningHours: config.outbound.delay_warning_hours,
@@ -170,7 +175,10 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName, notices });
   const subscriptions = new Subscriptions({ store, ids, dkim, onQueued: () => queue.kick() });
   const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
+  // Parse once: the router's DATA-time parse of each committed row, taken by the poster.
+  const parsed = new ParsedMailCache();
   const poster = new InboundPoster({
+    parsed,
     store,
     matrix,
     ids,
@@ -188,6 +196,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     onResult: (outcome) => metrics.inboundPost(outcome),
   });
   const router = new InboundRouter({
+    parsed,
     store,
     matrix,
     ids,
@@ -247,6 +256,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       await matrix.stop();
       await poster.stop();
       await queue.stop();
+      smtpPool.close();
       await retention?.stop();
       await ops?.close();
       await store.close();

@@ -115,6 +115,12 @@ export interface OutboundConfig {
   delay_warning_hours: number;
   /** Most mails delivered at once (one at a time per room). */
   concurrency: number;
+  /** Most SMTP connections in use at once per recipient domain, and per destination host (MX or relay). */
+  max_connections_per_domain: number;
+  /** SMTP transactions one outbound connection carries before it is closed and a new one opened. */
+  max_messages_per_connection: number;
+  /** An outbound SMTP connection unused for this long is closed with QUIT, in ms (RFC 5321 §4.5.3.2: servers wait at least 5 minutes). */
+  pool_idle_ms: number;
   /** Most mails one Matrix user may send per hour; over it the bot says so and nothing is sent. 0: no limit. */
   max_mails_per_user_per_hour: number;
   /** Most addresses one Matrix user may mail for the first time per day. 0: no limit. */
@@ -391,6 +397,9 @@ export const configSchema: SchemaObject = {
         max_new_recipients_per_user_per_day: { type: "integer", minimum: 0, default: 100, description: "Most addresses one Matrix user may mail for the first time per day. 0: no limit." },
         delay_warning_hours: { type: "number", minimum: 0, default: 4, description: "Tell the room once when a mail is still undelivered after this many hours (0: never)." },
         concurrency: { type: "integer", minimum: 1, maximum: 1000, default: 8, description: "Most mails delivered at once (one at a time per room)." },
+        max_connections_per_domain: { type: "integer", minimum: 1, maximum: 100, default: 4, description: "Most SMTP connections in use at once per recipient domain and per MX/relay host; more deliveries wait." },
+        max_messages_per_connection: { type: "integer", minimum: 1, maximum: 10000, default: 100, description: "SMTP transactions (one per mail and recipient domain) sent over one connection before it is closed and a new one opened." },
+        pool_idle_ms: { type: "integer", minimum: 100, maximum: 300000, default: 30000, description: "Close an outbound SMTP connection after it was unused this long, in ms (at most 5 minutes, RFC 5321 4.5.3.2)." },
       },
     },
     dkim: {

@@ -50,7 +50,7 @@ test("multipart/mixed with multipart/alternative: both bodies, attachment, Reply
 function withAttachments(n: number, size: number): Buffer {
   const parts = ["From: a@example.org", "To: room@bridge.test", "Subject: files", "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"', "", "--b", "Content-Type: text/plain", "", "see attached", ""];
   for (let k = 0; k < n; k++) {
-    const data = Buffer.alloc(size, 0).map((_, i) => (i + k) % 251);
+    const data = Buffer.from(Buffer.alloc(size, 0).map((_, i) => (i + k) % 251));
     parts.push("--b", "Content-Type: application/octet-stream", `Content-Disposition: attachment; filename="f${k}.bin"`, "Content-Transfer-Encoding: base64", "", ...(data.toString("base64").match(/.{1,76}/g) ?? []), "");
   }
   parts.push("--b--", "");

@@ -1,13 +1,12 @@
 /**
  * One delivery attempt of a composed message: recipients are grouped by domain, each
- * domain's routes (routes.ts) are tried in order with nodemailer's SMTP transport, and
+ * domain's routes (routes.ts) are tried in order over pooled SMTP connections (pool.ts), and
  * every recipient gets an outcome (sent / temporary / permanent) following the reply
  * classes of RFC 5321 §4.2.1. Retrying later is the queue's job (OutboundQueue.ts).
  */
-import nodemailer from "nodemailer";
-import type { SMTPTransportOptions } from "nodemailer";
 import type { OutboundConfig } from "../../config/schema.ts";
 import { errorFields, getLogger } from "../../util/logger.ts";
+import { poolOptionsFromConfig, SmtpPool, type Destination } from "./pool.ts";
 import { DeliveryError, resolveRoute, type AddressResolver, type MxResolver, type ResolveRouteOptions, type Route } from "./routes.ts";
 
 export { DeliveryError } from "./routes.ts";
@@ -57,6 +56,12 @@ export interface DeliverOptions {
   mxPort?: number;
   /** Order of equal-priority MX hosts (default random); see routes.ts. */
   shuffle?: ResolveRouteOptions["shuffle"];
+  /**
+   * Connections to reuse (the bridge's one pool, closed on shutdown). Without it the call uses
+   * a pool of its own, built from `outbound` and closed before it returns: one connection per
+   * transaction, as without pooling.
+   */
+  pool?: SmtpPool;
 }
 
 /**
@@ -68,8 +73,11 @@ const SOCKET_TIMEOUT_MS = 5 * 60_000;
 /**
  * Deliver `raw` to every recipient of `envelope`.
  *
- * Domains are delivered in parallel, one SMTP transaction per route attempt. Per domain,
- * routes are tried in order. A route that cannot take the message at all (connection
+ * Domains are delivered in parallel, one SMTP transaction (RCPT TO per recipient) per route
+ * attempt, over a pooled connection (`opts.pool`, pool.ts: at most
+ * `outbound.max_connections_per_domain` per recipient domain and per destination host; a
+ * connection the server dropped or closed with 421, RFC 5321 §3.8, is replaced, not reused).
+ * Per domain, routes are tried in order. A route that cannot take the message at all (connection
  * refused/timed out, TLS failure, any 4yz reply, a 5yz reply to the greeting, EHLO, STARTTLS
  * or AUTH) passes all still-pending recipients on to the next route; recipients refused
  * with 4yz at RCPT are also passed on (another MX may accept them). A 5yz reply to MAIL
@@ -103,17 +111,22 @@ export async function deliverMail(raw: Buffer, envelope: { from: string; to: str
     byDomain.set(domain, list);
   }
 
-  await Promise.all(
-    [...byDomain].map(async ([domain, recipients]) => {
-      for (const o of await deliverDomain(raw, envelope.from, domain, recipients, opts)) outcomes.set(o.address, o);
-    }),
-  );
+  const pool = opts.pool ?? new SmtpPool(poolOptionsFromConfig(opts.outbound));
+  try {
+    await Promise.all(
+      [...byDomain].map(async ([domain, recipients]) => {
+        for (const o of await deliverDomain(raw, envelope.from, domain, recipients, opts, pool)) outcomes.set(o.address, o);
+      }),
+    );
+  } finally {
+    if (pool !== opts.pool) pool.close();
+  }
 
   return { recipients: unique.map((address) => outcomes.get(address) ?? { address, status: "temporary", message: "not attempted" }) };
 }
 
 /** Deliver to the recipients of one domain; returns one outcome per recipient. */
-async function deliverDomain(raw: Buffer, from: string, domain: string, recipients: string[], opts: DeliverOptions): Promise<RecipientOutcome[]> {
+async function deliverDomain(raw: Buffer, from: string, domain: string, recipients: string[], opts: DeliverOptions, pool: SmtpPool): Promise<RecipientOutcome[]> {
   let routes: Route[];
   try {
     routes = await resolveRoute(domain, opts.outbound, opts.resolver, {
@@ -138,7 +151,7 @@ async function deliverDomain(raw: Buffer, from: string, domain: string, recipien
   let pending = recipients;
   let lastTemporary: RecipientOutcome[] = [];
   for (const route of routes) {
-    const results = await attempt(raw, from, pending, route, opts);
+    const results = await attempt(raw, from, domain, pending, route, opts, pool);
     lastTemporary = [];
     for (const r of results) (r.status === "temporary" ? lastTemporary : done).push(r);
     pending = lastTemporary.map((r) => r.address);
@@ -148,35 +161,34 @@ async function deliverDomain(raw: Buffer, from: string, domain: string, recipien
   return [...done, ...lastTemporary];
 }
 
-/** One SMTP transaction with one route. */
-async function attempt(raw: Buffer, from: string, to: string[], route: Route, opts: DeliverOptions): Promise<RecipientOutcome[]> {
+/** Connection settings for `route`: opportunistic TLS to MX and static hosts, verified TLS and AUTH to the relay. */
+function destinationFor(route: Route, opts: DeliverOptions): Destination {
   const { outbound } = opts;
-  const hostLabel = `${route.host}:${route.port}`;
   const relay = route.kind === "relay" ? outbound.relay : null;
-  const transportOptions: SMTPTransportOptions = {
+  return {
     host: route.host,
     port: route.port,
+    kind: route.kind,
     secure: relay?.secure ?? false,
-    name: opts.heloName,
-    ignoreTLS: false,
-    requireTLS: outbound.require_tls,
+    requireTls: outbound.require_tls,
     // RFC 7435 opportunistic TLS towards MX/static hosts: encrypt without authenticating the
     // peer, and go on in plaintext if the server refuses its own advertised STARTTLS.
-    opportunisticTLS: relay === null && !outbound.require_tls,
-    tls: { rejectUnauthorized: relay !== null },
-    connectionTimeout: outbound.timeout_ms,
-    greetingTimeout: outbound.timeout_ms,
-    socketTimeout: SOCKET_TIMEOUT_MS,
-    logger: false,
-    debug: false,
-    ...(relay?.username ? { auth: { user: relay.username, pass: relay.password ?? "" } } : {}),
+    opportunisticTls: relay === null && !outbound.require_tls,
+    verifyCertificate: relay !== null,
+    auth: relay?.username ? { user: relay.username, pass: relay.password ?? "" } : null,
+    heloName: opts.heloName,
+    connectTimeoutMs: outbound.timeout_ms,
+    socketTimeoutMs: SOCKET_TIMEOUT_MS,
   };
-  const transport = nodemailer.createTransport(transportOptions);
+}
+
+/** One SMTP transaction with one route, for the recipients `to` (all at `domain`). */
+async function attempt(raw: Buffer, from: string, domain: string, to: string[], route: Route, opts: DeliverOptions, pool: SmtpPool): Promise<RecipientOutcome[]> {
+  const hostLabel = `${route.host}:${route.port}`;
   try {
-    // size: announced as MAIL FROM SIZE= (RFC 1870) so an oversized message is refused up front.
-    const info = await transport.sendMail({ envelope: { from, to, size: raw.length }, raw });
+    const info = await pool.send(destinationFor(route, opts), domain, { envelope: { from, to }, raw });
     const accepted = new Set(info.accepted.map(String));
-    const rejectedErrors = (info as { rejectedErrors?: unknown[] }).rejectedErrors ?? [];
+    const rejectedErrors = info.rejectedErrors ?? [];
     return to.map((address) => {
       if (accepted.has(address)) return { address, status: "sent", ...replyFields(info.response), host: hostLabel };
       const rcptErr = rejectedErrors.find((e) => (e as { recipient?: unknown }).recipient === address);
@@ -189,8 +201,6 @@ async function attempt(raw: Buffer, from: string, to: string[], route: Route, op
     }
     log.debug("SMTP transaction failed", { host: hostLabel, kind: route.kind, ...errorFields(err) });
     return to.map((address) => fromError(address, err, hostLabel));
-  } finally {
-    transport.close();
   }
 }
 

@@ -12,7 +12,8 @@
  *   returned, so "resolved" still means "on disk" (the durable 250 is unchanged), but one
  *   fsync covers all the SMTP sessions that committed together. While a group's `COMMIT` is
  *   being written, the next group gathers.
- * - **Order.** Members run one after another in arrival order; statements outside a
+ * - **Order.** Members run one after another in arrival order. A write outside a transaction
+ *   (`execute`) is a member of its own; reads (`query`) and scripts (`exec`) outside a
  *   transaction run between groups, never inside one (they never see uncommitted rows).
  */
 import { mkdirSync } from "node:fs";
@@ -204,8 +205,9 @@ export class SqliteDatabase implements Database {
     return this.#locked(async () => (await this.#conn.query(sql, params)) as T[]);
   }
 
+  /** A write outside a transaction joins the next group: it shares that group's one COMMIT (fsync). */
   execute(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }> {
-    return this.#locked(() => this.#conn.execute(sql, params));
+    return this.transaction((tx) => tx.execute(sql, params));
   }
 
   exec(script: string): Promise<void> {

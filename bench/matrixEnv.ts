@@ -1,0 +1,195 @@
+/**
+ * The Matrix side of the benchmark: a real Synapse, the loopback DNS server and the SMTP sink
+ * from test/e2e/env.ts `prepareEnv` (SQLite store), and the bridge in a process of its own
+ * (`node src/main.ts start -c <config>`), so that its RSS can be read from /proc.
+ *
+ * Config changes from prepareEnv's (all through its `config` option):
+ * - smtp: the per-IP and per-sender-domain message rate limits off (all load comes from
+ *   127.0.0.1 and example.org), 100 connections per IP, max_message_bytes 64 MiB (a 25 MiB
+ *   attachment is ~34 MB in base64);
+ * - outbound: the per-user abuse limits off (200 mails per hour would stop the bench);
+ * - dns: the production cache (300 s) instead of prepareEnv's none;
+ * - logging: level info (the production default), JSON, into a file.
+ * Mail to example.org goes to the sink through prepareEnv's `outbound.static_routes`.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parse } from "yaml";
+import { prepareEnv, type PreparedEnv } from "../test/e2e/env.ts";
+import type { MatrixTestClient } from "../test/harness/matrixClient.ts";
+import { progress, sleep } from "./util.ts";
+
+const REPO = new URL("../", import.meta.url).pathname;
+const MAIN = join(REPO, "src", "main.ts");
+
+/** The bridge running as a child process. */
+export interface BridgeProcess {
+  pid: number;
+  /** The SMTP listener's port (from the "bridge started" log line). */
+  smtpPort: number;
+  /** From spawn until "bridge started" was logged, ms. */
+  startMs: number;
+  /** The bridge's log (JSON lines, level info). */
+  logFile: string;
+  /** Last lines of the log, for diagnostics. */
+  logTail(lines?: number): string;
+  /** Warnings and errors logged so far (count). */
+  problems(): { warn: number; error: number; first: string[] };
+  /** SIGTERM; SIGKILL after 15 s. Resolves once it has exited. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Everything parts 2-4 run against. */
+export interface MatrixBench {
+  env: PreparedEnv;
+  bridge: BridgeProcess;
+  /** The appservice's as_token (from the registration file). */
+  asToken: string;
+  /** A local user (allowed to bridge) who watches and sends. */
+  alice: MatrixTestClient;
+  /** Stop the bridge, then Synapse, the sink and the DNS server. */
+  stop(): Promise<void>;
+}
+
+function readLog(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Start the bridge from `configFile` in its own node process and wait for "bridge started".
+ * @param configFile the bridge's config (logging must be JSON)
+ * @param logFile where its stderr/stdout go
+ * @throws Error with the log tail when it exits or is not up within 90 s
+ */
+export async function spawnBridge(configFile: string, logFile: string): Promise<BridgeProcess> {
+  const fd = openSync(logFile, "a");
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+  const t0 = Date.now();
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, [MAIN, "start", "-c", configFile], { cwd: REPO, stdio: ["ignore", fd, fd], env });
+  } finally {
+    closeSync(fd);
+  }
+  let exited: string | null = null;
+  const exit = new Promise<void>((resolve) =>
+    child.once("exit", (code, signal) => {
+      exited = `exited (code ${code}, signal ${signal})`;
+      resolve();
+    }),
+  );
+  const killAtExit = (): void => {
+    child.kill("SIGKILL");
+  };
+  process.on("exit", killAtExit);
+  const logTail = (lines = 20): string => readLog(logFile).trimEnd().split("\n").slice(-lines).join("\n");
+
+  let smtpPort = 0;
+  const deadline = t0 + 90_000;
+  while (!smtpPort) {
+    if (exited) throw new Error(`the bridge ${exited} before it started; log:\n${logTail()}`);
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`the bridge did not log "bridge started" within 90 s; log:\n${logTail()}`);
+    }
+    for (const line of readLog(logFile).split("\n")) {
+      if (!line.includes('"bridge started"')) continue;
+      const m = /:(\d+)$/.exec(String((JSON.parse(line) as { smtp?: unknown }).smtp ?? ""));
+      if (m) smtpPort = Number(m[1]);
+    }
+    if (!smtpPort) await sleep(50);
+  }
+  const startMs = Date.now() - t0;
+  let stopping: Promise<void> | null = null;
+  return {
+    pid: child.pid!,
+    smtpPort,
+    startMs,
+    logFile,
+    logTail,
+    problems() {
+      let warn = 0;
+      let error = 0;
+      const first: string[] = [];
+      for (const line of readLog(logFile).split("\n")) {
+        const level = /"level":"(warn|error)"/.exec(line)?.[1];
+        if (!level) continue;
+        if (level === "warn") warn++;
+        else error++;
+        if (first.length < 3) first.push(line.slice(0, 300));
+      }
+      return { warn, error, first };
+    },
+    stop() {
+      stopping ??= (async () => {
+        if (!exited) {
+          child.kill("SIGTERM");
+          const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+          await exit;
+          clearTimeout(timer);
+        }
+        process.off("exit", killAtExit);
+      })();
+      return stopping;
+    },
+  };
+}
+
+/**
+ * Start Synapse, DNS and the sink (prepareEnv, SQLite store), then the bridge as a child
+ * process, and register the user `alice`.
+ * @throws Error when Synapse or the bridge do not start (what was started is stopped)
+ */
+export async function startMatrixBench(): Promise<MatrixBench> {
+  const t0 = Date.now();
+  const env = await prepareEnv("sqlite", {
+    logLevel: "info",
+    config: {
+      smtp: {
+        max_message_bytes: 64 * 1024 * 1024,
+        max_connections_per_ip: 100,
+        max_messages_per_ip: 0,
+        max_messages_per_sender_domain: 0,
+      },
+      outbound: { max_mails_per_user_per_hour: 0, max_new_recipients_per_user_per_day: 0 },
+      dns: { cache_ttl_ms: 300_000 },
+      logging: { format: "json" },
+    },
+  });
+  progress(`[matrix] Synapse up in ${(env.synapse.startupMs / 1000).toFixed(1)} s (${env.synapse.url}); sink on ${env.sink.port}, DNS ${env.dns.nameserver}`);
+  let bridge: BridgeProcess;
+  try {
+    bridge = await spawnBridge(env.configFile, join(env.dir, "bridge.log"));
+  } catch (err) {
+    await env.stop();
+    throw err;
+  }
+  env.smtpPort = bridge.smtpPort;
+  progress(`[matrix] bridge process ${bridge.pid} up in ${(bridge.startMs / 1000).toFixed(1)} s, SMTP on ${bridge.smtpPort} (environment ready after ${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  const registration = parse(readFileSync(env.config.appservice.registration_file, "utf8")) as { as_token: string };
+  let alice: MatrixTestClient;
+  try {
+    alice = await env.synapse.registerUser("alice", { displayName: "Alice Bench" });
+  } catch (err) {
+    await bridge.stop();
+    await env.stop();
+    throw err;
+  }
+  return {
+    env,
+    bridge,
+    asToken: registration.as_token,
+    alice,
+    async stop() {
+      const p = bridge.problems();
+      if (p.warn || p.error) progress(`[matrix] the bridge logged ${p.warn} warnings and ${p.error} errors, e.g.:\n  ${p.first.join("\n  ")}`);
+      await bridge.stop();
+      await env.stop();
+    },
+  };
+}

@@ -1,0 +1,168 @@
+/**
+ * Part 2, `inbound`: mail → Matrix into a real Synapse, against a direct appservice sender.
+ *
+ * Bridge: a room with a room mailbox (`createMailboxRoom`); N mails (~2 KB, text/plain) over C
+ * SMTP connections (reused, from a child process) from S senders `benchsender<k>@example.org`.
+ * The DNS server publishes `v=spf1 ip4:127.0.0.1 -all` for example.org and the envelope
+ * sender's domain is the From domain, so every mail is SPF-pass aligned: verified, posted by
+ * the sender's verified ghost (the figure counts only events from verified ghosts). One mail
+ * per sender goes first, untimed, so ghosts are registered and joined (steady state: the
+ * reference's ghosts are joined too). Timed: from the first SMTP connect (child process clock)
+ * until alice's /sync has shown the N-th event.
+ *
+ * Reference: the same ghosts join a second (public) room and N `PUT /rooms/{room}/send/
+ * m.room.message/{txn}?user_id=<ghost>` with the appservice token, C in parallel, content of
+ * the same size; from the first PUT until alice's /sync has shown the N-th event.
+ */
+import { randomBytes } from "node:crypto";
+import { createMailboxRoom, MAIL_DOMAIN } from "../test/e2e/env.ts";
+import { MatrixTestClient, type MatrixEvent } from "../test/harness/matrixClient.ts";
+import type { MatrixBench } from "./matrixEnv.ts";
+import { RoomWatcher } from "./roomWatch.ts";
+import { runSmtpLoad } from "./smtpLoad.ts";
+import type { TableRow } from "./table.ts";
+import { num, progress, reason } from "./util.ts";
+
+/** Knobs of the inbound part. */
+export interface MatrixInboundSettings {
+  /** Mails (and direct events) timed. */
+  messages: number;
+  /** SMTP connections, and parallel PUTs of the reference. */
+  connections: number;
+  /** Distinct senders (ghosts). */
+  senders: number;
+  /** Approximate mail size, bytes. */
+  messageBytes: number;
+  /** Longest wait for the events, ms. */
+  timeoutMs: number;
+}
+
+const TARGET = ">= 0.8x of a direct appservice sender";
+
+/** Body text of the reference events: as long as the mails' text. */
+function directBody(tag: string, i: number, bytes: number): string {
+  const line = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt";
+  let text = `bench ${tag} ${i}\n\n`;
+  while (text.length < bytes) text += line + "\n";
+  return text;
+}
+
+/**
+ * Run part 2.
+ * @param mb the running Synapse + bridge
+ * @param s the knobs
+ * @returns one table row (events/s of the bridge vs the direct sender)
+ */
+export async function runMatrixInbound(mb: MatrixBench, s: MatrixInboundSettings): Promise<TableRow[]> {
+  const figure = `mail->Matrix events/s (${s.messages} mails, ${s.connections} SMTP conns)`;
+  try {
+    return [await measure(mb, s, figure)];
+  } catch (err) {
+    progress(`  [inbound] FAILED: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    return [{ part: "inbound", figure, value: "failed", reference: "-", ratio: "-", target: TARGET, note: `inbound: ${reason(err)}` }];
+  }
+}
+
+async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string): Promise<TableRow> {
+  const { alice, env, bridge } = mb;
+  progress(`[inbound] ${s.messages} mails over ${s.connections} SMTP connections from ${s.senders} verified senders into a room mailbox; reference: direct appservice PUTs, ${s.connections} in parallel`);
+  const roomA = await createMailboxRoom(alice, "benchin", "bench inbound");
+  const recipient = `benchin@${MAIL_DOMAIN}`;
+  const watchA = await RoomWatcher.start(alice, roomA);
+  const fromGhost = (tag: string) => (e: MatrixEvent) =>
+    e.type === "m.room.message" && e.sender.startsWith("@email_") && String(e.content.body ?? "").includes(`bench ${tag} `);
+  const job = (tag: string, messages: number) => ({
+    port: bridge.smtpPort,
+    messages,
+    concurrency: Math.min(s.connections, messages),
+    reuse: true,
+    timeCapMs: s.timeoutMs,
+    messageBytes: s.messageBytes,
+    recipient,
+    senderPrefix: "benchsender",
+    senderDomain: "example.org",
+    senders: s.senders,
+    tag,
+  });
+
+  try {
+    // Warm-up, untimed: one mail per sender, so every ghost exists and is in the room.
+    const warmTag = `w${randomBytes(3).toString("hex")}`;
+    const warm = await runSmtpLoad(job(warmTag, s.senders), s.timeoutMs + 60_000);
+    if (warm.accepted !== s.senders) throw new Error(`warm-up: ${warm.accepted}/${s.senders} mails accepted: ${warm.errors.join(" | ")}`);
+    const warmSeen = await watchA.waitFor(fromGhost(warmTag), s.senders, s.timeoutMs);
+    if (!warmSeen.complete) throw new Error(`warm-up: ${warmSeen.events.length}/${s.senders} events seen within ${s.timeoutMs / 1000} s`);
+    const ghosts = [...new Set(warmSeen.events.map((e) => e.event.sender))];
+    progress(`  [inbound] warm-up: ${s.senders} mails posted by ${ghosts.length} ghosts (${ghosts.filter((g) => !g.includes("/unverified")).length} verified)`);
+
+    // Timed: N mails over C connections.
+    const tag = `t${randomBytes(3).toString("hex")}`;
+    const seenP = watchA.waitFor(fromGhost(tag), s.messages, s.timeoutMs);
+    const load = await runSmtpLoad(job(tag, s.messages), s.timeoutMs + 60_000);
+    const seen = await seenP;
+    const lastAt = Math.max(...seen.events.map((e) => e.at));
+    const bridgeS = (lastAt - load.startedAt) / 1000;
+    const verified = seen.events.filter((e) => !e.event.sender.includes("/unverified")).length;
+    const bridgeRate = seen.complete ? seen.events.length / bridgeS : NaN;
+    progress(
+      `  [inbound] bridge: ${load.accepted}/${s.messages} mails accepted in ${(load.wallMs / 1000).toFixed(2)} s (${num(load.accepted / (load.wallMs / 1000))} msg/s at SMTP); ` +
+        `${seen.events.length} events seen (${verified} from verified ghosts), last ${bridgeS.toFixed(2)} s after the first connect = ${num(bridgeRate)} events/s` +
+        (watchA.gaps ? `; ${watchA.gaps} limited /sync timelines` : ""),
+    );
+
+    // Reference: the same ghosts, a room they join, PUTs with the AS token.
+    const roomB = await alice.createRoom({ preset: "public_chat", name: "bench direct" });
+    const clients = ghosts.map((g) => MatrixTestClient.forAppserviceUser(env.synapse.url, mb.asToken, g));
+    for (const c of clients) await c.join(roomB);
+    const watchB = await RoomWatcher.start(alice, roomB);
+    const dtag = `d${randomBytes(3).toString("hex")}`;
+    const bodyBytes = Math.max(100, s.messageBytes - 400);
+    const dSeenP = watchB.waitFor((e) => e.type === "m.room.message" && String(e.content.body ?? "").includes(`bench ${dtag} `), s.messages, s.timeoutMs);
+    const t0 = Date.now();
+    let next = 0;
+    const errors: string[] = [];
+    const worker = async (): Promise<void> => {
+      for (let i = next++; i < s.messages; i = next++) {
+        const c = clients[i % clients.length]!;
+        const body = directBody(dtag, i, bodyBytes);
+        try {
+          await c.request("PUT", `/rooms/${encodeURIComponent(roomB)}/send/m.room.message/${encodeURIComponent(`bench-${dtag}-${i}`)}`, {
+            msgtype: "m.text",
+            body,
+            format: "org.matrix.custom.html",
+            formatted_body: body.replace(/\n/g, "<br>"),
+          });
+        } catch (err) {
+          if (errors.length < 3) errors.push(reason(err));
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: s.connections }, () => worker()));
+    const putsS = (Date.now() - t0) / 1000;
+    const dSeen = await dSeenP;
+    watchB.stop();
+    const dLast = Math.max(...dSeen.events.map((e) => e.at));
+    const directS = (dLast - t0) / 1000;
+    const directRate = dSeen.complete ? dSeen.events.length / directS : NaN;
+    progress(
+      `  [inbound] direct appservice sender: ${s.messages} PUTs done in ${putsS.toFixed(2)} s; ${dSeen.events.length} events seen, last ${directS.toFixed(2)} s after the first PUT = ${num(directRate)} events/s` +
+        (errors.length ? `; errors: ${errors.join(" | ")}` : ""),
+    );
+
+    const notes: string[] = [];
+    if (!seen.complete) notes.push(`inbound: only ${seen.events.length}/${s.messages} bridge events within ${s.timeoutMs / 1000} s`);
+    if (!dSeen.complete) notes.push(`inbound: only ${dSeen.events.length}/${s.messages} direct events within ${s.timeoutMs / 1000} s`);
+    if (verified !== seen.events.length) notes.push(`inbound: ${seen.events.length - verified} events from unverified ghosts`);
+    return {
+      part: "inbound",
+      figure,
+      value: seen.complete ? `${num(bridgeRate)} events/s` : `${seen.events.length}/${s.messages} in time`,
+      reference: dSeen.complete ? `direct AS sender ${num(directRate)} events/s` : "incomplete",
+      ratio: seen.complete && dSeen.complete ? `${(bridgeRate / directRate).toFixed(2)}x` : "-",
+      target: TARGET,
+      ...(notes.length ? { note: notes.join("; ") } : {}),
+    };
+  } finally {
+    watchA.stop();
+  }
+}
