@@ -72,7 +72,9 @@ export async function spawnBridge(configFile: string, logFile: string): Promise<
   const t0 = Date.now();
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [MAIN, "start", "-c", configFile], { cwd: REPO, stdio: ["ignore", fd, fd], env });
+    // BENCH_BRIDGE_NODE_ARGS: extra node flags for the bridge, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`.
+    const nodeArgs = (process.env.BENCH_BRIDGE_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+    child = spawn(process.execPath, [...nodeArgs, MAIN, "start", "-c", configFile], { cwd: REPO, stdio: ["ignore", fd, fd], env });
   } finally {
     closeSync(fd);
   }

@@ -56,16 +56,16 @@ function directBody(tag: string, i: number, bytes: number): string {
 export async function runMatrixInbound(mb: MatrixBench, s: MatrixInboundSettings): Promise<TableRow[]> {
   const figure = `mail->Matrix events/s (${s.messages} mails, ${s.connections} SMTP conns)`;
   try {
-    return [await measure(mb, s, figure)];
+    return await measure(mb, s, figure);
   } catch (err) {
     progress(`  [inbound] FAILED: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
     return [{ part: "inbound", figure, value: "failed", reference: "-", ratio: "-", target: TARGET, note: `inbound: ${reason(err)}` }];
   }
 }
 
-async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string): Promise<TableRow> {
-  const { alice, env, bridge } = mb;
-  progress(`[inbound] ${s.messages} mails over ${s.connections} SMTP connections from ${s.senders} verified senders into a room mailbox; reference: direct appservice PUTs, ${s.connections} in parallel`);
+async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string): Promise<TableRow[]> {
+  const { alice, bridge } = mb;
+  progress(`[inbound] ${s.messages} mails over ${s.connections} SMTP connections from ${s.senders} verified senders into a room mailbox; references: direct appservice PUTs, ${s.connections} in parallel and one at a time`);
   const roomA = await createMailboxRoom(alice, "benchin", "bench inbound");
   const recipient = `benchin@${MAIL_DOMAIN}`;
   const watchA = await RoomWatcher.start(alice, roomA);
@@ -110,14 +110,54 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
         (watchA.gaps ? `; ${watchA.gaps} limited /sync timelines` : ""),
     );
 
-    // Reference: the same ghosts, a room they join, PUTs with the AS token.
-    const roomB = await alice.createRoom({ preset: "public_chat", name: "bench direct" });
-    const clients = ghosts.map((g) => MatrixTestClient.forAppserviceUser(env.synapse.url, mb.asToken, g));
-    for (const c of clients) await c.join(roomB);
-    const watchB = await RoomWatcher.start(alice, roomB);
+    // References: the same ghosts, a room they join, PUTs with the AS token: C in parallel (the
+    // homeserver's best, order not kept), and one at a time (what keeps a room's order, as the
+    // bridge must).
+    const direct = await directSender(mb, ghosts, s, s.connections);
+    const ordered = await directSender(mb, ghosts, s, 1);
+    const notes: string[] = [];
+    if (!seen.complete) notes.push(`inbound: only ${seen.events.length}/${s.messages} bridge events within ${s.timeoutMs / 1000} s`);
+    if (verified !== seen.events.length) notes.push(`inbound: ${seen.events.length - verified} events from unverified ghosts`);
+    const row = (ref: DirectResult, label: string, extra: string[]): TableRow => ({
+      part: "inbound",
+      figure: `${figure}${label}`,
+      value: seen.complete ? `${num(bridgeRate)} events/s` : `${seen.events.length}/${s.messages} in time`,
+      reference: ref.rate !== null ? `direct AS sender${ref.parallel > 1 ? `, ${ref.parallel} in parallel` : ", one at a time"} ${num(ref.rate)} events/s` : "incomplete",
+      ratio: seen.complete && ref.rate !== null ? `${(bridgeRate / ref.rate).toFixed(2)}x` : "-",
+      target: TARGET,
+      ...([...notes, ...extra].length ? { note: [...notes, ...extra].join("; ") } : {}),
+    });
+    return [row(direct, "", direct.notes), row(ordered, ", vs an order-keeping sender", ordered.notes)];
+  } finally {
+    watchA.stop();
+  }
+}
+
+/** What {@link directSender} measured. */
+interface DirectResult {
+  /** PUTs in flight at once. */
+  parallel: number;
+  /** Events/s from the first PUT to the last event seen; null when not all were seen in time. */
+  rate: number | null;
+  /** Problems to print under the table. */
+  notes: string[];
+}
+
+/**
+ * The reference: `s.messages` `PUT /rooms/{room}/send/m.room.message/{txn}?user_id=<ghost>` with
+ * the appservice token, by the same ghosts, into a new room they join, `parallel` at a time,
+ * timed from the first PUT to the last event seen by alice's `/sync`.
+ */
+async function directSender(mb: MatrixBench, ghosts: string[], s: MatrixInboundSettings, parallel: number): Promise<DirectResult> {
+  const { env, alice } = mb;
+  const room = await alice.createRoom({ preset: "public_chat", name: `bench direct x${parallel}` });
+  const clients = ghosts.map((g) => MatrixTestClient.forAppserviceUser(env.synapse.url, mb.asToken, g));
+  for (const c of clients) await c.join(room);
+  const watch = await RoomWatcher.start(alice, room);
+  try {
     const dtag = `d${randomBytes(3).toString("hex")}`;
     const bodyBytes = Math.max(100, s.messageBytes - 400);
-    const dSeenP = watchB.waitFor((e) => e.type === "m.room.message" && String(e.content.body ?? "").includes(`bench ${dtag} `), s.messages, s.timeoutMs);
+    const seenP = watch.waitFor((e) => e.type === "m.room.message" && String(e.content.body ?? "").includes(`bench ${dtag} `), s.messages, s.timeoutMs);
     const t0 = Date.now();
     let next = 0;
     const errors: string[] = [];
@@ -126,7 +166,7 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
         const c = clients[i % clients.length]!;
         const body = directBody(dtag, i, bodyBytes);
         try {
-          await c.request("PUT", `/rooms/${encodeURIComponent(roomB)}/send/m.room.message/${encodeURIComponent(`bench-${dtag}-${i}`)}`, {
+          await c.request("PUT", `/rooms/${encodeURIComponent(room)}/send/m.room.message/${encodeURIComponent(`bench-${dtag}-${i}`)}`, {
             msgtype: "m.text",
             body,
             format: "org.matrix.custom.html",
@@ -137,32 +177,17 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
         }
       }
     };
-    await Promise.all(Array.from({ length: s.connections }, () => worker()));
+    await Promise.all(Array.from({ length: parallel }, () => worker()));
     const putsS = (Date.now() - t0) / 1000;
-    const dSeen = await dSeenP;
-    watchB.stop();
-    const dLast = Math.max(...dSeen.events.map((e) => e.at));
-    const directS = (dLast - t0) / 1000;
-    const directRate = dSeen.complete ? dSeen.events.length / directS : NaN;
+    const seen = await seenP;
+    const lastS = (Math.max(...seen.events.map((e) => e.at)) - t0) / 1000;
+    const rate = seen.complete ? seen.events.length / lastS : null;
     progress(
-      `  [inbound] direct appservice sender: ${s.messages} PUTs done in ${putsS.toFixed(2)} s; ${dSeen.events.length} events seen, last ${directS.toFixed(2)} s after the first PUT = ${num(directRate)} events/s` +
+      `  [inbound] direct appservice sender, ${parallel} at a time: ${s.messages} PUTs done in ${putsS.toFixed(2)} s; ${seen.events.length} events seen, last ${lastS.toFixed(2)} s after the first PUT = ${num(rate ?? NaN)} events/s` +
         (errors.length ? `; errors: ${errors.join(" | ")}` : ""),
     );
-
-    const notes: string[] = [];
-    if (!seen.complete) notes.push(`inbound: only ${seen.events.length}/${s.messages} bridge events within ${s.timeoutMs / 1000} s`);
-    if (!dSeen.complete) notes.push(`inbound: only ${dSeen.events.length}/${s.messages} direct events within ${s.timeoutMs / 1000} s`);
-    if (verified !== seen.events.length) notes.push(`inbound: ${seen.events.length - verified} events from unverified ghosts`);
-    return {
-      part: "inbound",
-      figure,
-      value: seen.complete ? `${num(bridgeRate)} events/s` : `${seen.events.length}/${s.messages} in time`,
-      reference: dSeen.complete ? `direct AS sender ${num(directRate)} events/s` : "incomplete",
-      ratio: seen.complete && dSeen.complete ? `${(bridgeRate / directRate).toFixed(2)}x` : "-",
-      target: TARGET,
-      ...(notes.length ? { note: notes.join("; ") } : {}),
-    };
+    return { parallel, rate, notes: seen.complete ? [] : [`inbound: only ${seen.events.length}/${s.messages} direct events (${parallel} at a time) within ${s.timeoutMs / 1000} s`] };
   } finally {
-    watchA.stop();
+    watch.stop();
   }
 }

@@ -11,6 +11,7 @@ import { createHardenedAppService, loadRegistration } from "./appserviceHttp.ts"
 import { AppserviceTransactions, type AppserviceTransactionsOptions } from "./appserviceTransactions.ts";
 import { armedFailpoint } from "./failpoint.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
+import { RoomStateCache } from "./RoomStateCache.ts";
 import { routeLibraryLogs } from "./libraryLogs.ts";
 import type { HomeserverFailure, MatrixActions, MatrixEventJournal } from "../bridge/ports.ts";
 
@@ -85,6 +86,8 @@ export class MatrixGateway implements MatrixActions {
    * transactions, or a send refused with `M_FORBIDDEN`); bounded, oldest forgotten first.
    */
   readonly #joined = new Set<string>();
+  /** State and member lists read from the homeserver, forgotten when the room changes them (./RoomStateCache.ts). */
+  readonly #roomState = new RoomStateCache();
   /** Journals transactions before their 200 and hands their events to the sink (./appserviceTransactions.ts). */
   readonly #transactions: AppserviceTransactions;
 
@@ -120,7 +123,7 @@ export class MatrixGateway implements MatrixActions {
       ...opts.dispatch,
       journal: opts.journal,
       handle: (event) => {
-        gateway?.noteMembership(event);
+        gateway?.noteEvent(event);
         return opts.sink.onMatrixEvent(event);
       },
       // A homeserver (or store) that is down does not make an event fail: it is retried for 48 h.
@@ -265,7 +268,10 @@ export class MatrixGateway implements MatrixActions {
       await intent.ensureRegistered();
       this.registeredGhosts.add(userId);
     }
-    if (displayName && displayName !== previous) await intent.setDisplayName(displayName);
+    if (displayName && displayName !== previous) {
+      await intent.setDisplayName(displayName);
+      this.#roomState.forgetAllState();
+    }
   }
 
   /**
@@ -281,6 +287,8 @@ export class MatrixGateway implements MatrixActions {
       if (errcodeOf(err) !== "M_FORBIDDEN" || userId === this.botUserId) throw err;
       await this.intent().matrixClient.inviteUser(userId, roomId);
       await client.joinRoom(roomId);
+    } finally {
+      this.#roomState.forgetMember(roomId, userId);
     }
     this.#rememberJoined(roomId, userId);
   }
@@ -293,11 +301,14 @@ export class MatrixGateway implements MatrixActions {
   }
 
   /**
-   * Keep the known memberships true: an `m.room.member` event about one of the bridge's users
-   * (a kick, a ban, a join) from an appservice transaction. Other events are ignored.
+   * Keep what the gateway remembers true, from an event an appservice transaction pushed (in
+   * order): a state event replaces the cached state (./RoomStateCache.ts), and an
+   * `m.room.member` event about one of the bridge's users (a kick, a ban, a join) its known
+   * membership. Other events change nothing.
    * @param event a Matrix event as the homeserver pushed it (Client-Server event format)
    */
-  noteMembership(event: { type?: unknown; room_id?: unknown; state_key?: unknown; content?: unknown }): void {
+  noteEvent(event: { type?: unknown; room_id?: unknown; state_key?: unknown; content?: unknown }): void {
+    this.#roomState.noteEvent(event);
     if (event.type !== "m.room.member" || typeof event.room_id !== "string" || typeof event.state_key !== "string") return;
     const membership = (event.content as { membership?: unknown } | undefined)?.membership;
     if (membership === "join") this.#rememberJoined(event.room_id, event.state_key);
@@ -306,13 +317,21 @@ export class MatrixGateway implements MatrixActions {
 
   /** `inviter` invites `invitee` to a room. */
   async invite(roomId: string, inviter: string, invitee: string): Promise<void> {
-    await this.intent(inviter).matrixClient.inviteUser(invitee, roomId);
+    try {
+      await this.intent(inviter).matrixClient.inviteUser(invitee, roomId);
+    } finally {
+      this.#roomState.forgetMember(roomId, invitee);
+    }
   }
 
   /** `userId` leaves (or rejects an invite to) a room. */
   async leave(roomId: string, userId: string, reason?: string): Promise<void> {
     this.#joined.delete(membershipKey(roomId, userId));
-    await this.intent(userId).matrixClient.leaveRoom(roomId, reason);
+    try {
+      await this.intent(userId).matrixClient.leaveRoom(roomId, reason);
+    } finally {
+      this.#roomState.forgetMember(roomId, userId);
+    }
   }
 
   /**
@@ -372,6 +391,7 @@ export class MatrixGateway implements MatrixActions {
       power_level_content_override: { users: { [inviteeUserId]: 100 } },
     });
     this.#rememberJoined(roomId, ghostUserId);
+    this.#roomState.forgetRoom(roomId);
     return roomId;
   }
 
@@ -388,7 +408,7 @@ export class MatrixGateway implements MatrixActions {
 
   /** Joined members of a room, read as `asUserId` (who must be in the room). */
   async joinedMembers(roomId: string, asUserId?: string): Promise<string[]> {
-    return this.intent(asUserId).matrixClient.getJoinedRoomMembers(roomId);
+    return this.#roomState.members(roomId, () => this.intent(asUserId).matrixClient.getJoinedRoomMembers(roomId));
   }
 
   /**
@@ -396,12 +416,14 @@ export class MatrixGateway implements MatrixActions {
    * @param asUserId a member of the room (default: the bot)
    */
   async stateContent(roomId: string, type: string, stateKey: string, asUserId?: string): Promise<Record<string, unknown> | null> {
-    try {
-      return (await this.intent(asUserId).matrixClient.getRoomStateEventContent(roomId, type, stateKey)) as Record<string, unknown>;
-    } catch (err) {
-      if (errcodeOf(err) === "M_NOT_FOUND") return null;
-      throw err;
-    }
+    return this.#roomState.state(roomId, type, stateKey, async () => {
+      try {
+        return (await this.intent(asUserId).matrixClient.getRoomStateEventContent(roomId, type, stateKey)) as Record<string, unknown>;
+      } catch (err) {
+        if (errcodeOf(err) === "M_NOT_FOUND") return null;
+        throw err;
+      }
+    });
   }
 
   /** Whether the room has `m.room.encryption` state (Client-Server API, "End-to-End Encryption"). */
