@@ -146,8 +146,8 @@ interface MailparserRun {
 /** Bytes of the message handed to mailparser per write. */
 const FEED_SLICE_BYTES = 64 * 1024;
 
-/** Options of mailparser: the bridge converts HTML itself and keeps `cid:` links. */
-const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true } as const;
+/** Options of mailparser: the bridge converts HTML itself, keeps `cid:` links and needs no attachment checksums. */
+const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true, checksumAlgo: false } as const;
 
 /**
  * Run mailparser's streaming parser over `raw`, handing each attachment's decoded content to
