@@ -4,7 +4,7 @@
  * The mail and its Message-ID mapping are committed before this returns.
  */
 import type { BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
-import { composeMail } from "../mail/outbound/compose.ts";
+import { composeMail, type MailFile } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { parseGhost, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
 import { matrixToMail, type MessageContent } from "./format.ts";
@@ -32,6 +32,10 @@ export interface OutboundHandlerOptions {
   onQueued: () => void;
   /** Per-user sending limits (`outbound.max_mails_per_user_per_hour`, `…_new_recipients_per_user_per_day`; 0: none). */
   limits: { mailsPerHour: number; newRecipientsPerDay: number };
+  /** `outbound.max_attachment_bytes`: larger Matrix files go as a link to their event, in bytes. */
+  maxAttachmentBytes: number;
+  /** `outbound.mail_notices`: whether `m.notice` messages are mailed. */
+  mailNotices: boolean;
 }
 
 /** Why a room message was not sent by mail; the text is posted as a notice. */
@@ -43,6 +47,8 @@ export class NotSentError extends Error {
 }
 
 const TEXT_TYPES = new Set(["m.text", "m.notice", "m.emote"]);
+/** File messages sent as attachments (Client-Server API, "m.room.message msgtypes"). */
+const FILE_TYPES = new Set(["m.image", "m.file", "m.audio", "m.video"]);
 
 /** Handles room messages from Matrix users in portals. */
 export class OutboundHandler {
@@ -80,15 +86,29 @@ export class OutboundHandler {
 
   /**
    * Send a room message by mail.
-   * @returns the Message-ID queued, or null when the portal has no email participants
-   * @throws NotSentError with a user-facing reason (unsupported message type, sender without a mailbox)
+   *
+   * - `m.text`, `m.emote`, and `m.notice` when `outbound.mail_notices` is on: the text and HTML.
+   * - `m.image`, `m.file`, `m.audio`, `m.video`: the file attached, downloaded through the
+   *   authenticated media API; a caption (`body` differing from `filename`, Client-Server API
+   *   "m.file"/"m.image") is the mail's text. A file over `outbound.max_attachment_bytes` is
+   *   sent as a link to its Matrix event instead, with a line saying why.
+   * - an edit (`m.replace`) of a message that went by mail: a short "Correction:" mail in the
+   *   same thread, to the same recipients ({@link correction}).
+   * - `m.notice` (by default): nothing; it stays in Matrix.
+   * @returns the Message-ID queued, or null when nothing is mailed (no email participants, a
+   *   notice, an edit of a message that was never mailed, a replayed event)
+   * @throws NotSentError with a user-facing reason (unsupported message type, sender without a mailbox, limits)
+   * @throws the homeserver's error when a file cannot be downloaded now (the event is retried)
    */
   async handle(event: RoomMessageEvent, portal: PortalRow): Promise<string | null> {
     const { store, matrix, ids } = this.opts;
     const rel = event.content["m.relates_to"];
-    if (rel?.rel_type === "m.replace") throw new NotSentError("Edits are not sent by email; the original message was already sent.");
-    if (!TEXT_TYPES.has(event.content.msgtype ?? "")) {
-      throw new NotSentError(`Messages of type ${event.content.msgtype ?? "(none)"} are not sent by email yet; only text is.`);
+    if (rel?.rel_type === "m.replace") return this.correction(event, portal, rel.event_id ?? null);
+    const msgtype = event.content.msgtype ?? "";
+    if (msgtype === "m.notice" && !this.opts.mailNotices) return null; // what bots say stays in Matrix
+    const isFile = FILE_TYPES.has(msgtype);
+    if (!TEXT_TYPES.has(msgtype) && !isFile) {
+      throw new NotSentError(`Messages of type ${msgtype || "(none)"} are not sent by email; text, emotes, images, files, audio and video are.`);
     }
     if (await store.getOutboundByEvent(event.event_id)) return null; // replayed transaction
     const from = personalAddress(event.sender, ids);
@@ -102,11 +122,85 @@ export class OutboundHandler {
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
     const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName);
+    const body = isFile ? await this.fileBody(event) : { ...matrixToMail(event.content, senderName), attachments: [] };
+    return this.queueMail({ event, portal, from, senderName, subject, parent, plan, body });
+  }
+
+  /**
+   * An edit (`m.replace`, Client-Server API "Event replacements") of a message that went by
+   * mail: a "Correction:" mail with the new text, In-Reply-To the edited message's mail, to the
+   * recipients that mail had. An edit of a message that was never mailed (or by someone else
+   * than its sender, which the spec makes invalid) mails nothing.
+   * @returns the Message-ID queued, or null when nothing is mailed
+   */
+  private async correction(event: RoomMessageEvent, portal: PortalRow, originalId: string | null): Promise<string | null> {
+    const { store, matrix, ids } = this.opts;
+    if (await store.getOutboundByEvent(event.event_id)) return null; // replayed transaction
+    const original = originalId ? await store.getMessageByEvent(portal.roomId, originalId) : null;
+    const from = personalAddress(event.sender, ids);
+    if (!original || original.direction !== "outbound" || original.sender !== from) {
+      log.info("edit of a message that was not mailed by its sender: nothing sent", { roomId: portal.roomId, eventId: event.event_id, edited: originalId });
+      return null;
+    }
+    const plan = { envelope: original.participants, to: original.viaList ? [] : original.participants, list: original.viaList };
+    if (plan.envelope.length === 0) return null;
+    await this.checkLimits(from, plan.envelope, event);
+    const newContent = event.content["m.new_content"] ?? event.content;
+    const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
+    const subject = `Correction: ${(original.subject ?? "").replace(/^(?:(?:re|correction):\s*)+/i, "")}`.trim();
+    const body = { ...matrixToMail({ ...newContent, msgtype: newContent.msgtype ?? "m.text" }, senderName), attachments: [] };
+    return this.queueMail({ event, portal, from, senderName, subject, parent: original, plan, body, threadSubject: original.subject });
+  }
+
+  /**
+   * A file message's body: the file attached, or (over `max_attachment_bytes`) a link to the
+   * event; the caption as the text.
+   * @throws NotSentError for an encrypted file or one without a URL
+   * @throws the homeserver's error when the download fails
+   */
+  private async fileBody(event: RoomMessageEvent): Promise<{ text: string; html: string | null; attachments: MailFile[] }> {
+    const c = event.content;
+    if (typeof c.url !== "string") throw new NotSentError("This file cannot be sent by email: it has no media URL (an encrypted file?).");
+    const filename = (typeof c.filename === "string" && c.filename.trim()) || (c.body ?? "").trim() || "file";
+    const caption = typeof c.filename === "string" && c.body !== undefined && c.body !== c.filename ? c.body : null;
+    const limit = this.opts.maxAttachmentBytes;
+    const declared = typeof c.info?.size === "number" ? c.info.size : null;
+    const download = declared !== null && declared > limit ? ({ tooLarge: true } as const) : await this.opts.matrix.downloadContent(c.url, limit);
+    if (download.tooLarge) {
+      const link = `https://matrix.to/#/${encodeURIComponent(event.room_id)}/${encodeURIComponent(event.event_id)}`;
+      const size = declared !== null ? ` (${declared} bytes)` : "";
+      const line = `📎 ${filename}${size} is larger than this bridge sends by email (${limit} bytes). It is in the Matrix room: ${link}`;
+      log.info("file too large for mail, sent as a link", { roomId: event.room_id, eventId: event.event_id, size: declared, limit });
+      const text = caption ? `${caption}\n\n${line}` : line;
+      return { text, html: null, attachments: [] };
+    }
+    const mimetype = typeof c.info?.mimetype === "string" && c.info.mimetype ? c.info.mimetype : (download.contentType ?? "application/octet-stream");
+    return { text: caption ?? "", html: null, attachments: [{ filename, contentType: mimetype, content: download.data }] };
+  }
+
+  /**
+   * Compose, sign and commit one mail (its Message-ID mapping and its queue row), then wake the
+   * queue. Idempotent on the event: a replay finds the mapping and queues nothing new.
+   * @returns the Message-ID
+   */
+  private async queueMail(m: {
+    event: RoomMessageEvent;
+    portal: PortalRow;
+    from: string;
+    senderName: string;
+    subject: string;
+    parent: MessageRow | null;
+    plan: { envelope: string[]; to: string[]; list: boolean };
+    body: { text: string; html: string | null; attachments: MailFile[] };
+    /** Subject kept in the mapping (what replies continue), when not `subject`. */
+    threadSubject?: string | null;
+  }): Promise<string> {
+    const { store, ids } = this.opts;
+    const { event, portal, from, senderName, subject, parent, plan, body } = m;
     const existing = await store.getMessageByEvent(portal.roomId, event.event_id);
     const messageId = existing?.messageId ?? mintMessageId(ids.mailDomain);
     const references = parent ? [...parent.references, parent.messageId] : [];
     const names = await Promise.all(plan.to.map(async (address) => (await store.getGhostByAddress(address))?.displayName ?? null));
-    const body = matrixToMail(event.content, senderName);
     const mailbox = portal.kind === "mailbox" ? await store.getRoomMailboxByRoom(portal.roomId) : null;
     const list = mailbox ? `${mailbox.localpart}@${ids.mailDomain}` : null;
     const listHeaders: Record<string, string> = mailbox
@@ -125,6 +219,7 @@ export class OutboundHandler {
         subject,
         text: body.text,
         html: body.html,
+        attachments: body.attachments,
         messageId,
         inReplyTo: parent?.messageId ?? null,
         references,
@@ -141,13 +236,13 @@ export class OutboundHandler {
       references,
       direction: "outbound",
       sender: from,
-      subject,
+      subject: m.threadSubject !== undefined ? m.threadSubject : subject,
       participants: plan.envelope,
       viaList: plan.list,
     });
     const { duplicate } = await store.enqueueOutbound({ roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: plan.envelope, raw });
     if (!duplicate) {
-      log.info("mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: plan.envelope.length, list: plan.list });
+      log.info("mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: plan.envelope.length, list: plan.list, attachments: body.attachments.length });
       this.opts.onQueued();
     }
     return messageId;

@@ -52,6 +52,12 @@ export interface MessageContent {
   format?: string;
   formatted_body?: string;
   "m.relates_to"?: { "m.in_reply_to"?: { event_id?: string }; rel_type?: string; event_id?: string };
+  /** File messages: the media (`mxc://`), the file's name (when `body` is a caption) and info. */
+  url?: string;
+  filename?: string;
+  info?: { mimetype?: string; size?: number };
+  /** An edit's new content (Client-Server API, "Event replacements"). */
+  "m.new_content"?: MessageContent;
 }
 
 /**

@@ -36,6 +36,14 @@ export interface MatrixActions {
    * `/_matrix/client/v1/media/config`), or null when it sets none. Cached.
    */
   uploadLimitBytes(): Promise<number | null>;
+  /**
+   * Download media through the authenticated media API (`GET /_matrix/client/v1/media/download`)
+   * as the bot, reading at most `maxBytes`.
+   * @returns the bytes and the served Content-Type, or `tooLarge` when there are more than `maxBytes`
+   * @throws Error for an `mxc://` URI that is not one; the homeserver's error (classify it with
+   *   {@link classifyError}) when it refuses or cannot answer
+   */
+  downloadContent(mxc: string, maxBytes: number): Promise<{ tooLarge: false; data: Buffer; contentType: string | null } | { tooLarge: true }>;
   /** What a failed homeserver request means for a retry (see {@link HomeserverFailure}). */
   classifyError(err: unknown): HomeserverFailure;
 }

@@ -121,6 +121,10 @@ export interface OutboundConfig {
   max_messages_per_connection: number;
   /** An outbound SMTP connection unused for this long is closed with QUIT, in ms (RFC 5321 §4.5.3.2: servers wait at least 5 minutes). */
   pool_idle_ms: number;
+  /** Largest Matrix file (m.image, m.file, m.audio, m.video) attached to a mail, in bytes; a larger one is sent as a link to its Matrix event. */
+  max_attachment_bytes: number;
+  /** Whether `m.notice` messages (what bots send) are mailed. */
+  mail_notices: boolean;
   /** Most mails one Matrix user may send per hour; over it the bot says so and nothing is sent. 0: no limit. */
   max_mails_per_user_per_hour: number;
   /** Most addresses one Matrix user may mail for the first time per day. 0: no limit. */
@@ -400,6 +404,8 @@ export const configSchema: SchemaObject = {
         max_connections_per_domain: { type: "integer", minimum: 1, maximum: 100, default: 4, description: "Most SMTP connections in use at once per recipient domain and per MX/relay host; more deliveries wait." },
         max_messages_per_connection: { type: "integer", minimum: 1, maximum: 10000, default: 100, description: "SMTP transactions (one per mail and recipient domain) sent over one connection before it is closed and a new one opened." },
         pool_idle_ms: { type: "integer", minimum: 100, maximum: 300000, default: 30000, description: "Close an outbound SMTP connection after it was unused this long, in ms (at most 5 minutes, RFC 5321 4.5.3.2)." },
+        max_attachment_bytes: { type: "integer", minimum: 0, default: 10000000, description: "Largest Matrix file (image, file, audio, video) attached to a mail, in bytes; a larger one is sent as a link to its Matrix event instead." },
+        mail_notices: { type: "boolean", default: false, description: "Mail m.notice messages too (what bots send); by default they stay in Matrix." },
       },
     },
     dkim: {

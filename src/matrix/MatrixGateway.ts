@@ -489,6 +489,37 @@ export class MatrixGateway implements MatrixActions {
     return pending;
   }
 
+  async downloadContent(mxc: string, maxBytes: number): Promise<{ tooLarge: false; data: Buffer; contentType: string | null } | { tooLarge: true }> {
+    const m = /^mxc:\/\/([^/]+)\/([A-Za-z0-9_-]+)$/.exec(mxc);
+    if (!m) throw new Error(`not an mxc:// URI: ${mxc.slice(0, 100)}`);
+    const client = this.intent().matrixClient;
+    const url = `${this.opts.homeserverUrl.replace(/\/+$/, "")}/_matrix/client/v1/media/download/${encodeURIComponent(m[1]!)}/${encodeURIComponent(m[2]!)}`;
+    const res = await fetch(url, { headers: { authorization: `Bearer ${client.accessToken}` } });
+    if (!res.ok) {
+      const body = (await res.json().catch(() => ({}))) as { errcode?: unknown; error?: unknown };
+      // Shaped like matrix-bot-sdk's errors, so classifyError judges it the same way.
+      throw Object.assign(new Error(`media download failed: ${res.status} ${typeof body.error === "string" ? body.error : res.statusText}`), {
+        statusCode: res.status,
+        body,
+        ...(typeof body.errcode === "string" ? { errcode: body.errcode } : {}),
+      });
+    }
+    const declared = Number(res.headers.get("content-length"));
+    if (Number.isFinite(declared) && declared > maxBytes) {
+      await res.body?.cancel();
+      return { tooLarge: true };
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of res.body ?? []) {
+      size += chunk.length;
+      // Leaving the loop cancels the body (the stream's async iterator returns).
+      if (size > maxBytes) return { tooLarge: true };
+      chunks.push(Buffer.from(chunk));
+    }
+    return { tooLarge: false, data: Buffer.concat(chunks, size), contentType: res.headers.get("content-type") };
+  }
+
   /**
    * Judge a failed request: see {@link HomeserverFailure}. matrix-bot-sdk's errors carry
    * `statusCode`, `errcode`/`body.errcode` and `retryAfterMs`; network failures carry a `code`.

@@ -17,6 +17,15 @@ export interface MailAddress {
   address: string;
 }
 
+/** A file attached to an outgoing mail. */
+export interface MailFile {
+  /** File name shown to the recipient (RFC 2231 encoded when not ASCII); controls are replaced. */
+  filename: string;
+  /** MIME type, e.g. `image/png`. */
+  contentType: string;
+  content: Buffer;
+}
+
 /** One outgoing human message, as the bridge hands it to {@link composeMail}. */
 export interface OutgoingMail {
   /** Author (the Matrix sender's personal address, or the room mailbox). */
@@ -41,6 +50,8 @@ export interface OutgoingMail {
   date: Date;
   /** Extra header fields (e.g. `X-Mailer`). Must not name a header set by this module. */
   headers?: Record<string, string>;
+  /** Files attached after the body (`multipart/mixed`, RFC 2046 §5.1.3); base64 encoded. */
+  attachments?: MailFile[];
   /**
    * `Auto-Submitted` (RFC 3834 §5) for mail the bridge writes by itself (a subscription
    * confirmation: `auto-replied`); omitted for human-written messages.
@@ -88,7 +99,7 @@ const ADDRESS = /^[^\s<>,;"\x00-\x1f\x7f]+@[^\s<>,;"@\x00-\x1f\x7f]+$/;
  *
  * Output: CRLF line endings; `multipart/alternative` (text/plain then text/html, RFC 2046
  * §5.1.4: last part is the preferred one) when `html` is given, else a single text/plain
- * part; UTF-8 everywhere, non-ASCII headers as RFC 2047 encoded words. `Message-ID`,
+ * part; inside a `multipart/mixed` with the `attachments` after it when there are any; UTF-8 everywhere, non-ASCII headers as RFC 2047 encoded words. `Message-ID`,
  * `In-Reply-To` and `References` (RFC 5322 §3.6.4) carry `<id>` forms. `Auto-Submitted`
  * (RFC 3834) is set only when `autoSubmitted` asks for it (mail the bridge writes itself).
  *
@@ -134,6 +145,9 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     ...(references.length > 0 ? { references } : {}),
     date: msg.date,
     headers,
+    ...(msg.attachments?.length
+      ? { attachments: msg.attachments.map((a) => ({ filename: cleanText(a.filename).trim() || "file", contentType: a.contentType, content: a.content, contentTransferEncoding: "base64" as const })) }
+      : {}),
     newline: "win",
     // Content comes from Matrix users: never let nodemailer read files or URLs for it.
     disableFileAccess: true,

@@ -1,0 +1,117 @@
+/**
+ * Matrix → email content, end to end: files from a real client become attachments (bytes
+ * compared), a file over `outbound.max_attachment_bytes` becomes a link, an edit becomes a
+ * "Correction:" mail in the thread, notices and reactions stay in Matrix. A real Synapse, the
+ * bridge in-process (SQLite), the loopback SMTP sink as the remote MTA; the mail is read back
+ * with mailparser and its DKIM signature checked.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { simpleParser } from "mailparser";
+import { dkimVerify } from "mailauth";
+import { startEnv, type E2eEnv } from "./env.ts";
+import type { MatrixTestClient } from "../harness/matrixClient.ts";
+import type { SinkMail } from "../harness/smtpSink.ts";
+import { DnsResolver } from "../../src/mail/dns.ts";
+
+const BOB_GHOST = "@email_bob=40example.org:localhost";
+const LIMIT = 50_000;
+
+describe("Matrix → email content (files, edits, notices, reactions)", () => {
+  let env: E2eEnv;
+  let alice: MatrixTestClient;
+  let roomId: string;
+
+  before(async () => {
+    env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"], config: { outbound: { max_attachment_bytes: LIMIT } } });
+    alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
+    roomId = await alice.createRoom({ preset: "private_chat", name: "Files" });
+    await alice.invite(roomId, BOB_GHOST);
+    await alice.waitForMembership(roomId, BOB_GHOST, "join");
+  });
+  after(async () => {
+    await env?.stop();
+  });
+
+  /** Upload through the Client-Server API (`POST /_matrix/media/v3/upload`); returns the mxc URI. */
+  async function upload(data: Buffer, contentType: string, filename: string): Promise<string> {
+    const res = await fetch(`${env.synapse.url}/_matrix/media/v3/upload?filename=${encodeURIComponent(filename)}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": contentType },
+      body: data,
+    });
+    assert.equal(res.status, 200, `upload: ${await res.clone().text()}`);
+    return ((await res.json()) as { content_uri: string }).content_uri;
+  }
+
+  async function mailFor(marker: string): Promise<SinkMail> {
+    return env.sink.waitForMail((m) => m.rcptTo.includes("bob@example.org") && m.raw.includes(marker));
+  }
+
+  async function dkimPasses(raw: Buffer): Promise<void> {
+    const lookup = new DnsResolver({ nameservers: [env.dns.nameserver], timeoutMs: 1000, tries: 1, cacheEntries: 0, cacheTtlMs: 0 }).lookup;
+    const result = await dkimVerify(raw, { resolver: lookup as never });
+    assert.equal(result.results[0]?.status.result, "pass", JSON.stringify(result.results));
+  }
+
+  it("an image with a caption becomes an attachment, byte for byte, with the caption as the text", async () => {
+    const png = Buffer.concat([Buffer.from("89504e470d0a1a0a", "hex"), randomBytes(20_000)]);
+    const url = await upload(png, "image/png", "cat.png");
+    await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.image", body: "Look at this cat (caption-1)", filename: "cat.png", url, info: { mimetype: "image/png", size: png.length } });
+    const sent = await mailFor("caption-1");
+    const mail = await simpleParser(sent.raw);
+    assert.match(mail.text ?? "", /Look at this cat \(caption-1\)/);
+    assert.equal(mail.attachments.length, 1);
+    const att = mail.attachments[0]!;
+    assert.equal(att.filename, "cat.png");
+    assert.equal(att.contentType, "image/png");
+    assert.ok(att.content.equals(png), "the attachment is the uploaded bytes");
+    await dkimPasses(sent.raw);
+  });
+
+  it("a file without a caption is attached under its name; the body is its name", async () => {
+    const data = randomBytes(3000);
+    const url = await upload(data, "application/pdf", "report-2.pdf");
+    await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.file", body: "report-2.pdf", url, info: { mimetype: "application/pdf", size: data.length } });
+    const sent = await mailFor("report-2.pdf");
+    const mail = await simpleParser(sent.raw);
+    assert.equal(mail.attachments[0]?.filename, "report-2.pdf");
+    assert.ok(mail.attachments[0]?.content.equals(data));
+  });
+
+  it("a file over outbound.max_attachment_bytes is sent as a link to its event, with why", async () => {
+    const data = randomBytes(LIMIT + 1000);
+    const url = await upload(data, "video/mp4", "big-3.mp4");
+    // The size in info is left out: the bridge stops reading at the limit.
+    const eventId = await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.video", body: "holiday video (big-3)", filename: "big-3.mp4", url });
+    const sent = await mailFor("big-3");
+    const mail = await simpleParser(sent.raw);
+    assert.equal(mail.attachments.length, 0);
+    assert.match(mail.text ?? "", /holiday video \(big-3\)/);
+    assert.match(mail.text ?? "", new RegExp(`big-3\\.mp4 is larger than this bridge sends by email \\(${LIMIT} bytes\\)`));
+    assert.ok((mail.text ?? "").includes(`https://matrix.to/#/${encodeURIComponent(roomId)}/${encodeURIComponent(eventId)}`));
+  });
+
+  it("an edit sends a short Correction: mail in the same thread; notices and reactions are not mailed", async () => {
+    const original = await alice.sendText(roomId, "We meet at five (edit-4)");
+    const first = await simpleParser((await mailFor("edit-4")).raw);
+    await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.notice", body: "a bot's notice (notice-5)" });
+    await alice.sendEvent(roomId, "m.reaction", { "m.relates_to": { rel_type: "m.annotation", event_id: original, key: "👍" } });
+    await alice.sendEvent(roomId, "m.room.message", {
+      msgtype: "m.text",
+      body: "* We meet at six (edit-4b)",
+      "m.new_content": { msgtype: "m.text", body: "We meet at six (edit-4b)" },
+      "m.relates_to": { rel_type: "m.replace", event_id: original },
+    });
+    const correction = await simpleParser((await mailFor("edit-4b")).raw);
+    assert.equal(correction.subject, `Correction: ${first.subject}`);
+    assert.equal(correction.inReplyTo, first.messageId);
+    assert.match(String(correction.references), new RegExp(first.messageId!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
+    assert.match(correction.text ?? "", /We meet at six \(edit-4b\)/);
+    assert.doesNotMatch(correction.text ?? "", /^\* /, "the edit's fallback star is not mailed");
+    // The notice and the reaction came before the edit in the room: nothing of them was mailed.
+    assert.ok(!env.sink.mails.some((m) => m.raw.includes("notice-5")), "the notice stays in Matrix");
+    assert.equal(env.sink.mails.filter((m) => m.raw.includes("edit-4")).length, 2, "the original and the correction, nothing for the reaction");
+  });
+});
