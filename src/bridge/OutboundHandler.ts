@@ -7,7 +7,7 @@ import type { BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
 import { composeMail, type MailFile } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { parseGhost, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
-import { matrixToMail, type MessageContent } from "./format.ts";
+import { matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
@@ -122,7 +122,9 @@ export class OutboundHandler {
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
     const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName);
-    const body = isFile ? await this.fileBody(event) : { ...matrixToMail(event.content, senderName), attachments: [] };
+    const replyTo = rel?.["m.in_reply_to"]?.event_id;
+    const quote = replyTo ? await this.quoteOf(portal, replyTo) : null;
+    const body = isFile ? await this.fileBody(event) : { ...matrixToMail(event.content, senderName, quote), attachments: [] };
     return this.queueMail({ event, portal, from, senderName, subject, parent, plan, body });
   }
 
@@ -150,6 +152,24 @@ export class OutboundHandler {
     const subject = `Correction: ${(original.subject ?? "").replace(/^(?:(?:re|correction):\s*)+/i, "")}`.trim();
     const body = { ...matrixToMail({ ...newContent, msgtype: newContent.msgtype ?? "m.text" }, senderName), attachments: [] };
     return this.queueMail({ event, portal, from, senderName, subject, parent: original, plan, body, threadSubject: original.subject });
+  }
+
+  /**
+   * The message a Matrix reply answers, for the mail quote: its author's display name, time and
+   * text (its own reply fallback removed). Null when the homeserver does not show it any more
+   * (redacted or gone): the mail goes without a quote, the thread headers still link it.
+   * @throws the homeserver's error when it cannot answer now (the event is retried)
+   */
+  private async quoteOf(portal: PortalRow, eventId: string): Promise<QuotedMessage | null> {
+    const { matrix, ids } = this.opts;
+    const reader = portalReader(portal, ids);
+    const ev = await matrix.roomEvent(portal.roomId, eventId, reader);
+    if (!ev || typeof ev.content.body !== "string") {
+      log.info("the message replied to is not readable: mailed without a quote", { roomId: portal.roomId, eventId });
+      return null;
+    }
+    const { body } = stripReplyFallback(ev.content as MessageContent);
+    return { name: await matrix.displayName(portal.roomId, ev.sender, reader), date: new Date(ev.originServerTs), text: body.trim() };
   }
 
   /**

@@ -85,17 +85,48 @@ export function escapeHtml(s: string): string {
 }
 
 /**
- * Mail body parts for a Matrix message: text from `body`, HTML from `formatted_body`
- * (sanitized again: a Matrix client's HTML is untrusted too). `m.emote` becomes
- * `* Name text`; `m.notice` is sent as text.
- * @param senderName display name of the Matrix sender, used for emotes
+ * Mentions (pills, Client-Server API "User and room mentions"): a link to
+ * `https://matrix.to/#/@user:server` (or `#alias`, `!room`) shown as its text, the display name
+ * the client put there, without the link: a matrix.to link means nothing to a mail reader.
+ * @param html `formatted_body` (before sanitizing)
+ * @returns the HTML with mention links replaced by their (escaped-as-given) text
  */
-export function matrixToMail(content: MessageContent, senderName: string): MailBody {
+export function unpillHtml(html: string): string {
+  return html.replace(/<a\s[^>]*href\s*=\s*["']https:\/\/matrix\.to\/#\/[@#!][^"']*["'][^>]*>([\s\S]*?)<\/a>/gi, "$1");
+}
+
+/** The message a mail answers, quoted under the new text the way mail clients do. */
+export interface QuotedMessage {
+  /** Display name of its author. */
+  name: string;
+  /** When it was sent. */
+  date: Date;
+  /** Its plain text (its own reply fallback already removed). */
+  text: string;
+}
+
+/**
+ * Mail body parts for a Matrix message: text from `body`, HTML from `formatted_body`
+ * (mentions shown as names, sanitized again: a Matrix client's HTML is untrusted too).
+ * `m.emote` becomes `* Name text`; `m.notice` is sent as text. The Matrix reply fallback is
+ * removed; with `quote`, the message replied to follows as a mail quote: `On <date>, <name>
+ * wrote:` and `> ` lines (RFC 3676 §4.5 quoting), a `<blockquote>` in the HTML.
+ * @param senderName display name of the Matrix sender, used for emotes
+ * @param quote the message replied to, or null
+ */
+export function matrixToMail(content: MessageContent, senderName: string, quote: QuotedMessage | null = null): MailBody {
   const { body, formatted } = stripReplyFallback(content);
-  if (content.msgtype === "m.emote") {
-    return { text: `* ${senderName} ${body}`, html: formatted ? `* ${escapeHtml(senderName)} ${sanitizeHtml(formatted)}` : null };
-  }
-  return { text: body, html: formatted ? sanitizeHtml(formatted) : null };
+  const html = formatted ? sanitizeHtml(unpillHtml(formatted)) : null;
+  const base =
+    content.msgtype === "m.emote"
+      ? { text: `* ${senderName} ${body}`, html: html !== null ? `* ${escapeHtml(senderName)} ${html}` : null }
+      : { text: body, html };
+  if (!quote) return base;
+  const attribution = `On ${quote.date.toUTCString()}, ${quote.name} wrote:`;
+  const quoted = quote.text.split(/\r?\n/).map((l) => (l ? `> ${l}` : ">")).join("\n");
+  const text = `${base.text}\n\n${attribution}\n${quoted}`;
+  const htmlQuote = `<p>${escapeHtml(attribution)}</p><blockquote>${escapeHtml(quote.text).replace(/\n/g, "<br>")}</blockquote>`;
+  return { text, html: `${base.html ?? escapeHtml(base.text).replace(/\n/g, "<br>")}${htmlQuote}` };
 }
 
 /** A parsed mail, as far as posting it into Matrix needs. */

@@ -27,6 +27,12 @@ export interface MatrixActions {
   /** Who created a room (the sender of its `m.room.create`), read as `asUserId`, a member. */
   roomCreator(roomId: string, asUserId: string): Promise<string>;
   stateContent(roomId: string, type: string, stateKey: string, asUserId?: string): Promise<Record<string, unknown> | null>;
+  /**
+   * One event of a room (`GET /rooms/{roomId}/event/{eventId}`), read as `asUserId` (a member).
+   * @returns its sender, time (epoch ms) and content, or null when the homeserver does not show it (404)
+   * @throws the homeserver's error for anything else
+   */
+  roomEvent(roomId: string, eventId: string, asUserId?: string): Promise<{ sender: string; originServerTs: number; content: Record<string, unknown> } | null>;
   isEncrypted(roomId: string, asUserId?: string): Promise<boolean>;
   powerLevel(roomId: string, userId: string, asUserId?: string): Promise<number>;
   displayName(roomId: string, userId: string, asUserId?: string): Promise<string>;

@@ -426,6 +426,20 @@ export class MatrixGateway implements MatrixActions {
     });
   }
 
+  async roomEvent(roomId: string, eventId: string, asUserId?: string): Promise<{ sender: string; originServerTs: number; content: Record<string, unknown> } | null> {
+    try {
+      const ev = (await this.intent(asUserId).matrixClient.getEvent(roomId, eventId)) as { sender?: unknown; origin_server_ts?: unknown; content?: unknown };
+      return {
+        sender: typeof ev.sender === "string" ? ev.sender : "",
+        originServerTs: typeof ev.origin_server_ts === "number" ? ev.origin_server_ts : 0,
+        content: typeof ev.content === "object" && ev.content !== null ? (ev.content as Record<string, unknown>) : {},
+      };
+    } catch (err) {
+      if (errcodeOf(err) === "M_NOT_FOUND" || statusOf(err) === 404) return null;
+      throw err;
+    }
+  }
+
   /** Whether the room has `m.room.encryption` state (Client-Server API, "End-to-End Encryption"). */
   async isEncrypted(roomId: string, asUserId?: string): Promise<boolean> {
     return (await this.stateContent(roomId, "m.room.encryption", "", asUserId)) !== null;

@@ -114,4 +114,25 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     assert.ok(!env.sink.mails.some((m) => m.raw.includes("notice-5")), "the notice stays in Matrix");
     assert.equal(env.sink.mails.filter((m) => m.raw.includes("edit-4")).length, 2, "the original and the correction, nothing for the reaction");
   });
+
+  it("a Matrix reply is mailed with the message it answers quoted; mentions show as names, without matrix.to links", async () => {
+    const asked = await alice.sendText(roomId, "Shall we bring cake?\nOr pie? (quote-6)");
+    const firstMail = await simpleParser((await mailFor("quote-6")).raw);
+    await alice.sendEvent(roomId, "m.room.message", {
+      msgtype: "m.text",
+      body: "> <@alice:localhost> Shall we bring cake?\n> Or pie? (quote-6)\n\nBob: cake, surely (answer-6)",
+      format: "org.matrix.custom.html",
+      formatted_body:
+        `<mx-reply><blockquote><a href="https://matrix.to/#/${roomId}/${asked}">In reply to</a> <a href="https://matrix.to/#/@alice:localhost">@alice:localhost</a><br>Shall we bring cake?</blockquote></mx-reply>` +
+        `<a href="https://matrix.to/#/${BOB_GHOST}">Bob</a>: cake, <em>surely</em> (answer-6)`,
+      "m.relates_to": { "m.in_reply_to": { event_id: asked } },
+    });
+    const mail = await simpleParser((await mailFor("answer-6")).raw);
+    assert.equal(mail.inReplyTo, firstMail.messageId);
+    assert.match(mail.text ?? "", /^Bob: cake, surely \(answer-6\)\n\nOn .+, Alice wrote:\n> Shall we bring cake\?\n> Or pie\? \(quote-6\)/);
+    const html = String(mail.html);
+    assert.ok(!html.includes("matrix.to"), `no matrix.to links in the HTML: ${html}`);
+    assert.match(html, /Bob: cake, <em>surely<\/em> \(answer-6\)/);
+    assert.match(html, /Alice wrote:.*<blockquote>Shall we bring cake\?<br>Or pie\? \(quote-6\)<\/blockquote>/s);
+  });
 });

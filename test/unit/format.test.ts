@@ -1,6 +1,6 @@
 import { it } from "node:test";
 import assert from "node:assert/strict";
-import { mailToMatrix, matrixToMail, stripReplyFallback } from "../../src/bridge/format.ts";
+import { mailToMatrix, matrixToMail, stripReplyFallback, unpillHtml } from "../../src/bridge/format.ts";
 
 it("strips the rich-reply fallback from replies only", () => {
   const reply = {
@@ -29,4 +29,17 @@ it("shows the subject when a mail starts a conversation, escapes text as HTML", 
   assert.equal(reply.body, "ok");
   assert.equal(reply.formatted_body, "<p>ok</p>");
   assert.equal(reply.msgtype, "m.text");
+});
+
+it("matrixToMail: mentions lose their matrix.to link; a quote follows the text in both parts", () => {
+  assert.equal(unpillHtml('Hi <a href="https://matrix.to/#/@bob:hs">Bob</a> and <a href=\'https://matrix.to/#/#room:hs\'>#room</a>, <a href="https://example.org">site</a>'), 'Hi Bob and #room, <a href="https://example.org">site</a>');
+  const body = matrixToMail(
+    { msgtype: "m.text", body: "Yes!", format: "org.matrix.custom.html", formatted_body: '<a href="https://matrix.to/#/@bob:hs">Bob</a>: <b>yes</b>!' },
+    "Alice",
+    { name: "Bob <b>", date: new Date(Date.UTC(2026, 10, 2, 10, 0)), text: "Tea?\n\nAt five" },
+  );
+  assert.equal(body.text, "Yes!\n\nOn Mon, 02 Nov 2026 10:00:00 GMT, Bob <b> wrote:\n> Tea?\n>\n> At five");
+  assert.equal(body.html, "Bob: <b>yes</b>!<p>On Mon, 02 Nov 2026 10:00:00 GMT, Bob &lt;b&gt; wrote:</p><blockquote>Tea?<br><br>At five</blockquote>");
+  const plain = matrixToMail({ msgtype: "m.emote", body: "waves" }, "Alice", null);
+  assert.deepEqual(plain, { text: "* Alice waves", html: null });
 });
