@@ -172,6 +172,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     limits: { mailsPerHour: config.outbound.max_mails_per_user_per_hour, newRecipientsPerDay: config.outbound.max_new_recipients_per_user_per_day },
     maxAttachmentBytes: config.outbound.max_attachment_bytes,
     mailNotices: config.outbound.mail_notices,
+    batchDelayMs: config.outbound.batch_delay_ms,
   });
   const botDisplayName = config.appservice.bot_displayname;
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName, notices });

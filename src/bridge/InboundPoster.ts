@@ -14,15 +14,19 @@
  * - what truly cannot be posted is given up loudly: a notice in the room when there is one,
  *   the sender hears why (a DSN, through `onUndeliverable`), and the raw mail stays in the
  *   store (`matrix-email-bridge queue show`).
+ * A reply is a rich reply in DM and group portals and a thread message in a room mailbox
+ * (bridge/threads.ts); HTML is cut to the spec's nesting and deceptive links show their target
+ * (bridge/sanitize.ts); attachment names lose control and bidi characters ({@link cleanFilename}).
  * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
-import type { AuthFields, BridgeStore, InboundRow, PortalRow } from "../store/Store.ts";
+import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow } from "../store/Store.ts";
 import { forEachAttachment, parseMail, stripQuotedReply, type ParsedMailSummary } from "../mail/inbound/parse.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
 import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
-import { sanitizeHtml } from "./sanitize.ts";
+import { sanitizeMailHtml } from "./sanitize.ts";
+import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
 import type { NoticeService } from "./NoticeService.ts";
 import type { HomeserverFailure, MatrixActions } from "./ports.ts";
@@ -232,13 +236,15 @@ export class InboundPoster {
     const verdict = authContent(row.auth);
     const { content, cut } = this.content(row, mail);
     content[AUTH_FIELD] = verdict;
-    if (row.replyToEventId) content["m.relates_to"] = { "m.in_reply_to": { event_id: row.replyToEventId } };
-    const eventId = await matrix.sendEvent(ghost.userId, roomId, "m.room.message", content, `meb-in-${row.id}`);
+    const parent = row.replyToEventId ? await store.getMessageByEvent(roomId, row.replyToEventId) : null;
+    const { eventId, threadRoot } = await this.sendMessage(row, ghost, roomId, content, parent, mail);
+    // A thread message's files go into its thread too, falling back to the message itself.
+    const fileRelation: ThreadRelation | null = threadRoot ? { rel_type: "m.thread", event_id: threadRoot, is_falling_back: true, "m.in_reply_to": { event_id: eventId } } : null;
     await store.insertMessage({
       roomId,
       eventId,
       messageId: row.messageId,
-      references: mail.references,
+      references: storedReferences(mail.references, parent),
       direction: "inbound",
       sender: row.sender,
       subject: mail.subject,
@@ -249,15 +255,55 @@ export class InboundPoster {
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from(mail.text, "utf8") });
     // What did not decode is not lost: the original goes with what could be read.
     if (mail.losses.length > 0) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
-    for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict);
+    for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation);
     // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
     if (mail.attachments.length > 0) {
       await forEachAttachment(row.raw, (att, i) =>
-        this.postFile(row, ghost, roomId, { filename: att.filename ?? `attachment-${i + 1}`, contentType: att.contentType, content: att.content }, files.length + i, verdict),
+        this.postFile(row, ghost, roomId, { filename: cleanFilename(att.filename, i), contentType: att.contentType, content: att.content }, files.length + i, verdict, fileRelation),
       );
     }
     await store.markInboundPosted(row.id, eventId);
     log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId, verified: ghost.verified });
+  }
+
+  /**
+   * Send the message event with its relation: none for a new conversation; a rich reply in DM
+   * and group portals; a thread message in a room mailbox (bridge/threads.ts). A thread the
+   * homeserver refuses with 400 (Client-Server API, "Threading", "Validation of `m.thread`
+   * relationships": the root found has a relation of its own, e.g. a Matrix thread message that
+   * was mailed) is logged and the mail posted as a rich reply instead, with its own txn ID.
+   * @returns the event ID, and the thread root when it was posted as a thread message (else null)
+   * @throws the homeserver's error (the caller retries or gives up)
+   */
+  private async sendMessage(
+    row: InboundRow,
+    ghost: Ghost,
+    roomId: string,
+    content: Record<string, unknown>,
+    parent: MessageRow | null,
+    mail: ParsedMailSummary,
+  ): Promise<{ eventId: string; threadRoot: string | null }> {
+    const { matrix, store } = this.opts;
+    const txnId = `meb-in-${row.id}`;
+    if (!row.replyToEventId) return { eventId: await matrix.sendEvent(ghost.userId, roomId, "m.room.message", content, txnId), threadRoot: null };
+    const portal = await store.getPortalByRoom(roomId);
+    const thread: ThreadRelation | null = portal?.kind === "mailbox" ? await threadRelation(store, roomId, row.replyToEventId, parent, mail) : null;
+    try {
+      const eventId = await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { ...content, "m.relates_to": thread ?? replyRelation(row.replyToEventId) }, txnId);
+      return { eventId, threadRoot: thread?.event_id ?? null };
+    } catch (err) {
+      const failure = matrix.classifyError(err);
+      if (!thread || failure.temporary || failure.status !== 400) throw err;
+      log.warn("the homeserver refused the thread, posting the mail as a plain reply", {
+        inbound: row.id,
+        roomId,
+        threadRoot: thread.event_id,
+        replyTo: row.replyToEventId,
+        error: failure.message,
+      });
+      const eventId = await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { ...content, "m.relates_to": replyRelation(row.replyToEventId) }, `${txnId}-reply`);
+      return { eventId, threadRoot: null };
+    }
   }
 
   /**
@@ -363,7 +409,7 @@ export class InboundPoster {
   private content(row: InboundRow, mail: ParsedMailSummary): { content: Record<string, unknown>; cut: boolean } {
     const isReply = row.replyToEventId !== null;
     const text = isReply ? stripQuotedReply(mail.text) : mail.text;
-    const html = !isReply && mail.html ? sanitizeHtml(mail.html) || null : null;
+    const html = !isReply && mail.html ? sanitizeMailHtml(mail.html) || null : null;
     const warnings: string[] = [];
     if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
     if (mail.losses.length > 0) warnings.push(`⚠️ Parts of this mail could not be decoded (${mail.losses.join(", ")}); the original is attached as message.eml.`);
@@ -390,6 +436,7 @@ export class InboundPoster {
    * Post one file. Files over the homeserver's upload limit, and files the homeserver refuses
    * even as `application/octet-stream`, are named in a notice instead: one bad attachment never
    * stops the others. Temporary failures throw (the row is retried; the sends are idempotent).
+   * @param relation the thread the file (or its notice) goes into, or null for the main timeline
    */
   private async postFile(
     row: InboundRow,
@@ -398,13 +445,15 @@ export class InboundPoster {
     file: { filename: string; contentType: string; content: Buffer },
     index: number,
     verdict: AuthFields,
+    relation: ThreadRelation | null,
   ): Promise<void> {
     const { matrix } = this.opts;
     const txnId = `meb-in-${row.id}-att-${index}`;
+    const related = relation ? { "m.relates_to": relation } : {};
     const limit = await matrix.uploadLimitBytes();
     const size = file.content.length;
     const notice = async (why: string): Promise<void> => {
-      await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: "m.notice", body: `📎 ${file.filename} (${size} bytes) ${why}`, [AUTH_FIELD]: verdict }, txnId);
+      await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: "m.notice", body: `📎 ${file.filename} (${size} bytes) ${why}`, [AUTH_FIELD]: verdict, ...related }, txnId);
     };
     if (limit !== null && size > limit) {
       await notice(`is larger than this homeserver's upload limit of ${limit} bytes and was not posted.`);
@@ -430,7 +479,7 @@ export class InboundPoster {
       }
     }
     const msgtype = mimetype.startsWith("image/") ? "m.image" : mimetype.startsWith("audio/") ? "m.audio" : mimetype.startsWith("video/") ? "m.video" : "m.file";
-    await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype, body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict }, txnId);
+    await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype, body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict, ...related }, txnId);
   }
 }
 
@@ -443,6 +492,24 @@ function refusalStatus(failure: HomeserverFailure): string {
   if (failure.errcode === "M_FORBIDDEN" || failure.errcode === "M_NOT_FOUND" || failure.status === 403 || failure.status === 404) return "5.2.1";
   if (failure.errcode === "M_TOO_LARGE" || failure.status === 413) return "5.3.4";
   return "5.6.0";
+}
+
+/**
+ * Characters an attachment's name loses: C0 and C1 controls, DEL, and the bidi controls that
+ * can make a name read differently from what it is (`invoice\u202Etxt.exe` shows as
+ * `invoiceexe.txt`; CVE-2021-42574 "Trojan Source"): LRM, RLM, ALM, LRE..RLO, LRI..PDI.
+ */
+const FILENAME_UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/gu;
+
+/**
+ * The name an attachment is posted under: its name without control and bidi characters
+ * (see {@link FILENAME_UNSAFE}), trimmed; `attachment-N` when nothing is left.
+ * @param filename the name from the mail (Content-Disposition / Content-Type), or null/undefined
+ * @param index the attachment's 0-based position in the mail (N is index + 1)
+ */
+export function cleanFilename(filename: string | null | undefined, index: number): string {
+  const cleaned = (filename ?? "").replace(FILENAME_UNSAFE, "").trim();
+  return cleaned || `attachment-${index + 1}`;
 }
 
 /**

@@ -53,6 +53,10 @@ export class MatrixHandler {
       await this.onEncryptionEnabled(event);
     } else if (event.type === "m.room.message") {
       await this.onMessage(event as unknown as RoomMessageEvent);
+    } else if (event.type === "m.room.redaction") {
+      // Room versions 1–10 put `redacts` at the top level, 11 and later in the content.
+      const redacts = (event as { redacts?: unknown }).redacts ?? event.content.redacts;
+      if (typeof redacts === "string" && event.room_id) await this.opts.outbound.redact(event.room_id, redacts);
     }
   }
 

@@ -3,11 +3,11 @@
  * email participants (the ghosts joined to the room) and queues it for delivery.
  * The mail and its Message-ID mapping are committed before this returns.
  */
-import type { BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
-import { composeMail, type MailFile } from "../mail/outbound/compose.ts";
+import type { BatchPart, BatchState, BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
+import { composeMail, type MailFile, type OutgoingMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { parseGhost, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
-import { matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format.ts";
+import { escapeHtml, matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
@@ -36,6 +36,10 @@ export interface OutboundHandlerOptions {
   maxAttachmentBytes: number;
   /** `outbound.mail_notices`: whether `m.notice` messages are mailed. */
   mailNotices: boolean;
+  /** `outbound.batch_delay_ms`: messages of one person in one portal thread within this many ms go as one mail; 0: off. */
+  batchDelayMs: number;
+  /** Clock in epoch ms (tests). */
+  clock?: () => number;
 }
 
 /** Why a room message was not sent by mail; the text is posted as a notice. */
@@ -49,6 +53,50 @@ export class NotSentError extends Error {
 const TEXT_TYPES = new Set(["m.text", "m.notice", "m.emote"]);
 /** File messages sent as attachments (Client-Server API, "m.room.message msgtypes"). */
 const FILE_TYPES = new Set(["m.image", "m.file", "m.audio", "m.video"]);
+
+/**
+ * A batched mail is held open at most this many batch delays after its first message, however
+ * many messages keep coming.
+ */
+const MAX_BATCH_WINDOWS = 6;
+
+/** Who gets a mail: envelope recipients, the addresses shown in To:, and whether it is a list mail. */
+type RecipientPlan = { envelope: string[]; to: string[]; list: boolean };
+
+/** A room message on its way to becoming mail. */
+interface PendingMail {
+  event: RoomMessageEvent;
+  portal: PortalRow;
+  from: string;
+  senderName: string;
+  subject: string;
+  parent: MessageRow | null;
+  plan: RecipientPlan;
+  body: { text: string; html: string | null; attachments: MailFile[] };
+  /** Subject kept in the mapping (what replies continue), when not `subject`. */
+  threadSubject?: string | null;
+}
+
+/** Which messages may share a batched mail: same room, same sender, same thread (parent Message-ID). */
+function batchKey(roomId: string, sender: string, parentMessageId: string | null): string {
+  return `${roomId}\n${sender}\n${parentMessageId ?? ""}`;
+}
+
+/** What a batched mail is composed from besides its messages, as stored (dates as ISO strings). */
+function mailContext(mail: OutgoingMail): Record<string, unknown> {
+  const { text: _text, html: _html, attachments: _files, date, ...rest } = mail;
+  return { ...rest, date: date.toISOString() };
+}
+
+/**
+ * A batched mail: its stored context with the messages joined, in order: text by blank
+ * lines; HTML (when any message has some) by paragraph breaks, text-only messages escaped.
+ */
+function batchMail(context: Record<string, unknown>, parts: BatchPart[]): OutgoingMail {
+  const text = parts.map((p) => p.text).join("\n\n");
+  const html = parts.some((p) => p.html !== null) ? parts.map((p) => p.html ?? escapeHtml(p.text).replace(/\n/g, "<br>")).join("<br><br>") : null;
+  return { ...(context as unknown as Omit<OutgoingMail, "text" | "html" | "date">), date: new Date(String(context.date)), text, html, attachments: [] };
+}
 
 /** Handles room messages from Matrix users in portals. */
 export class OutboundHandler {
@@ -125,7 +173,69 @@ export class OutboundHandler {
     const replyTo = rel?.["m.in_reply_to"]?.event_id;
     const quote = replyTo ? await this.quoteOf(portal, replyTo) : null;
     const body = isFile ? await this.fileBody(event) : { ...matrixToMail(event.content, senderName, quote), attachments: [] };
-    return this.queueMail({ event, portal, from, senderName, subject, parent, plan, body });
+    const mail = { event, portal, from, senderName, subject, parent, plan, body };
+    // Text that is not an explicit reply waits for more from the same person (the "email delay").
+    if (this.opts.batchDelayMs > 0 && !isFile && !replyTo) return this.batch(mail, batchKey(portal.roomId, event.sender, parent?.messageId ?? null));
+    return this.queueMail(mail);
+  }
+
+  /**
+   * Batching (`outbound.batch_delay_ms`): the message joins the open mail of its sender in this
+   * portal thread, or opens one, held back until `batch_delay_ms` after its last message (at
+   * most {@link MAX_BATCH_WINDOWS} delays after the first). The store changes an open mail only
+   * while the queue has not taken it, so a message is never lost between the two.
+   * @returns the Message-ID of the mail it went into
+   */
+  private async batch(m: PendingMail, key: string): Promise<string> {
+    const { store } = this.opts;
+    const { roomId } = m.portal;
+    const eventId = m.event.event_id;
+    // A replayed event (after a crash) that is already in its mail is not added again; a mapping
+    // whose mail does not hold it (the crash came before the mail changed) is dropped and the
+    // message handled anew.
+    const known = await store.getMessageByEvent(roomId, eventId);
+    if (known) {
+      if (await store.outboundIncludes(known.messageId, eventId)) return known.messageId;
+      await store.deleteMessage(roomId, eventId);
+    }
+    const part: BatchPart = { eventId, text: m.body.text, html: m.body.html };
+    const now = this.#now();
+    const open = await store.openBatch(key, now);
+    if (open) {
+      const state: BatchState = { ...open.state, parts: [...open.state.parts, part] };
+      const closesAt = Math.max(now + 1, Math.min(now + this.opts.batchDelayMs, open.openedAt + MAX_BATCH_WINDOWS * this.opts.batchDelayMs));
+      const raw = await composeMail(batchMail(open.state.mail, state.parts), this.opts.dkim);
+      await this.mapEvent(m, open.messageId, typeof open.state.mail.subject === "string" ? open.state.mail.subject : m.subject, m.plan);
+      if (await store.updateBatch(open.outboundId, raw, state, closesAt, now)) {
+        log.info("message added to a batched mail", { roomId, eventId, messageId: open.messageId, parts: state.parts.length, closesAt });
+        return open.messageId;
+      }
+      // The queue took it meanwhile: this message opens the next one.
+      await store.deleteMessage(roomId, eventId);
+    }
+    return this.queueMail(m, { key, part, closesAt: now + this.opts.batchDelayMs });
+  }
+
+  /**
+   * A redaction (Client-Server API, "Redactions") of a message still waiting in an open batched
+   * mail takes it out (the mail is dropped when nothing is left). A message already mailed
+   * stays mailed: nothing is sent, and nobody is told.
+   */
+  async redact(roomId: string, redactedEventId: string): Promise<void> {
+    const { store } = this.opts;
+    const message = await store.getMessageByEvent(roomId, redactedEventId);
+    if (!message || message.direction !== "outbound") return;
+    const now = this.#now();
+    const open = await store.openBatchByMessageId(message.messageId, now);
+    if (!open || !open.state.parts.some((p) => p.eventId === redactedEventId)) return;
+    const parts = open.state.parts.filter((p) => p.eventId !== redactedEventId);
+    const done =
+      parts.length === 0
+        ? await store.cancelBatch(open.outboundId, now)
+        : await store.updateBatch(open.outboundId, await composeMail(batchMail(open.state.mail, parts), this.opts.dkim), { ...open.state, parts }, open.closesAt, now);
+    if (!done) return; // the queue took it meanwhile: it is mailed as it was
+    await store.deleteMessage(roomId, redactedEventId);
+    log.info(parts.length === 0 ? "redacted the only message of a batched mail: mail dropped" : "redacted message taken out of a batched mail", { roomId, eventId: redactedEventId, messageId: open.messageId });
   }
 
   /**
@@ -144,11 +254,23 @@ export class OutboundHandler {
       log.info("edit of a message that was not mailed by its sender: nothing sent", { roomId: portal.roomId, eventId: event.event_id, edited: originalId });
       return null;
     }
+    const newContent = event.content["m.new_content"] ?? event.content;
+    const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
+    // Edited while its batched mail still waits: the mail changes, nothing extra is sent.
+    const now = this.#now();
+    const open = await store.openBatchByMessageId(original.messageId, now);
+    if (open && open.state.parts.some((p) => p.eventId === originalId)) {
+      const edited = matrixToMail({ ...newContent, msgtype: newContent.msgtype ?? "m.text" }, senderName);
+      const parts = open.state.parts.map((p) => (p.eventId === originalId ? { ...p, text: edited.text, html: edited.html } : p));
+      const raw = await composeMail(batchMail(open.state.mail, parts), this.opts.dkim);
+      if (await store.updateBatch(open.outboundId, raw, { ...open.state, parts }, open.closesAt, now)) {
+        log.info("edit folded into a batched mail", { roomId: portal.roomId, eventId: event.event_id, edited: originalId, messageId: open.messageId });
+        return open.messageId;
+      }
+    }
     const plan = { envelope: original.participants, to: original.viaList ? [] : original.participants, list: original.viaList };
     if (plan.envelope.length === 0) return null;
     await this.checkLimits(from, plan.envelope, event);
-    const newContent = event.content["m.new_content"] ?? event.content;
-    const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
     const subject = `Correction: ${(original.subject ?? "").replace(/^(?:(?:re|correction):\s*)+/i, "")}`.trim();
     const body = { ...matrixToMail({ ...newContent, msgtype: newContent.msgtype ?? "m.text" }, senderName), attachments: [] };
     return this.queueMail({ event, portal, from, senderName, subject, parent: original, plan, body, threadSubject: original.subject });
@@ -200,25 +322,48 @@ export class OutboundHandler {
 
   /**
    * Compose, sign and commit one mail (its Message-ID mapping and its queue row), then wake the
-   * queue. Idempotent on the event: a replay finds the mapping and queues nothing new.
+   * queue. Idempotent on the event: a replay finds the mapping and queues nothing new. With
+   * `batch`, the mail is held open for more messages until `closesAt`.
    * @returns the Message-ID
    */
-  private async queueMail(m: {
-    event: RoomMessageEvent;
-    portal: PortalRow;
-    from: string;
-    senderName: string;
-    subject: string;
-    parent: MessageRow | null;
-    plan: { envelope: string[]; to: string[]; list: boolean };
-    body: { text: string; html: string | null; attachments: MailFile[] };
-    /** Subject kept in the mapping (what replies continue), when not `subject`. */
-    threadSubject?: string | null;
-  }): Promise<string> {
+  private async queueMail(m: PendingMail, batch?: { key: string; part: BatchPart; closesAt: number }): Promise<string> {
     const { store, ids } = this.opts;
-    const { event, portal, from, senderName, subject, parent, plan, body } = m;
+    const { event, portal, from, subject, plan, body } = m;
     const existing = await store.getMessageByEvent(portal.roomId, event.event_id);
     const messageId = existing?.messageId ?? mintMessageId(ids.mailDomain);
+    const outgoing = await this.outgoing(m, messageId);
+    const raw = await composeMail(outgoing, this.opts.dkim);
+    await this.mapEvent(m, messageId, m.threadSubject !== undefined ? m.threadSubject : subject, plan);
+    const row = { roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: plan.envelope, raw };
+    const { duplicate } = batch
+      ? await store.enqueueOutboundBatch(row, { key: batch.key, state: { parts: [batch.part], mail: mailContext(outgoing) }, closesAt: batch.closesAt })
+      : await store.enqueueOutbound(row);
+    if (!duplicate) {
+      log.info(batch ? "mail queued, open for more messages" : "mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: plan.envelope.length, list: plan.list, attachments: body.attachments.length, ...(batch ? { closesAt: batch.closesAt } : {}) });
+      this.opts.onQueued();
+    }
+    return messageId;
+  }
+
+  /** The event → Message-ID mapping (what replies, edits and bounces find the mail by). */
+  private async mapEvent(m: PendingMail, messageId: string, subject: string | null, plan: RecipientPlan): Promise<void> {
+    await this.opts.store.insertMessage({
+      roomId: m.portal.roomId,
+      eventId: m.event.event_id,
+      messageId,
+      references: m.parent ? [...m.parent.references, m.parent.messageId] : [],
+      direction: "outbound",
+      sender: m.from,
+      subject,
+      participants: plan.envelope,
+      viaList: plan.list,
+    });
+  }
+
+  /** The mail for `m`: From, To (names of known ghosts), thread headers, list headers, body. */
+  private async outgoing(m: PendingMail, messageId: string): Promise<OutgoingMail> {
+    const { store, ids } = this.opts;
+    const { event, portal, from, senderName, subject, parent, plan, body } = m;
     const references = parent ? [...parent.references, parent.messageId] : [];
     const names = await Promise.all(plan.to.map(async (address) => (await store.getGhostByAddress(address))?.displayName ?? null));
     const mailbox = portal.kind === "mailbox" ? await store.getRoomMailboxByRoom(portal.roomId) : null;
@@ -232,40 +377,24 @@ export class OutboundHandler {
           "List-Unsubscribe": `<mailto:${mailbox.localpart}+unsubscribe@${ids.mailDomain}>`,
         }
       : {};
-    const raw = await composeMail(
-      {
-        from: { name: senderName, address: from },
-        to: plan.list && list ? [{ name: null, address: list }] : plan.to.map((address, i) => ({ name: names[i] ?? null, address })),
-        subject,
-        text: body.text,
-        html: body.html,
-        attachments: body.attachments,
-        messageId,
-        inReplyTo: parent?.messageId ?? null,
-        references,
-        date: new Date(event.origin_server_ts),
-        replyTo: list ? { name: null, address: list } : null,
-        headers: listHeaders,
-      },
-      this.opts.dkim,
-    );
-    await store.insertMessage({
-      roomId: portal.roomId,
-      eventId: event.event_id,
+    return {
+      from: { name: senderName, address: from },
+      to: plan.list && list ? [{ name: null, address: list }] : plan.to.map((address, i) => ({ name: names[i] ?? null, address })),
+      subject,
+      text: body.text,
+      html: body.html,
+      attachments: body.attachments,
       messageId,
+      inReplyTo: parent?.messageId ?? null,
       references,
-      direction: "outbound",
-      sender: from,
-      subject: m.threadSubject !== undefined ? m.threadSubject : subject,
-      participants: plan.envelope,
-      viaList: plan.list,
-    });
-    const { duplicate } = await store.enqueueOutbound({ roomId: portal.roomId, eventId: event.event_id, messageId, envelopeFrom: from, recipients: plan.envelope, raw });
-    if (!duplicate) {
-      log.info("mail queued", { roomId: portal.roomId, eventId: event.event_id, messageId, recipients: plan.envelope.length, list: plan.list, attachments: body.attachments.length });
-      this.opts.onQueued();
-    }
-    return messageId;
+      date: new Date(event.origin_server_ts),
+      replyTo: list ? { name: null, address: list } : null,
+      headers: listHeaders,
+    };
+  }
+
+  #now(): number {
+    return (this.opts.clock ?? Date.now)();
   }
 
   /**

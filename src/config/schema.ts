@@ -125,6 +125,8 @@ export interface OutboundConfig {
   max_attachment_bytes: number;
   /** Whether `m.notice` messages (what bots send) are mailed. */
   mail_notices: boolean;
+  /** Messages from one person in one portal thread within this many ms go out as one mail; 0: every message at once. */
+  batch_delay_ms: number;
   /** Most mails one Matrix user may send per hour; over it the bot says so and nothing is sent. 0: no limit. */
   max_mails_per_user_per_hour: number;
   /** Most addresses one Matrix user may mail for the first time per day. 0: no limit. */
@@ -406,6 +408,7 @@ export const configSchema: SchemaObject = {
         pool_idle_ms: { type: "integer", minimum: 100, maximum: 300000, default: 30000, description: "Close an outbound SMTP connection after it was unused this long, in ms (at most 5 minutes, RFC 5321 4.5.3.2)." },
         max_attachment_bytes: { type: "integer", minimum: 0, default: 10000000, description: "Largest Matrix file (image, file, audio, video) attached to a mail, in bytes; a larger one is sent as a link to its Matrix event instead." },
         mail_notices: { type: "boolean", default: false, description: "Mail m.notice messages too (what bots send); by default they stay in Matrix." },
+        batch_delay_ms: { type: "integer", minimum: 0, maximum: 600000, default: 5000, description: "Messages from one person in one room thread within this many ms (after the last one) go out as one mail; edits and redactions inside it change that mail. 0: every message is mailed at once." },
       },
     },
     dkim: {

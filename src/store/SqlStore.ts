@@ -3,13 +3,14 @@
  * Statements live in `queries/sql.ts`, row mappers in `queries/rows.ts`.
  */
 import type { Database, Queryable, SqlValue } from "./db/Database.ts";
-import { dbBool, dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
+import { dbBool, dbBuffer, dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
 import * as Q from "./queries/sql.ts";
 import { toGhost, toInbound, toMailbox, toSubscriber, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
 import type { DbRow } from "./queries/rows.ts";
 import { MailboxTakenError } from "./Store.ts";
 import { RawCipher } from "./rawCipher.ts";
 import type {
+  BatchState,
   BridgeStore,
   GhostRow,
   InboundRow,
@@ -22,6 +23,7 @@ import type {
   NewInbound,
   NewMatrixEvent,
   NewOutbound,
+  OpenBatch,
   OutboundAttemptResult,
   OutboundRecipientRow,
   OutboundRecipientUpdate,
@@ -271,6 +273,10 @@ export class SqlStore implements BridgeStore {
     return one(this.db, Q.SQL_MESSAGE_BY_EVENT, [roomId, eventId], toMessage);
   }
 
+  latestMessageInThread(roomId: string, rootMessageId: string): Promise<MessageRow | null> {
+    return one(this.db, Q.SQL_LATEST_IN_THREAD, [roomId, rootMessageId, jsonText(rootMessageId)], toMessage);
+  }
+
   // Inbound queue
 
   /**
@@ -394,6 +400,86 @@ export class SqlStore implements BridgeStore {
       return { row: existing, duplicate: true };
     });
   }
+
+  async enqueueOutboundBatch(mail: NewOutbound, batch: { key: string; state: BatchState; closesAt: number }): Promise<{ row: OutboundRow; duplicate: boolean }> {
+    const now = ms(this.#now());
+    return this.db.transaction(async (tx) => {
+      const inserted = await tx.query<DbRow>(Q.SQL_ENQUEUE_OUTBOUND_BATCH, [
+        mail.roomId,
+        mail.eventId,
+        mail.messageId,
+        mail.envelopeFrom,
+        jsonText(mail.recipients),
+        this.#cipher.seal(mail.raw, "outbound_mail"),
+        now,
+        ms(batch.closesAt),
+        batch.key,
+        this.#sealBatch(batch.state),
+      ]);
+      if (inserted[0]) {
+        const row = this.#toOutbound(inserted[0]);
+        for (const address of mail.recipients) await tx.execute(Q.SQL_INSERT_OUTBOUND_RECIPIENT, [row.id, address, now]);
+        return { row, duplicate: false };
+      }
+      const existing = await one(tx, Q.SQL_OUTBOUND_BY_EVENT, [mail.eventId], this.#toOutbound);
+      if (!existing) throw new Error("outbound insert conflicted but no row was found");
+      return { row: existing, duplicate: true };
+    });
+  }
+
+  openBatch(key: string, now: number): Promise<OpenBatch | null> {
+    return one(this.db, Q.SQL_OPEN_BATCH, [key, ms(now)], this.#toBatch);
+  }
+
+  openBatchByMessageId(messageId: string, now: number): Promise<OpenBatch | null> {
+    return one(this.db, Q.SQL_OPEN_BATCH_BY_MESSAGE_ID, [messageId, ms(now)], this.#toBatch);
+  }
+
+  async updateBatch(outboundId: number, raw: Buffer, state: BatchState, closesAt: number, now: number): Promise<boolean> {
+    const sealed = this.#cipher.seal(raw, "outbound_mail");
+    return (await this.db.execute(Q.SQL_UPDATE_BATCH, [outboundId, sealed, this.#sealBatch(state), ms(closesAt), ms(now)])).changes > 0;
+  }
+
+  async cancelBatch(outboundId: number, now: number): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_CANCEL_BATCH, [outboundId, ms(now)])).changes > 0;
+  }
+
+  async outboundIncludes(messageId: string, eventId: string): Promise<boolean> {
+    for (const r of await this.db.query<DbRow>(Q.SQL_OUTBOUND_EVENTS_BY_MESSAGE_ID, [messageId])) {
+      if (r.event_id === eventId) return true;
+      if (r.batch_state === null || r.batch_state === undefined) continue;
+      const id = dbNumber(r.id);
+      const stored = dbBuffer(r.batch_state);
+      if (stored.length === 0) continue; // purged with the mail's bytes
+      const state = JSON.parse(this.#cipher.open(stored, "outbound_mail", id).toString("utf8")) as BatchState;
+      if (state.parts.some((p) => p.eventId === eventId)) return true;
+    }
+    return false;
+  }
+
+  async deleteMessage(roomId: string, eventId: string): Promise<void> {
+    await this.db.execute(Q.SQL_DELETE_MESSAGE, [roomId, eventId]);
+  }
+
+  /** Batch state as stored: JSON, sealed like the mail itself. */
+  #sealBatch(state: BatchState): Buffer {
+    return this.#cipher.seal(Buffer.from(JSON.stringify(state), "utf8"), "outbound_mail");
+  }
+
+  /** Map an open-batch row, opening its state. @throws RawDecryptError; TypeError on a malformed state */
+  readonly #toBatch = (r: DbRow): OpenBatch => {
+    const outboundId = dbNumber(r.id);
+    const state = JSON.parse(this.#cipher.open(dbBuffer(r.batch_state), "outbound_mail", outboundId).toString("utf8")) as BatchState;
+    if (!Array.isArray(state.parts) || typeof state.mail !== "object" || state.mail === null) throw new TypeError(`outbound mail ${outboundId}: malformed batch state`);
+    return {
+      outboundId,
+      messageId: String(r.message_id),
+      key: String(r.batch_key),
+      state,
+      closesAt: dbNumber(r.next_attempt_at),
+      openedAt: dbNumber(r.created_at),
+    };
+  };
 
   /** Due rows (`queued`/`deferred`, nextAttemptAt <= now ms), in queue order (oldest first). */
   async listDueOutbound(now: number, limit: number): Promise<OutboundRow[]> {

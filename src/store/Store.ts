@@ -205,6 +205,37 @@ export interface OutboundRow {
 /** What {@link BridgeStore.enqueueOutbound} takes. */
 export type NewOutbound = Pick<OutboundRow, "roomId" | "eventId" | "messageId" | "envelopeFrom" | "recipients" | "raw">;
 
+/** One Matrix message inside a batched mail. */
+export interface BatchPart {
+  eventId: string;
+  /** Its text and HTML (null: text only), as they go into the mail. */
+  text: string;
+  html: string | null;
+}
+
+/**
+ * What a batched mail is made of (`outbound_mail.batch_state`, migration 6): the messages in
+ * it, in order, and what the mail is composed from besides them (the handler's own shape,
+ * stored as given).
+ */
+export interface BatchState {
+  parts: BatchPart[];
+  mail: Record<string, unknown>;
+}
+
+/** A queued mail still open for more messages of its sender (outbound batching). */
+export interface OpenBatch {
+  outboundId: number;
+  messageId: string;
+  /** Room, sender and thread it collects messages for. */
+  key: string;
+  state: BatchState;
+  /** Epoch ms when it goes out, unless more messages come. */
+  closesAt: number;
+  /** Epoch ms when it was opened. */
+  openedAt: number;
+}
+
 /**
  * State of one recipient of an outbound mail: `pending` (not attempted yet), `sent` (accepted
  * by a server), `deferred` (temporary failure, retried), `failed` (permanent). `sent` and
@@ -391,6 +422,12 @@ export interface BridgeStore {
   /** All rooms/events a Message-ID is known in (a mail may reach several portals). */
   getMessagesByMessageId(messageId: string): Promise<MessageRow[]>;
   getMessageByEvent(roomId: string, eventId: string): Promise<MessageRow | null>;
+  /**
+   * The newest mapping in `roomId` of the conversation rooted at `rootMessageId`: that message
+   * itself or any message whose References contain it (exact match), by `createdAt`.
+   * @returns the row, or null when the room knows neither
+   */
+  latestMessageInThread(roomId: string, rootMessageId: string): Promise<MessageRow | null>;
 
   // Inbound queue
   /**
@@ -431,6 +468,33 @@ export interface BridgeStore {
    * returns the existing row with `duplicate: true`.
    */
   enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }>;
+  /**
+   * Queue a mail held open for batching: like {@link enqueueOutbound}, but due at `closesAt`
+   * (epoch ms), with its batch key and state. Idempotent on eventId.
+   */
+  enqueueOutboundBatch(mail: NewOutbound, batch: { key: string; state: BatchState; closesAt: number }): Promise<{ row: OutboundRow; duplicate: boolean }>;
+  /** The open batch of `key` at `now` (queued, never attempted, due later), or null. */
+  openBatch(key: string, now: number): Promise<OpenBatch | null>;
+  /** The open batch whose mail has `messageId` at `now`, or null. */
+  openBatchByMessageId(messageId: string, now: number): Promise<OpenBatch | null>;
+  /**
+   * Change an open batch: its mail bytes, state and due time. Only while it is still open at
+   * `now` (the queue never took it), in one statement.
+   * @returns false when it was no longer open (the caller treats the message as new)
+   */
+  updateBatch(outboundId: number, raw: Buffer, state: BatchState, closesAt: number, now: number): Promise<boolean>;
+  /**
+   * Delete an open batch (its last message was redacted), with its recipients, only while it is
+   * still open at `now`. @returns false when it was no longer open
+   */
+  cancelBatch(outboundId: number, now: number): Promise<boolean>;
+  /**
+   * Whether the outbound mail with `messageId` carries the Matrix event `eventId`: it is the
+   * mail's own event, or one of its batched messages. False when there is no such mail.
+   */
+  outboundIncludes(messageId: string, eventId: string): Promise<boolean>;
+  /** Forget the Matrix → mail mapping of one event (a redacted message of a cancelled batch). */
+  deleteMessage(roomId: string, eventId: string): Promise<void>;
   /** Rows in `queued` or `deferred` whose nextAttemptAt <= now, oldest first. */
   listDueOutbound(now: number, limit: number): Promise<OutboundRow[]>;
   /** All delivered: state `sent`, recipients emptied. */

@@ -106,7 +106,7 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
         appservice: { bind_address: "127.0.0.1", port: asPort, url: `http://127.0.0.1:${asPort}`, registration_file: "registration.yaml" },
         mail: { domain: MAIL_DOMAIN },
         smtp: { bind_address: "127.0.0.1", port: 0, hostname: "mx.bridge.test" },
-        outbound: { static_routes: Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, `127.0.0.1:${sink.port}`])), timeout_ms: 5000 },
+        outbound: { static_routes: Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, `127.0.0.1:${sink.port}`])), timeout_ms: 5000, batch_delay_ms: 0 },
         dkim: { selector: "e2e", private_key_file: "dkim.key" },
         database: { url: pg?.url ?? null, sqlite_file: "bridge.sqlite" },
         permissions: { allowed_users: opts.allowedUsers ?? [] },

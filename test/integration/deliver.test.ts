@@ -74,7 +74,7 @@ const outboundBase: OutboundConfig = {
   max_retry_hours: 96,
   delay_warning_hours: 4,
   concurrency: 8, max_mails_per_user_per_hour: 0, max_new_recipients_per_user_per_day: 0,
-  max_connections_per_domain: 4, max_messages_per_connection: 100, pool_idle_ms: 30000, max_attachment_bytes: 10_000_000, mail_notices: false,
+  max_connections_per_domain: 4, max_messages_per_connection: 100, pool_idle_ms: 30000, max_attachment_bytes: 10_000_000, mail_notices: false, batch_delay_ms: 0,
 };
 
 describe("deliverMail over loopback SMTP", () => {

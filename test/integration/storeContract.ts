@@ -316,6 +316,31 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(m?.subject, "one");
         assert.deepEqual(await store.getMessagesByMessageId("second@mail.test"), []);
       });
+
+      it("finds a thread's latest message: the root itself or the newest that references it, in that room only, matched exactly", async () => {
+        const root = 'root"\\%_@mail.test';
+        const msg = (roomId: string, eventId: string, messageId: string, references: string[]) =>
+          store.insertMessage({ roomId, eventId, messageId, references, direction: "inbound", sender: "bob@example.org", subject: null, participants: [], viaList: false });
+        const tick = () => new Promise((resolve) => setTimeout(resolve, 5)); // distinct createdAt
+        assert.equal(await store.latestMessageInThread("!t:hs.test", root), null);
+        await msg("!t:hs.test", "$root", root, []);
+        assert.equal((await store.latestMessageInThread("!t:hs.test", root))?.eventId, "$root", "a root without replies is its own latest");
+        await tick();
+        await msg("!t:hs.test", "$r1", "r1@mail.test", [root]);
+        await tick();
+        await msg("!t:hs.test", "$r2", "r2@mail.test", [root, "r1@mail.test"]);
+        await tick();
+        // Not in the thread: another room, a Message-ID differing only in case or by a LIKE wildcard, a near miss.
+        await msg("!other:hs.test", "$elsewhere", "e@mail.test", [root]);
+        await msg("!t:hs.test", "$case", "c@mail.test", [root.toUpperCase()]);
+        await msg("!t:hs.test", "$wild", "w@mail.test", ['rootX\\%_@mail.test', 'root"\\ab@mail.test']);
+        await msg("!t:hs.test", "$prefix", "p@mail.test", [`x${root}`]);
+        const latest = await store.latestMessageInThread("!t:hs.test", root);
+        assert.equal(latest?.eventId, "$r2");
+        assert.deepEqual(latest?.references, [root, "r1@mail.test"]);
+        assert.equal((await store.latestMessageInThread("!other:hs.test", root))?.eventId, "$elsewhere");
+        assert.equal(await store.latestMessageInThread("!t:hs.test", "r2@mail.test").then((m) => m?.eventId), "$r2");
+      });
     });
 
     describe("inbound queue", () => {
@@ -510,6 +535,62 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         );
         assert.equal(results.filter((r) => !r.duplicate).length, 20);
         assert.equal((await store.listPendingInbound(100)).length, 20);
+      });
+    });
+
+    describe("outbound batches", () => {
+      const state = (texts: string[]) => ({ parts: texts.map((t, i) => ({ eventId: `$p${i}`, text: t, html: null })), mail: { subject: "Hi" } });
+
+      it("holds a batch until it closes; finds it by key and by Message-ID only while open", async () => {
+        const now = Date.now();
+        const { row, duplicate } = await store.enqueueOutboundBatch(outbound({ raw: NASTY_BYTES }), { key: "k1", state: state(["one"]), closesAt: now + 60_000 });
+        assert.equal(duplicate, false);
+        assert.equal(row.nextAttemptAt, now + 60_000);
+        assert.equal((await store.listDueOutbound(now, 10)).length, 0, "held back");
+        const open = await store.openBatch("k1", now);
+        assert.deepEqual(open && { id: open.outboundId, key: open.key, messageId: open.messageId, closesAt: open.closesAt, state: open.state }, {
+          id: row.id,
+          key: "k1",
+          messageId: "out1@bridge.test",
+          closesAt: now + 60_000,
+          state: state(["one"]),
+        });
+        assert.equal((await store.openBatchByMessageId("out1@bridge.test", now))?.outboundId, row.id);
+        assert.equal(await store.openBatch("other", now), null);
+        assert.equal(await store.openBatch("k1", now + 60_000), null, "closed once due");
+        assert.equal((await store.listDueOutbound(now + 60_000, 10)).length, 1);
+        const replay = await store.enqueueOutboundBatch(outbound(), { key: "k1", state: state(["x"]), closesAt: now + 1 });
+        assert.equal(replay.duplicate, true);
+      });
+
+      it("updates an open batch (bytes, state, due time), never a closed one", async () => {
+        const now = Date.now();
+        const { row } = await store.enqueueOutboundBatch(outbound(), { key: "k2", state: state(["one"]), closesAt: now + 10_000 });
+        assert.equal(await store.updateBatch(row.id, Buffer.from("two parts"), state(["one", "two"]), now + 20_000, now), true);
+        const open = await store.openBatch("k2", now);
+        assert.deepEqual(open?.state, state(["one", "two"]));
+        assert.equal(open?.closesAt, now + 20_000);
+        assert.ok((await store.getOutboundById(row.id))!.raw.equals(Buffer.from("two parts")));
+        assert.equal(await store.updateBatch(row.id, Buffer.from("late"), state(["late"]), now + 90_000, now + 20_000), false, "due: closed");
+        assert.ok((await store.getOutboundById(row.id))!.raw.equals(Buffer.from("two parts")));
+      });
+
+      it("cancels an open batch with its recipients, never a closed one; a message mapping can be forgotten", async () => {
+        const now = Date.now();
+        const a = await store.enqueueOutboundBatch(outbound({ eventId: "$a", messageId: "a@x" }), { key: "k3", state: state(["a"]), closesAt: now + 10_000 });
+        const b = await store.enqueueOutboundBatch(outbound({ eventId: "$b", messageId: "b@x" }), { key: "k4", state: state(["b"]), closesAt: now + 10 });
+        assert.equal(await store.cancelBatch(a.row.id, now), true);
+        assert.equal(await store.getOutboundById(a.row.id), null);
+        assert.deepEqual(await store.listOutboundRecipients(a.row.id), []);
+        assert.equal(await store.cancelBatch(b.row.id, now + 10), false);
+        assert.ok(await store.getOutboundById(b.row.id));
+        assert.equal(await store.outboundIncludes("b@x", "$b"), true, "the mail's own event");
+        assert.equal(await store.outboundIncludes("b@x", "$p0"), true, "a batched message");
+        assert.equal(await store.outboundIncludes("b@x", "$other"), false);
+        assert.equal(await store.outboundIncludes("a@x", "$a"), false, "a cancelled mail carries nothing");
+        await store.insertMessage({ roomId: "!r", eventId: "$m", messageId: "b@x", references: [], direction: "outbound", sender: "alice@bridge.test", subject: null, participants: [], viaList: false });
+        await store.deleteMessage("!r", "$m");
+        assert.equal(await store.getMessageByEvent("!r", "$m"), null);
       });
     });
 

@@ -36,7 +36,7 @@ describe("per-user sending limits", () => {
     return { room_id: roomId, event_id: `$e${n}`, sender: "@alice:hs.example", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: `message ${n}` } };
   }
   function handler(limits: { mailsPerHour: number; newRecipientsPerDay: number }): OutboundHandler {
-    return new OutboundHandler({ store, matrix, ids, dkim: null, onQueued: () => undefined, limits, maxAttachmentBytes: 10_000_000, mailNotices: false });
+    return new OutboundHandler({ store, matrix, ids, dkim: null, onQueued: () => undefined, limits, maxAttachmentBytes: 10_000_000, mailNotices: false, batchDelayMs: 0 });
   }
 
   it("mails per hour: the one over the limit is refused with a notice text, and nothing is queued", async () => {

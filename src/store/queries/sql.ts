@@ -84,6 +84,14 @@ ON CONFLICT (room_id, event_id) DO NOTHING`;
 export const SQL_MESSAGES_BY_MESSAGE_ID = `SELECT ${MESSAGE_COLS} FROM messages WHERE message_id = $1 ORDER BY created_at, room_id, event_id`;
 /** Mapping of $1 room_id, $2 event_id. */
 export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE room_id = $1 AND event_id = $2`;
+/**
+ * The newest mapping in $1 room_id that is the message $2 message_id or has it in its References:
+ * $3 is $2 as a JSON string, found exactly in the refs JSON text (`replace` is case-sensitive on
+ * both engines, where SQLite's LIKE is not).
+ */
+export const SQL_LATEST_IN_THREAD = `SELECT ${MESSAGE_COLS} FROM messages
+WHERE room_id = $1 AND (message_id = $2 OR length(replace(refs, $3, '')) < length(refs))
+ORDER BY created_at DESC, event_id DESC LIMIT 1`;
 
 const INBOUND_COLS =
   "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
@@ -142,6 +150,38 @@ INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipie
 VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $7, $7)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING ${OUTBOUND_COLS}`;
+/**
+ * Queue an outbound mail held open for batching: like SQL_ENQUEUE_OUTBOUND, due at $8 (ms), with
+ * $9 batch_key and $10 batch_state (sealed JSON).
+ */
+export const SQL_ENQUEUE_OUTBOUND_BATCH = `
+INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at, batch_key, batch_state)
+VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $8, $7, $9, $10)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING ${OUTBOUND_COLS}`;
+/** The columns of an open batch. */
+const BATCH_COLS = "id, message_id, batch_key, batch_state, next_attempt_at, created_at";
+/** The open batch mail of $1 batch_key at $2 (ms): queued, never attempted, not yet due; newest first. */
+export const SQL_OPEN_BATCH = `
+SELECT ${BATCH_COLS} FROM outbound_mail
+WHERE batch_key = $1 AND state = 'queued' AND attempts = 0 AND next_attempt_at > $2
+ORDER BY id DESC LIMIT 1`;
+/** The open batch mail with $1 message_id at $2 (ms). */
+export const SQL_OPEN_BATCH_BY_MESSAGE_ID = `
+SELECT ${BATCH_COLS} FROM outbound_mail
+WHERE message_id = $1 AND batch_key IS NOT NULL AND state = 'queued' AND attempts = 0 AND next_attempt_at > $2
+ORDER BY id DESC LIMIT 1`;
+/** Change open batch $1: $2 raw, $3 batch_state, $4 next_attempt_at, only while still open at $5 (ms). */
+export const SQL_UPDATE_BATCH = `
+UPDATE outbound_mail SET raw = $2, batch_state = $3, next_attempt_at = $4
+WHERE id = $1 AND batch_key IS NOT NULL AND state = 'queued' AND attempts = 0 AND next_attempt_at > $5`;
+/** Delete open batch $1 (its recipients cascade), only while still open at $2 (ms). */
+export const SQL_CANCEL_BATCH = `
+DELETE FROM outbound_mail WHERE id = $1 AND batch_key IS NOT NULL AND state = 'queued' AND attempts = 0 AND next_attempt_at > $2`;
+/** The event and batch state of the outbound mail(s) with $1 message_id. */
+export const SQL_OUTBOUND_EVENTS_BY_MESSAGE_ID = "SELECT id, event_id, batch_state FROM outbound_mail WHERE message_id = $1";
+/** Forget the Matrix → mail mapping of $1 room_id, $2 event_id. */
+export const SQL_DELETE_MESSAGE = "DELETE FROM messages WHERE room_id = $1 AND event_id = $2";
 /** Outbound mail by $1 event_id. */
 export const SQL_OUTBOUND_BY_EVENT = `SELECT ${OUTBOUND_COLS} FROM outbound_mail WHERE event_id = $1`;
 /** Queued/deferred outbound mail due at $1 (ms), oldest first, at most $2 rows. */
@@ -291,7 +331,7 @@ WHERE state = 'posted' AND raw_purged_at IS NULL AND id IN (
  * most $4 rows.
  */
 export const SQL_PURGE_OUTBOUND_RAW = `
-UPDATE outbound_mail SET raw = $1, raw_purged_at = $2
+UPDATE outbound_mail SET raw = $1, batch_state = NULL, raw_purged_at = $2
 WHERE state IN ('sent', 'bounced') AND raw_purged_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM outbound_recipients r WHERE r.outbound_id = outbound_mail.id AND r.state = 'failed' AND r.reported = FALSE)
   AND id IN (

@@ -1,0 +1,139 @@
+/**
+ * The inbound poster's relations, on a real SQLite store with a fake homeserver: a reply in a
+ * room mailbox is posted as a thread message; a reply in a group portal as a rich reply; a thread
+ * the homeserver refuses with 400 (its root has a relation of its own: Client-Server API,
+ * "Threading", "Validation of m.thread relationships") is posted as a rich reply instead.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
+import type { HomeserverFailure, MatrixActions } from "../../src/bridge/ports.ts";
+import type { IdContext } from "../../src/bridge/ids.ts";
+import { openStore } from "../../src/store/open.ts";
+import type { BridgeStore, PortalKind } from "../../src/store/Store.ts";
+import { configureLogging } from "../../src/util/logger.ts";
+import { newInbound } from "../harness/rows.ts";
+
+if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
+
+const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomain: "bridge.test", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
+
+/** An error the fake homeserver throws, with the status it classifies as. */
+class FakeHttpError extends Error {
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** A homeserver that records sends and refuses threads rooted at `refusedRoots` with 400 M_UNKNOWN, as Synapse does. */
+function fakeHomeserver(refusedRoots: Set<string>): MatrixActions & { sends: { content: Record<string, unknown>; txnId: string | undefined }[] } {
+  const sends: { content: Record<string, unknown>; txnId: string | undefined }[] = [];
+  const known: Partial<MatrixActions> = {
+    ensureGhost: async () => {},
+    join: async () => {},
+    sendEvent: async (_user, _room, _type, content, txnId) => {
+      const rel = content["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined;
+      if (rel?.rel_type === "m.thread" && refusedRoots.has(rel.event_id ?? "")) throw new FakeHttpError(400, "Cannot start threads from an event with a relation");
+      sends.push({ content, txnId });
+      return `$posted${sends.length}`;
+    },
+    uploadLimitBytes: async () => null,
+    uploadContent: async () => "mxc://hs.test/file",
+    classifyError: (err: unknown): HomeserverFailure => {
+      const status = err instanceof FakeHttpError ? err.status : null;
+      return { temporary: status === null, retryAfterMs: null, status, errcode: status ? "M_UNKNOWN" : null, message: (err as Error).message };
+    },
+  };
+  return Object.assign(
+    new Proxy(known, {
+      get(target, prop) {
+        const f = target[prop as keyof MatrixActions];
+        if (f === undefined) throw new Error(`the fake homeserver has no ${String(prop)}`);
+        return f;
+      },
+    }) as MatrixActions,
+    { sends },
+  );
+}
+
+describe("inbound poster: replies in room mailboxes are threads", () => {
+  let dir: string;
+  let store: BridgeStore;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "meb-threads-"));
+    store = await openStore({ url: null, sqliteFile: join(dir, "bridge.sqlite") });
+  });
+  after(async () => {
+    await store?.close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Post one reply into a `kind` portal whose parent is a mapped message; returns what was sent and stored. */
+  async function postReply(kind: PortalKind, roomId: string, parent: { eventId: string; messageId: string; references: string[] }, refused: Set<string>, withFile = false) {
+    await store.upsertPortal({ roomId, kind, localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
+    await store.insertMessage({ roomId, eventId: parent.eventId, messageId: parent.messageId, references: parent.references, direction: "outbound", sender: "alice@bridge.test", subject: "Plans", participants: ["bob@example.org"], viaList: false });
+    const matrix = fakeHomeserver(refused);
+    const poster = new InboundPoster({
+      store,
+      matrix,
+      ids: IDS,
+      botDisplayName: "Email bridge",
+      settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
+      notices: { post: async () => Promise.reject(new Error("no notice expected")) },
+      onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
+      pollMs: 50,
+    });
+    const messageId = `reply-${roomId}@example.org`;
+    const head = `From: bob@example.org\r\nTo: x@bridge.test\r\nSubject: Re: Plans\r\nMessage-ID: <${messageId}>\r\nIn-Reply-To: <${parent.messageId}>\r\n`;
+    const raw = Buffer.from(
+      withFile
+        ? `${head}MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSounds good.\r\n--b\r\n` +
+            'Content-Type: text/csv\r\nContent-Disposition: attachment; filename="plan.csv"\r\n\r\na,b\r\n--b--\r\n'
+        : `${head}\r\nSounds good.\r\n`,
+    );
+    const { row } = await store.insertInbound(newInbound({ roomId, replyToEventId: parent.eventId, messageId, contentHash: messageId, raw }));
+    poster.start();
+    try {
+      for (let i = 0; i < 200 && (await store.getInbound(row.id))?.state !== "posted"; i++) await new Promise((r) => setTimeout(r, 25));
+    } finally {
+      await poster.stop();
+    }
+    assert.equal((await store.getInbound(row.id))?.state, "posted");
+    const stored = (await store.getMessagesByMessageId(messageId)).find((m) => m.roomId === roomId);
+    return { sends: matrix.sends, rowId: row.id, stored };
+  }
+
+  it("room mailbox: a thread message rooted at the conversation's first message", async () => {
+    const { sends, rowId, stored } = await postReply("mailbox", "!mb1:hs.test", { eventId: "$first", messageId: "first@bridge.test", references: [] }, new Set());
+    assert.equal(sends.length, 1);
+    assert.deepEqual(sends[0]!.content["m.relates_to"], { rel_type: "m.thread", event_id: "$first", is_falling_back: true, "m.in_reply_to": { event_id: "$first" } });
+    assert.equal(sends[0]!.txnId, `meb-in-${rowId}`);
+    assert.deepEqual(stored?.references, ["first@bridge.test"], "a mail with only In-Reply-To is stored with the parent's chain");
+  });
+
+  it("room mailbox: a thread message's attachments go into the same thread, falling back to the message", async () => {
+    const { sends } = await postReply("mailbox", "!mb3:hs.test", { eventId: "$f", messageId: "f@bridge.test", references: [] }, new Set(), true);
+    assert.equal(sends.length, 2);
+    assert.equal(sends[1]!.content.body, "plan.csv");
+    assert.deepEqual(sends[1]!.content["m.relates_to"], { rel_type: "m.thread", event_id: "$f", is_falling_back: true, "m.in_reply_to": { event_id: "$posted1" } });
+  });
+
+  it("group portal: a rich reply", async () => {
+    const { sends } = await postReply("group", "!grp:hs.test", { eventId: "$g", messageId: "g@bridge.test", references: [] }, new Set());
+    assert.deepEqual(sends[0]!.content["m.relates_to"], { "m.in_reply_to": { event_id: "$g" } });
+  });
+
+  it("a thread the homeserver refuses (its root is itself in a thread) is posted as a rich reply", async () => {
+    const { sends, rowId } = await postReply("mailbox", "!mb2:hs.test", { eventId: "$inThread", messageId: "t@bridge.test", references: [] }, new Set(["$inThread"]));
+    assert.equal(sends.length, 1);
+    assert.deepEqual(sends[0]!.content["m.relates_to"], { "m.in_reply_to": { event_id: "$inThread" } });
+    assert.equal(sends[0]!.txnId, `meb-in-${rowId}-reply`, "its own txn ID");
+    assert.match(String(sends[0]!.content.body), /Sounds good\./);
+  });
+});
