@@ -176,7 +176,18 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   });
   const botDisplayName = config.appservice.bot_displayname;
   handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName, notices });
-  const subscriptions = new Subscriptions({ store, ids, dkim, onQueued: () => queue.kick() });
+  const subscriptions = new Subscriptions({
+    store,
+    ids,
+    dkim,
+    onQueued: () => queue.kick(),
+    // The address's ghost leaves (a DM or group portal shows who still gets mail), and the room hears why.
+    onOptedOut: async (roomId, address) => {
+      const ghost = Ghost.of(address, true, ids).userId;
+      if ((await matrix.joinedMembers(roomId)).includes(ghost)) await matrix.leave(roomId, ghost, "unsubscribed from this room's mail");
+      await notices.post(roomId, `📭 ${address} unsubscribed from this room's mail. The bridge sends them nothing more from this room.`);
+    },
+  });
   const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
   // Parse once: the router's DATA-time parse of each committed row, taken by the poster.
   const parsed = new ParsedMailCache();

@@ -47,7 +47,9 @@ const log = getLogger("bridge/inbound");
 export type Mailbox =
   | { kind: "room"; localpart: string; roomId: string; policy: MailboxPolicy; command: MailboxCommand | null }
   | { kind: "personal"; localpart: string; userId: string }
-  | { kind: "admin"; localpart: string };
+  | { kind: "admin"; localpart: string }
+  /** `unsubscribe+<token>@`: the List-Unsubscribe address of a DM or group portal (migration 7). */
+  | { kind: "unsubscribe"; localpart: string; roomId: string };
 
 /** Where mail to `postmaster` and `abuse` goes (`permissions.admin_room`, `permissions.admins`). */
 export interface AdminDelivery {
@@ -86,7 +88,7 @@ export interface InboundRouterOptions {
   /** Spam check (rspamd), or null for none. */
   spam?: SpamCheck | null;
   /** Room mailbox subscriptions (plus-address commands). */
-  subscriptions: Pick<Subscriptions, "request" | "confirm" | "unsubscribe">;
+  subscriptions: Pick<Subscriptions, "request" | "confirm" | "unsubscribe" | "optOut">;
   /** Where `postmaster` and `abuse` go; null users and room: they are refused (550 5.1.1). */
   admins: AdminDelivery;
   /** Homeserver lookups of personal mailboxes (cached results excluded) allowed per 10 s; more answer 451 4.7.1. Default 100. */
@@ -150,7 +152,11 @@ export class InboundRouter implements InboundHandler<Mailbox> {
       if (plus > 0 && !command) return null;
       return { kind: "room", localpart, roomId: room.roomId, policy: room.policy, command };
     }
-    if (plus > 0) return null;
+    if (plus > 0) {
+      if (localpart !== "unsubscribe") return null;
+      const roomId = await this.opts.store.roomOfUnsubscribeToken(full.slice(plus + 1));
+      return roomId ? { kind: "unsubscribe", localpart, roomId } : null;
+    }
     if (localpart === "postmaster" || localpart === "abuse") {
       const { roomId, users } = this.opts.admins;
       return roomId || users.length > 0 ? { kind: "admin", localpart } : null;
@@ -270,6 +276,15 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     for (const mailbox of envelope.recipients.values()) {
       if (mailbox.kind === "room" && mailbox.command) {
         commands.push(this.command(mailbox, mailbox.command, sender, decision.verified, envelope));
+        continue;
+      }
+      if (mailbox.kind === "unsubscribe") {
+        // Only the address itself may stop its mail: a forged From must not cut someone off.
+        if (!decision.verified) throw new SmtpReply(550, "5.7.1", "unsubscribing needs an authenticated sender (SPF or DKIM aligned with the From address)");
+        commands.push(async () => {
+          await this.opts.subscriptions.optOut(mailbox.roomId, sender);
+          log.info("unsubscribe by mail", { session: envelope.sessionId, roomId: mailbox.roomId, sender });
+        });
         continue;
       }
       if (mailbox.kind === "room") await this.checkPolicy(mailbox, sender, decision.verified);
@@ -398,11 +413,12 @@ export class InboundRouter implements InboundHandler<Mailbox> {
       const { roomId, users } = this.opts.admins;
       return roomId ? [{ roomId, dmLocalUserId: null, replyToEventId: null }] : users.map((u) => ({ roomId: null, dmLocalUserId: u, replyToEventId: null }));
     }
+    if (mailbox.kind === "unsubscribe") return []; // handled as a command, never posted
     return [await this.routeOne(mailbox, sender, verified, threadIds, members)];
   }
 
   private async routeOne(
-    mailbox: Exclude<Mailbox, { kind: "admin" }>,
+    mailbox: Exclude<Mailbox, { kind: "admin" } | { kind: "unsubscribe" }>,
     sender: string,
     verified: boolean,
     threadIds: string[],

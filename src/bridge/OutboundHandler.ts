@@ -3,6 +3,7 @@
  * email participants (the ghosts joined to the room) and queues it for delivery.
  * The mail and its Message-ID mapping are committed before this returns.
  */
+import { randomBytes } from "node:crypto";
 import type { BatchPart, BatchState, BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
 import { composeMail, type MailFile, type OutgoingMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
@@ -117,6 +118,23 @@ export class OutboundHandler {
    *   so does a reply to such a list message.
    */
   async recipients(portal: PortalRow, parent: MessageRow | null): Promise<{ envelope: string[]; to: string[]; list: boolean }> {
+    return this.withoutOptOuts(portal.roomId, await this.plannedRecipients(portal, parent));
+  }
+
+  /**
+   * Drop the addresses that unsubscribed from the room's mail (store `portal_optouts`).
+   * @throws NotSentError when every recipient unsubscribed (the bot says so in the room)
+   */
+  private async withoutOptOuts(roomId: string, plan: RecipientPlan): Promise<RecipientPlan> {
+    if (plan.envelope.length === 0) return plan;
+    const out = await this.opts.store.listOptOuts(roomId);
+    if (out.size === 0) return plan;
+    const envelope = plan.envelope.filter((a) => !out.has(a));
+    if (envelope.length === 0) throw new NotSentError(`Not sent by email: ${plan.envelope.join(", ")} unsubscribed from this room's mail.`);
+    return { ...plan, envelope, to: plan.to.filter((a) => !out.has(a)) };
+  }
+
+  private async plannedRecipients(portal: PortalRow, parent: MessageRow | null): Promise<RecipientPlan> {
     const { ids, store } = this.opts;
     if (portal.kind === "dm" && portal.remoteAddress) return { envelope: [portal.remoteAddress], to: [portal.remoteAddress], list: false };
     if (portal.kind === "mailbox") {
@@ -268,7 +286,7 @@ export class OutboundHandler {
         return open.messageId;
       }
     }
-    const plan = { envelope: original.participants, to: original.viaList ? [] : original.participants, list: original.viaList };
+    const plan = await this.withoutOptOuts(portal.roomId, { envelope: original.participants, to: original.viaList ? [] : original.participants, list: original.viaList });
     if (plan.envelope.length === 0) return null;
     await this.checkLimits(from, plan.envelope, event);
     const subject = `Correction: ${(original.subject ?? "").replace(/^(?:(?:re|correction):\s*)+/i, "")}`.trim();
@@ -368,16 +386,23 @@ export class OutboundHandler {
     const names = await Promise.all(plan.to.map(async (address) => (await store.getGhostByAddress(address))?.displayName ?? null));
     const mailbox = portal.kind === "mailbox" ? await store.getRoomMailboxByRoom(portal.roomId) : null;
     const list = mailbox ? `${mailbox.localpart}@${ids.mailDomain}` : null;
+    // RFC 2369 §3.2: every mail says how to stop it. A room mailbox has its list address; any
+    // other portal a random per-room token address (migration 7).
+    const unsubscribe = mailbox
+      ? `${mailbox.localpart}+unsubscribe@${ids.mailDomain}`
+      : `unsubscribe+${await store.unsubscribeToken(portal.roomId, randomBytes(12).toString("hex"))}@${ids.mailDomain}`;
     const listHeaders: Record<string, string> = mailbox
       ? {
           // RFC 2919 list identifier and RFC 2369 list commands, so mail clients can filter,
           // thread, post and unsubscribe.
           "List-Id": `<${mailbox.localpart}.${ids.mailDomain}>`,
           "List-Post": `<mailto:${list}>`,
-          "List-Unsubscribe": `<mailto:${mailbox.localpart}+unsubscribe@${ids.mailDomain}>`,
+          "List-Unsubscribe": `<mailto:${unsubscribe}>`,
         }
-      : {};
+      : { "List-Unsubscribe": `<mailto:${unsubscribe}?subject=unsubscribe>` };
+    const where = await this.roomLabel(portal);
     return {
+      footer: `${senderName} wrote this ${where} on Matrix. To get no more mail from there, write to ${unsubscribe}.`,
       from: { name: senderName, address: from },
       to: plan.list && list ? [{ name: null, address: list }] : plan.to.map((address, i) => ({ name: names[i] ?? null, address })),
       subject,
@@ -391,6 +416,13 @@ export class OutboundHandler {
       replyTo: list ? { name: null, address: list } : null,
       headers: listHeaders,
     };
+  }
+
+  /** How the footer names the room: `in "Name"`, or `in a direct chat` for a DM. */
+  private async roomLabel(portal: PortalRow): Promise<string> {
+    if (portal.kind === "dm") return "in a direct chat";
+    const name = await this.opts.matrix.stateContent(portal.roomId, "m.room.name", "", portalReader(portal, this.opts.ids));
+    return typeof name?.name === "string" && name.name.trim() ? `in the room "${name.name.trim()}"` : "in a room";
   }
 
   #now(): number {

@@ -19,11 +19,16 @@ const log = getLogger("bridge/subscriptions");
 
 /** Options of {@link Subscriptions}. */
 export interface SubscriptionsOptions {
-  store: Pick<BridgeStore, "putSubscriber" | "activateSubscriber" | "removeSubscriber" | "enqueueOutbound">;
+  store: Pick<BridgeStore, "putSubscriber" | "activateSubscriber" | "removeSubscriber" | "enqueueOutbound" | "addOptOut">;
   ids: IdContext;
   dkim: DkimSigner | null;
   /** Wake the outbound queue. */
   onQueued: () => void;
+  /**
+   * After an address unsubscribed from a room ({@link Subscriptions.optOut}): its ghost leaves
+   * the room and the room is told. Throwing makes the SMTP side answer 451 (the sender retries).
+   */
+  onOptedOut?: (roomId: string, address: string) => Promise<void>;
 }
 
 /** The plus-address commands of a room mailbox (RFC 5233 subaddressing). */
@@ -120,6 +125,20 @@ export class Subscriptions {
     const removed = await this.opts.store.removeSubscriber(roomId, address);
     log.info("unsubscribed", { roomId, address, removed });
     return removed;
+  }
+
+  /**
+   * An address unsubscribes from everything a room mails (the `List-Unsubscribe` address of a
+   * DM or group portal, `unsubscribe+<token>@<mail domain>`, RFC 2369 §3.2): it is recorded so
+   * the room mails it nothing more, a room-mailbox subscription ends too, then
+   * `onOptedOut` runs (its ghost leaves, the room is told). Idempotent.
+   * @throws the store's or homeserver's error (the SMTP side answers 451 and the mail is retried)
+   */
+  async optOut(roomId: string, address: string): Promise<void> {
+    await this.opts.store.addOptOut(roomId, address);
+    await this.opts.store.removeSubscriber(roomId, address);
+    await this.opts.onOptedOut?.(roomId, address);
+    log.info("unsubscribed from a room's mail", { roomId, address });
   }
 
   /** A moderator adds a subscriber directly (`!email invite` in a room with a mailbox). */

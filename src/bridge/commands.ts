@@ -14,7 +14,7 @@ export const COMMAND_PREFIX = "!email";
 export const MAILBOX_POWER_LEVEL = 50;
 
 /** Localparts that are never room mailboxes (RFC 5321 §4.5.1 postmaster; RFC 2142 role addresses). */
-const RESERVED = new Set(["postmaster", "abuse", "mailer-daemon", "hostmaster", "webmaster", "noreply", "no-reply", "root"]);
+const RESERVED = new Set(["postmaster", "abuse", "mailer-daemon", "hostmaster", "webmaster", "noreply", "no-reply", "root", "unsubscribe"]);
 
 /** What a command needs. */
 export interface CommandContext {

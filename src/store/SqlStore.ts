@@ -457,6 +457,26 @@ export class SqlStore implements BridgeStore {
     return false;
   }
 
+  async unsubscribeToken(roomId: string, fresh: string): Promise<string> {
+    await this.db.execute(Q.SQL_PUT_UNSUBSCRIBE_TOKEN, [roomId, fresh, ms(this.#now())]);
+    const row = (await this.db.query<DbRow>(Q.SQL_UNSUBSCRIBE_TOKEN_OF_ROOM, [roomId]))[0];
+    if (!row) throw new Error(`room ${roomId}: unsubscribe token missing right after it was stored`);
+    return String(row.token);
+  }
+
+  async roomOfUnsubscribeToken(token: string): Promise<string | null> {
+    const row = (await this.db.query<DbRow>(Q.SQL_ROOM_OF_UNSUBSCRIBE_TOKEN, [token]))[0];
+    return row ? String(row.room_id) : null;
+  }
+
+  async addOptOut(roomId: string, address: string): Promise<void> {
+    await this.db.execute(Q.SQL_ADD_OPTOUT, [roomId, address, ms(this.#now())]);
+  }
+
+  async listOptOuts(roomId: string): Promise<Set<string>> {
+    return new Set((await this.db.query<DbRow>(Q.SQL_OPTOUTS_OF_ROOM, [roomId])).map((r) => String(r.address)));
+  }
+
   async deleteMessage(roomId: string, eventId: string): Promise<void> {
     await this.db.execute(Q.SQL_DELETE_MESSAGE, [roomId, eventId]);
   }

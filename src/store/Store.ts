@@ -493,6 +493,17 @@ export interface BridgeStore {
    * mail's own event, or one of its batched messages. False when there is no such mail.
    */
   outboundIncludes(messageId: string, eventId: string): Promise<boolean>;
+  /**
+   * The room's unsubscribe token (made and kept on first use; concurrent callers get the same).
+   * @param fresh a new random token, used when the room has none yet
+   */
+  unsubscribeToken(roomId: string, fresh: string): Promise<string>;
+  /** The room an unsubscribe token belongs to, or null. */
+  roomOfUnsubscribeToken(token: string): Promise<string | null>;
+  /** Record that `address` unsubscribed from the room's mail (idempotent). */
+  addOptOut(roomId: string, address: string): Promise<void>;
+  /** The addresses that unsubscribed from the room's mail. */
+  listOptOuts(roomId: string): Promise<Set<string>>;
   /** Forget the Matrix → mail mapping of one event (a redacted message of a cancelled batch). */
   deleteMessage(roomId: string, eventId: string): Promise<void>;
   /** Rows in `queued` or `deferred` whose nextAttemptAt <= now, oldest first. */

@@ -538,6 +538,21 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
       });
     });
 
+    describe("unsubscribing from a portal", () => {
+      it("keeps one token per room (the first one stored wins) and finds the room by it; opt-outs are per room", async () => {
+        const [a, b] = await Promise.all([store.unsubscribeToken("!r1", "tok1"), store.unsubscribeToken("!r1", "tok2")]);
+        assert.equal(a, b);
+        assert.equal(await store.unsubscribeToken("!r1", "tok3"), a);
+        assert.equal(await store.unsubscribeToken("!r2", "tok9"), "tok9");
+        assert.equal(await store.roomOfUnsubscribeToken(a), "!r1");
+        assert.equal(await store.roomOfUnsubscribeToken("nope"), null);
+        await store.addOptOut("!r1", "bob@example.org");
+        await store.addOptOut("!r1", "bob@example.org");
+        assert.deepEqual([...(await store.listOptOuts("!r1"))], ["bob@example.org"]);
+        assert.deepEqual([...(await store.listOptOuts("!r2"))], []);
+      });
+    });
+
     describe("outbound batches", () => {
       const state = (texts: string[]) => ({ parts: texts.map((t, i) => ({ eventId: `$p${i}`, text: t, html: null })), mail: { subject: "Hi" } });
 

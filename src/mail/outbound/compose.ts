@@ -53,6 +53,11 @@ export interface OutgoingMail {
   /** Files attached after the body (`multipart/mixed`, RFC 2046 §5.1.3); base64 encoded. */
   attachments?: MailFile[];
   /**
+   * One line closing the message, after a `-- ` signature separator (the usual convention,
+   * which mail clients fold) in the text part and a rule in the HTML part; omitted: none.
+   */
+  footer?: string | null;
+  /**
    * `Auto-Submitted` (RFC 3834 §5) for mail the bridge writes by itself (a subscription
    * confirmation: `auto-replied`); omitted for human-written messages.
    */
@@ -78,6 +83,13 @@ export const DKIM_SIGNED_HEADERS = [
   "Content-Type",
   "Content-Transfer-Encoding",
 ] as const;
+
+/**
+ * List header fields (RFC 2369, RFC 2919, RFC 8058) the caller may set through
+ * {@link OutgoingMail.headers}; signed too, so that no one on the way can add or change an
+ * unsubscribe address (RFC 8058 §4 requires List-Unsubscribe to be covered).
+ */
+export const DKIM_SIGNED_LIST_HEADERS = ["List-Id", "List-Post", "List-Unsubscribe", "List-Unsubscribe-Post"] as const;
 
 /** Header fields this module sets itself; {@link OutgoingMail.headers} may not name them. */
 const RESERVED_HEADERS = new Set([
@@ -109,7 +121,8 @@ const ADDRESS = /^[^\s<>,;"\x00-\x1f\x7f]+@[^\s<>,;"@\x00-\x1f\x7f]+$/;
  *
  * @param msg the message.
  * @param dkim signer, or null for an unsigned message. Signature: `a=rsa-sha256`,
- *   `c=relaxed/relaxed`, `h=` the present fields of {@link DKIM_SIGNED_HEADERS} (RFC 6376 §3.5).
+ *   `c=relaxed/relaxed`, `h=` the fields of {@link DKIM_SIGNED_HEADERS} and
+ *   {@link DKIM_SIGNED_LIST_HEADERS} (RFC 6376 §3.5).
  * @returns the message bytes, starting with the DKIM-Signature field when signed.
  * @throws TypeError for an invalid messageId, address, or extra header name (or one naming a
  *   header set here); Error when DKIM signing fails (e.g. the key does not suit rsa-sha256).
@@ -138,8 +151,8 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     to,
     ...(replyTo !== undefined ? { replyTo } : {}),
     subject: cleanText(msg.subject),
-    text: msg.text,
-    ...(msg.html !== null ? { html: msg.html } : {}),
+    text: msg.footer ? `${msg.text}\n\n-- \n${msg.footer}` : msg.text,
+    ...(msg.html !== null ? { html: msg.footer ? `${msg.html}<hr><p><small>${escapeText(msg.footer)}</small></p>` : msg.html } : {}),
     messageId: `<${msg.messageId}>`,
     ...(inReplyTo !== undefined ? { inReplyTo } : {}),
     ...(references.length > 0 ? { references } : {}),
@@ -169,7 +182,7 @@ export async function signWithDkim(unsigned: Buffer, dkim: DkimSigner): Promise<
     domainName: dkim.domainName,
     keySelector: dkim.keySelector,
     privateKey: dkim.privateKey,
-    headerFieldNames: DKIM_SIGNED_HEADERS.join(":"),
+    headerFieldNames: [...DKIM_SIGNED_HEADERS, ...DKIM_SIGNED_LIST_HEADERS].join(":"),
   });
   const signed = await collect(signer.sign(unsigned));
   // nodemailer's signer silently emits the message unsigned when crypto rejects the key.
@@ -177,6 +190,11 @@ export async function signWithDkim(unsigned: Buffer, dkim: DkimSigner): Promise<
     throw new Error("DKIM signing failed (the key cannot sign rsa-sha256)");
   }
   return signed;
+}
+
+/** Escape text for HTML (`& < > "`). */
+function escapeText(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }
 
 /** Replace CR, LF and other C0 controls (except TAB) and DEL by a space. */

@@ -347,3 +347,14 @@ export const SQL_OUTBOUND_RAW_PAGE = "SELECT id, raw FROM outbound_mail WHERE id
 export const SQL_INBOUND_RAW_SWAP = "UPDATE inbound_mail SET raw = $3 WHERE id = $1 AND raw = $2 AND raw_purged_at IS NULL";
 /** Replace raw of outbound row $1 with $3 if it still is $2 (not purged or rewritten meanwhile). */
 export const SQL_OUTBOUND_RAW_SWAP = "UPDATE outbound_mail SET raw = $3 WHERE id = $1 AND raw = $2 AND raw_purged_at IS NULL";
+
+/** Give room $1 the unsubscribe token $2 unless it has one; $3 = now (ms). */
+export const SQL_PUT_UNSUBSCRIBE_TOKEN = "INSERT INTO portal_unsubscribe (room_id, token, created_at) VALUES ($1, $2, $3) ON CONFLICT (room_id) DO NOTHING";
+/** The unsubscribe token of room $1. */
+export const SQL_UNSUBSCRIBE_TOKEN_OF_ROOM = "SELECT token FROM portal_unsubscribe WHERE room_id = $1";
+/** The room of unsubscribe token $1. */
+export const SQL_ROOM_OF_UNSUBSCRIBE_TOKEN = "SELECT room_id FROM portal_unsubscribe WHERE token = $1";
+/** Record that $2 address unsubscribed from room $1; $3 = now (ms). */
+export const SQL_ADD_OPTOUT = "INSERT INTO portal_optouts (room_id, address, created_at) VALUES ($1, $2, $3) ON CONFLICT (room_id, address) DO NOTHING";
+/** The addresses that unsubscribed from room $1. */
+export const SQL_OPTOUTS_OF_ROOM = "SELECT address FROM portal_optouts WHERE room_id = $1";
