@@ -61,6 +61,9 @@ const FILE_TYPES = new Set(["m.image", "m.file", "m.audio", "m.video"]);
  */
 const MAX_BATCH_WINDOWS = 6;
 
+/** Longest subject made from a message's first line, in characters (RFC 5322 §2.1.1 suggests 78 per line). */
+const SUBJECT_MAX = 78;
+
 /** Who gets a mail: envelope recipients, the addresses shown in To:, and whether it is a list mail. */
 type RecipientPlan = { envelope: string[]; to: string[]; list: boolean };
 
@@ -181,13 +184,15 @@ export class OutboundHandler {
     if (!from) throw new NotSentError(`${event.sender} has no personal mailbox on this bridge (only users of ${ids.serverName} have one).`);
     // The parent: the message replied to, else the thread's root (Client-Server API, "Threading").
     const parentId = rel?.["m.in_reply_to"]?.event_id ?? (rel?.rel_type === "m.thread" ? rel.event_id : undefined);
-    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : null;
+    // In a DM, a message that answers nothing in particular continues the conversation: it
+    // answers the other side's latest mail (as a mail client's "Reply" would).
+    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : portal.kind === "dm" ? await store.latestInboundMessage(portal.roomId) : null;
     const plan = await this.recipients(portal, parent);
     if (plan.envelope.length === 0) return null;
     await this.checkLimits(from, plan.envelope, event);
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
-    const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName);
+    const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName, event.content.body ?? "");
     const replyTo = rel?.["m.in_reply_to"]?.event_id;
     const quote = replyTo ? await this.quoteOf(portal, replyTo) : null;
     const body = isFile ? await this.fileBody(event) : { ...matrixToMail(event.content, senderName, quote), attachments: [] };
@@ -459,19 +464,20 @@ export class OutboundHandler {
     }
   }
 
-  /** Subject: `Re:` the parent's, else the portal's, else the room name, else a default (kept on the portal). */
-  private async subjectFor(portal: PortalRow, parentSubject: string | null, senderName: string): Promise<string> {
+  /**
+   * Subject: `Re:` the parent's (a reply continues its thread); else, for a new topic, the
+   * room's name, else the message's first line (at most {@link SUBJECT_MAX} characters), else
+   * `Message from <name>`.
+   * @throws the homeserver's error when the room name cannot be read (the event is retried)
+   */
+  private async subjectFor(portal: PortalRow, parentSubject: string | null, senderName: string, text: string): Promise<string> {
     if (parentSubject) return /^re:/i.test(parentSubject) ? parentSubject : `Re: ${parentSubject}`;
-    if (portal.subject) return portal.subject;
-    let subject: string | null = null;
-    try {
+    if (portal.kind !== "dm") {
       const name = await this.opts.matrix.stateContent(portal.roomId, "m.room.name", "", portalReader(portal, this.opts.ids));
-      if (typeof name?.name === "string" && name.name.trim()) subject = name.name.trim();
-    } catch {
-      /* no name readable */
+      if (typeof name?.name === "string" && name.name.trim()) return name.name.trim();
     }
-    subject ??= `Message from ${senderName}`;
-    await this.opts.store.upsertPortal({ ...portal, subject });
-    return subject;
+    const first = text.split("\n").map((l) => l.trim()).find((l) => l !== "" && !l.startsWith(">"));
+    if (first) return first.length > SUBJECT_MAX ? `${first.slice(0, SUBJECT_MAX - 1).trimEnd()}…` : first;
+    return `Message from ${senderName}`;
   }
 }

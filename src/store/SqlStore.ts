@@ -457,6 +457,10 @@ export class SqlStore implements BridgeStore {
     return false;
   }
 
+  latestInboundMessage(roomId: string): Promise<MessageRow | null> {
+    return one(this.db, Q.SQL_LATEST_INBOUND_OF_ROOM, [roomId], toMessage);
+  }
+
   async unsubscribeToken(roomId: string, fresh: string): Promise<string> {
     await this.db.execute(Q.SQL_PUT_UNSUBSCRIBE_TOKEN, [roomId, fresh, ms(this.#now())]);
     const row = (await this.db.query<DbRow>(Q.SQL_UNSUBSCRIBE_TOKEN_OF_ROOM, [roomId]))[0];

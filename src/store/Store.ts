@@ -421,6 +421,8 @@ export interface BridgeStore {
   insertMessage(msg: Omit<MessageRow, "createdAt">): Promise<void>;
   /** All rooms/events a Message-ID is known in (a mail may reach several portals). */
   getMessagesByMessageId(messageId: string): Promise<MessageRow[]>;
+  /** The newest received mail (direction `inbound`) posted in a room, or null. */
+  latestInboundMessage(roomId: string): Promise<MessageRow | null>;
   getMessageByEvent(roomId: string, eventId: string): Promise<MessageRow | null>;
   /**
    * The newest mapping in `roomId` of the conversation rooted at `rootMessageId`: that message

@@ -123,10 +123,15 @@ describe("bridge end to end (PostgreSQL store)", () => {
     await dora.waitForEvent(roomId, (e) => e.sender === daveGhost && String(e.content.body).includes("Slides attached soon."));
     assert.equal((await dora.joinedRooms()).filter((r) => r === roomId).length, 1);
 
-    // Dora answers in the DM: it goes to Dave by mail.
+    // Dora answers in the DM (no explicit reply): it goes to Dave by mail, continuing his
+    // latest mail's thread with a Re: subject, as a mail client's Reply would.
     await dora.sendText(roomId, "Looking forward to them.");
     const out = await env.sink.waitForMail((m) => m.rcptTo.includes("dave@example.com"));
     assert.equal(out.mailFrom, `dora@${MAIL_DOMAIN}`);
+    const answer = await simpleParser(out.raw);
+    assert.equal(answer.subject, "Re: One more thing");
+    assert.ok(answer.inReplyTo, "answers Dave's latest mail");
+    assert.equal(answer.to && !Array.isArray(answer.to) ? answer.to.value[0]?.name : null, "Dave", "To: shows the ghost's display name");
   });
 
   it("mail to an unknown address gets 550 5.1.1 and posts nothing; the bridge is no open relay", async () => {

@@ -538,6 +538,20 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
       });
     });
 
+    describe("latest received mail of a room", () => {
+      it("is the newest inbound mapping of that room; outbound ones and other rooms do not count", async () => {
+        const base = { references: [], sender: "bob@example.org", subject: "s", participants: [], viaList: false };
+        assert.equal(await store.latestInboundMessage("!l"), null);
+        await store.insertMessage({ ...base, roomId: "!l", eventId: "$1", messageId: "one@x", direction: "inbound" });
+        await new Promise((r) => setTimeout(r, 5));
+        await store.insertMessage({ ...base, roomId: "!l", eventId: "$2", messageId: "two@x", direction: "inbound" });
+        await new Promise((r) => setTimeout(r, 5));
+        await store.insertMessage({ ...base, roomId: "!l", eventId: "$3", messageId: "three@x", direction: "outbound" });
+        await store.insertMessage({ ...base, roomId: "!other", eventId: "$4", messageId: "four@x", direction: "inbound" });
+        assert.equal((await store.latestInboundMessage("!l"))?.messageId, "two@x");
+      });
+    });
+
     describe("unsubscribing from a portal", () => {
       it("keeps one token per room (the first one stored wins) and finds the room by it; opt-outs are per room", async () => {
         const [a, b] = await Promise.all([store.unsubscribeToken("!r1", "tok1"), store.unsubscribeToken("!r1", "tok2")]);

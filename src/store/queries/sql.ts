@@ -80,6 +80,8 @@ export const SQL_INSERT_MESSAGE = `
 INSERT INTO messages (room_id, event_id, message_id, refs, direction, sender, subject, created_at, participants, via_list)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (room_id, event_id) DO NOTHING`;
+/** The newest inbound message of $1 room_id. */
+export const SQL_LATEST_INBOUND_OF_ROOM = `SELECT ${MESSAGE_COLS} FROM messages WHERE room_id = $1 AND direction = 'inbound' ORDER BY created_at DESC, event_id DESC LIMIT 1`;
 /** All mappings of $1 message_id, oldest first. */
 export const SQL_MESSAGES_BY_MESSAGE_ID = `SELECT ${MESSAGE_COLS} FROM messages WHERE message_id = $1 ORDER BY created_at, room_id, event_id`;
 /** Mapping of $1 room_id, $2 event_id. */
