@@ -27,7 +27,8 @@ import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import { authDecision, authenticateMessage, readAuthor, type AuthPolicy, type AuthVerdict } from "../mail/inbound/auth.ts";
 import type { DnsLookup } from "../mail/dns.ts";
-import { mailboxUserId, normalizeAddress, portalReader, type IdContext } from "./ids.ts";
+import { mailboxUserId, normalizeAddress, type IdContext } from "./ids.ts";
+import { portalOf } from "./Portal.ts";
 import type { MailboxPolicy } from "../store/Store.ts";
 import { parseMailboxCommand, type MailboxCommand, type Subscriptions } from "./Subscriptions.ts";
 import { Ghost } from "./Ghost.ts";
@@ -457,7 +458,7 @@ export class InboundRouter implements InboundHandler<Mailbox> {
   private async membersOf(roomId: string): Promise<string[]> {
     const portal = await this.opts.store.getPortalByRoom(roomId);
     if (!portal) return [];
-    return this.opts.matrix.joinedMembers(roomId, portalReader(portal, this.opts.ids));
+    return this.opts.matrix.joinedMembers(roomId, portalOf(portal).reader(this.opts.ids));
   }
 }
 

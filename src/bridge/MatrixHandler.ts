@@ -9,6 +9,7 @@ import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { parseCommand, runCommand } from "./commands.ts";
 import { NotSentError, type OutboundHandler, type RoomMessageEvent } from "./OutboundHandler.ts";
+import { portalOf } from "./Portal.ts";
 import { ENCRYPTED_ROOM_NOTICE } from "./notices.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
@@ -107,7 +108,8 @@ export class MatrixHandler {
     if (!portal) {
       await store.upsertPortal({ roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
     }
-    if (portal?.kind !== "dm") await this.bringBot(roomId, invitee);
+    // A new room becomes a group portal; only a DM keeps the bot out.
+    if (!portal || portalOf(portal).hasBot) await this.bringBot(roomId, invitee);
     log.info("ghost joined portal", { roomId, inviter, address });
   }
 
@@ -137,7 +139,8 @@ export class MatrixHandler {
     const body = typeof event.content.body === "string" ? event.content.body : "";
     const portal = await store.getPortalByRoom(event.room_id);
     const args = parseCommand(body, false);
-    if (args && portal?.kind !== "dm") {
+    // Commands are the bot's: not in a DM portal, where the bot is not.
+    if (args && (!portal || portalOf(portal).hasBot)) {
       await this.command(event, args);
       return;
     }

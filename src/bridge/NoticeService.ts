@@ -5,7 +5,8 @@
  * else the bridge bot does.
  */
 import type { BridgeStore } from "../store/Store.ts";
-import { portalReader, type IdContext } from "./ids.ts";
+import type { IdContext } from "./ids.ts";
+import { portalOf } from "./Portal.ts";
 import type { MatrixActions } from "./ports.ts";
 
 /** Options of {@link NoticeService}. */
@@ -31,7 +32,7 @@ export class NoticeService {
    */
   async post(roomId: string, text: string, replyTo?: string, txnId?: string): Promise<string> {
     const portal = await this.opts.store.getPortalByRoom(roomId);
-    const sender = portal ? portalReader(portal, this.opts.ids) : this.opts.matrix.botUserId;
+    const sender = portal ? portalOf(portal).reader(this.opts.ids) : this.opts.matrix.botUserId;
     const content: Record<string, unknown> = { msgtype: "m.notice", body: text };
     if (replyTo) content["m.relates_to"] = { "m.in_reply_to": { event_id: replyTo } };
     return this.opts.matrix.sendEvent(sender, roomId, "m.room.message", content, txnId);

@@ -5,9 +5,10 @@
  */
 import { randomBytes } from "node:crypto";
 import type { BatchPart, BatchState, BridgeStore, MessageRow, PortalRow } from "../store/Store.ts";
+import { portalOf, type Portal, type PortalContext, type RecipientPlan } from "./Portal.ts";
 import { composeMail, type MailFile, type OutgoingMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
-import { parseGhost, mintMessageId, personalAddress, portalReader, type IdContext } from "./ids.ts";
+import { mintMessageId, personalAddress, type IdContext } from "./ids.ts";
 import { escapeHtml, matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
@@ -64,13 +65,10 @@ const MAX_BATCH_WINDOWS = 6;
 /** Longest subject made from a message's first line, in characters (RFC 5322 §2.1.1 suggests 78 per line). */
 const SUBJECT_MAX = 78;
 
-/** Who gets a mail: envelope recipients, the addresses shown in To:, and whether it is a list mail. */
-type RecipientPlan = { envelope: string[]; to: string[]; list: boolean };
-
 /** A room message on its way to becoming mail. */
 interface PendingMail {
   event: RoomMessageEvent;
-  portal: PortalRow;
+  portal: Portal;
   from: string;
   senderName: string;
   subject: string;
@@ -110,18 +108,9 @@ export class OutboundHandler {
     this.opts = opts;
   }
 
-  /**
-   * Who gets a room message by mail, and who is shown in To:.
-   * - DM portal: the remote party.
-   * - group portal: the addresses of the ghosts joined to the room.
-   * - room mailbox: a message in an email conversation (a reply, or a message in a thread, whose
-   *   parent is a known mail) goes to that conversation's participants (the parent's sender, To
-   *   and Cc), who already see each other; a top-level message goes to the room's subscribers
-   *   only, each by envelope, with the list address in To: so subscribers never see each other;
-   *   so does a reply to such a list message.
-   */
-  async recipients(portal: PortalRow, parent: MessageRow | null): Promise<{ envelope: string[]; to: string[]; list: boolean }> {
-    return this.withoutOptOuts(portal.roomId, await this.plannedRecipients(portal, parent));
+  /** What the portal (./Portal.ts) needs to plan recipients, parents and names. */
+  #portalContext(): PortalContext {
+    return { store: this.opts.store, matrix: this.opts.matrix, ids: this.opts.ids };
   }
 
   /**
@@ -135,22 +124,6 @@ export class OutboundHandler {
     const envelope = plan.envelope.filter((a) => !out.has(a));
     if (envelope.length === 0) throw new NotSentError(`Not sent by email: ${plan.envelope.join(", ")} unsubscribed from this room's mail.`);
     return { ...plan, envelope, to: plan.to.filter((a) => !out.has(a)) };
-  }
-
-  private async plannedRecipients(portal: PortalRow, parent: MessageRow | null): Promise<RecipientPlan> {
-    const { ids, store } = this.opts;
-    if (portal.kind === "dm" && portal.remoteAddress) return { envelope: [portal.remoteAddress], to: [portal.remoteAddress], list: false };
-    if (portal.kind === "mailbox") {
-      if (parent && !parent.viaList) {
-        const own = `@${ids.mailDomain}`;
-        const people = [...new Set([parent.sender, ...parent.participants])].filter((a) => !a.endsWith(own));
-        return { envelope: people, to: people, list: false };
-      }
-      return { envelope: await store.listSubscribers(portal.roomId), to: [], list: true };
-    }
-    const members = await this.opts.matrix.joinedMembers(portal.roomId);
-    const addresses = [...new Set(members.map((m) => parseGhost(m, ids)?.address).filter((a): a is string => a !== undefined))];
-    return { envelope: addresses, to: addresses, list: false };
   }
 
   /**
@@ -169,8 +142,9 @@ export class OutboundHandler {
    * @throws NotSentError with a user-facing reason (unsupported message type, sender without a mailbox, limits)
    * @throws the homeserver's error when a file cannot be downloaded now (the event is retried)
    */
-  async handle(event: RoomMessageEvent, portal: PortalRow): Promise<string | null> {
+  async handle(event: RoomMessageEvent, row: PortalRow): Promise<string | null> {
     const { store, matrix, ids } = this.opts;
+    const portal = portalOf(row);
     const rel = event.content["m.relates_to"];
     if (rel?.rel_type === "m.replace") return this.correction(event, portal, rel.event_id ?? null);
     const msgtype = event.content.msgtype ?? "";
@@ -186,12 +160,12 @@ export class OutboundHandler {
     const parentId = rel?.["m.in_reply_to"]?.event_id ?? (rel?.rel_type === "m.thread" ? rel.event_id : undefined);
     // In a DM, a message that answers nothing in particular continues the conversation: it
     // answers the other side's latest mail (as a mail client's "Reply" would).
-    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : portal.kind === "dm" ? await store.latestInboundMessage(portal.roomId) : null;
-    const plan = await this.recipients(portal, parent);
+    const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : await portal.implicitParent(this.#portalContext());
+    const plan = await this.withoutOptOuts(portal.roomId, await portal.recipients(parent, this.#portalContext()));
     if (plan.envelope.length === 0) return null;
     await this.checkLimits(from, plan.envelope, event);
 
-    const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
+    const senderName = await matrix.displayName(portal.roomId, event.sender, portal.reader(ids));
     const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName, event.content.body ?? "");
     const replyTo = rel?.["m.in_reply_to"]?.event_id;
     const quote = replyTo ? await this.quoteOf(portal, replyTo) : null;
@@ -268,7 +242,7 @@ export class OutboundHandler {
    * than its sender, which the spec makes invalid) mails nothing.
    * @returns the Message-ID queued, or null when nothing is mailed
    */
-  private async correction(event: RoomMessageEvent, portal: PortalRow, originalId: string | null): Promise<string | null> {
+  private async correction(event: RoomMessageEvent, portal: Portal, originalId: string | null): Promise<string | null> {
     const { store, matrix, ids } = this.opts;
     if (await store.getOutboundByEvent(event.event_id)) return null; // replayed transaction
     const original = originalId ? await store.getMessageByEvent(portal.roomId, originalId) : null;
@@ -278,7 +252,7 @@ export class OutboundHandler {
       return null;
     }
     const newContent = event.content["m.new_content"] ?? event.content;
-    const senderName = await matrix.displayName(portal.roomId, event.sender, portalReader(portal, ids));
+    const senderName = await matrix.displayName(portal.roomId, event.sender, portal.reader(ids));
     // Edited while its batched mail still waits: the mail changes, nothing extra is sent.
     const now = this.#now();
     const open = await store.openBatchByMessageId(original.messageId, now);
@@ -305,9 +279,9 @@ export class OutboundHandler {
    * (redacted or gone): the mail goes without a quote, the thread headers still link it.
    * @throws the homeserver's error when it cannot answer now (the event is retried)
    */
-  private async quoteOf(portal: PortalRow, eventId: string): Promise<QuotedMessage | null> {
+  private async quoteOf(portal: Portal, eventId: string): Promise<QuotedMessage | null> {
     const { matrix, ids } = this.opts;
-    const reader = portalReader(portal, ids);
+    const reader = portal.reader(ids);
     const ev = await matrix.roomEvent(portal.roomId, eventId, reader);
     if (!ev || typeof ev.content.body !== "string") {
       log.info("the message replied to is not readable: mailed without a quote", { roomId: portal.roomId, eventId });
@@ -405,7 +379,7 @@ export class OutboundHandler {
           "List-Unsubscribe": `<mailto:${unsubscribe}>`,
         }
       : { "List-Unsubscribe": `<mailto:${unsubscribe}?subject=unsubscribe>` };
-    const where = await this.roomLabel(portal);
+    const { label: where } = await portal.describe(this.#portalContext());
     return {
       footer: `${senderName} wrote this ${where} on Matrix. To get no more mail from there, write to ${unsubscribe}.`,
       from: { name: senderName, address: from },
@@ -421,13 +395,6 @@ export class OutboundHandler {
       replyTo: list ? { name: null, address: list } : null,
       headers: listHeaders,
     };
-  }
-
-  /** How the footer names the room: `in "Name"`, or `in a direct chat` for a DM. */
-  private async roomLabel(portal: PortalRow): Promise<string> {
-    if (portal.kind === "dm") return "in a direct chat";
-    const name = await this.opts.matrix.stateContent(portal.roomId, "m.room.name", "", portalReader(portal, this.opts.ids));
-    return typeof name?.name === "string" && name.name.trim() ? `in the room "${name.name.trim()}"` : "in a room";
   }
 
   #now(): number {
@@ -470,12 +437,10 @@ export class OutboundHandler {
    * `Message from <name>`.
    * @throws the homeserver's error when the room name cannot be read (the event is retried)
    */
-  private async subjectFor(portal: PortalRow, parentSubject: string | null, senderName: string, text: string): Promise<string> {
+  private async subjectFor(portal: Portal, parentSubject: string | null, senderName: string, text: string): Promise<string> {
     if (parentSubject) return /^re:/i.test(parentSubject) ? parentSubject : `Re: ${parentSubject}`;
-    if (portal.kind !== "dm") {
-      const name = await this.opts.matrix.stateContent(portal.roomId, "m.room.name", "", portalReader(portal, this.opts.ids));
-      if (typeof name?.name === "string" && name.name.trim()) return name.name.trim();
-    }
+    const { name } = await portal.describe(this.#portalContext());
+    if (name) return name;
     const first = text.split("\n").map((l) => l.trim()).find((l) => l !== "" && !l.startsWith(">"));
     if (first) return first.length > SUBJECT_MAX ? `${first.slice(0, SUBJECT_MAX - 1).trimEnd()}…` : first;
     return `Message from ${senderName}`;

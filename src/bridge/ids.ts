@@ -249,11 +249,3 @@ export function bareMessageId(id: string | null | undefined): string | null {
   return s.length > 0 ? s : null;
 }
 
-/**
- * The bridge user that is a member of a portal and can read it: the remote party's
- * ghost in a DM portal (the bot is not in DMs), the bridge bot elsewhere.
- */
-export function portalReader(portal: { kind: string; remoteAddress: string | null; remoteVerified: boolean }, ctx: IdContext): string {
-  if (portal.kind !== "dm" || !portal.remoteAddress) return botUserId(ctx);
-  return portal.remoteVerified ? ghostUserId(portal.remoteAddress, ctx) : unverifiedGhostUserId(portal.remoteAddress, ctx);
-}
