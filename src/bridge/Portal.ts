@@ -110,10 +110,8 @@ export class DmPortal extends PortalBase<"dm"> {
   }
 }
 
-/** A room where Matrix users invited ghosts. */
-export class GroupPortal extends PortalBase<"group"> {
-  readonly kind = "group" as const;
-
+/** A portal the bridge bot is in and reads: a message that replies to nothing starts a new mail thread, named after the room. */
+abstract class RoomPortal<K extends "group" | "mailbox"> extends PortalBase<K> {
   get hasBot(): boolean {
     return true;
   }
@@ -124,13 +122,6 @@ export class GroupPortal extends PortalBase<"group"> {
 
   async implicitParent(): Promise<MessageRow | null> {
     return null;
-  }
-
-  /** The addresses of the ghosts joined to the room (each once). */
-  async recipients(_parent: MessageRow | null, ctx: PortalContext): Promise<RecipientPlan> {
-    const members = await ctx.matrix.joinedMembers(this.roomId);
-    const addresses = [...new Set(members.map((m) => parseGhost(m, ctx.ids)?.address).filter((a): a is string => a !== undefined))];
-    return { envelope: addresses, to: addresses, list: false };
   }
 
   async describe(ctx: PortalContext): Promise<{ label: string; name: string | null }> {
@@ -139,21 +130,21 @@ export class GroupPortal extends PortalBase<"group"> {
   }
 }
 
+/** A room where Matrix users invited ghosts. */
+export class GroupPortal extends RoomPortal<"group"> {
+  readonly kind = "group" as const;
+
+  /** The addresses of the ghosts joined to the room (each once). */
+  async recipients(_parent: MessageRow | null, ctx: PortalContext): Promise<RecipientPlan> {
+    const members = await ctx.matrix.joinedMembers(this.roomId);
+    const addresses = [...new Set(members.map((m) => parseGhost(m, ctx.ids)?.address).filter((a): a is string => a !== undefined))];
+    return { envelope: addresses, to: addresses, list: false };
+  }
+}
+
 /** A room with a room mailbox: a mailing list with manners. */
-export class MailboxPortal extends PortalBase<"mailbox"> {
+export class MailboxPortal extends RoomPortal<"mailbox"> {
   readonly kind = "mailbox" as const;
-
-  get hasBot(): boolean {
-    return true;
-  }
-
-  reader(ids: IdContext): string {
-    return botUserId(ids);
-  }
-
-  async implicitParent(): Promise<MessageRow | null> {
-    return null;
-  }
 
   /**
    * A message in an email conversation (its parent is a mail that was not a list mail) goes to
@@ -167,11 +158,6 @@ export class MailboxPortal extends PortalBase<"mailbox"> {
       return { envelope: people, to: people, list: false };
     }
     return { envelope: await ctx.store.listSubscribers(this.roomId), to: [], list: true };
-  }
-
-  async describe(ctx: PortalContext): Promise<{ label: string; name: string | null }> {
-    const name = await this.roomName(ctx);
-    return { label: name ? `in the room "${name}"` : "in a room", name };
   }
 }
 

@@ -378,7 +378,16 @@ export class SqlStore implements BridgeStore {
   // Outbound queue
 
   /** Queue a mail as `queued`, due now, with a `pending` row per (distinct) recipient. */
-  async enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }> {
+  enqueueOutbound(mail: NewOutbound): Promise<{ row: OutboundRow; duplicate: boolean }> {
+    return this.#enqueue(mail, null);
+  }
+
+  enqueueOutboundBatch(mail: NewOutbound, batch: { key: string; state: BatchState; closesAt: number }): Promise<{ row: OutboundRow; duplicate: boolean }> {
+    return this.#enqueue(mail, batch);
+  }
+
+  /** Insert the queue row (due now, or held open as a batch until `closesAt`) and its recipients; idempotent on eventId. */
+  async #enqueue(mail: NewOutbound, batch: { key: string; state: BatchState; closesAt: number } | null): Promise<{ row: OutboundRow; duplicate: boolean }> {
     const now = ms(this.#now());
     return this.db.transaction(async (tx) => {
       const inserted = await tx.query<DbRow>(Q.SQL_ENQUEUE_OUTBOUND, [
@@ -389,32 +398,9 @@ export class SqlStore implements BridgeStore {
         jsonText(mail.recipients),
         this.#cipher.seal(mail.raw, "outbound_mail"),
         now,
-      ]);
-      if (inserted[0]) {
-        const row = this.#toOutbound(inserted[0]);
-        for (const address of mail.recipients) await tx.execute(Q.SQL_INSERT_OUTBOUND_RECIPIENT, [row.id, address, now]);
-        return { row, duplicate: false };
-      }
-      const existing = await one(tx, Q.SQL_OUTBOUND_BY_EVENT, [mail.eventId], this.#toOutbound);
-      if (!existing) throw new Error("outbound insert conflicted but no row was found");
-      return { row: existing, duplicate: true };
-    });
-  }
-
-  async enqueueOutboundBatch(mail: NewOutbound, batch: { key: string; state: BatchState; closesAt: number }): Promise<{ row: OutboundRow; duplicate: boolean }> {
-    const now = ms(this.#now());
-    return this.db.transaction(async (tx) => {
-      const inserted = await tx.query<DbRow>(Q.SQL_ENQUEUE_OUTBOUND_BATCH, [
-        mail.roomId,
-        mail.eventId,
-        mail.messageId,
-        mail.envelopeFrom,
-        jsonText(mail.recipients),
-        this.#cipher.seal(mail.raw, "outbound_mail"),
-        now,
-        ms(batch.closesAt),
-        batch.key,
-        this.#sealBatch(batch.state),
+        batch ? ms(batch.closesAt) : now,
+        batch?.key ?? null,
+        batch ? this.#sealBatch(batch.state) : null,
       ]);
       if (inserted[0]) {
         const row = this.#toOutbound(inserted[0]);

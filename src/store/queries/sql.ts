@@ -146,17 +146,12 @@ export const SQL_INBOUND_POSTED = "UPDATE inbound_mail SET state = 'posted', eve
 const OUTBOUND_COLS =
   "id, room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, last_error, created_at, delay_warned_at, " +
   "raw_purged_at";
-/** Queue an outbound mail unless event_id exists, returning it (no row on conflict). $7 = now (ms). */
-export const SQL_ENQUEUE_OUTBOUND = `
-INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $7, $7)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING ${OUTBOUND_COLS}`;
 /**
- * Queue an outbound mail held open for batching: like SQL_ENQUEUE_OUTBOUND, due at $8 (ms), with
- * $9 batch_key and $10 batch_state (sealed JSON).
+ * Queue an outbound mail unless event_id exists, returning it (no row on conflict): $7 = now
+ * (ms), due at $8 (ms; now, or later for a mail held open for batching), $9 batch_key and
+ * $10 batch_state (sealed JSON), both NULL for a mail that is not batched.
  */
-export const SQL_ENQUEUE_OUTBOUND_BATCH = `
+export const SQL_ENQUEUE_OUTBOUND = `
 INSERT INTO outbound_mail (room_id, event_id, message_id, envelope_from, recipients, raw, state, attempts, next_attempt_at, created_at, batch_key, batch_state)
 VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $8, $7, $9, $10)
 ON CONFLICT (event_id) DO NOTHING
