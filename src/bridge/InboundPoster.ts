@@ -15,17 +15,23 @@
  *   the sender hears why (a DSN, through `onUndeliverable`), and the raw mail stays in the
  *   store (`matrix-email-bridge queue show`).
  * A reply is a rich reply in DM and group portals and a thread message in a room mailbox
- * (bridge/threads.ts); HTML is cut to the spec's nesting and deceptive links show their target
- * (bridge/sanitize.ts); attachment names lose control and bidi characters ({@link cleanFilename}).
+ * (bridge/threads.ts), its quoted history and signature folded away (mail/inbound/replyFold.ts)
+ * with the whole mail attached as message.eml; HTML is cut to the spec's nesting and deceptive
+ * links show their target (bridge/sanitize.ts); inline `cid:` images are uploaded and shown in
+ * place, forwarded messages and calendar invitations are shown as blocks after the text
+ * (bridge/mailParts.ts); automatic mail (RFC 3834) is an `m.notice` ({@link isAutomatic});
+ * attachment names lose control and bidi characters ({@link cleanFilename}).
  * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
 import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow } from "../store/Store.ts";
-import { forEachAttachment, parseMail, stripQuotedReply, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import { forEachAttachment, parseMail, type MailAttachment, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
+import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedParts } from "./mailParts.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
 import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
-import { sanitizeMailHtml } from "./sanitize.ts";
+import { sanitizeHtml, sanitizeMailHtml } from "./sanitize.ts";
 import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
 import type { NoticeService } from "./NoticeService.ts";
@@ -234,8 +240,15 @@ export class InboundPoster {
 
     const roomId = await this.roomFor(row, ghost, mail);
     const verdict = authContent(row.auth);
-    const { content, cut } = this.content(row, mail);
+    const isReply = row.replyToEventId !== null;
+    const ctx = { inbound: row.id, roomId };
+    // Inline images, forwarded messages and calendars are read before the message that shows them.
+    const parts = await prepareParts(row.raw, mail, { showHtml: !isReply, upload: (image, i) => this.uploadInline(row, ghost, image, i), ctx });
+    const fold: FoldedReply = isReply ? await foldReply(mail.text) : { text: mail.text, folded: false };
+    const { content, cut } = this.content(row, mail, fold, parts);
     content[AUTH_FIELD] = verdict;
+    // RFC 3834 §2: an automatic mail (auto-reply, bounce, list or bulk mail) is a notice; nothing answers notices.
+    if (isAutomatic(row, mail)) content.msgtype = "m.notice";
     const parent = row.replyToEventId ? await store.getMessageByEvent(roomId, row.replyToEventId) : null;
     const { eventId, threadRoot } = await this.sendMessage(row, ghost, roomId, content, parent, mail);
     // A thread message's files go into its thread too, falling back to the message itself.
@@ -252,14 +265,29 @@ export class InboundPoster {
       viaList: false,
     });
     const files: { filename: string; contentType: string; content: Buffer }[] = [];
-    if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from(mail.text, "utf8") });
-    // What did not decode is not lost: the original goes with what could be read.
-    if (mail.losses.length > 0) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
+    if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from([mail.text, ...parts.blocks.map((b) => b.text)].join("\n\n"), "utf8") });
+    // What did not decode, or was folded away, is not lost: the original goes with what is shown.
+    if (mail.losses.length > 0 || fold.folded) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
     for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation);
     // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
-    if (mail.attachments.length > 0) {
-      await forEachAttachment(row.raw, (att, i) =>
-        this.postFile(row, ghost, roomId, { filename: cleanFilename(att.filename, i), contentType: att.contentType, content: att.content }, files.length + i, verdict, fileRelation),
+    // An inline image the message shows is not posted again; one it does not show is, with its upload.
+    const formatted = String(content.formatted_body ?? "");
+    const postAsFile = (i: number): boolean => !parts.skip.has(i) && !(parts.inline.has(i) && formatted.includes(parts.inline.get(i)!.url));
+    if (mail.attachments.some((_a, i) => postAsFile(i))) {
+      await forEachAttachment(
+        row.raw,
+        (att, i) =>
+          this.postFile(
+            row,
+            ghost,
+            roomId,
+            { filename: cleanFilename(parts.names.get(i) ?? att.filename, i), contentType: att.contentType, content: att.content },
+            files.length + i,
+            verdict,
+            fileRelation,
+            parts.inline.get(i),
+          ),
+        { only: (_info, i) => postAsFile(i) },
       );
     }
     await store.markInboundPosted(row.id, eventId);
@@ -402,14 +430,28 @@ export class InboundPoster {
   }
 
   /**
-   * The message content: subject, text (reply quotes stripped), sanitized HTML, warnings; text
-   * longer than `maxTextBytes`, or content over the event budget, is cut at a marker.
+   * The message content: subject, text (a reply's quote and signature folded away), sanitized HTML with inline images pointing at their uploads, the blocks of
+   * forwarded messages and calendars after the text, warnings; text longer than `maxTextBytes`,
+   * or content over the event budget, is cut at a marker.
+   * @param fold the reply's text after {@link foldReply} (the mail's text for a new conversation)
+   * @param parts what {@link prepareParts} read
    * @returns the content and whether the text was cut (then the full text is attached)
    */
-  private content(row: InboundRow, mail: ParsedMailSummary): { content: Record<string, unknown>; cut: boolean } {
+  private content(row: InboundRow, mail: ParsedMailSummary, fold: FoldedReply, parts: PreparedParts = noParts()): { content: Record<string, unknown>; cut: boolean } {
     const isReply = row.replyToEventId !== null;
-    const text = isReply ? stripQuotedReply(mail.text) : mail.text;
-    const html = !isReply && mail.html ? sanitizeMailHtml(mail.html) || null : null;
+    // The folded text is not marked in the message: a Matrix reply to it would quote the mark
+    // into the mail it sends. The whole mail follows as message.eml (see post()).
+    const own = fold.text.trimEnd();
+    const text = [own, ...parts.blocks.map((b) => b.text)].join("\n\n");
+    // A reply shows its text only: its HTML would bring the quote back.
+    const ownHtml = !isReply && mail.html ? replaceCids(mail.html, parts.cidUrls) : null;
+    let html: string | null;
+    if (parts.blocks.length === 0) html = ownHtml !== null ? sanitizeMailHtml(ownHtml) || null : null;
+    else {
+      // The mail's HTML is closed off (sanitized) first, so that none of its open tags takes the blocks in.
+      const head = ownHtml !== null ? sanitizeHtml(ownHtml) : escapeHtml(own.trim()).replace(/\n/g, "<br>");
+      html = sanitizeMailHtml(head + parts.blocks.map((b) => b.html).join("")) || null;
+    }
     const warnings: string[] = [];
     if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
     if (mail.losses.length > 0) warnings.push(`⚠️ Parts of this mail could not be decoded (${mail.losses.join(", ")}); the original is attached as message.eml.`);
@@ -433,10 +475,35 @@ export class InboundPoster {
   }
 
   /**
+   * Upload an inline image the message shows, as the ghost. Over the homeserver's upload limit,
+   * or refused for its content: null (it is posted as a file after the message, which names it
+   * in a notice if need be). Temporary failures throw (the row is retried).
+   */
+  private async uploadInline(row: InboundRow, ghost: Ghost, image: MailAttachment, index: number): Promise<InlineImage | null> {
+    const { matrix } = this.opts;
+    const limit = await matrix.uploadLimitBytes();
+    const filename = cleanFilename(image.filename, index);
+    if (limit !== null && image.content.length > limit) {
+      log.info("inline image over the upload limit, posted as a file instead", { inbound: row.id, file: filename, size: image.content.length, limit });
+      return null;
+    }
+    const mimetype = safeMimeType(image.contentType);
+    try {
+      return { url: await matrix.uploadContent(ghost.userId, image.content, mimetype, filename), mimetype };
+    } catch (err) {
+      const failure = matrix.classifyError(err);
+      if (failure.temporary) throw err;
+      log.warn("inline image refused by the homeserver, posted as a file instead", { inbound: row.id, file: filename, error: failure.message });
+      return null;
+    }
+  }
+
+  /**
    * Post one file. Files over the homeserver's upload limit, and files the homeserver refuses
    * even as `application/octet-stream`, are named in a notice instead: one bad attachment never
    * stops the others. Temporary failures throw (the row is retried; the sends are idempotent).
    * @param relation the thread the file (or its notice) goes into, or null for the main timeline
+   * @param uploaded the file's upload when it was uploaded already (an inline image the message does not show)
    */
   private async postFile(
     row: InboundRow,
@@ -446,6 +513,7 @@ export class InboundPoster {
     index: number,
     verdict: AuthFields,
     relation: ThreadRelation | null,
+    uploaded?: InlineImage,
   ): Promise<void> {
     const { matrix } = this.opts;
     const txnId = `meb-in-${row.id}-att-${index}`;
@@ -459,28 +527,54 @@ export class InboundPoster {
       await notice(`is larger than this homeserver's upload limit of ${limit} bytes and was not posted.`);
       return;
     }
-    const typed = safeMimeType(file.contentType);
-    let url: string;
-    let mimetype = typed;
-    try {
-      url = await matrix.uploadContent(ghost.userId, file.content, typed, file.filename);
-    } catch (err) {
-      const failure = matrix.classifyError(err);
-      if (failure.temporary) throw err;
-      try {
-        mimetype = "application/octet-stream";
-        url = await matrix.uploadContent(ghost.userId, file.content, mimetype, file.filename);
-      } catch (again) {
-        const second = matrix.classifyError(again);
-        if (second.temporary) throw again;
-        log.warn("attachment refused by the homeserver, named in a notice", { inbound: row.id, roomId, file: file.filename, error: second.message });
-        await notice(`could not be posted: the homeserver refused it (${second.message}).`);
-        return;
-      }
+    const stored = uploaded ?? (await this.uploadFile(row, ghost, roomId, file));
+    if ("refused" in stored) {
+      await notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
+      return;
     }
+    const { url, mimetype } = stored;
     const msgtype = mimetype.startsWith("image/") ? "m.image" : mimetype.startsWith("audio/") ? "m.audio" : mimetype.startsWith("video/") ? "m.video" : "m.file";
     await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype, body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict, ...related }, txnId);
   }
+
+  /**
+   * Upload a file as the ghost, typed as the mail typed it, else (refused) as
+   * `application/octet-stream`.
+   * @returns the upload, or what the homeserver said when it refuses it either way
+   * @throws the homeserver's error on temporary failures (the row is retried)
+   */
+  private async uploadFile(row: InboundRow, ghost: Ghost, roomId: string, file: { filename: string; contentType: string; content: Buffer }): Promise<InlineImage | { refused: string }> {
+    const { matrix } = this.opts;
+    const typed = safeMimeType(file.contentType);
+    try {
+      return { url: await matrix.uploadContent(ghost.userId, file.content, typed, file.filename), mimetype: typed };
+    } catch (err) {
+      const failure = matrix.classifyError(err);
+      if (failure.temporary) throw err;
+    }
+    try {
+      return { url: await matrix.uploadContent(ghost.userId, file.content, "application/octet-stream", file.filename), mimetype: "application/octet-stream" };
+    } catch (again) {
+      const second = matrix.classifyError(again);
+      if (second.temporary) throw again;
+      log.warn("attachment refused by the homeserver, named in a notice", { inbound: row.id, roomId, file: file.filename, error: second.message });
+      return { refused: second.message };
+    }
+  }
+}
+
+/**
+ * Whether a mail was sent by a machine, not a person (RFC 3834 §2, §5): `Auto-Submitted` with
+ * any keyword but `no` (auto-replies, `auto-generated` notifications), `Precedence: bulk`,
+ * `list` or `junk`, or the null reverse-path `<>` (bounces and other reports, RFC 5321 §4.5.5).
+ * Such mail is posted as `m.notice`, which the bridge never mails on nor answers.
+ * @param row the inbound row (its envelope sender)
+ * @param mail its parse (Auto-Submitted, Precedence)
+ */
+export function isAutomatic(row: Pick<InboundRow, "envelopeFrom">, mail: Pick<ParsedMailSummary, "autoSubmitted" | "precedence">): boolean {
+  if (row.envelopeFrom === null || row.envelopeFrom.trim().replace(/^<(.*)>$/su, "$1").trim() === "") return true;
+  if (mail.autoSubmitted !== null && mail.autoSubmitted !== "no") return true;
+  return mail.precedence === "bulk" || mail.precedence === "list" || mail.precedence === "junk";
 }
 
 /**

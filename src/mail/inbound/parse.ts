@@ -3,8 +3,11 @@
  */
 import type { Readable } from "node:stream";
 import { MailParser } from "mailparser";
+import addressparser from "nodemailer/lib/addressparser";
 import type { AddressObject, AttachmentStream, EmailAddress, MessageText, ParsedMail as MailparserMail } from "mailparser";
 import { htmlToPlain } from "./htmlText.ts";
+import { charsetHint, recoverRawHeader, recoverRawParameter } from "./charsets.ts";
+export { stripQuotedReply } from "./replyFold.ts";
 
 /** One mailbox of an address header. */
 export interface MailAddress {
@@ -22,6 +25,15 @@ export interface MailAttachmentInfo {
   contentType: string;
   /** Decoded size in bytes. */
   size: number;
+  /**
+   * Content-ID (RFC 2392) without angle brackets, what a `cid:` URL in the HTML names; null
+   * when the part has none.
+   */
+  contentId: string | null;
+  /** Content-Disposition type (RFC 2183), lower case: `inline` or `attachment`; null when the part has none. */
+  disposition: "inline" | "attachment" | null;
+  /** The `charset` parameter of the part's Content-Type, lower case; null when it has none. */
+  charset: string | null;
 }
 
 /** One attachment (a non-body MIME part), decoded. */
@@ -53,17 +65,25 @@ export interface ParsedMail {
   subject: string | null;
   /** Date header; null when missing or unparseable. */
   date: Date | null;
+  /** The Date header as written (unfolded, trimmed), for showing it; null when missing. */
+  dateHeader: string | null;
   /** Plain body: the text/plain parts, or the HTML converted to text when there are none; "" when no body. */
   text: string;
   /** HTML body as the mail has it (untrusted: the bridge sanitizes it before posting); null when the mail has no HTML. */
   html: string | null;
   /** Auto-Submitted keyword (RFC 3834 §5), lower case, parameters dropped, e.g. `auto-replied`; null when missing. */
   autoSubmitted: string | null;
+  /**
+   * Precedence keyword (`bulk`, `list`, `junk`, …; RFC 3834 §2 names it as the mark of mail not
+   * to answer), lower case, parameters dropped; null when missing.
+   */
+  precedence: string | null;
   /** Attachments, including inline images (`cid:` parts). */
   attachments: MailAttachment[];
   /**
-   * What could not be decoded, one phrase each (e.g. "undecodable characters"): the text is
-   * posted, but the original should go with it. Empty for a clean mail.
+   * What could not be decoded, one phrase each ("undecodable characters", "control
+   * characters", "undecodable characters in the header fields"): the text is posted, but the
+   * original should go with it. Empty for a clean mail.
    */
   losses: string[];
   /**
@@ -129,6 +149,12 @@ function addresses(field: AddressObject | AddressObject[] | undefined): MailAddr
   return out;
 }
 
+/** The keyword of a header like Auto-Submitted or Precedence: lower case, parameters and comments dropped; null when missing or empty. */
+function keyword(value: string | null): string | null {
+  if (value === null) return null;
+  return (value.split(";")[0] ?? "").replace(/\([^()]*\)/gu, "").trim().toLowerCase() || null;
+}
+
 /** The raw, unfolded value of the first `name` header, or null. */
 function rawHeader(mail: MailparserMail, name: string): string | null {
   const line = mail.headerLines.find((h) => h.key === name)?.line;
@@ -146,8 +172,13 @@ interface MailparserRun {
 /** Bytes of the message handed to mailparser per write. */
 const FEED_SLICE_BYTES = 64 * 1024;
 
-/** Options of mailparser: the bridge converts HTML itself, keeps `cid:` links and needs no attachment checksums. */
-const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true, checksumAlgo: false } as const;
+/**
+ * Options of mailparser: the bridge converts HTML itself, keeps `cid:` links and needs no
+ * attachment checksums. `ignoreEmbedded`: a `message/rfc822` part (a forwarded message) is
+ * always an attachment, its bytes the forwarded message, whatever its disposition; the bridge
+ * shows it as a quoted block itself (bridge/mailParts.ts) rather than mixing its text into the body.
+ */
+const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true, checksumAlgo: false, ignoreEmbedded: true } as const;
 
 /**
  * Run mailparser's streaming parser over `raw`, handing each attachment's decoded content to
@@ -158,6 +189,8 @@ const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLin
  * @throws Error from mailparser (structural limits) or from `onAttachment`
  */
 function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, content: Readable, index: number) => Promise<void>): Promise<MailparserRun> {
+  let hint: string | null | undefined;
+  const messageCharset = (): string | null => (hint === undefined ? (hint = charsetHint(raw)) : hint);
   return new Promise((resolve, reject) => {
     const mail = { attachments: [] } as unknown as MailparserMail & Record<string, unknown>;
     const attachments: MailAttachmentInfo[] = [];
@@ -188,7 +221,7 @@ function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, con
         return;
       }
       const data = read as AttachmentStream & { content: Readable };
-      const info: MailAttachmentInfo = { filename: data.filename ?? null, contentType: data.contentType.toLowerCase(), size: 0 };
+      const info = attachmentInfo(data, raw, messageCharset);
       const index = attachments.length;
       attachments.push(info);
       let size = 0;
@@ -237,6 +270,24 @@ function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, con
   });
 }
 
+/**
+ * The bridge's fields of one attachment of mailparser: Content-ID without brackets (RFC 2392),
+ * disposition (RFC 2183; an unknown one counts as `attachment`, RFC 2183 §2.8), charset, and
+ * the file name, recovered when a legacy client wrote it as raw 8-bit bytes (mail/inbound/charsets.ts).
+ * @param messageCharset the message's charset hint, computed on first use
+ */
+function attachmentInfo(data: AttachmentStream, raw: Buffer, messageCharset: () => string | null): MailAttachmentInfo {
+  const ct = data.headers.get("content-type") as { params?: Record<string, unknown> } | undefined;
+  const charsetParam = ct?.params?.charset;
+  const charset = typeof charsetParam === "string" && charsetParam.trim() ? charsetParam.trim().toLowerCase() : null;
+  const dispositionRaw = typeof data.contentDisposition === "string" ? data.contentDisposition.trim().toLowerCase() : "";
+  const disposition = dispositionRaw === "" ? null : dispositionRaw === "inline" ? "inline" : "attachment";
+  let filename = data.filename ?? null;
+  if (filename !== null && /[\u0080-\u00ff]/u.test(filename)) filename = recoverRawParameter(filename, raw, charset ?? messageCharset());
+  const contentId = typeof data.cid === "string" && data.cid !== "" ? data.cid : null;
+  return { filename, contentType: data.contentType.toLowerCase(), size: 0, contentId, disposition, charset };
+}
+
 /** Read an attachment stream into one Buffer. */
 function collect(content: Readable): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -253,7 +304,14 @@ function collect(content: Readable): Promise<Buffer> {
  * Headers are read leniently: a Message-ID with or without angle brackets, folded
  * References with one or several ids per line, missing headers (→ null / []). The HTML
  * body is returned as the mail has it (the bridge sanitizes it before posting); `cid:` links
- * are left as they are.
+ * are left as they are. A forwarded message (`message/rfc822`, RFC 2046 §5.2.1) is an
+ * attachment whose content is the forwarded message, never mixed into the text.
+ *
+ * Text is decoded to UTF-8 from its charset: bodies by their `charset` parameter, headers from
+ * RFC 2047 encoded words, file names from RFC 2231 parameters (mailparser with iconv-lite and
+ * encoding-japanese). Header text a legacy client wrote as raw 8-bit bytes (Subject, the From
+ * display name, file names) is decoded in the charset the message names for its text
+ * (mail/inbound/charsets.ts). What still does not decode is U+FFFD and is named in `losses`.
  *
  * With `{ attachments: "metadata" }` the attachments are decoded only to be counted (name,
  * type, size): nothing of their content is kept. That is the parse made at DATA time
@@ -282,10 +340,17 @@ export async function parseMail(raw: Buffer, opts?: { attachments: "metadata" })
  * attachment being handled is in memory (plus `raw` itself). Indexes match
  * `parseMail(raw).attachments`.
  * @param fn called with the attachment and its index; the next attachment is read once it settles
+ * @param opts.only which attachments to hand over (from their name, type and Content-ID; `size`
+ *   is not known yet); the others are decoded and dropped, never collected. Default: all.
  * @throws Error from mailparser, or what `fn` throws (no further attachment is read)
  */
-export async function forEachAttachment(raw: Buffer, fn: (attachment: MailAttachment, index: number) => Promise<void>): Promise<void> {
+export async function forEachAttachment(
+  raw: Buffer,
+  fn: (attachment: MailAttachment, index: number) => Promise<void>,
+  opts: { only?: (info: MailAttachmentInfo, index: number) => boolean } = {},
+): Promise<void> {
   await runMailparser(raw, async (info, content, index) => {
+    if (opts.only && !opts.only(info, index)) return;
     const data = await collect(content);
     await fn({ ...info, size: data.length, content: data }, index);
   });
@@ -304,8 +369,8 @@ function summarize(mail: MailparserMail, attachments: MailAttachmentInfo[], raw:
   const dateRaw = rawHeader(mail, "date");
   const date = dateRaw ? new Date(dateRaw) : null;
 
-  const autoRaw = headerString(mail, "auto-submitted");
-  const autoSubmitted = autoRaw ? (autoRaw.split(";")[0] ?? "").trim().toLowerCase() || null : null;
+  const autoSubmitted = keyword(headerString(mail, "auto-submitted"));
+  const precedence = keyword(headerString(mail, "precedence"));
 
   const htmlRaw = typeof mail.html === "string" && mail.html.trim() ? mail.html : null;
   const decoded = mail.text !== undefined && mail.text.trim() ? mail.text : htmlRaw ? htmlToPlain(htmlRaw) : (mail.text ?? "");
@@ -315,98 +380,36 @@ function summarize(mail: MailparserMail, attachments: MailAttachmentInfo[], raw:
   if (decoded.search(CONTROL_RE) >= 0) losses.push("control characters");
   const text = decoded.replace(CONTROL_RE, "");
 
+  // Raw 8-bit header text in a legacy charset (see mail/inbound/charsets.ts).
+  let subject = mail.subject ?? null;
+  let from = addresses(mail.from)[0] ?? null;
+  const hint = subject?.includes("\uFFFD") || from?.name?.includes("\uFFFD") ? charsetHint(raw) : null;
+  if (hint !== null && subject?.includes("\uFFFD")) subject = recoverRawHeader(rawHeader(mail, "subject") ?? "", hint) ?? subject;
+  if (hint !== null && from?.name?.includes("\uFFFD")) {
+    const recovered = recoverRawHeader(rawHeader(mail, "from") ?? "", hint);
+    const mailbox = recovered === null ? null : flatten(addressparser(recovered) as EmailAddress[], [])[0];
+    if (mailbox && mailbox.address === from.address) from = mailbox;
+  }
+  const headerText = [subject ?? "", from?.name ?? "", ...attachments.map((a) => a.filename ?? "")];
+  if (headerText.some((t) => t.includes("\uFFFD"))) losses.push("undecodable characters in the header fields");
+
   return {
     messageId: messageIdRaw ? (extractMessageIds(messageIdRaw)[0] ?? null) : null,
     inReplyTo: inReplyToRaw ? (extractMessageIds(inReplyToRaw)[0] ?? null) : null,
     references,
-    from: addresses(mail.from)[0] ?? null,
+    from,
     replyTo: addresses(mail.replyTo)[0] ?? null,
     to: addresses(mail.to),
     cc: addresses(mail.cc),
-    subject: mail.subject ?? null,
+    subject,
     date: date && !Number.isNaN(date.getTime()) ? date : null,
+    dateHeader: dateRaw || null,
     text,
     html: htmlRaw === null ? null : htmlRaw.replace(CONTROL_RE, ""),
     autoSubmitted,
+    precedence,
     losses,
     unreadable: unreadableStructure(mail, raw),
     attachments,
   };
-}
-
-/** The verb of an attribution line ("wrote" and common translations). */
-const VERB_RE = /\b(?:wrote|schrieb|a écrit|escribió|ha scritto|schreef|napisał|escreveu|skrev|kirjoitti)/i;
-/** An attribution that ends with its verb: "On ..., Alice <a@b> wrote:". */
-const VERB_END_RE = new RegExp(`${VERB_RE.source}\\s*:\\s*$`, "i");
-/** How a wrapped attribution starts ("On Tue, ...", "Am ...", "Le ..."). */
-const OPENER_RE = /^\s*(?:On|Am|Le|El|Il|Op|Em|W dniu|Den|Dne|På)\s/i;
-const QUOTED_RE = /^[ \t]*>/;
-const BLANK_RE = /^[ \t]*$/;
-
-/**
- * Remove the quoted previous message at the end of a reply, so that only the new text is
- * posted to Matrix.
- *
- * Removes, at the end of the text: a block of `>`-quoted lines (blank lines in and after it
- * included), together with the attribution line just above it ("On Mon, 1 Jan 2024, Alice
- * <a@example.org> wrote:", possibly wrapped over up to three lines, common translations too),
- * and an Outlook-style `-----Original Message-----` line followed by a `From:` header
- * line, with everything after it. Quotes in the middle of the text
- * (interleaved replies) are kept.
- *
- * @param text plain text body (LF or CRLF line ends)
- * @returns the text without the trailing quote, trailing blank lines removed; `text` itself,
- *   unchanged, when no trailing quote is found or when removing it would leave nothing
- */
-export function stripQuotedReply(text: string): string {
-  const eol = text.includes("\r\n") ? "\r\n" : "\n";
-  const lines = text.split(/\r?\n/);
-
-  let cut = lines.length;
-
-  // Outlook: "-----Original Message-----" (or "----- Original Message -----") then headers.
-  const original = lines.findIndex(
-    (l, k) =>
-      /^\s*-{3,}\s*Original Message\s*-{3,}\s*$/i.test(l) &&
-      lines.slice(k + 1, k + 4).some((h) => /^\s*From:/i.test(h)),
-  );
-  if (original >= 0) {
-    cut = original;
-  } else {
-    // Trailing block of quoted and blank lines, with at least one quoted line.
-    let i = lines.length;
-    let sawQuote = false;
-    while (i > 0) {
-      const l = lines[i - 1] ?? "";
-      if (QUOTED_RE.test(l)) sawQuote = true;
-      else if (!BLANK_RE.test(l)) break;
-      i--;
-    }
-    if (!sawQuote) return text;
-    cut = i;
-    // Attribution just above, after optional blank lines, possibly wrapped (Gmail wraps long ones).
-    let j = cut;
-    while (j > 0 && BLANK_RE.test(lines[j - 1] ?? "")) j--;
-    const last = (lines[j - 1] ?? "").trimEnd();
-    if (j > 0 && last.endsWith(":")) {
-      let found = false;
-      // "On <date>, <name> wrote:" / "Am <date> schrieb <name>:", wrapped over up to 3 lines.
-      for (let k = j - 1; k >= Math.max(0, j - 3); k--) {
-        const l = lines[k] ?? "";
-        if (BLANK_RE.test(l)) break;
-        if (OPENER_RE.test(l) && VERB_RE.test(lines.slice(k, j).join(" "))) {
-          cut = k;
-          found = true;
-          break;
-        }
-      }
-      // "Alice <a@b> wrote:" without an opener.
-      if (!found && VERB_END_RE.test(last)) cut = j - 1;
-    }
-  }
-
-  const kept = lines.slice(0, cut);
-  while (kept.length > 0 && BLANK_RE.test(kept[kept.length - 1] ?? "")) kept.pop();
-  if (kept.length === 0) return text;
-  return kept.join(eol);
 }

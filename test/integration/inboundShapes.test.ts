@@ -1,0 +1,305 @@
+/**
+ * The inbound poster with the mail shapes of issue 9, on a real SQLite store with a fake
+ * homeserver that records every upload and send in order: inline (`cid:`) images are uploaded
+ * before the message that shows them and not posted again; images that cannot be shown inline
+ * (over the upload limit, refused, cut away with the HTML) are posted after it; forwarded messages
+ * and calendars are shown as blocks and posted once; a folded reply brings its original along;
+ * automatic mail is a notice.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
+import type { HomeserverFailure, MatrixActions } from "../../src/bridge/ports.ts";
+import type { IdContext } from "../../src/bridge/ids.ts";
+import { openStore } from "../../src/store/open.ts";
+import type { BridgeStore, NewInbound } from "../../src/store/Store.ts";
+import { configureLogging } from "../../src/util/logger.ts";
+import { newInbound } from "../harness/rows.ts";
+
+if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
+
+const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomain: "bridge.test", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
+
+/** An error the fake homeserver throws, with the status it classifies as (null: a network error, temporary). */
+class FakeHttpError extends Error {
+  readonly status: number | null;
+  constructor(status: number | null, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+type Op = { op: "upload"; name: string; type: string; size: number; url: string } | { op: "send"; content: Record<string, unknown>; txnId: string | undefined };
+
+/** What the fake homeserver does with an upload: accept it, refuse it (400), or fail (temporary). */
+type UploadRule = (type: string, name: string, attempt: number) => "ok" | "refuse" | "fail";
+
+/** A homeserver that records uploads and sends in order; uploads are judged by `rule`. */
+function fakeHomeserver(limit: number | null, rule: UploadRule): MatrixActions & { ops: Op[] } {
+  const ops: Op[] = [];
+  const attempts = new Map<string, number>();
+  const known: Partial<MatrixActions> = {
+    ensureGhost: async () => {},
+    join: async () => {},
+    sendEvent: async (_user, _room, _type, content, txnId) => {
+      // Idempotent by transaction ID, as the Client-Server API is.
+      const earlier = ops.findIndex((o) => o.op === "send" && o.txnId === txnId);
+      if (earlier >= 0) return `$event${earlier}`;
+      ops.push({ op: "send", content, txnId });
+      return `$event${ops.length - 1}`;
+    },
+    uploadLimitBytes: async () => limit,
+    uploadContent: async (_user, data, type, name) => {
+      const key = `${type} ${name}`;
+      const attempt = (attempts.get(key) ?? 0) + 1;
+      attempts.set(key, attempt);
+      const verdict = rule(type, name, attempt);
+      if (verdict === "refuse") throw new FakeHttpError(400, `M_UNKNOWN: ${type} not accepted`);
+      if (verdict === "fail") throw new FakeHttpError(null, "connection reset");
+      const url = `mxc://hs.test/u${ops.filter((o) => o.op === "upload").length + 1}`;
+      ops.push({ op: "upload", name, type, size: data.length, url });
+      return url;
+    },
+    classifyError: (err: unknown): HomeserverFailure => {
+      const status = err instanceof FakeHttpError ? err.status : null;
+      return { temporary: status === null, retryAfterMs: null, status, errcode: status ? "M_UNKNOWN" : null, message: (err as Error).message };
+    },
+  };
+  return Object.assign(
+    new Proxy(known, {
+      get(target, prop) {
+        const f = target[prop as keyof MatrixActions];
+        if (f === undefined) throw new Error(`the fake homeserver has no ${String(prop)}`);
+        return f;
+      },
+    }) as MatrixActions,
+    { ops },
+  );
+}
+
+/** A 1×1 PNG-looking payload of `size` bytes (the fake homeserver does not look inside). */
+function image(size: number, seed: number): Buffer {
+  return Buffer.from(Array.from({ length: size }, (_, i) => (i * 7 + seed) % 256));
+}
+
+/** A multipart/related mail: HTML showing `cid:logo@x`, the logo, an unreferenced photo, and a PDF. */
+function relatedMail(opts: { logo: Buffer; html?: string; messageId: string }): Buffer {
+  const html = opts.html ?? '<p>Our logo:</p><p><img src="cid:logo@x" alt="logo"></p><p>The end.</p>';
+  return Buffer.from(
+    [
+      "From: Bob <bob@example.org>",
+      "To: team@bridge.test",
+      "Subject: Logo",
+      `Message-ID: <${opts.messageId}>`,
+      "MIME-Version: 1.0",
+      'Content-Type: multipart/mixed; boundary="m"',
+      "",
+      "--m",
+      'Content-Type: multipart/related; boundary="r"',
+      "",
+      "--r",
+      "Content-Type: text/html; charset=utf-8",
+      "",
+      html,
+      "--r",
+      "Content-Type: image/png; name=logo.png",
+      "Content-Disposition: inline; filename=logo.png",
+      "Content-ID: <logo@x>",
+      "Content-Transfer-Encoding: base64",
+      "",
+      opts.logo.toString("base64"),
+      "--r",
+      "Content-Type: image/png; name=photo.png",
+      "Content-Disposition: inline; filename=photo.png",
+      "Content-ID: <photo@x>",
+      "Content-Transfer-Encoding: base64",
+      "",
+      image(30, 9).toString("base64"),
+      "--r--",
+      "--m",
+      "Content-Type: application/pdf; name=doc.pdf",
+      "Content-Disposition: attachment; filename=doc.pdf",
+      "Content-Transfer-Encoding: base64",
+      "",
+      Buffer.from("%PDF-1.4 tiny").toString("base64"),
+      "--m--",
+      "",
+    ].join("\r\n"),
+  );
+}
+
+describe("inbound poster: inline images, forwards, calendars, folded replies, automatic mail", () => {
+  let dir: string;
+  let store: BridgeStore;
+  let counter = 0;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "meb-shapes-"));
+    store = await openStore({ url: null, sqliteFile: join(dir, "bridge.sqlite") });
+  });
+  after(async () => {
+    await store?.close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Post one mail; returns what the homeserver saw, in order. */
+  async function post(raw: Buffer, opts: { over?: Partial<NewInbound>; limit?: number | null; rule?: UploadRule; maxTextBytes?: number } = {}): Promise<Op[]> {
+    const matrix = fakeHomeserver(opts.limit ?? null, opts.rule ?? (() => "ok"));
+    const poster = new InboundPoster({
+      store,
+      matrix,
+      ids: IDS,
+      botDisplayName: "Email bridge",
+      settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: opts.maxTextBytes ?? 24000 },
+      notices: { post: async () => Promise.reject(new Error("no notice expected")) },
+      onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
+      pollMs: 20,
+    });
+    const id = `shape-${++counter}@example.org`;
+    const { row } = await store.insertInbound(newInbound({ roomId: `!shapes${counter}:hs.test`, messageId: id, contentHash: id, raw, ...opts.over }));
+    poster.start();
+    try {
+      for (let i = 0; i < 400 && (await store.getInbound(row.id))?.state !== "posted"; i++) await new Promise((r) => setTimeout(r, 25));
+    } finally {
+      await poster.stop();
+    }
+    assert.equal((await store.getInbound(row.id))?.state, "posted");
+    return matrix.ops;
+  }
+
+  const sends = (ops: Op[]) => ops.filter((o): o is Extract<Op, { op: "send" }> => o.op === "send");
+
+  it("a cid: image is uploaded before the message and shown in it; the unreferenced image and the PDF follow as files", async () => {
+    const logo = image(40, 1);
+    const ops = await post(relatedMail({ logo, messageId: "inline-1@example.org" }));
+    assert.deepEqual(
+      ops.map((o) => (o.op === "upload" ? `upload ${o.name}` : `send ${String(o.content.msgtype)} ${String(o.content.body).split("\n")[0]}`)),
+      ["upload logo.png", "send m.text Logo", "upload photo.png", "send m.image photo.png", "upload doc.pdf", "send m.file doc.pdf"],
+    );
+    const upload = ops[0] as Extract<Op, { op: "upload" }>;
+    assert.equal(upload.size, logo.length);
+    assert.equal(upload.type, "image/png");
+    assert.equal(sends(ops)[0]!.content.formatted_body, `<p><strong>Logo</strong></p><p>Our logo:</p><p><img src="${upload.url}" alt="logo" /></p><p>The end.</p>`);
+  });
+
+  it("a cid: image over the upload limit is not shown; it is named in a notice after the message", async () => {
+    const ops = await post(relatedMail({ logo: image(500, 2), messageId: "inline-2@example.org" }), { limit: 100 });
+    assert.equal(ops[0]!.op, "send", "nothing is uploaded before the message");
+    const [message, logoNotice] = sends(ops);
+    assert.ok(!String(message!.content.formatted_body).includes("<img"), String(message!.content.formatted_body));
+    assert.equal(logoNotice!.content.msgtype, "m.notice");
+    assert.match(String(logoNotice!.content.body), /^📎 logo\.png \(500 bytes\) is larger than this homeserver's upload limit of 100 bytes/u);
+  });
+
+  it("a cid: image the homeserver refuses is posted after the message, as application/octet-stream", async () => {
+    const ops = await post(relatedMail({ logo: image(40, 3), messageId: "inline-3@example.org" }), { rule: (type, name) => (type === "image/png" && name === "logo.png" ? "refuse" : "ok") });
+    const [message, logo] = sends(ops);
+    assert.ok(!String(message!.content.formatted_body).includes("<img"));
+    assert.equal(logo!.content.body, "logo.png");
+    assert.equal(logo!.content.msgtype, "m.file");
+    assert.deepEqual(logo!.content.info, { mimetype: "application/octet-stream", size: 40 });
+  });
+
+  it("a temporary upload failure retries the mail; the message is sent once", async () => {
+    const ops = await post(relatedMail({ logo: image(40, 4), messageId: "inline-4@example.org" }), { rule: (_t, name, attempt) => (name === "logo.png" && attempt === 1 ? "fail" : "ok") });
+    const messages = sends(ops).filter((s) => String(s.content.body).startsWith("Logo"));
+    assert.equal(messages.length, 1);
+    assert.ok(String(messages[0]!.content.formatted_body).includes('<img src="mxc://hs.test/'));
+  });
+
+  it("HTML cut away (the mail is too long): the uploaded image is posted as a file with its upload, not uploaded again", async () => {
+    const html = `<p>${"long text ".repeat(400)}</p><p><img src="cid:logo@x" alt="logo"></p>`;
+    const ops = await post(relatedMail({ logo: image(40, 5), html, messageId: "inline-5@example.org" }), { maxTextBytes: 1024 });
+    const uploads = ops.filter((o) => o.op === "upload").map((o) => (o as Extract<Op, { op: "upload" }>).name);
+    assert.equal(uploads.filter((n) => n === "logo.png").length, 1, "uploaded once");
+    const [message, ...files] = sends(ops);
+    assert.ok(!String(message!.content.formatted_body).includes("<img"));
+    assert.ok(String(message!.content.body).includes("✂️"));
+    const logo = files.find((f) => f.content.body === "logo.png");
+    assert.equal(logo?.content.url, (ops[0] as Extract<Op, { op: "upload" }>).url);
+    assert.equal(logo?.content.msgtype, "m.image");
+  });
+
+  it("a forwarded message is a quoted block and a .eml file; a calendar in two parts is summarised and posted once", async () => {
+    const ics = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:u1\r\nSUMMARY:Review\r\nDTSTART:20261109T140000Z\r\nDTEND:20261109T150000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    const inner = "From: Carol <carol@example.net>\r\nTo: bob@example.org\r\nSubject: Numbers\r\nDate: Fri, 30 Oct 2026 16:45:00 +0100\r\n\r\nThe numbers.\r\n";
+    const raw = Buffer.from(
+      [
+        "From: bob@example.org",
+        "To: team@bridge.test",
+        "Subject: Fwd and invite",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="m"',
+        "",
+        "--m",
+        'Content-Type: multipart/alternative; boundary="a"',
+        "",
+        "--a",
+        "Content-Type: text/plain",
+        "",
+        "See both.",
+        "--a",
+        "Content-Type: text/calendar; method=REQUEST; charset=utf-8",
+        "",
+        ics.trimEnd(),
+        "--a--",
+        "--m",
+        "Content-Type: message/rfc822",
+        "Content-Disposition: inline",
+        "",
+        inner,
+        "--m",
+        "Content-Type: application/ics; name=invite.ics",
+        "Content-Disposition: attachment; filename=invite.ics",
+        "Content-Transfer-Encoding: base64",
+        "",
+        Buffer.from(ics).toString("base64"),
+        "--m--",
+        "",
+      ].join("\r\n"),
+    );
+    const ops = await post(raw);
+    const [message, ...files] = sends(ops);
+    const body = String(message!.content.body);
+    assert.ok(body.startsWith("Fwd and invite\n\nSee both.\n\n📅 Invitation: Review\nWhen: Mon, 9 Nov 2026, 14:00–15:00 (UTC)\n(the calendar file is attached as invite.ics)\n\n---------- Forwarded message ----------\n> From: Carol <carol@example.net>\n> Date: Fri, 30 Oct 2026 16:45:00 +0100\n> Subject: Numbers\n> To: bob@example.org\n>\n> The numbers.\n(the forwarded message is attached as Numbers.eml)"), body);
+    assert.deepEqual(
+      files.map((f) => [f.content.body, (f.content.info as { mimetype: string }).mimetype]),
+      [
+        ["Numbers.eml", "message/rfc822"],
+        ["invite.ics", "application/ics"],
+      ],
+    );
+  });
+
+  it("a folded reply brings the whole mail as message.eml; a reply with nothing to fold does not", async () => {
+    const head = "From: bob@example.org\r\nTo: team@bridge.test\r\nSubject: Re: Plan\r\nIn-Reply-To: <root@example.org>\r\n\r\n";
+    const folded = Buffer.from(`${head}Yes.\r\n\r\nOn Mon, 2 Nov 2026 at 10:00, Bob <bob@example.org> wrote:\r\n> Plan?\r\n`);
+    const ops = await post(folded, { over: { replyToEventId: "$root" } });
+    const [message, eml] = sends(ops);
+    assert.equal(message!.content.body, "Yes.");
+    assert.equal(eml!.content.body, "message.eml");
+    assert.equal((ops.find((o) => o.op === "upload") as Extract<Op, { op: "upload" }>).size, folded.length);
+
+    const plain = await post(Buffer.from(`${head}Yes, no quote.\r\n`), { over: { replyToEventId: "$root" } });
+    assert.deepEqual(
+      sends(plain).map((s) => s.content.body),
+      ["Yes, no quote."],
+    );
+  });
+
+  it("automatic mail is a notice: Auto-Submitted (not `no`), Precedence bulk/list/junk, the null reverse-path", async () => {
+    const mail = (headers: string) => Buffer.from(`From: bob@example.org\r\nTo: team@bridge.test\r\nSubject: Hello\r\n${headers}\r\nHello.\r\n`);
+    const msgtype = async (headers: string, over: Partial<NewInbound> = {}) => sends(await post(mail(headers), { over }))[0]!.content.msgtype;
+    assert.equal(await msgtype("Auto-Submitted: auto-replied\r\n"), "m.notice");
+    assert.equal(await msgtype("Auto-Submitted: auto-generated; owner-email=x@example.org\r\n"), "m.notice");
+    assert.equal(await msgtype("Auto-Submitted: no\r\n"), "m.text");
+    assert.equal(await msgtype("Precedence: list\r\n"), "m.notice");
+    assert.equal(await msgtype("Precedence: junk\r\n"), "m.notice");
+    assert.equal(await msgtype("Precedence: first-class\r\n"), "m.text");
+    assert.equal(await msgtype("", { envelopeFrom: null }), "m.notice");
+    assert.equal(await msgtype(""), "m.text");
+  });
+});
