@@ -17,21 +17,22 @@
  * A reply is a rich reply in DM and group portals and a thread message in a room mailbox
  * (bridge/threads.ts), its quoted history and signature folded away (mail/inbound/replyFold.ts)
  * with the whole mail attached as message.eml; HTML is cut to the spec's nesting and deceptive
- * links show their target (bridge/sanitize.ts); inline `cid:` images are uploaded and shown in
+ * links show their target (bridge/format/sanitize.ts); inline `cid:` images are uploaded and shown in
  * place, forwarded messages and calendar invitations are shown as blocks after the text
- * (bridge/mailParts.ts); automatic mail (RFC 3834) is an `m.notice` ({@link isAutomatic});
+ * (bridge/format/mailParts.ts); automatic mail (RFC 3834) is an `m.notice` ({@link isAutomatic});
  * attachment names lose control and bidi characters ({@link cleanFilename}).
  * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
 import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow } from "../store/Store.ts";
 import { forEachAttachment, parseMail, type MailAttachment, type ParsedMailSummary } from "../mail/inbound/parse.ts";
 import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
-import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedParts } from "./mailParts.ts";
+import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedParts } from "./format/mailParts.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
-import { AUTH_FIELD, authContent, cutText, escapeHtml, mailToMatrix, unverifiedWarning } from "./format.ts";
-import { sanitizeHtml, sanitizeMailHtml } from "./sanitize.ts";
+import { AUTH_FIELD, authContent, cutText, mailToMatrix, unverifiedWarning } from "./format/toMatrix.ts";
+import { escapeHtml } from "./format/html.ts";
+import { sanitizeHtml, sanitizeMailHtml } from "./format/sanitize.ts";
 import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
 import type { NoticeService } from "./NoticeService.ts";

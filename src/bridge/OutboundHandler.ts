@@ -9,7 +9,8 @@ import { portalOf, type Portal, type PortalContext, type RecipientPlan } from ".
 import { composeMail, type MailFile, type OutgoingMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { mintMessageId, personalAddress, type IdContext } from "./ids.ts";
-import { escapeHtml, matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format.ts";
+import { matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format/toMail.ts";
+import { escapeHtml } from "./format/html.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 

@@ -11,7 +11,7 @@ import { dkimSign } from "mailauth";
 import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
 import { dkimTxtRecord } from "../../src/mail/outbound/dkim.ts";
-import { AUTH_FIELD } from "../../src/bridge/format.ts";
+import { AUTH_FIELD } from "../../src/bridge/format/toMatrix.ts";
 
 const BANK = "@email_alerts=40bank.test:localhost";
 const NEWS = "@email_news=40none.test:localhost";

@@ -1,6 +1,7 @@
 import { it } from "node:test";
 import assert from "node:assert/strict";
-import { mailToMatrix, matrixToMail, stripReplyFallback, unpillHtml } from "../../src/bridge/format.ts";
+import { mailToMatrix } from "../../src/bridge/format/toMatrix.ts";
+import { matrixToMail, stripReplyFallback, unpillHtml } from "../../src/bridge/format/toMail.ts";
 
 it("strips the rich-reply fallback from replies only", () => {
   const reply = {

@@ -5,7 +5,7 @@
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { MAX_HTML_NESTING, isDeceptiveLink, revealDeceptiveLinks, sanitizeHtml, sanitizeMailHtml } from "../../src/bridge/sanitize.ts";
+import { MAX_HTML_NESTING, isDeceptiveLink, revealDeceptiveLinks, sanitizeHtml, sanitizeMailHtml } from "../../src/bridge/format/sanitize.ts";
 import { cleanFilename } from "../../src/bridge/InboundPoster.ts";
 import { storedReferences, threadRelation, threadRoot, type ThreadStore } from "../../src/bridge/threads.ts";
 import type { MessageRow } from "../../src/store/Store.ts";

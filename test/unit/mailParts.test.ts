@@ -1,13 +1,13 @@
 /**
- * The parts a received mail's message shows (bridge/mailParts.ts): `cid:` links found and pointed
+ * The parts a received mail's message shows (bridge/format/mailParts.ts): `cid:` links found and pointed
  * at their uploads, forwarded messages as quoted blocks, calendar parts summarised once, read one
  * part at a time from the message; and which mail counts as automatic (bridge/InboundPoster.ts).
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { forwardedBlock, forwardedName, prepareParts, referencedCids, replaceCids } from "../../src/bridge/mailParts.ts";
+import { forwardedBlock, forwardedName, prepareParts, referencedCids, replaceCids } from "../../src/bridge/format/mailParts.ts";
 import { isAutomatic } from "../../src/bridge/InboundPoster.ts";
-import { sanitizeMailHtml } from "../../src/bridge/sanitize.ts";
+import { sanitizeMailHtml } from "../../src/bridge/format/sanitize.ts";
 import { parseMail, type MailAttachment } from "../../src/mail/inbound/parse.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { forEachAttachment, parseMail, stripQuotedReply, extractMessageIds } from "../../src/mail/inbound/parse.ts";
 import { ParsedMailCache } from "../../src/bridge/ParsedMailCache.ts";
-import { sanitizeHtml } from "../../src/bridge/sanitize.ts";
+import { sanitizeHtml } from "../../src/bridge/format/sanitize.ts";
 
 const fixture = (name: string): Promise<Buffer> => readFile(new URL(`../fixtures/eml/${name}`, import.meta.url));
 

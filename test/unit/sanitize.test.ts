@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { sanitizeHtml, MATRIX_ALLOWED_TAGS } from "../../src/bridge/sanitize.ts";
+import { sanitizeHtml, MATRIX_ALLOWED_TAGS } from "../../src/bridge/format/sanitize.ts";
 import { htmlToPlain } from "../../src/mail/inbound/htmlText.ts";
 
 test("every Matrix-permitted tag survives", () => {

@@ -3,7 +3,7 @@
  */
 import { htmlToText } from "html-to-text";
 
-/** Link schemes shown in plain text: the ones the Matrix HTML subset keeps (bridge/sanitize.ts). */
+/** Link schemes shown in plain text: the ones the Matrix HTML subset keeps (bridge/format/sanitize.ts). */
 const LINK_RE = /^(?:https?|ftp):\/\/|^(?:mailto|magnet):/i;
 
 /**

@@ -176,7 +176,7 @@ const FEED_SLICE_BYTES = 64 * 1024;
  * Options of mailparser: the bridge converts HTML itself, keeps `cid:` links and needs no
  * attachment checksums. `ignoreEmbedded`: a `message/rfc822` part (a forwarded message) is
  * always an attachment, its bytes the forwarded message, whatever its disposition; the bridge
- * shows it as a quoted block itself (bridge/mailParts.ts) rather than mixing its text into the body.
+ * shows it as a quoted block itself (bridge/format/mailParts.ts) rather than mixing its text into the body.
  */
 const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true, checksumAlgo: false, ignoreEmbedded: true } as const;
 

@@ -1,42 +1,9 @@
 /**
- * Conversions between Matrix message content and mail bodies.
+ * Matrix → email: a room message's content as mail body parts (text and HTML), with the
+ * reply fallback removed, mentions shown as names, and the message replied to quoted.
  */
+import { escapeHtml } from "./html.ts";
 import { sanitizeHtml } from "./sanitize.ts";
-import type { AuthFields } from "../store/Store.ts";
-
-/**
- * The content field, under the project's own namespace, that carries a posted mail's
- * sender-authentication verdict: `{spf, dkim, dmarc, arc, verified}` (docs/formats.md).
- * `io.github.matrix-email-bridge` is the reverse-DNS name of the project's home; the Matrix
- * spec reserves `m.` and `org.matrix.` for itself (Client-Server API, "Namespacing").
- */
-export const AUTH_FIELD = "io.github.matrix-email-bridge.auth";
-
-/** The verdict object put under {@link AUTH_FIELD}; rows from before authentication count as unverified. */
-export function authContent(auth: AuthFields | null): AuthFields {
-  return auth ?? { spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false };
-}
-
-/** The warning line above a mail whose sender did not authenticate. */
-export function unverifiedWarning(address: string, auth: AuthFields | null): string {
-  const a = authContent(auth);
-  return `⚠️ Unverified sender: this mail claims to be from ${address}, but that could not be confirmed (SPF ${a.spf}, DKIM ${a.dkim}, DMARC ${a.dmarc}).`;
-}
-
-/**
- * Cut text to at most `maxBytes` bytes of UTF-8, never inside a character, at the last line
- * break when one is near the end (within the last fifth).
- * @returns the (possibly) shorter text and whether it was cut
- */
-export function cutText(text: string, maxBytes: number): { text: string; cut: boolean } {
-  if (Buffer.byteLength(text) <= maxBytes) return { text, cut: false };
-  let s = Buffer.from(text, "utf8").subarray(0, maxBytes).toString("utf8");
-  // A character split by the cut decodes as U+FFFD at the very end: drop it.
-  if (s.endsWith("\uFFFD")) s = s.slice(0, -1);
-  const nl = s.lastIndexOf("\n");
-  if (nl > s.length * 0.8) s = s.slice(0, nl);
-  return { text: s.trimEnd(), cut: true };
-}
 
 /** The text of a Matrix message as mail body parts. */
 export interface MailBody {
@@ -79,10 +46,6 @@ export function stripReplyFallback(content: MessageContent): { body: string; for
   return { body, formatted };
 }
 
-/** Escape text for HTML (`& < > "`). */
-export function escapeHtml(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-}
 
 /**
  * Mentions (pills, Client-Server API "User and room mentions"): a link to
@@ -127,28 +90,4 @@ export function matrixToMail(content: MessageContent, senderName: string, quote:
   const text = `${base.text}\n\n${attribution}\n${quoted}`;
   const htmlQuote = `<p>${escapeHtml(attribution)}</p><blockquote>${escapeHtml(quote.text).replace(/\n/g, "<br>")}</blockquote>`;
   return { text, html: `${base.html ?? escapeHtml(base.text).replace(/\n/g, "<br>")}${htmlQuote}` };
-}
-
-/** A parsed mail, as far as posting it into Matrix needs. */
-export interface InboundText {
-  subject: string | null;
-  text: string;
-  /** Sanitized HTML, or null. */
-  html: string | null;
-}
-
-/**
- * The `m.room.message` content for a received mail. The subject is shown (bold line
- * above the body) when the mail starts a conversation, not on replies.
- * @param showSubject whether to show the subject
- */
-export function mailToMatrix(mail: InboundText, showSubject: boolean): Record<string, unknown> {
-  const subject = showSubject && mail.subject ? mail.subject.trim() : "";
-  const text = mail.text.trim();
-  const body = subject ? `${subject}\n\n${text}` : text;
-  const content: Record<string, unknown> = { msgtype: "m.text", body };
-  const htmlBody = mail.html ?? escapeHtml(text).replace(/\n/g, "<br>");
-  content.format = "org.matrix.custom.html";
-  content.formatted_body = subject ? `<p><strong>${escapeHtml(subject)}</strong></p>${htmlBody}` : htmlBody;
-  return content;
 }

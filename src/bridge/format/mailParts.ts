@@ -12,12 +12,12 @@
  *   carrying the same calendar, the named one.
  */
 import { createHash } from "node:crypto";
-import { forEachAttachment, parseMail, type MailAddress, type MailAttachment, type MailAttachmentInfo, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import { forEachAttachment, parseMail, type MailAddress, type MailAttachment, type MailAttachmentInfo, type ParsedMailSummary } from "../../mail/inbound/parse.ts";
 import { TextDecoder } from "node:util";
-import { calendarHtml, calendarText, summarizeCalendar, type CalendarSummary } from "../mail/inbound/calendar.ts";
+import { calendarHtml, calendarText, summarizeCalendar, type CalendarSummary } from "../../mail/inbound/calendar.ts";
 import { sanitizeHtml } from "./sanitize.ts";
-import { escapeHtml } from "./format.ts";
-import { getLogger } from "../util/logger.ts";
+import { escapeHtml } from "./html.ts";
+import { getLogger } from "../../util/logger.ts";
 
 const log = getLogger("bridge/inbound");
 
