@@ -12,8 +12,8 @@
  * attribution wrapped over several lines, a trailing `>` block under any attribution, Outlook
  * separators in more languages ("Mensaje original", "Messaggio originale").
  */
-import { Worker } from "node:worker_threads";
 import { getLogger } from "../../util/logger.ts";
+import { WorkerRpc } from "../../util/workerRpc.ts";
 import type { ReplyParserFragment, ReplyParserReply, ReplyParserRequest } from "./replyParserWorker.ts";
 
 const log = getLogger("mail/reply-fold");
@@ -143,80 +143,26 @@ function parserCut(lines: readonly string[], fragments: readonly ReplyParserFrag
   return null;
 }
 
-/** The worker thread running email-reply-parser, started on first use. */
-class ReplyParserThread {
-  readonly #worker: Worker;
-  readonly #pending = new Map<number, { resolve: (f: ReplyParserFragment[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
-  #nextId = 1;
-  #dead: Error | null = null;
-
-  constructor() {
-    // The worker inherits the process's flags; `--input-type` (only for `node -e`) would make it fail.
-    const inputType = process.execArgv.some((a) => a.startsWith("--input-type"));
-    this.#worker = new Worker(WORKER_URL, inputType ? { execArgv: process.execArgv.filter((a) => !a.startsWith("--input-type")) } : {});
-    this.#worker.unref();
-    this.#worker.on("message", (reply: ReplyParserReply) => {
-      const waiter = this.#pending.get(reply.id);
-      if (!waiter) return;
-      this.#settle(reply.id);
-      if ("error" in reply) waiter.reject(new Error(`email-reply-parser failed: ${reply.error}`));
-      else waiter.resolve(reply.fragments);
-    });
-    this.#worker.on("error", (err) => this.#fail(err));
-    this.#worker.on("exit", (code) => this.#fail(new Error(`the reply parser thread exited (code ${code})`)));
-  }
-
-  /** Whether the thread can take requests. */
-  get alive(): boolean {
-    return this.#dead === null;
-  }
-
-  /**
-   * Split `text` into fragments.
-   * @throws Error when the parser fails, the thread dies, or `timeoutMs` passes (the thread is then stopped)
-   */
-  fragments(text: string, timeoutMs: number): Promise<ReplyParserFragment[]> {
-    if (this.#dead) return Promise.reject(this.#dead);
-    const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#fail(new Error(`email-reply-parser took longer than ${timeoutMs} ms`));
-        void this.#worker.terminate();
-      }, timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer });
-      // Keep the process alive while a reply is owed (an idle bridge must not hold it open).
-      if (this.#pending.size === 1) this.#worker.ref();
-      this.#worker.postMessage({ id, text } satisfies ReplyParserRequest);
-    });
-  }
-
-  #settle(id: number): void {
-    const waiter = this.#pending.get(id);
-    if (!waiter) return;
-    clearTimeout(waiter.timer);
-    this.#pending.delete(id);
-    if (this.#pending.size === 0) this.#worker.unref();
-  }
-
-  #fail(err: Error): void {
-    this.#dead ??= err;
-    for (const [id, waiter] of [...this.#pending]) {
-      this.#settle(id);
-      waiter.reject(err);
-    }
-  }
-}
-
-let thread: ReplyParserThread | null = null;
+/** The worker thread running email-reply-parser (util/workerRpc.ts), started on first use. */
+let thread: WorkerRpc<Omit<ReplyParserRequest, "id">, ReplyParserFragment[]> | null = null;
 
 /**
  * email-reply-parser's fragments of `text`, from the worker thread (a new one when the last
  * was stopped or died).
- * @throws Error when it fails or takes longer than `timeoutMs`
+ * @throws Error when it fails or takes longer than `timeoutMs` (the thread is then stopped)
  */
 function parseFragments(text: string, timeoutMs: number): Promise<ReplyParserFragment[]> {
-  if (!thread?.alive) thread = new ReplyParserThread();
-  return thread.fragments(text, timeoutMs);
+  if (!thread?.alive) {
+    thread = new WorkerRpc({
+      name: "reply parser",
+      url: WORKER_URL,
+      decode: (reply) => {
+        const r = reply as unknown as ReplyParserReply;
+        return "error" in r ? { ok: false, error: new Error(`email-reply-parser failed: ${r.error}`) } : { ok: true, value: r.fragments };
+      },
+    });
+  }
+  return thread.request({ text }, timeoutMs);
 }
 
 /**

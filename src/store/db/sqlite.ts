@@ -18,12 +18,12 @@
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { Worker } from "node:worker_threads";
 import type { SQLInputValue } from "node:sqlite";
 import type { Database, Queryable, Row, SqlValue } from "./Database.ts";
 import { sqliteDialect } from "./dialect.ts";
 import type { SerializedError, SqliteReply, SqliteRequest } from "./sqliteWorker.ts";
 import { getLogger } from "../../util/logger.ts";
+import { WorkerRpc } from "../../util/workerRpc.ts";
 
 const log = getLogger("store");
 
@@ -62,51 +62,23 @@ function rebuild(e: SerializedError): Error {
   return Object.assign(err, e.code !== undefined ? { code: e.code } : {}, e.errcode !== undefined ? { errcode: e.errcode } : {}, e.errstr !== undefined ? { errstr: e.errstr } : {});
 }
 
-/** Request/reply over the worker thread. */
+/** Request/reply over the worker thread (util/workerRpc.ts), with the statement helpers. */
 class WorkerConnection {
-  readonly #worker: Worker;
-  readonly #pending = new Map<number, { resolve: (r: OkReply) => void; reject: (e: Error) => void }>();
-  #nextId = 1;
-  #dead: Error | null = null;
-
-  constructor() {
-    // The worker inherits the process's flags; `--input-type` (only for `node -e`) would make it fail.
-    const inputType = process.execArgv.some((a) => a.startsWith("--input-type"));
-    this.#worker = new Worker(WORKER_URL, inputType ? { execArgv: process.execArgv.filter((a) => !a.startsWith("--input-type")) } : {});
-    this.#worker.unref();
-    this.#worker.on("message", (reply: SqliteReply) => {
-      const waiter = this.#pending.get(reply.id);
-      if (!waiter) return;
-      this.#pending.delete(reply.id);
-      if (this.#pending.size === 0) this.#worker.unref();
-      if (reply.ok) waiter.resolve(reply);
-      else waiter.reject(rebuild(reply.error));
-    });
-    const fail = (err: Error): void => {
-      this.#dead ??= err;
-      for (const waiter of this.#pending.values()) waiter.reject(err);
-      this.#pending.clear();
-    };
-    this.#worker.on("error", (err) => {
-      log.error("sqlite worker thread failed", { error: err.message });
-      fail(err);
-    });
-    this.#worker.on("exit", (code) => fail(new Error(`sqlite worker thread exited (code ${code})`)));
-  }
+  readonly #rpc = new WorkerRpc<RequestBody, OkReply>({
+    name: "sqlite",
+    url: WORKER_URL,
+    decode: (reply) => {
+      const r = reply as unknown as SqliteReply;
+      return r.ok ? { ok: true, value: r } : { ok: false, error: rebuild(r.error) };
+    },
+  });
 
   /**
    * Send one request and wait for its reply.
    * @throws the statement's error, or Error when the worker is gone
    */
   request(body: RequestBody): Promise<OkReply> {
-    if (this.#dead) return Promise.reject(this.#dead);
-    const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      // Keep the process alive while a reply is owed (an idle bridge must not hold it open).
-      if (this.#pending.size === 1) this.#worker.ref();
-      this.#worker.postMessage({ ...body, id } as SqliteRequest);
-    });
+    return this.#rpc.request(body);
   }
 
   async query(sql: string, params: readonly SqlValue[] | undefined): Promise<Row[]> {
@@ -124,8 +96,7 @@ class WorkerConnection {
   }
 
   async terminate(): Promise<void> {
-    this.#dead ??= new Error("sqlite database is closed");
-    await this.#worker.terminate();
+    await this.#rpc.terminate("sqlite database is closed");
   }
 }
 
