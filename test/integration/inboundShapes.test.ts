@@ -12,26 +12,19 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
-import type { HomeserverFailure, MatrixActions } from "../../src/bridge/ports.ts";
+import type { MatrixActions } from "../../src/bridge/ports.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, NewInbound } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { newInbound } from "../harness/rows.ts";
+import { FakeHttpError, postRow, strictHomeserver } from "../harness/fakeHomeserver.ts";
 
 if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
 
 const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomain: "bridge.test", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 
 /** An error the fake homeserver throws, with the status it classifies as (null: a network error, temporary). */
-class FakeHttpError extends Error {
-  readonly status: number | null;
-  constructor(status: number | null, message: string) {
-    super(message);
-    this.status = status;
-  }
-}
-
 type Op = { op: "upload"; name: string; type: string; size: number; url: string } | { op: "send"; content: Record<string, unknown>; txnId: string | undefined };
 
 /** What the fake homeserver does with an upload: accept it, refuse it (400), or fail (temporary). */
@@ -63,21 +56,8 @@ function fakeHomeserver(limit: number | null, rule: UploadRule): MatrixActions &
       ops.push({ op: "upload", name, type, size: data.length, url });
       return url;
     },
-    classifyError: (err: unknown): HomeserverFailure => {
-      const status = err instanceof FakeHttpError ? err.status : null;
-      return { temporary: status === null, retryAfterMs: null, status, errcode: status ? "M_UNKNOWN" : null, message: (err as Error).message };
-    },
   };
-  return Object.assign(
-    new Proxy(known, {
-      get(target, prop) {
-        const f = target[prop as keyof MatrixActions];
-        if (f === undefined) throw new Error(`the fake homeserver has no ${String(prop)}`);
-        return f;
-      },
-    }) as MatrixActions,
-    { ops },
-  );
+  return strictHomeserver(known, { ops });
 }
 
 /** A 1×1 PNG-looking payload of `size` bytes (the fake homeserver does not look inside). */
@@ -160,13 +140,7 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     });
     const id = `shape-${++counter}@example.org`;
     const { row } = await store.insertInbound(newInbound({ roomId: `!shapes${counter}:hs.test`, messageId: id, contentHash: id, raw, ...opts.over }));
-    poster.start();
-    try {
-      for (let i = 0; i < 400 && (await store.getInbound(row.id))?.state !== "posted"; i++) await new Promise((r) => setTimeout(r, 25));
-    } finally {
-      await poster.stop();
-    }
-    assert.equal((await store.getInbound(row.id))?.state, "posted");
+    assert.equal(await postRow(poster, store, row.id, 400), "posted");
     return matrix.ops;
   }
 

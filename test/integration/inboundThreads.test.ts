@@ -10,26 +10,19 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
-import type { HomeserverFailure, MatrixActions } from "../../src/bridge/ports.ts";
+import type { MatrixActions } from "../../src/bridge/ports.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, PortalKind } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { newInbound } from "../harness/rows.ts";
+import { FakeHttpError, postRow, strictHomeserver } from "../harness/fakeHomeserver.ts";
 
 if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
 
 const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomain: "bridge.test", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 
 /** An error the fake homeserver throws, with the status it classifies as. */
-class FakeHttpError extends Error {
-  readonly status: number;
-  constructor(status: number, message: string) {
-    super(message);
-    this.status = status;
-  }
-}
-
 /** A homeserver that records sends and refuses threads rooted at `refusedRoots` with 400 M_UNKNOWN, as Synapse does. */
 function fakeHomeserver(refusedRoots: Set<string>): MatrixActions & { sends: { content: Record<string, unknown>; txnId: string | undefined }[] } {
   const sends: { content: Record<string, unknown>; txnId: string | undefined }[] = [];
@@ -44,21 +37,8 @@ function fakeHomeserver(refusedRoots: Set<string>): MatrixActions & { sends: { c
     },
     uploadLimitBytes: async () => null,
     uploadContent: async () => "mxc://hs.test/file",
-    classifyError: (err: unknown): HomeserverFailure => {
-      const status = err instanceof FakeHttpError ? err.status : null;
-      return { temporary: status === null, retryAfterMs: null, status, errcode: status ? "M_UNKNOWN" : null, message: (err as Error).message };
-    },
   };
-  return Object.assign(
-    new Proxy(known, {
-      get(target, prop) {
-        const f = target[prop as keyof MatrixActions];
-        if (f === undefined) throw new Error(`the fake homeserver has no ${String(prop)}`);
-        return f;
-      },
-    }) as MatrixActions,
-    { sends },
-  );
+  return strictHomeserver(known, { sends });
 }
 
 describe("inbound poster: replies in room mailboxes are threads", () => {
@@ -98,13 +78,7 @@ describe("inbound poster: replies in room mailboxes are threads", () => {
         : `${head}\r\nSounds good.\r\n`,
     );
     const { row } = await store.insertInbound(newInbound({ roomId, replyToEventId: parent.eventId, messageId, contentHash: messageId, raw }));
-    poster.start();
-    try {
-      for (let i = 0; i < 200 && (await store.getInbound(row.id))?.state !== "posted"; i++) await new Promise((r) => setTimeout(r, 25));
-    } finally {
-      await poster.stop();
-    }
-    assert.equal((await store.getInbound(row.id))?.state, "posted");
+    assert.equal(await postRow(poster, store, row.id), "posted");
     const stored = (await store.getMessagesByMessageId(messageId)).find((m) => m.roomId === roomId);
     return { sends: matrix.sends, rowId: row.id, stored };
   }

@@ -24,6 +24,7 @@ import type { BridgeStore, NewInbound } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { BridgeMetrics, startMetricsListener, type MetricsListener } from "../../src/util/metrics.ts";
 import { newInbound } from "../harness/rows.ts";
+import { postRow } from "../harness/fakeHomeserver.ts";
 
 if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
 
@@ -267,13 +268,7 @@ describe("metrics", () => {
       pollMs: 50,
     });
     const { row } = await store.insertInbound(inbound({ messageId: "post@x", contentHash: "post" }));
-    poster.start();
-    try {
-      for (let i = 0; i < 200 && (await store.getInbound(row.id))?.state !== "posted"; i++) await new Promise((r) => setTimeout(r, 25));
-    } finally {
-      await poster.stop();
-    }
-    assert.equal((await store.getInbound(row.id))?.state, "posted");
+    assert.equal(await postRow(poster, store, row.id), "posted");
     const text = await scrape(listener.port);
     assert.equal(sample(text, "meb_inbound_posts_total", { result: "retry" }), 1);
     assert.equal(sample(text, "meb_inbound_posts_total", { result: "posted" }), 1);
