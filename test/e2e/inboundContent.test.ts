@@ -10,6 +10,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
+import { depth } from "../harness/html.ts";
 
 const CAROL = "@email_carol=40example.net:localhost";
 const DAVE = "@email_dave=40example.net:localhost";
@@ -35,17 +36,6 @@ function relation(ev: MatrixEvent): Record<string, unknown> | undefined {
   return ev.content["m.relates_to"] as Record<string, unknown> | undefined;
 }
 
-/** Deepest element nesting of `formatted_body` (void and self-closed tags do not nest). */
-function depth(html: string): number {
-  let d = 0;
-  let max = 0;
-  for (const [, close, name, selfClose] of html.matchAll(/<(\/?)([a-z0-9]+)\b[^>]*?(\/?)>/giu)) {
-    if (selfClose || ["br", "hr", "img"].includes(name!.toLowerCase())) continue;
-    if (close) d--;
-    else max = Math.max(max, ++d);
-  }
-  return max;
-}
 
 describe("received mail reads natively in Matrix (embedded SQLite store)", () => {
   let env: E2eEnv;

@@ -9,19 +9,8 @@ import { MAX_HTML_NESTING, isDeceptiveLink, revealDeceptiveLinks, sanitizeHtml, 
 import { cleanFilename } from "../../src/bridge/InboundPoster.ts";
 import { storedReferences, threadRelation, threadRoot, type ThreadStore } from "../../src/bridge/threads.ts";
 import type { MessageRow } from "../../src/store/Store.ts";
+import { depth } from "../harness/html.ts";
 
-/** Deepest element nesting of sanitized HTML (void and self-closed tags do not nest). */
-function depth(html: string): number {
-  let d = 0;
-  let max = 0;
-  for (const [, close, name, selfClose] of html.matchAll(/<(\/?)([a-z0-9]+)\b[^>]*?(\/?)>/giu)) {
-    if (selfClose || ["br", "hr", "img"].includes(name!.toLowerCase())) continue;
-    if (close) d--;
-    else max = Math.max(max, ++d);
-  }
-  assert.equal(d, 0, "balanced");
-  return max;
-}
 
 /** The text of HTML, tags removed. */
 function textOf(html: string): string {
