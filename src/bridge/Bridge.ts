@@ -25,7 +25,7 @@ import { Subscriptions } from "./Subscriptions.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
 import { makeAccessCheck } from "./access.ts";
-import type { IdContext } from "./ids.ts";
+import { InvalidAddressError, normalizeAddress, type IdContext } from "./ids.ts";
 import { Ghost } from "./Ghost.ts";
 import { DnsResolver } from "../mail/dns.ts";
 import { configureLogging, getLogger } from "../util/logger.ts";
@@ -121,6 +121,19 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       onUserQuery: async (userId) => {
         const ghost = Ghost.fromUserId(userId, ids);
         return ghost ? { displayName: await ghost.queryName({ store }) } : null;
+      },
+      // Only verified ghosts: an address's own ghost, the one that speaks for it.
+      thirdPartyUserId: (address) => {
+        try {
+          return Ghost.of(normalizeAddress(address, { caseSensitiveLocalparts: ids.caseSensitiveLocalparts }), true, ids).userId;
+        } catch (err) {
+          if (err instanceof InvalidAddressError) return null;
+          throw err;
+        }
+      },
+      thirdPartyAddress: (userId) => {
+        const ghost = Ghost.fromUserId(userId, ids);
+        return ghost?.verified ? ghost.address : null;
       },
     },
   });

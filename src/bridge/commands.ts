@@ -41,6 +41,7 @@ const HELP = [
   "• `mailbox on [name]`: give this room the address name@DOMAIN (default: the room alias's name); mail to it lands here and room messages go to the email participants (moderators only)",
   "• `mailbox off`: remove this room's address (moderators only)",
   "• `mailbox policy open|members|verified`: who may mail this room: anyone, only addresses already in the room, or only authenticated senders (moderators only)",
+  "• `start <address>`: start a chat with an email address: its ghost makes a DM with you; what you write there goes to that address by mail",
   "• `invite <address>`: invite the ghost of an email address to this room; in a room with an address, a moderator's invite also subscribes it to the room's messages",
   "• `unsubscribe <address>`: stop sending this room's messages to an address (moderators only)",
   "• `subscribers`: who gets this room's messages by mail",
@@ -80,6 +81,8 @@ export async function runCommand(ctx: CommandContext, req: CommandRequest): Prom
         return await mailboxCommand(ctx, req, rest);
       case "invite":
         return await inviteCommand(ctx, req, rest);
+      case "start":
+        return await startCommand(ctx, req, rest);
       case "unsubscribe":
         return await unsubscribeCommand(ctx, req, rest);
       case "subscribers":
@@ -156,16 +159,46 @@ async function aliasLocalpart(ctx: CommandContext, roomId: string): Promise<stri
   return m ? m[1]! : null;
 }
 
-async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
-  if (!args[0]) throw new CommandError("say which address, e.g. `invite bob@example.org`");
-  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
-  let ghost: Ghost;
+/**
+ * The verified ghost of the address a command names.
+ * @throws CommandError when the address is missing or invalid (`usage` shows the form)
+ */
+function ghostOf(ctx: CommandContext, args: string[], usage: string): Ghost {
+  if (!args[0]) throw new CommandError(`say which address, e.g. \`${usage}\``);
   try {
-    ghost = Ghost.of(normalizeAddress(args[0], { caseSensitiveLocalparts: ctx.ids.caseSensitiveLocalparts }), true, ctx.ids);
+    return Ghost.of(normalizeAddress(args[0], { caseSensitiveLocalparts: ctx.ids.caseSensitiveLocalparts }), true, ctx.ids);
   } catch (err) {
     if (err instanceof InvalidAddressError) throw new CommandError(err.message);
     throw err;
   }
+}
+
+/**
+ * `start <address>`: the address's (verified) ghost creates an unencrypted DM with the sender
+ * and invites them, and the room becomes their DM portal with that address. When they are
+ * already in (or invited to) such a DM, the reply points to it instead of making another.
+ */
+async function startCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
+  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
+  // An address of this bridge has no ghost (ghostOf refuses it, naming it).
+  const ghost = ghostOf(ctx, args, "start bob@example.org");
+  await ghost.ensureProfile(ctx);
+  const existing = await ctx.store.getDmPortal(req.sender, ghost.address, true);
+  if (existing) {
+    const member = await ctx.matrix.stateContent(existing.roomId, "m.room.member", req.sender, ghost.userId);
+    if (member?.membership === "join" || member?.membership === "invite") {
+      return `You already have a chat with ${ghost.address}: https://matrix.to/#/${encodeURIComponent(existing.roomId)}`;
+    }
+  }
+  const roomId = await ctx.matrix.createDm(ghost.userId, req.sender, `Email with ${ghost.address}`);
+  if (existing) await ctx.store.deletePortal(existing.roomId);
+  await ctx.store.upsertPortal({ roomId, kind: "dm", localUserId: req.sender, remoteAddress: ghost.address, subject: null, encrypted: false, remoteVerified: true });
+  return `Started: ${ghost.userId} invited you to a chat. What you write there goes to ${ghost.address} by mail, and their mail comes back there.`;
+}
+
+async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
+  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
+  const ghost = ghostOf(ctx, args, "invite bob@example.org");
   await ghost.ensureProfile(ctx);
   await ctx.matrix.invite(req.roomId, ctx.matrix.botUserId, ghost.userId);
   const mailbox = await ctx.store.getRoomMailboxByRoom(req.roomId);

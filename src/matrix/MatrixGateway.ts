@@ -31,7 +31,17 @@ export interface MatrixEventSink {
    * Application Service API › Querying). Return a display name to provision it, null to deny.
    */
   onUserQuery(userId: string): Promise<{ displayName: string } | null>;
+  /**
+   * Third-party lookups for the `email` protocol (Application Service API › "Third party
+   * networks"; clients reach them through `/_matrix/client/v3/thirdparty/…`): the ghost of an
+   * address, and the address of a ghost; null when there is none.
+   */
+  thirdPartyUserId(address: string): string | null;
+  thirdPartyAddress(userId: string): string | null;
 }
+
+/** The one third-party protocol the bridge answers for (`protocols` in the registration). */
+export const EMAIL_PROTOCOL = "email";
 
 /** Options for {@link MatrixGateway.create}. */
 export interface MatrixGatewayOptions {
@@ -166,6 +176,29 @@ export class MatrixGateway implements MatrixActions {
           const answer = await opts.sink.onUserQuery(matrixUser.getId());
           if (!answer) return null;
           return { name: answer.displayName };
+        },
+        thirdPartyLookup: {
+          protocols: [EMAIL_PROTOCOL],
+          getProtocol: () => ({
+            user_fields: ["address"],
+            location_fields: [],
+            icon: "",
+            field_types: { address: { regexp: "[^@\\s]+@[^@\\s]+", placeholder: "bob@example.org" } },
+            instances: [{ desc: "Email", network_id: EMAIL_PROTOCOL, fields: {} }],
+          }),
+          getLocation: () => [],
+          parseLocation: () => [],
+          getUser: (_protocol, fields) => {
+            const raw = Array.isArray(fields.address) ? fields.address[0] : fields.address;
+            const userid = typeof raw === "string" ? opts.sink.thirdPartyUserId(raw) : null;
+            const address = userid ? opts.sink.thirdPartyAddress(userid) : null;
+            return userid && address ? [{ userid, protocol: EMAIL_PROTOCOL, fields: { address } }] : [];
+          },
+          // The library types this as a location list; the spec's answer is a user list.
+          parseUser: (userid) => {
+            const address = opts.sink.thirdPartyAddress(userid);
+            return (address ? [{ userid, protocol: EMAIL_PROTOCOL, fields: { address } }] : []) as unknown as [];
+          },
         },
       },
     });

@@ -215,6 +215,8 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
           if (userId.startsWith("@email_broken")) throw new Error("ENOENT: no such file or directory, open '/var/lib/bridge/ghosts.db'");
           return null;
         },
+        thirdPartyUserId: () => null,
+        thirdPartyAddress: () => null,
       },
     }));
     await gateway.listen();
