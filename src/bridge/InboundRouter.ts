@@ -274,6 +274,8 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     }
     // Each recipient was resolved once, at RCPT time; the decision travels with the envelope.
     const commands: (() => Promise<void>)[] = [];
+    /** Personal mailboxes whose user blocked this sender. */
+    const blocked: string[] = [];
     for (const mailbox of envelope.recipients.values()) {
       if (mailbox.kind === "room" && mailbox.command) {
         commands.push(this.command(mailbox, mailbox.command, sender, decision.verified, envelope));
@@ -289,12 +291,22 @@ export class InboundRouter implements InboundHandler<Mailbox> {
         continue;
       }
       if (mailbox.kind === "room") await this.checkPolicy(mailbox, sender, decision.verified);
+      // The user's contact rules (`block`, `allow`): a blocked sender reaches nobody through them.
+      if (mailbox.kind === "personal" && (await this.opts.store.contactRuleFor(mailbox.userId, sender)) === "block") {
+        blocked.push(`${mailbox.localpart}@${ids.mailDomain}`);
+        continue;
+      }
       for (const target of await this.route(mailbox, sender, decision.verified, threadIds, members)) {
         const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
         const known = targets.get(key);
         if (!known || (!known.replyToEventId && target.replyToEventId)) targets.set(key, { ...base, ...target, raw });
       }
     }
+    if (targets.size === 0 && commands.length === 0 && blocked.length > 0) {
+      log.info("mail refused: the recipient blocked the sender", { session: envelope.sessionId, sender, recipients: blocked });
+      throw new SmtpReply(550, "5.7.1", `${blocked.join(", ")} does not accept mail from ${sender}`);
+    }
+    if (blocked.length > 0) log.info("blocked sender: not delivered to some recipients", { session: envelope.sessionId, sender, recipients: blocked });
     if (targets.size === 0 && commands.length === 0) throw new SmtpReply(550, "5.1.1", "no valid recipients");
     for (const run of commands) await run();
     if (targets.size === 0) return;

@@ -54,6 +54,8 @@ export class MatrixHandler {
       await this.onEncryptionEnabled(event);
     } else if (event.type === "m.room.message") {
       await this.onMessage(event as unknown as RoomMessageEvent);
+    } else if (event.type === "m.room.member" && event.content.membership === "leave" && event.state_key === event.sender) {
+      await this.onOwnLeave(event);
     } else if (event.type === "m.room.redaction") {
       // Room versions 1–10 put `redacts` at the top level, 11 and later in the content.
       const redacts = (event as { redacts?: unknown }).redacts ?? event.content.redacts;
@@ -111,6 +113,21 @@ export class MatrixHandler {
     // A new room becomes a group portal; only a DM keeps the bot out.
     if (!portal || portalOf(portal).hasBot) await this.bringBot(roomId, invitee);
     log.info("ghost joined portal", { roomId, inviter, address });
+  }
+
+  /**
+   * A user rejected a DM portal's invite (left while invited): they refuse that sender, as
+   * `block <address>` would; later mail from it gets 550 5.7.1 (`allow <address>` undoes it).
+   * Leaving after having joined refuses nothing. The previous membership comes from the
+   * event's `unsigned.prev_content` (Client-Server API, "m.room.member").
+   */
+  private async onOwnLeave(event: MatrixEvent): Promise<void> {
+    const prev = (event as { unsigned?: { prev_content?: { membership?: unknown } } }).unsigned?.prev_content?.membership;
+    if (prev !== "invite") return;
+    const portal = await this.opts.store.getPortalByRoom(event.room_id);
+    if (portal?.kind !== "dm" || portal.localUserId !== event.sender || !portal.remoteAddress) return;
+    await this.opts.store.setContactRule(event.sender, portal.remoteAddress, "block");
+    log.info("DM invite rejected: sender blocked", { roomId: event.room_id, user: event.sender, address: portal.remoteAddress });
   }
 
   /** The ghost invites the bridge bot so it can read members and post notices; the bot joins. */

@@ -42,6 +42,9 @@ const HELP = [
   "• `mailbox off`: remove this room's address (moderators only)",
   "• `mailbox policy open|members|verified`: who may mail this room: anyone, only addresses already in the room, or only authenticated senders (moderators only)",
   "• `start <address>`: start a chat with an email address: its ghost makes a DM with you; what you write there goes to that address by mail",
+  "• `block <address|domain>`: refuse mail from an address or a whole domain to your personal mailbox (it gets a 550 error); rejecting a DM invite from an address does the same",
+  "• `allow <address|domain>`: take mail from it again",
+  "• `contacts`: your blocked and allowed addresses and domains",
   "• `invite <address>`: invite the ghost of an email address to this room; in a room with an address, a moderator's invite also subscribes it to the room's messages",
   "• `unsubscribe <address>`: stop sending this room's messages to an address (moderators only)",
   "• `subscribers`: who gets this room's messages by mail",
@@ -83,6 +86,11 @@ export async function runCommand(ctx: CommandContext, req: CommandRequest): Prom
         return await inviteCommand(ctx, req, rest);
       case "start":
         return await startCommand(ctx, req, rest);
+      case "block":
+      case "allow":
+        return await contactRuleCommand(ctx, req, command, rest);
+      case "contacts":
+        return await contactsCommand(ctx, req);
       case "unsubscribe":
         return await unsubscribeCommand(ctx, req, rest);
       case "subscribers":
@@ -194,6 +202,34 @@ async function startCommand(ctx: CommandContext, req: CommandRequest, args: stri
   if (existing) await ctx.store.deletePortal(existing.roomId);
   await ctx.store.upsertPortal({ roomId, kind: "dm", localUserId: req.sender, remoteAddress: ghost.address, subject: null, encrypted: false, remoteVerified: true });
   return `Started: ${ghost.userId} invited you to a chat. What you write there goes to ${ghost.address} by mail, and their mail comes back there.`;
+}
+
+/**
+ * `block <address|domain>` / `allow <address|domain>`: the sender's own contact rules (per
+ * user, whatever room it is said in).
+ */
+async function contactRuleCommand(ctx: CommandContext, req: CommandRequest, rule: "block" | "allow", args: string[]): Promise<string> {
+  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
+  const raw = args[0];
+  if (!raw) throw new CommandError(`say which address or domain, e.g. \`${rule} bob@example.org\` or \`${rule} example.org\``);
+  let pattern: string;
+  try {
+    pattern = raw.includes("@") ? normalizeAddress(raw, { caseSensitiveLocalparts: ctx.ids.caseSensitiveLocalparts }) : normalizeAddress(`x@${raw}`).slice(2);
+  } catch (err) {
+    if (err instanceof InvalidAddressError) throw new CommandError(`not an address or domain: ${JSON.stringify(raw)}`);
+    throw err;
+  }
+  await ctx.store.setContactRule(req.sender, pattern, rule);
+  return rule === "block"
+    ? `Blocked ${pattern}: mail from ${pattern.includes("@") ? "it" : "that domain"} to your mailbox is refused. Say \`allow ${pattern}\` to undo.`
+    : `Allowed ${pattern}: mail from ${pattern.includes("@") ? "it" : "that domain"} reaches you again.`;
+}
+
+/** `contacts`: the sender's contact rules. */
+async function contactsCommand(ctx: CommandContext, req: CommandRequest): Promise<string> {
+  const rules = await ctx.store.listContactRules(req.sender);
+  if (rules.length === 0) return "You have blocked nobody. Say `block <address|domain>` to refuse someone's mail.";
+  return ["Your contact rules:", ...rules.map((r) => `• ${r.rule === "block" ? "blocked" : "allowed"}: ${r.pattern}`)].join("\n");
 }
 
 async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {

@@ -12,6 +12,7 @@ import { RawCipher } from "./rawCipher.ts";
 import type {
   BatchState,
   BridgeStore,
+  ContactRule,
   GhostRow,
   InboundRow,
   InboundState,
@@ -465,6 +466,20 @@ export class SqlStore implements BridgeStore {
 
   async listOptOuts(roomId: string): Promise<Set<string>> {
     return new Set((await this.db.query<DbRow>(Q.SQL_OPTOUTS_OF_ROOM, [roomId])).map((r) => String(r.address)));
+  }
+
+  async setContactRule(userId: string, pattern: string, rule: ContactRule): Promise<void> {
+    await this.db.execute(Q.SQL_PUT_CONTACT_RULE, [userId, pattern, rule, ms(this.#now())]);
+  }
+
+  async listContactRules(userId: string): Promise<{ pattern: string; rule: ContactRule }[]> {
+    return (await this.db.query<DbRow>(Q.SQL_CONTACT_RULES_OF_USER, [userId])).map((r) => ({ pattern: String(r.pattern), rule: String(r.rule) as ContactRule }));
+  }
+
+  async contactRuleFor(userId: string, address: string): Promise<ContactRule | null> {
+    const domain = address.slice(address.lastIndexOf("@") + 1);
+    const rules = new Map((await this.db.query<DbRow>(Q.SQL_CONTACT_RULES_FOR, [userId, address, domain])).map((r) => [String(r.pattern), String(r.rule) as ContactRule]));
+    return rules.get(address) ?? rules.get(domain) ?? null;
   }
 
   async deleteMessage(roomId: string, eventId: string): Promise<void> {

@@ -205,6 +205,9 @@ export interface OutboundRow {
 /** What {@link BridgeStore.enqueueOutbound} takes. */
 export type NewOutbound = Pick<OutboundRow, "roomId" | "eventId" | "messageId" | "envelopeFrom" | "recipients" | "raw">;
 
+/** A contact rule: `block` refuses a sender's mail (550 5.7.1); `allow` lifts a block. */
+export type ContactRule = "block" | "allow";
+
 /** One Matrix message inside a batched mail. */
 export interface BatchPart {
   eventId: string;
@@ -506,6 +509,18 @@ export interface BridgeStore {
   addOptOut(roomId: string, address: string): Promise<void>;
   /** The addresses that unsubscribed from the room's mail. */
   listOptOuts(roomId: string): Promise<Set<string>>;
+  /**
+   * Set a user's contact rule for an address (`bob@example.org`) or a domain (`example.org`),
+   * replacing an earlier one for the same pattern (migration 8).
+   */
+  setContactRule(userId: string, pattern: string, rule: ContactRule): Promise<void>;
+  /** A user's contact rules, by pattern. */
+  listContactRules(userId: string): Promise<{ pattern: string; rule: ContactRule }[]>;
+  /**
+   * The rule that decides mail from `address` to `userId`: the address's own rule, else its
+   * domain's, else null (no rule).
+   */
+  contactRuleFor(userId: string, address: string): Promise<ContactRule | null>;
   /** Forget the Matrix → mail mapping of one event (a redacted message of a cancelled batch). */
   deleteMessage(roomId: string, eventId: string): Promise<void>;
   /** Rows in `queued` or `deferred` whose nextAttemptAt <= now, oldest first. */

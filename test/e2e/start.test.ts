@@ -79,4 +79,30 @@ describe("start a conversation without a ghost ID", () => {
     const none = await alice.request<unknown>("GET", "/thirdparty/user/email", undefined, { query: { address: "no address" } }).catch((err: unknown) => err);
     assert.ok(Array.isArray(none) ? none.length === 0 : (none as { status?: number }).status === 404, `an invalid address finds nobody: ${JSON.stringify(none)}`);
   });
+
+  it("block and allow: a blocked domain's mail gets 550 5.7.1; an allowed address gets through; rejecting its DM invite blocks it again", async () => {
+    const mail = (n: string) => ({ from: "Eve <eve@example.net>", to: `alice@${MAIL_DOMAIN}`, subject: `Offer ${n}`, text: `Buy now (${n})` });
+    await alice.sendText(botDm, "block Example.NET");
+    await botReply(/^Blocked example\.net: mail from that domain to your mailbox is refused/);
+    await assert.rejects(env.sendMail(mail("b1")), /550 5\.7\.1 alice@bridge\.test does not accept mail from eve@example\.net/);
+
+    await alice.sendText(botDm, "allow eve@example.net");
+    await botReply(/^Allowed eve@example\.net/);
+    assert.match(await env.sendMail(mail("b2")), /^250 /);
+    const eveGhost = "@email_eve=40example.net:localhost";
+    const roomId = await alice.waitForInvite(30_000, (i) => i.inviter === eveGhost);
+
+    // Rejecting the DM invite refuses the sender, as `block eve@example.net` would.
+    await alice.leave(roomId);
+    const deadline = Date.now() + 20_000;
+    let refused: unknown = null;
+    while (Date.now() < deadline && refused === null) {
+      refused = await env.sendMail(mail(`b3-${Date.now()}`)).then(() => null, (err: unknown) => err);
+      if (refused === null) await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.match(String(refused), /550 5\.7\.1 alice@bridge\.test does not accept mail from eve@example\.net/);
+
+    await alice.sendText(botDm, "contacts");
+    await botReply(/^Your contact rules:\n• blocked: eve@example\.net\n• blocked: example\.net$/);
+  });
 });

@@ -552,6 +552,24 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
       });
     });
 
+    describe("contact rules", () => {
+      it("an address rule wins over its domain's; a rule replaces the earlier one for its pattern; rules are per user", async () => {
+        assert.equal(await store.contactRuleFor("@u:hs", "bob@example.org"), null);
+        await store.setContactRule("@u:hs", "example.org", "block");
+        assert.equal(await store.contactRuleFor("@u:hs", "bob@example.org"), "block");
+        await store.setContactRule("@u:hs", "bob@example.org", "allow");
+        assert.equal(await store.contactRuleFor("@u:hs", "bob@example.org"), "allow");
+        assert.equal(await store.contactRuleFor("@u:hs", "carol@example.org"), "block");
+        await store.setContactRule("@u:hs", "example.org", "allow");
+        assert.equal(await store.contactRuleFor("@u:hs", "carol@example.org"), "allow");
+        assert.equal(await store.contactRuleFor("@other:hs", "carol@example.org"), null);
+        assert.deepEqual(await store.listContactRules("@u:hs"), [
+          { pattern: "bob@example.org", rule: "allow" },
+          { pattern: "example.org", rule: "allow" },
+        ]);
+      });
+    });
+
     describe("unsubscribing from a portal", () => {
       it("keeps one token per room (the first one stored wins) and finds the room by it; opt-outs are per room", async () => {
         const [a, b] = await Promise.all([store.unsubscribeToken("!r1", "tok1"), store.unsubscribeToken("!r1", "tok2")]);

@@ -8,6 +8,7 @@ import { sql004AppserviceTransactions } from "./004-appservice-transactions.ts";
 import { sql005RawAtRest } from "./005-raw-at-rest.ts";
 import { sql006OutboundBatches } from "./006-outbound-batches.ts";
 import { sql007Unsubscribe } from "./007-unsubscribe.ts";
+import { sql008ContactRules } from "./008-contact-rules.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -28,4 +29,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 5, description: "retention of stored mail: raw_purged_at", sql: sql005RawAtRest },
   { version: 6, description: "outbound batching: batch_key, batch_state", sql: sql006OutboundBatches },
   { version: 7, description: "unsubscribing from a portal's mail: tokens and opt-outs", sql: sql007Unsubscribe },
+  { version: 8, description: "contact rules: blocked and allowed senders per user", sql: sql008ContactRules },
 ];

@@ -355,3 +355,12 @@ export const SQL_ROOM_OF_UNSUBSCRIBE_TOKEN = "SELECT room_id FROM portal_unsubsc
 export const SQL_ADD_OPTOUT = "INSERT INTO portal_optouts (room_id, address, created_at) VALUES ($1, $2, $3) ON CONFLICT (room_id, address) DO NOTHING";
 /** The addresses that unsubscribed from room $1. */
 export const SQL_OPTOUTS_OF_ROOM = "SELECT address FROM portal_optouts WHERE room_id = $1";
+
+/** Set user $1's rule for $2 pattern to $3 (`block`/`allow`); $4 = now (ms). */
+export const SQL_PUT_CONTACT_RULE = `
+INSERT INTO contact_rules (user_id, pattern, rule, created_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id, pattern) DO UPDATE SET rule = excluded.rule, created_at = excluded.created_at`;
+/** User $1's contact rules, by pattern. */
+export const SQL_CONTACT_RULES_OF_USER = "SELECT pattern, rule FROM contact_rules WHERE user_id = $1 ORDER BY pattern";
+/** User $1's rules for $2 address and $3 domain. */
+export const SQL_CONTACT_RULES_FOR = "SELECT pattern, rule FROM contact_rules WHERE user_id = $1 AND pattern IN ($2, $3)";
