@@ -196,10 +196,16 @@ export class MatrixHandler {
     await matrix.botNotice(event.room_id, reply, event.event_id);
   }
 
+  /**
+   * Whether a room that is no portal is a DM with the bot (two members), where commands need
+   * no prefix. A room the bot cannot read (the homeserver refuses) is none; a homeserver that
+   * cannot answer now throws, so the event is retried rather than its command ignored.
+   */
   private async isDmWithBot(roomId: string): Promise<boolean> {
     try {
       return (await this.opts.matrix.joinedMembers(roomId)).length === 2;
-    } catch {
+    } catch (err) {
+      if (this.opts.matrix.classifyError(err).temporary) throw err;
       return false;
     }
   }
