@@ -13,6 +13,7 @@ import { generateDkimKey } from "../../src/mail/outbound/dkim.ts";
 import { deliverMail, type DeliverOptions, type MxResolver, type RecipientOutcome } from "../../src/mail/outbound/deliver.ts";
 import { SmtpPool, type SmtpPoolOptions } from "../../src/mail/outbound/pool.ts";
 import { startSmtpSink, type SmtpSink } from "../harness/smtpSink.ts";
+import { outboundConfig } from "../harness/outboundConfig.ts";
 
 const HELO = "bridge.mail.example";
 
@@ -64,18 +65,7 @@ async function startPeer(name: string, host: string, port: number, opts: Partial
   return { server, port: addr.port };
 }
 
-const outboundBase: OutboundConfig = {
-  mode: "direct",
-  relay: null,
-  static_routes: {},
-  helo_name: null,
-  require_tls: false,
-  timeout_ms: 3000,
-  max_retry_hours: 96,
-  delay_warning_hours: 4,
-  concurrency: 8, max_mails_per_user_per_hour: 0, max_new_recipients_per_user_per_day: 0,
-  max_connections_per_domain: 4, max_messages_per_connection: 100, pool_idle_ms: 30000, max_attachment_bytes: 10_000_000, mail_notices: false, batch_delay_ms: 0,
-};
+const outboundBase: OutboundConfig = outboundConfig();
 
 describe("deliverMail over loopback SMTP", () => {
   const servers: SMTPServer[] = [];

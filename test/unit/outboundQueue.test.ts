@@ -23,6 +23,7 @@ import { MIGRATIONS } from "../../src/store/migrations/index.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
 import type { NewOutbound, OutboundRow } from "../../src/store/Store.ts";
 import { configureLogging } from "../../src/util/logger.ts";
+import { outboundConfig } from "../harness/outboundConfig.ts";
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -185,18 +186,7 @@ function smtpError(code: number, message: string): Error {
   return Object.assign(new Error(message), { responseCode: code });
 }
 
-const outboundBase: OutboundConfig = {
-  mode: "direct",
-  relay: null,
-  static_routes: {},
-  helo_name: null,
-  require_tls: false,
-  timeout_ms: 3000,
-  max_retry_hours: 96,
-  delay_warning_hours: 4,
-  concurrency: 8, max_mails_per_user_per_hour: 0, max_new_recipients_per_user_per_day: 0,
-  max_connections_per_domain: 4, max_messages_per_connection: 100, pool_idle_ms: 30000, max_attachment_bytes: 10_000_000, mail_notices: false, batch_delay_ms: 0,
-};
+const outboundBase: OutboundConfig = outboundConfig();
 
 /** deliverMail over a static route table and a fake MX (and A/AAAA) resolver: never live DNS. */
 function realDeliver(staticRoutes: Record<string, string>, resolver: MxResolver, addressResolver?: AddressResolver) {
