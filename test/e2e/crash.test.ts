@@ -93,3 +93,43 @@ describe("crash after 250 (embedded SQLite store, bridge as a process)", () => {
     assert.equal(invites, 1, "one DM portal");
   });
 });
+
+describe("crash while a batched mail waits (embedded SQLite store, bridge as a process)", () => {
+  let env: PreparedEnv;
+  const DELAY_MS = 4000;
+
+  before(async () => {
+    env = await prepareEnv("sqlite", { logLevel: "info", allowedUsers: ["@judy:localhost"], config: { outbound: { batch_delay_ms: DELAY_MS } } });
+  });
+  after(async () => {
+    for (const c of children) c.kill("SIGKILL");
+    await env?.stop();
+  });
+
+  it("messages held for batching survive a SIGKILL: after the restart they go out once, as one mail, in order", async () => {
+    const judy = await env.synapse.registerUser("judy", { displayName: "Judy" });
+    const first = await spawnBridge(env.configFile);
+    const ghost = "@email_kim=40example.org:localhost";
+    const roomId = await judy.createRoom({ preset: "private_chat", name: "Held" });
+    await judy.invite(roomId, ghost);
+    await judy.waitForMembership(roomId, ghost, "join");
+
+    for (let i = 1; i <= 3; i++) await judy.sendText(roomId, `held part ${i} (batch-crash)`);
+    // Well inside the batching window: whether the bridge had taken the messages into the open
+    // mail or they were still in its journal, nothing may be lost or sent twice.
+    await new Promise((r) => setTimeout(r, 1500));
+    first.child.kill("SIGKILL");
+    await new Promise((r) => first.child.once("exit", r));
+    assert.equal(env.sink.mails.filter((m) => m.raw.includes("(batch-crash)")).length, 0, "nothing left before the window closed");
+
+    await spawnBridge(env.configFile);
+    const sent = await env.sink.waitForMail((m) => m.raw.includes("(batch-crash)"), 60_000);
+    await new Promise((r) => setTimeout(r, DELAY_MS + 1500));
+    const mails = env.sink.mails.filter((m) => m.raw.includes("(batch-crash)"));
+    assert.equal(mails.length, 1, `one mail, got ${mails.length}`);
+    const text = sent.raw.toString("utf8");
+    const at = [1, 2, 3].map((i) => text.indexOf(`held part ${i} (batch-crash)`));
+    assert.ok(at.every((p) => p >= 0) && at[0]! < at[1]! && at[1]! < at[2]!, `all three parts, in order: ${at.join(", ")}`);
+    for (let i = 1; i <= 3; i++) assert.equal(text.split(`held part ${i} (batch-crash)`).length - 1, 1, `part ${i} once (plain text: one part)`);
+  });
+});
