@@ -9,6 +9,9 @@ import { sql005RawAtRest } from "./005-raw-at-rest.ts";
 import { sql006OutboundBatches } from "./006-outbound-batches.ts";
 import { sql007Unsubscribe } from "./007-unsubscribe.ts";
 import { sql008ContactRules } from "./008-contact-rules.ts";
+import { sql009ContactRequests } from "./009-contact-requests.ts";
+import { sql010Addressing } from "./010-addressing.ts";
+import { sql011AppPasswords } from "./011-app-passwords.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -30,4 +33,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 6, description: "outbound batching: batch_key, batch_state", sql: sql006OutboundBatches },
   { version: 7, description: "unsubscribing from a portal's mail: tokens and opt-outs", sql: sql007Unsubscribe },
   { version: 8, description: "contact rules: blocked and allowed senders per user", sql: sql008ContactRules },
+  { version: 9, description: "contact requests, personal settings, quiet refusals", sql: sql009ContactRequests },
+  { version: 10, description: "addressing: mail domains and aliases", sql: sql010Addressing },
+  { version: 11, description: "app passwords for SMTP submission", sql: sql011AppPasswords },
 ];
