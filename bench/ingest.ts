@@ -24,6 +24,7 @@ import { performance } from "node:perf_hooks";
 import { setTimeout as delay } from "node:timers/promises";
 import { SMTPServer } from "smtp-server";
 import { InboundRouter } from "../src/bridge/InboundRouter.ts";
+import { Contacts } from "../src/bridge/Contacts.ts";
 import type { Mailbox, SenderAuth } from "../src/bridge/InboundRouter.ts";
 import type { IdContext } from "../src/bridge/ids.ts";
 import { Subscriptions } from "../src/bridge/Subscriptions.ts";
@@ -202,6 +203,13 @@ async function startBridgeIngest(engine: EngineName, settings: IngestSettings, t
     const router = new InboundRouter({
       store,
       ids,
+      contacts: new Contacts({
+        store,
+        matrix: {
+          botDm: () => Promise.reject(new Error("bench: no contact request is made for a room mailbox")),
+          botNotice: () => Promise.reject(new Error("bench: no contact request is made for a room mailbox")),
+        },
+      }),
       mayBridge: () => true,
       hostname: config.hostname,
       matrix: {

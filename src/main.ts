@@ -24,6 +24,8 @@ Commands:
   dkim-keygen             make the DKIM private key (--force replaces it)
   dns-records             print the MX, SPF, DKIM and DMARC records to publish for the mail domain
   validate-config         check the config file and exit
+  doctor                  check the deployment (config, homeserver and appservice ping, SMTP port, DNS records,
+                            DKIM key, reverse DNS, TLS certificate, crypto) and print a fix for each problem
   send-test-mail          send a test mail to the bridge's SMTP listener:
                             --to ADDRESS [--from ADDRESS] [--envelope-from ADDRESS] [--subject TEXT] [--text TEXT]
                             [--host HOST] [--port PORT] (default: the config's smtp listener)
@@ -32,6 +34,13 @@ Commands:
                             show inbound|outbound ID [--raw]  (--raw: the stored message bytes)
                             retry inbound|outbound ID         (due now)
                             drop inbound|outbound ID --yes    (deletes it and its message)
+  admin                   call the running bridge's admin API (admin_api section; docs/admin-api.md):
+                            domains list | add DOMAIN | remove DOMAIN
+                            mailboxes list | set ROOM_ID LOCALPART | remove ROOM_ID
+                            aliases list [--domain D] [--target T] | add ADDRESS TARGET | remove ADDRESS [TARGET]
+                            messages message-id|address|room VALUE [--limit N]
+                            queue list inbound|outbound [--state S] [--limit N] | show|retry|drop inbound|outbound ID
+                            inject --from ADDRESS --to ADDRESS[,ADDRESS...] --subject TEXT --text TEXT [--html HTML]
 
 Options:
   -c, --config FILE       config file (default: config.yaml)
@@ -67,6 +76,9 @@ async function main(argv: string[]): Promise<number> {
       limit: { type: "string" },
       raw: { type: "boolean" },
       yes: { type: "boolean" },
+      domain: { type: "string" },
+      target: { type: "string" },
+      html: { type: "string" },
     },
   });
   const command = positionals[0];
@@ -121,6 +133,10 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${file}: OK\n`);
       return 0;
     }
+    case "doctor": {
+      const { doctorCommand } = await import("./cli/doctor.ts");
+      return doctorCommand(file, (text) => process.stdout.write(text));
+    }
     case "send-test-mail": {
       if (!values.to) throw new UsageError("send-test-mail needs --to ADDRESS");
       const cfg = values.host && values.port ? null : config(file);
@@ -139,6 +155,15 @@ async function main(argv: string[]): Promise<number> {
         throw new CommandFailed(`the mail was refused: ${e.response ?? e.message ?? String(err)}`);
       });
       process.stdout.write(`Sent to ${values.to} via ${host}:${port}: ${reply}\n`);
+      return 0;
+    }
+    case "admin": {
+      const { adminCommand, AdminCommandError } = await import("./cli/admin.ts");
+      const { state, limit, domain, target, from, to, subject, text, html } = values;
+      await adminCommand(positionals.slice(1), { state, limit, domain, target, from, to, subject, text, html }, () => config(file)).catch((err: unknown) => {
+        if (err instanceof AdminCommandError) throw err.usage ? new UsageError(err.message) : new CommandFailed(err.message);
+        throw err;
+      });
       return 0;
     }
     case "queue": {

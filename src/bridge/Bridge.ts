@@ -22,7 +22,11 @@ import { ParsedMailCache } from "./ParsedMailCache.ts";
 import { DsnService } from "./DsnService.ts";
 import { NoticeService } from "./NoticeService.ts";
 import { Subscriptions } from "./Subscriptions.ts";
+import { Contacts } from "./Contacts.ts";
+import { Addressing } from "./Addressing.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
+import { Submission, isSubmissionEvent, submissionListenerConfig } from "./Submission.ts";
+import { SubmissionListener } from "../mail/submission/SubmissionListener.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
 import { makeAccessCheck } from "./access.ts";
 import { InvalidAddressError, normalizeAddress, type IdContext } from "./ids.ts";
@@ -31,6 +35,8 @@ import { DnsResolver } from "../mail/dns.ts";
 import { configureLogging, getLogger } from "../util/logger.ts";
 import { BridgeMetrics } from "../util/metrics.ts";
 import { startOperationsListener } from "./health.ts";
+import { startAdminApi } from "../admin/AdminApi.ts";
+import { loadAdminToken } from "../admin/auth.ts";
 
 const log = getLogger("bridge");
 
@@ -46,12 +52,18 @@ export interface RunningBridge {
   store: BridgeStore;
   /** Port the SMTP listener is bound to (config port, or the real port when 0). */
   smtpPort: number;
+  /** Port the submission listener is bound to, or null when `submission.enabled` is off. */
+  submissionPort: number | null;
   inbound: InboundPoster;
   outbound: OutboundQueue;
   /** The bridge's metrics (served on `/metrics` when `metrics.enabled`). */
   metrics: BridgeMetrics;
   /** Port of the metrics listener (the real one when `metrics.port` is 0), or null when `metrics.enabled` is off. */
   metricsPort: number | null;
+  /** Mail domains, aliases and room mailboxes (the admin API and tests change them through it). */
+  addressing: Addressing;
+  /** Port of the admin API listener (the real one when `admin_api.port` is 0), or null when `admin_api.enabled` is off. */
+  adminPort: number | null;
   /** Stop everything, in order: SMTP, Matrix, workers, outbound SMTP connections, metrics listener, store. */
   stop(): Promise<void>;
 }
@@ -139,8 +151,22 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   });
 
   const notices = new NoticeService({ store, matrix, ids });
+  // Mail local users submit from mail clients (submission port); router and queue are made below.
+  const submission = new Submission({
+    store,
+    matrix,
+    ids,
+    mayBridge,
+    dkim,
+    resolveMailbox: (address) => router.resolveMailbox(address),
+    notices,
+    onQueued: () => queue.kick(),
+    limits: { mailsPerHour: config.outbound.max_mails_per_user_per_hour, newRecipientsPerDay: config.outbound.max_new_recipients_per_user_per_day },
+  });
   /** The notices of the outbound queue go into the mail's room, as replies to its event. */
-  const outboundNotice = async (roomId: string, text: string, eventId: string): Promise<void> => {
+  const outboundNotice = async (roomId: string, text: string, eventId: string, envelopeFrom: string): Promise<void> => {
+    // Submitted mail has no Matrix event: its portal (or the sender's DM with the bot) hears it.
+    if (isSubmissionEvent(eventId)) return submission.notice(roomId, envelopeFrom, text);
     // A DSN the bridge sent has no room: a bounce of a bounce is dropped (RFC 5321 §6.2).
     if (!roomId) {
       log.warn("a DSN the bridge sent could not be delivered", { eventId, text });
@@ -168,12 +194,12 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     onRecipientResult: (outcome) => metrics.outboundDelivery(outcome),
     onRecipientsFailed: async (mail, failures) => {
       const lines = failures.map((f) => `• ${f.address}: ${f.reply}`).join("\n");
-      await outboundNotice(mail.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, mail.eventId);
+      await outboundNotice(mail.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, mail.eventId, mail.envelopeFrom);
     },
     onDelayed: async (mail, recipients, giveUpAt) => {
       const until = utcMinute(giveUpAt);
       const lines = recipients.map((r) => `⏳ Delivery to ${r.address} is delayed: ${r.reply}; still trying until ${until}`).join("\n");
-      await outboundNotice(mail.roomId, lines, mail.eventId);
+      await outboundNotice(mail.roomId, lines, mail.eventId, mail.envelopeFrom);
     },
   });
   const outboundHandler = new OutboundHandler({
@@ -188,7 +214,9 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     batchDelayMs: config.outbound.batch_delay_ms,
   });
   const botDisplayName = config.appservice.bot_displayname;
-  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName, notices });
+  const contacts = new Contacts({ store, matrix });
+  const addressing = new Addressing({ store, matrix, ids, mayBridge });
+  handler = new MatrixHandler({ store, matrix, ids, mayBridge, outbound: outboundHandler, botDisplayName, notices, contacts, addressing });
   const subscriptions = new Subscriptions({
     store,
     ids,
@@ -230,6 +258,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     mayBridge,
     hostname: config.smtp.hostname,
     onCommitted: () => poster.kick(),
+    contacts,
     subscriptions,
     admins: { roomId: config.permissions.admin_room, users: config.permissions.admins },
     auth: {
@@ -245,10 +274,32 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
         }
       : null,
   });
-  const smtp = new SmtpListener({ config: config.smtp, mailDomain: ids.mailDomain, handler: router, dns, onReply: (code) => metrics.smtpReply(code) });
+  const smtp = new SmtpListener({
+    config: config.smtp,
+    mailDomain: ids.mailDomain,
+    isLocalDomain: (domain) => addressing.isLocalDomain(domain),
+    handler: router,
+    dns,
+    onReply: (code) => metrics.smtpReply(code),
+  });
+  const submissionListener = config.submission.enabled ? new SubmissionListener({ config: submissionListenerConfig(config), handler: submission }) : null;
   // Up before the homeserver wait, so /health says what is not up yet.
   const appserviceAddress = { bindAddress: config.appservice.bind_address, port: config.appservice.port };
   const ops = config.metrics.enabled ? await startOperationsListener({ config: config.metrics, metrics, store, smtp, appservice: appserviceAddress }) : null;
+  // The admin API (docs/admin-api.md): the same queue actions, addressing and inbound router as the rest.
+  const admin = config.admin_api.enabled
+    ? await startAdminApi({
+        bindAddress: config.admin_api.bind_address,
+        port: config.admin_api.port,
+        token: loadAdminToken(config.admin_api),
+        deps: {
+          store,
+          addressing,
+          inject: { router, mailDomain: ids.mailDomain, isLocalDomain: (domain) => addressing.isLocalDomain(domain), hostname: config.smtp.hostname },
+          kick: (direction) => (direction === "inbound" ? poster.kick() : queue.kick()),
+        },
+      })
+    : null;
 
   // Mail is accepted before the homeserver answers: a bridge (re)started during a homeserver
   // outage takes room-mailbox mail into its queue (personal mailboxes get 451 until the
@@ -258,6 +309,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   queue.start();
   retention?.start();
   const { port: smtpPort } = await smtp.listen();
+  const submissionPort = submissionListener ? (await submissionListener.listen()).port : null;
   await matrix.start(Number.POSITIVE_INFINITY);
   if (!config.permissions.admin_room && config.permissions.admins.length === 0) {
     log.warn("no postmaster: mail to postmaster@ and abuse@ is refused until permissions.admins or permissions.admin_room is set (RFC 5321 §4.5.1)", {});
@@ -274,18 +326,23 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     config,
     store,
     smtpPort,
+    submissionPort,
     inbound: poster,
     outbound: queue,
     metrics,
     metricsPort: ops?.port ?? null,
+    addressing,
+    adminPort: admin?.port ?? null,
     async stop() {
       await smtp.close();
+      await submissionListener?.close();
       await matrix.stop();
       await poster.stop();
       await queue.stop();
       smtpPool.close();
       await retention?.stop();
       await ops?.close();
+      await admin?.close();
       await store.close();
       log.info("bridge stopped");
     },

@@ -30,11 +30,12 @@ import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedPart
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
-import { AUTH_FIELD, authContent, cutText, mailToMatrix, unverifiedWarning } from "./format/toMatrix.ts";
+import { AUTH_FIELD, RECIPIENT_FIELD, authContent, cutText, mailToMatrix, recipientLine, unverifiedWarning } from "./format/toMatrix.ts";
 import { escapeHtml } from "./format/html.ts";
 import { sanitizeHtml, sanitizeMailHtml } from "./format/sanitize.ts";
 import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
+import { invitePreview } from "./Contacts.ts";
 import type { NoticeService } from "./NoticeService.ts";
 import type { HomeserverFailure, MatrixActions } from "./ports.ts";
 import { QueueWorker, backoffMs, type PassResult } from "../util/worker.ts";
@@ -248,6 +249,7 @@ export class InboundPoster {
     const fold: FoldedReply = isReply ? await foldReply(mail.text) : { text: mail.text, folded: false };
     const { content, cut } = this.content(row, mail, fold, parts);
     content[AUTH_FIELD] = verdict;
+    if (row.deliveredTo) content[RECIPIENT_FIELD] = { address: row.deliveredTo, tag: row.recipientTag };
     // RFC 3834 §2: an automatic mail (auto-reply, bounce, list or bulk mail) is a notice; nothing answers notices.
     if (isAutomatic(row, mail)) content.msgtype = "m.notice";
     const parent = row.replyToEventId ? await store.getMessageByEvent(roomId, row.replyToEventId) : null;
@@ -384,7 +386,9 @@ export class InboundPoster {
       return existing.roomId;
     }
     const topic = ghost.verified ? `Email with ${row.sender}` : `⚠️ Unverified sender: mail claiming to be from ${row.sender} that could not be authenticated`;
-    const roomId = (await this.orphanDm(ghost, localUser)) ?? (await matrix.createDm(ghost.userId, localUser, topic));
+    // The invite previews the mail (who, subject, verdict): in `invite` mode it is the contact request.
+    const preview = invitePreview(row.sender, row.senderName, mail.subject, ghost.verified);
+    const roomId = (await this.orphanDm(ghost, localUser)) ?? (await matrix.createDm(ghost.userId, localUser, topic, preview));
     if (existing) await store.deletePortal(existing.roomId);
     await store.upsertPortal({ roomId, kind: "dm", localUserId: localUser, remoteAddress: row.sender, subject: mail.subject, encrypted: false, remoteVerified: ghost.verified });
     await store.setInboundRoom(row.id, roomId);
@@ -454,6 +458,8 @@ export class InboundPoster {
       html = sanitizeMailHtml(head + parts.blocks.map((b) => b.html).join("")) || null;
     }
     const warnings: string[] = [];
+    // Which of the bridge's addresses it came to, when not the target's own (a tag, an alias, a catch-all).
+    if (row.deliveredTo) warnings.push(recipientLine(row.deliveredTo, row.recipientTag));
     if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
     if (mail.losses.length > 0) warnings.push(`⚠️ Parts of this mail could not be decoded (${mail.losses.join(", ")}); the original is attached as message.eml.`);
     if (row.spam && (row.spam.action === "add header" || row.spam.action === "rewrite subject")) {

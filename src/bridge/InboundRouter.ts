@@ -15,10 +15,14 @@
  *       participants): knowing a Message-ID grants no membership;
  *    b. a room mailbox → its room;
  *    c. a personal mailbox → the DM portal of its owner with the sender's ghost (verified and
- *       unverified ghosts have separate DM portals; made on first mail).
+ *       unverified ghosts have separate DM portals; made on first mail);
+ *    d. for a personal mailbox, the user's contact rules and mode (`Contacts.gate`): a blocked
+ *       sender gets 550 5.7.1; mail from a stranger that would open a new DM is a contact
+ *       request, held with 451 4.7.1 in `hold` mode (unless the mail also goes elsewhere: then
+ *       it opens a DM invite, as in `invite` mode).
  */
 import { createHash } from "node:crypto";
-import type { AuthFields, BridgeStore, NewInbound, SpamFields } from "../store/Store.ts";
+import type { AuthFields, BridgeStore, InboundRow, NewInbound, SpamFields } from "../store/Store.ts";
 import type { InboundEnvelope, InboundHandler } from "../mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import { verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
@@ -32,25 +36,64 @@ import { portalOf } from "./Portal.ts";
 import type { MailboxPolicy } from "../store/Store.ts";
 import { parseMailboxCommand, type MailboxCommand, type Subscriptions } from "./Subscriptions.ts";
 import { Ghost } from "./Ghost.ts";
+import type { Contacts } from "./Contacts.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
 const log = getLogger("bridge/inbound");
 
 /**
- * A mailbox of the bridge, as resolved from a recipient address at RCPT time:
+ * The address a mail reached a room or personal mailbox through, when it is not the mailbox's
+ * own address on the primary domain: `bob+shop@` (RFC 5233 subaddress), an alias, a
+ * catch-all, or the mailbox on another of the bridge's domains. Shown above the posted mail.
+ */
+export interface ReachedVia {
+  /** The recipient address, lower-cased. */
+  address: string;
+  /** Its `+tag` without the `+`, or null. */
+  tag: string | null;
+}
+
+/**
+ * A mailbox of the bridge, as resolved from a recipient address at RCPT time, on any of the
+ * bridge's mail domains (`Addressing`):
  * - `room`: a room mailbox (`team@`), or one of its command addresses (`team+subscribe@`,
- *   `team+unsubscribe@`, `team+confirm-<token>@`, RFC 5233 subaddressing);
- * - `personal`: a local user's personal mailbox;
+ *   `team+unsubscribe@`, `team+confirm-<token>@`, RFC 5233 subaddressing); any other `+tag` is
+ *   delivered, with the tag shown;
+ * - `personal`: a local user's personal mailbox (`alice@`, `alice+tag@`);
  * - `admin`: `postmaster` (RFC 5321 §4.5.1) or `abuse` (RFC 2142), delivered to the admin room
- *   or to each bridge admin's DM.
+ *   or to each bridge admin's DM;
+ * - `alias`: an alias or a domain's catch-all (migration 10), with its targets resolved (each
+ *   a room or a personal mailbox): the mail goes to each (1:N).
+ * `via` is set when the address is not the mailbox's own (see {@link ReachedVia}).
  */
 export type Mailbox =
-  | { kind: "room"; localpart: string; roomId: string; policy: MailboxPolicy; command: MailboxCommand | null }
-  | { kind: "personal"; localpart: string; userId: string }
+  | { kind: "room"; localpart: string; roomId: string; policy: MailboxPolicy; command: MailboxCommand | null; via?: ReachedVia }
+  | { kind: "personal"; localpart: string; userId: string; via?: ReachedVia }
   | { kind: "admin"; localpart: string }
   /** `unsubscribe+<token>@`: the List-Unsubscribe address of a DM or group portal (migration 7). */
-  | { kind: "unsubscribe"; localpart: string; roomId: string };
+  | { kind: "unsubscribe"; localpart: string; roomId: string }
+  | { kind: "alias"; address: string; tag: string | null; targets: AliasTarget[] };
+
+/** A target of an alias: the room or personal mailbox it delivers to, with the alias as `via`. */
+export type AliasTarget = Extract<Mailbox, { kind: "room" } | { kind: "personal" }>;
+
+/** Where one recipient's copy of a mail goes, with the address it came through. */
+type RoutedTarget = Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId" | "deliveredTo" | "recipientTag">;
+
+/** A mailbox a mail is delivered to, aliases expanded. */
+export type TargetMailbox = Exclude<Mailbox, { kind: "alias" }>;
+
+/** Each mailbox, with every alias replaced by its targets (1:N). */
+export function expandAliases(mailboxes: Iterable<Mailbox>): TargetMailbox[] {
+  return [...mailboxes].flatMap((m) => (m.kind === "alias" ? m.targets : [m]));
+}
+
+/** The routing's recipient fields of an inbound row for a mailbox (see {@link ReachedVia}). */
+function reachedFields(mailbox: TargetMailbox): Pick<NewInbound, "deliveredTo" | "recipientTag"> {
+  const via = mailbox.kind === "room" || mailbox.kind === "personal" ? mailbox.via : undefined;
+  return { deliveredTo: via?.address ?? null, recipientTag: via?.tag ?? null };
+}
 
 /** Where mail to `postmaster` and `abuse` goes (`permissions.admin_room`, `permissions.admins`). */
 export interface AdminDelivery {
@@ -88,6 +131,8 @@ export interface InboundRouterOptions {
   auth: SenderAuth;
   /** Spam check (rspamd), or null for none. */
   spam?: SpamCheck | null;
+  /** Contact rules, modes and requests of personal mailboxes. */
+  contacts: Pick<Contacts, "gate" | "hold">;
   /** Room mailbox subscriptions (plus-address commands). */
   subscriptions: Pick<Subscriptions, "request" | "confirm" | "unsubscribe" | "optOut">;
   /** Where `postmaster` and `abuse` go; null users and room: they are refused (550 5.1.1). */
@@ -130,6 +175,27 @@ export function authFields(v: AuthVerdict): AuthFields {
   return { spf: v.spf, dkim: v.dkim, dmarc: v.dmarc, arc: v.arc, verified: v.verified };
 }
 
+/**
+ * A mail injected by the admin API (src/admin/inject.ts) rather than received over SMTP. The
+ * admin vouches for it, but nothing authenticates its author: no SPF/DKIM/DMARC/ARC check runs
+ * (the verdict stored and shown is `none` for each, unverified), no spam check runs, the
+ * `auth.unverified: reject` policy does not refuse it, and it is posted by the sender's
+ * unverified ghost like any unauthenticated mail. Routing, room mailbox policies, contact
+ * rules and dedupe are those of SMTP mail.
+ */
+export interface Injection {
+  /** The trace header stored on top of the message instead of the SMTP Received header (CRLF-terminated). */
+  received: string;
+  /** Called with each committed row (`duplicate`: the same mail was committed to that target before). */
+  onRow(row: InboundRow, duplicate: boolean): void;
+}
+
+/** The verdict of an injected mail: nothing was checked, nothing is verified. */
+const INJECTED_VERDICT: AuthVerdict = {
+  spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false, alignedBy: null, policy: null,
+  dkimDomains: [], spfDomain: null, arcSealer: null, dnsTemporaryError: false,
+};
+
 /** The bridge's {@link InboundHandler}: recipient checks and routing. */
 export class InboundRouter implements InboundHandler<Mailbox> {
   private readonly opts: InboundRouterOptions;
@@ -139,33 +205,70 @@ export class InboundRouter implements InboundHandler<Mailbox> {
   }
 
   /**
-   * Resolve a recipient address (already on the mail domain, domain lower-cased) to a mailbox.
+   * Resolve a recipient address (already on one of the bridge's mail domains, domain
+   * lower-cased) to a mailbox. `name+tag@` is read as `name@` with a tag (RFC 5233). In order:
+   * a room mailbox (on every domain; a command tag is a command), `unsubscribe+<token>`,
+   * `postmaster`/`abuse`, an alias of that domain, a personal mailbox (on every domain), and
+   * last the domain's catch-all.
    * @returns the mailbox, or null when there is none
    * @throws Error when the homeserver cannot be asked (the listener answers 451)
    */
   async resolveMailbox(address: string): Promise<Mailbox | null> {
-    const full = address.slice(0, address.lastIndexOf("@")).toLowerCase();
+    const at = address.lastIndexOf("@");
+    const full = address.slice(0, at).toLowerCase();
+    const domain = address.slice(at + 1).toLowerCase();
     const plus = full.indexOf("+");
     const localpart = plus > 0 ? full.slice(0, plus) : full;
+    const tag = plus > 0 ? full.slice(plus + 1) : null;
+    // The address as reached, when it is not the mailbox's own one (another domain, a tag).
+    const via = domain !== this.opts.ids.mailDomain || tag !== null ? { via: { address: `${full}@${domain}`, tag } } : {};
     const room = await this.opts.store.getRoomMailboxByLocalpart(localpart);
     if (room) {
-      const command = plus > 0 ? parseMailboxCommand(full.slice(plus + 1)) : null;
-      if (plus > 0 && !command) return null;
-      return { kind: "room", localpart, roomId: room.roomId, policy: room.policy, command };
+      const command = tag !== null ? parseMailboxCommand(tag) : null;
+      // A mistyped confirmation address is refused rather than posted.
+      if (tag !== null && !command && tag.startsWith("confirm-")) return null;
+      return { kind: "room", localpart, roomId: room.roomId, policy: room.policy, command, ...(command ? {} : via) };
     }
-    if (plus > 0) {
-      if (localpart !== "unsubscribe") return null;
-      const roomId = await this.opts.store.roomOfUnsubscribeToken(full.slice(plus + 1));
+    if (localpart === "unsubscribe") {
+      const roomId = tag ? await this.opts.store.roomOfUnsubscribeToken(tag) : null;
       return roomId ? { kind: "unsubscribe", localpart, roomId } : null;
     }
     if (localpart === "postmaster" || localpart === "abuse") {
       const { roomId, users } = this.opts.admins;
-      return roomId || users.length > 0 ? { kind: "admin", localpart } : null;
+      return tag === null && (roomId || users.length > 0) ? { kind: "admin", localpart } : null;
     }
+    const alias = await this.aliasMailbox(`${localpart}@${domain}`, `${full}@${domain}`, tag);
+    if (alias) return alias;
     const userId = mailboxUserId(localpart, this.opts.ids);
-    if (!userId || !this.opts.mayBridge(userId)) return null;
-    if (!(await this.userExists(userId))) return null;
-    return { kind: "personal", localpart, userId };
+    if (userId && this.opts.mayBridge(userId) && (await this.userExists(userId))) return { kind: "personal", localpart, userId, ...via };
+    // The catch-all takes only what nothing else on its domain takes.
+    return this.aliasMailbox(`*@${domain}`, `${full}@${domain}`, tag);
+  }
+
+  /**
+   * An alias (or catch-all) with its targets: each room target that still has a room mailbox
+   * (its policy applies), each user target still allowed to bridge; the rest are skipped.
+   * @param alias the stored address (`local@domain` or `*@domain`)
+   * @param address the recipient address as reached (with its tag)
+   * @returns null when it is no alias or none of its targets can take mail
+   */
+  private async aliasMailbox(alias: string, address: string, tag: string | null): Promise<Mailbox | null> {
+    const rows = await this.opts.store.listMailAliases({ address: alias });
+    if (rows.length === 0) return null;
+    const via = { address, tag };
+    const targets: AliasTarget[] = [];
+    for (const { target } of rows) {
+      if (target.startsWith("!")) {
+        const room = await this.opts.store.getRoomMailboxByRoom(target);
+        if (room) targets.push({ kind: "room", localpart: room.localpart, roomId: target, policy: room.policy, command: null, via });
+        else log.warn("alias target has no room mailbox any more, skipped", { alias, target });
+      } else {
+        const localpart = /^@([^:]+):/.exec(target)?.[1];
+        if (localpart && this.opts.mayBridge(target)) targets.push({ kind: "personal", localpart, userId: target, via });
+        else log.warn("alias target may not use the bridge, skipped", { alias, target });
+      }
+    }
+    return targets.length > 0 ? { kind: "alias", address, tag, targets } : null;
   }
 
   /** Known answers of `userExists`, with when they expire (epoch ms). */
@@ -205,9 +308,11 @@ export class InboundRouter implements InboundHandler<Mailbox> {
   /**
    * DATA: authenticate, check for spam, route every recipient, and commit one inbound row per
    * target portal. Resolves only after the rows are committed (the listener then answers 250).
+   * @param injection set for a mail the admin API injects (see {@link Injection}): no sender
+   *   authentication or spam check, its own trace header, each committed row reported
    * @throws SmtpReply for mail that must be refused (5xx) or retried (4xx)
    */
-  async deliver(raw: Buffer, envelope: InboundEnvelope<Mailbox>): Promise<void> {
+  async deliver(raw: Buffer, envelope: InboundEnvelope<Mailbox>, injection?: Injection): Promise<void> {
     const { ids } = this.opts;
     const author = readAuthor(raw, [ids.mailDomain, this.opts.hostname.toLowerCase()]);
     let sender: string;
@@ -231,19 +336,19 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     const parsedFrom = mail.from ? safeNormalize(mail.from.address, ids) : null;
     if (parsedFrom !== sender) throw new SmtpReply(550, "5.7.1", "the From header field is ambiguous");
 
-    const verdict = await authenticateMessage(
+    const verdict = injection ? INJECTED_VERDICT : await authenticateMessage(
       { raw, mailFrom: envelope.mailFrom, remoteAddress: envelope.remoteAddress, heloName: envelope.heloName },
       author,
       { lookup: this.opts.auth.lookup, hostname: this.opts.hostname, minKeyBits: this.opts.auth.minKeyBits, trustedArcSealers: this.opts.auth.trustedArcSealers },
     );
-    const decision = authDecision(verdict, author, this.opts.auth.policy);
+    const decision: ReturnType<typeof authDecision> = injection ? { accept: true, verified: false } : authDecision(verdict, author, this.opts.auth.policy);
     const authLog = { session: envelope.sessionId, sender, spf: verdict.spf, dkim: verdict.dkim, dmarc: verdict.dmarc, arc: verdict.arc, policy: verdict.policy, verified: verdict.verified };
     if (!decision.accept) {
       log.info("mail refused by sender authentication", { ...authLog, reply: decision.reply.line });
       throw decision.reply;
     }
     log.debug("sender authentication", authLog);
-    const spam = await this.spamVerdict(raw, envelope, sender);
+    const spam = injection ? null : await this.spamVerdict(raw, envelope, sender);
 
     const hash = contentHash(envelope.mailFrom, raw);
     // A mail without a Message-ID gets one derived from its content: a retry posts once.
@@ -274,9 +379,18 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     }
     // Each recipient was resolved once, at RCPT time; the decision travels with the envelope.
     const commands: (() => Promise<void>)[] = [];
-    /** Personal mailboxes whose user blocked this sender. */
-    const blocked: string[] = [];
-    for (const mailbox of envelope.recipients.values()) {
+    /** Refusals by personal mailboxes whose user blocked this sender (or switched the mailbox off). */
+    const refused: SmtpReply[] = [];
+    /** Personal mailboxes in `hold` mode for which this mail is a contact request. */
+    const held: { userId: string; address: string; target: Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId"> }[] = [];
+    const heldInfo = { sender, senderName: mail.from?.name || null, verified: decision.verified, subject: mail.subject, text: mail.text };
+    const addTarget = (target: RoutedTarget) => {
+      const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
+      const known = targets.get(key);
+      if (!known || (!known.replyToEventId && target.replyToEventId)) targets.set(key, { ...base, ...target, raw });
+    };
+    // An alias stands for its targets: each target room gets the mail once (1:N, deduped in `targets`).
+    for (const mailbox of expandAliases(envelope.recipients.values())) {
       if (mailbox.kind === "room" && mailbox.command) {
         commands.push(this.command(mailbox, mailbox.command, sender, decision.verified, envelope));
         continue;
@@ -291,31 +405,49 @@ export class InboundRouter implements InboundHandler<Mailbox> {
         continue;
       }
       if (mailbox.kind === "room") await this.checkPolicy(mailbox, sender, decision.verified);
-      // The user's contact rules (`block`, `allow`): a blocked sender reaches nobody through them.
-      if (mailbox.kind === "personal" && (await this.opts.store.contactRuleFor(mailbox.userId, sender)) === "block") {
-        blocked.push(`${mailbox.localpart}@${ids.mailDomain}`);
-        continue;
-      }
       for (const target of await this.route(mailbox, sender, decision.verified, threadIds, members)) {
-        const key = target.roomId ?? `dm:${target.dmLocalUserId}`;
-        const known = targets.get(key);
-        if (!known || (!known.replyToEventId && target.replyToEventId)) targets.set(key, { ...base, ...target, raw });
+        if (mailbox.kind === "personal") {
+          // The user's contact rules and mode (`block`, `allow`, `contacts hold`): only mail that
+          // would open a new DM can be a contact request.
+          const address = `${mailbox.localpart}@${ids.mailDomain}`;
+          const gate = await this.opts.contacts.gate(mailbox.userId, address, heldInfo, target.dmLocalUserId !== null);
+          if (gate.kind === "refuse") {
+            refused.push(gate.reply);
+            continue;
+          }
+          if (gate.kind === "hold") {
+            held.push({ userId: mailbox.userId, address, target });
+            continue;
+          }
+        }
+        addTarget(target);
       }
     }
-    if (targets.size === 0 && commands.length === 0 && blocked.length > 0) {
-      log.info("mail refused: the recipient blocked the sender", { session: envelope.sessionId, sender, recipients: blocked });
-      throw new SmtpReply(550, "5.7.1", `${blocked.join(", ")} does not accept mail from ${sender}`);
+    if (held.length > 0 && (targets.size > 0 || commands.length > 0)) {
+      // One DATA reply covers every recipient: the others are not kept waiting for this user's
+      // decision. The held copy opens a DM invite instead, which the user can still reject.
+      log.info("contact request delivered as a DM invite: the mail has other recipients", { session: envelope.sessionId, sender, recipients: held.map((h) => h.address) });
+      for (const h of held) addTarget(h.target);
+    } else if (held.length > 0) {
+      let reply: SmtpReply | null = null;
+      for (const h of held) reply = await this.opts.contacts.hold(h.userId, h.address, heldInfo);
+      throw reply!;
     }
-    if (blocked.length > 0) log.info("blocked sender: not delivered to some recipients", { session: envelope.sessionId, sender, recipients: blocked });
+    if (targets.size === 0 && commands.length === 0 && refused.length > 0) {
+      log.info("mail refused: the recipient blocked the sender", { session: envelope.sessionId, sender, replies: refused.map((r) => r.text) });
+      throw refused.length === 1 ? refused[0]! : new SmtpReply(550, "5.7.1", refused.map((r) => r.text).join("; "));
+    }
+    if (refused.length > 0) log.info("blocked sender: not delivered to some recipients", { session: envelope.sessionId, sender, replies: refused.map((r) => r.text) });
     if (targets.size === 0 && commands.length === 0) throw new SmtpReply(550, "5.1.1", "no valid recipients");
     for (const run of commands) await run();
     if (targets.size === 0) return;
-    const trace = Buffer.from(receivedHeader(envelope, this.opts.hostname, envelope.rcptTo.length === 1 ? envelope.rcptTo[0]! : null));
+    const trace = Buffer.from(injection?.received ?? receivedHeader(envelope, this.opts.hostname, envelope.rcptTo.length === 1 ? envelope.rcptTo[0]! : null));
     const stored = Buffer.concat([trace, raw]);
     for (const mailRow of targets.values()) {
       const { row, duplicate } = await this.opts.store.insertInbound({ ...mailRow, raw: stored });
       // Parse once: the poster posts this parse rather than parsing the stored message again.
       if (!duplicate) this.opts.parsed?.put(row.id, mail);
+      injection?.onRow(row, duplicate);
       log.info(duplicate ? "duplicate mail ignored" : "mail accepted", {
         session: envelope.sessionId,
         messageId,
@@ -416,22 +548,22 @@ export class InboundRouter implements InboundHandler<Mailbox> {
    * it had no thread headers.
    */
   private async route(
-    mailbox: Mailbox,
+    mailbox: TargetMailbox,
     sender: string,
     verified: boolean,
     threadIds: string[],
     members: Map<string, Promise<string[]>>,
-  ): Promise<Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId">[]> {
+  ): Promise<RoutedTarget[]> {
     if (mailbox.kind === "admin") {
       const { roomId, users } = this.opts.admins;
       return roomId ? [{ roomId, dmLocalUserId: null, replyToEventId: null }] : users.map((u) => ({ roomId: null, dmLocalUserId: u, replyToEventId: null }));
     }
     if (mailbox.kind === "unsubscribe") return []; // handled as a command, never posted
-    return [await this.routeOne(mailbox, sender, verified, threadIds, members)];
+    return [{ ...(await this.routeOne(mailbox, sender, verified, threadIds, members)), ...reachedFields(mailbox) }];
   }
 
   private async routeOne(
-    mailbox: Exclude<Mailbox, { kind: "admin" } | { kind: "unsubscribe" }>,
+    mailbox: Exclude<TargetMailbox, { kind: "admin" } | { kind: "unsubscribe" }>,
     sender: string,
     verified: boolean,
     threadIds: string[],

@@ -8,6 +8,8 @@ import type { NoticeService } from "./NoticeService.ts";
 import { Ghost } from "./Ghost.ts";
 import type { MatrixActions } from "./ports.ts";
 import { parseCommand, runCommand } from "./commands.ts";
+import type { Contacts } from "./Contacts.ts";
+import type { Addressing } from "./Addressing.ts";
 import { NotSentError, type OutboundHandler, type RoomMessageEvent } from "./OutboundHandler.ts";
 import { portalOf } from "./Portal.ts";
 import { ENCRYPTED_ROOM_NOTICE } from "./notices.ts";
@@ -36,6 +38,10 @@ export interface MatrixHandlerOptions {
   /** The bridge bot's display name: no ghost may take it. */
   botDisplayName: string;
   notices: NoticeService;
+  /** Contact rules and requests: joining or rejecting a DM invite decides its sender. */
+  contacts: Contacts;
+  /** Mail domains, aliases and room mailboxes (bot commands). */
+  addressing: Addressing;
 }
 
 /** Dispatches Matrix events. */
@@ -56,6 +62,8 @@ export class MatrixHandler {
       await this.onMessage(event as unknown as RoomMessageEvent);
     } else if (event.type === "m.room.member" && event.content.membership === "leave" && event.state_key === event.sender) {
       await this.onOwnLeave(event);
+    } else if (event.type === "m.room.member" && event.content.membership === "join" && event.state_key === event.sender) {
+      await this.onOwnJoin(event);
     } else if (event.type === "m.room.redaction") {
       // Room versions 1–10 put `redacts` at the top level, 11 and later in the content.
       const redacts = (event as { redacts?: unknown }).redacts ?? event.content.redacts;
@@ -112,6 +120,8 @@ export class MatrixHandler {
     }
     // A new room becomes a group portal; only a DM keeps the bot out.
     if (!portal || portalOf(portal).hasBot) await this.bringBot(roomId, invitee);
+    // Whom a user invites, they know: a later mail from that address is no contact request.
+    if (inviter !== matrix.botUserId && !parseGhost(inviter, ids)) await this.opts.contacts.known(inviter, address);
     log.info("ghost joined portal", { roomId, inviter, address });
   }
 
@@ -126,8 +136,21 @@ export class MatrixHandler {
     if (prev !== "invite") return;
     const portal = await this.opts.store.getPortalByRoom(event.room_id);
     if (portal?.kind !== "dm" || portal.localUserId !== event.sender || !portal.remoteAddress) return;
-    await this.opts.store.setContactRule(event.sender, portal.remoteAddress, "block");
+    await this.opts.contacts.refuse(event.sender, portal.remoteAddress, { reason: null, quiet: false });
     log.info("DM invite rejected: sender blocked", { roomId: event.room_id, user: event.sender, address: portal.remoteAddress });
+  }
+
+  /**
+   * A user joined a DM portal they were invited to: they accept its sender, as `accept
+   * <address>` would (a contact request in `hold` mode is then not needed for it). Only a
+   * verified portal's address is accepted: an unverified sender's DM vouches for nobody.
+   */
+  private async onOwnJoin(event: MatrixEvent): Promise<void> {
+    const prev = (event as { unsigned?: { prev_content?: { membership?: unknown } } }).unsigned?.prev_content?.membership;
+    if (prev !== "invite") return;
+    const portal = await this.opts.store.getPortalByRoom(event.room_id);
+    if (portal?.kind !== "dm" || portal.localUserId !== event.sender || !portal.remoteAddress || !portal.remoteVerified) return;
+    await this.opts.contacts.known(event.sender, portal.remoteAddress);
   }
 
   /** The ghost invites the bridge bot so it can read members and post notices; the bot joins. */
@@ -153,17 +176,22 @@ export class MatrixHandler {
   private async onMessage(event: RoomMessageEvent): Promise<void> {
     const { store, matrix, ids } = this.opts;
     if (parseGhost(event.sender, ids) || event.sender === matrix.botUserId) return;
-    const body = typeof event.content.body === "string" ? event.content.body : "";
+    const body = commandBody(event);
     const portal = await store.getPortalByRoom(event.room_id);
     const args = parseCommand(body, false);
-    // Commands are the bot's: not in a DM portal, where the bot is not.
-    if (args && (!portal || portalOf(portal).hasBot)) {
-      await this.command(event, args);
+    if (!portal) {
+      const isDm = await this.isDmWithBot(event.room_id);
+      const command = args ?? (isDm ? parseCommand(body, true) : null);
+      if (!command) return;
+      // The bot answers here, and tells this user of contact requests here too.
+      if (isDm) await matrix.rememberBotDm(event.sender, event.room_id);
+      await this.command(event, command, event.room_id);
       return;
     }
-    if (!portal) {
-      const dmArgs = (await this.isDmWithBot(event.room_id)) ? parseCommand(body, true) : null;
-      if (dmArgs) await this.command(event, dmArgs);
+    if (args) {
+      // A command is never mailed. In a DM portal, where the bot is not, it answers in its own
+      // DM with the user.
+      await this.command(event, args, portalOf(portal).hasBot ? event.room_id : await matrix.botDm(event.sender));
       return;
     }
     if (portal.encrypted) return;
@@ -183,17 +211,26 @@ export class MatrixHandler {
     }
   }
 
-  /** Run a bot command and reply; an infrastructure failure gets a reply too, then is rethrown (logged once). */
-  private async command(event: RoomMessageEvent, args: string[]): Promise<void> {
+  /**
+   * Run a bot command and reply in `replyRoom` (as a reply when it is the command's room); an
+   * infrastructure failure gets a reply too, then is rethrown (logged once).
+   */
+  private async command(event: RoomMessageEvent, args: string[], replyRoom: string): Promise<void> {
     const { store, matrix, ids } = this.opts;
     let reply: string;
     try {
-      reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge, botDisplayName: this.opts.botDisplayName }, { roomId: event.room_id, sender: event.sender, args });
+      reply = await runCommand({ store, matrix, ids, mayBridge: this.opts.mayBridge, botDisplayName: this.opts.botDisplayName, contacts: this.opts.contacts, addressing: this.opts.addressing }, {
+        roomId: event.room_id,
+        sender: event.sender,
+        args,
+        body: commandBody(event),
+        replyTo: replyToOf(event),
+      });
     } catch (err) {
-      await matrix.botNotice(event.room_id, `\`${args.slice(0, 2).join(" ")}\`: failed because of an error on the bridge; the bridge's log has the details.`, event.event_id);
+      await matrix.botNotice(replyRoom, `\`${args.slice(0, 2).join(" ")}\`: failed because of an error on the bridge; the bridge's log has the details.`, replyRoom === event.room_id ? event.event_id : undefined);
       throw err;
     }
-    await matrix.botNotice(event.room_id, reply, event.event_id);
+    await matrix.botNotice(replyRoom, reply, replyRoom === event.room_id ? event.event_id : undefined);
   }
 
   /**
@@ -209,4 +246,19 @@ export class MatrixHandler {
       return false;
     }
   }
+}
+
+/** The event a message replies to (`m.relates_to.m.in_reply_to.event_id`), or null. */
+function replyToOf(event: RoomMessageEvent): string | null {
+  const rel = (event.content as { "m.relates_to"?: { "m.in_reply_to"?: { event_id?: unknown } } })["m.relates_to"];
+  const id = rel?.["m.in_reply_to"]?.event_id;
+  return typeof id === "string" ? id : null;
+}
+
+/** A message's body without the reply fallback (`> ` lines and an empty line) that older clients put first. */
+function commandBody(event: RoomMessageEvent): string {
+  const body = typeof event.content.body === "string" ? event.content.body : "";
+  if (!replyToOf(event) || !body.startsWith("> ")) return body;
+  const end = body.indexOf("\n\n");
+  return end >= 0 ? body.slice(end + 2) : body;
 }

@@ -381,9 +381,13 @@ export class OutboundHandler {
         }
       : { "List-Unsubscribe": `<mailto:${unsubscribe}?subject=unsubscribe>` };
     const { label: where } = await portal.describe(this.#portalContext());
+    // The user's own name for their mail (`personal name`), else their name in the room.
+    const name = (await store.getUserSettings(event.sender)).displayName ?? senderName;
+    const notice = `${name} wrote this ${where} on Matrix. To get no more mail from there, write to ${unsubscribe}.`;
     return {
-      footer: `${senderName} wrote this ${where} on Matrix. To get no more mail from there, write to ${unsubscribe}.`,
-      from: { name: senderName, address: from },
+      // The room's signature line (`mailbox signature`) opens the footer.
+      footer: mailbox?.signature ? `${mailbox.signature}\n${notice}` : notice,
+      from: { name, address: from },
       to: plan.list && list ? [{ name: null, address: list }] : plan.to.map((address, i) => ({ name: names[i] ?? null, address })),
       subject,
       text: body.text,

@@ -2,37 +2,19 @@
  * Bridge bot commands, given in a room as `!email <command> [args]`
  * (in a DM with the bot, the `!email` prefix may be left out).
  */
-import { MailboxTakenError, type BridgeStore } from "../store/Store.ts";
-import { InvalidAddressError, mailboxUserId, normalizeAddress, type IdContext } from "./ids.ts";
+import { CommandError, MAILBOX_POWER_LEVEL, type CommandContext, type CommandRequest } from "./commands/context.ts";
+import { acceptCommand, contactRuleCommand, contactsCommand, refuseCommand } from "./commands/contacts.ts";
+import { headersCommand, personalCommand, signatureCommand } from "./commands/settings.ts";
+import { passwordCommand, passwordsCommand } from "./commands/appPasswords.ts";
+import { addressingStep, aliasCommand, aliasesCommand } from "./commands/addresses.ts";
+import { InvalidAddressError, normalizeAddress } from "./ids.ts";
 import { Ghost } from "./Ghost.ts";
-import type { MatrixActions } from "./ports.ts";
 
 /** The command prefix. */
 export const COMMAND_PREFIX = "!email";
 
-/** Power level needed to change a room's mailbox (room moderators and admins). */
-export const MAILBOX_POWER_LEVEL = 50;
-
-/** Localparts that are never room mailboxes (RFC 5321 §4.5.1 postmaster; RFC 2142 role addresses). */
-const RESERVED = new Set(["postmaster", "abuse", "mailer-daemon", "hostmaster", "webmaster", "noreply", "no-reply", "root", "unsubscribe"]);
-
-/** What a command needs. */
-export interface CommandContext {
-  store: BridgeStore;
-  matrix: MatrixActions;
-  ids: IdContext;
-  mayBridge: (userId: string) => boolean;
-  /** The bridge bot's display name: no ghost may take it. */
-  botDisplayName: string;
-}
-
-/** A command invocation. */
-export interface CommandRequest {
-  roomId: string;
-  sender: string;
-  /** Words after the prefix. */
-  args: string[];
-}
+export type { CommandContext, CommandRequest } from "./commands/context.ts";
+export { MAILBOX_POWER_LEVEL } from "./commands/context.ts";
 
 const HELP = [
   "Email bridge commands (say them as `!email <command>`):",
@@ -40,20 +22,28 @@ const HELP = [
   "• `mailbox`: show this room's email address",
   "• `mailbox on [name]`: give this room the address name@DOMAIN (default: the room alias's name); mail to it lands here and room messages go to the email participants (moderators only)",
   "• `mailbox off`: remove this room's address (moderators only)",
+  "• `mailbox signature <text>` / `mailbox signature off`: a line that ends this room's mail (moderators only)",
   "• `mailbox policy open|members|verified`: who may mail this room: anyone, only addresses already in the room, or only authenticated senders (moderators only)",
+  "• `mailbox aliases`: this room's further addresses",
+  "• `mailbox alias add <name[@domain]>`: one more address for this room, on DOMAIN or another mail domain of the bridge (moderators only)",
+  "• `mailbox alias remove <name[@domain]>`: remove one of them (moderators only)",
   "• `start <address>`: start a chat with an email address: its ghost makes a DM with you; what you write there goes to that address by mail",
-  "• `block <address|domain>`: refuse mail from an address or a whole domain to your personal mailbox (it gets a 550 error); rejecting a DM invite from an address does the same",
-  "• `allow <address|domain>`: take mail from it again",
-  "• `contacts`: your blocked and allowed addresses and domains",
+  "• `contacts`: how mail from strangers reaches you, who is waiting, whom you accepted and refused",
+  "• `contacts invite`: mail from a stranger opens a chat invite at once (the default); join to accept them, reject to refuse them",
+  "• `contacts hold`: mail from a stranger waits on their server until you say `accept <address>`, `refuse <address> [reason]` or `refuse-quietly <address>`",
+  "• `block <address|domain>`: refuse mail from an address or a whole domain to your personal mailbox (it gets a 550 error)",
+  "• `allow <address|domain>`: take mail from it",
+  "• `personal`: your own address; `personal off` refuses new mail from strangers (replies still arrive), `personal on` takes it; `personal name <name>` sets the name on your mail (`personal name reset`: your Matrix name)",
+  "• `headers`: said as a reply to a bridged message, shows the original mail's headers and whether its sender authenticated",
   "• `invite <address>`: invite the ghost of an email address to this room; in a room with an address, a moderator's invite also subscribes it to the room's messages",
-  "• `unsubscribe <address>`: stop sending this room's messages to an address (moderators only)",
+  "• `unsubscribe <address>`: stop sending this room's messages to an address; its ghost leaves (moderators only)",
   "• `subscribers`: who gets this room's messages by mail",
+  "• `password new [label]`: a new app password for sending mail as you from a mail client or script (submission port, STARTTLS); shown once, only in a direct chat with the bot",
+  "• `passwords`: your app passwords, when made and last used",
+  "• `password revoke <label>`: that app password no longer logs in",
   "Replies in an email conversation go to that conversation's people; other messages go to the subscribers. Anyone can ask to subscribe by mailing NAME+subscribe@DOMAIN.",
   "To email someone, invite @PREFIXADDRESS:SERVER (e.g. @PREFIXbob=40example.org:SERVER for bob@example.org) to an unencrypted room.",
 ].join("\n");
-
-/** A command error: the reply names the command and what was wrong. */
-class CommandError extends Error {}
 
 /**
  * Parse a message body as a command.
@@ -90,11 +80,24 @@ export async function runCommand(ctx: CommandContext, req: CommandRequest): Prom
       case "allow":
         return await contactRuleCommand(ctx, req, command, rest);
       case "contacts":
-        return await contactsCommand(ctx, req);
+        return await contactsCommand(ctx, req, rest);
+      case "personal":
+        return await personalCommand(ctx, req, rest);
+      case "headers":
+        return await headersCommand(ctx, req);
+      case "accept":
+        return await acceptCommand(ctx, req, rest);
+      case "refuse":
+      case "refuse-quietly":
+        return await refuseCommand(ctx, req, command === "refuse-quietly", rest);
       case "unsubscribe":
         return await unsubscribeCommand(ctx, req, rest);
       case "subscribers":
         return await subscribersCommand(ctx, req);
+      case "password":
+        return await passwordCommand(ctx, req, rest);
+      case "passwords":
+        return await passwordsCommand(ctx, req);
       default:
         return `Unknown command \`${name}\`. Say \`${COMMAND_PREFIX} help\` for the list.`;
     }
@@ -112,7 +115,10 @@ async function mailboxCommand(ctx: CommandContext, req: CommandRequest, args: st
       ? `This room's email address is ${current.localpart}@${ctx.ids.mailDomain}`
       : `This room has no email address. A moderator can say \`${COMMAND_PREFIX} mailbox on\` to give it one.`;
   }
-  if (sub !== "on" && sub !== "off" && sub !== "policy") throw new CommandError(`expected \`on\`, \`off\` or \`policy\`, not \`${args[0]}\``);
+  if (sub === "signature") return signatureCommand(ctx, req, args);
+  if (sub === "aliases") return await aliasesCommand(ctx, req);
+  if (sub === "alias") return await aliasCommand(ctx, req, args.slice(1));
+  if (sub !== "on" && sub !== "off" && sub !== "policy") throw new CommandError(`expected \`on\`, \`off\`, \`policy\`, \`signature\`, \`alias\` or \`aliases\`, not \`${args[0]}\``);
   if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
   const level = await ctx.matrix.powerLevel(req.roomId, req.sender);
   if (level < MAILBOX_POWER_LEVEL) throw new CommandError(`you need power level ${MAILBOX_POWER_LEVEL} (moderator) in this room; you have ${level}`);
@@ -124,39 +130,15 @@ async function mailboxCommand(ctx: CommandContext, req: CommandRequest, args: st
     return `Done: ${current!.localpart}@${ctx.ids.mailDomain} now takes mail from ${what}.`;
   }
   if (sub === "off") {
-    const removed = await ctx.store.removeRoomMailbox(req.roomId);
-    if (!removed) throw new CommandError("this room has no email address");
-    const portal = await ctx.store.getPortalByRoom(req.roomId);
-    if (portal?.kind === "mailbox") await ctx.store.upsertPortal({ ...portal, kind: "group" });
-    return `Done: ${current!.localpart}@${ctx.ids.mailDomain} no longer delivers to this room.`;
+    const aliases = (await ctx.addressing.listAliases({ target: req.roomId })).length;
+    const removed = await ctx.addressing.removeRoomMailbox(req.roomId);
+    if (!removed && aliases === 0) throw new CommandError("this room has no email address");
+    const what = [current ? `${current.localpart}@${ctx.ids.mailDomain}` : null, aliases > 0 ? `its ${aliases} alias${aliases === 1 ? "" : "es"}` : null].filter(Boolean).join(" and ");
+    return `Done: ${what} no longer deliver${current && aliases === 0 ? "s" : ""} to this room.`;
   }
-  if (await ctx.matrix.isEncrypted(req.roomId)) throw new CommandError("this room is end-to-end encrypted, and the bridge cannot post into encrypted rooms");
   const localpart = (args[1] ?? (await aliasLocalpart(ctx, req.roomId)))?.toLowerCase();
   if (!localpart) throw new CommandError(`this room has no alias to take the name from; say \`${COMMAND_PREFIX} mailbox on <name>\``);
-  if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(localpart) || localpart.endsWith(".") || localpart.includes("..")) {
-    throw new CommandError(`"${localpart}" is not a usable address name: use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit`);
-  }
-  if (RESERVED.has(localpart) || localpart === ctx.ids.botLocalpart || localpart.startsWith(ctx.ids.ghostPrefix)) {
-    throw new CommandError(`"${localpart}" is reserved`);
-  }
-  const owner = mailboxUserId(localpart, ctx.ids);
-  if (owner && (await ctx.matrix.userExists(owner))) throw new CommandError(`"${localpart}" is the personal address of ${owner}`);
-  try {
-    await ctx.store.setRoomMailbox(localpart, req.roomId, req.sender);
-  } catch (err) {
-    if (err instanceof MailboxTakenError) throw new CommandError(`${localpart}@${ctx.ids.mailDomain} already belongs to another room`);
-    throw err;
-  }
-  const portal = await ctx.store.getPortalByRoom(req.roomId);
-  await ctx.store.upsertPortal({
-    roomId: req.roomId,
-    kind: "mailbox",
-    localUserId: null,
-    remoteAddress: null,
-    subject: portal?.subject ?? null,
-    encrypted: false,
-    remoteVerified: true,
-  });
+  await addressingStep(() => ctx.addressing.setRoomMailbox(req.roomId, localpart, req.sender));
   return `Done: mail to ${localpart}@${ctx.ids.mailDomain} now lands in this room, and messages here go to the room's email participants.`;
 }
 
@@ -201,35 +183,8 @@ async function startCommand(ctx: CommandContext, req: CommandRequest, args: stri
   const roomId = await ctx.matrix.createDm(ghost.userId, req.sender, `Email with ${ghost.address}`);
   if (existing) await ctx.store.deletePortal(existing.roomId);
   await ctx.store.upsertPortal({ roomId, kind: "dm", localUserId: req.sender, remoteAddress: ghost.address, subject: null, encrypted: false, remoteVerified: true });
+  await ctx.contacts.known(req.sender, ghost.address);
   return `Started: ${ghost.userId} invited you to a chat. What you write there goes to ${ghost.address} by mail, and their mail comes back there.`;
-}
-
-/**
- * `block <address|domain>` / `allow <address|domain>`: the sender's own contact rules (per
- * user, whatever room it is said in).
- */
-async function contactRuleCommand(ctx: CommandContext, req: CommandRequest, rule: "block" | "allow", args: string[]): Promise<string> {
-  if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
-  const raw = args[0];
-  if (!raw) throw new CommandError(`say which address or domain, e.g. \`${rule} bob@example.org\` or \`${rule} example.org\``);
-  let pattern: string;
-  try {
-    pattern = raw.includes("@") ? normalizeAddress(raw, { caseSensitiveLocalparts: ctx.ids.caseSensitiveLocalparts }) : normalizeAddress(`x@${raw}`).slice(2);
-  } catch (err) {
-    if (err instanceof InvalidAddressError) throw new CommandError(`not an address or domain: ${JSON.stringify(raw)}`);
-    throw err;
-  }
-  await ctx.store.setContactRule(req.sender, pattern, rule);
-  return rule === "block"
-    ? `Blocked ${pattern}: mail from ${pattern.includes("@") ? "it" : "that domain"} to your mailbox is refused. Say \`allow ${pattern}\` to undo.`
-    : `Allowed ${pattern}: mail from ${pattern.includes("@") ? "it" : "that domain"} reaches you again.`;
-}
-
-/** `contacts`: the sender's contact rules. */
-async function contactsCommand(ctx: CommandContext, req: CommandRequest): Promise<string> {
-  const rules = await ctx.store.listContactRules(req.sender);
-  if (rules.length === 0) return "You have blocked nobody. Say `block <address|domain>` to refuse someone's mail.";
-  return ["Your contact rules:", ...rules.map((r) => `• ${r.rule === "block" ? "blocked" : "allowed"}: ${r.pattern}`)].join("\n");
 }
 
 async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: string[]): Promise<string> {
@@ -237,6 +192,7 @@ async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: str
   const ghost = ghostOf(ctx, args, "invite bob@example.org");
   await ghost.ensureProfile(ctx);
   await ctx.matrix.invite(req.roomId, ctx.matrix.botUserId, ghost.userId);
+  await ctx.contacts.known(req.sender, ghost.address);
   const mailbox = await ctx.store.getRoomMailboxByRoom(req.roomId);
   if (mailbox && (await ctx.matrix.powerLevel(req.roomId, req.sender)) >= MAILBOX_POWER_LEVEL) {
     await ctx.store.putSubscriber({ roomId: req.roomId, address: ghost.address, state: "active", token: null });
@@ -256,8 +212,13 @@ async function unsubscribeCommand(ctx: CommandContext, req: CommandRequest, args
     if (err instanceof InvalidAddressError) throw new CommandError(err.message);
     throw err;
   }
-  if (!(await ctx.store.removeSubscriber(req.roomId, address))) throw new CommandError(`${address} is not a subscriber of this room`);
-  return `Done: ${address} no longer gets this room's messages.`;
+  const wasSubscriber = await ctx.store.removeSubscriber(req.roomId, address);
+  // The ghost leaves too: the member list shows who still gets mail (a group portal mails its ghosts).
+  const ghost = Ghost.of(address, true, ctx.ids);
+  const wasMember = (await ctx.matrix.joinedMembers(req.roomId)).includes(ghost.userId);
+  if (wasMember) await ctx.matrix.leave(req.roomId, ghost.userId, `unsubscribed by ${req.sender}`);
+  if (!wasSubscriber && !wasMember) throw new CommandError(`${address} neither gets this room's messages nor is in the room`);
+  return `Done: ${address} no longer gets this room's messages${wasMember ? " and its ghost left the room" : ""}.`;
 }
 
 async function subscribersCommand(ctx: CommandContext, req: CommandRequest): Promise<string> {

@@ -20,7 +20,11 @@ export interface MatrixActions {
   /** The bot posts an m.notice (errors are logged, not thrown). */
   botNotice(roomId: string, text: string, replyTo?: string): Promise<void>;
   /** A ghost creates a DM room inviting a local user; returns the room ID. */
-  createDm(ghostUserId: string, inviteeUserId: string, topic: string | null): Promise<string>;
+  createDm(ghostUserId: string, inviteeUserId: string, topic: string | null, reason?: string): Promise<string>;
+  /** The bridge bot's DM with a local user, made when there is none (see MatrixGateway.botDm). */
+  botDm(userId: string): Promise<string>;
+  /** Record a room as the bot's DM with a user (the user gave a command there), for {@link botDm}. */
+  rememberBotDm(userId: string, roomId: string): Promise<void>;
   joinedMembers(roomId: string, asUserId?: string): Promise<string[]>;
   /** The rooms `asUserId` (a ghost or the bot) is joined to. */
   joinedRooms(asUserId: string): Promise<string[]>;

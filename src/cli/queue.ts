@@ -17,9 +17,10 @@ import { openStore } from "../store/open.ts";
 import { loadRawCipher } from "../store/rawCipher.ts";
 import type { BridgeStore, InboundRow, InboundState, OutboundRecipientRow, OutboundRow, OutboundState } from "../store/Store.ts";
 import { configureLogging } from "../util/logger.ts";
+import * as ops from "../bridge/queueOps.ts";
+import { QUEUE_STATES as STATES, QueueOpError, type OutboundItem, type QueueDirection } from "../bridge/queueOps.ts";
 
-/** The two queues. */
-export type QueueDirection = "inbound" | "outbound";
+export type { QueueDirection } from "../bridge/queueOps.ts";
 
 /** The command line options the `queue` command takes (as `parseArgs` gives them). */
 export interface QueueOptions {
@@ -52,11 +53,6 @@ export class QueueCommandError extends Error {
 
 /** Rows per queue that `queue list` shows without `--limit`. */
 export const DEFAULT_LIMIT = 50;
-
-const STATES: Record<QueueDirection, readonly string[]> = {
-  inbound: ["pending", "posted", "failed"] satisfies InboundState[],
-  outbound: ["queued", "deferred", "sent", "bounced"] satisfies OutboundState[],
-};
 
 const USAGE_LINE =
   "usage: queue list [inbound|outbound] [--state S] [--limit N] | queue show|retry|drop inbound|outbound ID [--raw] [--yes]";
@@ -158,7 +154,11 @@ export async function queueCommand(
   if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "warn", format: config.logging.format });
   const store = await openConfiguredStore(config);
   try {
-    await run(cmd, store, out, now);
+    await run(cmd, store, out, now).catch((err: unknown) => {
+      // The shared queue actions name the item and why; the command line names the command.
+      if (err instanceof QueueOpError) throw new QueueCommandError(`queue ${cmd.action}: ${err.message}`, false);
+      throw err;
+    });
   } finally {
     await store.close();
   }
@@ -169,8 +169,8 @@ async function run(cmd: Parsed, store: BridgeStore, out: QueueOutput, now: numbe
     case "list":
       for (const [i, { direction: dir, state }] of cmd.directions.entries()) {
         if (i > 0) out("\n");
-        if (dir === "inbound") out(inboundTable(await store.listInbound(state as InboundState | null, cmd.limit), state, cmd.limit, now));
-        else out(await outboundTable(store, await store.listOutbound(state as OutboundState | null, cmd.limit), state, cmd.limit, now));
+        if (dir === "inbound") out(inboundTable(await ops.listInboundQueue(store, state as InboundState | null, cmd.limit), state, cmd.limit, now));
+        else out(outboundTable(await ops.listOutboundQueue(store, state as OutboundState | null, cmd.limit), state, cmd.limit, now));
       }
       return;
     case "show":
@@ -199,17 +199,17 @@ function inboundTable(rows: InboundRow[], state: string | null, limit: number, n
   return table(title, ["ID", "STATE", "ATTEMPTS", "AGE", "NEXT ATTEMPT", "FROM", "ROOM", "LAST ERROR"], body);
 }
 
-async function outboundTable(store: BridgeStore, rows: OutboundRow[], state: string | null, limit: number, now: number): Promise<string> {
-  const title = `Outbound mail${state ? ` (${state})` : ""}, newest first: ${countText(rows.length, limit)}`;
+function outboundTable(items: OutboundItem[], state: string | null, limit: number, now: number): string {
+  const title = `Outbound mail${state ? ` (${state})` : ""}, newest first: ${countText(items.length, limit)}`;
   const body: string[][] = [];
-  for (const r of rows) {
+  for (const { mail: r, recipients } of items) {
     body.push([
       String(r.id),
       r.state,
       String(r.attempts),
       duration(now - r.createdAt),
       r.state === "queued" || r.state === "deferred" ? due(r.nextAttemptAt, now) : "-",
-      recipientSummary(r, await store.listOutboundRecipients(r.id)),
+      recipientSummary(r, recipients),
       r.roomId || "- (a DSN)",
       cut(r.lastError ?? "", 70),
     ]);
@@ -240,8 +240,7 @@ function table(title: string, header: string[], rows: string[][]): string {
 // ---- show ----
 
 async function showInbound(store: BridgeStore, id: number, raw: boolean, out: QueueOutput, now: number): Promise<void> {
-  const r = await store.getInbound(id);
-  if (!r) throw new QueueCommandError(`queue show: there is no inbound mail ${id}`, false);
+  const r = await ops.getInboundItem(store, id);
   if (raw) return writeRaw(out, "inbound", r, now);
   const fields: [string, string][] = [
     ["id", String(r.id)],
@@ -270,8 +269,7 @@ async function showInbound(store: BridgeStore, id: number, raw: boolean, out: Qu
 }
 
 async function showOutbound(store: BridgeStore, id: number, raw: boolean, out: QueueOutput, now: number): Promise<void> {
-  const r = await store.getOutboundById(id);
-  if (!r) throw new QueueCommandError(`queue show: there is no outbound mail ${id}`, false);
+  const { mail: r, recipients } = await ops.getOutboundItem(store, id);
   if (raw) return writeRaw(out, "outbound", r, now);
   const waiting = r.state === "queued" || r.state === "deferred";
   const fields: [string, string][] = [
@@ -291,7 +289,6 @@ async function showOutbound(store: BridgeStore, id: number, raw: boolean, out: Q
     ["message", messageSize(r.raw, r.rawPurgedAt, now, `queue show outbound ${r.id} --raw`)],
   ];
   let text = fieldLines(`Outbound mail ${r.id}`, fields);
-  const recipients = await store.listOutboundRecipients(r.id);
   if (recipients.length > 0) {
     const rows = recipients.map((p) => [
       p.address,
@@ -326,33 +323,19 @@ function writeRaw(out: QueueOutput, dir: QueueDirection, row: { id: number; raw:
 // ---- retry ----
 
 async function retryInbound(store: BridgeStore, id: number, out: QueueOutput): Promise<void> {
-  if (await store.requeueInbound(id)) {
-    out(`inbound mail ${id} is due now; the running bridge posts it within seconds (it is tried again for inbound.retry_hours after it arrived)\n`);
-    return;
-  }
-  const row = await store.getInbound(id);
-  if (!row) throw new QueueCommandError(`queue retry: there is no inbound mail ${id}`, false);
-  throw new QueueCommandError(`queue retry: inbound mail ${id} is ${row.state}${row.eventId ? ` (event ${row.eventId})` : ""}; nothing to retry`, false);
+  await ops.retryInbound(store, id);
+  out(`inbound mail ${id} is due now; the running bridge posts it within seconds (it is tried again for inbound.retry_hours after it arrived)\n`);
 }
 
 async function retryOutbound(store: BridgeStore, id: number, out: QueueOutput): Promise<void> {
-  if (await store.requeueOutbound(id)) {
-    out(`outbound mail ${id} is due now, for every recipient not delivered yet; the running bridge tries it within seconds\n`);
-    return;
-  }
-  const row = await store.getOutboundById(id);
-  if (!row) throw new QueueCommandError(`queue retry: there is no outbound mail ${id}`, false);
-  if (row.state === "sent") throw new QueueCommandError(`queue retry: outbound mail ${id} was sent to every recipient; nothing to retry`, false);
-  if (row.rawPurgedAt !== null) throw new QueueCommandError(`queue retry: the message of outbound mail ${id} was purged (storage.raw_retention_days); it cannot be sent again`, false);
-  throw new QueueCommandError(`queue retry: outbound mail ${id} has no recipient left to try`, false);
+  await ops.retryOutbound(store, id);
+  out(`outbound mail ${id} is due now, for every recipient not delivered yet; the running bridge tries it within seconds\n`);
 }
 
 // ---- drop ----
 
 async function dropInbound(store: BridgeStore, id: number, yes: boolean, out: QueueOutput, now: number): Promise<void> {
-  const row = await store.getInbound(id);
-  if (!row) throw new QueueCommandError(`queue drop: there is no inbound mail ${id}`, false);
-  if (row.state === "posted") throw new QueueCommandError(`queue drop: inbound mail ${id} was posted (event ${row.eventId ?? "?"}); only mail not posted can be dropped`, false);
+  const row = await ops.droppableInbound(store, id);
   if (!yes) {
     throw new QueueCommandError(
       `queue drop: this deletes inbound mail ${id} (${row.state}, from ${clean(row.sender)}, ${duration(now - row.receivedAt)} old) and its message for good; ` +
@@ -360,14 +343,12 @@ async function dropInbound(store: BridgeStore, id: number, yes: boolean, out: Qu
       true,
     );
   }
-  if (!(await store.dropInbound(id))) throw new QueueCommandError(`queue drop: inbound mail ${id} was posted or deleted meanwhile; nothing dropped`, false);
+  await ops.dropInbound(store, id);
   out(`inbound mail ${id} deleted\n`);
 }
 
 async function dropOutbound(store: BridgeStore, id: number, yes: boolean, out: QueueOutput, now: number): Promise<void> {
-  const row = await store.getOutboundById(id);
-  if (!row) throw new QueueCommandError(`queue drop: there is no outbound mail ${id}`, false);
-  if (row.state === "sent") throw new QueueCommandError(`queue drop: outbound mail ${id} was sent; only mail not sent can be dropped`, false);
+  const row = await ops.droppableOutbound(store, id);
   if (!yes) {
     throw new QueueCommandError(
       `queue drop: this deletes outbound mail ${id} (${row.state}, ${duration(now - row.createdAt)} old; recipients not delivered yet get nothing) and its message for good; ` +
@@ -375,7 +356,7 @@ async function dropOutbound(store: BridgeStore, id: number, yes: boolean, out: Q
       true,
     );
   }
-  if (!(await store.dropOutbound(id))) throw new QueueCommandError(`queue drop: outbound mail ${id} was sent or deleted meanwhile; nothing dropped`, false);
+  await ops.dropOutbound(store, id);
   out(`outbound mail ${id} deleted\n`);
 }
 

@@ -53,6 +53,23 @@ export function buildRegistration(config: BridgeConfig, existing?: Registration)
 }
 
 /**
+ * Read a registration file and check the fields a client of the homeserver needs.
+ * @param file path of the registration YAML
+ * @returns the registration
+ * @throws Error naming the file when it cannot be read, is not a YAML mapping, or lacks a
+ *   string `id`, `url`, `as_token` or `hs_token`
+ */
+export function readRegistration(file: string): Registration {
+  const doc = parse(readFileSync(file, "utf8")) as unknown;
+  if (!doc || typeof doc !== "object" || Array.isArray(doc)) throw new Error(`registration file ${file} is not a YAML mapping`);
+  for (const key of ["id", "url", "as_token", "hs_token"]) {
+    const value = (doc as Record<string, unknown>)[key];
+    if (typeof value !== "string" || !value) throw new Error(`registration file ${file} has no ${key}`);
+  }
+  return doc as Registration;
+}
+
+/**
  * Write the registration file named in `appservice.registration_file`.
  * Existing tokens are kept unless `rotate` (a token change must be given to Synapse too).
  * @returns the file path

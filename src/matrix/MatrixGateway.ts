@@ -411,20 +411,92 @@ export class MatrixGateway implements MatrixActions {
   /**
    * A ghost creates a DM room and invites a local user (Client-Server API, "Direct Messaging").
    * The ghost is the room's creator; the bot is not in it.
+   * @param reason shown with the invite (the invite's `reason`, Client-Server API "m.room.member"):
+   *   a preview of the mail that opens the DM. The invite is then sent as the member state event
+   *   itself, so that it carries both `is_direct` and the reason.
    * @returns the new room ID
    */
-  async createDm(ghostUserId: string, inviteeUserId: string, topic: string | null): Promise<string> {
+  async createDm(ghostUserId: string, inviteeUserId: string, topic: string | null, reason?: string): Promise<string> {
     const client = this.intent(ghostUserId).matrixClient;
     const roomId = await client.createRoom({
       preset: "private_chat",
       is_direct: true,
-      invite: [inviteeUserId],
+      ...(reason ? {} : { invite: [inviteeUserId] }),
       ...(topic ? { topic } : {}),
       // The ghost, as creator, has top power already (room v12+: implicitly; earlier: 100).
       power_level_content_override: { users: { [inviteeUserId]: 100 } },
     });
     this.#rememberJoined(roomId, ghostUserId);
     this.#roomState.forgetRoom(roomId);
+    if (reason) await client.sendStateEvent(roomId, "m.room.member", inviteeUserId, { membership: "invite", is_direct: true, reason });
+    return roomId;
+  }
+
+  /** Rooms the bot made as DMs with a user, by user (the bot's `m.direct` account data), once read. */
+  #botDms: Map<string, string[]> | null = null;
+  /** Calls of {@link botDm} in flight, by user: one DM is made per user, not one per call. */
+  readonly #botDmCalls = new Map<string, Promise<string>>();
+
+  /**
+   * The bridge bot's DM with a local user: a room listed for the user in the bot's `m.direct`
+   * account data (Client-Server API, "Direct Messaging") where the user is joined or invited and
+   * that is not encrypted; else a new unencrypted room the bot creates with `is_direct`, recorded
+   * in `m.direct`.
+   * @returns the room ID
+   * @throws the homeserver's error when it cannot be asked
+   */
+  botDm(userId: string): Promise<string> {
+    const inFlight = this.#botDmCalls.get(userId);
+    if (inFlight) return inFlight;
+    const call = this.#findOrCreateBotDm(userId).finally(() => this.#botDmCalls.delete(userId));
+    this.#botDmCalls.set(userId, call);
+    return call;
+  }
+
+  /**
+   * Record `roomId` as the bot's DM with `userId` (first in its `m.direct` list), so that
+   * {@link botDm} answers there: the room where the user talks to the bot.
+   * @throws the homeserver's error when the account data cannot be read or written
+   */
+  async rememberBotDm(userId: string, roomId: string): Promise<void> {
+    const dms = await this.#loadBotDms();
+    const rooms = dms.get(userId) ?? [];
+    if (rooms[0] === roomId) return;
+    dms.set(userId, [roomId, ...rooms.filter((r) => r !== roomId)]);
+    await this.intent().matrixClient.setAccountData("m.direct", Object.fromEntries(dms));
+  }
+
+  /** The bot's `m.direct` account data, read once (Client-Server API, "Direct Messaging"). */
+  async #loadBotDms(): Promise<Map<string, string[]>> {
+    if (!this.#botDms) {
+      let map: Record<string, unknown> = {};
+      try {
+        map = (await this.intent().matrixClient.getAccountData("m.direct")) as Record<string, unknown>;
+      } catch (err) {
+        if (errcodeOf(err) !== "M_NOT_FOUND" && statusOf(err) !== 404) throw err;
+      }
+      this.#botDms = new Map(Object.entries(map).map(([user, rooms]) => [user, Array.isArray(rooms) ? rooms.filter((r): r is string => typeof r === "string") : []]));
+    }
+    return this.#botDms;
+  }
+
+  async #findOrCreateBotDm(userId: string): Promise<string> {
+    const client = this.intent().matrixClient;
+    const dms = await this.#loadBotDms();
+    for (const roomId of dms.get(userId) ?? []) {
+      const bot = await this.stateContent(roomId, "m.room.member", this.botUserId).catch((err: unknown) => {
+        if (errcodeOf(err) === "M_FORBIDDEN") return null; // the bot is no longer in it
+        throw err;
+      });
+      if (bot?.membership !== "join") continue;
+      const user = await this.stateContent(roomId, "m.room.member", userId);
+      if ((user?.membership === "join" || user?.membership === "invite") && !(await this.isEncrypted(roomId))) return roomId;
+    }
+    const roomId = await client.createRoom({ preset: "private_chat", is_direct: true, invite: [userId] });
+    this.#rememberJoined(roomId, this.botUserId);
+    dms.set(userId, [roomId, ...(dms.get(userId) ?? [])]);
+    await client.setAccountData("m.direct", Object.fromEntries(dms));
+    log.info("bot DM created", { roomId, user: userId });
     return roomId;
   }
 

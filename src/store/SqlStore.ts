@@ -5,19 +5,31 @@
 import type { Database, Queryable, SqlValue } from "./db/Database.ts";
 import { dbBool, dbBuffer, dbNumber, isUniqueViolation, jsonText, parseStringArray } from "./db/dialect.ts";
 import * as Q from "./queries/sql.ts";
+import { toAppPassword } from "./queries/rows.ts";
+import { toMailAlias, toMailDomain } from "./queries/rows.ts";
 import { toGhost, toInbound, toMailbox, toSubscriber, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
 import type { DbRow } from "./queries/rows.ts";
 import { MailboxTakenError } from "./Store.ts";
 import { RawCipher } from "./rawCipher.ts";
 import type {
+  AppPasswordRow,
   BatchState,
   BridgeStore,
+  ContactMode,
+  ContactRequestRow,
+  ContactRequestState,
   ContactRule,
+  ContactRuleRow,
   GhostRow,
+  NewContactRequest,
+  UserSettings,
   InboundRow,
   InboundState,
   RawPurgeResult,
   MailboxPolicy,
+  MailAliasFilter,
+  MailAliasRow,
+  MailDomainRow,
   SubscriberRow,
   MatrixEventRow,
   MessageRow,
@@ -35,6 +47,44 @@ import type {
   RecordedAppserviceTransaction,
   RoomMailboxRow,
 } from "./Store.ts";
+
+/** A user's settings from their row; the defaults when there is none. */
+function toUserSettings(userId: string, r: DbRow | undefined): UserSettings {
+  if (!r) return { userId, contactMode: "invite", personalMailbox: true, displayName: null };
+  return {
+    userId,
+    contactMode: String(r.contact_mode) as ContactMode,
+    personalMailbox: dbBool(r.personal_mailbox),
+    displayName: r.display_name === null || r.display_name === undefined ? null : String(r.display_name),
+  };
+}
+
+function toContactRule(r: DbRow): ContactRuleRow {
+  return {
+    pattern: String(r.pattern),
+    rule: String(r.rule) as ContactRule,
+    reason: r.reason === null || r.reason === undefined ? null : String(r.reason),
+    quiet: dbBool(r.quiet),
+    createdAt: dbNumber(r.created_at),
+  };
+}
+
+function toContactRequest(r: DbRow): ContactRequestRow {
+  const text = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+  return {
+    userId: String(r.user_id),
+    sender: String(r.sender),
+    senderName: text(r.sender_name),
+    verified: dbBool(r.verified),
+    subject: text(r.subject),
+    preview: text(r.preview),
+    state: String(r.state) as ContactRequestState,
+    attempts: dbNumber(r.attempts),
+    firstAt: dbNumber(r.first_at),
+    lastAt: dbNumber(r.last_at),
+    notifiedAt: r.notified_at === null || r.notified_at === undefined ? null : dbNumber(r.notified_at),
+  };
+}
 
 /** Epoch ms as an integer (BIGINT columns reject fractions on postgres). */
 function ms(t: number): number {
@@ -171,8 +221,50 @@ export class SqlStore implements BridgeStore {
     return changes > 0;
   }
 
+  async setMailboxSignature(roomId: string, signature: string | null): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_SET_MAILBOX_SIGNATURE, [roomId, signature])).changes > 0;
+  }
+
   async setMailboxPolicy(roomId: string, policy: MailboxPolicy): Promise<boolean> {
     return (await this.db.execute(Q.SQL_SET_MAILBOX_POLICY, [roomId, policy])).changes > 0;
+  }
+
+  async listRoomMailboxes(): Promise<RoomMailboxRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_ALL_MAILBOXES, [])).map(toMailbox);
+  }
+
+  // Mail domains and aliases (migration 10)
+
+  async listMailDomains(): Promise<MailDomainRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_MAIL_DOMAINS, [])).map(toMailDomain);
+  }
+
+  async addMailDomain(domain: string, createdBy: string): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_ADD_MAIL_DOMAIN, [domain, createdBy, ms(this.#now())])).changes > 0;
+  }
+
+  async removeMailDomain(domain: string): Promise<boolean> {
+    return this.db.transaction(async (tx) => {
+      await tx.execute(Q.SQL_REMOVE_MAIL_ALIASES, [null, domain, null]);
+      return (await tx.execute(Q.SQL_REMOVE_MAIL_DOMAIN, [domain])).changes > 0;
+    });
+  }
+
+  async addMailAlias(address: string, target: string, createdBy: string): Promise<MailAliasRow> {
+    const domain = address.slice(address.lastIndexOf("@") + 1);
+    await this.db.execute(Q.SQL_ADD_MAIL_ALIAS, [address, domain, target, createdBy, ms(this.#now())]);
+    const row = (await this.listMailAliases({ address, target }))[0];
+    if (!row) throw new Error(`alias ${address} → ${target} was added but cannot be read back`);
+    return row;
+  }
+
+  async listMailAliases(filter: MailAliasFilter = {}): Promise<MailAliasRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_MAIL_ALIASES, [filter.address ?? null, filter.domain ?? null, filter.target ?? null])).map(toMailAlias);
+  }
+
+  async removeMailAliases(filter: MailAliasFilter): Promise<number> {
+    if (filter.address === undefined && filter.domain === undefined && filter.target === undefined) throw new Error("removeMailAliases needs an address, domain or target");
+    return (await this.db.execute(Q.SQL_REMOVE_MAIL_ALIASES, [filter.address ?? null, filter.domain ?? null, filter.target ?? null])).changes;
   }
 
   // Room mailbox subscribers
@@ -278,6 +370,16 @@ export class SqlStore implements BridgeStore {
     return one(this.db, Q.SQL_LATEST_IN_THREAD, [roomId, rootMessageId, jsonText(rootMessageId)], toMessage);
   }
 
+  async listMessagesByAddress(address: string, limit: number): Promise<MessageRow[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_MESSAGES_BY_ADDRESS, [address, jsonText(address), limit]);
+    return rows.map(toMessage);
+  }
+
+  async listMessagesInRoom(roomId: string, limit: number): Promise<MessageRow[]> {
+    const rows = await this.db.query<DbRow>(Q.SQL_MESSAGES_IN_ROOM, [roomId, limit]);
+    return rows.map(toMessage);
+  }
+
   // Inbound queue
 
   /**
@@ -319,6 +421,8 @@ export class SqlStore implements BridgeStore {
         mail.contentHash,
         mail.envelopeFrom,
         mail.kind ?? "mail",
+        mail.deliveredTo ?? null,
+        mail.recipientTag ?? null,
       ]);
       // The insert does not read the bytes back: the row carries the caller's plaintext.
       if (inserted[0]) return { row: { ...toInbound({ ...inserted[0], raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false };
@@ -353,6 +457,10 @@ export class SqlStore implements BridgeStore {
 
   getInbound(id: number): Promise<InboundRow | null> {
     return one(this.db, Q.SQL_INBOUND_BY_ID, [id], this.#toInbound);
+  }
+
+  getInboundByEvent(roomId: string, eventId: string): Promise<InboundRow | null> {
+    return one(this.db, Q.SQL_INBOUND_BY_EVENT, [roomId, eventId], this.#toInbound);
   }
 
   async listInbound(state: InboundState | null, limit: number): Promise<InboundRow[]> {
@@ -468,18 +576,83 @@ export class SqlStore implements BridgeStore {
     return new Set((await this.db.query<DbRow>(Q.SQL_OPTOUTS_OF_ROOM, [roomId])).map((r) => String(r.address)));
   }
 
-  async setContactRule(userId: string, pattern: string, rule: ContactRule): Promise<void> {
-    await this.db.execute(Q.SQL_PUT_CONTACT_RULE, [userId, pattern, rule, ms(this.#now())]);
+  async setContactRule(userId: string, pattern: string, rule: ContactRule, refusal?: { reason: string | null; quiet: boolean }): Promise<void> {
+    const block = rule === "block" && refusal ? refusal : { reason: null, quiet: false };
+    await this.db.execute(Q.SQL_PUT_CONTACT_RULE, [userId, pattern, rule, ms(this.#now()), block.reason, block.quiet]);
   }
 
-  async listContactRules(userId: string): Promise<{ pattern: string; rule: ContactRule }[]> {
-    return (await this.db.query<DbRow>(Q.SQL_CONTACT_RULES_OF_USER, [userId])).map((r) => ({ pattern: String(r.pattern), rule: String(r.rule) as ContactRule }));
+  async listContactRules(userId: string): Promise<ContactRuleRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_CONTACT_RULES_OF_USER, [userId])).map(toContactRule);
   }
 
-  async contactRuleFor(userId: string, address: string): Promise<ContactRule | null> {
+  async contactRuleFor(userId: string, address: string): Promise<ContactRuleRow | null> {
     const domain = address.slice(address.lastIndexOf("@") + 1);
-    const rules = new Map((await this.db.query<DbRow>(Q.SQL_CONTACT_RULES_FOR, [userId, address, domain])).map((r) => [String(r.pattern), String(r.rule) as ContactRule]));
+    const rules = new Map((await this.db.query<DbRow>(Q.SQL_CONTACT_RULES_FOR, [userId, address, domain])).map((r) => [String(r.pattern), toContactRule(r)]));
     return rules.get(address) ?? rules.get(domain) ?? null;
+  }
+
+  async getUserSettings(userId: string): Promise<UserSettings> {
+    return toUserSettings(userId, (await this.db.query<DbRow>(Q.SQL_USER_SETTINGS, [userId]))[0]);
+  }
+
+  async updateUserSettings(userId: string, patch: Partial<Omit<UserSettings, "userId">>): Promise<UserSettings> {
+    return this.db.transaction(async (tx) => {
+      const before = toUserSettings(userId, (await tx.query<DbRow>(Q.SQL_USER_SETTINGS, [userId]))[0]);
+      const after: UserSettings = { ...before, ...patch, userId };
+      await tx.execute(Q.SQL_PUT_USER_SETTINGS, [userId, after.contactMode, after.personalMailbox, after.displayName, ms(this.#now())]);
+      return after;
+    });
+  }
+
+  async noteContactRequest(request: NewContactRequest): Promise<{ row: ContactRequestRow; created: boolean }> {
+    const now = ms(this.#now());
+    const { changes } = await this.db.execute(Q.SQL_INSERT_CONTACT_REQUEST, [
+      request.userId,
+      request.sender,
+      request.senderName,
+      request.verified,
+      request.subject,
+      request.preview,
+      now,
+    ]);
+    if (changes === 0) await this.db.execute(Q.SQL_BUMP_CONTACT_REQUEST, [request.userId, request.sender, now]);
+    const row = await this.getContactRequest(request.userId, request.sender);
+    if (!row) throw new Error(`contact request of ${request.userId} from ${request.sender} vanished while being recorded`);
+    return { row, created: changes > 0 };
+  }
+
+  async getContactRequest(userId: string, sender: string): Promise<ContactRequestRow | null> {
+    const r = (await this.db.query<DbRow>(Q.SQL_CONTACT_REQUEST, [userId, sender]))[0];
+    return r ? toContactRequest(r) : null;
+  }
+
+  async listContactRequests(userId: string, state: ContactRequestState | null): Promise<ContactRequestRow[]> {
+    const rows = state === null ? await this.db.query<DbRow>(Q.SQL_CONTACT_REQUESTS_OF_USER, [userId]) : await this.db.query<DbRow>(Q.SQL_CONTACT_REQUESTS_IN_STATE, [userId, state]);
+    return rows.map(toContactRequest);
+  }
+
+  async markContactRequestNotified(userId: string, sender: string): Promise<void> {
+    await this.db.execute(Q.SQL_CONTACT_REQUEST_NOTIFIED, [userId, sender, ms(this.#now())]);
+  }
+
+  async setContactRequestState(userId: string, sender: string, state: ContactRequestState): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_SET_CONTACT_REQUEST_STATE, [userId, sender, state])).changes > 0;
+  }
+
+  async addAppPassword(userId: string, label: string, hash: string): Promise<AppPasswordRow | null> {
+    return one(this.db, Q.SQL_ADD_APP_PASSWORD, [userId, label, hash, ms(this.#now())], toAppPassword);
+  }
+
+  async listAppPasswords(userId: string): Promise<AppPasswordRow[]> {
+    return (await this.db.query<DbRow>(Q.SQL_APP_PASSWORDS_OF_USER, [userId])).map(toAppPassword);
+  }
+
+  async revokeAppPassword(userId: string, label: string): Promise<boolean> {
+    return (await this.db.execute(Q.SQL_REVOKE_APP_PASSWORD, [userId, label])).changes > 0;
+  }
+
+  async markAppPasswordUsed(id: number, at: number): Promise<void> {
+    await this.db.execute(Q.SQL_APP_PASSWORD_USED, [id, ms(at)]);
   }
 
   async deleteMessage(roomId: string, eventId: string): Promise<void> {

@@ -27,10 +27,44 @@ export interface RoomMailboxRow {
   /** Who may post: anyone (`open`), ghosts already in the room (`members`), authenticated senders (`verified`). */
   policy: MailboxPolicy;
   createdAt: number;
+  /** A line that ends the room's outgoing mail (`mailbox signature`), or null (migration 9). */
+  signature: string | null;
 }
 
 /** Who may post to a room mailbox. */
 export type MailboxPolicy = "open" | "members" | "verified";
+
+/** A mail domain of the bridge besides `mail.domain` (migration 10). */
+export interface MailDomainRow {
+  /** Lower-case domain name (IDNs as A-labels). */
+  domain: string;
+  /** Who added it (a Matrix user ID, or what the admin API names). */
+  createdBy: string;
+  createdAt: number;
+}
+
+/**
+ * One target of an alias (migration 10): mail to `address` goes to `target`. Several rows for
+ * one address: the mail goes to each (1:N).
+ */
+export interface MailAliasRow {
+  /** `local@domain`, lower-case, or `*@domain`: the domain's catch-all. */
+  address: string;
+  /** A room ID (`!…`, a room with a room mailbox) or a local Matrix user ID (`@…`, their personal mailbox). */
+  target: string;
+  createdBy: string;
+  createdAt: number;
+}
+
+/** Which aliases {@link BridgeStore.listMailAliases} and {@link BridgeStore.removeMailAliases} take; every given field must match. */
+export interface MailAliasFilter {
+  /** Exactly this address (`local@domain` or `*@domain`). */
+  address?: string;
+  /** Addresses on this domain. */
+  domain?: string;
+  /** This target. */
+  target?: string;
+}
 
 /** An address that receives a room mailbox's top-level messages (once `active`). */
 export interface SubscriberRow {
@@ -153,6 +187,14 @@ export interface InboundRow {
   /** `dsn`: a delivery report (RFC 3464) about mail the bridge sent, posted as a notice replying to it; else `mail`. */
   kind: "mail" | "dsn";
   /**
+   * The recipient address the mail came to, when it is not its target's own address: a
+   * subaddress (`bob+shop@`), an alias, a catch-all, or a mailbox on another of the bridge's
+   * domains (migration 10); shown above the posted mail. Null otherwise.
+   */
+  deliveredTo: string | null;
+  /** The `+tag` of that address (RFC 5233 subaddress), without the `+`; null when there is none. */
+  recipientTag: string | null;
+  /**
    * The raw RFC 5322 message, as received (with the bridge's Received header on top);
    * decrypted when stored encrypted. Empty once purged (see `rawPurgedAt`).
    */
@@ -169,12 +211,12 @@ export interface InboundRow {
   receivedAt: number;
 }
 
-/** What {@link BridgeStore.insertInbound} takes (`kind` defaults to `mail`). */
+/** What {@link BridgeStore.insertInbound} takes (`kind` defaults to `mail`, `deliveredTo` and `recipientTag` to null). */
 export type NewInbound = Pick<
   InboundRow,
   "roomId" | "dmLocalUserId" | "replyToEventId" | "messageId" | "sender" | "senderVerified" | "senderName" | "auth" | "spam" | "participants" | "contentHash" | "envelopeFrom" | "raw"
 > &
-  Partial<Pick<InboundRow, "kind">>;
+  Partial<Pick<InboundRow, "kind" | "deliveredTo" | "recipientTag">>;
 
 /** State of an outbound mail. `deferred` will be retried at `nextAttemptAt`. */
 export type OutboundState = "queued" | "deferred" | "sent" | "bounced";
@@ -205,8 +247,83 @@ export interface OutboundRow {
 /** What {@link BridgeStore.enqueueOutbound} takes. */
 export type NewOutbound = Pick<OutboundRow, "roomId" | "eventId" | "messageId" | "envelopeFrom" | "recipients" | "raw">;
 
-/** A contact rule: `block` refuses a sender's mail (550 5.7.1); `allow` lifts a block. */
+/** An app password of a local user, for SMTP submission (migration 11). */
+export interface AppPasswordRow {
+  id: number;
+  /** The local Matrix user it logs in as. */
+  userId: string;
+  /** The user's name for it (unique per user), e.g. `laptop`. */
+  label: string;
+  /** Its salted slow hash (`src/mail/submission/appPasswords.ts`); never the password. */
+  hash: string;
+  createdAt: number;
+  /** Last successful login with it (epoch ms), or null when never used. */
+  lastUsedAt: number | null;
+}
+
+/**
+ * A contact rule: `block` refuses a sender's mail (550 5.7.1); `allow` lifts a block and marks
+ * the sender as known (a contact request is not needed).
+ */
 export type ContactRule = "block" | "allow";
+
+/** A contact rule as stored (migrations 8 and 9). */
+export interface ContactRuleRow {
+  /** An address (`bob@example.org`) or a domain (`example.org`). */
+  pattern: string;
+  rule: ContactRule;
+  /** For a block: the short reason the sending MTA is told (`refuse <address> [reason]`), or null. */
+  reason: string | null;
+  /** For a block: refuse with a bare 550 that names no user and no reason (`refuse-quietly`). */
+  quiet: boolean;
+  /** When the rule was set (epoch ms; 0 for rules made from DM portals by migration 9). */
+  createdAt: number;
+}
+
+/**
+ * How mail from a stranger to a user's personal mailbox is handled:
+ * - `invite`: a DM invite from the sender's ghost at once, with a preview (the default);
+ * - `hold`: the SMTP transaction gets 451 4.7.1 until the user accepts or refuses.
+ */
+export type ContactMode = "invite" | "hold";
+
+/** A local user's personal settings (migration 9); defaults when the user never changed any. */
+export interface UserSettings {
+  userId: string;
+  contactMode: ContactMode;
+  /** Whether the user's personal mailbox takes mail (off: 550 5.1.1, as if there were none). */
+  personalMailbox: boolean;
+  /** Display name on the user's outgoing mail; null: their Matrix display name. */
+  displayName: string | null;
+}
+
+/** The state of a contact request: waiting for the user, or decided. */
+export type ContactRequestState = "pending" | "accepted" | "refused";
+
+/** Held mail from a stranger to a user in `hold` mode, one per user and sender (migration 9). */
+export interface ContactRequestRow {
+  userId: string;
+  /** The sender's normalised address. */
+  sender: string;
+  /** The From display name, if any. */
+  senderName: string | null;
+  /** Whether the first held mail's sender authenticated (SPF/DKIM aligned, DMARC). */
+  verified: boolean;
+  subject: string | null;
+  /** The first lines of the first held mail's text, at most 300 characters. */
+  preview: string | null;
+  state: ContactRequestState;
+  /** How many times the sending MTA tried (each got 451 while pending). */
+  attempts: number;
+  /** First and latest attempt (epoch ms). */
+  firstAt: number;
+  lastAt: number;
+  /** When the user was told of the request (epoch ms), or null: not yet. */
+  notifiedAt: number | null;
+}
+
+/** What {@link BridgeStore.noteContactRequest} records of one held mail. */
+export type NewContactRequest = Pick<ContactRequestRow, "userId" | "sender" | "senderName" | "verified" | "subject" | "preview">;
 
 /** One Matrix message inside a batched mail. */
 export interface BatchPart {
@@ -388,6 +505,27 @@ export interface BridgeStore {
   removeRoomMailbox(roomId: string): Promise<boolean>;
   /** Set who may post to the room's mailbox; returns false if the room has none. */
   setMailboxPolicy(roomId: string, policy: MailboxPolicy): Promise<boolean>;
+  /** Set the line that ends the room's outgoing mail (null: none); returns false if the room has no mailbox. */
+  setMailboxSignature(roomId: string, signature: string | null): Promise<boolean>;
+  /** Every room mailbox, by localpart. */
+  listRoomMailboxes(): Promise<RoomMailboxRow[]>;
+
+  // Mail domains and aliases (migration 10)
+  /** The stored mail domains (not `mail.domain`), by name. */
+  listMailDomains(): Promise<MailDomainRow[]>;
+  /** Add a mail domain. @returns false when it was there already (nothing changes) */
+  addMailDomain(domain: string, createdBy: string): Promise<boolean>;
+  /** Remove a mail domain and every alias on it, in one transaction. @returns false when there was no such domain */
+  removeMailDomain(domain: string): Promise<boolean>;
+  /** Add one target to an alias. @returns the row, the existing one when it was there already */
+  addMailAlias(address: string, target: string, createdBy: string): Promise<MailAliasRow>;
+  /** Aliases matching `filter` (all when empty), by address then target. */
+  listMailAliases(filter?: MailAliasFilter): Promise<MailAliasRow[]>;
+  /**
+   * Remove the aliases matching `filter`. @returns how many rows were removed
+   * @throws Error when the filter is empty (that would remove every alias)
+   */
+  removeMailAliases(filter: MailAliasFilter): Promise<number>;
 
   // Room mailbox subscribers
   /**
@@ -433,6 +571,13 @@ export interface BridgeStore {
    * @returns the row, or null when the room knows neither
    */
   latestMessageInThread(roomId: string, rootMessageId: string): Promise<MessageRow | null>;
+  /**
+   * The message log of an address (the admin API): mappings whose sender is `address` or whose
+   * participants include it (exact match on the normalised address), newest first, at most `limit`.
+   */
+  listMessagesByAddress(address: string, limit: number): Promise<MessageRow[]>;
+  /** The message log of a room (the admin API): its mappings, newest first, at most `limit`. */
+  listMessagesInRoom(roomId: string, limit: number): Promise<MessageRow[]>;
 
   // Inbound queue
   /**
@@ -453,6 +598,8 @@ export interface BridgeStore {
   nextInboundAttemptAt(): Promise<number | null>;
   /** One row by id, or null. */
   getInbound(id: number): Promise<InboundRow | null>;
+  /** The inbound mail that was posted as `eventId` in `roomId`, or null. */
+  getInboundByEvent(roomId: string, eventId: string): Promise<InboundRow | null>;
   /** Rows in `state` (all states when null), newest first, at most `limit` (for the `queue` CLI). */
   listInbound(state: InboundState | null, limit: number): Promise<InboundRow[]>;
   /** Set the room of a pending row once its DM portal exists. */
@@ -513,14 +660,32 @@ export interface BridgeStore {
    * Set a user's contact rule for an address (`bob@example.org`) or a domain (`example.org`),
    * replacing an earlier one for the same pattern (migration 8).
    */
-  setContactRule(userId: string, pattern: string, rule: ContactRule): Promise<void>;
+  setContactRule(userId: string, pattern: string, rule: ContactRule, refusal?: { reason: string | null; quiet: boolean }): Promise<void>;
   /** A user's contact rules, by pattern. */
-  listContactRules(userId: string): Promise<{ pattern: string; rule: ContactRule }[]>;
+  listContactRules(userId: string): Promise<ContactRuleRow[]>;
   /**
    * The rule that decides mail from `address` to `userId`: the address's own rule, else its
    * domain's, else null (no rule).
    */
-  contactRuleFor(userId: string, address: string): Promise<ContactRule | null>;
+  contactRuleFor(userId: string, address: string): Promise<ContactRuleRow | null>;
+  /** A user's settings; the defaults (`invite`, mailbox on, no display name) when never set. */
+  getUserSettings(userId: string): Promise<UserSettings>;
+  /** Change some of a user's settings. @returns the settings after the change */
+  updateUserSettings(userId: string, patch: Partial<Omit<UserSettings, "userId">>): Promise<UserSettings>;
+  /**
+   * Record one attempt of held mail: a new request is `pending` with attempts 1; a known one
+   * keeps its state, subject and preview, and counts the attempt.
+   * @returns the request after the attempt, and whether it is new
+   */
+  noteContactRequest(request: NewContactRequest): Promise<{ row: ContactRequestRow; created: boolean }>;
+  /** A user's request from `sender`, or null. */
+  getContactRequest(userId: string, sender: string): Promise<ContactRequestRow | null>;
+  /** A user's requests in `state` (all when null), newest attempt first. */
+  listContactRequests(userId: string, state: ContactRequestState | null): Promise<ContactRequestRow[]>;
+  /** Record that the user was told of the request (they are not told again). */
+  markContactRequestNotified(userId: string, sender: string): Promise<void>;
+  /** Decide a request. @returns false when there is none */
+  setContactRequestState(userId: string, sender: string, state: ContactRequestState): Promise<boolean>;
   /** Forget the Matrix → mail mapping of one event (a redacted message of a cancelled batch). */
   deleteMessage(roomId: string, eventId: string): Promise<void>;
   /** Rows in `queued` or `deferred` whose nextAttemptAt <= now, oldest first. */
@@ -604,6 +769,19 @@ export interface BridgeStore {
    * @returns how many rows of each were deleted
    */
   pruneMatrixJournal(before: number): Promise<{ events: number; txns: number }>;
+
+  // App passwords for SMTP submission (migration 11; src/mail/submission/)
+  /**
+   * Store a new app password hash under `label` for `userId`.
+   * @returns the row, or null when the user already has a password with that label
+   */
+  addAppPassword(userId: string, label: string, hash: string): Promise<AppPasswordRow | null>;
+  /** A user's app passwords, by label. */
+  listAppPasswords(userId: string): Promise<AppPasswordRow[]>;
+  /** Delete a user's app password by label. @returns false when there was none */
+  revokeAppPassword(userId: string, label: string): Promise<boolean>;
+  /** Record a successful login with app password `id` at `at` (epoch ms). */
+  markAppPasswordUsed(id: number, at: number): Promise<void>;
 
   // Stored mail retention (migration 5; src/store/retention.ts)
   /**

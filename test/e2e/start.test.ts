@@ -103,6 +103,6 @@ describe("start a conversation without a ghost ID", () => {
     assert.match(String(refused), /550 5\.7\.1 alice@bridge\.test does not accept mail from eve@example\.net/);
 
     await alice.sendText(botDm, "contacts");
-    await botReply(/^Your contact rules:\n• blocked: eve@example\.net\n• blocked: example\.net$/);
+    await botReply(/^Mode: invite [^\n]*\nRefused:\n• eve@example\.net\n• example\.net\nAccepted:\n• zoe@example\.org$/);
   });
 });

@@ -167,6 +167,57 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(await store.getRoomMailboxByLocalpart("team"), null);
         assert.equal(await store.getRoomMailboxByRoom("!a:hs.test"), null);
       });
+
+      it("lists every room mailbox by localpart", async () => {
+        await store.setRoomMailbox("zeta", "!z:hs.test", "@alice:hs.test");
+        await store.setRoomMailbox("alpha", "!a:hs.test", "@alice:hs.test");
+        assert.deepEqual((await store.listRoomMailboxes()).map((m) => [m.localpart, m.roomId]), [["alpha", "!a:hs.test"], ["zeta", "!z:hs.test"]]);
+      });
+    });
+
+    describe("mail domains and aliases", () => {
+      it("adds a domain once, lists by name, removes it with its aliases only", async () => {
+        assert.equal(await store.addMailDomain("two.test", "@alice:hs.test"), true);
+        assert.equal(await store.addMailDomain("two.test", "@bob:hs.test"), false, "a second add changes nothing");
+        assert.equal(await store.addMailDomain("one.test", "admin-api"), true);
+        const domains = await store.listMailDomains();
+        assert.deepEqual(domains.map((d) => [d.domain, d.createdBy]), [["one.test", "admin-api"], ["two.test", "@alice:hs.test"]]);
+        assert.equal(typeof domains[0]!.createdAt, "number");
+        await store.addMailAlias("sales@two.test", "!a:hs.test", "@alice:hs.test");
+        await store.addMailAlias("*@two.test", "@bob:hs.test", "@alice:hs.test");
+        await store.addMailAlias("sales@one.test", "!a:hs.test", "@alice:hs.test");
+        assert.equal(await store.removeMailDomain("two.test"), true);
+        assert.equal(await store.removeMailDomain("two.test"), false);
+        assert.deepEqual((await store.listMailDomains()).map((d) => d.domain), ["one.test"]);
+        assert.deepEqual((await store.listMailAliases()).map((a) => a.address), ["sales@one.test"], "the other domain's alias stays");
+      });
+
+      it("an alias has one row per target (1:N); adding one again returns the existing row; filters combine", async () => {
+        const first = await store.addMailAlias("team@two.test", "!a:hs.test", "@alice:hs.test");
+        assert.deepEqual({ ...first, createdAt: 0 }, { address: "team@two.test", target: "!a:hs.test", createdBy: "@alice:hs.test", createdAt: 0 });
+        await store.addMailAlias("team@two.test", "!b:hs.test", "@alice:hs.test");
+        await store.addMailAlias("info@one.test", "!a:hs.test", "@carol:hs.test");
+        const again = await store.addMailAlias("team@two.test", "!a:hs.test", "@bob:hs.test");
+        assert.deepEqual(again, first, "the first row is kept");
+        assert.deepEqual((await store.listMailAliases({ address: "team@two.test" })).map((a) => a.target), ["!a:hs.test", "!b:hs.test"]);
+        assert.deepEqual((await store.listMailAliases({ target: "!a:hs.test" })).map((a) => a.address), ["info@one.test", "team@two.test"]);
+        assert.deepEqual((await store.listMailAliases({ domain: "one.test" })).map((a) => a.address), ["info@one.test"]);
+        assert.deepEqual(await store.listMailAliases({ domain: "one.test", target: "!b:hs.test" }), []);
+        assert.equal((await store.listMailAliases()).length, 3);
+      });
+
+      it("removes by address, by address and target, by target; refuses an empty filter", async () => {
+        await store.addMailAlias("team@two.test", "!a:hs.test", "@alice:hs.test");
+        await store.addMailAlias("team@two.test", "!b:hs.test", "@alice:hs.test");
+        await store.addMailAlias("info@two.test", "!a:hs.test", "@alice:hs.test");
+        await store.addMailAlias("desk@two.test", "!b:hs.test", "@alice:hs.test");
+        assert.equal(await store.removeMailAliases({ address: "team@two.test", target: "!b:hs.test" }), 1);
+        assert.equal(await store.removeMailAliases({ address: "team@two.test", target: "!b:hs.test" }), 0);
+        assert.equal(await store.removeMailAliases({ target: "!a:hs.test" }), 2);
+        assert.equal(await store.removeMailAliases({ address: "desk@two.test" }), 1);
+        assert.deepEqual(await store.listMailAliases(), []);
+        await assert.rejects(store.removeMailAliases({}), /needs an address, domain or target/);
+      });
     });
 
     describe("portals", () => {
@@ -413,6 +464,16 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(read!.contentHash, "h1");
       });
 
+      it("round-trips the recipient address and tag (null when not given)", async () => {
+        const { row } = await store.insertInbound(inbound({ deliveredTo: "bob+shop@two.test", recipientTag: "shop" }));
+        assert.equal(row.deliveredTo, "bob+shop@two.test");
+        assert.equal(row.recipientTag, "shop");
+        assert.deepEqual(await store.getInbound(row.id), row);
+        const { row: plain } = await store.insertInbound(inbound({ messageId: "plain@x", contentHash: "h2" }));
+        assert.equal(plain.deliveredTo, null);
+        assert.equal(plain.recipientTag, null);
+      });
+
       it("dedupes mail for a new DM portal by local user", async () => {
         const dm = inbound({ roomId: null, dmLocalUserId: "@alice:hs.test" });
         const first = await store.insertInbound(dm);
@@ -478,6 +539,9 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(again.duplicate, true);
         assert.equal(again.row.state, "posted");
         assert.equal(again.row.eventId, "$event");
+        assert.equal((await store.getInboundByEvent(row.roomId!, "$event"))?.id, row.id, "found by its posted event");
+        assert.equal(await store.getInboundByEvent("!elsewhere:hs.test", "$event"), null);
+        assert.equal(await store.getInboundByEvent(row.roomId!, "$other"), null);
       });
 
       it("counts attempts, waits for the retry time, and fails a row", async () => {
@@ -538,6 +602,24 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
       });
     });
 
+    describe("message log by address and by room", () => {
+      it("finds an address as sender or exact participant, and a room's mappings, newest first, with a limit", async () => {
+        const base = { references: [], subject: "s", viaList: false, direction: "inbound" as const };
+        await store.insertMessage({ ...base, roomId: "!r1", eventId: "$1", messageId: "one@x", sender: "bob@example.org", participants: ["alice@bridge.test"] });
+        await new Promise((r) => setTimeout(r, 5));
+        await store.insertMessage({ ...base, roomId: "!r2", eventId: "$2", messageId: "two@x", sender: "carol@example.net", participants: ["bob@example.org", "x@y.test"] });
+        await new Promise((r) => setTimeout(r, 5));
+        await store.insertMessage({ ...base, roomId: "!r1", eventId: "$3", messageId: "three@x", sender: "dave@example.com", participants: ["xbob@example.org", "bob@example.org.evil"] });
+        assert.deepEqual((await store.listMessagesByAddress("bob@example.org", 10)).map((m) => m.messageId), ["two@x", "one@x"]);
+        assert.deepEqual((await store.listMessagesByAddress("bob@example.org", 1)).map((m) => m.messageId), ["two@x"]);
+        assert.deepEqual((await store.listMessagesByAddress("alice@bridge.test", 10)).map((m) => m.messageId), ["one@x"]);
+        assert.deepEqual(await store.listMessagesByAddress("nobody@example.org", 10), []);
+        assert.deepEqual((await store.listMessagesInRoom("!r1", 10)).map((m) => m.eventId), ["$3", "$1"]);
+        assert.deepEqual((await store.listMessagesInRoom("!r1", 1)).map((m) => m.eventId), ["$3"]);
+        assert.deepEqual(await store.listMessagesInRoom("!none", 10), []);
+      });
+    });
+
     describe("latest received mail of a room", () => {
       it("is the newest inbound mapping of that room; outbound ones and other rooms do not count", async () => {
         const base = { references: [], sender: "bob@example.org", subject: "s", participants: [], viaList: false };
@@ -554,19 +636,103 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
 
     describe("contact rules", () => {
       it("an address rule wins over its domain's; a rule replaces the earlier one for its pattern; rules are per user", async () => {
+        const rule = async (u: string, a: string) => (await store.contactRuleFor(u, a))?.rule ?? null;
         assert.equal(await store.contactRuleFor("@u:hs", "bob@example.org"), null);
         await store.setContactRule("@u:hs", "example.org", "block");
-        assert.equal(await store.contactRuleFor("@u:hs", "bob@example.org"), "block");
+        assert.equal(await rule("@u:hs", "bob@example.org"), "block");
         await store.setContactRule("@u:hs", "bob@example.org", "allow");
-        assert.equal(await store.contactRuleFor("@u:hs", "bob@example.org"), "allow");
-        assert.equal(await store.contactRuleFor("@u:hs", "carol@example.org"), "block");
+        assert.equal(await rule("@u:hs", "bob@example.org"), "allow");
+        assert.equal(await rule("@u:hs", "carol@example.org"), "block");
         await store.setContactRule("@u:hs", "example.org", "allow");
-        assert.equal(await store.contactRuleFor("@u:hs", "carol@example.org"), "allow");
+        assert.equal(await rule("@u:hs", "carol@example.org"), "allow");
         assert.equal(await store.contactRuleFor("@other:hs", "carol@example.org"), null);
-        assert.deepEqual(await store.listContactRules("@u:hs"), [
-          { pattern: "bob@example.org", rule: "allow" },
-          { pattern: "example.org", rule: "allow" },
+        assert.deepEqual((await store.listContactRules("@u:hs")).map((r) => [r.pattern, r.rule]), [
+          ["bob@example.org", "allow"],
+          ["example.org", "allow"],
         ]);
+      });
+
+      it("a block keeps its reason or quietness; an allow has neither", async () => {
+        await store.setContactRule("@u:hs", "spam@example.org", "block", { reason: "no sales mail", quiet: false });
+        await store.setContactRule("@u:hs", "junk.example", "block", { reason: null, quiet: true });
+        const loud = await store.contactRuleFor("@u:hs", "spam@example.org");
+        assert.deepEqual({ ...loud, createdAt: 0 }, { pattern: "spam@example.org", rule: "block", reason: "no sales mail", quiet: false, createdAt: 0 });
+        assert.equal(typeof loud?.createdAt, "number");
+        assert.equal((await store.contactRuleFor("@u:hs", "x@junk.example"))?.quiet, true);
+        await store.setContactRule("@u:hs", "spam@example.org", "allow", { reason: "ignored", quiet: true });
+        const allowed = await store.contactRuleFor("@u:hs", "spam@example.org");
+        assert.equal(allowed?.reason, null);
+        assert.equal(allowed?.quiet, false);
+      });
+    });
+
+    describe("personal settings and contact requests", () => {
+      it("settings default to invite mode, mailbox on, no name; a patch changes only what it names", async () => {
+        assert.deepEqual(await store.getUserSettings("@u:hs"), { userId: "@u:hs", contactMode: "invite", personalMailbox: true, displayName: null });
+        assert.deepEqual(await store.updateUserSettings("@u:hs", { contactMode: "hold" }), { userId: "@u:hs", contactMode: "hold", personalMailbox: true, displayName: null });
+        await store.updateUserSettings("@u:hs", { personalMailbox: false, displayName: "Ursula" });
+        assert.deepEqual(await store.getUserSettings("@u:hs"), { userId: "@u:hs", contactMode: "hold", personalMailbox: false, displayName: "Ursula" });
+        assert.equal((await store.getUserSettings("@other:hs")).contactMode, "invite");
+      });
+
+      it("a request is created pending once; later attempts count, keep the first preview and the decision", async () => {
+        const first = await store.noteContactRequest({ userId: "@u:hs", sender: "bob@example.org", senderName: "Bob", verified: true, subject: "Hi", preview: "Hello there" });
+        assert.equal(first.created, true);
+        assert.equal(first.row.state, "pending");
+        assert.equal(first.row.attempts, 1);
+        assert.equal(first.row.notifiedAt, null);
+        await store.markContactRequestNotified("@u:hs", "bob@example.org");
+        const again = await store.noteContactRequest({ userId: "@u:hs", sender: "bob@example.org", senderName: "Robert", verified: false, subject: "Other", preview: "x" });
+        assert.equal(again.created, false);
+        assert.equal(again.row.attempts, 2);
+        assert.equal(again.row.subject, "Hi");
+        assert.equal(again.row.senderName, "Bob");
+        assert.equal(again.row.verified, true);
+        assert.equal(typeof again.row.notifiedAt, "number");
+        assert.equal(await store.setContactRequestState("@u:hs", "bob@example.org", "accepted"), true);
+        assert.equal(await store.setContactRequestState("@u:hs", "nobody@example.org", "accepted"), false);
+        await store.noteContactRequest({ userId: "@u:hs", sender: "bob@example.org", senderName: null, verified: true, subject: null, preview: null });
+        assert.equal((await store.getContactRequest("@u:hs", "bob@example.org"))?.state, "accepted");
+        await store.noteContactRequest({ userId: "@u:hs", sender: "carol@example.org", senderName: null, verified: false, subject: null, preview: null });
+        assert.deepEqual((await store.listContactRequests("@u:hs", "pending")).map((r) => r.sender), ["carol@example.org"]);
+        assert.deepEqual((await store.listContactRequests("@u:hs", null)).map((r) => r.sender).sort(), ["bob@example.org", "carol@example.org"]);
+        assert.equal(await store.getContactRequest("@other:hs", "bob@example.org"), null);
+      });
+
+      it("a room mailbox's signature is set and cleared; a room without a mailbox has none to set", async () => {
+        await store.setRoomMailbox("sig", "!sig:hs.test", "@alice:hs.test");
+        assert.equal((await store.getRoomMailboxByRoom("!sig:hs.test"))?.signature, null);
+        assert.equal(await store.setMailboxSignature("!sig:hs.test", "The Sig team"), true);
+        assert.equal((await store.getRoomMailboxByLocalpart("sig"))?.signature, "The Sig team");
+        assert.equal(await store.setMailboxSignature("!sig:hs.test", null), true);
+        assert.equal((await store.getRoomMailboxByRoom("!sig:hs.test"))?.signature, null);
+        assert.equal(await store.setMailboxSignature("!none:hs.test", "x"), false);
+      });
+    });
+
+    describe("app passwords (submission)", () => {
+      it("adds per user with unique labels, lists by label, records use, revokes", async () => {
+        const laptop = await store.addAppPassword("@u:hs", "laptop", "scrypt$hash1");
+        assert.ok(laptop);
+        assert.equal(laptop.userId, "@u:hs");
+        assert.equal(laptop.label, "laptop");
+        assert.equal(laptop.hash, "scrypt$hash1");
+        assert.equal(laptop.lastUsedAt, null);
+        assert.ok(laptop.createdAt > 0);
+        assert.equal(await store.addAppPassword("@u:hs", "laptop", "scrypt$other"), null, "a label is unique per user");
+        assert.ok(await store.addAppPassword("@other:hs", "laptop", "scrypt$hash2"), "another user may use the same label");
+        assert.ok(await store.addAppPassword("@u:hs", "backup-script", "scrypt$hash3"));
+        assert.deepEqual((await store.listAppPasswords("@u:hs")).map((r) => [r.label, r.hash]), [
+          ["backup-script", "scrypt$hash3"],
+          ["laptop", "scrypt$hash1"],
+        ]);
+        await store.markAppPasswordUsed(laptop.id, 1_700_000_000_123);
+        const used = (await store.listAppPasswords("@u:hs")).find((r) => r.label === "laptop");
+        assert.equal(used?.lastUsedAt, 1_700_000_000_123);
+        assert.equal(await store.revokeAppPassword("@u:hs", "laptop"), true);
+        assert.equal(await store.revokeAppPassword("@u:hs", "laptop"), false);
+        assert.deepEqual((await store.listAppPasswords("@u:hs")).map((r) => r.label), ["backup-script"]);
+        assert.deepEqual((await store.listAppPasswords("@other:hs")).map((r) => r.label), ["laptop"]);
       });
     });
 

@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore } from "../../src/store/Store.ts";
 import { InboundRouter, type Mailbox } from "../../src/bridge/InboundRouter.ts";
+import { Contacts } from "../../src/bridge/Contacts.ts";
 import type { InboundEnvelope } from "../../src/mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../../src/mail/inbound/rejections.ts";
 import { configureLogging } from "../../src/util/logger.ts";
@@ -63,14 +64,26 @@ describe("inbound routing", () => {
   let dir: string;
   let store: BridgeStore;
   let committed = 0;
+  /** The bot's messages about contact requests: the bot DM is `!dm-<user>`. */
+  let notified: { roomId: string; text: string }[] = [];
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), "meb-route-"));
     store = await openStore({ url: null, sqliteFile: join(dir, "s.sqlite") });
     committed = 0;
+    notified = [];
     router = new InboundRouter({
       store,
       ids,
+      contacts: new Contacts({
+        store,
+        matrix: {
+          botDm: async (userId) => `!dm-${userId}`,
+          botNotice: async (roomId, text) => {
+            notified.push({ roomId, text });
+          },
+        },
+      }),
       mayBridge: (u) => u.endsWith(":hs.example"),
       onCommitted: () => committed++,
       hostname: "mx.bridge.example",
@@ -183,5 +196,81 @@ describe("inbound routing", () => {
     await assert.rejects(router.deliver(mail({ from: "alice@bridge.example" }), await envelope(["team@bridge.example"])), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
     await assert.rejects(router.deliver(Buffer.from("Subject: x\r\n\r\nbody\r\n"), await envelope(["team@bridge.example"], "")), (e: SmtpReply) => e.responseCode === 550 && e.enhancedStatus === "5.7.1");
     assert.equal((await store.listPendingInbound(10)).length, 0);
+  });
+
+  describe("contact requests", () => {
+    const contacts = () => new Contacts({ store, matrix: { botDm: async (u) => `!dm-${u}`, botNotice: async () => undefined } });
+    const is = (code: number, status: string, text?: RegExp) => (e: SmtpReply) =>
+      e instanceof SmtpReply && e.responseCode === code && e.enhancedStatus === status && (!text || text.test(e.text));
+
+    it("hold: a stranger's mail gets 451 4.7.1 and one bot message; a retry gets 451 again, and nothing is committed", async () => {
+      await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
+      const m = Buffer.from("From: Carol <carol@example.org>\r\nTo: alice@bridge.example\r\nSubject: Lunch?\r\nMessage-ID: <h1@example.org>\r\n\r\nShall we meet\r\non Friday?\r\n");
+      await assert.rejects(router.deliver(m, await envelope(["alice@bridge.example"])), is(451, "4.7.1", /alice@bridge\.example has not accepted mail from carol@example\.org/));
+      await assert.rejects(router.deliver(m, await envelope(["alice@bridge.example"])), is(451, "4.7.1"));
+      assert.equal((await store.listPendingInbound(10)).length, 0, "nothing committed while held");
+      assert.equal(notified.length, 1, "told once");
+      assert.equal(notified[0]!.roomId, "!dm-@alice:hs.example");
+      assert.match(notified[0]!.text, /Carol <carol@example\.org>.*✅ authenticated/);
+      assert.match(notified[0]!.text, /Subject: Lunch\?\n> Shall we meet\n> on Friday\?/);
+      assert.match(notified[0]!.text, /`accept carol@example\.org`.*`refuse carol@example\.org \[reason\]`.*`refuse-quietly carol@example\.org`/s);
+      const req = await store.getContactRequest("@alice:hs.example", "carol@example.org");
+      assert.equal(req?.state, "pending");
+      assert.equal(req?.attempts, 2);
+      assert.equal(req?.verified, true);
+      assert.notEqual(req?.notifiedAt, null);
+    });
+
+    it("hold: after accept the retry is committed; after refuse it gets 550 5.7.1 with the reason; refuse-quietly a bare 550", async () => {
+      await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
+      await assert.rejects(router.deliver(mail({ messageId: "a1@example.org" }), await envelope(["alice@bridge.example"])), is(451, "4.7.1"));
+      await contacts().accept("@alice:hs.example", "carol@example.org");
+      await router.deliver(mail({ messageId: "a1@example.org" }), await envelope(["alice@bridge.example"]));
+      assert.equal((await store.listPendingInbound(10))[0]?.dmLocalUserId, "@alice:hs.example");
+      assert.equal((await store.getContactRequest("@alice:hs.example", "carol@example.org"))?.state, "accepted");
+
+      await assert.rejects(router.deliver(mail({ from: "mallory@evil.test", messageId: "x1@evil.test" }), await envelope(["alice@bridge.example"], "mallory@evil.test")), is(451, "4.7.1"));
+      await contacts().refuse("@alice:hs.example", "mallory@evil.test", { reason: "no sales mail, thanks", quiet: false });
+      await assert.rejects(
+        router.deliver(mail({ from: "mallory@evil.test", messageId: "x1@evil.test" }), await envelope(["alice@bridge.example"], "mallory@evil.test")),
+        is(550, "5.7.1", /^alice@bridge\.example does not accept mail from mallory@evil\.test: no sales mail, thanks$/),
+      );
+      await contacts().refuse("@alice:hs.example", "mallory@evil.test", { reason: null, quiet: true });
+      await assert.rejects(router.deliver(mail({ from: "mallory@evil.test", messageId: "x2@evil.test" }), await envelope(["alice@bridge.example"], "mallory@evil.test")), is(550, "5.7.1", /^message refused$/));
+      assert.equal((await store.listPendingInbound(10)).length, 1, "only the accepted mail");
+    });
+
+    it("hold never delays a reply in a conversation or mail into an existing DM", async () => {
+      await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
+      await router.deliver(mail({ messageId: "t1@example.org", inReplyTo: "out1@bridge.example" }), await envelope(["alice@bridge.example"]));
+      await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "carol@example.org", subject: null, encrypted: false, remoteVerified: true });
+      await router.deliver(mail({ messageId: "t2@example.org" }), await envelope(["alice@bridge.example"]));
+      assert.deepEqual((await store.listPendingInbound(10)).map((r) => r.roomId), ["!group:hs.example", "!dm:hs.example"]);
+      assert.equal(notified.length, 0);
+    });
+
+    it("hold with another recipient: the held copy opens a DM invite instead, the other is not kept waiting", async () => {
+      await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
+      await router.deliver(mail({ messageId: "mix@example.org" }), await envelope(["alice@bridge.example", "team@bridge.example"]));
+      const rows = await store.listPendingInbound(10);
+      assert.deepEqual(rows.map((r) => `${r.roomId} ${r.dmLocalUserId}`).sort(), ["!team:hs.example null", "null @alice:hs.example"]);
+    });
+
+    it("invite mode (the default) commits a stranger's mail at once; a block refuses the address, a domain block the domain", async () => {
+      await router.deliver(mail({ messageId: "i1@example.org" }), await envelope(["alice@bridge.example"]));
+      assert.equal((await store.listPendingInbound(10)).length, 1);
+      await contacts().refuse("@alice:hs.example", "example.org", { reason: null, quiet: false });
+      await assert.rejects(router.deliver(mail({ messageId: "i2@example.org" }), await envelope(["alice@bridge.example"])), is(550, "5.7.1", /does not accept mail from carol@example\.org$/));
+      await contacts().accept("@alice:hs.example", "carol@example.org");
+      await router.deliver(mail({ messageId: "i3@example.org" }), await envelope(["alice@bridge.example"]));
+      assert.equal((await store.listPendingInbound(10)).length, 2, "the address rule wins over its domain's");
+    });
+
+    it("personal off: new mail gets 550 5.1.1, a reply in a conversation still arrives", async () => {
+      await store.updateUserSettings("@alice:hs.example", { personalMailbox: false });
+      await assert.rejects(router.deliver(mail({ messageId: "o1@example.org" }), await envelope(["alice@bridge.example"])), is(550, "5.1.1"));
+      await router.deliver(mail({ messageId: "o2@example.org", inReplyTo: "out1@bridge.example" }), await envelope(["alice@bridge.example"]));
+      assert.equal((await store.listPendingInbound(10))[0]?.roomId, "!group:hs.example");
+    });
   });
 });

@@ -92,4 +92,18 @@ describe("storage config", () => {
     configError({ raw_retention_days: -1 }, dir, "storage.raw_retention_days", />= 0/);
     configError({ purge_interval_ms: 0 }, dir, "storage.purge_interval_ms", />= 10/);
   });
+
+  it("reports every key problem at once", () => {
+    const dir = keyDir();
+    const file = join(dir, "config.yaml");
+    assert.throws(
+      () => validateConfig(minimal({ encryption_key_id: "k1", encryption_key_file: "short.key", encryption_keys: { old: "nope.key", k1: "old.key" } }), file, dir, {}),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError, String(err));
+        assert.deepEqual(err.problems.map((p) => p.key), ["storage.encryption_key_file", "storage.encryption_keys.old", "storage.encryption_keys.k1"]);
+        assert.ok(err.message.split("\n").every((line) => line.startsWith(`${file}: storage.`)), err.message);
+        return true;
+      },
+    );
+  });
 });

@@ -13,6 +13,22 @@ import type { AuthFields } from "../../store/Store.ts";
  */
 export const AUTH_FIELD = "io.github.matrix-email-bridge.auth";
 
+/**
+ * The content field, in the same namespace as {@link AUTH_FIELD}, that says which of the
+ * bridge's addresses a posted mail came to when it is not the target's own address (a
+ * subaddress, an alias, a catch-all, another mail domain): `{address, tag}` (docs/formats.md).
+ */
+export const RECIPIENT_FIELD = "io.github.matrix-email-bridge.recipient";
+
+/**
+ * The line above a mail that came to one of the bridge's other addresses, e.g.
+ * `📨 To bob+shopping@mail.example (tag: shopping)`.
+ * @param address the recipient address; @param tag its RFC 5233 `+tag`, or null
+ */
+export function recipientLine(address: string, tag: string | null): string {
+  return tag ? `📨 To ${address} (tag: ${tag})` : `📨 To ${address}`;
+}
+
 /** The verdict object put under {@link AUTH_FIELD}; rows from before authentication count as unverified. */
 export function authContent(auth: AuthFields | null): AuthFields {
   return auth ?? { spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false };

@@ -92,8 +92,14 @@ export type SmtpListenerConfig = Omit<SmtpConfig, SmtpLimitKey> & Partial<Pick<S
 export interface SmtpListenerOptions<R = unknown> {
   /** The `smtp` config section: bind address, port, hostname, TLS files and the limits. */
   config: SmtpListenerConfig;
-  /** The bridge's mail domain (`mail.domain`); RCPT TO for any other domain gets 550 5.7.1. */
+  /** The bridge's mail domain (`mail.domain`); RCPT TO for any other domain gets 550 5.7.1 unless {@link isLocalDomain} says it is ours. */
   mailDomain: string;
+  /**
+   * Whether mail for another domain (lower-case, IDNs as A-labels) is ours too (the bridge's
+   * further mail domains). Asked at RCPT TO, within `recipientTimeoutMs`; throwing gives
+   * 451 4.3.0. Omitted: only `mailDomain` is ours.
+   */
+  isLocalDomain?: (domain: string) => Promise<boolean>;
   /** Decides recipients and stores messages. */
   handler: InboundHandler<R>;
   /**
@@ -168,7 +174,8 @@ type Limits = Pick<SmtpConfig, SmtpLimitKey>;
  *   554 5.7.1 and close (a DNS failure lets the client in);
  * - MAIL FROM: over `max_messages_per_ip` or `max_messages_per_sender_domain` per
  *   `rate_window_ms` → 451 4.7.1;
- * - RCPT TO: another domain → 550 5.7.1 before the handler is asked; every RCPT counts
+ * - RCPT TO: a domain that is not ours (`mailDomain`, or one `isLocalDomain` accepts) →
+ *   550 5.7.1 before the handler is asked; every RCPT counts
  *   against `max_recipients`, repeated ones too (beyond → 452 4.5.3, never for postmaster);
  *   each distinct address is resolved by the handler once, a repeat gets the same answer;
  *   the bare `postmaster` (RFC 5321 §4.5.1) is read as `postmaster@<mailDomain>`;
@@ -187,6 +194,7 @@ export class SmtpListener<R = unknown> {
   readonly #limits: Limits;
   readonly #mailDomain: string;
   readonly #handler: InboundHandler<R>;
+  readonly #isLocalDomain: ((domain: string) => Promise<boolean>) | null;
   readonly #dns: Pick<DnsResolver, "resolve" | "callbackApi"> | null;
   readonly #reverseLookup: boolean;
   readonly #closeTimeoutMs: number;
@@ -231,6 +239,7 @@ export class SmtpListener<R = unknown> {
     this.#limits = limits;
     this.#mailDomain = domain;
     this.#handler = opts.handler;
+    this.#isLocalDomain = opts.isLocalDomain ?? null;
     this.#dns = opts.dns ?? null;
     this.#reverseLookup = opts.reverseLookup ?? true;
     this.#closeTimeoutMs = opts.closeTimeoutMs ?? 10_000;
@@ -559,20 +568,21 @@ export class SmtpListener<R = unknown> {
    * `postmaster`, which is case-insensitive (RFC 5321 §4.5.1) and lower-cased.
    * Returns null when it has no domain (other than the bare `postmaster`).
    */
-  #normalizeRecipient(address: string): { address: string; ours: boolean; postmaster: boolean } | null {
+  #normalizeRecipient(address: string): { address: string; domain: string; ours: boolean; postmaster: boolean } | null {
     const at = address.lastIndexOf("@");
     if (at < 0) {
       // RFC 5321 §4.5.1: "postmaster" without a domain must be accepted.
-      return address.toLowerCase() === "postmaster" ? { address: `postmaster@${this.#mailDomain}`, ours: true, postmaster: true } : null;
+      return address.toLowerCase() === "postmaster" ? { address: `postmaster@${this.#mailDomain}`, domain: this.#mailDomain, ours: true, postmaster: true } : null;
     }
     const localRaw = address.slice(0, at);
     const domainRaw = address.slice(at + 1).toLowerCase();
     if (!localRaw || !domainRaw) return null;
     const domain = domainRaw.startsWith("[") ? domainRaw : domainToASCII(domainRaw.replace(/\.$/, "")) || domainRaw;
     const ours = domain === this.#mailDomain;
-    const postmaster = ours && localRaw.toLowerCase() === "postmaster";
+    // On any domain: one that is not ours is refused all the same, after the limit check.
+    const postmaster = localRaw.toLowerCase() === "postmaster";
     const local = postmaster ? "postmaster" : localRaw;
-    return { address: `${local}@${domain}`, ours, postmaster };
+    return { address: `${local}@${domain}`, domain, ours, postmaster };
   }
 
   #envelope(session: SMTPServerSession, tx: Transaction<R>): InboundEnvelope<R> {
@@ -635,9 +645,9 @@ export class SmtpListener<R = unknown> {
     const max = this.#limits.max_recipients;
     if (tx.rcptCommands > max && !n?.postmaster) return reject(Rejections.tooManyRecipients(max), { rcptCommands: tx.rcptCommands });
     if (!n) return reject(Rejections.badRecipientSyntax(address.address));
-    if (!n.ours) return reject(Rejections.relayDenied(address.address));
+    if (!n.ours && (!this.#isLocalDomain || n.domain.startsWith("["))) return reject(Rejections.relayDenied(address.address));
     const known = tx.decisions.get(n.address);
-    const decision = known ?? this.#decide(n.address, this.#envelope(session, tx), log);
+    const decision = known ?? this.#decide(n.address, n.ours ? null : n.domain, this.#envelope(session, tx), log);
     if (!known) tx.decisions.set(n.address, decision);
     decision
       .then((d) => {
@@ -649,13 +659,17 @@ export class SmtpListener<R = unknown> {
       .catch((err: unknown) => log.error("smtp reply failed", errorFields(err)));
   }
 
-  /** Ask the handler about one recipient, bounded by `recipientTimeoutMs`. Never rejects. */
-  async #decide(address: string, envelope: InboundEnvelope<R>, log: Logger): Promise<Decision<R>> {
+  /**
+   * Ask the handler about one recipient, bounded by `recipientTimeoutMs`. Never rejects.
+   * @param otherDomain the address's domain when it is not `mailDomain`: asked of `isLocalDomain` first
+   */
+  async #decide(address: string, otherDomain: string | null, envelope: InboundEnvelope<R>, log: Logger): Promise<Decision<R>> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, fail) => {
       timer = setTimeout(() => fail(new Error(`recipient check timed out after ${this.#recipientTimeoutMs} ms`)), this.#recipientTimeoutMs);
     });
     try {
+      if (otherDomain !== null && !(await Promise.race([this.#isLocalDomain!(otherDomain), timeout]))) return { ok: false, reply: Rejections.relayDenied(address) };
       const value = await Promise.race([this.#handler.checkRecipient(address, envelope), timeout]);
       return { ok: true, value };
     } catch (err) {

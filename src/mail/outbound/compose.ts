@@ -53,8 +53,8 @@ export interface OutgoingMail {
   /** Files attached after the body (`multipart/mixed`, RFC 2046 §5.1.3); base64 encoded. */
   attachments?: MailFile[];
   /**
-   * One line closing the message, after a `-- ` signature separator (the usual convention,
-   * which mail clients fold) in the text part and a rule in the HTML part; omitted: none.
+   * Lines closing the message, after a `-- ` signature separator (the usual convention, which
+   * mail clients fold) in the text part and a rule in the HTML part (line breaks kept); omitted: none.
    */
   footer?: string | null;
   /**
@@ -152,7 +152,7 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     ...(replyTo !== undefined ? { replyTo } : {}),
     subject: cleanText(msg.subject),
     text: msg.footer ? `${msg.text}\n\n-- \n${msg.footer}` : msg.text,
-    ...(msg.html !== null ? { html: msg.footer ? `${msg.html}<hr><p><small>${escapeText(msg.footer)}</small></p>` : msg.html } : {}),
+    ...(msg.html !== null ? { html: msg.footer ? `${msg.html}<hr><p><small>${escapeText(msg.footer).replace(/\n/g, "<br>")}</small></p>` : msg.html } : {}),
     messageId: `<${msg.messageId}>`,
     ...(inReplyTo !== undefined ? { inReplyTo } : {}),
     ...(references.length > 0 ? { references } : {}),

@@ -8,7 +8,11 @@
  *
  * `contact_requests`: held mail from a stranger, one row per user and sender address: what the
  * user was shown (subject, first lines, verdict), how often the sending MTA retried, and the
- * decision (`pending`, then `accepted` or `refused`).
+ * decision (`pending`, then `accepted` or `refused`), and when the user was told of it
+ * (`notified_at`; null: not yet, told again on the next attempt).
+ *
+ * `room_mailboxes` gains a `signature`: a line that ends the room's outgoing mail.
+ * `inbound_mail` is indexed by its posted event (`!email headers` looks a mail up by it).
  *
  * `contact_rules` gains the refusal's reason and whether the refusal is quiet (a bare 550). Every
  * existing DM portal's (verified) address becomes an `allow` rule: those are people the user has already
@@ -35,9 +39,12 @@ CREATE TABLE contact_requests (
   attempts      INTEGER NOT NULL,
   first_at      BIGINT NOT NULL,
   last_at       BIGINT NOT NULL,
+  notified_at   BIGINT,
   PRIMARY KEY (user_id, sender)
 );
 ALTER TABLE contact_rules ADD COLUMN reason TEXT;
+ALTER TABLE room_mailboxes ADD COLUMN signature TEXT;
+CREATE INDEX inbound_mail_event ON inbound_mail (event_id);
 ALTER TABLE contact_rules ADD COLUMN quiet {{BOOL}} NOT NULL DEFAULT FALSE;
 INSERT INTO contact_rules (user_id, pattern, rule, created_at, reason, quiet)
   SELECT DISTINCT local_user_id, remote_address, 'allow', 0, NULL, FALSE FROM portals

@@ -3,7 +3,10 @@
  */
 import { dbBool, dbBuffer, dbNumber, parseStringArray } from "../db/dialect.ts";
 import type {
+  AppPasswordRow,
+  MailAliasRow,
   MailboxPolicy,
+  MailDomainRow,
   SubscriberRow,
   AuthFields,
   SpamFields,
@@ -53,6 +56,7 @@ export function toMailbox(r: DbRow): RoomMailboxRow {
     createdBy: str(r.created_by),
     policy: str(r.policy) as MailboxPolicy,
     createdAt: dbNumber(r.created_at),
+    signature: r.signature === null || r.signature === undefined ? null : str(r.signature),
   };
 }
 
@@ -123,6 +127,8 @@ export function toInbound(r: DbRow): InboundRow {
     nextAttemptAt: dbNumber(r.next_attempt_at),
     envelopeFrom: strOrNull(r.envelope_from),
     kind: str(r.kind) as InboundRow["kind"],
+    deliveredTo: strOrNull(r.delivered_to),
+    recipientTag: strOrNull(r.recipient_tag),
     // As stored (maybe an encrypted envelope): SqlStore decrypts it (src/store/rawCipher.ts).
     raw: dbBuffer(r.raw),
     rawPurgedAt: r.raw_purged_at === null || r.raw_purged_at === undefined ? null : dbNumber(r.raw_purged_at),
@@ -170,6 +176,16 @@ export function toOutboundRecipient(r: DbRow): OutboundRecipientRow {
   };
 }
 
+/** Map a `mail_domains` row to its Store.ts type. @throws TypeError on a malformed row */
+export function toMailDomain(r: DbRow): MailDomainRow {
+  return { domain: str(r.domain), createdBy: str(r.created_by), createdAt: dbNumber(r.created_at) };
+}
+
+/** Map a `mail_aliases` row to its Store.ts type. @throws TypeError on a malformed row */
+export function toMailAlias(r: DbRow): MailAliasRow {
+  return { address: str(r.address), target: str(r.target), createdBy: str(r.created_by), createdAt: dbNumber(r.created_at) };
+}
+
 /** Map a `matrix_events` row to its Store.ts type. @throws TypeError on a malformed row */
 export function toMatrixEvent(r: DbRow): MatrixEventRow {
   return {
@@ -184,5 +200,17 @@ export function toMatrixEvent(r: DbRow): MatrixEventRow {
     nextAttemptAt: dbNumber(r.next_attempt_at),
     receivedAt: dbNumber(r.received_at),
     doneAt: r.done_at === null || r.done_at === undefined ? null : dbNumber(r.done_at),
+  };
+}
+
+/** Map an `app_passwords` row to its Store.ts type. @throws TypeError on a malformed row */
+export function toAppPassword(r: DbRow): AppPasswordRow {
+  return {
+    id: dbNumber(r.id),
+    userId: str(r.user_id),
+    label: str(r.label),
+    hash: str(r.hash),
+    createdAt: dbNumber(r.created_at),
+    lastUsedAt: r.last_used_at === null || r.last_used_at === undefined ? null : dbNumber(r.last_used_at),
   };
 }

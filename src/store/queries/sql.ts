@@ -14,13 +14,15 @@ export const SQL_GHOST_BY_ADDRESS = `SELECT ${GHOST_COLS} FROM ghosts WHERE addr
 /** Ghost by $1 user_id. */
 export const SQL_GHOST_BY_USER = `SELECT ${GHOST_COLS} FROM ghosts WHERE user_id = $1`;
 
-const MAILBOX_COLS = "localpart, room_id, created_by, created_at, policy";
+const MAILBOX_COLS = "localpart, room_id, created_by, created_at, policy, signature";
 /** Room mailbox by $1 localpart. */
 export const SQL_MAILBOX_BY_LOCALPART = `SELECT ${MAILBOX_COLS} FROM room_mailboxes WHERE localpart = $1`;
 /** Room mailbox by $1 room_id. */
 export const SQL_MAILBOX_BY_ROOM = `SELECT ${MAILBOX_COLS} FROM room_mailboxes WHERE room_id = $1`;
 /** Set policy $2 of the mailbox of $1 room_id. */
 export const SQL_SET_MAILBOX_POLICY = "UPDATE room_mailboxes SET policy = $2 WHERE room_id = $1";
+/** Set room $1's mailbox signature to $2 (NULL: none). */
+export const SQL_SET_MAILBOX_SIGNATURE = "UPDATE room_mailboxes SET signature = $2 WHERE room_id = $1";
 
 const SUBSCRIBER_COLS = "room_id, address, state, token, created_at";
 /**
@@ -59,6 +61,32 @@ export const SQL_DELETE_MAILBOX_OF_ROOM = "DELETE FROM room_mailboxes WHERE room
 export const SQL_INSERT_MAILBOX = `
 INSERT INTO room_mailboxes (localpart, room_id, created_by, created_at) VALUES ($1, $2, $3, $4)
 RETURNING ${MAILBOX_COLS}`;
+/** Every room mailbox, by localpart. */
+export const SQL_ALL_MAILBOXES = `SELECT ${MAILBOX_COLS} FROM room_mailboxes ORDER BY localpart`;
+
+/** Mail domains, by name (migration 10). */
+export const SQL_MAIL_DOMAINS = "SELECT domain, created_by, created_at FROM mail_domains ORDER BY domain";
+/** Add mail domain $1 by $2 at $3 (ms); nothing when it exists. */
+export const SQL_ADD_MAIL_DOMAIN = "INSERT INTO mail_domains (domain, created_by, created_at) VALUES ($1, $2, $3) ON CONFLICT (domain) DO NOTHING";
+/** Remove mail domain $1. */
+export const SQL_REMOVE_MAIL_DOMAIN = "DELETE FROM mail_domains WHERE domain = $1";
+const ALIAS_COLS = "address, target, created_by, created_at";
+/** Add alias $1 (domain $2) → target $3 by $4 at $5 (ms); nothing when it exists. */
+export const SQL_ADD_MAIL_ALIAS = `
+INSERT INTO mail_aliases (address, domain, target, created_by, created_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (address, target) DO NOTHING`;
+/**
+ * Aliases where each given filter matches: $1 address, $2 domain, $3 target (NULL: any), by
+ * address then target. The `CAST`s give PostgreSQL the type of a parameter that is only NULL-tested.
+ */
+export const SQL_MAIL_ALIASES = `
+SELECT ${ALIAS_COLS} FROM mail_aliases
+WHERE (CAST($1 AS TEXT) IS NULL OR address = $1) AND (CAST($2 AS TEXT) IS NULL OR domain = $2) AND (CAST($3 AS TEXT) IS NULL OR target = $3)
+ORDER BY address, target`;
+/** Remove the aliases where each given filter matches, as {@link SQL_MAIL_ALIASES}. */
+export const SQL_REMOVE_MAIL_ALIASES = `
+DELETE FROM mail_aliases
+WHERE (CAST($1 AS TEXT) IS NULL OR address = $1) AND (CAST($2 AS TEXT) IS NULL OR domain = $2) AND (CAST($3 AS TEXT) IS NULL OR target = $3)`;
 
 const PORTAL_COLS = "room_id, kind, local_user_id, remote_address, subject, encrypted, created_at, remote_verified";
 /** Insert a portal or update kind/subject/encrypted, returning it. $1..$8 in column order. */
@@ -94,10 +122,19 @@ export const SQL_MESSAGE_BY_EVENT = `SELECT ${MESSAGE_COLS} FROM messages WHERE 
 export const SQL_LATEST_IN_THREAD = `SELECT ${MESSAGE_COLS} FROM messages
 WHERE room_id = $1 AND (message_id = $2 OR length(replace(refs, $3, '')) < length(refs))
 ORDER BY created_at DESC, event_id DESC LIMIT 1`;
+/**
+ * Mappings whose sender is $1 or whose participants hold $2 ($1 as a JSON string, found exactly
+ * in the participants JSON text, as in SQL_LATEST_IN_THREAD), newest first, at most $3.
+ */
+export const SQL_MESSAGES_BY_ADDRESS = `SELECT ${MESSAGE_COLS} FROM messages
+WHERE sender = $1 OR length(replace(participants, $2, '')) < length(participants)
+ORDER BY created_at DESC, room_id DESC, event_id DESC LIMIT $3`;
+/** Mappings of $1 room_id, newest first, at most $2. */
+export const SQL_MESSAGES_IN_ROOM = `SELECT ${MESSAGE_COLS} FROM messages WHERE room_id = $1 ORDER BY created_at DESC, event_id DESC LIMIT $2`;
 
 const INBOUND_COLS =
   "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
-  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from, raw_purged_at, kind";
+  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from, raw_purged_at, kind, delivered_to, recipient_tag";
 /** {@link INBOUND_COLS} but `raw`: an insert does not read back the bytes it just wrote (a 25 MiB mail would be copied twice more). */
 const INBOUND_COLS_BUT_RAW = INBOUND_COLS.replace(" raw,", "");
 /** The local user and remote party of $1 room_id if it is a dm portal (for the inbound target). */
@@ -105,12 +142,13 @@ export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id, remote_address,
 /**
  * Insert a pending inbound mail unless (target, message_id, content_hash) exists, returning it
  * (no row on conflict; `raw` is not returned). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
- * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash, $15 envelope_from, $16 kind.
+ * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash, $15 envelope_from, $16 kind,
+ * $17 delivered_to, $18 recipient_tag.
  */
 export const SQL_INSERT_INBOUND = `
 INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at,
-  sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from, kind)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+  sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from, kind, delivered_to, recipient_tag)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 ON CONFLICT (target, message_id, content_hash) DO NOTHING
 RETURNING ${INBOUND_COLS_BUT_RAW}`;
 /** Inbound mail by $1 target, $2 message_id, $3 content_hash. */
@@ -127,6 +165,8 @@ ORDER BY m.id LIMIT $2`;
 export const SQL_NEXT_INBOUND_DUE = "SELECT MIN(next_attempt_at) AS due FROM inbound_mail WHERE state = 'pending'";
 /** Inbound mail by $1 id. */
 export const SQL_INBOUND_BY_ID = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE id = $1`;
+/** The inbound mail posted as event $2 in room $1. */
+export const SQL_INBOUND_BY_EVENT = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE event_id = $2 AND room_id = $1`;
 /** Inbound mail in state $1, newest first, at most $2 rows. */
 export const SQL_INBOUND_IN_STATE = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = $1 ORDER BY id DESC LIMIT $2`;
 /** Any inbound mail, newest first, at most $1 rows. */
@@ -358,9 +398,48 @@ export const SQL_OPTOUTS_OF_ROOM = "SELECT address FROM portal_optouts WHERE roo
 
 /** Set user $1's rule for $2 pattern to $3 (`block`/`allow`); $4 = now (ms). */
 export const SQL_PUT_CONTACT_RULE = `
-INSERT INTO contact_rules (user_id, pattern, rule, created_at) VALUES ($1, $2, $3, $4)
-ON CONFLICT (user_id, pattern) DO UPDATE SET rule = excluded.rule, created_at = excluded.created_at`;
+INSERT INTO contact_rules (user_id, pattern, rule, created_at, reason, quiet) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (user_id, pattern) DO UPDATE SET rule = excluded.rule, created_at = excluded.created_at, reason = excluded.reason, quiet = excluded.quiet`;
+const CONTACT_RULE_COLS = "pattern, rule, reason, quiet, created_at";
 /** User $1's contact rules, by pattern. */
-export const SQL_CONTACT_RULES_OF_USER = "SELECT pattern, rule FROM contact_rules WHERE user_id = $1 ORDER BY pattern";
+export const SQL_CONTACT_RULES_OF_USER = `SELECT ${CONTACT_RULE_COLS} FROM contact_rules WHERE user_id = $1 ORDER BY pattern`;
 /** User $1's rules for $2 address and $3 domain. */
-export const SQL_CONTACT_RULES_FOR = "SELECT pattern, rule FROM contact_rules WHERE user_id = $1 AND pattern IN ($2, $3)";
+export const SQL_CONTACT_RULES_FOR = `SELECT ${CONTACT_RULE_COLS} FROM contact_rules WHERE user_id = $1 AND pattern IN ($2, $3)`;
+
+/** User $1's settings row. */
+export const SQL_USER_SETTINGS = "SELECT user_id, contact_mode, personal_mailbox, display_name FROM user_settings WHERE user_id = $1";
+/** Insert or replace user $1's settings. */
+export const SQL_PUT_USER_SETTINGS = `
+INSERT INTO user_settings (user_id, contact_mode, personal_mailbox, display_name, updated_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (user_id) DO UPDATE SET contact_mode = excluded.contact_mode, personal_mailbox = excluded.personal_mailbox,
+  display_name = excluded.display_name, updated_at = excluded.updated_at`;
+
+const CONTACT_REQUEST_COLS = "user_id, sender, sender_name, verified, subject, preview, state, attempts, first_at, last_at, notified_at";
+/** A new contact request ($1..$6 user, sender, name, verified, subject, preview; $7 now); nothing when one exists. */
+export const SQL_INSERT_CONTACT_REQUEST = `
+INSERT INTO contact_requests (user_id, sender, sender_name, verified, subject, preview, state, attempts, first_at, last_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $7) ON CONFLICT (user_id, sender) DO NOTHING`;
+/** Count another attempt of a known request ($1 user, $2 sender, $3 now). */
+export const SQL_BUMP_CONTACT_REQUEST = "UPDATE contact_requests SET attempts = attempts + 1, last_at = $3 WHERE user_id = $1 AND sender = $2";
+/** User $1's request from $2. */
+export const SQL_CONTACT_REQUEST = `SELECT ${CONTACT_REQUEST_COLS} FROM contact_requests WHERE user_id = $1 AND sender = $2`;
+/** User $1's requests, newest attempt first. */
+export const SQL_CONTACT_REQUESTS_OF_USER = `SELECT ${CONTACT_REQUEST_COLS} FROM contact_requests WHERE user_id = $1 ORDER BY last_at DESC, sender`;
+/** User $1's requests in state $2, newest attempt first. */
+export const SQL_CONTACT_REQUESTS_IN_STATE = `SELECT ${CONTACT_REQUEST_COLS} FROM contact_requests WHERE user_id = $1 AND state = $2 ORDER BY last_at DESC, sender`;
+/** User $1 was told of the request from $2 at $3. */
+export const SQL_CONTACT_REQUEST_NOTIFIED = "UPDATE contact_requests SET notified_at = $3 WHERE user_id = $1 AND sender = $2";
+/** Decide user $1's request from $2: state $3. */
+export const SQL_SET_CONTACT_REQUEST_STATE = "UPDATE contact_requests SET state = $3 WHERE user_id = $1 AND sender = $2";
+
+/** Add app password: $1 user, $2 label, $3 hash, $4 now (ms); nothing when the label is taken. */
+export const SQL_ADD_APP_PASSWORD = `
+INSERT INTO app_passwords (user_id, label, hash, created_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id, label) DO NOTHING
+RETURNING id, user_id, label, hash, created_at, last_used_at`;
+/** User $1's app passwords, by label. */
+export const SQL_APP_PASSWORDS_OF_USER = "SELECT id, user_id, label, hash, created_at, last_used_at FROM app_passwords WHERE user_id = $1 ORDER BY label";
+/** Delete user $1's app password labelled $2. */
+export const SQL_REVOKE_APP_PASSWORD = "DELETE FROM app_passwords WHERE user_id = $1 AND label = $2";
+/** App password $1 was used at $2 (ms). */
+export const SQL_APP_PASSWORD_USED = "UPDATE app_passwords SET last_used_at = $2 WHERE id = $1";

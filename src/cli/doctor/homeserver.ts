@@ -1,0 +1,138 @@
+/**
+ * `doctor` check: the homeserver is reachable, has the bridge's registration loaded, and can
+ * reach the bridge's appservice URL, all proven by one appservice ping (Client-Server API ›
+ * Application service ping, `POST /_matrix/client/v1/appservice/{appserviceId}/ping` with the
+ * `as_token`; Synapse ≥ 1.84). The homeserver then calls `POST /_matrix/app/v1/ping` on the
+ * registration's URL with the `hs_token`: when the bridge is not running, `doctor` answers it
+ * itself (./pingResponder.ts) on `appservice.bind_address`:`port`; when the port is taken, the
+ * running bridge answers.
+ */
+import { randomBytes } from "node:crypto";
+import type { BridgeConfig } from "../../config/schema.ts";
+import { readRegistration, type Registration } from "../registration.ts";
+import { startPingResponder, type PingResponder } from "./pingResponder.ts";
+import { describeError, fail, jsonObject, ok, warn, type DoctorResult } from "./result.ts";
+
+/** Options of {@link checkHomeserver}. */
+export interface HomeserverCheckOptions {
+  /** Longest wait for the homeserver's answer, in ms (it includes its call to the appservice). */
+  timeoutMs: number;
+}
+
+/** A Matrix error body (Client-Server API › Standard error response), with the ping's extra fields. */
+interface PingError {
+  errcode?: string;
+  error?: string;
+  /** M_BAD_STATUS: the HTTP status the appservice answered. */
+  status?: number;
+  /** M_BAD_STATUS: the appservice's response body. */
+  body?: string;
+}
+
+const CHECK = "homeserver";
+
+/**
+ * Ping the appservice through the homeserver and tell what works.
+ * @returns `ok` when the homeserver reached the appservice URL and the answer came from this
+ *   host's appservice port (doctor's responder, or the running bridge); `warn` when the
+ *   homeserver does not support the ping; `fail` naming what is broken: homeserver unreachable,
+ *   `as_token` unknown (registration not loaded), appservice URL unreachable from the
+ *   homeserver, `hs_token` refused (the homeserver has an older registration)
+ */
+export async function checkHomeserver(cfg: BridgeConfig, opts: HomeserverCheckOptions): Promise<DoctorResult> {
+  const file = cfg.appservice.registration_file;
+  let reg: Registration;
+  try {
+    reg = readRegistration(file);
+  } catch (err) {
+    return fail(CHECK, `the registration ${file} cannot be read: ${describeError(err)}`, "run `matrix-email-bridge generate-registration`, add the file to app_service_config_files in homeserver.yaml and restart Synapse");
+  }
+  const started = await startPingResponder(reg.hs_token, cfg.appservice.port, cfg.appservice.bind_address);
+  const responder = started.responder;
+  let listenNote: string | null = null;
+  if (!started.responder) {
+    const { outcome } = started;
+    listenNote = outcome.bound ? null : outcome.code === "EADDRINUSE" ? null : `doctor could not listen on ${cfg.appservice.bind_address}:${cfg.appservice.port} to answer (${outcome.code})`;
+  }
+  try {
+    const result = await ping(cfg, reg, responder, opts, listenNote);
+    if (result.status === "ok" && reg.url !== cfg.appservice.url) {
+      return warn(CHECK, `${result.found}; but ${file} has url ${reg.url}, the config says ${cfg.appservice.url}`, "run `matrix-email-bridge generate-registration` (it keeps the tokens) and restart Synapse");
+    }
+    return result;
+  } finally {
+    await responder?.close();
+  }
+}
+
+async function ping(cfg: BridgeConfig, reg: Registration, responder: PingResponder | null, opts: HomeserverCheckOptions, listenNote: string | null): Promise<DoctorResult> {
+  const hs = cfg.homeserver.url.replace(/\/+$/, "");
+  const endpoint = `${hs}/_matrix/client/v1/appservice/${encodeURIComponent(reg.id)}/ping`;
+  const txnId = `doctor-${randomBytes(8).toString("hex")}`;
+  const who = responder ? "doctor (the bridge is not running)" : "the running bridge (its port is taken)";
+  let res: Response;
+  try {
+    res = await fetch(endpoint, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${reg.as_token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ transaction_id: txnId }),
+      signal: AbortSignal.timeout(opts.timeoutMs),
+    });
+  } catch (err) {
+    const reason = describeError((err as { cause?: unknown }).cause ?? err);
+    return fail(CHECK, `homeserver unreachable at ${hs}: ${reason}`, "check homeserver.url, that Synapse runs, and that this host can reach it");
+  }
+  const text = await res.text();
+  // Not JSON (a proxy's page, not a homeserver): reported below with the status.
+  const body = (jsonObject(text) ?? {}) as PingError & { duration_ms?: number };
+  const registrationNotLoaded = `registration not loaded: add ${cfg.appservice.registration_file} to app_service_config_files in Synapse's homeserver.yaml and restart Synapse`;
+  if (res.ok) {
+    if (responder && !responder.received.includes(txnId)) {
+      return fail(CHECK, `the homeserver pinged ${reg.url}, but something other than this host's ${cfg.appservice.bind_address}:${cfg.appservice.port} answered`, `point appservice.url at this bridge host (then generate-registration and restart Synapse)`);
+    }
+    return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and reached ${reg.url} in ${body.duration_ms ?? "?"} ms (answered by ${who})`);
+  }
+  const errcode = body.errcode ?? `HTTP ${res.status}`;
+  switch (body.errcode) {
+    case "M_UNKNOWN_TOKEN":
+    case "M_MISSING_TOKEN":
+      return fail(CHECK, `token unknown: ${hs} does not know the as_token of ${cfg.appservice.registration_file} (${errcode})`, registrationNotLoaded);
+    case "M_FORBIDDEN":
+      return fail(CHECK, `${hs} knows the as_token, but not as appservice "${reg.id}" (${body.error ?? errcode})`, `Synapse has another registration with this token loaded; ${registrationNotLoaded}`);
+    case "M_URL_NOT_SET":
+      return fail(CHECK, `the registration Synapse loaded has no url (${errcode})`, "run `matrix-email-bridge generate-registration` and restart Synapse");
+    case "M_CONNECTION_FAILED":
+    case "M_CONNECTION_TIMEOUT":
+      return fail(
+        CHECK,
+        `homeserver cannot reach the appservice URL ${reg.url}: ${body.error ?? errcode}${listenNote ? ` (${listenNote})` : ""}`,
+        `appservice.url must be reachable from the Synapse host and lead to appservice.bind_address:port (${cfg.appservice.bind_address}:${cfg.appservice.port}); check the address, firewalls and containers' networks`,
+      );
+    case "M_BAD_STATUS":
+      return badStatus(body, reg, hs, responder, who);
+    case "M_UNRECOGNIZED":
+      if (res.status === 404 || res.status === 405) {
+        return warn(CHECK, `${hs} does not support the appservice ping (${errcode}); reachability not checked`, "upgrade Synapse (1.84 or newer supports it)");
+      }
+  }
+  return fail(CHECK, `${endpoint} answered ${res.status} ${errcode}${body.error ? `: ${body.error}` : ""}`, "check homeserver.url (the Client-Server API base URL) and Synapse's log");
+}
+
+/**
+ * M_BAD_STATUS: the homeserver reached the appservice URL, which answered an error.
+ * The running bridge checks the `hs_token` before anything else, so a 401/403 means the
+ * homeserver has another `hs_token` (an older registration); a 404 `M_UNRECOGNIZED` after that
+ * check means the bridge accepted the token but does not serve the ping route itself: the
+ * homeserver reached it, which is what the check is for.
+ */
+function badStatus(body: PingError, reg: Registration, hs: string, responder: PingResponder | null, who: string): DoctorResult {
+  const status = body.status;
+  if (status === 401 || status === 403) {
+    return fail(CHECK, `${hs} reached ${reg.url}, but ${who} refused its hs_token (HTTP ${status}): Synapse has an older registration loaded`, "restart Synapse so it reads the current registration file (after `generate-registration --rotate` it must)");
+  }
+  const answerCode = jsonObject(body.body ?? "")?.errcode;
+  if (!responder && status === 404 && answerCode === "M_UNRECOGNIZED") {
+    return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and reached the running bridge at ${reg.url} (it accepted the hs_token; it answers the ping route with 404)`);
+  }
+  return fail(CHECK, `${hs} reached ${reg.url}, which answered HTTP ${status ?? "?"} (${(body.body ?? "").slice(0, 120)})`, "make sure appservice.url leads to this bridge (not another service or proxy)");
+}

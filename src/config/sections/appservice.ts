@@ -1,0 +1,20 @@
+/** The `appservice` section of the config: its schema and type. */
+import { Type, type Static } from "@sinclair/typebox";
+import { Section } from "../schemaHelpers.ts";
+
+/** `appservice` section: how the homeserver reaches the bridge. */
+export const AppserviceSection = Section(
+  {
+    bind_address: Type.String({ default: "127.0.0.1", description: "Address to listen on." }),
+    port: Type.Integer({ minimum: 1, maximum: 65535, default: 8090, description: "Port to listen on." }),
+    url: Type.String({ pattern: "^https?://", description: "URL the homeserver uses to reach the bridge (goes into the registration)." }),
+    registration_file: Type.String({ default: "registration.yaml", description: "Registration file, made by generate-registration." }),
+    bot_localpart: Type.String({ pattern: "^[a-z0-9._=/-]+$", default: "emailbot", description: "Localpart of the bridge bot." }),
+    bot_displayname: Type.String({ default: "Email bridge", description: "Display name of the bridge bot." }),
+    ghost_prefix: Type.String({ pattern: "^[a-z0-9._=/-]+$", default: "email_", description: "Localpart prefix of ghost users (claimed exclusively)." }),
+  },
+  { description: "The appservice HTTP listener the homeserver pushes events to." },
+);
+
+/** The `appservice` section after validation, with every default filled in. */
+export type AppserviceConfig = Static<typeof AppserviceSection>;
