@@ -285,7 +285,8 @@ function limitParam(query: URLSearchParams): number {
 }
 
 function roomIdParam(value: string): string {
-  if (!/^![^:]+:.+$/.test(value)) throw new AdminHttpError(400, "M_INVALID_PARAM", `${JSON.stringify(value)} is not a room ID (!opaque:server.name)`);
+  // Room versions before 12 have `!opaque:server.name`, version 12 `!opaque` (Matrix spec, "Room IDs").
+  if (!/^![\x21-\x7e]+$/.test(value)) throw new AdminHttpError(400, "M_INVALID_PARAM", `${JSON.stringify(value)} is not a room ID (!opaque or !opaque:server.name)`);
   return value;
 }
 

@@ -104,7 +104,8 @@ export class Addressing {
   }
 
   /**
-   * Add a mail domain. Its MX record must point at this bridge for mail to arrive (docs/operations.md).
+   * Add a mail domain. Mail arrives once the domain's MX record names this bridge's SMTP host
+   * (`smtp.hostname`); outbound mail still comes from the primary domain.
    * @param by who adds it (a Matrix user ID, or what the admin API names)
    * @returns the new domain
    * @throws AddressingError `invalid` for a name that is no domain, `conflict` when it is one of ours already

@@ -172,18 +172,21 @@ export class Submission implements SubmissionHandler {
     const portals: string[] = [];
     /** The outbound row's key: the same submission (a client's retry after a lost 250) is queued and noted once. */
     let key = "";
+    let messageId = prepared.messageId;
     if (outside.length > 0) {
       for (const address of outside) {
         const dm = await store.getDmPortal(user.userId, address, true);
         if (dm && !portals.includes(dm.roomId)) portals.push(dm.roomId);
       }
-      await this.#checkLimits(user, outside, envelope.sessionId);
-      const signed = this.opts.dkim ? await signWithDkim(prepared.raw, this.opts.dkim) : prepared.raw;
       key = createHash("sha256").update(user.userId).update("\0").update(outside.join(",")).update("\0").update(raw).digest("hex").slice(0, 40);
+      const eventId = `${SUBMISSION_EVENT_PREFIX}${key}`;
+      // A retry of a mail already queued is no new mail for the limits.
+      if (!(await store.getOutboundByEvent(eventId))) await this.#checkLimits(user, outside, envelope.sessionId);
+      const signed = this.opts.dkim ? await signWithDkim(prepared.raw, this.opts.dkim) : prepared.raw;
       const { duplicate, row } = await store.enqueueOutbound({
         // The first DM portal hears of failures and delays; none: the user's DM with the bot.
         roomId: portals[0] ?? "",
-        eventId: `${SUBMISSION_EVENT_PREFIX}${key}`,
+        eventId,
         messageId: prepared.messageId,
         envelopeFrom: user.address,
         recipients: outside,
@@ -193,11 +196,13 @@ export class Submission implements SubmissionHandler {
         session: envelope.sessionId,
         user: user.userId,
         outboundId: row.id,
-        messageId: prepared.messageId,
+        messageId: row.messageId,
         recipients: outside.length,
         signed: this.opts.dkim !== null,
       });
       if (!duplicate) this.opts.onQueued();
+      // A retry of a mail without a Message-ID minted another one: the queued mail's counts.
+      messageId = row.messageId;
     }
 
     for (const address of local) {
@@ -217,7 +222,7 @@ export class Submission implements SubmissionHandler {
         const txnId = `meb-subn-${key}-${createHash("sha256").update(roomId).digest("hex").slice(0, 16)}`;
         const eventId = await this.opts.notices.post(roomId, `📤 You sent “${subject}” to ${to} by mail (from a mail client).`, undefined, txnId);
         // Replies to the mail then continue this conversation, as replies to the notice.
-        await store.insertMessage({ roomId, eventId, messageId: prepared.messageId, references: mail.references, direction: "outbound", sender: user.address, subject, participants: outside, viaList: false });
+        await store.insertMessage({ roomId, eventId, messageId, references: mail.references, direction: "outbound", sender: user.address, subject, participants: outside, viaList: false });
       } catch (err) {
         log.warn("could not note a submitted mail in its portal", { session: envelope.sessionId, user: user.userId, roomId, ...errorFields(err) });
       }

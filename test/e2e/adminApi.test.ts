@@ -9,8 +9,11 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { ROUTES as API_ROUTES } from "../../src/admin/routes.ts";
 import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import { freePort } from "../harness/ports.ts";
 import { newInbound } from "../harness/rows.ts";
@@ -43,12 +46,29 @@ const ROUTES: { method: string; path: string; body?: unknown }[] = [
   { method: "POST", path: "/admin/v1/inject", body: { from: "eve@example.org", to: [`erin@${MAIL_DOMAIN}`], subject: "x", text: "x" } },
 ];
 
-/** Run the real CLI; never throws: exit status, stdout and stderr. */
-function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
+/** Run the real CLI (without blocking: the bridge runs in this process); never rejects: exit status, stdout and stderr. */
+function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
   const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-  const r = spawnSync(process.execPath, [new URL("../../src/main.ts", import.meta.url).pathname, ...args], { encoding: "utf8", env });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return new Promise((resolve) => {
+    execFile(process.execPath, [new URL("../../src/main.ts", import.meta.url).pathname, ...args], { encoding: "utf8", env }, (err, stdout, stderr) => {
+      resolve({ status: err ? (typeof err.code === "number" ? err.code : null) : 0, stdout, stderr });
+    });
+  });
 }
+
+describe("admin API description", () => {
+  it("docs/admin-api.yaml describes exactly the routes the API serves, and the test below covers each", () => {
+    const spec = parseYaml(readFileSync(new URL("../../docs/admin-api.yaml", import.meta.url), "utf8")) as { openapi: string; paths: Record<string, Record<string, unknown>> };
+    assert.equal(spec.openapi, "3.1.0");
+    const described = Object.entries(spec.paths).flatMap(([path, ops]) => Object.keys(ops).filter((k) => k !== "parameters").map((m) => `${m.toUpperCase()} ${path}`));
+    const served = API_ROUTES.map((r) => `${r.method} ${r.path}`);
+    assert.deepEqual([...described].sort(), [...served].sort());
+    const pattern = (path: string): RegExp => new RegExp(`^${path.replace(/\{[a-z_]+\}/g, "[^/]+")}$`);
+    for (const r of API_ROUTES) {
+      assert.ok(ROUTES.some((t) => t.method === r.method && pattern(r.path).test(t.path.split("?")[0]!)), `the 401 test covers ${r.method} ${r.path}`);
+    }
+  });
+});
 
 describe("admin API end to end", () => {
   let env: E2eEnv;
@@ -301,34 +321,34 @@ describe("admin API end to end", () => {
     await assert.rejects(env.sendMail({ from: "grace@example.org", to: `team@${MAIL_DOMAIN}`, text: "gone" }), /550/, "the mailbox is gone");
   });
 
-  it("the admin command calls the same API: JSON out, exit code 1 with the API's error, 2 for bad usage", () => {
-    const add = cli(["admin", "domains", "add", "cli.test", "-c", env.configFile]);
+  it("the admin command calls the same API: JSON out, exit code 1 with the API's error, 2 for bad usage", async () => {
+    const add = await cli(["admin", "domains", "add", "cli.test", "-c", env.configFile]);
     assert.equal(add.status, 0, add.stderr);
     assert.equal((JSON.parse(add.stdout) as { domain: string }).domain, "cli.test");
-    const list = cli(["admin", "domains", "list", "-c", env.configFile]);
+    const list = await cli(["admin", "domains", "list", "-c", env.configFile]);
     assert.equal(list.status, 0, list.stderr);
     assert.ok((JSON.parse(list.stdout) as { domains: { domain: string }[] }).domains.some((d) => d.domain === "cli.test"));
-    const again = cli(["admin", "domains", "add", "cli.test", "-c", env.configFile]);
+    const again = await cli(["admin", "domains", "add", "cli.test", "-c", env.configFile]);
     assert.equal(again.status, 1);
     assert.match(again.stderr, /cli\.test is already a mail domain of this bridge \(409 M_CONFLICT\)/);
-    assert.equal(cli(["admin", "domains", "remove", "cli.test", "-c", env.configFile]).status, 0);
+    assert.equal((await cli(["admin", "domains", "remove", "cli.test", "-c", env.configFile])).status, 0);
 
-    const log = cli(["admin", "messages", "message-id", messageId, "-c", env.configFile]);
+    const log = await cli(["admin", "messages", "message-id", messageId, "-c", env.configFile]);
     assert.equal(log.status, 0, log.stderr);
     assert.equal((JSON.parse(log.stdout) as { messages: { room_id: string }[] }).messages[0]?.room_id, dmRoom);
-    const queue = cli(["admin", "queue", "list", "inbound", "--state", "posted", "-c", env.configFile]);
+    const queue = await cli(["admin", "queue", "list", "inbound", "--state", "posted", "-c", env.configFile]);
     assert.equal(queue.status, 0, queue.stderr);
     assert.ok((JSON.parse(queue.stdout) as { items: { message_id: string }[] }).items.some((i) => i.message_id === messageId));
-    const missing = cli(["admin", "queue", "retry", "outbound", "999999", "-c", env.configFile]);
+    const missing = await cli(["admin", "queue", "retry", "outbound", "999999", "-c", env.configFile]);
     assert.equal(missing.status, 1);
     assert.match(missing.stderr, /there is no outbound mail 999999 \(404 M_NOT_FOUND\)/);
-    const inject = cli(["admin", "inject", "--from", "frank@example.com", "--to", `erin@${MAIL_DOMAIN}`, "--subject", "CLI", "--text", "From the command line", "-c", env.configFile]);
+    const inject = await cli(["admin", "inject", "--from", "frank@example.com", "--to", `erin@${MAIL_DOMAIN}`, "--subject", "CLI", "--text", "From the command line", "-c", env.configFile]);
     assert.equal(inject.status, 0, inject.stderr);
     assert.equal((JSON.parse(inject.stdout) as { inbound: unknown[] }).inbound.length, 1);
 
-    const bad = cli(["admin", "queue", "list", "-c", env.configFile]);
+    const bad = await cli(["admin", "queue", "list", "-c", env.configFile]);
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /admin queue list needs inbound or outbound/);
-    assert.equal(cli(["admin", "domains", "list", "--state", "x", "-c", env.configFile]).status, 2);
+    assert.equal((await cli(["admin", "domains", "list", "--state", "x", "-c", env.configFile])).status, 2);
   });
 });

@@ -106,7 +106,7 @@ describe("bridge end to end (PostgreSQL store)", () => {
     // Errors name the command.
     await alice.sendText(roomId, "!email mailbox sideways");
     const err = await alice.waitForEvent(roomId, (e) => e.sender === BOT && String(e.content.body).includes("sideways"));
-    assert.match(String(err.content.body), /^`mailbox sideways`: expected `on`, `off` or `policy`/);
+    assert.match(String(err.content.body), /^`mailbox sideways`: expected `on`, `off`, `policy`/);
   });
 
   it("email a Matrix user: a stranger's mail opens a DM portal that invites the user; later mail goes to the same room", async () => {

@@ -8,12 +8,13 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { stringify } from "yaml";
 import { loadConfig } from "../../src/config/load.ts";
 import { writeRegistration } from "../../src/cli/registration.ts";
@@ -22,9 +23,19 @@ import { runDoctor, type DoctorResult } from "../../src/cli/doctor.ts";
 import { dkimTxtRecord } from "../../src/mail/outbound/dkim.ts";
 import { mergeZones, startDnsServer, zoneFromZoneFile, type TestDns, type Zone } from "../harness/dns.ts";
 import { freePort } from "../harness/ports.ts";
-import { makeCert, RecordingHandler, startSmtpListener } from "../harness/smtpListener.ts";
+import { RecordingHandler, startSmtpListener } from "../harness/smtpListener.ts";
 
 const MAIN = new URL("../../src/main.ts", import.meta.url).pathname;
+const execFileP = promisify(execFile);
+
+/** A self-signed EC certificate for `name` (in the subjectAltName), valid 90 days: `<dir>/<name>.cert.pem` and `.key.pem`. */
+async function makeCert(dir: string, name: string): Promise<void> {
+  await execFileP("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    "-keyout", join(dir, `${name}.key.pem`), "-out", join(dir, `${name}.cert.pem`), "-days", "90",
+    "-subj", `/CN=${name}`, "-addext", `subjectAltName=DNS:${name}`,
+  ]);
+}
 
 /** Run the real CLI; resolves to its exit code and output (never rejects for a non-zero exit). */
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -58,13 +69,15 @@ describe("doctor", () => {
   let baseZone: Zone["records"];
   let smtpPort: number;
   let asPort: number;
+  /** A port nothing listens on: the homeserver is unreachable. */
+  let hsPort: number;
   /** What every check says with the records as dns-records prints them. */
   let baseline: Record<string, string>;
 
   /** Write a config file (`name`), sections merged over the base one. */
   function writeConfig(name: string, over: Record<string, Record<string, unknown>> = {}): string {
     const base: Record<string, Record<string, unknown>> = {
-      homeserver: { url: "http://127.0.0.1:1", domain: "localhost" },
+      homeserver: { url: `http://127.0.0.1:${hsPort}`, domain: "localhost" },
       appservice: { bind_address: "127.0.0.1", port: asPort, url: `http://127.0.0.1:${asPort}`, registration_file: "registration.yaml" },
       mail: { domain: "bridge.test" },
       smtp: { bind_address: "127.0.0.1", port: smtpPort, hostname: "mx.bridge.test", tls_cert_file: "mx.bridge.test.cert.pem", tls_key_file: "mx.bridge.test.key.pem" },
@@ -85,6 +98,7 @@ describe("doctor", () => {
     dns = await startDnsServer({ records: {} });
     smtpPort = await freePort();
     asPort = await freePort();
+    hsPort = await freePort();
     await makeCert(dir, "mx.bridge.test");
     await makeCert(dir, "wrong.test");
     configFile = writeConfig("config.yaml");
@@ -117,14 +131,14 @@ describe("doctor", () => {
     // No homeserver here: a fail that names it and does not stop the other checks.
     const hs = result(results, "homeserver");
     assert.equal(hs.status, "fail");
-    assert.match(hs.found, /^homeserver unreachable at http:\/\/127\.0\.0\.1:1: .*ECONNREFUSED/);
+    assert.match(hs.found, /^homeserver unreachable at http:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/);
     assert.ok(hs.fix);
     assert.match(baseline["e2e crypto"]!, /^(ok|warn)$/);
     assert.equal(results.length, 11);
   });
 
   /** Serve the base zone with `change` applied, run doctor, check that only `check` moved to fail. */
-  async function onlyFails(check: string, change: (zone: Zone["records"]) => void, found: RegExp, fix: RegExp): Promise<void> {
+  async function onlyFails(check: string, change: (zone: Zone["records"]) => void, found: RegExp, fix: RegExp, alsoChanged: Record<string, string> = {}): Promise<void> {
     const zone = structuredClone(baseZone);
     change(zone);
     await dns.setZone({ records: zone });
@@ -134,7 +148,7 @@ describe("doctor", () => {
       assert.equal(r.status, "fail", JSON.stringify(r));
       assert.match(r.found, found);
       assert.match(r.fix ?? "", fix);
-      assert.deepEqual(statuses(results), { ...baseline, [check]: "fail" });
+      assert.deepEqual(statuses(results), { ...baseline, ...alsoChanged, [check]: "fail" });
     } finally {
       await dns.setZone({ records: baseZone });
     }
@@ -148,8 +162,8 @@ describe("doctor", () => {
     await onlyFails("dns mx", (z) => (z["bridge.test"]!.MX = [{ priority: 10, exchange: "mail.elsewhere.test" }]), /is 10 mail\.elsewhere\.test, not mx\.bridge\.test/, /publish bridge\.test\. MX 10 mx\.bridge\.test\./);
   });
 
-  it("MX host without an address: dns mx fails", async () => {
-    await onlyFails("dns mx", (z) => delete z["mx.bridge.test"]!.A, /mx\.bridge\.test has no A\/AAAA record/, /publish an A/);
+  it("MX host without an address: dns mx fails (and reverse dns cannot tell the outbound address)", async () => {
+    await onlyFails("dns mx", (z) => delete z["mx.bridge.test"]!.A, /mx\.bridge\.test has no A\/AAAA record/, /publish an A/, { "reverse dns": "warn" });
   });
 
   it("SPF without the bridge host and the MX: dns spf fails", async () => {
@@ -190,7 +204,7 @@ describe("doctor", () => {
   });
 
   it("the certificate expired: tls certificate fails; others unchanged", async () => {
-    const results = await doctor(configFile, { now: Date.now() + 3 * 24 * 3600 * 1000 });
+    const results = await doctor(configFile, { now: Date.now() + 91 * 24 * 3600 * 1000 }); // the certificate is valid 90 days
     const r = result(results, "tls certificate");
     assert.equal(r.status, "fail");
     assert.match(r.found, /mx\.bridge\.test\.cert\.pem .* expired$/);
@@ -218,7 +232,7 @@ describe("doctor", () => {
     } finally {
       await listener.close();
     }
-    const other: Server = createServer((socket) => socket.end("220 other.example ESMTP Postfix\r\n"));
+    const other: Server = createServer((socket) => socket.resume().end("220 other.example ESMTP Postfix\r\n"));
     await new Promise<void>((resolve) => other.listen(smtpPort, "127.0.0.1", resolve));
     try {
       const r = result(await doctor(), "smtp port");
@@ -236,7 +250,7 @@ describe("doctor", () => {
     const lines = run.stdout.trimEnd().split("\n");
     assert.match(lines[0]!, /^ok {4}config: .*config\.yaml loads and validates$/);
     assert.ok(lines.includes("ok    dns dmarc: \"v=DMARC1; p=quarantine; adkim=s; aspf=r\""), run.stdout);
-    const hs = lines.findIndex((l) => l.startsWith("fail  homeserver: homeserver unreachable at http://127.0.0.1:1"));
+    const hs = lines.findIndex((l) => l.startsWith(`fail  homeserver: homeserver unreachable at http://127.0.0.1:${hsPort}`));
     assert.ok(hs >= 0, run.stdout);
     assert.match(lines[hs + 1]!, /^ {6}fix: check homeserver\.url/);
     for (const line of lines) assert.match(line, /^(?:(?:ok {4}|warn {2}|fail {2})[a-z0-9 ]+: .+| {6}fix: .+)$/, line);

@@ -21,6 +21,7 @@ import { DnsResolver } from "../../src/mail/dns.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { startDnsServer, type TestDns } from "../harness/dns.ts";
+import { RawClient, RecordingHandler, startSmtpListener } from "../harness/smtpListener.ts";
 
 configureLogging({ level: "error" });
 const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDomain: "bridge.example", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
@@ -271,5 +272,36 @@ describe("addressing", () => {
       assert.equal(plain?.deliveredTo, null, "a room's own address is not shown");
       assert.equal(plain?.recipientTag, null);
     });
+  });
+});
+
+describe("the SMTP listener's other mail domains", () => {
+  it("asks isLocalDomain about domains other than mail.domain: ours go to the handler, others are relaying, a failure is 451", async () => {
+    const asked: string[] = [];
+    const handler = new RecordingHandler();
+    const { listener, port } = await startSmtpListener(handler, {}, {
+      isLocalDomain: async (domain) => {
+        asked.push(domain);
+        if (domain === "broken.test") throw new Error("store down");
+        return domain === "zwei.test";
+      },
+    });
+    const c = await RawClient.open(port);
+    try {
+      await c.reply();
+      await c.command("EHLO client.example.org");
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<team@bridge.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<Team@ZWEI.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<nobody@zwei.test>"), ["550 5.1.1 <nobody@zwei.test>: no such mailbox here"]);
+      assert.deepEqual(await c.command("RCPT TO:<team@other.test>"), ["550 5.7.1 <team@other.test>: relaying denied"]);
+      assert.deepEqual(await c.command("RCPT TO:<team@broken.test>"), ["451 4.3.0 temporary local failure, try again later"]);
+      assert.deepEqual(await c.command("RCPT TO:<team@[127.0.0.1]>"), ["550 5.7.1 <team@[127.0.0.1]>: relaying denied"]);
+    } finally {
+      c.close();
+      await listener.close();
+    }
+    assert.deepEqual(asked, ["zwei.test", "zwei.test", "other.test", "broken.test"], "mail.domain and address literals are never asked");
+    assert.deepEqual(handler.checked, ["team@bridge.test", "Team@zwei.test", "nobody@zwei.test"], "the handler hears only of our domains");
   });
 });

@@ -40,7 +40,11 @@ export function readGreeting(host: string, port: number, timeoutMs: number): Pro
         reject(err);
         return;
       }
+      // Say goodbye and read on (the 221 and the close are discarded): a socket nobody reads
+      // never sees the server's FIN and never closes.
       socket.end("QUIT\r\n");
+      socket.resume();
+      socket.setTimeout(timeoutMs, () => socket.destroy());
       resolve(line!);
     };
     const timer = setTimeout(() => done(new Error(`no greeting within ${timeoutMs} ms`)), timeoutMs);

@@ -1,6 +1,6 @@
 /**
- * The bridge's embedded inbound SMTP listener (the MX of the mail domain), built on
- * smtp-server. It accepts mail only for the bridge's own mail domain, asks an
+ * The bridge's embedded inbound SMTP listener (the MX of the mail domains), built on
+ * smtp-server. It accepts mail only for the bridge's own mail domains, asks an
  * {@link InboundHandler} about every distinct recipient, and answers 250 to DATA only once
  * the handler has durably stored the message (RFC 5321 §6.1: after 250 the message is ours).
  *
