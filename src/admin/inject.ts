@@ -19,6 +19,9 @@ import { SmtpReply } from "../mail/inbound/rejections.ts";
 import type { Injection, InboundRouter, Mailbox } from "../bridge/InboundRouter.ts";
 import { mintMessageId } from "../bridge/ids.ts";
 import { AdminHttpError, objectBody, stringField } from "./http.ts";
+import { errorFields, getLogger } from "../util/logger.ts";
+
+const log = getLogger("admin/inject");
 
 /** Most recipients one injected mail may have. */
 export const MAX_INJECT_RECIPIENTS = 50;
@@ -131,7 +134,8 @@ export async function composeInjected(req: InjectRequest, mailDomain: string, no
  * @throws AdminHttpError 400 for a request that is not a valid injection; 422 M_MAIL_REFUSED
  *   with the SMTP reply when the bridge refuses the mail as it would over SMTP (no such mailbox,
  *   the From address cannot be bridged, a room mailbox's posting policy, a blocked sender);
- *   503 M_UNKNOWN for a temporary refusal (4xx: the store or homeserver cannot be asked)
+ *   503 M_UNKNOWN for a temporary refusal (a 4xx reply, or the store or homeserver cannot be
+ *   asked: where SMTP would answer 451 4.3.0; logged)
  */
 export async function injectMail(deps: InjectDeps, body: unknown, clientAddress: string): Promise<InjectResult> {
   const req = parseInjectRequest(body);
@@ -171,7 +175,10 @@ export async function injectMail(deps: InjectDeps, body: unknown, clientAddress:
       if (err.responseCode >= 500) throw new AdminHttpError(422, "M_MAIL_REFUSED", `the bridge refuses this mail: ${err.responseCode} ${err.message}`);
       throw new AdminHttpError(503, "M_UNKNOWN", `the mail cannot be taken now, try again later: ${err.responseCode} ${err.message}`);
     }
-    throw err;
+    if (err instanceof AdminHttpError) throw err;
+    // What the SMTP listener answers 451 4.3.0 for: the store or the homeserver cannot be asked.
+    log.warn("injected mail not taken", { session: id, ...errorFields(err) });
+    throw new AdminHttpError(503, "M_UNKNOWN", "the mail cannot be taken now (the store or the homeserver does not answer; the bridge's log has the details), try again later");
   }
   return { messageId, inbound };
 }

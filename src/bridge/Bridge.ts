@@ -9,6 +9,7 @@ import { openStore } from "../store/open.ts";
 import { loadRawCipher } from "../store/rawCipher.ts";
 import { RawRetention } from "../store/retention.ts";
 import { MatrixGateway } from "../matrix/MatrixGateway.ts";
+import { readStoreKey } from "../matrix/e2ee/E2ee.ts";
 import { SmtpListener } from "../mail/inbound/SmtpListener.ts";
 import { OutboundQueue } from "../mail/outbound/OutboundQueue.ts";
 import { deliverMail } from "../mail/outbound/deliver.ts";
@@ -124,6 +125,14 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     port: config.appservice.port,
     // Transactions are journaled in the store before their 200 (migration 4).
     journal: store,
+    // End-to-end-encrypted rooms: devices and their crypto state in the store (migration 12; docs/encryption.md).
+    e2ee: {
+      enabled: config.encryption.enabled,
+      deviceId: config.encryption.device_id,
+      storeKey: readStoreKey(config.encryption.store_key_file, config.encryption.store_key_env),
+      state: store,
+      ghostsInMemory: config.encryption.ghost_devices_in_memory,
+    },
     sink: {
       onMatrixEvent: async (event) => {
         // Thrown, not skipped: the event stays in the journal and is retried.
@@ -147,6 +156,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
         const ghost = Ghost.fromUserId(userId, ids);
         return ghost?.verified ? ghost.address : null;
       },
+      isPortalRoom: async (roomId) => (await store.getPortalByRoom(roomId)) !== null,
     },
   });
 

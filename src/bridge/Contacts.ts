@@ -20,6 +20,13 @@ import { getLogger, errorFields } from "../util/logger.ts";
 
 const log = getLogger("bridge/contacts");
 
+/**
+ * Most bot messages about new contact requests per user per hour: a flood of strangers (or of
+ * forged senders) cannot flood the user's chat. Requests past it are still recorded (`contacts`
+ * lists them) and told on a later attempt of their MTA, once the hour has room again.
+ */
+export const MAX_REQUEST_NOTICES_PER_HOUR = 10;
+
 /** Longest preview of a held mail's text, in characters. */
 export const PREVIEW_CHARS = 300;
 
@@ -93,7 +100,11 @@ export class Contacts {
     const preview = previewOf(mail.text);
     const { row, created } = await store.noteContactRequest({ userId, sender: mail.sender, senderName: mail.senderName, verified: mail.verified, subject: mail.subject, preview });
     log.info(created ? "contact request held" : "contact request retried", { user: userId, sender: mail.sender, attempts: row.attempts });
-    if (row.notifiedAt === null) await this.notify(row);
+    if (row.notifiedAt === null) {
+      const told = await store.countContactRequestNotices(userId, Date.now() - 3_600_000);
+      if (told < MAX_REQUEST_NOTICES_PER_HOUR) await this.notify(row);
+      else log.warn("contact request not told now: too many this hour", { user: userId, sender: mail.sender, told });
+    }
     return new SmtpReply(451, "4.7.1", `${mailbox} has not accepted mail from ${mail.sender} yet; try again later`);
   }
 

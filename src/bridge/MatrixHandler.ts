@@ -12,7 +12,7 @@ import type { Contacts } from "./Contacts.ts";
 import type { Addressing } from "./Addressing.ts";
 import { NotSentError, type OutboundHandler, type RoomMessageEvent } from "./OutboundHandler.ts";
 import { portalOf } from "./Portal.ts";
-import { ENCRYPTED_ROOM_NOTICE } from "./notices.ts";
+import { ENCRYPTED_ROOM_BRIDGED_NOTICE, ENCRYPTED_ROOM_NOTICE } from "./notices.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
 const log = getLogger("bridge/matrix");
@@ -89,7 +89,7 @@ export class MatrixHandler {
         await matrix.botNotice(roomId, `${inviter} is not allowed to use this email bridge, so nothing in this room will be sent by email.`);
         await matrix.leave(roomId, invitee, "not allowed to use this bridge");
       } else if (await matrix.isEncrypted(roomId)) {
-        await matrix.botNotice(roomId, ENCRYPTED_ROOM_NOTICE);
+        await matrix.botNotice(roomId, matrix.bridgesEncryptedRooms() ? ENCRYPTED_ROOM_BRIDGED_NOTICE : ENCRYPTED_ROOM_NOTICE);
       } else {
         await matrix.botNotice(roomId, "Hello! I am the email bridge bot. Say `!email help` to see what I can do.");
       }
@@ -103,7 +103,8 @@ export class MatrixHandler {
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName });
     await matrix.join(roomId, invitee);
     const encrypted = await matrix.isEncrypted(roomId, invitee);
-    if (!allowed || encrypted) {
+    const bridged = encrypted && matrix.bridgesEncryptedRooms();
+    if (!allowed || (encrypted && !bridged)) {
       // Bring the bot in to say why, then the ghost leaves: nothing is bridged here.
       await this.bringBot(roomId, invitee);
       const why = !allowed
@@ -120,6 +121,7 @@ export class MatrixHandler {
     }
     // A new room becomes a group portal; only a DM keeps the bot out.
     if (!portal || portalOf(portal).hasBot) await this.bringBot(roomId, invitee);
+    if (bridged && !portal) await matrix.botNotice(roomId, ENCRYPTED_ROOM_BRIDGED_NOTICE);
     // Whom a user invites, they know: a later mail from that address is no contact request.
     if (inviter !== matrix.botUserId && !parseGhost(inviter, ids)) await this.opts.contacts.known(inviter, address);
     log.info("ghost joined portal", { roomId, inviter, address });
@@ -170,7 +172,7 @@ export class MatrixHandler {
     const portal = await this.opts.store.getPortalByRoom(event.room_id);
     if (!portal) return;
     await this.opts.store.upsertPortal({ ...portal, encrypted: true });
-    await this.notice(event.room_id, ENCRYPTED_ROOM_NOTICE);
+    await this.notice(event.room_id, this.opts.matrix.bridgesEncryptedRooms() ? ENCRYPTED_ROOM_BRIDGED_NOTICE : ENCRYPTED_ROOM_NOTICE);
   }
 
   private async onMessage(event: RoomMessageEvent): Promise<void> {
@@ -194,7 +196,8 @@ export class MatrixHandler {
       await this.command(event, args, portalOf(portal).hasBot ? event.room_id : await matrix.botDm(event.sender));
       return;
     }
-    if (portal.encrypted) return;
+    // An encrypted portal is bridged while the bridge can read it (its events arrive decrypted).
+    if (portal.encrypted && !matrix.bridgesEncryptedRooms()) return;
     if (!this.opts.mayBridge(event.sender)) {
       await this.notice(event.room_id, `${event.sender} is not allowed to use this email bridge; this message was not sent by email.`, event.event_id);
       return;

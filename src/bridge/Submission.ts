@@ -21,7 +21,7 @@ import type { BridgeStore } from "../store/Store.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { signWithDkim } from "../mail/outbound/compose.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
-import { SmtpReply } from "../mail/inbound/rejections.ts";
+import { Rejections, SmtpReply } from "../mail/inbound/rejections.ts";
 import { MalformedPasswordHashError, hashAppPassword, verifyAppPassword } from "../mail/submission/appPasswords.ts";
 import type { SubmissionEnvelope, SubmissionHandler, SubmissionListenerConfig, SubmissionUser } from "../mail/submission/SubmissionListener.ts";
 import type { BridgeConfig } from "../config/schema.ts";
@@ -47,7 +47,7 @@ const MAX_POSTED_CHARS = 20_000;
 /** Options of {@link Submission}. */
 export interface SubmissionOptions {
   store: BridgeStore;
-  matrix: Pick<MatrixActions, "botUserId" | "sendEvent" | "botDm">;
+  matrix: Pick<MatrixActions, "botUserId" | "sendEvent" | "botDm" | "classifyError">;
   ids: IdContext;
   /** Whether a Matrix user may use the bridge (`permissions.allowed_users`). */
   mayBridge: (userId: string) => boolean;
@@ -157,7 +157,8 @@ export class Submission implements SubmissionHandler {
    * Commit a submitted mail: queue it for the outside recipients (DKIM-signed), post it for the
    * local ones, then tell the DM portals. Resolves only when all of that before the notices is done.
    * @throws SmtpReply 554 5.6.0 for a mail that cannot be read, 451 4.7.1 over a per-user sending
-   *   limit; the store's or homeserver's error (the listener answers 451 4.3.0)
+   *   limit, 550 5.2.1 when the homeserver refuses the post into a local mailbox's room; the
+   *   store's or homeserver's temporary error (the listener answers 451 4.3.0)
    */
   async deliver(raw: Buffer, envelope: SubmissionEnvelope): Promise<void> {
     const { ids, store } = this.opts;
@@ -211,7 +212,15 @@ export class Submission implements SubmissionHandler {
       const body = [`✉️ Mail from ${user.userId} (${user.address}), sent from a mail client:`, `Subject: ${subject}`, "", cut(mail.text.trim())];
       if (mail.attachments.length > 0) body.push("", `📎 ${mail.attachments.length} attachment(s) not shown: attachments of submitted mail are not posted.`);
       const txnId = `meb-sub-${createHash("sha256").update(roomId).update("\0").update(raw).digest("hex").slice(0, 32)}`;
-      const eventId = await this.opts.matrix.sendEvent(this.opts.matrix.botUserId, roomId, "m.room.message", { msgtype: "m.text", body: body.join("\n") }, txnId);
+      let eventId: string;
+      try {
+        eventId = await this.opts.matrix.sendEvent(this.opts.matrix.botUserId, roomId, "m.room.message", { msgtype: "m.text", body: body.join("\n") }, txnId);
+      } catch (err) {
+        // The homeserver refused the post itself (the bot left the room, …): a retry cannot help.
+        if (this.opts.matrix.classifyError(err).temporary) throw err;
+        log.warn("submitted mail cannot be posted: the homeserver refused it", { session: envelope.sessionId, user: user.userId, rcpt: address, roomId, ...errorFields(err) });
+        throw Rejections.portalGone(address);
+      }
       log.info("submitted mail posted", { session: envelope.sessionId, user: user.userId, rcpt: address, roomId, eventId });
     }
 

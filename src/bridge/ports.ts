@@ -38,6 +38,12 @@ export interface MatrixActions {
    */
   roomEvent(roomId: string, eventId: string, asUserId?: string): Promise<{ sender: string; originServerTs: number; content: Record<string, unknown> } | null>;
   isEncrypted(roomId: string, asUserId?: string): Promise<boolean>;
+  /**
+   * Whether end-to-end-encrypted rooms are bridged now: encryption is on in the config, the
+   * bot's device is ready and the homeserver pushes device data in transactions (MSC2409,
+   * MSC3202; docs/encryption.md). When false, the bridge stays out of encrypted rooms.
+   */
+  bridgesEncryptedRooms(): boolean;
   powerLevel(roomId: string, userId: string, asUserId?: string): Promise<number>;
   displayName(roomId: string, userId: string, asUserId?: string): Promise<string>;
   userExists(userId: string): Promise<boolean>;

@@ -12,7 +12,7 @@ import type { BridgeConfig } from "../config/schema.ts";
 import { DnsResolver } from "../mail/dns.ts";
 import { dkimTxtRecord } from "../mail/outbound/dkim.ts";
 import { dnsRecords } from "../mail/outbound/dnsRecords.ts";
-import { errorFields, getLogger } from "../util/logger.ts";
+import { configureLogging, errorFields, getLogger } from "../util/logger.ts";
 import { checkCertificate } from "./doctor/certificate.ts";
 import { checkConfig } from "./doctor/configCheck.ts";
 import { checkCrypto } from "./doctor/crypto.ts";
@@ -29,7 +29,9 @@ const log = getLogger("cli/doctor");
 
 /** Options of {@link runDoctor}. */
 export interface DoctorOptions {
-  /** Longest wait for the appservice ping, in ms (default 35 000: the homeserver's own call to the appservice is inside it). */
+  /** Longest wait for the homeserver's first answer (`/versions`), in ms (default 10 000). */
+  connectTimeoutMs?: number;
+  /** Longest wait for the appservice ping, in ms (default 70 000: Synapse's own call to the appservice, inside it, gives up after 60 s). */
   pingTimeoutMs?: number;
   /** Longest wait for an SMTP greeting on a taken port, in ms (default 5000). */
   greetingTimeoutMs?: number;
@@ -80,7 +82,7 @@ export function expectedRecords(cfg: BridgeConfig): ExpectedRecords {
  */
 export async function runDoctor(file: string, opts: DoctorOptions = {}): Promise<DoctorResult[]> {
   const { result: configResult, config: cfg } = checkConfig(file);
-  if (!cfg) return [configResult, ...(await guarded("e2e crypto", checkCrypto))];
+  if (!cfg) return [configResult, ...(await guarded("e2e crypto", () => checkCrypto(null)))];
   // The bridge's one resolver, configured as `start` configures it (src/bridge/Bridge.ts).
   const resolver = new DnsResolver({
     nameservers: cfg.dns.nameservers,
@@ -91,7 +93,7 @@ export async function runDoctor(file: string, opts: DoctorOptions = {}): Promise
   });
   const exp = expectedRecords(cfg);
   const groups = await Promise.all([
-    guarded("homeserver", () => checkHomeserver(cfg, { timeoutMs: opts.pingTimeoutMs ?? 35_000 })),
+    guarded("homeserver", () => checkHomeserver(cfg, { connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, timeoutMs: opts.pingTimeoutMs ?? 70_000 })),
     guarded("smtp port", () =>
       checkSmtpPort({ bindAddress: cfg.smtp.bind_address, port: cfg.smtp.port, hostname: cfg.smtp.hostname, timeoutMs: opts.greetingTimeoutMs ?? 5000 }),
     ),
@@ -115,7 +117,7 @@ export async function runDoctor(file: string, opts: DoctorOptions = {}): Promise
     guarded("tls certificate", () =>
       checkCertificate({ certFile: cfg.smtp.tls_cert_file, keyFile: cfg.smtp.tls_key_file, hostname: cfg.smtp.hostname, ...(opts.now !== undefined ? { now: opts.now } : {}) }),
     ),
-    guarded("e2e crypto", checkCrypto),
+    guarded("e2e crypto", () => checkCrypto(cfg.encryption.enabled)),
   ]);
   return [configResult, ...groups.flat()];
 }
@@ -127,11 +129,14 @@ export function formatResult(r: DoctorResult): string {
 }
 
 /**
- * The `doctor` command: run the checks, print the report to `out`.
+ * The `doctor` command: run the checks, print the report to `out`. Log lines below `error` are
+ * off (unless MEB_LOG_LEVEL says otherwise): the report carries what they would say.
  * @returns the exit code (src/main.ts conventions): 0 when nothing failed, 2 when the config
  *   cannot be used, 1 when any other check failed
  */
 export async function doctorCommand(file: string, out: (text: string) => void, opts: DoctorOptions = {}): Promise<number> {
+  // The report says it all: log lines (e.g. the crypto probe's warning) only for errors, unless asked for.
+  if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
   const results = await runDoctor(file, opts);
   out(results.map(formatResult).join("\n") + "\n");
   if (results[0]?.status === "fail") return 2;

@@ -20,6 +20,14 @@ export interface Registration {
     rooms: { exclusive: boolean; regex: string }[];
   };
   protocols: string[];
+  /** Push ephemeral events and to-device messages (MSC2409; Synapse also needs `msc2409_to_device_messages_enabled`). */
+  receive_ephemeral?: boolean;
+  /** The unstable name of `receive_ephemeral`, which Synapse still reads. */
+  "de.sorunome.msc2409.push_ephemeral"?: boolean;
+  /** One-time-key counts, fallback keys and device lists in transactions (MSC3202; Synapse also needs `msc3202_transaction_extensions`). */
+  "org.matrix.msc3202"?: boolean;
+  /** Appservice device management without login or user-interactive auth (MSC4190). */
+  "io.element.msc4190"?: boolean;
 }
 
 function escapeRegex(s: string): string {
@@ -28,7 +36,9 @@ function escapeRegex(s: string): string {
 
 /**
  * Build a registration with fresh tokens (256 random bits each): an exclusive user
- * namespace for the ghost prefix and the bridge bot, no rate limits, the bridge URL.
+ * namespace for the ghost prefix and the bridge bot, no rate limits, the bridge URL; with
+ * `encryption.enabled`, the keys end-to-end encryption needs (MSC2409 `receive_ephemeral`,
+ * MSC3202, MSC4190; docs/encryption.md).
  * @param existing a previous registration whose id and tokens are kept (re-generation)
  */
 export function buildRegistration(config: BridgeConfig, existing?: Registration): Registration {
@@ -49,6 +59,10 @@ export function buildRegistration(config: BridgeConfig, existing?: Registration)
       rooms: [],
     },
     protocols: ["email"],
+    // End-to-end-encrypted rooms (docs/encryption.md): what the bridge's devices need of the homeserver.
+    ...(config.encryption.enabled
+      ? { receive_ephemeral: true, "de.sorunome.msc2409.push_ephemeral": true, "org.matrix.msc3202": true, "io.element.msc4190": true }
+      : {}),
   };
 }
 

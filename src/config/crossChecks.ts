@@ -221,6 +221,29 @@ export const LOAD_STEPS: readonly LoadStep[] = [
     },
   },
   {
+    sections: ["encryption"],
+    run(cfg, ctx) {
+      const e = cfg.encryption;
+      if (e.store_key_file !== null && e.store_key_env !== null) ctx.report("encryption.store_key_env", "must not be set together with encryption.store_key_file: set only one");
+      if (e.store_key_file !== null) {
+        e.store_key_file = abs(ctx.baseDir, e.store_key_file);
+        let text: string | null = null;
+        try {
+          text = readFileSync(e.store_key_file, "utf8");
+        } catch (err) {
+          ctx.report("encryption.store_key_file", `key file ${e.store_key_file} cannot be read (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+        }
+        const problem = text === null ? null : storageKeyProblem(text);
+        if (problem) ctx.report("encryption.store_key_file", `key file ${e.store_key_file} ${problem}`);
+      }
+      if (e.store_key_env !== null) {
+        const value = ctx.env[e.store_key_env];
+        const problem = value === undefined || value.trim() === "" ? "is not set" : storageKeyProblem(value);
+        if (problem) ctx.report("encryption.store_key_env", `environment variable ${e.store_key_env} ${problem}`);
+      }
+    },
+  },
+  {
     sections: ["storage"],
     run(cfg, ctx) {
       const st = cfg.storage;

@@ -17,6 +17,7 @@ import { AuthSection } from "./sections/auth.ts";
 import { DatabaseSection } from "./sections/database.ts";
 import { DkimSection } from "./sections/dkim.ts";
 import { DnsSection } from "./sections/dns.ts";
+import { EncryptionSection } from "./sections/encryption.ts";
 import { HomeserverSection } from "./sections/homeserver.ts";
 import { InboundSection } from "./sections/inbound.ts";
 import { LoggingSection } from "./sections/logging.ts";
@@ -35,6 +36,7 @@ export type { AuthConfig, UnverifiedAction } from "./sections/auth.ts";
 export type { DatabaseConfig } from "./sections/database.ts";
 export type { DkimConfig } from "./sections/dkim.ts";
 export type { DnsConfig } from "./sections/dns.ts";
+export type { EncryptionConfig } from "./sections/encryption.ts";
 export type { HomeserverConfig } from "./sections/homeserver.ts";
 export type { InboundConfig } from "./sections/inbound.ts";
 export type { LoggingConfig } from "./sections/logging.ts";
@@ -67,6 +69,7 @@ export const ConfigSchema = Section(
     dns: DnsSection,
     auth: AuthSection,
     storage: StorageSection,
+    encryption: EncryptionSection,
     logging: LoggingSection,
     metrics: MetricsSection,
     admin_api: AdminApiSection,

@@ -13,6 +13,8 @@ import { armedFailpoint } from "./failpoint.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
 import { RoomStateCache } from "./RoomStateCache.ts";
 import { routeLibraryLogs } from "./libraryLogs.ts";
+import { E2eeUnavailableError, EndToEndEncryption, storeKeyFrom, type CryptoStateStore } from "./e2ee/E2ee.ts";
+import { MissingRoomKeyError } from "./e2ee/CryptoDevice.ts";
 import type { HomeserverFailure, MatrixActions, MatrixEventJournal } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
@@ -38,6 +40,11 @@ export interface MatrixEventSink {
    */
   thirdPartyUserId(address: string): string | null;
   thirdPartyAddress(userId: string): string | null;
+  /**
+   * Whether a room is taken for something else (a portal of the bridge), so that it can no longer
+   * serve as the bot's DM with a user even if it was one (see {@link MatrixGateway.botDm}).
+   */
+  isPortalRoom(roomId: string): Promise<boolean>;
 }
 
 /** The one third-party protocol the bridge answers for (`protocols` in the registration). */
@@ -59,7 +66,26 @@ export interface MatrixGatewayOptions {
   journal: MatrixEventJournal;
   /** Retry and concurrency settings of the event dispatcher (tests); defaults in ./appserviceTransactions.ts. */
   dispatch?: Pick<AppserviceTransactionsOptions, "maxAttempts" | "retryBackoff" | "concurrency" | "pollMs">;
+  /** End-to-end-encrypted rooms (./e2ee/E2ee.ts, config `encryption`); absent or disabled: the bridge stays out of them. */
+  e2ee?: {
+    enabled: boolean;
+    /** Device ID of the bot's and the ghosts' devices. */
+    deviceId: string;
+    /** The configured store key (base64 of 32 bytes), or null for one derived from the as_token. */
+    storeKey: string | null;
+    /** Where the sealed crypto state is saved (the bridge's store, migration 12). */
+    state: CryptoStateStore;
+    ghostsInMemory: number;
+  };
 }
+
+/** How long an encrypted event may wait for its room key before the room is told, in ms. */
+const MISSING_KEY_NOTICE_AFTER_MS = 30_000;
+
+/** The notice for a room whose messages cannot be decrypted yet. */
+export const MISSING_KEYS_NOTICE =
+  "Some messages in this room cannot be decrypted by the email bridge yet: their keys have not reached it. " +
+  "They will be sent by email as soon as the keys arrive. If this notice stays, check that your client shares keys with the bridge's devices (do not restrict sending to verified devices only).";
 
 /** Error codes of a peer (homeserver, database) that cannot be reached: the same request may work later. */
 const OUTAGE_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EAI_AGAIN", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT", "UND_ERR_SOCKET", "UND_ERR_HEADERS_TIMEOUT"]);
@@ -132,13 +158,17 @@ export class MatrixGateway implements MatrixActions {
     const transactions = new AppserviceTransactions({
       ...opts.dispatch,
       journal: opts.journal,
-      handle: (event) => {
+      handle: async (event) => {
         gateway?.noteEvent(event);
-        return opts.sink.onMatrixEvent(event);
+        const clear = gateway && event.type === "m.room.encrypted" ? await gateway.#decrypted(event) : event;
+        if (clear) await opts.sink.onMatrixEvent(clear);
       },
+      ...(opts.e2ee?.enabled ? { crypto: { ingest: (txnId: string, body: Record<string, unknown>) => (gateway ? gateway.#ingest(txnId, body) : Promise.resolve()) } } : {}),
       // A homeserver (or store) that is down does not make an event fail: it is retried for 48 h.
       // Only real outages count; a bug's plain Error still fails after its attempts.
       isTemporary: (err) => {
+        // An encrypted event waits in the journal for its room key; it is never dropped.
+        if (err instanceof MissingRoomKeyError) return true;
         const code = (err as { code?: unknown } | null)?.code;
         if (typeof code === "string" && OUTAGE_CODES.has(code)) return true;
         const failure = gateway?.classifyError(err);
@@ -203,6 +233,7 @@ export class MatrixGateway implements MatrixActions {
       },
     });
     gateway = new MatrixGateway(bridge, opts, crypto, appservice, transactions);
+    gateway.#asToken = registration.getAppServiceToken() ?? "";
     return gateway;
   }
 
@@ -273,6 +304,7 @@ export class MatrixGateway implements MatrixActions {
     } catch (err) {
       log.warn("could not set the bridge bot's display name", errorFields(err));
     }
+    await this.#startE2ee();
     this.#transactions.start();
     log.info("appservice listening", { bind: this.opts.bindAddress, port: this.opts.port, bot: this.botUserId, e2ee: this.crypto.available ? "binding loaded" : "off" });
   }
@@ -283,7 +315,89 @@ export class MatrixGateway implements MatrixActions {
    */
   async stop(): Promise<void> {
     await this.#transactions.stop();
+    await this.#e2ee?.stop();
+    this.#e2ee = null;
     await this.bridge.close().catch(() => undefined);
+  }
+
+  /** End-to-end encryption, once the bot's device is ready (./e2ee/E2ee.ts); null when off or unsupported. */
+  #e2ee: EndToEndEncryption | null = null;
+  #asToken = "";
+  /** Encrypted events waiting for their keys: event ID → epoch ms of the first failed try. */
+  readonly #waitingForKeys = new Map<string, number>();
+  /** Rooms told that keys are missing (once per room and run). */
+  readonly #toldMissingKeys = new Set<string>();
+
+  /**
+   * Open or create the bot's device. A homeserver that cannot host it (no MSC4190) leaves the
+   * bridge as without encryption: a warning, and encrypted rooms are not bridged.
+   * @throws what {@link EndToEndEncryption.start} throws besides E2eeUnavailableError (e.g. a
+   *   saved state the configured key cannot open)
+   */
+  async #startE2ee(): Promise<void> {
+    const e = this.opts.e2ee;
+    if (!e?.enabled || this.#e2ee) return;
+    try {
+      this.#e2ee = await EndToEndEncryption.start({
+        homeserverUrl: this.opts.homeserverUrl,
+        asToken: this.#asToken,
+        botUserId: this.botUserId,
+        deviceId: e.deviceId,
+        deviceDisplayName: this.opts.botDisplayName,
+        storeKey: storeKeyFrom(e.storeKey, this.#asToken),
+        state: e.state,
+        ghostsInMemory: e.ghostsInMemory,
+      });
+      this.#e2ee.onRoomKeys(() => this.#transactions.kick());
+    } catch (err) {
+      if (!(err instanceof E2eeUnavailableError)) throw err;
+      log.warn("encrypted rooms are not bridged: the homeserver cannot host the bridge's devices", errorFields(err));
+    } finally {
+      this.#e2eePending = false;
+    }
+  }
+
+  /** Whether the bot's device is still being opened: crypto data cannot be taken yet. */
+  #e2eePending = true;
+
+  /**
+   * One transaction's crypto data to the devices. Before the bot's device is open the
+   * transaction is refused (its to-device messages would be lost; the homeserver retries it);
+   * where the homeserver cannot host devices, nothing is done.
+   * @throws Error while the device is being opened; what {@link EndToEndEncryption.ingest} throws
+   */
+  async #ingest(txnId: string, body: Record<string, unknown>): Promise<void> {
+    if (this.#e2ee) return this.#e2ee.ingest(txnId, body);
+    if (this.#e2eePending) throw new Error("appservice transaction before the bridge's crypto device is open: refused, the homeserver retries it");
+  }
+
+  bridgesEncryptedRooms(): boolean {
+    return this.#e2ee?.active ?? false;
+  }
+
+  /**
+   * The clear event of an `m.room.encrypted` one, decrypted by the bot's device, with the
+   * encrypted event's ID, room, sender and time; null when encryption is off (nothing to hand on).
+   * @throws MissingRoomKeyError (temporary: retried from the journal) after telling the room
+   *   once it has waited {@link MISSING_KEY_NOTICE_AFTER_MS}; UndecryptableEventError
+   */
+  async #decrypted(event: WeakEvent): Promise<WeakEvent | null> {
+    if (!this.#e2ee) return null;
+    try {
+      const { event: clear } = await this.#e2ee.decrypt(event as unknown as Record<string, unknown>);
+      this.#waitingForKeys.delete(event.event_id);
+      return { ...event, type: String(clear.type), content: (clear.content ?? {}) as Record<string, unknown> } as WeakEvent;
+    } catch (err) {
+      if (!(err instanceof MissingRoomKeyError)) throw err;
+      const now = Date.now();
+      const since = this.#waitingForKeys.get(event.event_id) ?? now;
+      this.#waitingForKeys.set(event.event_id, since);
+      if (now - since >= MISSING_KEY_NOTICE_AFTER_MS && !this.#toldMissingKeys.has(event.room_id)) {
+        this.#toldMissingKeys.add(event.room_id);
+        await this.botNotice(event.room_id, MISSING_KEYS_NOTICE);
+      }
+      throw err;
+    }
   }
 
   private intent(userId?: string): Intent {
@@ -385,6 +499,15 @@ export class MatrixGateway implements MatrixActions {
   }
 
   async #send(userId: string, roomId: string, type: string, content: Record<string, unknown>, txnId?: string): Promise<string> {
+    if (this.opts.e2ee?.enabled && (this.#e2ee || this.#e2eePending) && type !== "m.room.redaction" && (await this.isEncrypted(roomId, userId))) {
+      // Never in plaintext into an encrypted room: wait (a temporary failure) until the device is open.
+      if (!this.#e2ee) throw new Error(`room ${roomId} is encrypted and the bridge's crypto device is not open yet`);
+      // Encrypted by the sender's own device: a ghost's event under the bot's session would show a "mismatched sender" warning.
+      const members = await this.joinedMembers(roomId, userId);
+      const visibility = await this.stateContent(roomId, "m.room.history_visibility", "", userId);
+      content = await this.#e2ee.encrypt(userId, roomId, type, content, members, visibility?.history_visibility === "shared" || visibility?.history_visibility === "world_readable");
+      type = "m.room.encrypted";
+    }
     const client = this.intent(userId).matrixClient;
     if (!txnId) return client.sendEvent(roomId, type, content);
     const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`;
@@ -402,7 +525,7 @@ export class MatrixGateway implements MatrixActions {
     const content: Record<string, unknown> = { msgtype: "m.notice", body: text };
     if (replyTo) content["m.relates_to"] = { "m.in_reply_to": { event_id: replyTo } };
     try {
-      await this.intent().matrixClient.sendMessage(roomId, content);
+      await this.#send(this.botUserId, roomId, "m.room.message", content);
     } catch (err) {
       log.error("bridge bot could not post a notice", { roomId, ...errorFields(err) });
     }
@@ -423,6 +546,8 @@ export class MatrixGateway implements MatrixActions {
       is_direct: true,
       ...(reason ? {} : { invite: [inviteeUserId] }),
       ...(topic ? { topic } : {}),
+      // With encrypted rooms bridged, a new DM is encrypted, as clients make them.
+      ...(this.bridgesEncryptedRooms() ? { initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }] } : {}),
       // The ghost, as creator, has top power already (room v12+: implicitly; earlier: 100).
       power_level_content_override: { users: { [inviteeUserId]: 100 } },
     });
@@ -439,8 +564,8 @@ export class MatrixGateway implements MatrixActions {
 
   /**
    * The bridge bot's DM with a local user: a room listed for the user in the bot's `m.direct`
-   * account data (Client-Server API, "Direct Messaging") where the user is joined or invited and
-   * that is not encrypted; else a new unencrypted room the bot creates with `is_direct`, recorded
+   * account data (Client-Server API, "Direct Messaging") where the user is joined or invited,
+   * that is not encrypted and not a portal; else a new unencrypted room the bot creates with `is_direct`, recorded
    * in `m.direct`.
    * @returns the room ID
    * @throws the homeserver's error when it cannot be asked
@@ -484,6 +609,9 @@ export class MatrixGateway implements MatrixActions {
     const client = this.intent().matrixClient;
     const dms = await this.#loadBotDms();
     for (const roomId of dms.get(userId) ?? []) {
+      // A room that became a portal (e.g. a room mailbox turned on while only the user and the
+      // bot were in it) is no DM any more.
+      if (await this.opts.sink.isPortalRoom(roomId)) continue;
       const bot = await this.stateContent(roomId, "m.room.member", this.botUserId).catch((err: unknown) => {
         if (errcodeOf(err) === "M_FORBIDDEN") return null; // the bot is no longer in it
         throw err;

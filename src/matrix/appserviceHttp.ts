@@ -124,6 +124,8 @@ const KNOWN_ROUTES: { path: RegExp; methods: readonly string[] }[] = [
 ];
 
 /** The transaction route; group 1 is the (encoded) transaction ID. */
+/** The appservice ping the homeserver sends (Application Service API › Pinging, spec v1.7). */
+const PING_ROUTE = "/_matrix/app/v1/ping";
 const TRANSACTION_ROUTE = /^\/_matrix\/app\/v1\/transactions\/([^/]+)\/?$/;
 
 /** Longest transaction ID accepted, in characters (Synapse sends a decimal counter). */
@@ -296,6 +298,14 @@ function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: strin
   }
   const path = LEGACY_ROUTE.test(url.pathname) ? `/_matrix/app/v1${url.pathname}` : url.pathname;
   req.url = path + url.search;
+  if (path === PING_ROUTE && method === "POST") {
+    // Application Service API › "Pinging": the homeserver checks that it reaches us (after the
+    // hs_token check above). The body (an optional transaction_id) needs no answer but `{}`.
+    req.resume();
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end("{}");
+    return;
+  }
   const txn = transactions && method === "PUT" ? TRANSACTION_ROUTE.exec(path) : null;
   if (transactions && txn) {
     void handleTransaction(req, res, path, txn[1]!, transactions).catch((err: unknown) => {

@@ -33,8 +33,10 @@
  *   `de.sorunome.msc2409.ephemeral`: typing, receipts, presence), to-device messages
  *   (`to_device`, `de.sorunome.msc2409.to_device`) and device list / one-time-key counts
  *   (`device_lists`, `device_one_time_keys_count`, `device_unused_fallback_key_types`, and
- *   their `org.matrix.msc3202.` forms). The bridge uses none of them yet; they are counted in
- *   the transaction's debug log line, by key, so their arrival is visible.
+ *   their `org.matrix.msc3202.` forms). They are counted in the transaction's debug log line,
+ *   by key. With end-to-end encryption on, the crypto data among them goes to the `crypto`
+ *   option (./e2ee/E2ee.ts) before the journal commit: machines fed, requests sent, state
+ *   saved; only then the commit and the 200.
  */
 import type { WeakEvent } from "matrix-appservice-bridge";
 import type { JournalEventInput, JournaledEvent, MatrixEventJournal } from "../bridge/ports.ts";
@@ -93,6 +95,12 @@ export interface AppserviceTransactionsOptions {
   retentionMs?: number;
   /** Clock in epoch ms (default `Date.now`). */
   clock?: () => number;
+  /**
+   * End-to-end encryption (./e2ee/E2ee.ts): takes each transaction's to-device events, device
+   * lists and key counts, sends the crypto machines' requests and saves their state, before
+   * the journal commit and the 200; a throw refuses the transaction (500, retried).
+   */
+  crypto?: { ingest(txnId: string, body: Record<string, unknown>): Promise<void> };
 }
 
 /** A transaction body, validated: the room events to journal and what was left out. */
@@ -199,6 +207,8 @@ export class AppserviceTransactions implements TransactionReceiver {
    */
   async record(txnId: string, body: unknown): Promise<RecordedTransaction> {
     const parsed = parseTransaction(body, this.#opts.isOwnUser);
+    // Crypto first: room keys must be saved before the events they decrypt are journaled.
+    if (this.#opts.crypto) await this.#opts.crypto.ingest(txnId, body as Record<string, unknown>);
     if (parsed.malformed.length > 0) {
       log.warn("appservice transaction has malformed events: skipped", { txnId, indexes: parsed.malformed.slice(0, 20), count: parsed.malformed.length });
     }

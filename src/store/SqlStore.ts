@@ -631,6 +631,10 @@ export class SqlStore implements BridgeStore {
     return rows.map(toContactRequest);
   }
 
+  async countContactRequestNotices(userId: string, since: number): Promise<number> {
+    return dbNumber((await this.db.query<DbRow>(Q.SQL_COUNT_CONTACT_REQUEST_NOTICES, [userId, ms(since)]))[0]?.n ?? 0);
+  }
+
   async markContactRequestNotified(userId: string, sender: string): Promise<void> {
     await this.db.execute(Q.SQL_CONTACT_REQUEST_NOTIFIED, [userId, sender, ms(this.#now())]);
   }
@@ -653,6 +657,19 @@ export class SqlStore implements BridgeStore {
 
   async markAppPasswordUsed(id: number, at: number): Promise<void> {
     await this.db.execute(Q.SQL_APP_PASSWORD_USED, [id, ms(at)]);
+  }
+
+  async loadCryptoStore(userId: string): Promise<{ deviceId: string; state: Buffer } | null> {
+    const row = (await this.db.query<DbRow>(Q.SQL_CRYPTO_STORE_OF_USER, [userId]))[0];
+    return row ? { deviceId: String(row.device_id), state: dbBuffer(row.state) } : null;
+  }
+
+  async saveCryptoStore(userId: string, deviceId: string, state: Buffer): Promise<void> {
+    await this.db.execute(Q.SQL_SAVE_CRYPTO_STORE, [userId, deviceId, state, ms(this.#now())]);
+  }
+
+  async deleteCryptoStore(userId: string): Promise<void> {
+    await this.db.execute(Q.SQL_DELETE_CRYPTO_STORE, [userId]);
   }
 
   async deleteMessage(roomId: string, eventId: string): Promise<void> {

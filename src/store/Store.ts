@@ -682,6 +682,8 @@ export interface BridgeStore {
   getContactRequest(userId: string, sender: string): Promise<ContactRequestRow | null>;
   /** A user's requests in `state` (all when null), newest attempt first. */
   listContactRequests(userId: string, state: ContactRequestState | null): Promise<ContactRequestRow[]>;
+  /** How many of a user's requests they were told of since `since` (epoch ms). */
+  countContactRequestNotices(userId: string, since: number): Promise<number>;
   /** Record that the user was told of the request (they are not told again). */
   markContactRequestNotified(userId: string, sender: string): Promise<void>;
   /** Decide a request. @returns false when there is none */
@@ -782,6 +784,14 @@ export interface BridgeStore {
   revokeAppPassword(userId: string, label: string): Promise<boolean>;
   /** Record a successful login with app password `id` at `at` (epoch ms). */
   markAppPasswordUsed(id: number, at: number): Promise<void>;
+
+  // End-to-end-encryption state of the bridge's Matrix devices (migration 12; src/matrix/e2ee/)
+  /** The sealed crypto store snapshot of Matrix user `userId` and its device ID, or null when none is saved. */
+  loadCryptoStore(userId: string): Promise<{ deviceId: string; state: Buffer } | null>;
+  /** Save (replace) the sealed crypto store snapshot `state` of `userId`'s device `deviceId`; durable once resolved. */
+  saveCryptoStore(userId: string, deviceId: string, state: Buffer): Promise<void>;
+  /** Forget `userId`'s crypto store (its device is gone). */
+  deleteCryptoStore(userId: string): Promise<void>;
 
   // Stored mail retention (migration 5; src/store/retention.ts)
   /**

@@ -11,7 +11,11 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConfigError, validateConfig } from "../../src/config/load.ts";
+import { checkBearer } from "../../src/admin/auth.ts";
 import { parse as parseYaml } from "yaml";
 import { ROUTES as API_ROUTES } from "../../src/admin/routes.ts";
 import { startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
@@ -56,7 +60,7 @@ function cli(args: string[]): Promise<{ status: number | null; stdout: string; s
   });
 }
 
-describe("admin API description", () => {
+describe("admin API without a bridge: description, config, token check", () => {
   it("docs/admin-api.yaml describes exactly the routes the API serves, and the test below covers each", () => {
     const spec = parseYaml(readFileSync(new URL("../../docs/admin-api.yaml", import.meta.url), "utf8")) as { openapi: string; paths: Record<string, Record<string, unknown>> };
     assert.equal(spec.openapi, "3.1.0");
@@ -67,6 +71,37 @@ describe("admin API description", () => {
     for (const r of API_ROUTES) {
       assert.ok(ROUTES.some((t) => t.method === r.method && pattern(r.path).test(t.path.split("?")[0]!)), `the 401 test covers ${r.method} ${r.path}`);
     }
+  });
+
+  it("the config names the admin_api key and the file or variable when the token is missing or unusable", () => {
+    const dir = mkdtempSync(join(tmpdir(), "meb-admin-"));
+    const base = {
+      homeserver: { url: "http://127.0.0.1:8008", domain: "hs.example" },
+      appservice: { url: "http://127.0.0.1:8090" },
+      mail: { domain: "bridge.example" },
+      smtp: { hostname: "mx.bridge.example" },
+    };
+    const load = (adminApi: Record<string, unknown>, env: NodeJS.ProcessEnv = {}) => validateConfig({ ...base, admin_api: adminApi }, "c.yaml", dir, env);
+    assert.equal(load({}).admin_api.enabled, false, "off by default; no token needed then");
+    assert.throws(() => load({ enabled: true }), (e: ConfigError) => e instanceof ConfigError && e.key === "admin_api.token_file" && /or admin_api\.token_env is required/.test(e.message));
+    assert.throws(() => load({ enabled: true, token_file: "missing.token" }), /c\.yaml: admin_api\.token_file: file .*missing\.token cannot be read \(ENOENT\)/);
+    writeFileSync(join(dir, "short.token"), "abc\n");
+    assert.throws(() => load({ enabled: true, token_file: "short.token" }), /admin_api\.token_file: file .*short\.token has 3 characters; at least 32/);
+    assert.throws(() => load({ enabled: true, token_env: "MEB_NOPE" }), /admin_api\.token_env: environment variable MEB_NOPE is not set/);
+    assert.throws(() => load({ enabled: true, token_env: "T", token_file: "x" }, { T: TOKEN }), /admin_api\.token_env: must not be set together with admin_api\.token_file/);
+    writeFileSync(join(dir, "good.token"), `  ${TOKEN}\n`);
+    assert.equal(load({ enabled: true, token_file: "good.token" }).admin_api.token_file, join(dir, "good.token"), "resolved against the config's folder");
+    assert.equal(load({ enabled: true, token_env: "T" }, { T: TOKEN }).admin_api.token_env, "T");
+  });
+
+  it("the bearer check: missing, wrong (also a prefix or a longer token), right", () => {
+    assert.equal(checkBearer(undefined, TOKEN), "missing");
+    assert.equal(checkBearer(`Basic ${TOKEN}`, TOKEN), "missing");
+    assert.equal(checkBearer("Bearer ", TOKEN), "missing");
+    assert.equal(checkBearer(`Bearer ${TOKEN.slice(0, 10)}`, TOKEN), "wrong");
+    assert.equal(checkBearer(`Bearer ${TOKEN}x`, TOKEN), "wrong");
+    assert.equal(checkBearer(`Bearer ${TOKEN}`, TOKEN), "ok");
+    assert.equal(checkBearer(`bearer  ${TOKEN}`, TOKEN), "ok", "the scheme is case-insensitive (RFC 7235 §2.1)");
   });
 });
 

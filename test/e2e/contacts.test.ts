@@ -11,7 +11,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { simpleParser } from "mailparser";
-import { MAIL_DOMAIN, startEnv, type E2eEnv } from "./env.ts";
+import { MAIL_DOMAIN, openBotDm, startEnv, type BotDm, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 
 const BOT = "@emailbot:localhost";
@@ -21,18 +21,17 @@ describe("contact requests and personal settings", () => {
   let env: E2eEnv;
   let alice: MatrixTestClient;
   let botDm: string;
+  let botReply: BotDm["reply"];
 
   before(async () => {
     env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"] });
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
-    botDm = await alice.createRoom({ preset: "trusted_private_chat", is_direct: true, invite: [BOT] });
-    await alice.waitForMembership(botDm, BOT, "join");
+    ({ roomId: botDm, reply: botReply } = await openBotDm(alice));
   });
   after(async () => {
     await env?.stop();
   });
 
-  const botReply = (pattern: RegExp) => alice.waitForEvent(botDm, (e) => e.sender === BOT && pattern.test(String(e.content.body)));
   /** Send until the reply is not a 451 (the bridge takes a decision event a moment to handle). */
   async function sendUntilDecided(mail: Parameters<E2eEnv["sendMail"]>[0]): Promise<string> {
     const deadline = Date.now() + 20_000;

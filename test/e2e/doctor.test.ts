@@ -91,7 +91,7 @@ describe("doctor against Synapse", () => {
       const run = await cli(["doctor", "-c", env.configFile]);
       assert.equal(run.code, 1);
       const { line, fix } = homeserverLines(run.stdout);
-      assert.match(line, /^fail {2}homeserver: homeserver cannot reach the appservice URL http:\/\/127\.0\.0\.1:\d+: /);
+      assert.match(line, /^fail {2}homeserver: homeserver cannot reach the appservice URL http:\/\/127\.0\.0\.1:\d+: .* \(answering: the program holding 127\.0\.0\.1:\d+ \(the bridge, if it runs\)\)$/);
       assert.match(fix ?? "", /appservice\.url must be reachable from the Synapse host/);
     } finally {
       await new Promise<void>((resolve) => dropper.close(() => resolve()));
@@ -107,6 +107,15 @@ describe("doctor against Synapse", () => {
     for (const check of ["config", "dns mx", "dns spf", "dns dkim", "dkim key", "dns dmarc", "reverse dns"]) {
       assert.match(run.stdout, new RegExp(`^ok {4}${check}: `, "m"), `${check} in:\n${run.stdout}`);
     }
+  });
+
+  it("an appservice ID other than the one Synapse loaded with this as_token: Synapse has another registration", async () => {
+    const file = configWithRegistration("other-id", { id: "another-bridge" });
+    const run = await cli(["doctor", "-c", file]);
+    assert.equal(run.code, 1);
+    const { line, fix } = homeserverLines(run.stdout);
+    assert.match(line, /^fail {2}homeserver: .* knows the as_token, but not as appservice "another-bridge" \(Mismatching application service ID in path\)$/);
+    assert.match(fix ?? "", /Synapse has another registration with this token loaded/);
   });
 
   it("an as_token Synapse does not know: token unknown, the registration is not loaded", async () => {

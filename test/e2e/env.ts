@@ -82,6 +82,8 @@ export interface EnvOptions {
   logLevel?: "debug" | "info" | "warn" | "error";
   /** Config sections merged over the defaults (one level deep: `{ inbound: { retry_base_ms: 200 } }`). */
   config?: Record<string, Record<string, unknown>>;
+  /** Start Synapse with the experimental features end-to-end encryption needs (test/harness/synapse.ts `e2ee`). */
+  synapseE2ee?: boolean;
 }
 
 /**
@@ -125,7 +127,7 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
     Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, { TXT: ["v=spf1 ip4:127.0.0.1 -all"] }])),
   );
   await dns.setZone({ records: baseZone });
-  const synapse = await startSynapse({ registrationFiles: [draft.appservice.registration_file] });
+  const synapse = await startSynapse({ registrationFiles: [draft.appservice.registration_file], e2ee: opts.synapseE2ee ?? false });
   write(synapse.url);
   const env: PreparedEnv = {
     dir,
@@ -224,6 +226,24 @@ export async function createMailboxRoom(client: MatrixTestClient, alias: string,
   await client.sendText(roomId, "!email mailbox on");
   await client.waitForEvent(roomId, (e) => e.sender === bot && String(e.content.body).startsWith("Done"));
   return roomId;
+}
+
+/** A user's direct chat with the bridge bot (see {@link openBotDm}). */
+export interface BotDm {
+  roomId: string;
+  /** The bot's first message in the chat whose body matches `pattern`. */
+  reply(pattern: RegExp): ReturnType<MatrixTestClient["waitForEvent"]>;
+}
+
+/**
+ * A direct chat of `client` with the bridge bot (`@emailbot:localhost`), once the bot joined.
+ * @throws when the bot does not join within the client's wait
+ */
+export async function openBotDm(client: MatrixTestClient): Promise<BotDm> {
+  const bot = "@emailbot:localhost";
+  const roomId = await client.createRoom({ preset: "trusted_private_chat", is_direct: true, invite: [bot] });
+  await client.waitForMembership(roomId, bot, "join");
+  return { roomId, reply: (pattern) => client.waitForEvent(roomId, (e) => e.sender === bot && pattern.test(String(e.content.body))) };
 }
 
 /**

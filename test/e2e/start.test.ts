@@ -9,28 +9,26 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
-import { MAIL_DOMAIN, startEnv, type E2eEnv } from "./env.ts";
+import { MAIL_DOMAIN, openBotDm, startEnv, type BotDm, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 
-const BOT = "@emailbot:localhost";
 const ZOE_GHOST = "@email_zoe=40example.org:localhost";
 
 describe("start a conversation without a ghost ID", () => {
   let env: E2eEnv;
   let alice: MatrixTestClient;
   let botDm: string;
+  let botReply: BotDm["reply"];
 
   before(async () => {
     env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"] });
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
-    botDm = await alice.createRoom({ preset: "trusted_private_chat", is_direct: true, invite: [BOT] });
-    await alice.waitForMembership(botDm, BOT, "join");
+    ({ roomId: botDm, reply: botReply } = await openBotDm(alice));
   });
   after(async () => {
     await env?.stop();
   });
 
-  const botReply = (pattern: RegExp) => alice.waitForEvent(botDm, (e) => e.sender === BOT && pattern.test(String(e.content.body)));
 
   it("`start bob@…` in the bot DM: the ghost invites the user to a new unencrypted DM portal; mail goes both ways; a second start points to it", async () => {
     await alice.sendText(botDm, "start Zoe@Example.org");

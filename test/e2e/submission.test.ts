@@ -13,7 +13,7 @@ import { join } from "node:path";
 import nodemailer from "nodemailer";
 import { simpleParser } from "mailparser";
 import { dkimVerify } from "mailauth";
-import { MAIL_DOMAIN, createMailboxRoom, startEnv, type E2eEnv } from "./env.ts";
+import { MAIL_DOMAIN, startEnv, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 import { RawClient, makeCert } from "../harness/smtpListener.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
@@ -48,6 +48,7 @@ async function botPost(client: MatrixTestClient, marker: string, except: string)
 describe("SMTP submission with app passwords", () => {
   let env: E2eEnv;
   let alice: MatrixTestClient;
+  let carol: MatrixTestClient;
   let botDm: string;
   let password: string;
   let certDir: string;
@@ -58,11 +59,11 @@ describe("SMTP submission with app passwords", () => {
     const { cert, key } = await makeCert(certDir, "mx.bridge.test");
     env = await startEnv("sqlite", {
       allowedUsers: ["@alice:localhost", "@carol:localhost"],
-      logLevel: "info",
       config: { submission: { enabled: true, bind_address: "127.0.0.1", port: 0, tls_cert_file: cert, tls_key_file: key, max_auth_failures_per_ip: 3 } },
     });
     submissionPort = env.bridge.submissionPort!;
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
+    carol = await env.synapse.registerUser("carol", { displayName: "Carol" });
     botDm = await alice.createRoom({ preset: "trusted_private_chat", is_direct: true, invite: [BOT] });
     await alice.waitForMembership(botDm, BOT, "join");
   });
@@ -86,7 +87,6 @@ describe("SMTP submission with app passwords", () => {
   };
 
   it("`password new` is refused in a shared room, shows a password once in the DM with the bot, and `passwords` lists it", async () => {
-    const carol = await env.synapse.registerUser("carol", { displayName: "Carol" });
     const shared = await alice.createRoom({ preset: "private_chat", name: "Shared" });
     await alice.invite(shared, BOT);
     await alice.waitForMembership(shared, BOT, "join");
@@ -199,7 +199,12 @@ describe("SMTP submission with app passwords", () => {
   });
 
   it("mail to a room mailbox and to a personal mailbox lands in Matrix, posted by the bot naming the user (login by Matrix ID)", async () => {
-    const team = await createMailboxRoom(alice, "team");
+    // A room of three (not taken for anyone's DM with the bot) with the address team@.
+    const team = await alice.createRoom({ preset: "private_chat", name: "Team", room_alias_name: "team", invite: [BOT, carol.userId] });
+    await carol.join(team);
+    await alice.waitForMembership(team, BOT, "join");
+    await alice.sendText(team, "!email mailbox on");
+    await botReply(team, /^Done: mail to team@bridge\.test now lands in this room/);
     const t = transport("@alice:localhost", password);
     try {
       const info = await t.sendMail({ from: ALICE, to: [`team@${MAIL_DOMAIN}`, ALICE], subject: "Standup notes", text: "Shipped the thing. (sub-3)" });
@@ -209,7 +214,6 @@ describe("SMTP submission with app passwords", () => {
     }
     const posted = await alice.waitForEvent(team, (e) => e.sender === BOT && String(e.content.body).includes("(sub-3)"));
     assert.match(String(posted.content.body), /^✉️ Mail from @alice:localhost \(alice@bridge\.test\), sent from a mail client:\nSubject: Standup notes\n\nShipped the thing\. \(sub-3\)/);
-    // The personal mailbox: the bot's DM with its owner.
     // The personal mailbox: the bot's DM with its owner (the one she talks to the bot in, or one
     // the bot opens and invites her to).
     const personal = await botPost(alice, "(sub-3)", team);
@@ -236,6 +240,19 @@ describe("SMTP submission with app passwords", () => {
     assert.equal((await dkimVerify(sent.raw, { resolver: lookup as never })).results[0]?.status.result, "pass");
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(env.sink.mails.filter((m) => m.raw.includes("(sub-4)")).length, 1, "the retry was not queued again");
+  });
+
+  it("a submitted mail the remote MTA refuses: the failure is posted in the sender's DM with the bot (no portal with that address)", async () => {
+    env.sink.refuse.set("dave@example.com", { code: 550, message: "5.1.1 no such user here" });
+    const t = transport(ALICE, password);
+    try {
+      await t.sendMail({ from: ALICE, to: "dave@example.com", subject: "Hello Dave", text: "Are you there? (sub-5)" });
+    } finally {
+      t.close();
+    }
+    const notice = await botPost(alice, "dave@example.com", "");
+    assert.match(String(notice.content.body), /^⚠️ This message could not be delivered by email to:\n• dave@example\.com: 550 5\.1\.1 no such user here/);
+    assert.equal(notice.content["m.relates_to"], undefined, "no reply: no Matrix event carries the mail");
   });
 
   it("too many failed logins from one address: 454 4.7.0, even for the right password", async () => {

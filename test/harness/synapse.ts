@@ -28,7 +28,16 @@ export interface StartSynapseOptions {
   startTimeoutMs?: number;
   /** Extra top-level homeserver.yaml keys, shallow-merged over the harness defaults. */
   extraConfig?: Record<string, unknown>;
+  /**
+   * Turn on the experimental features appservice end-to-end encryption needs
+   * (`experimental_features`: `msc2409_to_device_messages_enabled`,
+   * `msc3202_transaction_extensions`; docs/encryption.md); default false, as a stock Synapse.
+   */
+  e2ee?: boolean;
 }
+
+/** The `experimental_features` {@link StartSynapseOptions.e2ee} turns on. */
+export const E2EE_EXPERIMENTAL_FEATURES = { msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true };
 
 /** Options for {@link SynapseHandle.registerUser}. */
 export interface RegisterUserOptions {
@@ -380,7 +389,7 @@ async function startOnce(python: string, opts: StartSynapseOptions): Promise<Syn
         signingKeyFile,
         secret,
         registrationFiles: opts.registrationFiles,
-        extra: opts.extraConfig ?? {},
+        extra: { ...(opts.e2ee ? { experimental_features: E2EE_EXPERIMENTAL_FEATURES } : {}), ...opts.extraConfig },
       }),
       null,
       2,

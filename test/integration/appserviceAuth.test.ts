@@ -217,6 +217,7 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
         },
         thirdPartyUserId: () => null,
         thirdPartyAddress: () => null,
+        isPortalRoom: async () => false,
       },
     }));
     await gateway.listen();
@@ -304,6 +305,15 @@ describe("appservice listener (real HTTP, MatrixGateway + matrix-appservice-brid
     assertMatrixError(await request(port, "/anything", { method: "GET" }), 401, "M_UNAUTHORIZED");
     const ok = await request(port, user, { method: "GET", headers: bearer(HS_TOKEN) });
     assert.equal(ok.status, 200, ok.body);
+  });
+
+  test("the homeserver's ping (POST /_matrix/app/v1/ping) answers 200 {} with the hs_token, and is refused without it", async () => {
+    const ping = `${V1}/ping`;
+    const ok = await request(port, ping, { method: "POST", headers: { ...bearer(HS_TOKEN), "content-type": "application/json" }, body: JSON.stringify({ transaction_id: "t1" }) });
+    assert.equal(ok.status, 200, ok.body);
+    assert.deepEqual(JSON.parse(ok.body), {});
+    assertMatrixError(await request(port, ping, { method: "POST", body: "{}" }), 401, "M_UNAUTHORIZED");
+    assertMatrixError(await request(port, ping, { method: "POST", headers: bearer(WRONG), body: "{}" }), 403, "M_FORBIDDEN");
   });
 
   test("the health check stays open", async () => {

@@ -149,7 +149,7 @@ describe("appservice transactions (real HTTP, MatrixGateway, SQLite journal)", (
     const { gateway, port } = await createTestGateway({
       registrationFile,
       journal,
-      sink: { onMatrixEvent: onEvent, onUserQuery: async () => null, thirdPartyUserId: () => null, thirdPartyAddress: () => null },
+      sink: { onMatrixEvent: onEvent, onUserQuery: async () => null, thirdPartyUserId: () => null, thirdPartyAddress: () => null, isPortalRoom: async () => false },
       dispatch: { retryBackoff: { baseMs: 20, maxMs: 40, jitter: 0 }, maxAttempts: 3, pollMs: 200 },
       ...extra,
     });
@@ -484,7 +484,7 @@ describe("crash windows (test failpoints, gateway in a child process)", () => {
         homeserverUrl: "http://127.0.0.1:1",
         registrationFile,
         journal: store,
-        sink: { onMatrixEvent: async (e) => void handled.push(e.event_id), onUserQuery: async () => null, thirdPartyUserId: () => null, thirdPartyAddress: () => null },
+        sink: { onMatrixEvent: async (e) => void handled.push(e.event_id), onUserQuery: async () => null, thirdPartyUserId: () => null, thirdPartyAddress: () => null, isPortalRoom: async () => false },
       });
       try {
         assert.equal((await store.getMatrixEvent("$crash"))?.state, "pending");

@@ -196,6 +196,7 @@ describe("doctor", () => {
       const t = result(results, "dns dmarc");
       assert.equal(t.status, "fail");
       assert.match(t.found, /cannot look up TXT _dmarc\.bridge\.test: .*ETIMEOUT/);
+      assert.ok(t.found.endsWith(`(asked ${dns.nameserver})`), t.found);
       assert.match(t.fix ?? "", /dns\.nameservers/);
       assert.deepEqual(statuses(results), { ...baseline, "dns dmarc": "fail" });
     } finally {

@@ -682,6 +682,9 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(first.row.attempts, 1);
         assert.equal(first.row.notifiedAt, null);
         await store.markContactRequestNotified("@u:hs", "bob@example.org");
+        assert.equal(await store.countContactRequestNotices("@u:hs", 0), 1);
+        assert.equal(await store.countContactRequestNotices("@u:hs", Date.now() + 60_000), 0);
+        assert.equal(await store.countContactRequestNotices("@other:hs", 0), 0);
         const again = await store.noteContactRequest({ userId: "@u:hs", sender: "bob@example.org", senderName: "Robert", verified: false, subject: "Other", preview: "x" });
         assert.equal(again.created, false);
         assert.equal(again.row.attempts, 2);

@@ -33,7 +33,7 @@ it("claims the ghost prefix and the bot exclusively, with fresh tokens", () => {
 it("registration.yaml.example matches what generate-registration writes, but for the tokens", () => {
   const example = parse(readFileSync(new URL("../../registration.yaml.example", import.meta.url), "utf8")) as Record<string, unknown>;
   const built = buildRegistration(config) as unknown as Record<string, unknown>;
-  for (const key of ["id", "url", "sender_localpart", "rate_limited", "namespaces", "protocols"]) {
+  for (const key of ["id", "url", "sender_localpart", "rate_limited", "namespaces", "protocols", "receive_ephemeral", "de.sorunome.msc2409.push_ephemeral", "org.matrix.msc3202", "io.element.msc4190"]) {
     assert.deepEqual(example[key], built[key], key);
   }
 });

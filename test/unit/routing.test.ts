@@ -221,6 +221,17 @@ describe("inbound routing", () => {
       assert.notEqual(req?.notifiedAt, null);
     });
 
+    it("hold: at most 10 requests a user is told of per hour; the rest are told on a later attempt", async () => {
+      await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
+      for (let i = 0; i < 12; i++) {
+        const from = `s${i}@example.org`;
+        await assert.rejects(router.deliver(mail({ from, messageId: `f${i}@example.org` }), await envelope(["alice@bridge.example"], from)), is(451, "4.7.1"));
+      }
+      assert.equal(notified.length, 10);
+      assert.equal((await store.listContactRequests("@alice:hs.example", "pending")).length, 12, "all recorded");
+      assert.equal((await store.getContactRequest("@alice:hs.example", "s11@example.org"))?.notifiedAt, null);
+    });
+
     it("hold: after accept the retry is committed; after refuse it gets 550 5.7.1 with the reason; refuse-quietly a bare 550", async () => {
       await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
       await assert.rejects(router.deliver(mail({ messageId: "a1@example.org" }), await envelope(["alice@bridge.example"])), is(451, "4.7.1"));

@@ -7,15 +7,18 @@ import { ok, warn, type DoctorResult } from "./result.ts";
 
 /**
  * Probe the binding the way `start` does.
- * @returns `ok` when it loads, else `warn` with the load error
+ * @param enabled `encryption.enabled`, or null when the config could not be read
+ * @returns `ok` when it loads or encryption is turned off in the config, else `warn` with the
+ *   load error (the bridge then runs with encryption off)
  */
-export function checkCrypto(): DoctorResult {
+export function checkCrypto(enabled: boolean | null): DoctorResult {
   const check = "e2e crypto";
+  if (enabled === false) return ok(check, "encryption.enabled is false: the bridge stays out of encrypted rooms");
   const status = prepareCrypto();
   if (status.available) return ok(check, "the native @matrix-org/matrix-sdk-crypto-nodejs binding loads");
   return warn(
     check,
     `the native @matrix-org/matrix-sdk-crypto-nodejs binding does not load (${status.reason ?? "unknown reason"}): end-to-end encryption is off`,
-    "reinstall with install scripts allowed and network access (`npm rebuild @matrix-org/matrix-sdk-crypto-nodejs`), or run unencrypted rooms only",
+    "reinstall with install scripts allowed and network access (`npm rebuild @matrix-org/matrix-sdk-crypto-nodejs`), or set encryption.enabled: false",
   );
 }

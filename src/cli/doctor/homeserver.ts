@@ -15,7 +15,12 @@ import { describeError, fail, jsonObject, ok, warn, type DoctorResult } from "./
 
 /** Options of {@link checkHomeserver}. */
 export interface HomeserverCheckOptions {
-  /** Longest wait for the homeserver's answer, in ms (it includes its call to the appservice). */
+  /** Longest wait for the homeserver's `/versions` answer (is it reachable at all?), in ms. */
+  connectTimeoutMs: number;
+  /**
+   * Longest wait for the ping's answer, in ms. It includes the homeserver's own call to the
+   * appservice, which Synapse gives up after 60 s (M_CONNECTION_TIMEOUT): wait longer than that.
+   */
   timeoutMs: number;
 }
 
@@ -49,13 +54,15 @@ export async function checkHomeserver(cfg: BridgeConfig, opts: HomeserverCheckOp
   }
   const started = await startPingResponder(reg.hs_token, cfg.appservice.port, cfg.appservice.bind_address);
   const responder = started.responder;
-  let listenNote: string | null = null;
+  const where = `${cfg.appservice.bind_address}:${cfg.appservice.port}`;
+  let who = "doctor (the bridge is not running)";
   if (!started.responder) {
     const { outcome } = started;
-    listenNote = outcome.bound ? null : outcome.code === "EADDRINUSE" ? null : `doctor could not listen on ${cfg.appservice.bind_address}:${cfg.appservice.port} to answer (${outcome.code})`;
+    const code = outcome.bound ? "" : outcome.code;
+    who = code === "EADDRINUSE" ? `the program holding ${where} (the bridge, if it runs)` : `nobody: doctor could not listen on ${where} (${code})`;
   }
   try {
-    const result = await ping(cfg, reg, responder, opts, listenNote);
+    const result = await ping(cfg, reg, responder, opts, who);
     if (result.status === "ok" && reg.url !== cfg.appservice.url) {
       return warn(CHECK, `${result.found}; but ${file} has url ${reg.url}, the config says ${cfg.appservice.url}`, "run `matrix-email-bridge generate-registration` (it keeps the tokens) and restart Synapse");
     }
@@ -65,11 +72,25 @@ export async function checkHomeserver(cfg: BridgeConfig, opts: HomeserverCheckOp
   }
 }
 
-async function ping(cfg: BridgeConfig, reg: Registration, responder: PingResponder | null, opts: HomeserverCheckOptions, listenNote: string | null): Promise<DoctorResult> {
+/**
+ * Ask the homeserver for the ping and read its answer.
+ * @param who who answers at this host's appservice port, for the report
+ */
+async function ping(cfg: BridgeConfig, reg: Registration, responder: PingResponder | null, opts: HomeserverCheckOptions, who: string): Promise<DoctorResult> {
   const hs = cfg.homeserver.url.replace(/\/+$/, "");
   const endpoint = `${hs}/_matrix/client/v1/appservice/${encodeURIComponent(reg.id)}/ping`;
   const txnId = `doctor-${randomBytes(8).toString("hex")}`;
-  const who = responder ? "doctor (the bridge is not running)" : "the running bridge (its port is taken)";
+  const unreachable = "check homeserver.url (the Client-Server API base URL), that Synapse runs, and that this host can reach it";
+  // Reachable at all, and a homeserver (Client-Server API › Versions)? Asked first, with a short wait.
+  try {
+    const versions = await fetch(`${hs}/_matrix/client/versions`, { signal: AbortSignal.timeout(opts.connectTimeoutMs) });
+    const body = jsonObject(await versions.text());
+    if (!versions.ok || !Array.isArray(body?.versions)) {
+      return fail(CHECK, `${hs} answered HTTP ${versions.status} to /_matrix/client/versions: not a Matrix homeserver`, unreachable);
+    }
+  } catch (err) {
+    return fail(CHECK, `homeserver unreachable at ${hs}: ${fetchFailure(err, opts.connectTimeoutMs)}`, unreachable);
+  }
   let res: Response;
   try {
     res = await fetch(endpoint, {
@@ -79,8 +100,7 @@ async function ping(cfg: BridgeConfig, reg: Registration, responder: PingRespond
       signal: AbortSignal.timeout(opts.timeoutMs),
     });
   } catch (err) {
-    const reason = describeError((err as { cause?: unknown }).cause ?? err);
-    return fail(CHECK, `homeserver unreachable at ${hs}: ${reason}`, "check homeserver.url, that Synapse runs, and that this host can reach it");
+    return fail(CHECK, `no answer to the appservice ping from ${hs}: ${fetchFailure(err, opts.timeoutMs)}`, `check Synapse's log for the ping to ${reg.url}`);
   }
   const text = await res.text();
   // Not JSON (a proxy's page, not a homeserver): reported below with the status.
@@ -105,7 +125,7 @@ async function ping(cfg: BridgeConfig, reg: Registration, responder: PingRespond
     case "M_CONNECTION_TIMEOUT":
       return fail(
         CHECK,
-        `homeserver cannot reach the appservice URL ${reg.url}: ${body.error ?? errcode}${listenNote ? ` (${listenNote})` : ""}`,
+        `homeserver cannot reach the appservice URL ${reg.url}: ${body.error ?? errcode} (answering: ${who})`,
         `appservice.url must be reachable from the Synapse host and lead to appservice.bind_address:port (${cfg.appservice.bind_address}:${cfg.appservice.port}); check the address, firewalls and containers' networks`,
       );
     case "M_BAD_STATUS":
@@ -116,6 +136,12 @@ async function ping(cfg: BridgeConfig, reg: Registration, responder: PingRespond
       }
   }
   return fail(CHECK, `${endpoint} answered ${res.status} ${errcode}${body.error ? `: ${body.error}` : ""}`, "check homeserver.url (the Client-Server API base URL) and Synapse's log");
+}
+
+/** Why a fetch failed: the network error under undici's "fetch failed", or the timeout. */
+function fetchFailure(err: unknown, timeoutMs: number): string {
+  if (err instanceof Error && (err.name === "TimeoutError" || err.name === "AbortError")) return `no answer within ${timeoutMs} ms`;
+  return describeError((err as { cause?: unknown }).cause ?? err);
 }
 
 /**

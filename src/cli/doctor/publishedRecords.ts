@@ -72,7 +72,7 @@ export async function checkMx(resolver: DnsResolver, exp: ExpectedRecords): Prom
   try {
     mx = await resolver.resolveMx(exp.mailDomain);
   } catch (err) {
-    if (!isNoRecord(err)) return dnsFailure(check, `MX ${exp.mailDomain}`, err);
+    if (!isNoRecord(err)) return dnsFailure(check, `MX ${exp.mailDomain}`, err, resolver.servers);
     mx = [];
   }
   if (mx.length === 0) return fail(check, `${exp.mailDomain} has no MX record: no mail reaches the bridge`, `publish ${zoneLine(want)}`);
@@ -84,7 +84,7 @@ export async function checkMx(resolver: DnsResolver, exp: ExpectedRecords): Prom
   try {
     addresses = await hostAddresses(resolver, exp.mxHost);
   } catch (err) {
-    return dnsFailure(check, `A/AAAA ${exp.mxHost}`, err);
+    return dnsFailure(check, `A/AAAA ${exp.mxHost}`, err, resolver.servers);
   }
   if (addresses.length === 0) {
     return fail(check, `MX of ${exp.mailDomain} is ${listed}, but ${exp.mxHost} has no A/AAAA record`, `publish an A (and AAAA) record for ${exp.mxHost} with the bridge host's public address`);
@@ -114,7 +114,7 @@ export async function checkSpf(resolver: DnsResolver, exp: ExpectedRecords): Pro
   try {
     txt = await txtRecords(resolver, exp.mailDomain);
   } catch (err) {
-    return dnsFailure(check, `TXT ${exp.mailDomain}`, err);
+    return dnsFailure(check, `TXT ${exp.mailDomain}`, err, resolver.servers);
   }
   const spf = txt.filter((t) => /^v=spf1(\s|$)/i.test(t.trim()));
   if (spf.length === 0) return fail(check, `${exp.mailDomain} has no SPF record: receivers cannot tell the bridge's mail from forgeries`, `publish ${zoneLine(want)}`);
@@ -166,7 +166,7 @@ export async function checkDkimRecord(resolver: DnsResolver, exp: ExpectedRecord
   try {
     txt = await txtRecords(resolver, want.name);
   } catch (err) {
-    return { result: dnsFailure(check, `TXT ${want.name}`, err), published: null };
+    return { result: dnsFailure(check, `TXT ${want.name}`, err, resolver.servers), published: null };
   }
   if (txt.length === 0) return { result: fail(check, `${want.name} has no TXT record: receivers cannot verify the bridge's DKIM signatures`, publish), published: null };
   if (txt.length > 1) return { result: fail(check, `${want.name} has ${txt.length} TXT records; verifiers take one at random`, `keep one: ${publish}`), published: null };
@@ -193,7 +193,7 @@ export async function checkDmarc(resolver: DnsResolver, exp: ExpectedRecords): P
   try {
     txt = await txtRecords(resolver, want.name);
   } catch (err) {
-    return dnsFailure(check, `TXT ${want.name}`, err);
+    return dnsFailure(check, `TXT ${want.name}`, err, resolver.servers);
   }
   const dmarc = txt.filter((t) => /^v=DMARC1\s*(;|$)/i.test(t.trim()));
   if (dmarc.length === 0) return fail(check, `${want.name} has no DMARC record: receivers apply no policy to forged @${exp.mailDomain} mail`, `publish ${zoneLine(want)}`);

@@ -49,13 +49,14 @@ export function describeError(err: unknown): string {
  * @param check the check's name
  * @param what what was looked up, e.g. `TXT _dmarc.mail.example`
  * @param err the resolver's error (src/mail/dns.ts)
+ * @param servers the servers the resolver asked (`DnsResolver.servers`)
  */
-export function dnsFailure(check: string, what: string, err: unknown): DoctorResult {
-  const reason = describeError(err);
+export function dnsFailure(check: string, what: string, err: unknown, servers: readonly string[]): DoctorResult {
+  const found = `cannot look up ${what}: ${describeError(err)} (asked ${servers.join(", ") || "the system's resolvers"})`;
   if (isTemporaryDnsError(err)) {
-    return fail(check, `cannot look up ${what}: ${reason}`, "make sure the DNS servers in dns.nameservers answer (the bridge asks only them), then run doctor again");
+    return fail(check, found, "make sure the DNS servers in dns.nameservers answer (the bridge asks only them), then run doctor again");
   }
-  return fail(check, `cannot look up ${what}: ${reason}`, "check the name, and that dns.nameservers answers for it");
+  return fail(check, found, "check the name, and that dns.nameservers answers for it");
 }
 
 /** Whether `err` is a definite "no such name / no such record" DNS answer (see src/mail/dns.ts). */

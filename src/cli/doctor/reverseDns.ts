@@ -51,7 +51,7 @@ export async function checkReverseDns(input: ReverseDnsInput): Promise<DoctorRes
     try {
       addresses = await hostAddresses(input.resolver, helo);
     } catch (err) {
-      return dnsFailure(check, `A/AAAA ${helo}`, err);
+      return dnsFailure(check, `A/AAAA ${helo}`, err, input.resolver.servers);
     }
     if (addresses.length === 0) return warn(check, `the outbound source address is not known (the config names none, and ${helo} has no A/AAAA record)`, HOW_TO_CHECK(helo));
   }
@@ -62,7 +62,7 @@ export async function checkReverseDns(input: ReverseDnsInput): Promise<DoctorRes
     try {
       names = await input.resolver.reverse(ip);
     } catch (err) {
-      if (!isNoRecord(err)) return dnsFailure(check, `PTR ${reverseName(ip)}`, err);
+      if (!isNoRecord(err)) return dnsFailure(check, `PTR ${reverseName(ip)}`, err, input.resolver.servers);
       problems.push(`${ip} has no PTR record`);
       continue;
     }
@@ -72,7 +72,7 @@ export async function checkReverseDns(input: ReverseDnsInput): Promise<DoctorRes
       try {
         forward = await hostAddresses(input.resolver, name);
       } catch (err) {
-        return dnsFailure(check, `A/AAAA ${name}`, err);
+        return dnsFailure(check, `A/AAAA ${name}`, err, input.resolver.servers);
       }
       if (forward.some((a) => sameAddress(a, ip))) confirmed.push(normName(name));
     }

@@ -13,7 +13,6 @@
  * Replies are {@link SmtpReply} values from `rejections.ts`; see there for how enhanced
  * status codes (RFC 3463) reach the wire with smtp-server 3.21.
  */
-import type { AddressInfo } from "node:net";
 import { domainToASCII } from "node:url";
 import { SMTPServer } from "smtp-server";
 import type {
@@ -33,6 +32,7 @@ import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clien
 import type { MessageLimits, SmtpLimitKey } from "./limits.ts";
 import { Rejections, SmtpReply, isSmtpReply, toSmtpReply } from "./rejections.ts";
 import { replyTap } from "./replyTap.ts";
+import { listenSmtp } from "../listen.ts";
 
 /**
  * The SMTP envelope of one mail transaction (RFC 5321 §2.3.1), as seen by the handler.
@@ -315,16 +315,8 @@ export class SmtpListener<R = unknown> {
     });
     server.on("error", (err: Error) => this.#log.warn("smtp server error", errorFields(err)));
 
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      server.server.once("error", onError);
-      server.listen(config.port, config.bind_address, () => {
-        server.server.off("error", onError);
-        resolve();
-      });
-    });
+    const port = await listenSmtp(server, config.bind_address, config.port);
     this.#server = server;
-    const port = (server.server.address() as AddressInfo).port;
     this.#log.info("smtp listener started", {
       address: config.bind_address,
       port,

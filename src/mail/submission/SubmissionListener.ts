@@ -20,7 +20,6 @@
  *
  * Knows nothing of Matrix: the bridge passes a {@link SubmissionHandler}.
  */
-import type { AddressInfo } from "node:net";
 import { SMTPServer } from "smtp-server";
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
 import { errorFields, getLogger } from "../../util/logger.ts";
@@ -30,6 +29,7 @@ import { CertificateFiles } from "../inbound/certificates.ts";
 import { MessageInspector, RateLimiter, clientKey } from "../inbound/limits.ts";
 import type { MessageLimits } from "../inbound/limits.ts";
 import { Rejections, SmtpReply, isSmtpReply, toSmtpReply } from "../inbound/rejections.ts";
+import { listenSmtp } from "../listen.ts";
 
 /** A local user logged in on the submission port. */
 export interface SubmissionUser {
@@ -214,16 +214,8 @@ export class SubmissionListener {
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
     });
     server.on("error", (err: Error) => this.#log.warn("submission server error", errorFields(err)));
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      server.server.once("error", onError);
-      server.listen(config.port, config.bind_address, () => {
-        server.server.off("error", onError);
-        resolve();
-      });
-    });
+    const port = await listenSmtp(server, config.bind_address, config.port);
     this.#server = server;
-    const port = (server.server.address() as AddressInfo).port;
     this.#log.info("submission listener started", { address: config.bind_address, port, maxMessageBytes: config.max_message_bytes });
     return { port };
   }
@@ -381,6 +373,7 @@ export class SubmissionListener {
     const chunks: Buffer[] = [];
     let kept = 0;
     let truncated = false;
+    let failed = false;
     stream.on("data", (chunk: Buffer) => {
       if (truncated || inspector.violation) return;
       if (kept + chunk.length > max) {
@@ -394,11 +387,13 @@ export class SubmissionListener {
       kept += chunk.length;
     });
     stream.once("error", (err: Error) => {
+      failed = true;
       inspector.abort();
       log.warn("submission data stream failed", errorFields(err));
       cb(Rejections.temporaryFailure());
     });
     stream.once("end", () => {
+      if (failed) return; // answered 451 already
       if (!user) return cb(SubmissionReplies.authRequired());
       if (stream.sizeExceeded || truncated) {
         inspector.abort();

@@ -12,6 +12,7 @@ import { sql008ContactRules } from "./008-contact-rules.ts";
 import { sql009ContactRequests } from "./009-contact-requests.ts";
 import { sql010Addressing } from "./010-addressing.ts";
 import { sql011AppPasswords } from "./011-app-passwords.ts";
+import { sql012CryptoStore } from "./012-crypto-store.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -36,4 +37,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 9, description: "contact requests, personal settings, quiet refusals", sql: sql009ContactRequests },
   { version: 10, description: "addressing: mail domains and aliases", sql: sql010Addressing },
   { version: 11, description: "app passwords for SMTP submission", sql: sql011AppPasswords },
+  { version: 12, description: "end-to-end-encryption state of the bridge's Matrix devices", sql: sql012CryptoStore },
 ];

@@ -427,6 +427,8 @@ export const SQL_CONTACT_REQUEST = `SELECT ${CONTACT_REQUEST_COLS} FROM contact_
 export const SQL_CONTACT_REQUESTS_OF_USER = `SELECT ${CONTACT_REQUEST_COLS} FROM contact_requests WHERE user_id = $1 ORDER BY last_at DESC, sender`;
 /** User $1's requests in state $2, newest attempt first. */
 export const SQL_CONTACT_REQUESTS_IN_STATE = `SELECT ${CONTACT_REQUEST_COLS} FROM contact_requests WHERE user_id = $1 AND state = $2 ORDER BY last_at DESC, sender`;
+/** How many of user $1's requests they were told of since $2. */
+export const SQL_COUNT_CONTACT_REQUEST_NOTICES = "SELECT COUNT(*) AS n FROM contact_requests WHERE user_id = $1 AND notified_at >= $2";
 /** User $1 was told of the request from $2 at $3. */
 export const SQL_CONTACT_REQUEST_NOTIFIED = "UPDATE contact_requests SET notified_at = $3 WHERE user_id = $1 AND sender = $2";
 /** Decide user $1's request from $2: state $3. */
@@ -443,3 +445,12 @@ export const SQL_APP_PASSWORDS_OF_USER = "SELECT id, user_id, label, hash, creat
 export const SQL_REVOKE_APP_PASSWORD = "DELETE FROM app_passwords WHERE user_id = $1 AND label = $2";
 /** App password $1 was used at $2 (ms). */
 export const SQL_APP_PASSWORD_USED = "UPDATE app_passwords SET last_used_at = $2 WHERE id = $1";
+
+/** The crypto store snapshot of Matrix user $1 (migration 12). */
+export const SQL_CRYPTO_STORE_OF_USER = "SELECT device_id, state FROM crypto_store WHERE user_id = $1";
+/** Save user $1's device $2 snapshot $3 at $4 (ms), replacing the previous one. */
+export const SQL_SAVE_CRYPTO_STORE = `
+INSERT INTO crypto_store (user_id, device_id, state, updated_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id) DO UPDATE SET device_id = excluded.device_id, state = excluded.state, updated_at = excluded.updated_at`;
+/** Forget user $1's crypto store. */
+export const SQL_DELETE_CRYPTO_STORE = "DELETE FROM crypto_store WHERE user_id = $1";
