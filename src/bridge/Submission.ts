@@ -304,9 +304,11 @@ export class Submission implements SubmissionHandler {
 
   /**
    * RFC 6409 §8.3, §8.4: an MSA may add a missing Date and Message-ID. Both are needed here (the
-   * queue keys mail by Message-ID; RFC 5322 §3.6 requires Date).
+   * queue keys mail by Message-ID; RFC 5322 §3.6 requires Date). Any `Bcc:` field is removed
+   * (RFC 5322 §3.6.3, the first method): blind recipients must not be shown to the others.
    */
-  #withRequiredHeaders(raw: Buffer): { raw: Buffer; messageId: string } {
+  #withRequiredHeaders(original: Buffer): { raw: Buffer; messageId: string } {
+    const raw = withoutBcc(original);
     const end = raw.indexOf("\r\n\r\n");
     const head = raw.subarray(0, end >= 0 ? end : raw.length).toString("latin1");
     const existing = /^message-id:[ \t]*<([^<>\s]+@[^<>\s]+)>/im.exec(head)?.[1];
@@ -317,6 +319,20 @@ export class Submission implements SubmissionHandler {
     if (added.length === 0) return { raw, messageId };
     return { raw: Buffer.concat([Buffer.from(added.join("\r\n") + "\r\n", "latin1"), raw]), messageId };
   }
+}
+
+/**
+ * The message without its `Bcc:` header fields (with their folded continuation lines).
+ * @param raw an RFC 5322 message with CRLF line ends
+ * @returns `raw` itself when it has none
+ */
+export function withoutBcc(raw: Buffer): Buffer {
+  const end = raw.indexOf("\r\n\r\n");
+  const headEnd = end >= 0 ? end + 2 : raw.length;
+  const head = raw.subarray(0, headEnd).toString("latin1");
+  if (!/^bcc[ \t]*:/im.test(head)) return raw;
+  const kept = head.replace(/^bcc[ \t]*:.*\r\n(?:[ \t].*\r\n)*/gim, "");
+  return Buffer.concat([Buffer.from(kept, "latin1"), raw.subarray(headEnd)]);
 }
 
 function cut(text: string): string {

@@ -371,6 +371,20 @@ export class MatrixGateway implements MatrixActions {
     if (this.#e2eePending) throw new Error("appservice transaction before the bridge's crypto device is open: refused, the homeserver retries it");
   }
 
+  /**
+   * Who gets the room key of an event sent in `roomId`: its joined and invited members (an
+   * invited user reads what is sent before they join, as clients share keys).
+   * @throws the homeserver's error
+   */
+  async #keyRecipients(roomId: string, asUserId: string): Promise<string[]> {
+    const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/members?not_membership=leave`;
+    const res = (await this.intent(asUserId).matrixClient.doRequest("GET", path)) as { chunk?: { state_key?: unknown; content?: { membership?: unknown } }[] };
+    return (res.chunk ?? [])
+      .filter((e) => e.content?.membership === "join" || e.content?.membership === "invite")
+      .map((e) => e.state_key)
+      .filter((u): u is string => typeof u === "string");
+  }
+
   bridgesEncryptedRooms(): boolean {
     return this.#e2ee?.active ?? false;
   }
@@ -384,7 +398,10 @@ export class MatrixGateway implements MatrixActions {
   async #decrypted(event: WeakEvent): Promise<WeakEvent | null> {
     if (!this.#e2ee) return null;
     try {
-      const { event: clear } = await this.#e2ee.decrypt(event as unknown as Record<string, unknown>);
+      // Ghosts known to be in the room: a DM portal's events are decrypted by its ghost's device.
+      const prefix = `${event.room_id}\n`;
+      const ghosts = [...this.#joined].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length)).filter((u) => u !== this.botUserId);
+      const { event: clear } = await this.#e2ee.decrypt(event as unknown as Record<string, unknown>, ghosts);
       this.#waitingForKeys.delete(event.event_id);
       return { ...event, type: String(clear.type), content: (clear.content ?? {}) as Record<string, unknown> } as WeakEvent;
     } catch (err) {
@@ -503,7 +520,7 @@ export class MatrixGateway implements MatrixActions {
       // Never in plaintext into an encrypted room: wait (a temporary failure) until the device is open.
       if (!this.#e2ee) throw new Error(`room ${roomId} is encrypted and the bridge's crypto device is not open yet`);
       // Encrypted by the sender's own device: a ghost's event under the bot's session would show a "mismatched sender" warning.
-      const members = await this.joinedMembers(roomId, userId);
+      const members = await this.#keyRecipients(roomId, userId);
       const visibility = await this.stateContent(roomId, "m.room.history_visibility", "", userId);
       content = await this.#e2ee.encrypt(userId, roomId, type, content, members, visibility?.history_visibility === "shared" || visibility?.history_visibility === "world_readable");
       type = "m.room.encrypted";

@@ -4,6 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { withoutBcc } from "../../src/bridge/Submission.ts";
 import { MalformedPasswordHashError, generateAppPassword, hashAppPassword, verifyAppPassword } from "../../src/mail/submission/appPasswords.ts";
 
 test("a generated password is 4 groups of 5 unambiguous characters, different each time", () => {
@@ -48,4 +49,11 @@ test("a damaged or foreign hash is refused with MalformedPasswordHashError, neve
   for (const bad of ["", "plain-text-password", `bcrypt$16384$${r}$${p}$${salt}$${key}`, `scrypt$1000$${r}$${p}$${salt}$${key}`, `scrypt$${1 << 24}$${r}$${p}$${salt}$${key}`, `scrypt$16384$${r}$${p}$$${key}`]) {
     await assert.rejects(verifyAppPassword("x", bad), MalformedPasswordHashError, bad);
   }
+});
+
+test("submitted mail: Bcc fields are removed, folded lines and all, and nothing else changes", () => {
+  const raw = Buffer.from("From: a@x.test\r\nBcc: hidden@y.test,\r\n\tother@z.test\r\nTo: b@y.test\r\nBCC:  third@y.test\r\nSubject: Bcc: in the subject stays\r\n\r\nBcc: in the body stays\r\n");
+  assert.equal(withoutBcc(raw).toString(), "From: a@x.test\r\nTo: b@y.test\r\nSubject: Bcc: in the subject stays\r\n\r\nBcc: in the body stays\r\n");
+  const plain = Buffer.from("From: a@x.test\r\n\r\nbody\r\n");
+  assert.equal(withoutBcc(plain), plain, "no copy when there is nothing to remove");
 });

@@ -173,10 +173,10 @@ export class CryptoDevice {
     return status.hasMaster && status.hasSelfSigning && status.hasUserSigning;
   }
 
-  /** Call `cb` whenever room keys arrive (a pending event may now decrypt). */
-  onRoomKeys(cb: () => void): void {
-    this.#machine.registerRoomKeyUpdatedCallback(async () => {
-      cb();
+  /** Call `cb` with the rooms whenever room keys arrive (a pending event may now decrypt). */
+  onRoomKeys(cb: (roomIds: string[]) => void): void {
+    this.#machine.registerRoomKeyUpdatedCallback(async (infos) => {
+      cb(infos.map((i) => i.roomId.toString()));
     });
   }
 

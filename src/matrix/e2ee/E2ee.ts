@@ -26,7 +26,7 @@
 import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { errorFields, getLogger } from "../../util/logger.ts";
-import { CryptoDevice, type DecryptedEvent, type DeviceChanges } from "./CryptoDevice.ts";
+import { CryptoDevice, MissingRoomKeyError, type DecryptedEvent, type DeviceChanges } from "./CryptoDevice.ts";
 import { E2eeHttpError, HomeserverApi } from "./homeserverApi.ts";
 import { openSnapshot, sealSnapshot } from "./storeSnapshot.ts";
 
@@ -108,14 +108,36 @@ export class EndToEndEncryption {
   readonly #ghosts = new Map<string, Promise<CryptoDevice>>();
   #supported = false;
   readonly #roomKeyListeners: (() => void)[] = [];
+  /**
+   * Which of the bridge's users got room keys for a room (in memory): a DM portal has a ghost
+   * but not the bot, so its events are decrypted by the ghost's device.
+   */
+  readonly #keyHolders = new Map<string, Set<string>>();
 
   private constructor(opts: E2eeOptions, api: HomeserverApi, bot: CryptoDevice) {
     this.#opts = opts;
     this.#api = api;
     this.#bot = bot;
-    bot.onRoomKeys(() => {
+    this.#watch(bot);
+  }
+
+  /** Note the rooms a device gets keys for, and tell the listeners. */
+  #watch(device: CryptoDevice): void {
+    device.onRoomKeys((roomIds) => {
+      for (const roomId of roomIds) this.#holds(roomId, device.userId);
       for (const l of this.#roomKeyListeners) l();
     });
+  }
+
+  #holds(roomId: string, userId: string): void {
+    let users = this.#keyHolders.get(roomId);
+    if (!users) {
+      users = new Set();
+      this.#keyHolders.set(roomId, users);
+      // Bounded: the oldest room is forgotten first (a miss only means trying the bot first).
+      if (this.#keyHolders.size > 100_000) this.#keyHolders.delete(this.#keyHolders.keys().next().value!);
+    }
+    users.add(userId);
   }
 
   /**
@@ -209,11 +231,33 @@ export class EndToEndEncryption {
   }
 
   /**
-   * Decrypt an `m.room.encrypted` event with the bot's device.
-   * @throws MissingRoomKeyError (retry when keys arrive), UndecryptableEventError (never)
+   * Decrypt an `m.room.encrypted` event with the device that got its room key: the bot's, else
+   * a ghost's that got keys for the room or is one of `members` (a DM portal has no bot).
+   * @param members the bridge's users known to be in the room (ghosts), tried after the bot
+   * @throws MissingRoomKeyError when no device has the key yet (retry when keys arrive);
+   *   UndecryptableEventError when it can never be decrypted
    */
-  async decrypt(event: Record<string, unknown>): Promise<DecryptedEvent> {
-    return this.#bot.decrypt(event);
+  async decrypt(event: Record<string, unknown>, members: string[] = []): Promise<DecryptedEvent> {
+    const roomId = String(event.room_id);
+    const ghosts = new Set([...(this.#keyHolders.get(roomId) ?? []), ...members]);
+    ghosts.delete(this.#opts.botUserId);
+    let missing: unknown;
+    try {
+      return await this.#bot.decrypt(event);
+    } catch (err) {
+      if (!(err instanceof MissingRoomKeyError)) throw err;
+      missing = err;
+    }
+    for (const userId of ghosts) {
+      const device = await this.#ghost(userId, false);
+      if (!device) continue;
+      try {
+        return await device.decrypt(event);
+      } catch (err) {
+        if (!(err instanceof MissingRoomKeyError)) throw err;
+      }
+    }
+    throw missing;
   }
 
   /**
@@ -227,6 +271,7 @@ export class EndToEndEncryption {
     if (!device) throw new Error(`no device for ${userId}`);
     const all = members.includes(userId) ? members : [...members, userId];
     const encrypted = await device.encrypt(roomId, type, content, all, historyShared);
+    this.#holds(roomId, userId);
     await this.#save(device);
     return encrypted;
   }
@@ -264,7 +309,10 @@ export class EndToEndEncryption {
       return loaded;
     }
     if (!create && !(await this.#opts.state.loadCryptoStore(userId))) return null;
-    const opening = openDevice(this.#api, this.#opts, userId, "Email bridge", create);
+    const opening = openDevice(this.#api, this.#opts, userId, "Email bridge", create).then((d) => {
+      this.#watch(d);
+      return d;
+    });
     this.#ghosts.set(userId, opening);
     opening.catch(() => {
       if (this.#ghosts.get(userId) === opening) this.#ghosts.delete(userId);
