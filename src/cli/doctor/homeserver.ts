@@ -110,7 +110,8 @@ async function ping(cfg: BridgeConfig, reg: Registration, responder: PingRespond
     if (responder && !responder.received.includes(txnId)) {
       return fail(CHECK, `the homeserver pinged ${reg.url}, but something other than this host's ${cfg.appservice.bind_address}:${cfg.appservice.port} answered`, `point appservice.url at this bridge host (then generate-registration and restart Synapse)`);
     }
-    return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and reached ${reg.url} in ${body.duration_ms ?? "?"} ms (answered by ${who})`);
+    const reached = responder ? `reached ${reg.url}` : `reached the running bridge at ${reg.url}`;
+    return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and ${reached} in ${body.duration_ms ?? "?"} ms (answered by ${who})`);
   }
   const errcode = body.errcode ?? `HTTP ${res.status}`;
   switch (body.errcode) {
@@ -148,8 +149,8 @@ function fetchFailure(err: unknown, timeoutMs: number): string {
  * M_BAD_STATUS: the homeserver reached the appservice URL, which answered an error.
  * The running bridge checks the `hs_token` before anything else, so a 401/403 means the
  * homeserver has another `hs_token` (an older registration); a 404 `M_UNRECOGNIZED` after that
- * check means the bridge accepted the token but does not serve the ping route itself: the
- * homeserver reached it, which is what the check is for.
+ * check means a bridge from before the ping route accepted the token: the homeserver reached
+ * it, which is what the check is for. (The bridge answers the ping with 200 since then.)
  */
 function badStatus(body: PingError, reg: Registration, hs: string, responder: PingResponder | null, who: string): DoctorResult {
   const status = body.status;
