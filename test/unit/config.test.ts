@@ -200,6 +200,10 @@ it("docker-compose.yml and docker/bridge-config.yaml are in step", () => {
   assert.equal(pg.password, env.POSTGRES_PASSWORD);
   assert.equal(pg.pathname.slice(1), env.POSTGRES_DB);
   assert.ok(services.bridge?.ports?.some((p) => p.endsWith(`:${cfg.smtp.port}`)), "the bridge must publish smtp.port");
+  // The optional listeners, off in the sample, are published as comments with their default ports.
+  const composeText = readFileSync(join(root, "docker-compose.yml"), "utf8");
+  assert.match(composeText, new RegExp(`# - "${cfg.submission.port}:${cfg.submission.port}"`), "submission.port, commented");
+  assert.match(composeText, new RegExp(`# - "127\\.0\\.0\\.1:${cfg.admin_api.port}:${cfg.admin_api.port}"`), "admin_api.port, commented");
   assert.equal(cfg.appservice.bind_address, "0.0.0.0");
   // Synapse reads the registration the bridge writes into its data folder.
   assert.ok(services.synapse?.volumes?.some((v) => v.startsWith("./data/bridge:")));
