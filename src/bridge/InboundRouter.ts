@@ -324,7 +324,8 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     }
     let mail;
     try {
-      mail = await parseMail(raw, { attachments: "metadata" });
+      // The listener's skeleton parses like the message without decoding any attachment.
+      mail = await parseMail(raw, { attachments: "metadata", skeleton: envelope.skeleton ?? null });
     } catch (err) {
       log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: (err as Error).message });
       throw new SmtpReply(554, "5.6.0", "message could not be parsed");

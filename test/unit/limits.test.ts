@@ -224,6 +224,23 @@ describe("MessageInspector", () => {
     assert.equal(await fresh.finish(), null);
   });
 
+  test("the skeleton keeps headers, boundaries and text, drops binary parts' contents, for any chunking; none after a violation", async () => {
+    const pdf = "JVBERi0xLjQK".repeat(40);
+    const msg =
+      `Subject: s\r\nContent-Type: multipart/mixed; boundary="z"\r\n\r\npreamble\r\n--z\r\nContent-Type: text/plain\r\n\r\nhello\r\n` +
+      `--z\r\nContent-Type: application/pdf; name="a.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n${pdf}\r\n` +
+      `--z\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner text\r\n--z--\r\n`;
+    const expected = msg.replace(pdf, ""); // the line end before a boundary belongs to the boundary
+    for (const split of [1, 7, 100_000]) {
+      const { violation, inspector } = await inspect(msg, split, { ...LIMITS, maxHeaderBytes: 4096 });
+      assert.equal(violation, null);
+      assert.equal(inspector.skeleton?.toString("latin1"), expected, `split ${split}`);
+    }
+    const over = await inspect(multipart(1, 7), 11);
+    assert.ok(over.violation);
+    assert.equal(over.inspector.skeleton, null);
+  });
+
   test("rejects limits that are not positive integers", () => {
     assert.throws(() => new MessageInspector({ ...LIMITS, maxMimeParts: 0 }), RangeError);
   });

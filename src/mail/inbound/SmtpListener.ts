@@ -63,6 +63,11 @@ export interface InboundEnvelope<R = unknown> {
   sessionId: string;
   /** True when the session runs over TLS (after STARTTLS). */
   secure: boolean;
+  /**
+   * At DATA: the message without the contents of its binary parts ({@link MessageInspector.skeleton}),
+   * for a parse that needs no attachment's bytes; null or absent when it could not be made.
+   */
+  skeleton?: Buffer | null;
 }
 
 /**
@@ -758,7 +763,7 @@ export class SmtpListener<R = unknown> {
           }
           const raw = Buffer.concat(chunks, kept);
           chunks.length = 0;
-          finish(await this.#deliver(raw, this.#envelope(session, tx), log));
+          finish(await this.#deliver(raw, { ...this.#envelope(session, tx), skeleton: inspector.skeleton }, log));
         })
         .catch((err: unknown) => log.error("smtp reply failed", errorFields(err)));
       this.#deliveries.add(delivery);

@@ -296,6 +296,10 @@ const CR = 0x0d;
  *
  * The first limit crossed decides; after it nothing more is examined (writes become no-ops),
  * so the caller can keep draining the SMTP stream cheaply.
+ *
+ * From the same split it keeps the message's {@link skeleton}: the message with the contents of
+ * its binary leaf parts left out, for a parse at DATA time that needs every header and text but
+ * no attachment's bytes.
  */
 export class MessageInspector {
   readonly #limits: MessageLimits;
@@ -310,6 +314,9 @@ export class MessageInspector {
   #atLineStart = true;
   #crAtLineStart = false;
   #received = 0;
+  // the skeleton: the split message without binary parts' contents
+  #skeleton: Buffer[] = [];
+  #skeletonComplete = false;
   // MIME structure
   #parts = 0;
   #maxDepthSeen = 0;
@@ -336,14 +343,22 @@ export class MessageInspector {
     const stream = splitter as unknown as Transform;
     this.#splitterDone = new Promise<void>((resolve) => {
       splitter.on("data", (chunk: SplitterChunk) => {
-        if (chunk.type === "node") this.#onNode(chunk);
+        if (chunk.type === "node") {
+          this.#onNode(chunk);
+          this.#skeleton.push(chunk.getHeaders());
+        } else if (chunk.type === "data" || (chunk.type === "body" && !isBinaryLeaf(chunk.node))) {
+          this.#skeleton.push(chunk.value);
+        }
       });
       stream.once("error", (err: Error & { code?: string }) => {
         if (err.code === "EMAXLEN" && /head/i.test(err.message)) this.#fail(Rejections.headerTooBig(limits.maxHeaderBytes));
         else this.#splitterError = err;
         resolve();
       });
-      stream.once("end", () => resolve());
+      stream.once("end", () => {
+        this.#skeletonComplete = true;
+        resolve();
+      });
       stream.once("close", () => resolve());
     });
   }
@@ -359,6 +374,17 @@ export class MessageInspector {
    */
   get splitterError(): Error | null {
     return this.#splitterError;
+  }
+
+  /**
+   * After {@link finish}: the message as split, with the content of every binary leaf part
+   * (a type other than text/*, message/* and multipart/*: images, applications, audio, …) left
+   * out and its header section kept. Parsing it gives the same headers, texts and list of
+   * attachments (names, types, Content-IDs; sizes 0) as parsing the message, without decoding
+   * any attachment. Null when the splitter did not finish (a limit, a splitter error, abort).
+   */
+  get skeleton(): Buffer | null {
+    return this.#skeletonComplete && !this.#violation && !this.#splitterError ? Buffer.concat(this.#skeleton) : null;
   }
 
   /** What was measured so far. */
@@ -402,6 +428,7 @@ export class MessageInspector {
     if (this.#violation) return;
     this.#violation = reply;
     this.#headerChunks = [];
+    this.#skeleton = [];
     this.#stopSplitter();
   }
 
@@ -477,4 +504,16 @@ export class MessageInspector {
     }
     return depth;
   }
+}
+
+/**
+ * Whether a split node is a leaf whose content is binary: not multipart, not a message
+ * (message/rfc822 and the like are split further or are small reports), not text/* (a node
+ * without a Content-Type is text/plain, RFC 2045 §5.2).
+ */
+function isBinaryLeaf(node: { multipart?: unknown; contentType?: unknown }): boolean {
+  if (node.multipart) return false;
+  const type = typeof node.contentType === "string" ? node.contentType : "";
+  const main = type.slice(0, type.indexOf("/"));
+  return type !== "" && main !== "text" && main !== "message" && main !== "multipart";
 }

@@ -23,7 +23,7 @@ export interface MailAttachmentInfo {
   filename: string | null;
   /** MIME type, lower case, e.g. `image/png`. */
   contentType: string;
-  /** Decoded size in bytes. */
+  /** Decoded size in bytes; 0 when the message was parsed from its skeleton (see {@link parseMail}). */
   size: number;
   /**
    * Content-ID (RFC 2392) without angle brackets, what a `cid:` URL in the HTML names; null
@@ -318,16 +318,20 @@ function collect(content: Readable): Promise<Buffer> {
  * ({@link ParsedMailSummary}); {@link forEachAttachment} reads the content later, one
  * attachment at a time.
  *
+ * With `skeleton` (the message without its binary parts' contents, from the SMTP listener's
+ * MessageInspector), mailparser reads the skeleton instead of the message: the same fields, and
+ * the attachments listed with size 0. `raw` still serves the checks on the whole message.
+ *
  * @param raw the whole message as received in DATA (headers and body, CRLF line ends)
  * @returns the parsed fields
  * @throws Error from mailparser when the message exceeds its structural limits (more than
  *   1000 MIME parts, a part header over 1 MiB)
  */
 export async function parseMail(raw: Buffer): Promise<ParsedMail>;
-export async function parseMail(raw: Buffer, opts: { attachments: "metadata" }): Promise<ParsedMailSummary>;
-export async function parseMail(raw: Buffer, opts?: { attachments: "metadata" }): Promise<ParsedMail | ParsedMailSummary> {
+export async function parseMail(raw: Buffer, opts: { attachments: "metadata"; skeleton?: Buffer | null }): Promise<ParsedMailSummary>;
+export async function parseMail(raw: Buffer, opts?: { attachments: "metadata"; skeleton?: Buffer | null }): Promise<ParsedMail | ParsedMailSummary> {
   const contents: Buffer[] = [];
-  const { mail, attachments } = await runMailparser(raw, async (_info, content, index) => {
+  const { mail, attachments } = await runMailparser(opts?.skeleton ?? raw, async (_info, content, index) => {
     if (!opts) contents[index] = await collect(content);
   });
   const summary = summarize(mail, attachments, raw);
