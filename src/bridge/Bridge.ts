@@ -268,6 +268,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     mayBridge,
     hostname: config.smtp.hostname,
     onCommitted: () => poster.kick(),
+    isLocalDomain: (domain) => addressing.isLocalDomain(domain),
     contacts,
     subscriptions,
     admins: { roomId: config.permissions.admin_room, users: config.permissions.admins },

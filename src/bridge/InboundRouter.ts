@@ -131,6 +131,11 @@ export interface InboundRouterOptions {
   auth: SenderAuth;
   /** Spam check (rspamd), or null for none. */
   spam?: SpamCheck | null;
+  /**
+   * Whether a domain is one of the bridge's further mail domains (bridge/Addressing.ts): mail
+   * whose From is on one is refused like mail from the primary domain. Omitted: only the primary.
+   */
+  isLocalDomain?: (domain: string) => Promise<boolean>;
   /** Contact rules, modes and requests of personal mailboxes. */
   contacts: Pick<Contacts, "gate" | "hold">;
   /** Room mailbox subscriptions (plus-address commands). */
@@ -315,6 +320,11 @@ export class InboundRouter implements InboundHandler<Mailbox> {
   async deliver(raw: Buffer, envelope: InboundEnvelope<Mailbox>, injection?: Injection): Promise<void> {
     const { ids } = this.opts;
     const author = readAuthor(raw, [ids.mailDomain, this.opts.hostname.toLowerCase()]);
+    // Every domain of the bridge is its own: no outsider speaks for its addresses (readAuthor
+    // refuses the primary one).
+    if (await this.opts.isLocalDomain?.(author.domain)) {
+      throw new SmtpReply(550, "5.7.1", `mail from ${author.domain}, one of this bridge's own domains, is not accepted from outside`);
+    }
     let sender: string;
     try {
       sender = normalizeAddress(author.address, { caseSensitiveLocalparts: ids.caseSensitiveLocalparts });

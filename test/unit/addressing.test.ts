@@ -78,6 +78,7 @@ describe("addressing", () => {
       mayBridge,
       contacts: new Contacts({ store, matrix: { botDm: async (u) => `!dm-${u}`, botNotice: async () => undefined } }),
       onCommitted: () => undefined,
+      isLocalDomain: (domain) => addressing.isLocalDomain(domain),
       hostname: "mx.bridge.example",
       subscriptions: new Subscriptions({ store, ids, dkim: null, onQueued: () => undefined }),
       admins: { roomId: "!admin:hs.example", users: [] },
@@ -212,11 +213,11 @@ describe("addressing", () => {
   describe("routing", () => {
     const session = { rcptTo: [], recipients: new Map(), remoteAddress: "127.0.0.1", clientHostname: "client", heloName: "client", sessionId: "s1", secure: false };
     const resolve = (address: string) => router.checkRecipient(address, { mailFrom: "carol@example.org", ...session });
-    async function deliver(rcptTo: string[], messageId: string): Promise<void> {
+    async function deliver(rcptTo: string[], messageId: string, from = "carol@example.org"): Promise<void> {
       const recipients = new Map<string, Mailbox>();
       for (const r of rcptTo) recipients.set(r, await resolve(r));
-      const envelope: InboundEnvelope<Mailbox> = { mailFrom: "carol@example.org", ...session, rcptTo, recipients };
-      const raw = Buffer.from(`From: Carol <carol@example.org>\r\nTo: ${rcptTo.join(", ")}\r\nSubject: Hi\r\nMessage-ID: <${messageId}>\r\n\r\nHello\r\n`);
+      const envelope: InboundEnvelope<Mailbox> = { mailFrom: from, ...session, rcptTo, recipients };
+      const raw = Buffer.from(`From: Carol <${from}>\r\nTo: ${rcptTo.join(", ")}\r\nSubject: Hi\r\nMessage-ID: <${messageId}>\r\n\r\nHello\r\n`);
       await router.deliver(raw, envelope);
     }
 
@@ -254,6 +255,13 @@ describe("addressing", () => {
       assert.equal((await resolve("alice@zwei.example")).kind, "personal", "so does a personal mailbox");
       assert.equal((await resolve("help@zwei.example")).kind, "alias");
       await assert.rejects(resolve("nobody@bridge.example"), SmtpReply, "the catch-all is its domain's only");
+    });
+
+    it("mail From any of the bridge's domains is refused from outside (550 5.7.1), not only the primary", async () => {
+      for (const from of ["alice@bridge.example", "alice@zwei.example"]) {
+        await assert.rejects(deliver(["team@bridge.example"], `own-${from}`, from), (e: SmtpReply) => e instanceof SmtpReply && e.responseCode === 550 && e.enhancedStatus === "5.7.1", from);
+      }
+      assert.equal((await store.listPendingInbound(10)).length, 0);
     });
 
     it("1:N: one mail to an alias and a room it includes is committed once per target, with the address it came to", async () => {
