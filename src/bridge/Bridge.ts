@@ -10,6 +10,7 @@ import { loadRawCipher } from "../store/rawCipher.ts";
 import { RawRetention } from "../store/retention.ts";
 import { MatrixGateway } from "../matrix/MatrixGateway.ts";
 import { readStoreKey } from "../matrix/e2ee/E2ee.ts";
+import { DEVICE_REPLACED_NOTICE, MISSING_KEYS_NOTICE } from "./notices.ts";
 import { SmtpListener } from "../mail/inbound/SmtpListener.ts";
 import { OutboundQueue } from "../mail/outbound/OutboundQueue.ts";
 import { deliverMail } from "../mail/outbound/deliver.ts";
@@ -132,6 +133,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       storeKey: readStoreKey(config.encryption.store_key_file, config.encryption.store_key_env),
       state: store,
       ghostsInMemory: config.encryption.ghost_devices_in_memory,
+      notices: { missingKeys: MISSING_KEYS_NOTICE, deviceReplaced: DEVICE_REPLACED_NOTICE },
     },
     sink: {
       onMatrixEvent: async (event) => {

@@ -117,7 +117,7 @@ export async function runDoctor(file: string, opts: DoctorOptions = {}): Promise
     guarded("tls certificate", () =>
       checkCertificate({ certFile: cfg.smtp.tls_cert_file, keyFile: cfg.smtp.tls_key_file, hostname: cfg.smtp.hostname, ...(opts.now !== undefined ? { now: opts.now } : {}) }),
     ),
-    guarded("e2e crypto", () => checkCrypto(cfg.encryption.enabled)),
+    guarded("e2e crypto", () => checkCrypto(cfg.encryption.enabled, cfg.appservice.registration_file)),
   ]);
   return [configResult, ...groups.flat()];
 }

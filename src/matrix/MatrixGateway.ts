@@ -76,16 +76,20 @@ export interface MatrixGatewayOptions {
     /** Where the sealed crypto state is saved (the bridge's store, migration 12). */
     state: CryptoStateStore;
     ghostsInMemory: number;
+    /** The bot's texts (the bridge core's wording): keys missing in a room; the bot's device made anew after a loss. */
+    notices: { missingKeys: string; deviceReplaced: string };
   };
 }
 
-/** How long an encrypted event may wait for its room key before the room is told, in ms. */
-const MISSING_KEY_NOTICE_AFTER_MS = 30_000;
+/** How long a transaction that arrives before the bot's device is open waits for it, in ms. */
+const E2EE_HOLD_MS = 20_000;
 
-/** The notice for a room whose messages cannot be decrypted yet. */
-export const MISSING_KEYS_NOTICE =
-  "Some messages in this room cannot be decrypted by the email bridge yet: their keys have not reached it. " +
-  "They will be sent by email as soon as the keys arrive. If this notice stays, check that your client shares keys with the bridge's devices (do not restrict sending to verified devices only).";
+/** How long the start waits for the homeserver to push the bot's probe to-device message back, in ms. */
+const E2EE_PROBE_MS = 10_000;
+
+/** How long an encrypted event may wait for its room key before the room is told, in ms. */
+const MISSING_KEY_NOTICE_AFTER_MS = 60_000;
+
 
 /** Error codes of a peer (homeserver, database) that cannot be reached: the same request may work later. */
 const OUTAGE_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EAI_AGAIN", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT", "UND_ERR_SOCKET", "UND_ERR_HEADERS_TIMEOUT"]);
@@ -306,7 +310,7 @@ export class MatrixGateway implements MatrixActions {
     }
     await this.#startE2ee();
     this.#transactions.start();
-    log.info("appservice listening", { bind: this.opts.bindAddress, port: this.opts.port, bot: this.botUserId, e2ee: this.crypto.available ? "binding loaded" : "off" });
+    log.info("appservice listening", { bind: this.opts.bindAddress, port: this.opts.port, bot: this.botUserId, e2ee: this.#e2ee ? "bot device ready" : "off" });
   }
 
   /**
@@ -315,8 +319,10 @@ export class MatrixGateway implements MatrixActions {
    */
   async stop(): Promise<void> {
     await this.#transactions.stop();
-    await this.#e2ee?.stop();
+    const e2ee = this.#e2ee;
     this.#e2ee = null;
+    this.#e2eeStopping = e2ee !== null;
+    await e2ee?.stop();
     await this.bridge.close().catch(() => undefined);
   }
 
@@ -349,16 +355,60 @@ export class MatrixGateway implements MatrixActions {
         ghostsInMemory: e.ghostsInMemory,
       });
       this.#e2ee.onRoomKeys(() => this.#transactions.kick());
+      this.#e2eePending = false;
+      this.#e2eeSettle();
+      if (this.#e2ee.replacedBotDevice) void this.#tellDeviceReplaced();
+      // In the background: the start does not wait for the homeserver's answer.
+      const e2ee = this.#e2ee;
+      this.#e2eeProbing = true;
+      const probe = e2ee.probe(E2EE_PROBE_MS).finally(() => {
+        this.#e2eeProbing = false;
+      });
+      this.#e2eeProbe = probe.then(
+        () => undefined,
+        () => undefined,
+      );
+      void probe
+        .then((ok) => {
+          if (!ok && this.#e2ee === e2ee) log.warn("encrypted rooms are not bridged (yet): the homeserver did not push the bot's probe to-device message back (Synapse experimental_features msc2409_to_device_messages_enabled, msc3202_transaction_extensions)", { waitedMs: E2EE_PROBE_MS });
+        })
+        .catch((err: unknown) => log.warn("end-to-end encryption probe not sent", errorFields(err)));
     } catch (err) {
       if (!(err instanceof E2eeUnavailableError)) throw err;
       log.warn("encrypted rooms are not bridged: the homeserver cannot host the bridge's devices", errorFields(err));
     } finally {
       this.#e2eePending = false;
+      this.#e2eeSettle();
     }
   }
 
+  /**
+   * The bot's device was made anew after its crypto state was lost: say so in every encrypted
+   * room the bot is in (best effort; failures are logged).
+   */
+  async #tellDeviceReplaced(): Promise<void> {
+    try {
+      for (const roomId of await this.joinedRooms(this.botUserId)) {
+        if (await this.isEncrypted(roomId)) await this.botNotice(roomId, this.opts.e2ee!.notices.deviceReplaced);
+      }
+    } catch (err) {
+      log.error("rooms not told of the bridge's new device", errorFields(err));
+    }
+  }
+
+  /** Whether the devices are being closed (stop): crypto data can no longer be taken. */
+  #e2eeStopping = false;
+  /** Whether the start's probe for to-device delivery is under way (./e2ee/E2ee.ts `probe`). */
+  #e2eeProbing = false;
+  /** Settles when the probe has (./e2ee/E2ee.ts `probe`). */
+  #e2eeProbe: Promise<void> = Promise.resolve();
   /** Whether the bot's device is still being opened: crypto data cannot be taken yet. */
   #e2eePending = true;
+  /** Resolves once the bot's device is open, or known not to be possible. */
+  #e2eeSettle: () => void = () => undefined;
+  readonly #e2eeSettled = new Promise<void>((resolve) => {
+    this.#e2eeSettle = resolve;
+  });
 
   /**
    * One transaction's crypto data to the devices. Before the bot's device is open the
@@ -367,7 +417,14 @@ export class MatrixGateway implements MatrixActions {
    * @throws Error while the device is being opened; what {@link EndToEndEncryption.ingest} throws
    */
   async #ingest(txnId: string, body: Record<string, unknown>): Promise<void> {
+    if (this.#e2eePending) {
+      // Held a while rather than refused: a refusal makes the homeserver back off from the appservice.
+      const timeout = new Promise<void>((resolve) => setTimeout(resolve, E2EE_HOLD_MS).unref());
+      await Promise.race([this.#e2eeSettled, timeout]);
+    }
     if (this.#e2ee) return this.#e2ee.ingest(txnId, body);
+    // Its room keys would be lost with the devices closing: the homeserver sends it again later.
+    if (this.#e2eeStopping) throw new Error("appservice transaction while the bridge's crypto devices close: refused, the homeserver retries it");
     if (this.#e2eePending) throw new Error("appservice transaction before the bridge's crypto device is open: refused, the homeserver retries it");
   }
 
@@ -391,12 +448,18 @@ export class MatrixGateway implements MatrixActions {
 
   /**
    * The clear event of an `m.room.encrypted` one, decrypted by the bot's device, with the
-   * encrypted event's ID, room, sender and time; null when encryption is off (nothing to hand on).
+   * encrypted event's ID, room, sender and time; null when encryption is off, or the homeserver
+   * does not push room keys (the start's probe did not come back): nothing to hand on.
    * @throws MissingRoomKeyError (temporary: retried from the journal) after telling the room
    *   once it has waited {@link MISSING_KEY_NOTICE_AFTER_MS}; UndecryptableEventError
    */
   async #decrypted(event: WeakEvent): Promise<WeakEvent | null> {
     if (!this.#e2ee) return null;
+    if (!this.#e2ee.active && !this.#e2eeProbing) {
+      // The homeserver does not push room keys to the bridge: this key will never come.
+      log.debug("encrypted event not bridged: the homeserver does not push room keys to the appservice", { roomId: event.room_id, eventId: event.event_id });
+      return null;
+    }
     try {
       // Ghosts known to be in the room: a DM portal's events are decrypted by its ghost's device.
       const prefix = `${event.room_id}\n`;
@@ -411,7 +474,7 @@ export class MatrixGateway implements MatrixActions {
       this.#waitingForKeys.set(event.event_id, since);
       if (now - since >= MISSING_KEY_NOTICE_AFTER_MS && !this.#toldMissingKeys.has(event.room_id)) {
         this.#toldMissingKeys.add(event.room_id);
-        await this.botNotice(event.room_id, MISSING_KEYS_NOTICE);
+        await this.botNotice(event.room_id, this.opts.e2ee!.notices.missingKeys);
       }
       throw err;
     }
@@ -517,8 +580,13 @@ export class MatrixGateway implements MatrixActions {
 
   async #send(userId: string, roomId: string, type: string, content: Record<string, unknown>, txnId?: string): Promise<string> {
     if (this.opts.e2ee?.enabled && (this.#e2ee || this.#e2eePending) && type !== "m.room.redaction" && (await this.isEncrypted(roomId, userId))) {
-      // Never in plaintext into an encrypted room: wait (a temporary failure) until the device is open.
+      // Never in plaintext into an encrypted room the bridge can serve: wait (a temporary
+      // failure) until the device is open, and for the start's probe.
       if (!this.#e2ee) throw new Error(`room ${roomId} is encrypted and the bridge's crypto device is not open yet`);
+      if (this.#e2eeProbing) await this.#e2eeProbe;
+    }
+    // Where the homeserver does not push room keys, nothing is encrypted, as before encryption support.
+    if (this.#e2ee?.active && type !== "m.room.redaction" && (await this.isEncrypted(roomId, userId))) {
       // Encrypted by the sender's own device: a ghost's event under the bot's session would show a "mismatched sender" warning.
       const members = await this.#keyRecipients(roomId, userId);
       const visibility = await this.stateContent(roomId, "m.room.history_visibility", "", userId);

@@ -8,10 +8,11 @@
  * does `import("matrix-appservice-bridge")`.
  *
  * {@link prepareCrypto} must run before matrix-appservice-bridge is imported.
- * When the real binding loads, it is left alone and used. When it does not, a
- * stand-in module is registered under the same name whose every use throws:
- * the bridge starts with end-to-end encryption off (the bot-sdk only touches
- * the binding when encryption is turned on), and says so in one log line.
+ * When the real binding loads, it is left alone. When it does not, a stand-in
+ * module is registered under the same name whose every use throws (the bot-sdk
+ * only touches the binding when its own encryption is turned on, which the
+ * bridge never does). The bridge's end-to-end encryption does not use the
+ * binding: it runs on `@matrix-org/matrix-sdk-crypto-wasm` (./e2ee/).
  */
 import { createRequire, registerHooks } from "node:module";
 import { getLogger } from "../util/logger.ts";
@@ -64,7 +65,7 @@ export function prepareCrypto(): CryptoStatus {
         return nextLoad(url, context);
       },
     });
-    getLogger("matrix/crypto").warn("end-to-end encryption is off: native crypto binding not available", {
+    getLogger("matrix/crypto").debug("matrix-bot-sdk's native crypto binding not available: a stand-in is loaded (the bridge's encryption does not need it)", {
       package: CRYPTO_PACKAGE,
       reason,
     });

@@ -739,6 +739,26 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
       });
     });
 
+    describe("crypto store (end-to-end encryption)", () => {
+      it("saves, replaces, loads and forgets a device's sealed state, byte for byte", async () => {
+        assert.equal(await store.loadCryptoStore("@emailbot:hs"), null);
+        const first = randomBytes(70_000);
+        await store.saveCryptoStore("@emailbot:hs", "EMAILBRIDGE", first);
+        const loaded = await store.loadCryptoStore("@emailbot:hs");
+        assert.equal(loaded?.deviceId, "EMAILBRIDGE");
+        assert.ok(loaded?.state.equals(first), "the bytes come back unchanged");
+        const second = randomBytes(100);
+        await store.saveCryptoStore("@emailbot:hs", "OTHER", second);
+        const replaced = await store.loadCryptoStore("@emailbot:hs");
+        assert.equal(replaced?.deviceId, "OTHER");
+        assert.ok(replaced?.state.equals(second));
+        await store.saveCryptoStore("@email_bob=40example.org:hs", "EMAILBRIDGE", first);
+        await store.deleteCryptoStore("@emailbot:hs");
+        assert.equal(await store.loadCryptoStore("@emailbot:hs"), null);
+        assert.ok((await store.loadCryptoStore("@email_bob=40example.org:hs"))?.state.equals(first), "another user's state stays");
+      });
+    });
+
     describe("unsubscribing from a portal", () => {
       it("keeps one token per room (the first one stored wins) and finds the room by it; opt-outs are per room", async () => {
         const [a, b] = await Promise.all([store.unsubscribeToken("!r1", "tok1"), store.unsubscribeToken("!r1", "tok2")]);

@@ -102,9 +102,13 @@ export class CryptoDevice {
     return new CryptoDevice(userId, deviceId, storeName, machine, api);
   }
 
-  /** Run `fn` after every operation queued before it. */
+  /**
+   * Run `fn` after every operation queued before it.
+   * @throws Error when the device is closed by then (its store is gone: a snapshot would be empty)
+   */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#chain.then(fn, fn);
+    const guarded = (): Promise<T> => (this.#closed ? Promise.reject(new Error(`the crypto device of ${this.userId} is closed`)) : fn());
+    const run = this.#chain.then(guarded, guarded);
     this.#chain = run.catch(() => undefined);
     return run;
   }
@@ -130,17 +134,22 @@ export class CryptoDevice {
    * Send every outgoing request of the machine (key uploads and one-time-key top-ups, key
    * queries and claims, to-device messages, signatures), as this device. A request that
    * fails is logged and stays with the machine, which produces it again at the next flush.
-   * @returns how many requests failed
+   * @returns how many requests were sent, and how many failed
    */
-  flush(): Promise<number> {
-    return this.#serial(() => this.#flush());
+  flush(): Promise<{ sent: number; failed: number }> {
+    return this.#serial(async () => {
+      let sent = 0;
+      const failed = await this.#flush(() => sent++);
+      return { sent, failed };
+    });
   }
 
-  async #flush(): Promise<number> {
+  async #flush(onSent: () => void = () => undefined): Promise<number> {
     let failed = 0;
     for (const req of await this.#machine.outgoingRequests()) {
       try {
         await this.#api.send(this.#machine, { userId: this.userId, deviceId: this.deviceId }, req as Parameters<HomeserverApi["send"]>[2]);
+        onSent();
       } catch (err) {
         failed++;
         log.warn("crypto request not sent; retried at the next transaction", { userId: this.userId, deviceId: this.deviceId, type: (req as { type: number }).type, ...errorFields(err) });
@@ -231,11 +240,13 @@ export class CryptoDevice {
 
   /** Close the machine and drop its in-memory store (take a {@link snapshot} first). Idempotent. */
   close(): Promise<void> {
-    return this.#serial(async () => {
+    const run = this.#chain.then(async () => {
       if (this.#closed) return;
       this.#closed = true;
       this.#machine.close();
       await dropStore(this.storeName);
     });
+    this.#chain = run.catch(() => undefined);
+    return run;
   }
 }

@@ -19,11 +19,13 @@
  * - Persistence: each machine's IndexedDB store is snapshot, sealed with the store key and
  *   saved in `crypto_store` (./storeSnapshot.ts, migration 12). A device whose state is lost
  *   is deleted on the homeserver and made again (MSC4190 needs no user-interactive auth).
- * - Support: the homeserver supports all this when it sends MSC3202 key counts for the bot's
- *   device: every transaction does once `msc3202_transaction_extensions` is on. Until then
- *   {@link EndToEndEncryption.active} is false and the bridge keeps out of encrypted rooms.
+ * - Support: at start the bot sends its own device a to-device message
+ *   ({@link EndToEndEncryption.probe}); when it comes back in a transaction, or a transaction
+ *   carries MSC3202 key counts for the bot's device, the homeserver has the features and
+ *   {@link EndToEndEncryption.active} turns true. Until then the bridge keeps out of encrypted
+ *   rooms and encrypts nothing, as before encryption support.
  */
-import { createHmac } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { errorFields, getLogger } from "../../util/logger.ts";
 import { CryptoDevice, MissingRoomKeyError, type DecryptedEvent, type DeviceChanges } from "./CryptoDevice.ts";
@@ -89,6 +91,9 @@ export function readStoreKey(file: string | null, envName: string | null, env: N
   return value;
 }
 
+/** Type of the to-device message {@link EndToEndEncryption.probe} sends the bot's own device. */
+const PROBE_TYPE = "io.github.matrix-email-bridge.probe";
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -149,13 +154,64 @@ export class EndToEndEncryption {
    */
   static async start(opts: E2eeOptions): Promise<EndToEndEncryption> {
     const api = new HomeserverApi(opts.homeserverUrl, opts.asToken);
-    const bot = await openDevice(api, opts, opts.botUserId, opts.deviceDisplayName, true);
-    log.info("bot device ready", { userId: opts.botUserId, deviceId: opts.deviceId });
-    return new EndToEndEncryption(opts, api, bot);
+    const { device: bot, replaced } = await openDevice(api, opts, opts.botUserId, opts.deviceDisplayName, true);
+    log.info("bot device ready", { userId: opts.botUserId, deviceId: bot.deviceId });
+    const e2ee = new EndToEndEncryption(opts, api, bot);
+    e2ee.replacedBotDevice = replaced;
+    return e2ee;
+  }
+
+  /**
+   * Whether the bot's device was made anew at this start in place of one whose state was lost
+   * (messages encrypted for the old one cannot be read): the rooms should be told.
+   */
+  replacedBotDevice = false;
+
+  /** The bot's device ID (`encryption.device_id`, with a suffix when it was made anew after a loss). */
+  get botDeviceId(): string {
+    return this.#bot.deviceId;
   }
 
   /** Whether encrypted rooms are bridged: the bot's device is ready and the homeserver pushes MSC3202 key counts for it. */
   get active(): boolean {
+    return this.#supported;
+  }
+
+  #probeNonce: string | null = null;
+  #probed: (() => void) | null = null;
+  #probeCancel: (() => void) | null = null;
+
+  /**
+   * Find out whether the homeserver pushes to-device messages and key counts to the
+   * appservice (MSC2409 and MSC3202 turned on in Synapse's `experimental_features`): the bot
+   * sends its own device a to-device message and waits for it to come back in a transaction
+   * (which then also carries the bot's one-time-key counts). Transactions must be received
+   * meanwhile. Sets {@link active}.
+   * @param timeoutMs how long to wait, in ms
+   * @returns whether it came back in time
+   * @throws E2eeHttpError / fetch errors when the message cannot be sent
+   */
+  async probe(timeoutMs: number): Promise<boolean> {
+    if (this.#supported) return true;
+    const nonce = randomBytes(16).toString("hex");
+    this.#probeNonce = nonce;
+    const back = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      timer.unref();
+      this.#probed = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.#probeCancel = () => {
+        clearTimeout(timer);
+        resolve(false);
+      };
+    });
+    const body = { messages: { [this.#opts.botUserId]: { [this.#bot.deviceId]: { nonce } } } };
+    await this.#api.request("PUT", `/_matrix/client/v3/sendToDevice/${encodeURIComponent(PROBE_TYPE)}/probe-${nonce}`, { userId: this.#opts.botUserId }, body);
+    const ok = await back;
+    this.#probed = null;
+    if (ok) this.#supported = true;
     return this.#supported;
   }
 
@@ -171,39 +227,60 @@ export class EndToEndEncryption {
    * @param body the transaction body (already known to be a JSON object)
    * @throws the crypto library's error, or the store's when the state cannot be saved
    */
-  async ingest(txnId: string, body: Record<string, unknown>): Promise<void> {
+  ingest(txnId: string, body: Record<string, unknown>): Promise<void> {
+    return this.#track(() => this.#ingest(txnId, body));
+  }
+
+  /** Operations under way that may save state; {@link stop} waits for them. */
+  readonly #inFlight = new Set<Promise<unknown>>();
+  #stopping = false;
+
+  /**
+   * Run `fn` as an operation {@link stop} waits for.
+   * @throws Error once stopping has begun (nothing would be saved)
+   */
+  #track<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#stopping) return Promise.reject(new Error("the bridge's crypto devices are closing"));
+    const run = fn();
+    this.#inFlight.add(run);
+    void run.catch(() => undefined).finally(() => this.#inFlight.delete(run));
+    return run;
+  }
+
+  async #ingest(txnId: string, body: Record<string, unknown>): Promise<void> {
     const toDevice = pick(body, ["de.sorunome.msc2409.to_device", "org.matrix.msc2409.to_device", "to_device"]);
     const counts = pick(body, ["org.matrix.msc3202.device_one_time_keys_count", "org.matrix.msc3202.device_one_time_key_counts", "device_one_time_keys_count"]);
     const fallback = pick(body, ["org.matrix.msc3202.device_unused_fallback_key_types", "device_unused_fallback_key_types"]);
     const lists = pick(body, ["org.matrix.msc3202.device_lists", "device_lists"]);
-    const deviceId = this.#opts.deviceId;
+    const prefix = this.#opts.deviceId;
+    const ours = (id: unknown): id is string => typeof id === "string" && (id === prefix || id.startsWith(`${prefix}_`));
     if (!this.#supported && isObject(counts) && isObject(counts[this.#opts.botUserId])) {
       this.#supported = true;
       log.info("homeserver sends device data in transactions: encrypted rooms are bridged", { txnId });
     }
-    const perUser = new Map<string, DeviceChanges>();
-    const changesOf = (userId: string): DeviceChanges => {
+    /** Per user, what the transaction holds for each of the user's devices that may be ours. */
+    const perUser = new Map<string, { toDevice: Record<string, unknown>[]; counts: Record<string, unknown>; fallback: Record<string, unknown> }>();
+    const of = (userId: string) => {
       let c = perUser.get(userId);
       if (!c) {
-        c = { toDevice: [], changed: [], left: [], oneTimeKeyCounts: null, unusedFallbackKeys: null };
+        c = { toDevice: [], counts: {}, fallback: {} };
         perUser.set(userId, c);
       }
       return c;
     };
     for (const e of Array.isArray(toDevice) ? toDevice : []) {
-      if (!isObject(e) || typeof e.to_user_id !== "string" || e.to_device_id !== deviceId) continue;
-      changesOf(e.to_user_id).toDevice.push(e);
-    }
-    if (isObject(counts)) {
-      for (const [userId, devices] of Object.entries(counts)) {
-        const mine = isObject(devices) ? devices[deviceId] : undefined;
-        if (isObject(mine)) changesOf(userId).oneTimeKeyCounts = Object.fromEntries(Object.entries(mine).filter((kv): kv is [string, number] => typeof kv[1] === "number"));
+      if (!isObject(e) || typeof e.to_user_id !== "string" || !ours(e.to_device_id)) continue;
+      if (e.type === PROBE_TYPE && e.to_user_id === this.#opts.botUserId) {
+        if (isObject(e.content) && e.content.nonce === this.#probeNonce) this.#probed?.();
+        continue;
       }
+      of(e.to_user_id).toDevice.push(e);
     }
-    if (isObject(fallback)) {
-      for (const [userId, devices] of Object.entries(fallback)) {
-        const mine = isObject(devices) ? devices[deviceId] : undefined;
-        if (Array.isArray(mine)) changesOf(userId).unusedFallbackKeys = mine.filter((a): a is string => typeof a === "string");
+    for (const [map, key] of [[counts, "counts"], [fallback, "fallback"]] as const) {
+      if (!isObject(map)) continue;
+      for (const [userId, devices] of Object.entries(map)) {
+        if (!isObject(devices)) continue;
+        for (const [id, value] of Object.entries(devices)) if (ours(id)) of(userId)[key][id] = value;
       }
     }
     const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((u): u is string => typeof u === "string") : []);
@@ -211,23 +288,33 @@ export class EndToEndEncryption {
     const left = isObject(lists) ? strings(lists.left) : [];
     if (changed.length > 0 || left.length > 0) {
       // Device list changes concern every machine that tracks users: the loaded ones.
-      changesOf(this.#opts.botUserId);
-      for (const userId of this.#ghosts.keys()) changesOf(userId);
+      of(this.#opts.botUserId);
+      for (const userId of this.#ghosts.keys()) of(userId);
     }
-    const touched: CryptoDevice[] = [];
-    for (const [userId, c] of perUser) {
-      c.changed = changed;
-      c.left = left;
+    const touched: { device: CryptoDevice; changed: boolean }[] = [];
+    for (const [userId, raw] of perUser) {
       const device = userId === this.#opts.botUserId ? this.#bot : await this.#ghost(userId, false);
       if (!device) {
-        if (c.toDevice.length > 0) log.debug("to-device events for a ghost without a device: ignored", { txnId, userId, count: c.toDevice.length });
+        if (raw.toDevice.length > 0) log.debug("to-device events for a ghost without a device: ignored", { txnId, userId, count: raw.toDevice.length });
         continue;
       }
+      // Only what is for this device: a replaced device's leftovers are not.
+      const count = raw.counts[device.deviceId];
+      const unused = raw.fallback[device.deviceId];
+      const c: DeviceChanges = {
+        toDevice: raw.toDevice.filter((e) => e.to_device_id === device.deviceId),
+        changed,
+        left,
+        oneTimeKeyCounts: isObject(count) ? Object.fromEntries(Object.entries(count).filter((kv): kv is [string, number] => typeof kv[1] === "number")) : null,
+        unusedFallbackKeys: Array.isArray(unused) ? unused.filter((a): a is string => typeof a === "string") : null,
+      };
       await device.receive(c);
-      touched.push(device);
+      touched.push({ device, changed: c.toDevice.length > 0 || changed.length > 0 || left.length > 0 });
     }
-    for (const device of touched) await device.flush();
-    for (const device of touched) await this.#save(device);
+    for (const t of touched) if ((await t.device.flush()).sent > 0) t.changed = true;
+    // Saved when the machine may have changed: to-device events (room keys, sessions), device
+    // lists, or requests answered (key uploads, queries). A bare key count changes nothing.
+    for (const t of touched) if (t.changed) await this.#save(t.device);
   }
 
   /**
@@ -266,7 +353,11 @@ export class EndToEndEncryption {
    * @returns the `m.room.encrypted` content
    * @throws E2eeHttpError / fetch errors when keys cannot be exchanged; the store's error
    */
-  async encrypt(userId: string, roomId: string, type: string, content: Record<string, unknown>, members: string[], historyShared: boolean): Promise<Record<string, unknown>> {
+  encrypt(userId: string, roomId: string, type: string, content: Record<string, unknown>, members: string[], historyShared: boolean): Promise<Record<string, unknown>> {
+    return this.#track(() => this.#encrypt(userId, roomId, type, content, members, historyShared));
+  }
+
+  async #encrypt(userId: string, roomId: string, type: string, content: Record<string, unknown>, members: string[], historyShared: boolean): Promise<Record<string, unknown>> {
     const device = userId === this.#opts.botUserId ? this.#bot : await this.#ghost(userId, true);
     if (!device) throw new Error(`no device for ${userId}`);
     const all = members.includes(userId) ? members : [...members, userId];
@@ -278,6 +369,10 @@ export class EndToEndEncryption {
 
   /** Save every loaded device's state and close the machines. Errors are logged, once each. */
   async stop(): Promise<void> {
+    this.#probeCancel?.();
+    this.#stopping = true;
+    // A transaction or a send under way saves its state first; later ones are refused.
+    await Promise.allSettled([...this.#inFlight]);
     const devices = [this.#bot, ...(await Promise.allSettled(this.#ghosts.values())).flatMap((r) => (r.status === "fulfilled" ? [r.value] : []))];
     this.#ghosts.clear();
     for (const d of devices) {
@@ -309,7 +404,8 @@ export class EndToEndEncryption {
       return loaded;
     }
     if (!create && !(await this.#opts.state.loadCryptoStore(userId))) return null;
-    const opening = openDevice(this.#api, this.#opts, userId, "Email bridge", create).then((d) => {
+    const opening = openDevice(this.#api, this.#opts, userId, "Email bridge", create).then(({ device: d, replaced }) => {
+      if (replaced) log.warn("a ghost's device was made anew: its crypto state was lost", { userId, deviceId: d.deviceId });
       this.#watch(d);
       return d;
     });
@@ -332,33 +428,41 @@ export class EndToEndEncryption {
 }
 
 /**
- * Open `userId`'s device from its saved state; without one, (re)make it: delete any device of
- * that ID on the homeserver (its keys are unknown now), create it, upload its keys,
- * cross-sign it and save it.
+ * Open `userId`'s device from its saved state; without one, make it: delete the user's devices
+ * the bridge made before (their keys are unknown now), create a device (MSC4190), upload its
+ * keys, cross-sign it and save it. The first device gets `opts.deviceId`; one made in place of
+ * a lost one gets a new ID (`<deviceId>_<random>`): clients refuse new keys under a device ID
+ * they knew with other keys.
+ * @returns the device, and whether it replaced one whose state was lost
  * @throws E2eeUnavailableError when the device cannot be created (no MSC4190); else as
  *   {@link EndToEndEncryption.start}
  */
-async function openDevice(api: HomeserverApi, opts: E2eeOptions, userId: string, displayName: string, create: boolean): Promise<CryptoDevice> {
+async function openDevice(api: HomeserverApi, opts: E2eeOptions, userId: string, displayName: string, create: boolean): Promise<{ device: CryptoDevice; replaced: boolean }> {
   const row = await opts.state.loadCryptoStore(userId);
-  if (row && row.deviceId === opts.deviceId) {
-    return CryptoDevice.open(userId, row.deviceId, api, openSnapshot(row.state, userId, opts.storeKey));
-  }
+  if (row) return { device: await CryptoDevice.open(userId, row.deviceId, api, openSnapshot(row.state, userId, opts.storeKey)), replaced: false };
   if (!create) throw new Error(`no saved device for ${userId}`);
-  if (row) log.warn("saved crypto state is for another device ID: the device is made again", { userId, saved: row.deviceId, deviceId: opts.deviceId });
+  let deviceId = opts.deviceId;
+  let replaced = false;
   try {
-    await api.deleteDevice(userId, opts.deviceId);
-    await api.createDevice(userId, opts.deviceId, displayName);
+    const old = (await api.listDevices(userId)).filter((id) => id === opts.deviceId || id.startsWith(`${opts.deviceId}_`));
+    if (old.length > 0) {
+      replaced = true;
+      deviceId = `${opts.deviceId}_${randomBytes(4).toString("hex").toUpperCase()}`;
+      log.warn("crypto state lost: the old devices are deleted and a new one is made", { userId, old, deviceId });
+      for (const id of old) await api.deleteDevice(userId, id);
+    }
+    await api.createDevice(userId, deviceId, displayName);
   } catch (err) {
     if (err instanceof E2eeHttpError && err.statusCode >= 400 && err.statusCode < 500) {
       throw new E2eeUnavailableError(`the homeserver does not let the appservice manage devices (MSC4190, io.element.msc4190 in the registration): ${err.message}`);
     }
     throw err;
   }
-  const device = await CryptoDevice.open(userId, opts.deviceId, api, null);
-  if ((await device.flush()) > 0) throw new Error(`the keys of ${userId}'s new device could not be uploaded`);
+  const device = await CryptoDevice.open(userId, deviceId, api, null);
+  if ((await device.flush()).failed > 0) throw new Error(`the keys of ${userId}'s new device could not be uploaded`);
   await device.bootstrapCrossSigning();
   const sealed = sealSnapshot(await device.snapshot(), userId, opts.storeKey);
-  await opts.state.saveCryptoStore(userId, opts.deviceId, sealed);
-  log.info("device created", { userId, deviceId: opts.deviceId });
-  return device;
+  await opts.state.saveCryptoStore(userId, deviceId, sealed);
+  log.info("device created", { userId, deviceId });
+  return { device, replaced };
 }

@@ -84,6 +84,15 @@ export class HomeserverApi {
   }
 
   /**
+   * The device IDs of `userId` (`GET /_matrix/client/v3/devices`, as the user).
+   * @throws E2eeHttpError
+   */
+  async listDevices(userId: string): Promise<string[]> {
+    const res = JSON.parse(await this.request("GET", "/_matrix/client/v3/devices", { userId })) as { devices?: { device_id?: unknown }[] };
+    return (res.devices ?? []).map((d) => d.device_id).filter((id): id is string => typeof id === "string");
+  }
+
+  /**
    * Delete device `deviceId` of `userId` with its keys (MSC4190: no user-interactive auth). A
    * device that does not exist is no error.
    * @throws E2eeHttpError for any other refusal

@@ -213,8 +213,11 @@ export class SnapshotSealError extends Error {
  * Serialise and seal a snapshot for `userId` (AES-256-GCM, see the module comment).
  * @param key the 32-byte store key
  * @returns the bytes to save in `crypto_store.state`
+ * @throws Error when the snapshot holds no database (a closed or dropped store)
  */
 export function sealSnapshot(snapshot: StoreSnapshot, userId: string, key: Buffer): Buffer {
+  // An empty snapshot would overwrite a device's saved state with nothing.
+  if (snapshot.databases.length === 0) throw new Error(`the crypto store of ${userId} is empty: nothing to save`);
   const iv = randomBytes(IV_BYTES);
   const cipher = createCipheriv("aes-256-gcm", key, iv);
   cipher.setAAD(Buffer.concat([MAGIC, Buffer.from(userId, "utf8")]));
