@@ -73,7 +73,7 @@ export class AddressingError extends Error {
 /** Options of {@link Addressing}. */
 export interface AddressingOptions {
   store: BridgeStore;
-  matrix: Pick<MatrixActions, "botUserId" | "userExists" | "joinedRooms" | "isEncrypted">;
+  matrix: Pick<MatrixActions, "botUserId" | "userExists" | "joinedRooms" | "isEncrypted" | "bridgesEncryptedRooms">;
   ids: IdContext;
   /** Whether a Matrix user may use the bridge (`permissions.allowed_users`): only they can be alias targets. */
   mayBridge: (userId: string) => boolean;
@@ -213,7 +213,8 @@ export class Addressing {
     const name = localpart.toLowerCase();
     const { store, matrix } = this.opts;
     if (!(await matrix.joinedRooms(matrix.botUserId)).includes(roomId)) throw new AddressingError("invalid", `the bridge bot is not in ${roomId}`);
-    if (await matrix.isEncrypted(roomId)) throw new AddressingError("invalid", "this room is end-to-end encrypted, and the bridge cannot post into encrypted rooms");
+    const encrypted = await matrix.isEncrypted(roomId);
+    if (encrypted && !matrix.bridgesEncryptedRooms()) throw new AddressingError("invalid", "this room is end-to-end encrypted, and this homeserver does not give the bridge what it needs to post into encrypted rooms (docs/encryption.md)");
     const current = await store.getRoomMailboxByRoom(roomId);
     if (current?.localpart !== name) await this.checkFreeLocalpart(name, `${name}@${this.primaryDomain}`, roomId);
     let row: RoomMailboxRow;
@@ -224,7 +225,7 @@ export class Addressing {
       throw err;
     }
     const portal = await store.getPortalByRoom(roomId);
-    await store.upsertPortal({ roomId, kind: "mailbox", localUserId: null, remoteAddress: null, subject: portal?.subject ?? null, encrypted: false, remoteVerified: true });
+    await store.upsertPortal({ roomId, kind: "mailbox", localUserId: null, remoteAddress: null, subject: portal?.subject ?? null, encrypted, remoteVerified: true });
     log.info("room mailbox set", { roomId, localpart: name, by });
     return row;
   }

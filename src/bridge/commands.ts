@@ -191,12 +191,15 @@ async function inviteCommand(ctx: CommandContext, req: CommandRequest, args: str
   if (!ctx.mayBridge(req.sender)) throw new CommandError(`${req.sender} is not allowed to use this bridge`);
   const ghost = ghostOf(ctx, args, "invite bob@example.org");
   await ghost.ensureProfile(ctx);
-  if (await ctx.matrix.isEncrypted(req.roomId)) throw new CommandError("this room is end-to-end encrypted, and the bridge cannot post into encrypted rooms");
+  const encrypted = await ctx.matrix.isEncrypted(req.roomId);
+  if (encrypted && !ctx.matrix.bridgesEncryptedRooms()) {
+    throw new CommandError("this room is end-to-end encrypted, and this homeserver does not give the bridge what it needs to post into encrypted rooms (docs/encryption.md)");
+  }
   // The bot invites and the ghost joins at once: the homeserver does not echo the bridge's own
   // invites back to it (appservice echo suppression), so no invite handler would run.
   await ctx.matrix.join(req.roomId, ghost.userId);
   if (!(await ctx.store.getPortalByRoom(req.roomId))) {
-    await ctx.store.upsertPortal({ roomId: req.roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
+    await ctx.store.upsertPortal({ roomId: req.roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted, remoteVerified: true });
   }
   await ctx.contacts.known(req.sender, ghost.address);
   const mailbox = await ctx.store.getRoomMailboxByRoom(req.roomId);

@@ -134,6 +134,17 @@ describe("encrypted rooms, homeserver with the experimental features", () => {
       dora.stop();
     }
   });
+
+  it("an encrypted room can have an email address: mail to it is posted encrypted, with no red shield", async () => {
+    const vault = await alice.createEncryptedRoom("Vault", [BOT]);
+    await alice.waitForMembership(vault, BOT, "join");
+    await alice.sendText(vault, "!email mailbox on vault");
+    await alice.waitForMessage(vault, (m) => m.sender === BOT && /^Done: mail to vault@/.test(String(m.content.body)));
+    assert.match(await env.sendMail({ from: "Erin <erin@example.net>", to: `vault@${MAIL_DOMAIN}`, subject: "Deposit", text: "Two gold bars." }), /^250/);
+    const posted = await alice.waitForMessage(vault, (m) => m.sender === "@email_erin=40example.net:localhost" && String(m.content.body).includes("Two gold bars"));
+    assert.equal(posted.wireType, "m.room.encrypted");
+    assert.notEqual(posted.shield?.colour, "red", JSON.stringify(posted.shield));
+  });
 });
 
 describe("encrypted rooms, homeserver without the experimental features", () => {

@@ -27,6 +27,8 @@ configureLogging({ level: "error" });
 const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDomain: "bridge.example", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 const BOT = "@emailbot:hs.example";
 const USERS = new Set(["@alice:hs.example", "@bob:hs.example", "@outsider:hs.example"]);
+/** Whether the homeserver gives the bridge end-to-end encryption (per test). */
+let bridgesEncrypted = false;
 /** Rooms the bot is in; `!enc` is encrypted. */
 const BOT_ROOMS = ["!team:hs.example", "!sales:hs.example", "!plain:hs.example", "!enc:hs.example"];
 
@@ -70,6 +72,7 @@ describe("addressing", () => {
           return BOT_ROOMS;
         },
         isEncrypted: async (roomId) => roomId === "!enc:hs.example",
+        bridgesEncryptedRooms: () => bridgesEncrypted,
       },
     });
     router = new InboundRouter({
@@ -194,6 +197,14 @@ describe("addressing", () => {
       assert.equal((await store.getPortalByRoom("!team:hs.example"))?.kind, "mailbox");
       const set = (roomId: string, name: string) => addressing.setRoomMailbox(roomId, name, "@alice:hs.example");
       await assert.rejects(set("!enc:hs.example", "secret"), refused("invalid", /end-to-end encrypted/));
+      // Where the homeserver gives the bridge encryption, an encrypted room can have an address.
+      bridgesEncrypted = true;
+      try {
+        await set("!enc:hs.example", "secret");
+        assert.equal((await store.getPortalByRoom("!enc:hs.example"))?.encrypted, true);
+      } finally {
+        bridgesEncrypted = false;
+      }
       await assert.rejects(set("!elsewhere:hs.example", "x"), refused("invalid", /bot is not in/));
       await assert.rejects(set("!plain:hs.example", "team"), refused("conflict", /room mailbox/));
       await assert.rejects(set("!plain:hs.example", "bob"), refused("conflict", /personal address of @bob:hs\.example/));
