@@ -42,7 +42,7 @@ const HELP = [
   "• `passwords`: your app passwords, when made and last used",
   "• `password revoke <label>`: that app password no longer logs in",
   "Replies in an email conversation go to that conversation's people; other messages go to the subscribers. Anyone can ask to subscribe by mailing NAME+subscribe@DOMAIN.",
-  "To email someone, invite @PREFIXADDRESS:SERVER (e.g. @PREFIXbob=40example.org:SERVER for bob@example.org) to an unencrypted room.",
+  "To email someone, invite @PREFIXADDRESS:SERVER (e.g. @PREFIXbob=40example.org:SERVER for bob@example.org) to a room. Mail itself is not end-to-end encrypted.",
 ].join("\n");
 
 /**
