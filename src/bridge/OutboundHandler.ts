@@ -13,6 +13,7 @@ import { matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessa
 import { escapeHtml } from "./format/html.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
+import { decryptFile, encryptedFileOf, EncryptedFileError, type EncryptedFile } from "./format/encryptedFile.ts";
 
 const log = getLogger("bridge/outbound");
 
@@ -295,17 +296,27 @@ export class OutboundHandler {
   /**
    * A file message's body: the file attached, or (over `max_attachment_bytes`) a link to the
    * event; the caption as the text.
-   * @throws NotSentError for an encrypted file or one without a URL
+   * A file sent in an encrypted room (`file`: the ciphertext's URL, key, IV and hash) is
+   * downloaded, checked against its hash and decrypted (format/encryptedFile.ts).
+   * @throws NotSentError for a file without a URL, or an encrypted one that does not decrypt
    * @throws the homeserver's error when the download fails
    */
   private async fileBody(event: RoomMessageEvent): Promise<{ text: string; html: string | null; attachments: MailFile[] }> {
     const c = event.content;
-    if (typeof c.url !== "string") throw new NotSentError("This file cannot be sent by email: it has no media URL (an encrypted file?).");
+    let encrypted: EncryptedFile | null;
+    try {
+      encrypted = encryptedFileOf(c as Record<string, unknown>);
+    } catch (err) {
+      if (err instanceof EncryptedFileError) throw new NotSentError(`This file cannot be sent by email: ${err.message}.`);
+      throw err;
+    }
+    const url = encrypted?.url ?? c.url;
+    if (typeof url !== "string") throw new NotSentError("This file cannot be sent by email: it has no media URL.");
     const filename = (typeof c.filename === "string" && c.filename.trim()) || (c.body ?? "").trim() || "file";
     const caption = typeof c.filename === "string" && c.body !== undefined && c.body !== c.filename ? c.body : null;
     const limit = this.opts.maxAttachmentBytes;
     const declared = typeof c.info?.size === "number" ? c.info.size : null;
-    const download = declared !== null && declared > limit ? ({ tooLarge: true } as const) : await this.opts.matrix.downloadContent(c.url, limit);
+    const download = declared !== null && declared > limit ? ({ tooLarge: true } as const) : await this.opts.matrix.downloadContent(url, limit);
     if (download.tooLarge) {
       const link = `https://matrix.to/#/${encodeURIComponent(event.room_id)}/${encodeURIComponent(event.event_id)}`;
       const size = declared !== null ? ` (${declared} bytes)` : "";
@@ -315,7 +326,17 @@ export class OutboundHandler {
       return { text, html: null, attachments: [] };
     }
     const mimetype = typeof c.info?.mimetype === "string" && c.info.mimetype ? c.info.mimetype : (download.contentType ?? "application/octet-stream");
-    return { text: caption ?? "", html: null, attachments: [{ filename, contentType: mimetype, content: download.data }] };
+    let content = download.data;
+    if (encrypted) {
+      try {
+        content = decryptFile(download.data, encrypted);
+      } catch (err) {
+        if (!(err instanceof EncryptedFileError)) throw err;
+        log.warn("encrypted file not sent: it does not decrypt", { roomId: event.room_id, eventId: event.event_id, error: err.message });
+        throw new NotSentError(`This file cannot be sent by email: ${err.message}.`);
+      }
+    }
+    return { text: caption ?? "", html: null, attachments: [{ filename, contentType: mimetype, content }] };
   }
 
   /**

@@ -9,6 +9,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
+import { createCipheriv, createHash, randomBytes } from "node:crypto";
 import { simpleParser } from "mailparser";
 import { prepareEnv, MAIL_DOMAIN, type PreparedEnv } from "./env.ts";
 import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
@@ -70,6 +71,32 @@ describe("encrypted rooms, homeserver with the experimental features", () => {
     // Encrypted by the ghost's own device: the session's owner is the sender.
     const event = alice.client.getRoom(roomId)!.findEventById(answer.eventId)!;
     assert.equal(event.getWireContent().device_id, "EMAILBRIDGE");
+  });
+
+  it("a file sent in the encrypted room (an encrypted attachment) is mailed decrypted", async () => {
+    const plain = Buffer.concat([Buffer.from("%PDF-1.4\n"), randomBytes(50_000)]);
+    const key = randomBytes(32);
+    const iv = Buffer.concat([randomBytes(8), Buffer.alloc(8)]);
+    const cipher = createCipheriv("aes-256-ctr", key, iv);
+    const data = Buffer.concat([cipher.update(plain), cipher.final()]);
+    const { content_uri: url } = await alice.client.uploadContent(data, { type: "application/octet-stream", name: "blob" });
+    await alice.client.sendMessage(roomId, {
+      msgtype: "m.file",
+      body: "minutes.pdf",
+      info: { mimetype: "application/pdf", size: plain.length },
+      file: {
+        url,
+        key: { kty: "oct", alg: "A256CTR", k: key.toString("base64url"), ext: true, key_ops: ["encrypt", "decrypt"] },
+        iv: iv.toString("base64").replace(/=+$/, ""),
+        hashes: { sha256: createHash("sha256").update(data).digest("base64").replace(/=+$/, "") },
+        v: "v2",
+      },
+    } as never);
+    const sent = await env.sink.waitForMail((m) => m.rcptTo.includes(BOB) && m.raw.includes("minutes.pdf"), 60_000);
+    const attachment = (await simpleParser(sent.raw)).attachments.find((a) => a.filename === "minutes.pdf");
+    assert.ok(attachment, "the file is attached");
+    assert.equal(attachment.contentType, "application/pdf");
+    assert.ok(attachment.content.equals(plain), "the attachment is the decrypted file");
   });
 
   it("after a restart, a message sent while the bridge was down is mailed once, and replies still decrypt", async () => {
