@@ -7,32 +7,16 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { parse, stringify } from "yaml";
 import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
 import { prepareEnv, type PreparedEnv } from "./env.ts";
+import { runCliAsync } from "../harness/cli.ts";
 
-const MAIN = new URL("../../src/main.ts", import.meta.url).pathname;
 
-/**
- * Run the real CLI without blocking this process (the bridge in it must answer the ping).
- * @returns the exit code and output
- */
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (s: string) => (stdout += s));
-    child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = runCliAsync;
 
 /** The `homeserver` line of a report and its fix line (if any). */
 function homeserverLines(stdout: string): { line: string; fix: string | null } {

@@ -8,7 +8,7 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
@@ -24,8 +24,8 @@ import { dkimTxtRecord } from "../../src/mail/outbound/dkim.ts";
 import { mergeZones, startDnsServer, zoneFromZoneFile, type TestDns, type Zone } from "../harness/dns.ts";
 import { freePort } from "../harness/ports.ts";
 import { RecordingHandler, startSmtpListener } from "../harness/smtpListener.ts";
+import { runCliAsync } from "../harness/cli.ts";
 
-const MAIN = new URL("../../src/main.ts", import.meta.url).pathname;
 const execFileP = promisify(execFile);
 
 /** A self-signed EC certificate for `name` (in the subjectAltName), valid 90 days: `<dir>/<name>.cert.pem` and `.key.pem`. */
@@ -37,19 +37,7 @@ async function makeCert(dir: string, name: string): Promise<void> {
   ]);
 }
 
-/** Run the real CLI; resolves to its exit code and output (never rejects for a non-zero exit). */
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (s: string) => (stdout += s));
-    child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = runCliAsync;
 
 /** check → status. */
 function statuses(results: DoctorResult[]): Record<string, string> {
