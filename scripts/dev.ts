@@ -53,7 +53,9 @@ const own = formatZone(
   dnsRecords({ mailDomain: config.mail.domain, mxHost: config.smtp.hostname, selector: config.dkim.selector, dkimPublicTxt: dkimTxtRecord(readFileSync(config.dkim.private_key_file, "utf8")), relayHost: null }),
 );
 await dns.setZone({ records: mergeZones(zoneFromZoneFile(own), Object.fromEntries(DEMO_DOMAINS.map((d) => [d, { TXT: ["v=spf1 ip4:127.0.0.1 -all"] }]))) });
-const synapse = await startSynapse({ registrationFiles: [config.appservice.registration_file] });
+// With the experimental features end-to-end encryption needs (docs/encryption.md): Element
+// encrypts new private rooms by default.
+const synapse = await startSynapse({ registrationFiles: [config.appservice.registration_file], e2ee: true });
 config = { ...config, homeserver: { ...config.homeserver, url: synapse.url } };
 const password = "alice-password";
 await synapse.registerUser("alice", { password, displayName: "Alice" });
@@ -76,7 +78,7 @@ matrix-email-bridge is running (embedded SQLite store in .dev/).
   DNS:         ${dns.nameserver} (publishes the bridge's records and SPF for ${DEMO_DOMAINS.join(", ")})
 
 Try:
-  1. Invite @email_bob=40example.org:localhost to an unencrypted room and say something.
+  1. Invite @email_bob=40example.org:localhost to a room (encrypted or not) and say something.
      The mail appears here (example.org is routed to a local MTA that prints it).
   2. Mail Alice as a stranger; a DM from the sender's ghost invites her:
        npm run cli -- send-test-mail -c .dev/config.yaml --from bob@example.org --to alice@mail.localhost
