@@ -221,6 +221,36 @@ describe("inbound routing", () => {
       assert.notEqual(req?.notifiedAt, null);
     });
 
+    it("hold with the homeserver down: still 451 4.7.1, nothing committed; the user is told on the next attempt once it is back", async () => {
+      await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
+      let down = true;
+      const told: string[] = [];
+      const flaky = new Contacts({
+        store,
+        matrix: {
+          botDm: async (u) => {
+            if (down) throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:8008"), { code: "ECONNREFUSED" });
+            return `!dm-${u}`;
+          },
+          botNotice: async (_roomId, text) => void told.push(text),
+        },
+      });
+      const m = mail({ messageId: "down@example.org" });
+      const reply = await flaky.hold("@alice:hs.example", "alice@bridge.example", { sender: "carol@example.org", senderName: "Carol", verified: true, subject: "Hi", text: "Hello" });
+      assert.equal(reply.line, "451 4.7.1 alice@bridge.example has not accepted mail from carol@example.org yet; try again later");
+      assert.equal((await store.getContactRequest("@alice:hs.example", "carol@example.org"))?.notifiedAt, null, "not told: the homeserver was down");
+      assert.equal(told.length, 0);
+      down = false;
+      await flaky.hold("@alice:hs.example", "alice@bridge.example", { sender: "carol@example.org", senderName: "Carol", verified: true, subject: "Hi", text: "Hello" });
+      assert.equal(told.length, 1, "told on the retry");
+      await flaky.hold("@alice:hs.example", "alice@bridge.example", { sender: "carol@example.org", senderName: "Carol", verified: true, subject: "Hi", text: "Hello" });
+      assert.equal(told.length, 1, "and only once");
+      assert.equal((await store.getContactRequest("@alice:hs.example", "carol@example.org"))?.attempts, 3);
+      // Through the router too: a held mail is never committed, whatever the homeserver does.
+      await assert.rejects(router.deliver(m, await envelope(["alice@bridge.example"])), is(451, "4.7.1"));
+      assert.equal((await store.listPendingInbound(10)).length, 0);
+    });
+
     it("hold: at most 10 requests a user is told of per hour; the rest are told on a later attempt", async () => {
       await store.updateUserSettings("@alice:hs.example", { contactMode: "hold" });
       for (let i = 0; i < 12; i++) {
