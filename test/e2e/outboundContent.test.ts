@@ -1,7 +1,8 @@
 /**
  * Matrix → email content, end to end: files from a real client become attachments (bytes
  * compared), a file over `outbound.max_attachment_bytes` becomes a link, an edit becomes a
- * "Correction:" mail in the thread, notices and reactions stay in Matrix. A real Synapse, the
+ * "Correction:" mail in the thread, notices and reactions stay in Matrix, a reply or a thread
+ * message continues the mail thread. A real Synapse, the
  * bridge in-process (SQLite), the loopback SMTP sink as the remote MTA; the mail is read back
  * with mailparser and its DKIM signature checked.
  */
@@ -80,6 +81,25 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     assert.ok(mail.attachments[0]?.content.equals(data));
   });
 
+  it("audio and video are attached too, byte for byte, each typed and named as sent", async () => {
+    const ogg = Buffer.concat([Buffer.from("OggS"), randomBytes(4000)]);
+    const mp4 = Buffer.concat([Buffer.from("000000186674797069736f6d", "hex"), randomBytes(6000)]);
+    for (const [msgtype, data, type, name] of [
+      ["m.audio", ogg, "audio/ogg", "voice-7.ogg"],
+      ["m.video", mp4, "video/mp4", "clip-7.mp4"],
+    ] as const) {
+      const url = await upload(data, type, name);
+      await alice.sendEvent(roomId, "m.room.message", { msgtype, body: name, filename: name, url, info: { mimetype: type, size: data.length } });
+      const sent = await mailFor(name);
+      const mail = await simpleParser(sent.raw);
+      assert.equal(mail.attachments.length, 1, msgtype);
+      assert.equal(mail.attachments[0]?.filename, name);
+      assert.equal(mail.attachments[0]?.contentType, type);
+      assert.ok(mail.attachments[0]?.content.equals(data), `${msgtype}: the attachment is the uploaded bytes`);
+      await dkimPasses(sent.raw);
+    }
+  });
+
   it("a file over outbound.max_attachment_bytes is sent as a link to its event, with why", async () => {
     const data = randomBytes(LIMIT + 1000);
     const url = await upload(data, "video/mp4", "big-3.mp4");
@@ -96,6 +116,7 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
   it("an edit sends a short Correction: mail in the same thread; notices and reactions are not mailed", async () => {
     const original = await alice.sendText(roomId, "We meet at five (edit-4)");
     const first = await simpleParser((await mailFor("edit-4")).raw);
+    assert.equal(first.subject, "Files", "a new topic takes the room's name as its subject");
     await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.notice", body: "a bot's notice (notice-5)" });
     await alice.sendEvent(roomId, "m.reaction", { "m.relates_to": { rel_type: "m.annotation", event_id: original, key: "👍" } });
     await alice.sendEvent(roomId, "m.room.message", {
@@ -104,7 +125,9 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
       "m.new_content": { msgtype: "m.text", body: "We meet at six (edit-4b)" },
       "m.relates_to": { rel_type: "m.replace", event_id: original },
     });
-    const correction = await simpleParser((await mailFor("edit-4b")).raw);
+    const correctionRaw = (await mailFor("edit-4b")).raw;
+    await dkimPasses(correctionRaw);
+    const correction = await simpleParser(correctionRaw);
     assert.equal(correction.subject, `Correction: ${first.subject}`);
     assert.equal(correction.inReplyTo, first.messageId);
     assert.match(String(correction.references), new RegExp(first.messageId!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
@@ -134,5 +157,23 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     assert.ok(!html.includes("matrix.to"), `no matrix.to links in the HTML: ${html}`);
     assert.match(html, /Bob: cake, <em>surely<\/em> \(answer-6\)/);
     assert.match(html, /Alice wrote:.*<blockquote>Shall we bring cake\?<br>Or pie\? \(quote-6\)<\/blockquote>/s);
+  });
+
+  it("a thread message continues the mail thread of its root: In-Reply-To, References, Re: subject", async () => {
+    const root = await alice.sendText(roomId, "Who brings the cake? (thread-8)");
+    const rootMail = await simpleParser((await mailFor("thread-8")).raw);
+    // As Element sends it: the thread relation with its reply fallback (Client-Server API, "Threading").
+    await alice.sendEvent(roomId, "m.room.message", {
+      msgtype: "m.text",
+      body: "I do (thread-8b)",
+      "m.relates_to": { rel_type: "m.thread", event_id: root, is_falling_back: true, "m.in_reply_to": { event_id: root } },
+    });
+    const sent = await mailFor("thread-8b");
+    const mail = await simpleParser(sent.raw);
+    assert.equal(mail.subject, `Re: ${rootMail.subject}`);
+    assert.equal(mail.inReplyTo, rootMail.messageId);
+    assert.match(String(mail.references), new RegExp(rootMail.messageId!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
+    assert.match(mail.text ?? "", /^I do \(thread-8b\)/);
+    await dkimPasses(sent.raw);
   });
 });

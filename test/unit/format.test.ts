@@ -39,8 +39,25 @@ it("matrixToMail: mentions lose their matrix.to link; a quote follows the text i
     "Alice",
     { name: "Bob <b>", date: new Date(Date.UTC(2026, 10, 2, 10, 0)), text: "Tea?\n\nAt five" },
   );
-  assert.equal(body.text, "Yes!\n\nOn Mon, 02 Nov 2026 10:00:00 GMT, Bob <b> wrote:\n> Tea?\n>\n> At five");
+  assert.equal(body.text, "Bob: yes!\n\nOn Mon, 02 Nov 2026 10:00:00 GMT, Bob <b> wrote:\n> Tea?\n>\n> At five");
   assert.equal(body.html, "Bob: <b>yes</b>!<p>On Mon, 02 Nov 2026 10:00:00 GMT, Bob &lt;b&gt; wrote:</p><blockquote>Tea?<br><br>At five</blockquote>");
   const plain = matrixToMail({ msgtype: "m.emote", body: "waves" }, "Alice", null);
   assert.deepEqual(plain, { text: "* Alice waves", html: null });
+});
+
+it("matrixToMail: the text/plain alternative is made from formatted_body; body only when there is no HTML or it has no text", () => {
+  const rich = matrixToMail(
+    {
+      msgtype: "m.text",
+      body: "**Agenda** for [@bob:hs](https://matrix.to/#/@bob:hs)\n\n- budget\n- offsite",
+      format: "org.matrix.custom.html",
+      formatted_body: '<p><strong>Agenda</strong> for <a href="https://matrix.to/#/@bob:hs">Bob</a></p><ul><li>budget</li><li>offsite</li></ul><p>See <a href="https://example.org/plan">the plan</a></p>',
+    },
+    "Alice",
+  );
+  assert.equal(rich.text, "Agenda for Bob\n\n * budget\n * offsite\n\nSee the plan [https://example.org/plan]");
+  const emote = matrixToMail({ msgtype: "m.emote", body: "waves *hard*", format: "org.matrix.custom.html", formatted_body: "waves <em>hard</em>" }, "Alice");
+  assert.deepEqual(emote, { text: "* Alice waves hard", html: "* Alice waves <em>hard</em>" });
+  const imageOnly = matrixToMail({ msgtype: "m.text", body: "(image)", format: "org.matrix.custom.html", formatted_body: '<img src="mxc://hs/abc" alt="">' }, "Alice");
+  assert.equal(imageOnly.text, "(image)");
 });

@@ -4,6 +4,7 @@
  */
 import { escapeHtml } from "./html.ts";
 import { sanitizeHtml } from "./sanitize.ts";
+import { htmlToPlain } from "../../mail/inbound/htmlText.ts";
 
 /** The text of a Matrix message as mail body parts. */
 export interface MailBody {
@@ -69,8 +70,10 @@ export interface QuotedMessage {
 }
 
 /**
- * Mail body parts for a Matrix message: text from `body`, HTML from `formatted_body`
- * (mentions shown as names, sanitized again: a Matrix client's HTML is untrusted too).
+ * Mail body parts for a Matrix message: HTML from `formatted_body` (mentions shown as names,
+ * sanitized again: a Matrix client's HTML is untrusted too), and the text/plain alternative
+ * made from that HTML (blocks and line breaks kept, links as `text [url]`, lines not wrapped),
+ * so both parts say the same; `body` is the text when there is no HTML (or it has no text).
  * `m.emote` becomes `* Name text`; `m.notice` is sent as text. The Matrix reply fallback is
  * removed; with `quote`, the message replied to follows as a mail quote: `On <date>, <name>
  * wrote:` and `> ` lines (RFC 3676 §4.5 quoting), a `<blockquote>` in the HTML.
@@ -80,10 +83,11 @@ export interface QuotedMessage {
 export function matrixToMail(content: MessageContent, senderName: string, quote: QuotedMessage | null = null): MailBody {
   const { body, formatted } = stripReplyFallback(content);
   const html = formatted ? sanitizeHtml(unpillHtml(formatted)) : null;
+  const plain = (html !== null ? htmlToPlain(html) : "") || body;
   const base =
     content.msgtype === "m.emote"
-      ? { text: `* ${senderName} ${body}`, html: html !== null ? `* ${escapeHtml(senderName)} ${html}` : null }
-      : { text: body, html };
+      ? { text: `* ${senderName} ${plain}`, html: html !== null ? `* ${escapeHtml(senderName)} ${html}` : null }
+      : { text: plain, html };
   if (!quote) return base;
   const attribution = `On ${quote.date.toUTCString()}, ${quote.name} wrote:`;
   const quoted = quote.text.split(/\r?\n/).map((l) => (l ? `> ${l}` : ">")).join("\n");
