@@ -18,6 +18,7 @@
 import { domainToASCII } from "node:url";
 import { MailboxTakenError, type BridgeStore, type MailAliasRow, type MailboxPolicy, type RoomMailboxRow } from "../store/Store.ts";
 import { isBridgeUser, mailboxUserId, type IdContext } from "./ids.ts";
+import { portalOf } from "./Portal.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
@@ -239,8 +240,9 @@ export class Addressing {
     const { store } = this.opts;
     const removed = await store.removeRoomMailbox(roomId);
     const aliases = await store.removeMailAliases({ target: roomId });
-    const portal = await store.getPortalByRoom(roomId);
-    if (portal?.kind === "mailbox") await store.upsertPortal({ ...portal, kind: "group" });
+    const row = await store.getPortalByRoom(roomId);
+    const portal = row ? portalOf(row) : null;
+    if (portal?.kind === "mailbox") await store.upsertPortal(portal.withoutMailbox());
     if (removed || aliases > 0) log.info("room mailbox removed", { roomId, aliases });
     return removed;
   }

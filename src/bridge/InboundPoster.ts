@@ -35,6 +35,7 @@ import { escapeHtml } from "./format/html.ts";
 import { sanitizeHtml, sanitizeMailHtml } from "./format/sanitize.ts";
 import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
+import { portalOf } from "./Portal.ts";
 import { invitePreview } from "./Contacts.ts";
 import type { NoticeService } from "./NoticeService.ts";
 import type { HomeserverFailure, MatrixActions } from "./ports.ts";
@@ -318,7 +319,7 @@ export class InboundPoster {
     const txnId = `meb-in-${row.id}`;
     if (!row.replyToEventId) return { eventId: await matrix.sendEvent(ghost.userId, roomId, "m.room.message", content, txnId), threadRoot: null };
     const portal = await store.getPortalByRoom(roomId);
-    const thread: ThreadRelation | null = portal?.kind === "mailbox" ? await threadRelation(store, roomId, row.replyToEventId, parent, mail) : null;
+    const thread: ThreadRelation | null = portal && portalOf(portal).threadsReplies ? await threadRelation(store, roomId, row.replyToEventId, parent, mail) : null;
     try {
       const eventId = await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { ...content, "m.relates_to": thread ?? replyRelation(row.replyToEventId) }, txnId);
       return { eventId, threadRoot: thread?.event_id ?? null };
@@ -374,7 +375,7 @@ export class InboundPoster {
   private async roomFor(row: InboundRow, ghost: Ghost, mail: ParsedMailSummary): Promise<string> {
     const { store, matrix } = this.opts;
     const portal: PortalRow | null = row.roomId ? await store.getPortalByRoom(row.roomId) : null;
-    if (row.roomId && portal?.kind !== "dm") {
+    if (row.roomId && (!portal || portalOf(portal).joinsSenders)) {
       await matrix.join(row.roomId, ghost.userId);
       return row.roomId;
     }

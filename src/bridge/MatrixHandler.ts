@@ -136,10 +136,11 @@ export class MatrixHandler {
   private async onOwnLeave(event: MatrixEvent): Promise<void> {
     const prev = (event as { unsigned?: { prev_content?: { membership?: unknown } } }).unsigned?.prev_content?.membership;
     if (prev !== "invite") return;
-    const portal = await this.opts.store.getPortalByRoom(event.room_id);
-    if (portal?.kind !== "dm" || portal.localUserId !== event.sender || !portal.remoteAddress) return;
-    await this.opts.contacts.refuse(event.sender, portal.remoteAddress, { reason: null, quiet: false });
-    log.info("DM invite rejected: sender blocked", { roomId: event.room_id, user: event.sender, address: portal.remoteAddress });
+    const row = await this.opts.store.getPortalByRoom(event.room_id);
+    const address = row ? portalOf(row).refusedOnDecline(event.sender) : null;
+    if (!address) return;
+    await this.opts.contacts.refuse(event.sender, address, { reason: null, quiet: false });
+    log.info("DM invite rejected: sender blocked", { roomId: event.room_id, user: event.sender, address });
   }
 
   /**
@@ -150,9 +151,10 @@ export class MatrixHandler {
   private async onOwnJoin(event: MatrixEvent): Promise<void> {
     const prev = (event as { unsigned?: { prev_content?: { membership?: unknown } } }).unsigned?.prev_content?.membership;
     if (prev !== "invite") return;
-    const portal = await this.opts.store.getPortalByRoom(event.room_id);
-    if (portal?.kind !== "dm" || portal.localUserId !== event.sender || !portal.remoteAddress || !portal.remoteVerified) return;
-    await this.opts.contacts.known(event.sender, portal.remoteAddress);
+    const row = await this.opts.store.getPortalByRoom(event.room_id);
+    const address = row ? portalOf(row).acceptedOnJoin(event.sender) : null;
+    if (!address) return;
+    await this.opts.contacts.known(event.sender, address);
   }
 
   /** The ghost invites the bridge bot so it can read members and post notices; the bot joins. */

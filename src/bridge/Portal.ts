@@ -67,6 +67,50 @@ abstract class PortalBase<K extends PortalRow["kind"]> {
    */
   abstract describe(ctx: PortalContext): Promise<{ label: string; name: string | null }>;
 
+  /**
+   * Whether a reply by mail (found by In-Reply-To or References) is posted as a Matrix thread
+   * message (`m.thread`, bridge/threads.ts) rather than a rich reply (`m.in_reply_to`): true only
+   * in a room mailbox, where each email conversation is a thread; DMs and group portals keep rich
+   * replies (Client-Server API, "Threading" and "Rich replies").
+   */
+  abstract get threadsReplies(): boolean;
+
+  /**
+   * Whether mail to this room is posted by joining its sender's ghost to the room as it is (a
+   * group or room mailbox: any address may write to it), rather than the room being one ghost's
+   * DM with one local user, which the bridge makes again when that user has left it (false).
+   */
+  abstract get joinsSenders(): boolean;
+
+  /**
+   * Whether `userId` is the local user this portal belongs to: a DM's local user (the owner of
+   * the personal mailbox the DM serves); nobody for a group or room mailbox.
+   * @param userId a Matrix user ID, compared exactly
+   */
+  isOwnedBy(userId: string): boolean {
+    return false;
+  }
+
+  /**
+   * The address `userId` refuses by declining (leaving while invited) this portal's invite, as
+   * `block <address>` would: a DM's remote address when `userId` is its local user
+   * ({@link isOwnedBy}); null otherwise (a group or room mailbox, or another user).
+   * @param userId the Matrix user who declined
+   */
+  refusedOnDecline(userId: string): string | null {
+    return null;
+  }
+
+  /**
+   * The address `userId` accepts as a contact by joining this portal from its invite, as `accept
+   * <address>` would: a DM's remote address when `userId` is its local user and the remote party
+   * is the verified ghost (an unverified sender's DM vouches for nobody); null otherwise.
+   * @param userId the Matrix user who joined
+   */
+  acceptedOnJoin(userId: string): string | null {
+    return null;
+  }
+
   /** The room name, read as {@link reader}; null when unset or blank. */
   protected async roomName(ctx: PortalContext): Promise<string | null> {
     const name = await ctx.matrix.stateContent(this.roomId, "m.room.name", "", this.reader(ctx.ids));
@@ -90,6 +134,31 @@ export class DmPortal extends PortalBase<"dm"> {
 
   get hasBot(): boolean {
     return false;
+  }
+
+  /** False: replies by mail stay rich replies in a DM. */
+  get threadsReplies(): boolean {
+    return false;
+  }
+
+  /** False: the DM is its ghost's room with its local user; mail never joins a ghost to it. */
+  get joinsSenders(): boolean {
+    return false;
+  }
+
+  /** Whether `userId` is the DM's local user. */
+  override isOwnedBy(userId: string): boolean {
+    return this.row.localUserId === userId;
+  }
+
+  /** The remote address when `userId` is the DM's local user, else null. */
+  override refusedOnDecline(userId: string): string | null {
+    return this.isOwnedBy(userId) ? this.remoteAddress : null;
+  }
+
+  /** The remote address when `userId` is the DM's local user and the remote party is verified, else null. */
+  override acceptedOnJoin(userId: string): string | null {
+    return this.isOwnedBy(userId) && this.row.remoteVerified ? this.remoteAddress : null;
   }
 
   reader(ids: IdContext): string {
@@ -116,6 +185,11 @@ abstract class RoomPortal<K extends "group" | "mailbox"> extends PortalBase<K> {
     return true;
   }
 
+  /** True: any sender's ghost joins the room to post its mail. */
+  get joinsSenders(): boolean {
+    return true;
+  }
+
   reader(ids: IdContext): string {
     return botUserId(ids);
   }
@@ -134,6 +208,11 @@ abstract class RoomPortal<K extends "group" | "mailbox"> extends PortalBase<K> {
 export class GroupPortal extends RoomPortal<"group"> {
   readonly kind = "group" as const;
 
+  /** False: replies by mail stay rich replies in a group portal. */
+  get threadsReplies(): boolean {
+    return false;
+  }
+
   /** The addresses of the ghosts joined to the room (each once). */
   async recipients(_parent: MessageRow | null, ctx: PortalContext): Promise<RecipientPlan> {
     const members = await ctx.matrix.joinedMembers(this.roomId);
@@ -145,6 +224,19 @@ export class GroupPortal extends RoomPortal<"group"> {
 /** A room with a room mailbox: a mailing list with manners. */
 export class MailboxPortal extends RoomPortal<"mailbox"> {
   readonly kind = "mailbox" as const;
+
+  /** True: each email conversation is a Matrix thread, and its replies go into it. */
+  get threadsReplies(): boolean {
+    return true;
+  }
+
+  /**
+   * The store row this room has once its mailbox is removed: a group portal of the same room,
+   * everything else kept (its email participants still get its messages).
+   */
+  withoutMailbox(): PortalRow {
+    return { ...this.row, kind: "group" };
+  }
 
   /**
    * A message in an email conversation (its parent is a mail that was not a list mail) goes to

@@ -10,11 +10,13 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import { createMailboxRoom, startEnv, MAIL_DOMAIN, type E2eEnv } from "./env.ts";
 import type { MatrixEvent, MatrixTestClient } from "../harness/matrixClient.ts";
 
 const BOB = "@email_bob=40example.org:localhost";
 const MAILER_DAEMON = "@email_mailer-daemon=40example.org:localhost";
+const BOT = "@emailbot:localhost";
 const CORPUS = new URL("../fixtures/eml/corpus/", import.meta.url);
 
 /** A fixture's bytes. */
@@ -325,6 +327,18 @@ describe("the mail shapes real clients send (corpus, embedded SQLite store)", ()
     assert.ok(String(ev.content.body).startsWith("Undelivered Mail Returned to Sender\n\nThis is the mail system at host mx.example.org."), String(ev.content.body));
   });
 
+  it("automatic mail posted as a notice is not answered (RFC 3834 §2): no mail goes back to the auto-reply's, bulk mail's or bounce's sender", async () => {
+    // The three notices above are posted, so their rows are done; a DSN or any other answer
+    // would be queued by now. Give the outbound queue a moment to hand it to the sink.
+    await sleep(1000);
+    const senders = ["bob@example.org", "mailer-daemon@example.org"];
+    const answers = env.sink.mails.filter((m) => m.rcptTo.some((r) => senders.includes(r.toLowerCase())));
+    assert.deepEqual(answers.map((m) => `${m.mailFrom || "<>"} -> ${m.rcptTo.join(",")}`), [], "no mail to the senders reached the sink");
+    const { inbound, outbound } = await env.bridge.store.queueCounts();
+    assert.deepEqual({ inboundWaiting: inbound.waiting, inboundFailed: inbound.failed }, { inboundWaiting: 0, inboundFailed: 0 }, "every fixture was posted (a failure would be the only reason to bounce)");
+    assert.deepEqual({ outboundWaiting: outbound.waiting, outboundFailed: outbound.failed }, { outboundWaiting: 0, outboundFailed: 0 }, "and nothing waits to go out either");
+  });
+
   it("nothing is posted twice: inline images shown are not files, the calendar of two parts is one file", async () => {
     const names = (await timeline()).map((e) => String(e.content.body ?? ""));
     const count = (n: string) => names.filter((b) => b === n).length;
@@ -333,5 +347,30 @@ describe("the mail shapes real clients send (corpus, embedded SQLite store)", ()
     assert.equal(count("offsite.png"), 1);
     assert.equal(count("invite.ics"), 2, "one for each invitation");
     assert.equal(count("message.eml"), replies.length, "one for each folded reply, none for the auto-reply");
+  });
+
+  it("an auto-reply that cannot be posted gets no DSN (RFC 3834 §2); a person's mail that cannot be posted does", async () => {
+    // A room mailbox the bridge can no longer enter (the bot is banned): nothing sent to it can be posted.
+    const locked = await createMailboxRoom(alice, "corpus-locked", "Locked");
+    await alice.request("POST", `/rooms/${encodeURIComponent(locked)}/ban`, { user_id: BOT, reason: "test: nothing can be posted here" });
+    const to = `corpus-locked@${MAIL_DOMAIN}`;
+    const stamp = Date.now();
+    const autoId = `a2-auto-${stamp}@example.org`;
+    const personId = `a2-person-${stamp}@example.org`;
+    /** A corpus fixture under a fresh Message-ID (the corpus room already has the original). */
+    const renamed = (name: string, id: string) => Buffer.from(fixture(name).toString("latin1").replace(/^Message-ID: <[^>]+>/imu, `Message-ID: <${id}>`), "latin1");
+    assert.match(await env.sendRaw(renamed("24-auto-reply-outlook.eml", autoId), { from: "bob@example.org", to }), /^250 /);
+    assert.match(await env.sendRaw(renamed("01-gmail-alternative.eml", personId), { from: "bob@example.org", to }), /^250 /);
+
+    // The control: the person's mail comes back as a DSN (null reverse-path, its headers quoted).
+    await env.sink.waitForMail((m) => !m.mailFrom && m.rcptTo.includes("bob@example.org") && m.raw.includes(personId), 60_000);
+    // The auto-reply is given up on as well (it was received first), and nothing about it waits to go out.
+    const givenUp = async () => (await env.bridge.store.listInbound("failed", 50)).some((r) => r.messageId === autoId);
+    for (const deadline = Date.now() + 30_000; !(await givenUp()) && Date.now() < deadline; ) await sleep(200);
+    assert.ok(await givenUp(), "the auto-reply could not be posted either");
+    await sleep(1000);
+    assert.equal((await env.bridge.store.queueCounts()).outbound.waiting, 0);
+    const answers = env.sink.mails.filter((m) => m.raw.includes(autoId));
+    assert.deepEqual(answers.map((m) => `${m.mailFrom || "<>"} -> ${m.rcptTo.join(",")}`), [], "no DSN or other answer to the auto-reply");
   });
 });

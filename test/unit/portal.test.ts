@@ -68,4 +68,48 @@ describe("Portal", () => {
     assert.deepEqual(await mailbox.recipients(null, context({ subscribers: ["s@example.com"] })), { envelope: ["s@example.com"], to: [], list: true });
     assert.deepEqual(await mailbox.recipients(message({ viaList: true }), context({ subscribers: ["s@example.com"] })), { envelope: ["s@example.com"], to: [], list: true });
   });
+
+  it("only a room mailbox threads replies; only a DM keeps senders' ghosts out (the DM is its ghost's room)", () => {
+    const dm = portalOf(row({ kind: "dm", remoteAddress: "bob@example.org", localUserId: "@a:hs.example" }));
+    const group = portalOf(row({ kind: "group" }));
+    const mailbox = portalOf(row({ kind: "mailbox" }));
+    assert.deepEqual([dm.threadsReplies, group.threadsReplies, mailbox.threadsReplies], [false, false, true]);
+    assert.deepEqual([dm.joinsSenders, group.joinsSenders, mailbox.joinsSenders], [false, true, true]);
+  });
+
+  it("a DM belongs to its local user: declining its invite refuses the remote address, joining accepts it when verified", () => {
+    const owner = "@a:hs.example";
+    const dm = portalOf(row({ kind: "dm", remoteAddress: "bob@example.org", localUserId: owner }));
+    assert.equal(dm.isOwnedBy(owner), true);
+    assert.equal(dm.isOwnedBy("@other:hs.example"), false);
+    assert.equal(dm.refusedOnDecline(owner), "bob@example.org");
+    assert.equal(dm.acceptedOnJoin(owner), "bob@example.org");
+    // Someone else leaving or joining decides nothing about the owner's contacts.
+    assert.equal(dm.refusedOnDecline("@other:hs.example"), null);
+    assert.equal(dm.acceptedOnJoin("@other:hs.example"), null);
+    // An unverified sender's DM can be refused, but joining it vouches for nobody.
+    const unverified = portalOf(row({ kind: "dm", remoteAddress: "bob@example.org", localUserId: owner, remoteVerified: false }));
+    assert.equal(unverified.refusedOnDecline(owner), "bob@example.org");
+    assert.equal(unverified.acceptedOnJoin(owner), null);
+  });
+
+  it("group and mailbox rooms belong to nobody: declining or joining them refuses or accepts no address", () => {
+    // Even a row that carries DM-only fields: the kind decides.
+    for (const kind of ["group", "mailbox"] as const) {
+      const portal = portalOf(row({ kind, localUserId: "@a:hs.example", remoteAddress: "bob@example.org" }));
+      assert.equal(portal.isOwnedBy("@a:hs.example"), false, kind);
+      assert.equal(portal.refusedOnDecline("@a:hs.example"), null, kind);
+      assert.equal(portal.acceptedOnJoin("@a:hs.example"), null, kind);
+    }
+  });
+
+  it("a room mailbox without its mailbox becomes a group portal of the same room, everything else kept", () => {
+    const stored = row({ kind: "mailbox", roomId: "!m:hs.example", subject: "Team", encrypted: true, createdAt: 42 });
+    const mailbox = portalOf(stored);
+    assert.ok(mailbox instanceof MailboxPortal);
+    const after = mailbox.withoutMailbox();
+    assert.deepEqual(after, { ...stored, kind: "group" });
+    assert.ok(portalOf(after) instanceof GroupPortal);
+    assert.equal(stored.kind, "mailbox", "the stored row is not changed in place");
+  });
 });
