@@ -27,6 +27,7 @@ import { Subscriptions } from "./Subscriptions.ts";
 import { Contacts } from "./Contacts.ts";
 import { Addressing } from "./Addressing.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
+import { OneClickUnsubscribe, unsubscribeKey } from "./unsubscribeLinks.ts";
 import { Submission, isSubmissionEvent, submissionListenerConfig } from "./Submission.ts";
 import { SubmissionListener } from "../mail/submission/SubmissionListener.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
@@ -117,6 +118,9 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   // The gateway's event sink needs the handler, and the handler needs the gateway: the sink
   // refuses events until the handler exists (they stay in the journal and are retried).
   let handler: MatrixHandler | null = null;
+  // One-click unsubscribe links (RFC 8058), only with a public URL; made once the subscriptions exist.
+  const publicUrl = config.appservice.public_url;
+  let oneClick: OneClickUnsubscribe | null = null;
   const matrix = await MatrixGateway.create({
     homeserverUrl: config.homeserver.url,
     serverName: ids.serverName,
@@ -124,6 +128,17 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     botDisplayName: config.appservice.bot_displayname,
     bindAddress: config.appservice.bind_address,
     port: config.appservice.port,
+    ...(publicUrl !== null
+      ? {
+          unsubscribe: {
+            verify: (token: string) => oneClick?.verify(token) ?? false,
+            unsubscribe: async (token: string) => {
+              if (!oneClick) throw new Error("one-click unsubscribe before the bridge is set up");
+              return oneClick.unsubscribe(token);
+            },
+          },
+        }
+      : {}),
     // Transactions are journaled in the store before their 200 (migration 4).
     journal: store,
     // End-to-end-encrypted rooms: devices and their crypto state in the store (migration 12; docs/encryption.md).
@@ -204,6 +219,15 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     delayWarningHours: config.outbound.delay_warning_hours,
     concurrency: config.outbound.concurrency,
     onRecipientResult: (outcome) => metrics.outboundDelivery(outcome),
+    // With a public URL, each recipient gets a copy with its own one-click link (RFC 8058).
+    ...(publicUrl !== null
+      ? {
+          copyFor: (mail: { roomId: string; eventId: string; raw: Buffer }, address: string) => {
+            if (!oneClick) throw new Error("outbound delivery before the bridge is set up");
+            return oneClick.copyFor(mail, address);
+          },
+        }
+      : {}),
     onRecipientsFailed: async (mail, failures) => {
       const lines = failures.map((f) => `• ${f.address}: ${f.reply}`).join("\n");
       await outboundNotice(mail.roomId, `⚠️ This message could not be delivered by email to:\n${lines}`, mail.eventId, mail.envelopeFrom);
@@ -241,6 +265,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       await notices.post(roomId, `📭 ${address} unsubscribed from this room's mail. The bridge sends them nothing more from this room.`);
     },
   });
+  if (publicUrl !== null) oneClick = new OneClickUnsubscribe({ key: unsubscribeKey(matrix.appserviceToken), publicUrl, dkim, store, subscriptions });
   const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
   // Parse once: the router's DATA-time parse of each committed row, taken by the poster.
   const parsed = new ParsedMailCache();

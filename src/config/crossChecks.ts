@@ -53,6 +53,25 @@ function httpUrlProblem(value: string, credentials: boolean): string | null {
   return null;
 }
 
+/** Host names that are loopback, where `appservice.public_url` may be plain http (tests). */
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/**
+ * Why `value` is not a usable `appservice.public_url`, or null: an absolute `https://` URL
+ * (`http://` only for a loopback host, which no mail reader outside the machine can reach),
+ * without user name, password, query or fragment, since the bridge appends
+ * `/unsubscribe/<token>` to it (RFC 8058 §3.1 wants an HTTPS URI).
+ */
+function publicUrlProblem(value: string): string | null {
+  const url = URL.parse(value);
+  if (url === null) return `${JSON.stringify(value)} is not a valid URL`;
+  if (url.protocol === "http:" && !LOOPBACK_HOSTS.has(url.hostname)) return "must be an https:// URL (http:// is allowed only for localhost, 127.0.0.1 or [::1])";
+  if (url.protocol !== "https:" && url.protocol !== "http:") return `${JSON.stringify(value)} must be an https:// URL`;
+  if (url.username || url.password) return "must not contain a user name or password";
+  if (url.search || url.hash || value.includes("?") || value.includes("#")) return "must not have a query or fragment (the bridge appends /unsubscribe/<token>)";
+  return null;
+}
+
 /**
  * Why a `host:port` string is unusable, or null: the host must be non-empty and the port 1-65535.
  * Same split as mail/outbound/routes.ts `parseHostPort` (last `:`), which then cannot fail.
@@ -124,6 +143,11 @@ export const LOAD_STEPS: readonly LoadStep[] = [
       if (homeserverProblem) ctx.report("homeserver.url", homeserverProblem);
       const appserviceProblem = httpUrlProblem(cfg.appservice.url, true);
       if (appserviceProblem) ctx.report("appservice.url", appserviceProblem);
+      if (cfg.appservice.public_url !== null) {
+        const publicProblem = publicUrlProblem(cfg.appservice.public_url);
+        if (publicProblem) ctx.report("appservice.public_url", publicProblem);
+        else cfg.appservice.public_url = cfg.appservice.public_url.replace(/\/+$/, "");
+      }
       cfg.appservice.registration_file = abs(ctx.baseDir, cfg.appservice.registration_file);
     },
   },

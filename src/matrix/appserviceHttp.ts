@@ -36,6 +36,11 @@
  * The front handler reads the JSON body itself (same limit, same error answers), has the
  * receiver commit the transaction to the journal (./appserviceTransactions.ts), and only then
  * answers 200 `{}`; the receiver starts handling once the response is finished.
+ *
+ * One-click unsubscribe (RFC 8058), when a {@link OneClickUnsubscribeRoute} is given: the only
+ * routes besides `/health` that take no `hs_token`, since mail readers call them through the
+ * admin's reverse proxy (`<appservice.public_url>/unsubscribe/` → `/unsubscribe/`). See
+ * {@link handleUnsubscribe}.
  */
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, RequestListener, Server, ServerResponse } from "node:http";
@@ -75,6 +80,23 @@ export interface HardenedAppServiceOptions {
    * transactions go to the library as they always did (answered 200 before any handling).
    */
   transactions?: TransactionReceiver;
+  /** Serve `/unsubscribe/<token>` (RFC 8058 one-click unsubscribe); absent: those paths are 401 like any other. */
+  unsubscribe?: OneClickUnsubscribeRoute;
+}
+
+/**
+ * What the one-click unsubscribe route asks of the bridge (the bridge core supplies it, so this
+ * layer knows nothing of rooms or addresses).
+ */
+export interface OneClickUnsubscribeRoute {
+  /** Whether `token` is one the bridge made (for the GET page; changes nothing). */
+  verify(token: string): boolean;
+  /**
+   * Carry out the unsubscribe `token` names.
+   * @returns false for a token the bridge did not make (answered 404)
+   * @throws when it cannot be done now (answered 503; the reader may click again)
+   */
+  unsubscribe(token: string): Promise<boolean>;
 }
 
 /** What {@link TransactionReceiver.record} did. */
@@ -161,7 +183,8 @@ export async function loadRegistration(Registration: typeof AppServiceRegistrati
  * Build matrix-appservice's AppService with the front handler described in this module's
  * header; hand it to `Bridge.listen(port, host, backlog, appservice)`.
  *
- * Every request except `GET|HEAD /health` must carry the `hs_token` (rules in
+ * Every request except `GET|HEAD /health` (and `/unsubscribe/…` when `opts.unsubscribe` is
+ * given, see {@link handleUnsubscribe}) must carry the `hs_token` (rules in
  * ./appserviceAuth.ts); refusals are 401/403 with `{errcode, error}`. Accepted requests reach
  * the library with canonical credentials (`Authorization: Bearer <hs_token>`, no
  * `access_token` in the URL), so its own, looser check agrees. Library errors become JSON:
@@ -194,7 +217,8 @@ export function createHardenedAppService(lib: AppServiceLibrary, opts: HardenedA
       this.#routes = super.expressApp;
       this.#routes.disable("x-powered-by");
       const transactions = opts.transactions ? { receiver: opts.transactions, maxBodyBytes: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES } : null;
-      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes, transactions);
+      const unsubscribe = opts.unsubscribe ?? null;
+      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes, transactions, unsubscribe);
       // `app` is what AppService.listen() serves (app-service.js:86-89); declared readonly in its typings.
       (this as unknown as { app: RequestListener }).app = this.#front;
       // Query handlers are assigned by the bridge ("Override this method"); keep them, guarded.
@@ -275,7 +299,7 @@ interface TransactionRoute {
  * Authenticate, canonicalise, and hand the request to the library's express app; transactions
  * go to {@link handleTransaction} when a receiver is set.
  */
-function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: string, routes: ExpressApp, transactions: TransactionRoute | null): void {
+function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: string, routes: ExpressApp, transactions: TransactionRoute | null, unsubscribe: OneClickUnsubscribeRoute | null): void {
   let url: URL;
   try {
     url = new URL(req.url ?? "/", "http://appservice.invalid");
@@ -285,6 +309,13 @@ function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: strin
   }
   const method = req.method ?? "GET";
   const isHealth = url.pathname === "/health" && (method === "GET" || method === "HEAD");
+  if (unsubscribe && url.pathname.startsWith(UNSUBSCRIBE_PREFIX)) {
+    void handleUnsubscribe(req, res, url.pathname.slice(UNSUBSCRIBE_PREFIX.length), unsubscribe).catch((err: unknown) => {
+      log.error("one-click unsubscribe request failed", errorFields(err));
+      sendText(res, 503, "The unsubscribe could not be done just now. Please try again later.\n", { "Retry-After": "60" });
+    });
+    return;
+  }
   if (!isHealth) {
     const auth = checkAppserviceAuth(hsToken, { authorization: req.headersDistinct.authorization }, url.searchParams);
     if (!auth.ok) {
@@ -369,6 +400,143 @@ async function handleTransaction(req: IncomingMessage, res: ServerResponse, path
   }
   res.writeHead(200, { "Content-Type": "application/json", "Content-Length": "2", "Cache-Control": "no-store" });
   res.end("{}");
+}
+
+/** Path prefix of the one-click unsubscribe route. */
+const UNSUBSCRIBE_PREFIX = "/unsubscribe/";
+
+/** An unsubscribe token as it may appear in the path (base64url and dots; checked by the bridge). */
+const UNSUBSCRIBE_TOKEN = /^[A-Za-z0-9_.-]{1,1024}$/;
+
+/** Largest one-click POST body read, in bytes (RFC 8058 §3.2's body is one short key/value pair). */
+const MAX_UNSUBSCRIBE_BODY_BYTES = 16_384;
+
+/** The key/value pair of an RFC 8058 one-click POST (§3.2). */
+const ONE_CLICK_KEY = "List-Unsubscribe";
+const ONE_CLICK_VALUE = "One-Click";
+
+/** Headers of every unsubscribe answer: not cached, not sniffed, no referrer, nothing else loaded. */
+const UNSUBSCRIBE_HEADERS = {
+  "Cache-Control": "no-store",
+  "X-Content-Type-Options": "nosniff",
+  "Referrer-Policy": "no-referrer",
+  "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+};
+
+/** The page a GET shows: a button that POSTs the one-click body to the same URL. */
+const UNSUBSCRIBE_PAGE = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<meta name="robots" content="noindex"><title>Unsubscribe</title></head>
+<body style="font-family:sans-serif;max-width:32em;margin:3em auto">
+<h1>Unsubscribe</h1>
+<p>Stop getting mail from this Matrix room at this address?</p>
+<form method="post"><input type="hidden" name="${ONE_CLICK_KEY}" value="${ONE_CLICK_VALUE}"><button type="submit">Unsubscribe</button></form>
+</body></html>
+`;
+
+/** Send a short answer (text, or the page) and close the connection; no cookies, no redirects. */
+function sendText(res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}, type = "text/plain; charset=utf-8", head = false): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { ...UNSUBSCRIBE_HEADERS, ...headers, "Content-Type": type, "Content-Length": String(Buffer.byteLength(body)), Connection: "close" });
+  res.end(head ? undefined : body);
+}
+
+/**
+ * Whether a one-click POST body says `List-Unsubscribe=One-Click` (RFC 8058 §3.2: sent as
+ * `application/x-www-form-urlencoded` or `multipart/form-data`).
+ */
+function isOneClickBody(contentType: string, body: Buffer): boolean {
+  const type = contentType.split(";")[0]!.trim().toLowerCase();
+  const text = body.toString("utf8");
+  if (type === "multipart/form-data") {
+    const boundary = /;\s*boundary\s*=\s*"?([^";]+)"?/i.exec(contentType)?.[1];
+    if (!boundary) return false;
+    return text.split(`--${boundary}`).some((part) => {
+      const split = part.indexOf("\r\n\r\n");
+      if (split === -1) return false;
+      const head = part.slice(0, split);
+      const value = part.slice(split + 4).replace(/\r\n$/, "");
+      return /^content-disposition:\s*form-data;(?:.*;)?\s*name="List-Unsubscribe"\s*(?:;|$)/im.test(head) && value === ONE_CLICK_VALUE;
+    });
+  }
+  // application/x-www-form-urlencoded, also when the type is missing (some senders omit it).
+  return new URLSearchParams(text).getAll(ONE_CLICK_KEY).includes(ONE_CLICK_VALUE);
+}
+
+/** Read a request body of at most `limit` bytes; null when larger or cut off. */
+function readSmallBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    const finish = (result: Buffer | null) => {
+      if (done) return;
+      done = true;
+      resolve(result);
+    };
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.pause();
+        finish(null);
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.once("end", () => finish(Buffer.concat(chunks, size)));
+    req.on("error", () => finish(null));
+    req.once("close", () => finish(null));
+  });
+}
+
+/**
+ * `/unsubscribe/<token>` (RFC 8058), with no `hs_token`, cookies or redirects:
+ * - `POST` with `List-Unsubscribe=One-Click` (§3.2): the bridge unsubscribes; 200 and a line
+ *   of text. Without that body: 400. Body over {@link MAX_UNSUBSCRIBE_BODY_BYTES}: 413.
+ * - `GET`/`HEAD`: changes nothing (link scanners fetch URLs, §3.2); 200 and a small page whose
+ *   button POSTs the one-click body.
+ * - a token the bridge did not make: 404 and a line of text, logged once here.
+ * - other methods: 405. A failure of the bridge: 503 (the caller logs it).
+ */
+async function handleUnsubscribe(req: IncomingMessage, res: ServerResponse, token: string, route: OneClickUnsubscribeRoute): Promise<void> {
+  const method = req.method ?? "GET";
+  const unknown = () => {
+    log.warn("one-click unsubscribe with a token the bridge did not make", { method, remote: req.socket.remoteAddress });
+    sendText(res, 404, "This unsubscribe link is not valid.\n", {}, "text/plain; charset=utf-8", method === "HEAD");
+  };
+  if (method !== "GET" && method !== "HEAD" && method !== "POST") {
+    req.resume();
+    sendText(res, 405, "Use POST to unsubscribe.\n", { Allow: "GET, HEAD, POST" });
+    return;
+  }
+  if (!UNSUBSCRIBE_TOKEN.test(token)) {
+    req.resume();
+    unknown();
+    return;
+  }
+  if (method !== "POST") {
+    req.resume();
+    if (!route.verify(token)) unknown();
+    else sendText(res, 200, UNSUBSCRIBE_PAGE, {}, "text/html; charset=utf-8", method === "HEAD");
+    return;
+  }
+  const body = Number(req.headers["content-length"] ?? "0") > MAX_UNSUBSCRIBE_BODY_BYTES ? null : await readSmallBody(req, MAX_UNSUBSCRIBE_BODY_BYTES);
+  if (body === null) {
+    sendText(res, 413, "Request body too large.\n");
+    return;
+  }
+  if (!isOneClickBody(req.headers["content-type"] ?? "", body)) {
+    sendText(res, 400, `A one-click unsubscribe is a POST of ${ONE_CLICK_KEY}=${ONE_CLICK_VALUE} (RFC 8058).\n`);
+    return;
+  }
+  if (!(await route.unsubscribe(token))) {
+    unknown();
+    return;
+  }
+  sendText(res, 200, "You are unsubscribed: this address gets no more mail from this Matrix room.\n");
 }
 
 /** A request body read as JSON, or the Matrix error to answer. */

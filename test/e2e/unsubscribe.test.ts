@@ -2,8 +2,11 @@
  * Unsubscribing, end to end: every mail from a portal carries a DKIM-signed
  * `List-Unsubscribe` (RFC 2369) and a footer saying who wrote from where; a mail from the
  * recipient to that address makes its ghost leave the room, the room is told, and the room
- * mails it nothing more. A forged unsubscribe (unauthenticated sender) is refused. A real
- * Synapse and client, the bridge in-process (SQLite), the loopback sink, the test DNS server.
+ * mails it nothing more. A forged unsubscribe (unauthenticated sender) is refused. With
+ * `appservice.public_url`, each recipient's copy also carries its own https one-click link and
+ * `List-Unsubscribe-Post` (RFC 8058), both signed; a GET of the link changes nothing, a POST of
+ * `List-Unsubscribe=One-Click` unsubscribes, a forged link is 404. A real Synapse and client,
+ * the bridge in-process (SQLite), the loopback sink, the test DNS server.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -12,8 +15,10 @@ import { dkimVerify } from "mailauth";
 import { MAIL_DOMAIN, startEnv, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
+import { freePort } from "../harness/ports.ts";
 
 const BOB_GHOST = "@email_bob=40example.org:localhost";
+const CAROL_GHOST = "@email_carol=40example.net:localhost";
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe("unsubscribing from a portal's mail", () => {
@@ -42,6 +47,9 @@ describe("unsubscribing from a portal's mail", () => {
     assert.ok(m, `List-Unsubscribe header: ${header}\n${raw.slice(0, 1500)}`);
     const address = m[1]!;
     assert.equal(address, `unsubscribe+${m[2]}@${MAIL_DOMAIN}`);
+    // Without appservice.public_url: the mailto form only, no one-click POST (RFC 8058 needs an https URI).
+    assert.doesNotMatch(raw, /List-Unsubscribe:[^\r]*(?:\r\n [^\r]*)*https?:/);
+    assert.doesNotMatch(raw, /^List-Unsubscribe-Post:/m);
     assert.match(mail.text ?? "", new RegExp(`\\n-- \\nAlice wrote this in the room "Book club" on Matrix\\. To get no more mail from there, write to ${address.replace("+", "\\+")}\\.`));
     const lookup = new DnsResolver({ nameservers: [env.dns.nameserver], timeoutMs: 1000, tries: 1, cacheEntries: 0, cacheTtlMs: 0 }).lookup;
     const dkim = (await dkimVerify(sent.raw, { resolver: lookup as never })).results[0];
@@ -72,5 +80,102 @@ describe("unsubscribing from a portal's mail", () => {
     assert.equal(env.sink.mails.length, before);
     const posted = await alice.getRoomMessages(roomId, { limit: 30 });
     assert.ok(!posted.some((e) => String(e.content.body).includes("unsubscribe") && e.sender === BOB_GHOST), "the unsubscribe mail is not posted");
+  });
+});
+
+describe("one-click unsubscribe (RFC 8058) with appservice.public_url", () => {
+  let env: E2eEnv;
+  let alice: MatrixTestClient;
+  let roomId: string;
+  let base: string;
+
+  before(async () => {
+    // The appservice listener serves the links; the test reaches it directly, as a reverse proxy would.
+    const port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"], config: { appservice: { port, url: base, public_url: base } } });
+    alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
+    roomId = await alice.createRoom({ preset: "private_chat", name: "Reading group" });
+    for (const ghost of [BOB_GHOST, CAROL_GHOST]) {
+      await alice.invite(roomId, ghost);
+      await alice.waitForMembership(roomId, ghost, "join");
+    }
+  });
+  after(async () => {
+    await env?.stop();
+  });
+
+  it("each recipient's copy has its own signed link and List-Unsubscribe-Post; GET changes nothing, a forged link is 404, POST One-Click unsubscribes", async () => {
+    await alice.sendText(roomId, "Chapter two? (o1)");
+    const copies = new Map<string, Buffer>();
+    for (const address of ["bob@example.org", "carol@example.net"]) {
+      const m = await env.sink.waitForMail((x) => x.raw.includes("(o1)") && x.rcptTo.includes(address));
+      assert.deepEqual(m.rcptTo, [address], "a copy per recipient");
+      copies.set(address, m.raw);
+    }
+    const lookup = new DnsResolver({ nameservers: [env.dns.nameserver], timeoutMs: 1000, tries: 1, cacheEntries: 0, cacheTtlMs: 0 }).lookup;
+    const links = new Map<string, string>();
+    for (const [address, raw] of copies) {
+      const text = raw.toString("utf8");
+      const m = /^List-Unsubscribe: <mailto:unsubscribe\+[0-9a-f]{24}@[^?>]+\?subject=unsubscribe>,\r\n <(http:\/\/127\.0\.0\.1:\d+\/unsubscribe\/[A-Za-z0-9_.-]+)>\r\n/m.exec(text);
+      assert.ok(m, `List-Unsubscribe with mailto and https for ${address}:\n${text.slice(0, 2000)}`);
+      assert.ok(m[1]!.startsWith(`${base}/unsubscribe/`));
+      links.set(address, m[1]!);
+      assert.match(text, /^List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n/m);
+      const dkim = (await dkimVerify(raw, { resolver: lookup as never })).results;
+      assert.equal(dkim.length, 1, "one signature");
+      assert.equal(dkim[0]?.status.result, "pass", `DKIM for ${address}`);
+      const signed = String(dkim[0]?.signingHeaders?.keys).toLowerCase().split(/:\s*/);
+      assert.ok(signed.includes("list-unsubscribe") && signed.includes("list-unsubscribe-post"), `signed: ${signed.join(":")}`);
+      assert.match((await simpleParser(raw)).text ?? "", /Chapter two\? \(o1\)/);
+    }
+    const bobLink = links.get("bob@example.org")!;
+    const carolLink = links.get("carol@example.net")!;
+    assert.notEqual(bobLink, carolLink, "each recipient gets its own URL");
+
+    // GET (what a link scanner does) shows a page with a button and unsubscribes nobody.
+    const page = await fetch(bobLink, { redirect: "manual" });
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get("content-type") ?? "", /^text\/html/);
+    assert.equal(page.headers.get("set-cookie"), null);
+    const html = await page.text();
+    assert.match(html, /<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">/);
+
+    // Forged: bob's room and address with carol's MAC; a made-up token. 404, nothing changes.
+    const [bobPayload] = bobLink.split("/").pop()!.split(".");
+    const carolMac = carolLink.split(".").pop()!;
+    for (const forged of [`${base}/unsubscribe/${bobPayload}.${carolMac}`, `${base}/unsubscribe/${"A".repeat(20)}.${"B".repeat(43)}`]) {
+      const get = await fetch(forged, { redirect: "manual" });
+      assert.equal(get.status, 404);
+      assert.match(await get.text(), /not valid/);
+      const post = await fetch(forged, { method: "POST", redirect: "manual", headers: { "Content-Type": "application/x-www-form-urlencoded" }, body: "List-Unsubscribe=One-Click" });
+      assert.equal(post.status, 404);
+      await post.text();
+    }
+    // A POST without the one-click body is refused.
+    const empty = await fetch(bobLink, { method: "POST", redirect: "manual", headers: { "Content-Type": "application/x-www-form-urlencoded" }, body: "" });
+    assert.equal(empty.status, 400);
+    await empty.text();
+
+    await alice.sendText(roomId, "Still there? (o2)");
+    await env.sink.waitForMail((x) => x.raw.includes("(o2)") && x.rcptTo.includes("bob@example.org"));
+    await env.sink.waitForMail((x) => x.raw.includes("(o2)") && x.rcptTo.includes("carol@example.net"));
+    assert.ok(BOB_GHOST in (await alice.getJoinedMembers(roomId)), "bob is still in the room after the GET and the forged links");
+
+    // The one-click POST (RFC 8058 §3.2): bob's ghost leaves, the room is told, no more mail to bob.
+    const click = await fetch(bobLink, { method: "POST", redirect: "manual", headers: { "Content-Type": "application/x-www-form-urlencoded" }, body: "List-Unsubscribe=One-Click" });
+    assert.equal(click.status, 200);
+    assert.equal(click.headers.get("set-cookie"), null);
+    assert.equal(click.headers.get("location"), null);
+    assert.match(await click.text(), /unsubscribed/);
+    await alice.waitForMembership(roomId, BOB_GHOST, "leave");
+    await alice.waitForEvent(roomId, (e) => e.content.msgtype === "m.notice" && String(e.content.body).includes("bob@example.org unsubscribed from this room's mail"));
+
+    const bobBefore = env.sink.mails.filter((x) => x.rcptTo.includes("bob@example.org")).length;
+    await alice.sendText(roomId, "Chapter three (o3)");
+    await env.sink.waitForMail((x) => x.raw.includes("(o3)") && x.rcptTo.includes("carol@example.net"));
+    await sleep(1000);
+    assert.equal(env.sink.mails.filter((x) => x.rcptTo.includes("bob@example.org")).length, bobBefore, "no more mail to bob from this room");
+    assert.ok(CAROL_GHOST in (await alice.getJoinedMembers(roomId)), "carol is still in the room");
   });
 });

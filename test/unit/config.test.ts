@@ -131,6 +131,18 @@ describe("config", () => {
       assert.deepEqual(problemsOf({ spam: { rspamd_url: "http://user:pw@127.0.0.1:11333" } }), ["c.yaml: spam.rspamd_url: must not contain a user name or password"]);
     });
 
+    it("appservice.public_url: https (http only on loopback), no credentials, query or fragment; a trailing slash is dropped", () => {
+      const as = (public_url: string) => ({ appservice: { url: "http://127.0.0.1:8090", public_url } });
+      assert.deepEqual(problemsOf(as("http://bridge.example.org")), ["c.yaml: appservice.public_url: must be an https:// URL (http:// is allowed only for localhost, 127.0.0.1 or [::1])"]);
+      assert.deepEqual(problemsOf(as("ftp://bridge.example.org")), ['c.yaml: appservice.public_url: "ftp://bridge.example.org" must be an https:// URL']);
+      assert.deepEqual(problemsOf(as("https://u:p@bridge.example.org")), ["c.yaml: appservice.public_url: must not contain a user name or password"]);
+      assert.deepEqual(problemsOf(as("https://bridge.example.org/?a=1")), ["c.yaml: appservice.public_url: must not have a query or fragment (the bridge appends /unsubscribe/<token>)"]);
+      assert.deepEqual(problemsOf(as("bridge.example.org")), ['c.yaml: appservice.public_url: "bridge.example.org" is not a valid URL']);
+      assert.equal(validateConfig({ ...minimal(), ...as("https://bridge.example.org/email/") }, "c.yaml", "/", {}).appservice.public_url, "https://bridge.example.org/email");
+      assert.equal(validateConfig({ ...minimal(), ...as("http://127.0.0.1:8090") }, "c.yaml", "/", {}).appservice.public_url, "http://127.0.0.1:8090");
+      assert.equal(validateConfig(minimal(), "c.yaml", "/", {}).appservice.public_url, null);
+    });
+
     it("permissions, dns and inbound: user patterns, nameserver addresses, retry delays", () => {
       assert.deepEqual(problemsOf({ permissions: { allowed_users: ["@*:hs.example", "alice"] } }), ["c.yaml: permissions.allowed_users.1: must look like @localpart:server (with * wildcards)"]);
       assert.deepEqual(problemsOf({ dns: { nameservers: ["127.0.0.1:53", "ns.example"] } }), ['c.yaml: dns.nameservers.1: "ns.example" must be ip, ip:port or [ipv6]:port']);

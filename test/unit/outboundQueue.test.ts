@@ -538,6 +538,54 @@ describe("OutboundQueue: retries and delay warnings", () => {
   });
 });
 
+describe("OutboundQueue: per-recipient copies (copyFor)", () => {
+  it("recipients with a copy go alone with it, the others together with the mail; outcomes are recorded as one attempt", async () => {
+    const runs: { raw: string; to: string[] }[] = [];
+    const q = world.queue({
+      deliver: async (raw, envelope) => {
+        runs.push({ raw: raw.toString(), to: [...envelope.to] });
+        return { recipients: envelope.to.map((a) => (a === "dave@example.org" ? perm(a) : sent(a))) };
+      },
+      copyFor: async (_mail, address) => (address === "carol@example.org" ? null : Buffer.from(`copy for ${address}`)),
+    });
+    const row = await world.enqueue({ recipients: ["bob@example.org", "carol@example.org", "dave@example.org"] });
+    await drain(q);
+    assert.deepEqual(
+      runs.map((r) => `${r.to.join(",")}: ${r.raw.startsWith("copy") ? r.raw : "mail"}`).sort(),
+      ["bob@example.org: copy for bob@example.org", "carol@example.org: mail", "dave@example.org: copy for dave@example.org"],
+    );
+    assert.deepEqual(await world.states(row.id), { "bob@example.org": "sent", "carol@example.org": "sent", "dave@example.org": "failed" });
+    assert.equal((await world.row(row.id)).attempts, 1);
+    assert.deepEqual(world.failures.map((f) => f.failures.map((x) => x.address)), [["dave@example.org"]]);
+  });
+
+  it("a run that throws defers only its own recipients (the accepted ones are not sent again); a copyFor that throws defers all", async () => {
+    const q = world.queue({
+      deliver: async (raw, envelope) => {
+        if (raw.toString() === "copy for bob@example.org") throw new Error("boom");
+        return { recipients: envelope.to.map(sent) };
+      },
+      copyFor: async (_mail, address) => Buffer.from(`copy for ${address}`),
+    });
+    const row = await world.enqueue({ recipients: ["bob@example.org", "carol@example.org"] });
+    await drain(q);
+    assert.deepEqual(await world.states(row.id), { "bob@example.org": "deferred", "carol@example.org": "sent" });
+    assert.deepEqual((await world.row(row.id)).recipients, ["bob@example.org"]);
+    await q.stop();
+
+    const q2 = world.queue({
+      deliver: async (_raw, envelope) => ({ recipients: envelope.to.map(sent) }),
+      copyFor: async () => {
+        throw new Error("cannot sign");
+      },
+    });
+    const row2 = await world.enqueue({ roomId: "!other:hs.test" });
+    await drain(q2);
+    assert.equal((await world.row(row2.id)).state, "deferred");
+    assert.match((await world.row(row2.id)).lastError ?? "", /cannot sign/);
+  });
+});
+
 describe("OutboundQueue: upgrade", () => {
   it("delivers a mail queued before migration 3 and records its recipients", async () => {
     const db = await openSqlite(":memory:");

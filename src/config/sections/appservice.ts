@@ -1,6 +1,6 @@
 /** The `appservice` section of the config: its schema and type. */
 import { Type, type Static } from "@sinclair/typebox";
-import { Section } from "../schemaHelpers.ts";
+import { Nullable, Section } from "../schemaHelpers.ts";
 
 /** `appservice` section: how the homeserver reaches the bridge. */
 export const AppserviceSection = Section(
@@ -8,6 +8,13 @@ export const AppserviceSection = Section(
     bind_address: Type.String({ default: "127.0.0.1", description: "Address to listen on." }),
     port: Type.Integer({ minimum: 1, maximum: 65535, default: 8090, description: "Port to listen on." }),
     url: Type.String({ pattern: "^https?://", description: "URL the homeserver uses to reach the bridge (goes into the registration)." }),
+    public_url: Nullable(
+      Type.String({
+        default: null,
+        description:
+          "Public https:// base URL under which a reverse proxy forwards <public_url>/unsubscribe/ to this listener's /unsubscribe/; set, mail gets a one-click unsubscribe link (RFC 8058) besides the mailto one. http:// only for a loopback host (tests). null: mailto only.",
+      }),
+    ),
     registration_file: Type.String({ default: "registration.yaml", description: "Registration file, made by generate-registration." }),
     bot_localpart: Type.String({ pattern: "^[a-z0-9._=/-]+$", default: "emailbot", description: "Localpart of the bridge bot." }),
     bot_displayname: Type.String({ default: "Email bridge", description: "Display name of the bridge bot." }),

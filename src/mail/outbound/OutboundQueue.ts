@@ -146,6 +146,14 @@ export interface OutboundQueueOptions {
   pollMs?: number;
   /** Due mails fetched per pass (default `max(50, 4 * concurrency)`). */
   batchSize?: number;
+  /**
+   * A copy of `mail` made for one recipient (e.g. with a List-Unsubscribe link naming them,
+   * RFC 8058), or null: that recipient gets `mail.raw` with the others. Recipients with a copy
+   * are delivered in SMTP transactions of their own, in the same attempt; their outcomes are
+   * recorded with the others', so retries, failure reports and delay notices do not change.
+   * Called at each attempt; a throw counts as a temporary failure of every recipient.
+   */
+  copyFor?: (mail: QueuedMail, address: string) => Promise<Buffer | null>;
   /** Told each recipient's outcome of an attempt once it is recorded (metrics). Must not throw. */
   onRecipientResult?: (outcome: RecipientResult) => void;
 }
@@ -362,14 +370,41 @@ export class OutboundQueue {
     }
   }
 
+  /**
+   * Deliver `mail` to its remaining recipients: those without a copy of their own
+   * ({@link OutboundQueueOptions.copyFor}) together, each other one alone with its copy; all
+   * at once. A `deliver` run that throws counts as a temporary failure of its own recipients.
+   * @returns every recipient's outcome
+   * @throws what `copyFor` throws (or `deliver`, when there is no `copyFor`)
+   */
+  async #deliver(mail: QueuedMail): Promise<DeliveryResult> {
+    const { deliver, copyFor } = this.#opts;
+    const from = mail.envelopeFrom;
+    if (!copyFor) return deliver(mail.raw, { from, to: mail.recipients });
+    const copies = await Promise.all(mail.recipients.map(async (address) => ({ address, raw: await copyFor(mail, address) })));
+    const shared = copies.filter((c) => c.raw === null).map((c) => c.address);
+    const runs: { raw: Buffer; to: string[] }[] = shared.length > 0 ? [{ raw: mail.raw, to: shared }] : [];
+    for (const c of copies) if (c.raw !== null) runs.push({ raw: c.raw, to: [c.address] });
+    // One run that throws must not turn the others' accepted recipients into retries (sent twice).
+    const settled = await Promise.allSettled(runs.map((r) => deliver(r.raw, { from, to: r.to })));
+    return {
+      recipients: settled.flatMap((s, i) => {
+        if (s.status === "fulfilled") return s.value.recipients;
+        log.error("outbound deliver threw", { outboundId: mail.id, messageId: mail.messageId, roomId: mail.roomId, ...errorFields(s.reason) });
+        const message = s.reason instanceof Error ? s.reason.message : String(s.reason);
+        return runs[i]!.to.map((address) => ({ address, status: "temporary" as const, message }));
+      }),
+    };
+  }
+
   /** One delivery attempt of `mail`, recorded, then reported. */
   async #attempt(mail: QueuedMail): Promise<void> {
-    const { store, deliver, maxRetryHours, delayWarningHours } = this.#opts;
+    const { store, maxRetryHours, delayWarningHours } = this.#opts;
     const ctx = { outboundId: mail.id, messageId: mail.messageId, roomId: mail.roomId };
 
     let result: DeliveryResult;
     try {
-      result = await deliver(mail.raw, { from: mail.envelopeFrom, to: mail.recipients });
+      result = await this.#deliver(mail);
     } catch (err) {
       // deliver() reports failures as outcomes; a throw is unexpected: treat all as temporary.
       log.error("outbound deliver threw", { ...ctx, ...errorFields(err) });

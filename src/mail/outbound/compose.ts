@@ -192,6 +192,55 @@ export async function signWithDkim(unsigned: Buffer, dkim: DkimSigner): Promise<
   return signed;
 }
 
+/** The value of `List-Unsubscribe-Post` (RFC 8058 §3.1): the one key/value pair a one-click POST carries. */
+export const ONE_CLICK_POST = "List-Unsubscribe=One-Click";
+
+/** An http(s) URI that can stand in angle brackets in List-Unsubscribe (RFC 2369 §2): printable ASCII without `<`, `>`, `,` or spaces. */
+const LIST_URI = /^https?:\/\/[\x21-\x2b\x2d-\x3b\x3d\x3f-\x7e]+$/;
+
+/**
+ * One recipient's copy of a composed message with a one-click unsubscribe link (RFC 8058):
+ * `<url>` is appended to the existing `List-Unsubscribe` field (RFC 2369 §3.2; the mailto URI
+ * stays first), `List-Unsubscribe-Post: List-Unsubscribe=One-Click` is added after it, the old
+ * DKIM-Signature is dropped and the copy is signed anew, so that both fields are covered by the
+ * signature (RFC 8058 §4). Everything else (body, other fields, their order) is kept byte for
+ * byte.
+ * @param raw a message made by {@link composeMail} (CRLF line ends)
+ * @param url the https URI that unsubscribes this recipient (RFC 8058 §3.1), naming them
+ * @param dkim signer, or null to leave the copy unsigned
+ * @returns the copy, or null when `raw` has no `List-Unsubscribe` field (nothing to add to)
+ * @throws TypeError for a `url` that cannot stand in the field; Error when DKIM signing fails
+ */
+export async function withOneClickUnsubscribe(raw: Buffer, url: string, dkim: DkimSigner | null): Promise<Buffer | null> {
+  if (!LIST_URI.test(url)) throw new TypeError("withOneClickUnsubscribe: the URL cannot stand in List-Unsubscribe");
+  const end = raw.indexOf("\r\n\r\n");
+  const headerEnd = end === -1 ? raw.length : end + 2;
+  // Header fields, each with its continuation lines (RFC 5322 §2.2.3), CRLF included.
+  const fields: string[] = [];
+  for (const line of raw.subarray(0, headerEnd).toString("latin1").split(/(?<=\r\n)/)) {
+    if (line === "") continue;
+    if ((line.startsWith(" ") || line.startsWith("\t")) && fields.length > 0) fields[fields.length - 1] += line;
+    else fields.push(line);
+  }
+  const name = (field: string): string => field.slice(0, Math.max(0, field.indexOf(":"))).trim().toLowerCase();
+  let found = false;
+  const out: string[] = [];
+  for (const field of fields) {
+    const n = name(field);
+    if (n === "dkim-signature" || n === "list-unsubscribe-post") continue;
+    if (n === "list-unsubscribe" && !found) {
+      found = true;
+      const value = field.slice(field.indexOf(":") + 1).replace(/\r\n(?=[ \t])/g, "").trim();
+      out.push(`List-Unsubscribe: ${value},\r\n <${url}>\r\n`, `List-Unsubscribe-Post: ${ONE_CLICK_POST}\r\n`);
+      continue;
+    }
+    out.push(field);
+  }
+  if (!found) return null;
+  const copy = Buffer.concat([Buffer.from(out.join(""), "latin1"), raw.subarray(headerEnd)]);
+  return dkim ? signWithDkim(copy, dkim) : copy;
+}
+
 /** Escape text for HTML (`& < > "`). */
 function escapeText(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
