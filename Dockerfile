@@ -18,5 +18,6 @@ COPY bin ./bin
 VOLUME /data
 # 25: inbound SMTP (smtp.port); 8090: appservice listener (appservice.port).
 EXPOSE 25 8090
-ENTRYPOINT ["node", "/app/bin/matrix-email-bridge.js"]
+# --max-semi-space-size=4: see docs/operations.md, "Memory".
+ENTRYPOINT ["node", "--max-semi-space-size=4", "/app/bin/matrix-email-bridge.js"]
 CMD ["start", "-c", "/data/config.yaml"]

@@ -143,6 +143,7 @@ export async function measureAttachment(mb: MatrixBench, s: MemorySettings): Pro
       );
       const reply = await mb.env.sendRaw(raw, { from: "benchmem@example.org", to: `benchmem@${MAIL_DOMAIN}` });
       const acceptedS = (Date.now() - t0) / 1000;
+      const peakAtAccept = sampler.peak;
       const seen = await seenP;
       const postedS = seen.complete ? (seen.events[0]!.at - t0) / 1000 : NaN;
       await sleep(1000);
@@ -153,7 +154,7 @@ export async function measureAttachment(mb: MatrixBench, s: MemorySettings): Pro
       const growth = peak - before.rss;
       progress(
         `  [memory] ${(raw.length / 1e6).toFixed(1)} MB mail: "${reply.trim()}" after ${acceptedS.toFixed(2)} s, m.file event seen after ${postedS.toFixed(2)} s; ` +
-          `VmRSS before ${mib(before.rss)} MiB, sampled peak ${mib(sampler.peak)} MiB (${sampler.samples} samples), VmHWM ${mib(before.hwm)} -> ${mib(after?.hwm ?? NaN)} MiB, after ${mib(after?.rss ?? NaN)} MiB; growth ${mib(growth)} MiB`,
+          `VmRSS before ${mib(before.rss)} MiB, sampled peak ${mib(sampler.peak)} MiB (${sampler.samples} samples; ${mib(peakAtAccept)} MiB until the SMTP reply), VmHWM ${mib(before.hwm)} -> ${mib(after?.hwm ?? NaN)} MiB, after ${mib(after?.rss ?? NaN)} MiB; growth ${mib(growth)} MiB`,
       );
       return row(
         `+${mib(growth)} MiB`,

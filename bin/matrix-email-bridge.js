@@ -1,4 +1,5 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
+// --max-semi-space-size=4: a young generation of at most 4 MiB per semi-space (docs/operations.md, "Memory").
 // Runs the built CLI (dist/) when present, else the TypeScript sources
 // directly (Node >= 22.18 strips types natively).
 import { existsSync } from "node:fs";

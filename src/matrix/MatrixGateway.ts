@@ -7,14 +7,14 @@
  */
 import type { AppService, Bridge as BridgeT, Intent, WeakEvent } from "matrix-appservice-bridge";
 import { getLogger, errorFields } from "../util/logger.ts";
-import { createHardenedAppService, loadRegistration } from "./appserviceHttp.ts";
+import { createHardenedAppService, loadRegistration, type OneClickUnsubscribeRoute } from "./appserviceHttp.ts";
 import { AppserviceTransactions, type AppserviceTransactionsOptions } from "./appserviceTransactions.ts";
 import { armedFailpoint } from "./failpoint.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
 import { RoomStateCache } from "./RoomStateCache.ts";
 import { routeLibraryLogs } from "./libraryLogs.ts";
 import { E2eeUnavailableError, EndToEndEncryption, storeKeyFrom, type CryptoStateStore } from "./e2ee/E2ee.ts";
-import { MissingRoomKeyError } from "./e2ee/CryptoDevice.ts";
+import { MissingRoomKeyError } from "./e2ee/errors.ts";
 import type { HomeserverFailure, MatrixActions, MatrixEventJournal } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
@@ -58,6 +58,11 @@ export interface MatrixGatewayOptions {
   botDisplayName: string;
   bindAddress: string;
   port: number;
+  /**
+   * Serve the one-click unsubscribe route (RFC 8058) on the appservice listener
+   * (./appserviceHttp.ts); absent when the bridge has no public URL.
+   */
+  unsubscribe?: OneClickUnsubscribeRoute;
   sink: MatrixEventSink;
   /**
    * Where appservice transactions are journaled before their 200 (the bridge's store,
@@ -184,7 +189,11 @@ export class MatrixGateway implements MatrixActions {
         return userId === gateway.botUserId || registration.isUserMatch(userId, true);
       },
     });
-    const appservice = createHardenedAppService(mab, { homeserverToken: registration.getHomeserverToken() ?? "", transactions });
+    const appservice = createHardenedAppService(mab, {
+      homeserverToken: registration.getHomeserverToken() ?? "",
+      transactions,
+      ...(opts.unsubscribe ? { unsubscribe: opts.unsubscribe } : {}),
+    });
     const bridge = new mab.Bridge({
       homeserverUrl: opts.homeserverUrl,
       domain: opts.serverName,
@@ -239,6 +248,14 @@ export class MatrixGateway implements MatrixActions {
     gateway = new MatrixGateway(bridge, opts, crypto, appservice, transactions);
     gateway.#asToken = registration.getAppServiceToken() ?? "";
     return gateway;
+  }
+
+  /**
+   * The registration's `as_token`, for keys the bridge derives from it (e.g. the one-click
+   * unsubscribe links' HMAC key). A secret: never log it.
+   */
+  get appserviceToken(): string {
+    return this.#asToken;
   }
 
   /** The bridge bot's user ID. */

@@ -2,8 +2,6 @@
  * Open the bridge's store on the configured engine and migrate it.
  */
 import type { Database } from "./db/Database.ts";
-import { openPostgres } from "./db/postgres.ts";
-import { openSqlite } from "./db/sqlite.ts";
 import { migrate } from "./migrate.ts";
 import { SqlStore } from "./SqlStore.ts";
 import type { RawCipher } from "./rawCipher.ts";
@@ -36,8 +34,9 @@ export interface OpenStoreOptions {
  */
 export async function openStore(opts: OpenStoreOptions): Promise<BridgeStore> {
   const db: Database = opts.url
-    ? await openPostgres(opts.url, { connectTimeoutMs: opts.timeouts?.connectMs, queryTimeoutMs: opts.timeouts?.queryMs })
-    : await openSqlite(opts.sqliteFile);
+    ? // Each engine's driver is loaded only when it is used (pg costs ~10 MiB of RSS).
+      await (await import("./db/postgres.ts")).openPostgres(opts.url, { connectTimeoutMs: opts.timeouts?.connectMs, queryTimeoutMs: opts.timeouts?.queryMs })
+    : await (await import("./db/sqlite.ts")).openSqlite(opts.sqliteFile);
   try {
     const result = await migrate(db);
     log.info("store opened", {

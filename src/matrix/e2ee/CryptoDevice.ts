@@ -19,33 +19,20 @@ import {
   EncryptionSettings,
   HistoryVisibility,
   OlmMachine,
+  RequestType,
   RoomId,
   TrustRequirement,
   UserId,
   type MegolmDecryptionError,
 } from "@matrix-org/matrix-sdk-crypto-wasm";
 import { errorFields, getLogger } from "../../util/logger.ts";
-import type { HomeserverApi } from "./homeserverApi.ts";
+import type { Actor, HomeserverApi } from "./homeserverApi.ts";
 import { dropStore, restoreSnapshot, takeSnapshot, type StoreSnapshot } from "./storeSnapshot.ts";
 
 const log = getLogger("matrix/e2ee");
 
-/** A room event that cannot be decrypted yet: its room key has not arrived (or not up to its index). Retried, never dropped. */
-export class MissingRoomKeyError extends Error {
-  override name = "MissingRoomKeyError";
-  readonly roomId: string;
-  readonly eventId: string;
-  constructor(roomId: string, eventId: string, detail: string) {
-    super(`room key of event ${eventId} in ${roomId} has not arrived yet: ${detail}`);
-    this.roomId = roomId;
-    this.eventId = eventId;
-  }
-}
-
-/** A room event that can never be decrypted (forged sender, unknown device, damaged ciphertext). */
-export class UndecryptableEventError extends Error {
-  override name = "UndecryptableEventError";
-}
+import { MissingRoomKeyError, UndecryptableEventError } from "./errors.ts";
+export { MissingRoomKeyError, UndecryptableEventError };
 
 /** What the homeserver pushed for one device in one transaction. */
 export interface DeviceChanges {
@@ -148,7 +135,7 @@ export class CryptoDevice {
     let failed = 0;
     for (const req of await this.#machine.outgoingRequests()) {
       try {
-        await this.#api.send(this.#machine, { userId: this.userId, deviceId: this.deviceId }, req as Parameters<HomeserverApi["send"]>[2]);
+        await sendRequest(this.#api, this.#machine, { userId: this.userId, deviceId: this.deviceId }, req as Parameters<typeof sendRequest>[3]);
         onSent();
       } catch (err) {
         failed++;
@@ -170,7 +157,7 @@ export class CryptoDevice {
       const reqs = await this.#machine.bootstrapCrossSigning(true);
       const actor = { userId: this.userId, deviceId: this.deviceId };
       const upload = reqs.uploadKeysRequest as { id?: string; type: number; body: string } | undefined;
-      if (upload) await this.#api.send(this.#machine, actor, upload);
+      if (upload) await sendRequest(this.#api, this.#machine, actor, upload);
       await this.#api.request("POST", "/_matrix/client/v3/keys/device_signing/upload", actor, reqs.uploadSigningKeysRequest.body);
       await this.#api.request("POST", "/_matrix/client/v3/keys/signatures/upload", actor, reqs.uploadSignaturesRequest.body);
     });
@@ -223,12 +210,12 @@ export class CryptoDevice {
       if ((await this.#flush()) > 0) throw new Error(`device keys of the members of ${roomId} could not be queried`);
       const actor = { userId: this.userId, deviceId: this.deviceId };
       const claim = await this.#machine.getMissingSessions(users());
-      if (claim) await this.#api.send(this.#machine, actor, claim);
+      if (claim) await sendRequest(this.#api, this.#machine, actor, claim);
       const settings = new EncryptionSettings();
       settings.sharingStrategy = CollectStrategy.allDevices();
       settings.historyVisibility = historyShared ? HistoryVisibility.Shared : HistoryVisibility.Joined;
       const room = new RoomId(roomId);
-      for (const req of await this.#machine.shareRoomKey(room, users(), settings)) await this.#api.send(this.#machine, actor, req);
+      for (const req of await this.#machine.shareRoomKey(room, users(), settings)) await sendRequest(this.#api, this.#machine, actor, req);
       return JSON.parse(await this.#machine.encryptRoomEvent(room, type, JSON.stringify(content))) as Record<string, unknown>;
     });
   }
@@ -249,4 +236,37 @@ export class CryptoDevice {
     this.#chain = run.catch(() => undefined);
     return run;
   }
+}
+
+/**
+ * Send one of a crypto machine's outgoing requests through `api` (keys upload, query, claim, to-device,
+ * signature upload) as `actor` and hand the answer back to the machine (`markRequestAsSent`).
+ * Room messages and key backups are not used by the bridge and are never produced.
+ * @throws E2eeHttpError or the fetch error; the machine then produces the request again later
+ */
+async function sendRequest(api: HomeserverApi, machine: OlmMachine, actor: Actor, req: { id?: string; type: RequestType; body: string; event_type?: string; txn_id?: string }): Promise<void> {
+  let path: string;
+  let method = "POST";
+  switch (req.type) {
+    case RequestType.KeysUpload:
+      path = "/_matrix/client/v3/keys/upload";
+      break;
+    case RequestType.KeysQuery:
+      path = "/_matrix/client/v3/keys/query";
+      break;
+    case RequestType.KeysClaim:
+      path = "/_matrix/client/v3/keys/claim";
+      break;
+    case RequestType.SignatureUpload:
+      path = "/_matrix/client/v3/keys/signatures/upload";
+      break;
+    case RequestType.ToDevice:
+      method = "PUT";
+      path = `/_matrix/client/v3/sendToDevice/${encodeURIComponent(req.event_type ?? "")}/${encodeURIComponent(req.txn_id ?? "")}`;
+      break;
+    default:
+      throw new Error(`crypto machine request of type ${RequestType[req.type] ?? req.type} is not supported by the bridge`);
+  }
+  const response = await api.request(method, path, actor, req.body);
+  if (req.id !== undefined) await machine.markRequestAsSent(req.id, req.type, response);
 }

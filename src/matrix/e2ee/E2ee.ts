@@ -24,13 +24,21 @@
  *   carries MSC3202 key counts for the bot's device, the homeserver has the features and
  *   {@link EndToEndEncryption.active} turns true. Until then the bridge keeps out of encrypted
  *   rooms and encrypts nothing, as before encryption support.
+ * - The crypto library (its WebAssembly and the in-memory IndexedDB, ~40 MiB of RSS) is loaded
+ *   only when a machine is needed: once the homeserver turned out to support the features, or a
+ *   transaction brought something for one of the bridge's devices. At start only the bot's device
+ *   ID is settled (read from the saved state, or the device created keyless over MSC4190), which
+ *   is all the probe needs. A homeserver without the features never loads it.
  */
 import { createHmac, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { errorFields, getLogger } from "../../util/logger.ts";
-import { CryptoDevice, MissingRoomKeyError, type DecryptedEvent, type DeviceChanges } from "./CryptoDevice.ts";
+import type { CryptoDevice, DecryptedEvent, DeviceChanges } from "./CryptoDevice.ts";
+import { MissingRoomKeyError } from "./errors.ts";
 import { E2eeHttpError, HomeserverApi } from "./homeserverApi.ts";
-import { openSnapshot, sealSnapshot } from "./storeSnapshot.ts";
+
+/** The crypto library and the state snapshots, loaded on first use (see the module comment). */
+const cryptoLibrary = async () => ({ ...(await import("./CryptoDevice.ts")), ...(await import("./storeSnapshot.ts")) });
 
 const log = getLogger("matrix/e2ee");
 
@@ -108,7 +116,12 @@ function pick(body: Record<string, unknown>, keys: string[]): unknown {
 export class EndToEndEncryption {
   readonly #opts: E2eeOptions;
   readonly #api: HomeserverApi;
-  readonly #bot: CryptoDevice;
+  /** The bot's device ID on the homeserver (settled at start). */
+  readonly #botDeviceId: string;
+  /** Whether the bot's device was made keyless at this start and has no saved state yet. */
+  readonly #botFresh: boolean;
+  /** The bot's crypto machine, once loaded ({@link #botDevice}). */
+  #bot: Promise<CryptoDevice> | null = null;
   /** Loaded ghost devices, least recently used first. */
   readonly #ghosts = new Map<string, Promise<CryptoDevice>>();
   #supported = false;
@@ -119,11 +132,31 @@ export class EndToEndEncryption {
    */
   readonly #keyHolders = new Map<string, Set<string>>();
 
-  private constructor(opts: E2eeOptions, api: HomeserverApi, bot: CryptoDevice) {
+  private constructor(opts: E2eeOptions, api: HomeserverApi, botDeviceId: string, botFresh: boolean) {
     this.#opts = opts;
     this.#api = api;
-    this.#bot = bot;
-    this.#watch(bot);
+    this.#botDeviceId = botDeviceId;
+    this.#botFresh = botFresh;
+  }
+
+  /**
+   * The bot's crypto machine, loaded on first use: from its saved state, or (a device made
+   * keyless at this start) with new keys uploaded, cross-signed and saved.
+   * @throws the crypto library's, the homeserver's or the store's error (the next call tries again)
+   */
+  #botDevice(): Promise<CryptoDevice> {
+    if (!this.#bot) {
+      const opening = openDevice(this.#api, this.#opts, this.#opts.botUserId, this.#opts.deviceDisplayName, this.#botFresh ? this.#botDeviceId : null).then(({ device }) => {
+        this.#watch(device);
+        log.info("bot crypto machine loaded", { userId: device.userId, deviceId: device.deviceId });
+        return device;
+      });
+      this.#bot = opening;
+      opening.catch(() => {
+        if (this.#bot === opening) this.#bot = null;
+      });
+    }
+    return this.#bot;
   }
 
   /** Note the rooms a device gets keys for, and tell the listeners. */
@@ -154,10 +187,12 @@ export class EndToEndEncryption {
    */
   static async start(opts: E2eeOptions): Promise<EndToEndEncryption> {
     const api = new HomeserverApi(opts.homeserverUrl, opts.asToken);
-    const { device: bot, replaced } = await openDevice(api, opts, opts.botUserId, opts.deviceDisplayName, true);
-    log.info("bot device ready", { userId: opts.botUserId, deviceId: bot.deviceId });
-    const e2ee = new EndToEndEncryption(opts, api, bot);
-    e2ee.replacedBotDevice = replaced;
+    const saved = await opts.state.loadCryptoStore(opts.botUserId);
+    const made = saved ? null : await makeDevice(api, opts, opts.botUserId, opts.deviceDisplayName);
+    const deviceId = saved?.deviceId ?? made!.deviceId;
+    log.info("bot device ready", { userId: opts.botUserId, deviceId });
+    const e2ee = new EndToEndEncryption(opts, api, deviceId, made !== null);
+    e2ee.replacedBotDevice = made?.replaced ?? false;
     return e2ee;
   }
 
@@ -169,7 +204,7 @@ export class EndToEndEncryption {
 
   /** The bot's device ID (`encryption.device_id`, with a suffix when it was made anew after a loss). */
   get botDeviceId(): string {
-    return this.#bot.deviceId;
+    return this.#botDeviceId;
   }
 
   /** Whether encrypted rooms are bridged: the bot's device is ready and the homeserver pushes MSC3202 key counts for it. */
@@ -207,11 +242,13 @@ export class EndToEndEncryption {
         resolve(false);
       };
     });
-    const body = { messages: { [this.#opts.botUserId]: { [this.#bot.deviceId]: { nonce } } } };
+    const body = { messages: { [this.#opts.botUserId]: { [this.#botDeviceId]: { nonce } } } };
     await this.#api.request("PUT", `/_matrix/client/v3/sendToDevice/${encodeURIComponent(PROBE_TYPE)}/probe-${nonce}`, { userId: this.#opts.botUserId }, body);
     const ok = await back;
     this.#probed = null;
     if (ok) this.#supported = true;
+    // Supported: the machine is needed from now on (keys uploaded before anyone encrypts for it).
+    if (this.#supported) await this.#track(() => this.#botDevice());
     return this.#supported;
   }
 
@@ -293,7 +330,7 @@ export class EndToEndEncryption {
     }
     const touched: { device: CryptoDevice; changed: boolean }[] = [];
     for (const [userId, raw] of perUser) {
-      const device = userId === this.#opts.botUserId ? this.#bot : await this.#ghost(userId, false);
+      const device = userId === this.#opts.botUserId ? await this.#botDevice() : await this.#ghost(userId, false);
       if (!device) {
         if (raw.toDevice.length > 0) log.debug("to-device events for a ghost without a device: ignored", { txnId, userId, count: raw.toDevice.length });
         continue;
@@ -330,7 +367,7 @@ export class EndToEndEncryption {
     ghosts.delete(this.#opts.botUserId);
     let missing: unknown;
     try {
-      return await this.#bot.decrypt(event);
+      return await (await this.#botDevice()).decrypt(event);
     } catch (err) {
       if (!(err instanceof MissingRoomKeyError)) throw err;
       missing = err;
@@ -358,7 +395,7 @@ export class EndToEndEncryption {
   }
 
   async #encrypt(userId: string, roomId: string, type: string, content: Record<string, unknown>, members: string[], historyShared: boolean): Promise<Record<string, unknown>> {
-    const device = userId === this.#opts.botUserId ? this.#bot : await this.#ghost(userId, true);
+    const device = userId === this.#opts.botUserId ? await this.#botDevice() : await this.#ghost(userId, true);
     if (!device) throw new Error(`no device for ${userId}`);
     const all = members.includes(userId) ? members : [...members, userId];
     const encrypted = await device.encrypt(roomId, type, content, all, historyShared);
@@ -373,7 +410,8 @@ export class EndToEndEncryption {
     this.#stopping = true;
     // A transaction or a send under way saves its state first; later ones are refused.
     await Promise.allSettled([...this.#inFlight]);
-    const devices = [this.#bot, ...(await Promise.allSettled(this.#ghosts.values())).flatMap((r) => (r.status === "fulfilled" ? [r.value] : []))];
+    const loaded = [...(this.#bot ? [this.#bot] : []), ...this.#ghosts.values()];
+    const devices = (await Promise.allSettled(loaded)).flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     this.#ghosts.clear();
     for (const d of devices) {
       try {
@@ -387,6 +425,7 @@ export class EndToEndEncryption {
 
   /** Seal and save a device's state. @throws the store's error */
   async #save(device: CryptoDevice): Promise<void> {
+    const { sealSnapshot } = await cryptoLibrary();
     const sealed = sealSnapshot(await device.snapshot(), device.userId, this.#opts.storeKey);
     await this.#opts.state.saveCryptoStore(device.userId, device.deviceId, sealed);
   }
@@ -404,7 +443,7 @@ export class EndToEndEncryption {
       return loaded;
     }
     if (!create && !(await this.#opts.state.loadCryptoStore(userId))) return null;
-    const opening = openDevice(this.#api, this.#opts, userId, "Email bridge", create).then(({ device: d, replaced }) => {
+    const opening = openDevice(this.#api, this.#opts, userId, "Email bridge", null, create).then(({ device: d, replaced }) => {
       if (replaced) log.warn("a ghost's device was made anew: its crypto state was lost", { userId, deviceId: d.deviceId });
       this.#watch(d);
       return d;
@@ -428,36 +467,28 @@ export class EndToEndEncryption {
 }
 
 /**
- * Open `userId`'s device from its saved state; without one, make it: delete the user's devices
- * the bridge made before (their keys are unknown now), create a device (MSC4190), upload its
- * keys, cross-sign it and save it. The first device gets `opts.deviceId`; one made in place of
- * a lost one gets a new ID (`<deviceId>_<random>`): clients refuse new keys under a device ID
- * they knew with other keys.
+ * Open `userId`'s device from its saved state; without one, make it ({@link makeDevice}, or
+ * take `madeKeyless`, a device {@link makeDevice} made earlier), then upload its keys,
+ * cross-sign it and save it. Loads the crypto library.
+ * @param madeKeyless the ID of a device made keyless at this start (the bot's), or null
+ * @param create whether to make a device when none is saved (ghosts that never posted: false)
  * @returns the device, and whether it replaced one whose state was lost
  * @throws E2eeUnavailableError when the device cannot be created (no MSC4190); else as
  *   {@link EndToEndEncryption.start}
  */
-async function openDevice(api: HomeserverApi, opts: E2eeOptions, userId: string, displayName: string, create: boolean): Promise<{ device: CryptoDevice; replaced: boolean }> {
+async function openDevice(
+  api: HomeserverApi,
+  opts: E2eeOptions,
+  userId: string,
+  displayName: string,
+  madeKeyless: string | null,
+  create = true,
+): Promise<{ device: CryptoDevice; replaced: boolean }> {
+  const { CryptoDevice, openSnapshot, sealSnapshot } = await cryptoLibrary();
   const row = await opts.state.loadCryptoStore(userId);
   if (row) return { device: await CryptoDevice.open(userId, row.deviceId, api, openSnapshot(row.state, userId, opts.storeKey)), replaced: false };
   if (!create) throw new Error(`no saved device for ${userId}`);
-  let deviceId = opts.deviceId;
-  let replaced = false;
-  try {
-    const old = (await api.listDevices(userId)).filter((id) => id === opts.deviceId || id.startsWith(`${opts.deviceId}_`));
-    if (old.length > 0) {
-      replaced = true;
-      deviceId = `${opts.deviceId}_${randomBytes(4).toString("hex").toUpperCase()}`;
-      log.warn("crypto state lost: the old devices are deleted and a new one is made", { userId, old, deviceId });
-      for (const id of old) await api.deleteDevice(userId, id);
-    }
-    await api.createDevice(userId, deviceId, displayName);
-  } catch (err) {
-    if (err instanceof E2eeHttpError && err.statusCode >= 400 && err.statusCode < 500) {
-      throw new E2eeUnavailableError(`the homeserver does not let the appservice manage devices (MSC4190, io.element.msc4190 in the registration): ${err.message}`);
-    }
-    throw err;
-  }
+  const { deviceId, replaced } = madeKeyless !== null ? { deviceId: madeKeyless, replaced: false } : await makeDevice(api, opts, userId, displayName);
   const device = await CryptoDevice.open(userId, deviceId, api, null);
   if ((await device.flush()).failed > 0) throw new Error(`the keys of ${userId}'s new device could not be uploaded`);
   await device.bootstrapCrossSigning();
@@ -465,4 +496,50 @@ async function openDevice(api: HomeserverApi, opts: E2eeOptions, userId: string,
   await opts.state.saveCryptoStore(userId, deviceId, sealed);
   log.info("device created", { userId, deviceId });
   return { device, replaced };
+}
+
+/**
+ * Make a device for `userId` on the homeserver (MSC4190), without keys, for a user with no saved
+ * crypto state. The bridge's earlier devices of that user are deleted: those with keys had
+ * state that is lost now (clients refuse new keys under a device ID they knew with other keys,
+ * so the new device gets a new ID, `<deviceId>_<random>`); a keyless one (made at an earlier
+ * start whose homeserver never supported the features) is simply used again.
+ * @returns the device ID, and whether it replaced a device whose state was lost
+ * @throws E2eeUnavailableError when the homeserver refuses to manage devices (no MSC4190);
+ *   E2eeHttpError / fetch errors otherwise
+ */
+async function makeDevice(api: HomeserverApi, opts: E2eeOptions, userId: string, displayName: string): Promise<{ deviceId: string; replaced: boolean }> {
+  try {
+    const old = (await api.listDevices(userId)).filter((id) => id === opts.deviceId || id.startsWith(`${opts.deviceId}_`));
+    const keyed = old.length > 0 ? await devicesWithKeys(api, userId, old) : new Set<string>();
+    if (keyed.size === 0 && old.includes(opts.deviceId)) {
+      for (const id of old) if (id !== opts.deviceId) await api.deleteDevice(userId, id);
+      return { deviceId: opts.deviceId, replaced: false };
+    }
+    let deviceId = opts.deviceId;
+    let replaced = false;
+    if (old.length > 0) {
+      replaced = keyed.size > 0;
+      deviceId = `${opts.deviceId}_${randomBytes(4).toString("hex").toUpperCase()}`;
+      if (replaced) log.warn("crypto state lost: the old devices are deleted and a new one is made", { userId, old, deviceId });
+      for (const id of old) await api.deleteDevice(userId, id);
+    }
+    await api.createDevice(userId, deviceId, displayName);
+    return { deviceId, replaced };
+  } catch (err) {
+    if (err instanceof E2eeHttpError && err.statusCode >= 400 && err.statusCode < 500) {
+      throw new E2eeUnavailableError(`the homeserver does not let the appservice manage devices (MSC4190, io.element.msc4190 in the registration): ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Which of `deviceIds` have identity keys published (Client-Server API `POST /keys/query`).
+ * @throws E2eeHttpError / fetch errors
+ */
+async function devicesWithKeys(api: HomeserverApi, userId: string, deviceIds: string[]): Promise<Set<string>> {
+  const answer: unknown = JSON.parse(await api.request("POST", "/_matrix/client/v3/keys/query", { userId }, { device_keys: { [userId]: deviceIds } }));
+  const mine = isObject(answer) && isObject(answer.device_keys) ? answer.device_keys[userId] : undefined;
+  return new Set(isObject(mine) ? Object.keys(mine).filter((id) => deviceIds.includes(id)) : []);
 }

@@ -6,7 +6,6 @@
  * Synapse reads since it dropped `org.matrix.msc3202.device_id`). Devices are created and deleted through MSC4190 (`PUT` / `DELETE
  * /_matrix/client/v3/devices/{deviceId}` with no login and no user-interactive auth).
  */
-import { RequestType, type OlmMachine } from "@matrix-org/matrix-sdk-crypto-wasm";
 
 /** A failed homeserver request, shaped like matrix-bot-sdk's errors (`statusCode`, `errcode`, `body`) so the gateway's `classifyError` judges it the same way. */
 export class E2eeHttpError extends Error {
@@ -104,38 +103,5 @@ export class HomeserverApi {
       if (err instanceof E2eeHttpError && err.statusCode === 404) return;
       throw err;
     }
-  }
-
-  /**
-   * Send one of a crypto machine's outgoing requests (keys upload, query, claim, to-device,
-   * signature upload) as `actor` and hand the answer back to the machine (`markRequestAsSent`).
-   * Room messages and key backups are not used by the bridge and are never produced.
-   * @throws E2eeHttpError or the fetch error; the machine then produces the request again later
-   */
-  async send(machine: OlmMachine, actor: Actor, req: { id?: string; type: RequestType; body: string; event_type?: string; txn_id?: string }): Promise<void> {
-    let path: string;
-    let method = "POST";
-    switch (req.type) {
-      case RequestType.KeysUpload:
-        path = "/_matrix/client/v3/keys/upload";
-        break;
-      case RequestType.KeysQuery:
-        path = "/_matrix/client/v3/keys/query";
-        break;
-      case RequestType.KeysClaim:
-        path = "/_matrix/client/v3/keys/claim";
-        break;
-      case RequestType.SignatureUpload:
-        path = "/_matrix/client/v3/keys/signatures/upload";
-        break;
-      case RequestType.ToDevice:
-        method = "PUT";
-        path = `/_matrix/client/v3/sendToDevice/${encodeURIComponent(req.event_type ?? "")}/${encodeURIComponent(req.txn_id ?? "")}`;
-        break;
-      default:
-        throw new Error(`crypto machine request of type ${RequestType[req.type] ?? req.type} is not supported by the bridge`);
-    }
-    const response = await this.request(method, path, actor, req.body);
-    if (req.id !== undefined) await machine.markRequestAsSent(req.id, req.type, response);
   }
 }
