@@ -65,9 +65,11 @@ export class WorkerRpc<Req extends object, T> {
    * @param body the request without its `id`
    * @param timeoutMs when given, a reply later than this (ms) stops the worker: this and every
    *   other request in flight fail, and the connection is dead
+   * @param transfer buffers moved to the worker instead of copied (their owner must not use
+   *   them again: they are detached here)
    * @throws what `decode` made of the reply; Error when the worker is gone or too slow
    */
-  request(body: Req, timeoutMs?: number): Promise<T> {
+  request(body: Req, timeoutMs?: number, transfer: ArrayBuffer[] = []): Promise<T> {
     if (this.#dead) return Promise.reject(this.#dead);
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
@@ -81,7 +83,7 @@ export class WorkerRpc<Req extends object, T> {
       this.#pending.set(id, { resolve, reject, timer });
       // Keep the process alive while a reply is owed (an idle bridge must not hold it open).
       if (this.#pending.size === 1) this.#worker.ref();
-      this.#worker.postMessage({ ...body, id });
+      this.#worker.postMessage({ ...body, id }, transfer);
     });
   }
 

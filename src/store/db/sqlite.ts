@@ -47,6 +47,26 @@ function toParams(params: readonly SqlValue[] | undefined): SQLInputValue[] {
   return params ? params.map((p) => sqliteDialect.param(p) as SQLInputValue) : [];
 }
 
+/** Blob parameters at least this large (bytes) are handed to the worker by {@link movedParams}. */
+const MOVE_MIN_BYTES = 64 * 1024;
+
+/**
+ * `params` with each large blob replaced by a copy whose memory is moved to the worker (one
+ * copy) instead of cloned (a serialized copy plus the worker's: two). The caller's buffers stay
+ * as they are. A stored message is the only such parameter.
+ * @returns the parameters to send and the memory to move with them
+ */
+function movedParams(params: SQLInputValue[]): { params: SQLInputValue[]; transfer: ArrayBuffer[] } {
+  const transfer: ArrayBuffer[] = [];
+  const out = params.map((p) => {
+    if (!(p instanceof Uint8Array) || p.byteLength < MOVE_MIN_BYTES) return p;
+    const copy = new Uint8Array(p);
+    transfer.push(copy.buffer);
+    return copy;
+  });
+  return { params: out, transfer };
+}
+
 /** Blobs come back as Uint8Array: hand out Buffers, like pg does. */
 function normaliseRow(row: Record<string, unknown>): Row {
   for (const [k, v] of Object.entries(row)) {
@@ -77,17 +97,19 @@ class WorkerConnection {
    * Send one request and wait for its reply.
    * @throws the statement's error, or Error when the worker is gone
    */
-  request(body: RequestBody): Promise<OkReply> {
-    return this.#rpc.request(body);
+  request(body: RequestBody, transfer: ArrayBuffer[] = []): Promise<OkReply> {
+    return this.#rpc.request(body, undefined, transfer);
   }
 
   async query(sql: string, params: readonly SqlValue[] | undefined): Promise<Row[]> {
-    const reply = await this.request({ op: "all", sql: sqliteDialect.sql(sql), params: toParams(params) });
+    const moved = movedParams(toParams(params));
+    const reply = await this.request({ op: "all", sql: sqliteDialect.sql(sql), params: moved.params }, moved.transfer);
     return (reply.rows ?? []).map(normaliseRow);
   }
 
   async execute(sql: string, params: readonly SqlValue[] | undefined): Promise<{ changes: number }> {
-    const reply = await this.request({ op: "run", sql: sqliteDialect.sql(sql), params: toParams(params) });
+    const moved = movedParams(toParams(params));
+    const reply = await this.request({ op: "run", sql: sqliteDialect.sql(sql), params: moved.params }, moved.transfer);
     return { changes: reply.changes ?? 0 };
   }
 

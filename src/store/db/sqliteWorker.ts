@@ -95,6 +95,25 @@ function handle(req: SqliteRequest): SqliteReply {
   }
 }
 
+/** Blobs at least this large (bytes) are moved to the main thread rather than copied. */
+const TRANSFER_MIN_BYTES = 64 * 1024;
+
+/**
+ * The memory of the large blobs in `rows`, to be moved with the reply rather than copied: a
+ * stored message read back (up to `smtp.max_message_bytes`) would otherwise exist three times
+ * at once (SQLite's, the clone being sent, the main thread's copy). Each blob `node:sqlite`
+ * returns owns its memory, and nothing here uses it after the reply.
+ */
+function transferable(rows: Record<string, unknown>[] | undefined): ArrayBuffer[] {
+  const out: ArrayBuffer[] = [];
+  for (const row of rows ?? []) {
+    for (const v of Object.values(row)) {
+      if (v instanceof Uint8Array && v.byteLength >= TRANSFER_MIN_BYTES && v.byteOffset === 0 && v.byteLength === v.buffer.byteLength && v.buffer instanceof ArrayBuffer) out.push(v.buffer);
+    }
+  }
+  return out;
+}
+
 parentPort!.on("message", (req: SqliteRequest) => {
   let reply: SqliteReply;
   try {
@@ -102,5 +121,5 @@ parentPort!.on("message", (req: SqliteRequest) => {
   } catch (err) {
     reply = { id: req.id, ok: false, error: serialize(err) };
   }
-  parentPort!.postMessage(reply);
+  parentPort!.postMessage(reply, reply.ok ? transferable(reply.rows) : []);
 });
