@@ -23,7 +23,7 @@
  */
 import { createHash } from "node:crypto";
 import type { AuthFields, BridgeStore, InboundRow, NewInbound, SpamFields } from "../store/Store.ts";
-import type { InboundEnvelope, InboundHandler } from "../mail/inbound/SmtpListener.ts";
+import { withTrace, type InboundEnvelope, type InboundHandler } from "../mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import { verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
@@ -382,7 +382,7 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     // A delivery report about mail the bridge sent goes to that message, as a reply.
     const bounce = await this.bounceTarget(raw, envelope, decision.verified);
     if (bounce) {
-      const stored = Buffer.concat([Buffer.from(receivedHeader(envelope, this.opts.hostname, null)), raw]);
+      const stored = withTrace(Buffer.from(receivedHeader(envelope, this.opts.hostname, null)), raw, envelope.traceHeadroom ?? 0);
       const { row, duplicate } = await this.opts.store.insertInbound({ ...base, kind: "dsn", ...bounce, raw: stored });
       log.info(duplicate ? "duplicate delivery report ignored" : "delivery report accepted", { session: envelope.sessionId, messageId, roomId: row.roomId ?? undefined, replyTo: row.replyToEventId ?? undefined, inbound: row.id });
       this.opts.onCommitted();
@@ -453,7 +453,7 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     for (const run of commands) await run();
     if (targets.size === 0) return;
     const trace = Buffer.from(injection?.received ?? receivedHeader(envelope, this.opts.hostname, envelope.rcptTo.length === 1 ? envelope.rcptTo[0]! : null));
-    const stored = Buffer.concat([trace, raw]);
+    const stored = withTrace(trace, raw, envelope.traceHeadroom ?? 0);
     for (const mailRow of targets.values()) {
       const { row, duplicate } = await this.opts.store.insertInbound({ ...mailRow, raw: stored });
       // Parse once: the poster posts this parse rather than parsing the stored message again.

@@ -68,6 +68,32 @@ export interface InboundEnvelope<R = unknown> {
    * for a parse that needs no attachment's bytes; null or absent when it could not be made.
    */
   skeleton?: Buffer | null;
+  /**
+   * At DATA: bytes of memory in front of the message, free for a trace header (see
+   * {@link withTrace}); 0 or absent when there are none.
+   */
+  traceHeadroom?: number;
+}
+
+/**
+ * Bytes the listener keeps free in front of each received message, so that the copy stored with
+ * its `Received:` header on top is the same memory rather than a second copy of the message
+ * (which can be `max_message_bytes` large). A trace header is 150–400 bytes.
+ */
+export const TRACE_HEADROOM_BYTES = 1024;
+
+/**
+ * `trace` followed by `raw`: written into the free memory in front of `raw` when it has room
+ * (`headroom`, from {@link InboundEnvelope.traceHeadroom}; nothing is copied and `raw` is
+ * unchanged), else a new buffer.
+ * @param headroom bytes in front of `raw` that belong to it and are unused; 0 when unknown
+ * @returns a buffer of `trace.length + raw.length` bytes
+ */
+export function withTrace(trace: Buffer, raw: Buffer, headroom: number): Buffer {
+  if (trace.length > headroom || trace.length > raw.byteOffset) return Buffer.concat([trace, raw]);
+  const out = Buffer.from(raw.buffer, raw.byteOffset - trace.length, trace.length + raw.length);
+  trace.copy(out, 0);
+  return out;
 }
 
 /**
@@ -761,9 +787,13 @@ export class SmtpListener<R = unknown> {
             log.info("smtp message rejected", { bytes: stream.byteLength, ...inspector.stats, reply: violation.line });
             return finish(violation);
           }
-          const raw = Buffer.concat(chunks, kept);
+          // One buffer with room for the trace header in front (see TRACE_HEADROOM_BYTES).
+          const buffer = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + kept);
+          let at = TRACE_HEADROOM_BYTES;
+          for (const chunk of chunks) at += chunk.copy(buffer, at);
           chunks.length = 0;
-          finish(await this.#deliver(raw, { ...this.#envelope(session, tx), skeleton: inspector.skeleton }, log));
+          const raw = buffer.subarray(TRACE_HEADROOM_BYTES);
+          finish(await this.#deliver(raw, { ...this.#envelope(session, tx), skeleton: inspector.skeleton, traceHeadroom: TRACE_HEADROOM_BYTES }, log));
         })
         .catch((err: unknown) => log.error("smtp reply failed", errorFields(err)));
       this.#deliveries.add(delivery);
