@@ -14,6 +14,7 @@ import { escapeHtml } from "./format/html.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 import { decryptFile, encryptedFileOf, EncryptedFileError, type EncryptedFile } from "./format/encryptedFile.ts";
+import type { MediaLinks } from "./mediaLinks.ts";
 
 const log = getLogger("bridge/outbound");
 
@@ -36,8 +37,13 @@ export interface OutboundHandlerOptions {
   onQueued: () => void;
   /** Per-user sending limits (`outbound.max_mails_per_user_per_hour`, `…_new_recipients_per_user_per_day`; 0: none). */
   limits: { mailsPerHour: number; newRecipientsPerDay: number };
-  /** `outbound.max_attachment_bytes`: larger Matrix files go as a link to their event, in bytes. */
+  /** `outbound.max_attachment_bytes`: larger Matrix files go as a link, in bytes. */
   maxAttachmentBytes: number;
+  /**
+   * Links served by the bridge for files over `maxAttachmentBytes` (./mediaLinks.ts), when
+   * `appservice.public_url` is set; absent or null: such a file links to its Matrix event.
+   */
+  mediaLinks?: Pick<MediaLinks, "linkFor"> | null;
   /** `outbound.mail_notices`: whether `m.notice` messages are mailed. */
   mailNotices: boolean;
   /** `outbound.batch_delay_ms`: messages of one person in one portal thread within this many ms go as one mail; 0: off. */
@@ -134,8 +140,9 @@ export class OutboundHandler {
    * - `m.text`, `m.emote`, and `m.notice` when `outbound.mail_notices` is on: the text and HTML.
    * - `m.image`, `m.file`, `m.audio`, `m.video`: the file attached, downloaded through the
    *   authenticated media API; a caption (`body` differing from `filename`, Client-Server API
-   *   "m.file"/"m.image") is the mail's text. A file over `outbound.max_attachment_bytes` is
-   *   sent as a link to its Matrix event instead, with a line saying why.
+   *   "m.file"/"m.image") is the mail's text, its `formatted_body` the HTML. A file over
+   *   `outbound.max_attachment_bytes` is not attached: a line says why and links it
+   *   ({@link fileBody}).
    * - an edit (`m.replace`) of a message that went by mail: a short "Correction:" mail in the
    *   same thread, to the same recipients ({@link correction}).
    * - `m.notice` (by default): nothing; it stays in Matrix.
@@ -294,8 +301,17 @@ export class OutboundHandler {
   }
 
   /**
-   * A file message's body: the file attached, or (over `max_attachment_bytes`) a link to the
-   * event; the caption as the text.
+   * A file message's body: the file attached, the caption as the text (and its
+   * `formatted_body`, when it has one, as the HTML, made like a text message's,
+   * format/toMail.ts).
+   * Over `max_attachment_bytes` (by `info.size` or while downloading), nothing is attached; a
+   * line gives the file's name, its size (when known) and the limit, and links:
+   * - `<public_url>/media/<token>/<name>` (./mediaLinks.ts), served by the bridge for
+   *   `outbound.media_link_days`, when `appservice.public_url` is set: the homeserver's media
+   *   needs an access token (Client-Server API v1.11, authenticated media) a mail reader lacks;
+   * - else, and always for an encrypted file, the event on matrix.to: the homeserver holds only
+   *   an encrypted file's ciphertext, and the bridge does not serve it decrypted over a bearer
+   *   link (that would take the room's plaintext out of its encryption).
    * A file sent in an encrypted room (`file`: the ciphertext's URL, key, IV and hash) is
    * downloaded, checked against its hash and decrypted (format/encryptedFile.ts).
    * @throws NotSentError for a file without a URL, or an encrypted one that does not decrypt
@@ -314,16 +330,23 @@ export class OutboundHandler {
     if (typeof url !== "string") throw new NotSentError("This file cannot be sent by email: it has no media URL.");
     const filename = (typeof c.filename === "string" && c.filename.trim()) || (c.body ?? "").trim() || "file";
     const caption = typeof c.filename === "string" && c.body !== undefined && c.body !== c.filename ? c.body : null;
+    // The caption's formatting (Client-Server API, "m.file": `format`/`formatted_body` go with a caption).
+    const captioned = caption !== null ? matrixToMail({ body: caption, format: c.format, formatted_body: c.formatted_body, "m.relates_to": c["m.relates_to"] }, "") : null;
     const limit = this.opts.maxAttachmentBytes;
     const declared = typeof c.info?.size === "number" ? c.info.size : null;
     const download = declared !== null && declared > limit ? ({ tooLarge: true } as const) : await this.opts.matrix.downloadContent(url, limit);
     if (download.tooLarge) {
-      const link = `https://matrix.to/#/${encodeURIComponent(event.room_id)}/${encodeURIComponent(event.event_id)}`;
       const size = declared !== null ? ` (${declared} bytes)` : "";
-      const line = `📎 ${filename}${size} is larger than this bridge sends by email (${limit} bytes). It is in the Matrix room: ${link}`;
-      log.info("file too large for mail, sent as a link", { roomId: event.room_id, eventId: event.event_id, size: declared, limit });
-      const text = caption ? `${caption}\n\n${line}` : line;
-      return { text, html: null, attachments: [] };
+      const served = !encrypted && this.opts.mediaLinks ? this.servedLink(this.opts.mediaLinks, url, event, filename) : null;
+      const link = served?.url ?? `https://matrix.to/#/${encodeURIComponent(event.room_id)}/${encodeURIComponent(event.event_id)}`;
+      const until = served?.expiresAt ? ` (the link works until ${new Date(served.expiresAt).toISOString().slice(0, 10)})` : "";
+      const why = `📎 ${filename}${size} is larger than this bridge sends by email (${limit} bytes)`;
+      const where = served ? `, so it is not attached. Download it here${until}:` : ". It is in the Matrix room:";
+      const line = `${why}${where} ${link}`;
+      log.info("file too large for mail, sent as a link", { roomId: event.room_id, eventId: event.event_id, size: declared, limit, served: served !== null });
+      const text = captioned ? `${captioned.text}\n\n${line}` : line;
+      const html = captioned?.html ? `${captioned.html}<p>${escapeHtml(`${why}${where}`)} <a href="${escapeHtml(link)}">${escapeHtml(link)}</a></p>` : null;
+      return { text, html, attachments: [] };
     }
     const mimetype = typeof c.info?.mimetype === "string" && c.info.mimetype ? c.info.mimetype : (download.contentType ?? "application/octet-stream");
     let content = download.data;
@@ -336,7 +359,21 @@ export class OutboundHandler {
         throw new NotSentError(`This file cannot be sent by email: ${err.message}.`);
       }
     }
-    return { text: caption ?? "", html: null, attachments: [{ filename, contentType: mimetype, content }] };
+    return { text: captioned?.text ?? "", html: captioned?.html ?? null, attachments: [{ filename, contentType: mimetype, content }] };
+  }
+
+  /**
+   * The bridge-served link of an oversized file (./mediaLinks.ts), or null (the event's
+   * matrix.to link is used) when its media URL is not a well-formed `mxc://` URI.
+   */
+  private servedLink(links: Pick<MediaLinks, "linkFor">, mxc: string, event: RoomMessageEvent, filename: string): { url: string; expiresAt: number | null } | null {
+    try {
+      return links.linkFor(mxc, event.room_id, filename);
+    } catch (err) {
+      if (!(err instanceof TypeError)) throw err;
+      log.warn("oversized file not linkable through the bridge: linked to its event", { roomId: event.room_id, eventId: event.event_id, error: err.message });
+      return null;
+    }
   }
 
   /**

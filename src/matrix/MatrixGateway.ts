@@ -7,7 +7,7 @@
  */
 import type { AppService, Bridge as BridgeT, Intent, WeakEvent } from "matrix-appservice-bridge";
 import { getLogger, errorFields } from "../util/logger.ts";
-import { createHardenedAppService, loadRegistration, type OneClickUnsubscribeRoute } from "./appserviceHttp.ts";
+import { createHardenedAppService, loadRegistration, type MediaContent, type MediaLinkRoute, type OneClickUnsubscribeRoute } from "./appserviceHttp.ts";
 import { AppserviceTransactions, type AppserviceTransactionsOptions } from "./appserviceTransactions.ts";
 import { armedFailpoint } from "./failpoint.ts";
 import { prepareCrypto, type CryptoStatus } from "./crypto.ts";
@@ -63,6 +63,11 @@ export interface MatrixGatewayOptions {
    * (./appserviceHttp.ts); absent when the bridge has no public URL.
    */
   unsubscribe?: OneClickUnsubscribeRoute;
+  /**
+   * Serve the links to files too large to attach (`/media/<token>/<name>`) on the appservice
+   * listener (./appserviceHttp.ts); absent when the bridge has no public URL.
+   */
+  media?: MediaLinkRoute;
   sink: MatrixEventSink;
   /**
    * Where appservice transactions are journaled before their 200 (the bridge's store,
@@ -193,6 +198,7 @@ export class MatrixGateway implements MatrixActions {
       homeserverToken: registration.getHomeserverToken() ?? "",
       transactions,
       ...(opts.unsubscribe ? { unsubscribe: opts.unsubscribe } : {}),
+      ...(opts.media ? { media: opts.media } : {}),
     });
     const bridge = new mab.Bridge({
       homeserverUrl: opts.homeserverUrl,
@@ -839,20 +845,7 @@ export class MatrixGateway implements MatrixActions {
   }
 
   async downloadContent(mxc: string, maxBytes: number): Promise<{ tooLarge: false; data: Buffer; contentType: string | null } | { tooLarge: true }> {
-    const m = /^mxc:\/\/([^/]+)\/([A-Za-z0-9_-]+)$/.exec(mxc);
-    if (!m) throw new Error(`not an mxc:// URI: ${mxc.slice(0, 100)}`);
-    const client = this.intent().matrixClient;
-    const url = `${this.opts.homeserverUrl.replace(/\/+$/, "")}/_matrix/client/v1/media/download/${encodeURIComponent(m[1]!)}/${encodeURIComponent(m[2]!)}`;
-    const res = await fetch(url, { headers: { authorization: `Bearer ${client.accessToken}` } });
-    if (!res.ok) {
-      const body = (await res.json().catch(() => ({}))) as { errcode?: unknown; error?: unknown };
-      // Shaped like matrix-bot-sdk's errors, so classifyError judges it the same way.
-      throw Object.assign(new Error(`media download failed: ${res.status} ${typeof body.error === "string" ? body.error : res.statusText}`), {
-        statusCode: res.status,
-        body,
-        ...(typeof body.errcode === "string" ? { errcode: body.errcode } : {}),
-      });
-    }
+    const res = await this.#mediaDownload(mxc);
     const declared = Number(res.headers.get("content-length"));
     if (Number.isFinite(declared) && declared > maxBytes) {
       await res.body?.cancel();
@@ -867,6 +860,46 @@ export class MatrixGateway implements MatrixActions {
       chunks.push(Buffer.from(chunk));
     }
     return { tooLarge: false, data: Buffer.concat(chunks, size), contentType: res.headers.get("content-type") };
+  }
+
+  /**
+   * Start downloading media through the authenticated media API as the bot, for streaming it on
+   * (the `/media/` links of the appservice listener): the body is not read here.
+   * `contentLength` is the homeserver's `Content-Length` unless the response had a content
+   * coding (fetch decodes it, so the length would not match).
+   * @throws Error for an `mxc://` URI that is not one; the homeserver's error (shaped like
+   *   matrix-bot-sdk's, see {@link classifyError}) when it refuses or cannot answer
+   */
+  async openContent(mxc: string): Promise<MediaContent> {
+    const res = await this.#mediaDownload(mxc);
+    const length = res.headers.get("content-length");
+    const coded = (res.headers.get("content-encoding") ?? "identity").trim().toLowerCase() !== "identity";
+    const contentLength = length !== null && /^\d{1,15}$/.test(length.trim()) && !coded ? Number(length) : null;
+    const body = res.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    return { contentType: res.headers.get("content-type"), contentLength, body: body as MediaContent["body"] };
+  }
+
+  /**
+   * `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}` (Client-Server API, "Content
+   * repository", authenticated since v1.11) as the bot; the response once it is OK, body unread.
+   * @throws Error for an `mxc://` URI that is not one; the homeserver's error for a non-2xx answer
+   */
+  async #mediaDownload(mxc: string): Promise<Response> {
+    const m = /^mxc:\/\/([^/]+)\/([A-Za-z0-9_-]+)$/.exec(mxc);
+    if (!m) throw new Error(`not an mxc:// URI: ${mxc.slice(0, 100)}`);
+    const client = this.intent().matrixClient;
+    const url = `${this.opts.homeserverUrl.replace(/\/+$/, "")}/_matrix/client/v1/media/download/${encodeURIComponent(m[1]!)}/${encodeURIComponent(m[2]!)}`;
+    const res = await fetch(url, { headers: { authorization: `Bearer ${client.accessToken}` } });
+    if (!res.ok) {
+      const body = (await res.json().catch(() => ({}))) as { errcode?: unknown; error?: unknown };
+      // Shaped like matrix-bot-sdk's errors, so classifyError judges it the same way.
+      throw Object.assign(new Error(`media download failed: ${res.status} ${typeof body.error === "string" ? body.error : res.statusText}`), {
+        statusCode: res.status,
+        body,
+        ...(typeof body.errcode === "string" ? { errcode: body.errcode } : {}),
+      });
+    }
+    return res;
   }
 
   /**

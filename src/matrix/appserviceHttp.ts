@@ -41,7 +41,14 @@
  * routes besides `/health` that take no `hs_token`, since mail readers call them through the
  * admin's reverse proxy (`<appservice.public_url>/unsubscribe/` → `/unsubscribe/`). See
  * {@link handleUnsubscribe}.
+ *
+ * Links to files too large to attach (`<appservice.public_url>/media/<token>/<name>`), when a
+ * {@link MediaLinkRoute} is given: likewise without `hs_token`; the file is streamed from the
+ * homeserver's authenticated media download. See {@link handleMedia}.
  */
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, RequestListener, Server, ServerResponse } from "node:http";
 import type { AppService, AppServiceOutput, AppServiceRegistration, AppserviceHttpError } from "matrix-appservice-bridge";
@@ -82,6 +89,37 @@ export interface HardenedAppServiceOptions {
   transactions?: TransactionReceiver;
   /** Serve `/unsubscribe/<token>` (RFC 8058 one-click unsubscribe); absent: those paths are 401 like any other. */
   unsubscribe?: OneClickUnsubscribeRoute;
+  /** Serve `/media/<token>/<name>` (links to files too large to attach); absent: those paths are 401 like any other. */
+  media?: MediaLinkRoute;
+}
+
+/** A media download from the homeserver, its body not read yet. */
+export interface MediaContent {
+  /** The homeserver's `Content-Type`, or null when it sent none. */
+  contentType: string | null;
+  /** The body's length in bytes when the homeserver said it (`Content-Length`, no content coding), else null. */
+  contentLength: number | null;
+  /** The body, to be read or cancelled. */
+  body: WebReadableStream<Uint8Array>;
+}
+
+/**
+ * What the media link route asks of the bridge (the bridge core checks tokens, the gateway
+ * downloads; this layer knows neither keys nor rooms).
+ */
+export interface MediaLinkRoute {
+  /**
+   * Check a link.
+   * @param token the token from the path
+   * @param name the file name from the path, percent-decoded
+   * @returns the `mxc://` URI it names, or null for a forged, tampered, renamed or expired link
+   */
+  resolve(token: string, name: string): string | null;
+  /**
+   * Start downloading `mxc` from the homeserver as the bridge bot.
+   * @throws the homeserver's error (answered 502)
+   */
+  open(mxc: string): Promise<MediaContent>;
 }
 
 /**
@@ -184,7 +222,8 @@ export async function loadRegistration(Registration: typeof AppServiceRegistrati
  * header; hand it to `Bridge.listen(port, host, backlog, appservice)`.
  *
  * Every request except `GET|HEAD /health` (and `/unsubscribe/…` when `opts.unsubscribe` is
- * given, see {@link handleUnsubscribe}) must carry the `hs_token` (rules in
+ * given, see {@link handleUnsubscribe}; `/media/…` when `opts.media` is, see {@link handleMedia})
+ * must carry the `hs_token` (rules in
  * ./appserviceAuth.ts); refusals are 401/403 with `{errcode, error}`. Accepted requests reach
  * the library with canonical credentials (`Authorization: Bearer <hs_token>`, no
  * `access_token` in the URL), so its own, looser check agrees. Library errors become JSON:
@@ -218,7 +257,8 @@ export function createHardenedAppService(lib: AppServiceLibrary, opts: HardenedA
       this.#routes.disable("x-powered-by");
       const transactions = opts.transactions ? { receiver: opts.transactions, maxBodyBytes: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES } : null;
       const unsubscribe = opts.unsubscribe ?? null;
-      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes, transactions, unsubscribe);
+      const media = opts.media ?? null;
+      this.#front = (req, res) => handleRequest(req, res, this.#hsToken, this.#routes, transactions, unsubscribe, media);
       // `app` is what AppService.listen() serves (app-service.js:86-89); declared readonly in its typings.
       (this as unknown as { app: RequestListener }).app = this.#front;
       // Query handlers are assigned by the bridge ("Override this method"); keep them, guarded.
@@ -299,7 +339,15 @@ interface TransactionRoute {
  * Authenticate, canonicalise, and hand the request to the library's express app; transactions
  * go to {@link handleTransaction} when a receiver is set.
  */
-function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: string, routes: ExpressApp, transactions: TransactionRoute | null, unsubscribe: OneClickUnsubscribeRoute | null): void {
+function handleRequest(
+  req: IncomingMessage,
+  res: ServerResponse,
+  hsToken: string,
+  routes: ExpressApp,
+  transactions: TransactionRoute | null,
+  unsubscribe: OneClickUnsubscribeRoute | null,
+  media: MediaLinkRoute | null,
+): void {
   let url: URL;
   try {
     url = new URL(req.url ?? "/", "http://appservice.invalid");
@@ -314,6 +362,10 @@ function handleRequest(req: IncomingMessage, res: ServerResponse, hsToken: strin
       log.error("one-click unsubscribe request failed", errorFields(err));
       sendText(res, 503, "The unsubscribe could not be done just now. Please try again later.\n", { "Retry-After": "60" });
     });
+    return;
+  }
+  if (media && url.pathname.startsWith(MEDIA_PREFIX)) {
+    void handleMedia(req, res, url.pathname.slice(MEDIA_PREFIX.length), media);
     return;
   }
   if (!isHealth) {
@@ -537,6 +589,135 @@ async function handleUnsubscribe(req: IncomingMessage, res: ServerResponse, toke
     return;
   }
   sendText(res, 200, "You are unsubscribed: this address gets no more mail from this Matrix room.\n");
+}
+
+/** Path prefix of the media link route. */
+const MEDIA_PREFIX = "/media/";
+
+/** A media token as it may appear in the path (base64url and a dot; checked by the bridge). */
+const MEDIA_TOKEN = /^[A-Za-z0-9_.-]{1,1024}$/;
+
+/** Longest percent-encoded file name read from a media path, in characters. */
+const MAX_MEDIA_NAME = 2048;
+
+/**
+ * Headers of every media answer: no sniffing (a served HTML or SVG file stays a download), and
+ * `Content-Security-Policy: sandbox` (CSP Level 3 §6.3.2): should a browser render it anyway,
+ * it runs in an opaque origin with no scripts, forms or plugins. Nothing cached by shared caches,
+ * no referrer.
+ */
+const MEDIA_HEADERS = {
+  "Cache-Control": "private, no-store",
+  "X-Content-Type-Options": "nosniff",
+  "Referrer-Policy": "no-referrer",
+  "Content-Security-Policy": "sandbox; default-src 'none'",
+};
+
+/** RFC 8187 §3.2.1 `attr-char`: what stays unencoded in an `ext-value`. */
+const ATTR_CHAR = /[A-Za-z0-9!#$&+\-.^_`|~]/;
+
+/**
+ * A `Content-Disposition: attachment` header value for a file name (RFC 6266 §4.1, §4.3): a
+ * quoted `filename` fallback in printable ASCII (anything else, `"` and `\` as `_`), then
+ * `filename*=UTF-8''<name>` percent-encoded per RFC 8187 (which obsoletes RFC 5987) §3.2,
+ * which recipients that know it prefer.
+ */
+export function attachmentDisposition(name: string): string {
+  const fallback = name.replace(/[^\x20-\x7e]|["\\]/g, "_");
+  const encoded = [...Buffer.from(name, "utf8")].map((b) => (b < 0x80 && ATTR_CHAR.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, "0")}`)).join("");
+  return `attachment; filename="${fallback}"; filename*=UTF-8''${encoded}`;
+}
+
+/**
+ * `GET|HEAD /media/<token>/<name>`: a file too large to attach, with no `hs_token`, cookies or
+ * redirects (mail readers follow the link through the admin's reverse proxy).
+ * - a malformed path, or a token the bridge did not make for that name (forged, tampered,
+ *   renamed, expired): 404 and a line of text, logged once here.
+ * - otherwise the file, streamed from the homeserver's authenticated media download (never
+ *   held in memory whole): its `Content-Type` (`application/octet-stream` when it sent none) and
+ *   `Content-Length`, `Content-Disposition: attachment` with the name from the path
+ *   ({@link attachmentDisposition}), and {@link MEDIA_HEADERS}. HEAD sends the headers only.
+ * - the homeserver refuses or fails before the body: 502 and a line of text, logged once here.
+ *   A failure mid-body cuts the response short (logged once; a client disconnecting is not).
+ * - other methods: 405.
+ * Never throws.
+ */
+async function handleMedia(req: IncomingMessage, res: ServerResponse, rest: string, route: MediaLinkRoute): Promise<void> {
+  const method = req.method ?? "GET";
+  const head = method === "HEAD";
+  req.resume();
+  if (method !== "GET" && !head) {
+    sendMedia(res, 405, "Use GET to download this file.\n", { Allow: "GET, HEAD" });
+    return;
+  }
+  const slash = rest.indexOf("/");
+  const token = slash === -1 ? rest : rest.slice(0, slash);
+  const encodedName = slash === -1 ? "" : rest.slice(slash + 1);
+  let name: string | null = null;
+  if (encodedName && encodedName.length <= MAX_MEDIA_NAME) {
+    try {
+      name = decodeURIComponent(encodedName);
+    } catch {
+      name = null;
+    }
+  }
+  let mxc: string | null;
+  try {
+    mxc = name !== null && MEDIA_TOKEN.test(token) ? route.resolve(token, name) : null;
+    if (mxc === null) log.warn("media link with a token the bridge did not make, or expired", { method, remote: req.socket.remoteAddress });
+  } catch (err) {
+    // A bug of the bridge, not the reader's: logged as such, answered like a bad link.
+    log.error("media link could not be checked", errorFields(err));
+    mxc = null;
+  }
+  if (mxc === null) {
+    sendMedia(res, 404, "This link is not valid, or it has expired.\n", {}, head);
+    return;
+  }
+  let content: MediaContent;
+  try {
+    content = await route.open(mxc);
+  } catch (err) {
+    log.warn("media link: the homeserver did not serve the file", { mxc, ...errorFields(err) });
+    sendMedia(res, 502, "The file could not be fetched from the Matrix homeserver just now. Please try again later.\n", { "Retry-After": "60" }, head);
+    return;
+  }
+  const headers: Record<string, string> = {
+    ...MEDIA_HEADERS,
+    "Content-Type": content.contentType ?? "application/octet-stream",
+    "Content-Disposition": attachmentDisposition(name!),
+  };
+  if (content.contentLength !== null) headers["Content-Length"] = String(content.contentLength);
+  if (head || res.destroyed) {
+    await content.body.cancel().catch(() => undefined); // nothing to read: the reason is moot
+    if (!res.destroyed) {
+      res.writeHead(200, headers);
+      res.end();
+    }
+    return;
+  }
+  res.writeHead(200, headers);
+  try {
+    await pipeline(Readable.fromWeb(content.body), res);
+  } catch (err) {
+    // The reader going away is not the homeserver's failure (pipeline has cancelled the download).
+    if ((err as { code?: unknown }).code === "ERR_STREAM_PREMATURE_CLOSE" && !res.writableFinished) {
+      log.debug("media link: the reader left before the end", { mxc });
+      return;
+    }
+    log.warn("media link: the download broke off", { mxc, ...errorFields(err) });
+    res.destroy();
+  }
+}
+
+/** A short text answer of the media route, closing the connection. */
+function sendMedia(res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}, head = false): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { ...MEDIA_HEADERS, ...headers, "Content-Type": "text/plain; charset=utf-8", "Content-Length": String(Buffer.byteLength(body)), Connection: "close" });
+  res.end(head ? undefined : body);
 }
 
 /** A request body read as JSON, or the Matrix error to answer. */

@@ -1,6 +1,7 @@
 /**
  * Matrix → email content, end to end: files from a real client become attachments (bytes
- * compared), a file over `outbound.max_attachment_bytes` becomes a link, an edit becomes a
+ * compared), a file over `outbound.max_attachment_bytes` becomes a link (to its event; with
+ * `appservice.public_url`, to the bridge's `/media/` route, which streams it), an edit becomes a
  * "Correction:" mail in the thread, notices and reactions stay in Matrix, a reply or a thread
  * message continues the mail thread. A real Synapse, the
  * bridge in-process (SQLite), the loopback SMTP sink as the remote MTA; the mail is read back
@@ -15,6 +16,10 @@ import { startEnv, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 import type { SinkMail } from "../harness/smtpSink.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { freePort } from "../harness/ports.ts";
+import { MediaLinks } from "../../src/bridge/mediaLinks.ts";
 
 const BOB_GHOST = "@email_bob=40example.org:localhost";
 const LIMIT = 50_000;
@@ -100,7 +105,7 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     }
   });
 
-  it("a file over outbound.max_attachment_bytes is sent as a link to its event, with why", async () => {
+  it("without appservice.public_url, a file over outbound.max_attachment_bytes is sent as a link to its event, with why", async () => {
     const data = randomBytes(LIMIT + 1000);
     const url = await upload(data, "video/mp4", "big-3.mp4");
     // The size in info is left out: the bridge stops reading at the limit.
@@ -175,5 +180,104 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     assert.match(String(mail.references), new RegExp(rootMail.messageId!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
     assert.match(mail.text ?? "", /^I do \(thread-8b\)/);
     await dkimPasses(sent.raw);
+  });
+});
+
+describe("Matrix → email: files over the limit with appservice.public_url (the bridge's /media/ links)", () => {
+  let env: E2eEnv;
+  let alice: MatrixTestClient;
+  let roomId: string;
+  let base: string;
+
+  before(async () => {
+    // The appservice listener serves the links; the test reaches it directly, as a reverse proxy would.
+    const port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    env = await startEnv("sqlite", {
+      allowedUsers: ["@alice:localhost"],
+      config: { outbound: { max_attachment_bytes: LIMIT }, appservice: { port, url: base, public_url: base } },
+    });
+    alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
+    roomId = await alice.createRoom({ preset: "private_chat", name: "Big files" });
+    await alice.invite(roomId, BOB_GHOST);
+    await alice.waitForMembership(roomId, BOB_GHOST, "join");
+  });
+  after(async () => {
+    await env?.stop();
+  });
+
+  it("the mail says why and links <public_url>/media/<token>/<name>; the link serves the exact bytes, as a download, sandboxed", async () => {
+    const data = randomBytes(LIMIT * 3);
+    const name = "Ferien ü (big-4).mp4";
+    const res = await fetch(`${env.synapse.url}/_matrix/media/v3/upload?filename=${encodeURIComponent(name)}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "video/mp4" },
+      body: data,
+    });
+    assert.equal(res.status, 200);
+    const url = ((await res.json()) as { content_uri: string }).content_uri;
+    await alice.sendEvent(roomId, "m.room.message", {
+      msgtype: "m.video",
+      body: "holiday video (big-4)",
+      format: "org.matrix.custom.html",
+      formatted_body: "<em>holiday</em> video (big-4)",
+      filename: name,
+      url,
+      info: { mimetype: "video/mp4", size: data.length },
+    });
+    const sent = await env.sink.waitForMail((m) => m.rcptTo.includes("bob@example.org") && m.raw.includes("big-4"));
+    const mail = await simpleParser(sent.raw);
+    assert.equal(mail.attachments.length, 0);
+    const text = mail.text ?? "";
+    assert.match(text, /holiday video \(big-4\)/);
+    assert.ok(text.includes(`${name} (${data.length} bytes) is larger than this bridge sends by email (${LIMIT} bytes), so it is not attached.`), text);
+    assert.ok(!text.includes("matrix.to"), text);
+    const m = /(http:\/\/127\.0\.0\.1:\d+\/media\/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43})\/(\S+))/.exec(text);
+    assert.ok(m, `a /media/ link in:\n${text}`);
+    const [, link, token, encodedName] = m as unknown as [string, string, string, string];
+    assert.ok(link.startsWith(`${base}/media/`));
+    assert.equal(decodeURIComponent(encodedName), name);
+    // The caption's HTML went too, with the link.
+    assert.match(String(mail.html), /<em>holiday<\/em> video \(big-4\)/);
+    assert.ok(String(mail.html).includes(`href="${link}"`), String(mail.html));
+
+    const got = await fetch(link, { redirect: "manual" });
+    assert.equal(got.status, 200);
+    assert.equal(got.headers.get("content-type"), "video/mp4");
+    assert.equal(got.headers.get("content-length"), String(data.length));
+    assert.equal(got.headers.get("content-disposition"), `attachment; filename="Ferien _ (big-4).mp4"; filename*=UTF-8''Ferien%20%C3%BC%20%28big-4%29.mp4`);
+    assert.equal(got.headers.get("x-content-type-options"), "nosniff");
+    assert.match(got.headers.get("content-security-policy") ?? "", /^sandbox(;|$)/);
+    assert.equal(got.headers.get("set-cookie"), null);
+    assert.ok(Buffer.from(await got.arrayBuffer()).equals(data), "the served bytes are the uploaded ones");
+
+    const head = await fetch(link, { method: "HEAD" });
+    assert.equal(head.status, 200);
+    assert.equal(head.headers.get("content-length"), String(data.length));
+    assert.equal(head.headers.get("content-disposition"), got.headers.get("content-disposition"));
+    assert.equal((await head.arrayBuffer()).byteLength, 0);
+
+    // Forged, tampered or renamed links: 404, nothing served.
+    const mac = token.split(".")[1]!;
+    const flipped = `${token.split(".")[0]}.${mac[0] === "A" ? "B" : "A"}${mac.slice(1)}`;
+    for (const bad of [`${base}/media/${flipped}/${encodedName}`, `${base}/media/${token}/evil.html`, `${base}/media/nonsense/${encodedName}`, `${base}/media/${token}`]) {
+      const r = await fetch(bad, { redirect: "manual" });
+      assert.equal(r.status, 404, bad);
+      assert.equal(r.headers.get("content-type"), "text/plain; charset=utf-8");
+      assert.ok(!Buffer.from(await r.arrayBuffer()).includes(data.subarray(0, 64)));
+    }
+    const post = await fetch(link, { method: "POST", redirect: "manual" });
+    assert.equal(post.status, 405);
+    assert.equal(post.headers.get("allow"), "GET, HEAD");
+  });
+
+  it("a valid link to media the homeserver does not have: 502 with a short text", async () => {
+    const registration = parseYaml(readFileSync(env.config.appservice.registration_file, "utf8")) as { as_token: string };
+    const links = new MediaLinks({ asToken: registration.as_token, publicUrl: base, days: 1 });
+    const { url } = links.linkFor("mxc://localhost/NoSuchMedia0123", roomId, "gone.bin");
+    const r = await fetch(url, { redirect: "manual" });
+    assert.equal(r.status, 502);
+    assert.equal(r.headers.get("content-type"), "text/plain; charset=utf-8");
+    assert.match(await r.text(), /could not be fetched from the Matrix homeserver/);
   });
 });

@@ -22,6 +22,7 @@ export function outboundConfig(over: Partial<OutboundConfig> = {}): OutboundConf
     max_messages_per_connection: 100,
     pool_idle_ms: 30000,
     max_attachment_bytes: 10_000_000,
+    media_link_days: 30,
     mail_notices: false,
     batch_delay_ms: 0,
     ...over,

@@ -2,7 +2,9 @@
  * What OutboundHandler mails for a room message, on the real store (SQLite :memory:): notices
  * stay in Matrix unless `outbound.mail_notices` is on, and a new topic in a room without a name
  * takes the message's first line as its subject. The Matrix side answers only what the handler
- * asks of a DM portal (a display name; no room name).
+ * asks of a DM portal (a display name; no room name). Files over `outbound.max_attachment_bytes`
+ * are linked (a bridge-served `/media/` link, or matrix.to for encrypted files), and a caption's
+ * `formatted_body` becomes the HTML part.
  */
 import { afterEach, beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -14,6 +16,7 @@ import type { MessageContent } from "../../src/bridge/format/toMail.ts";
 import type { MatrixActions } from "../../src/bridge/ports.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { configureLogging } from "../../src/util/logger.ts";
+import { MediaLinks } from "../../src/bridge/mediaLinks.ts";
 
 configureLogging({ level: "error" });
 const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDomain: "bridge.example", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
@@ -64,5 +67,77 @@ describe("OutboundHandler: notices and new-topic subjects", () => {
     const subject = (await queued(long.event_id)).subject ?? "";
     assert.equal(subject, `${line.slice(0, 77).trimEnd()}…`);
     assert.ok([...subject].length <= 78);
+  });
+});
+
+describe("OutboundHandler: files over max_attachment_bytes, and captions with HTML", () => {
+  let store: BridgeStore;
+  let portal: PortalRow;
+  let n = 0;
+  const matrix = {
+    displayName: async () => "Alice",
+    stateContent: async () => null,
+    downloadContent: async (_mxc: string, maxBytes: number) => {
+      return maxBytes >= 10 ? { tooLarge: false, data: Buffer.from("0123456789"), contentType: "application/pdf" } : { tooLarge: true };
+    },
+  } as unknown as MatrixActions;
+  const links = new MediaLinks({ asToken: "as-token-1", publicUrl: "https://bridge.example.org", days: 30, clock: () => Date.UTC(2026, 0, 1) });
+
+  beforeEach(async () => {
+    store = await openStore({ url: null, sqliteFile: ":memory:" });
+    portal = await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "bob@example.org", subject: null, encrypted: false, remoteVerified: true });
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  function event(content: MessageContent): RoomMessageEvent {
+    n++;
+    return { room_id: portal.roomId, event_id: `$f${n}`, sender: "@alice:hs.example", origin_server_ts: Date.now(), content };
+  }
+  function handler(maxAttachmentBytes: number, mediaLinks: MediaLinks | null): OutboundHandler {
+    return new OutboundHandler({ store, matrix, ids, dkim: null, onQueued: () => undefined, limits: { mailsPerHour: 0, newRecipientsPerDay: 0 }, maxAttachmentBytes, mailNotices: false, batchDelayMs: 0, mediaLinks });
+  }
+  async function queued(eventId: string) {
+    const row = await store.getOutboundByEvent(eventId);
+    assert.ok(row, `a mail was queued for ${eventId}`);
+    return simpleParser(row.raw);
+  }
+
+  it("with a media link: the line says why (size vs limit), links <public_url>/media/, and says until when", async () => {
+    const ev = event({ msgtype: "m.file", body: "the report", filename: "report.pdf", url: "mxc://hs.example/Rep0rt", info: { size: 5000 } });
+    await handler(100, links).handle(ev, portal);
+    const mail = await queued(ev.event_id);
+    const text = mail.text ?? "";
+    assert.equal(mail.attachments.length, 0);
+    assert.match(text, /^the report\n\n📎 report\.pdf \(5000 bytes\) is larger than this bridge sends by email \(100 bytes\), so it is not attached\. Download it here \(the link works until 2026-01-31\): https:\/\/bridge\.example\.org\/media\/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}\/report\.pdf/);
+    const m = /\/media\/([^/\s]+)\/report\.pdf/.exec(text);
+    assert.equal(links.read(m![1]!, "report.pdf")?.mxc, "mxc://hs.example/Rep0rt");
+    assert.ok(!text.includes("matrix.to"));
+  });
+
+  it("an encrypted file over the limit keeps the matrix.to link, media links or not", async () => {
+    const file = { url: "mxc://hs.example/Cipher", key: { alg: "A256CTR", k: "x", kty: "oct" }, iv: "AAAAAAAAAAAAAAAAAAAAAA", hashes: { sha256: "x" }, v: "v2" };
+    const ev = event({ msgtype: "m.file", body: "secret.pdf", filename: "secret.pdf", file, info: { size: 5000 } } as MessageContent);
+    await handler(100, links).handle(ev, portal);
+    const text = (await queued(ev.event_id)).text ?? "";
+    assert.ok(text.includes(`https://matrix.to/#/${encodeURIComponent(portal.roomId)}/${encodeURIComponent(ev.event_id)}`), text);
+    assert.ok(!text.includes("/media/"), text);
+  });
+
+  it("a caption's formatted_body becomes the HTML part, next to the attachment; over the limit, the link is in the HTML too", async () => {
+    const content = { msgtype: "m.file", body: "see **this**", format: "org.matrix.custom.html", formatted_body: "see <strong>this</strong>", filename: "a.pdf", url: "mxc://hs.example/Aaa" };
+    const small = event(content);
+    await handler(1000, links).handle(small, portal);
+    const mail = await queued(small.event_id);
+    assert.match(String(mail.html), /see <strong>this<\/strong>/);
+    assert.match(mail.text ?? "", /^see this/);
+    assert.equal(mail.attachments[0]?.filename, "a.pdf");
+    assert.ok(mail.attachments[0]?.content.equals(Buffer.from("0123456789")));
+    const big = event(content);
+    await handler(5, null).handle(big, portal);
+    const html = String((await queued(big.event_id)).html);
+    assert.match(html, /see <strong>this<\/strong>/);
+    assert.match(html, new RegExp(`<a href="https://matrix\\.to/#/${encodeURIComponent(portal.roomId)}/[^"]+">`));
   });
 });

@@ -12,7 +12,7 @@ export const AppserviceSection = Section(
       Type.String({
         default: null,
         description:
-          "Public https:// base URL under which a reverse proxy forwards <public_url>/unsubscribe/ to this listener's /unsubscribe/; set, mail gets a one-click unsubscribe link (RFC 8058) besides the mailto one. http:// only for a loopback host (tests). null: mailto only.",
+          "Public https:// base URL under which a reverse proxy forwards <public_url>/unsubscribe/ and <public_url>/media/ to this listener's /unsubscribe/ and /media/; set, mail gets a one-click unsubscribe link (RFC 8058) besides the mailto one, and a file too large to attach (outbound.max_attachment_bytes) is linked as <public_url>/media/<token>/<name>, served by the bridge. http:// only for a loopback host (tests). null: mailto only; large files link to their Matrix event.",
       }),
     ),
     registration_file: Type.String({ default: "registration.yaml", description: "Registration file, made by generate-registration." }),
