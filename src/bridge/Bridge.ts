@@ -28,8 +28,8 @@ import { Contacts } from "./Contacts.ts";
 import { Addressing } from "./Addressing.ts";
 import { OutboundHandler } from "./OutboundHandler.ts";
 import { OneClickUnsubscribe, unsubscribeKey } from "./unsubscribeLinks.ts";
+import { MediaLinks } from "./mediaLinks.ts";
 import { Submission, isSubmissionEvent, submissionListenerConfig } from "./Submission.ts";
-import { SubmissionListener } from "../mail/submission/SubmissionListener.ts";
 import { MatrixHandler, type MatrixEvent } from "./MatrixHandler.ts";
 import { makeAccessCheck } from "./access.ts";
 import { InvalidAddressError, normalizeAddress, type IdContext } from "./ids.ts";
@@ -38,7 +38,6 @@ import { DnsResolver } from "../mail/dns.ts";
 import { configureLogging, getLogger } from "../util/logger.ts";
 import { BridgeMetrics } from "../util/metrics.ts";
 import { startOperationsListener } from "./health.ts";
-import { startAdminApi } from "../admin/AdminApi.ts";
 import { loadAdminToken } from "../admin/auth.ts";
 
 const log = getLogger("bridge");
@@ -121,6 +120,8 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   // One-click unsubscribe links (RFC 8058), only with a public URL; made once the subscriptions exist.
   const publicUrl = config.appservice.public_url;
   let oneClick: OneClickUnsubscribe | null = null;
+  // Links to files too large to attach, served on the same listener (./mediaLinks.ts); made once the gateway (its as_token) exists.
+  let mediaLinks: MediaLinks | null = null;
   const matrix = await MatrixGateway.create({
     homeserverUrl: config.homeserver.url,
     serverName: ids.serverName,
@@ -136,6 +137,10 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
               if (!oneClick) throw new Error("one-click unsubscribe before the bridge is set up");
               return oneClick.unsubscribe(token);
             },
+          },
+          media: {
+            resolve: (token: string, name: string) => mediaLinks?.read(token, name)?.mxc ?? null,
+            open: (mxc: string) => matrix.openContent(mxc),
           },
         }
       : {}),
@@ -202,7 +207,9 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     await notices.post(roomId, text, eventId);
   };
   const utcMinute = (ms: number): string => new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
-  const metrics = new BridgeMetrics({ queueSizes: () => store.queueCounts() });
+  // prom-client's process metrics (an event-loop delay histogram, a GC observer) only when
+  // /metrics is served: with metrics off nobody reads them.
+  const metrics = new BridgeMetrics({ queueSizes: () => store.queueCounts(), processMetrics: config.metrics.enabled });
   // Outbound SMTP connections, reused across deliveries; closed on stop, after the queue.
   const smtpPool = new SmtpPool(poolOptionsFromConfig(config.outbound));
   const queue = new OutboundQueue({
@@ -238,6 +245,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
       await outboundNotice(mail.roomId, lines, mail.eventId, mail.envelopeFrom);
     },
   });
+  if (publicUrl !== null) mediaLinks = new MediaLinks({ asToken: matrix.appserviceToken, publicUrl, days: config.outbound.media_link_days });
   const outboundHandler = new OutboundHandler({
     store,
     matrix,
@@ -246,6 +254,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     onQueued: () => queue.kick(),
     limits: { mailsPerHour: config.outbound.max_mails_per_user_per_hour, newRecipientsPerDay: config.outbound.max_new_recipients_per_user_per_day },
     maxAttachmentBytes: config.outbound.max_attachment_bytes,
+    mediaLinks,
     mailNotices: config.outbound.mail_notices,
     batchDelayMs: config.outbound.batch_delay_ms,
   });
@@ -320,13 +329,17 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     dns,
     onReply: (code) => metrics.smtpReply(code),
   });
-  const submissionListener = config.submission.enabled ? new SubmissionListener({ config: submissionListenerConfig(config), handler: submission }) : null;
+  // The submission listener and the admin API are loaded only when turned on (both are off by
+  // default): an idle bridge does not keep their code.
+  const submissionListener = config.submission.enabled
+    ? new (await import("../mail/submission/SubmissionListener.ts")).SubmissionListener({ config: submissionListenerConfig(config), handler: submission })
+    : null;
   // Up before the homeserver wait, so /health says what is not up yet.
   const appserviceAddress = { bindAddress: config.appservice.bind_address, port: config.appservice.port };
   const ops = config.metrics.enabled ? await startOperationsListener({ config: config.metrics, metrics, store, smtp, appservice: appserviceAddress }) : null;
   // The admin API (docs/admin-api.md): the same queue actions, addressing and inbound router as the rest.
   const admin = config.admin_api.enabled
-    ? await startAdminApi({
+    ? await (await import("../admin/AdminApi.ts")).startAdminApi({
         bindAddress: config.admin_api.bind_address,
         port: config.admin_api.port,
         token: loadAdminToken(config.admin_api),

@@ -4,7 +4,24 @@
  * (with its time zone), where, who organises it. Parsed with ical.js (Mozilla's iCalendar
  * parser: line unfolding, escaping, parameters, VTIMEZONE resolution).
  */
-import ICAL from "ical.js";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import type ICAL from "ical.js";
+
+let icalModule: typeof ICAL | null = null;
+
+/**
+ * ical.js, loaded on the first calendar rather than at start: most bridges rarely see one, and
+ * an idle bridge need not keep its ~0.5 MB of source. It is `require`d (its ES module build,
+ * the one `import` would load) so that the summary stays synchronous.
+ */
+function ical(): typeof ICAL {
+  if (!icalModule) {
+    const file = fileURLToPath(import.meta.resolve("ical.js"));
+    icalModule = (createRequire(import.meta.url)(file) as { default: typeof ICAL }).default;
+  }
+  return icalModule;
+}
 
 /** Events summarised from one calendar at most; the rest are counted. */
 const MAX_EVENTS = 5;
@@ -91,10 +108,10 @@ function ianaOffset(t: ICAL.Time, tzid: string): number | null {
 
 /** The time zone of a DTSTART/DTEND: `UTC`, `Europe/Berlin, UTC+01:00`, or `no time zone` for floating time (RFC 5545 §3.3.5 form 1). */
 function zoneText(t: ICAL.Time, tzid: string | null): string {
-  if (t.zone === ICAL.Timezone.utcTimezone) return "UTC";
+  if (t.zone === ical().Timezone.utcTimezone) return "UTC";
   if (tzid === null) return "no time zone";
   // Resolved from the calendar's own VTIMEZONE: ical.js knows the offset.
-  if (t.zone && t.zone !== ICAL.Timezone.localTimezone && t.zone.tzid === tzid) return `${tzid}, ${offsetText(t.utcOffset())}`;
+  if (t.zone && t.zone !== ical().Timezone.localTimezone && t.zone.tzid === tzid) return `${tzid}, ${offsetText(t.utcOffset())}`;
   const offset = ianaOffset(t, tzid);
   return offset === null ? tzid : `${tzid}, ${offsetText(offset)}`;
 }
@@ -139,7 +156,7 @@ function tzidOf(component: ICAL.Component, name: string): string | null {
 
 /** One VEVENT, summarised. */
 function summarizeEvent(vevent: ICAL.Component): CalendarEventSummary {
-  const event = new ICAL.Event(vevent);
+  const event = new (ical().Event)(vevent);
   const hasStart = vevent.hasProperty("dtstart");
   const start = hasStart ? event.startDate : null;
   const end = hasStart && (vevent.hasProperty("dtend") || vevent.hasProperty("duration")) ? event.endDate : null;
@@ -171,9 +188,9 @@ function summarizeEvent(vevent: ICAL.Component): CalendarEventSummary {
  * @throws Error (ical.js ParserError, or a bad DTSTART/DTEND value) when it cannot be read
  */
 export function summarizeCalendar(ics: string): CalendarSummary {
-  const parsed: unknown = ICAL.parse(ics);
+  const parsed: unknown = ical().parse(ics);
   // A file with several VCALENDARs parses to a list of them: the first is summarised.
-  const root = new ICAL.Component((Array.isArray(parsed) && Array.isArray(parsed[0]) ? parsed[0] : parsed) as unknown[]);
+  const root = new (ical().Component)((Array.isArray(parsed) && Array.isArray(parsed[0]) ? parsed[0] : parsed) as unknown[]);
   const vcalendar = root.name === "vcalendar" ? root : root.getFirstSubcomponent("vcalendar");
   if (!vcalendar) throw new Error(`not an iCalendar object (it starts with ${root.name.toUpperCase()}, not VCALENDAR)`);
   const vevents = vcalendar.getAllSubcomponents("vevent");
