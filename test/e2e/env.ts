@@ -84,6 +84,12 @@ export interface EnvOptions {
   config?: Record<string, Record<string, unknown>>;
   /** Start Synapse with the experimental features end-to-end encryption needs (test/harness/synapse.ts `e2ee`). */
   synapseE2ee?: boolean;
+  /**
+   * Set `appservice.public_url` to the appservice listener's own loopback URL, as if a reverse
+   * proxy forwarded it (one-click unsubscribe and large-file links); read it back from
+   * `env.config.appservice.public_url`.
+   */
+  publicUrl?: boolean;
 }
 
 /**
@@ -105,7 +111,13 @@ export async function prepareEnv(engine: "postgres" | "sqlite", opts: EnvOptions
       configFile,
       stringify(mergeSections({
         homeserver: { url: homeserverUrl, domain: "localhost" },
-        appservice: { bind_address: "127.0.0.1", port: asPort, url: `http://127.0.0.1:${asPort}`, registration_file: "registration.yaml" },
+        appservice: {
+          bind_address: "127.0.0.1",
+          port: asPort,
+          url: `http://127.0.0.1:${asPort}`,
+          registration_file: "registration.yaml",
+          ...(opts.publicUrl ? { public_url: `http://127.0.0.1:${asPort}` } : {}),
+        },
         mail: { domain: MAIL_DOMAIN },
         smtp: { bind_address: "127.0.0.1", port: 0, hostname: "mx.bridge.test" },
         outbound: { static_routes: Object.fromEntries(REMOTE_DOMAINS.map((d) => [d, `127.0.0.1:${sink.port}`])), timeout_ms: 5000, batch_delay_ms: 0 },

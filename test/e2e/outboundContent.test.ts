@@ -18,7 +18,6 @@ import type { SinkMail } from "../harness/smtpSink.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
-import { freePort } from "../harness/ports.ts";
 import { MediaLinks } from "../../src/bridge/mediaLinks.ts";
 
 const BOB_GHOST = "@email_bob=40example.org:localhost";
@@ -191,12 +190,8 @@ describe("Matrix → email: files over the limit with appservice.public_url (the
 
   before(async () => {
     // The appservice listener serves the links; the test reaches it directly, as a reverse proxy would.
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    env = await startEnv("sqlite", {
-      allowedUsers: ["@alice:localhost"],
-      config: { outbound: { max_attachment_bytes: LIMIT }, appservice: { port, url: base, public_url: base } },
-    });
+    env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"], publicUrl: true, config: { outbound: { max_attachment_bytes: LIMIT } } });
+    base = env.config.appservice.public_url!;
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
     roomId = await alice.createRoom({ preset: "private_chat", name: "Big files" });
     await alice.invite(roomId, BOB_GHOST);

@@ -15,7 +15,6 @@ import { dkimVerify } from "mailauth";
 import { MAIL_DOMAIN, startEnv, type E2eEnv } from "./env.ts";
 import type { MatrixTestClient } from "../harness/matrixClient.ts";
 import { DnsResolver } from "../../src/mail/dns.ts";
-import { freePort } from "../harness/ports.ts";
 
 const BOB_GHOST = "@email_bob=40example.org:localhost";
 const CAROL_GHOST = "@email_carol=40example.net:localhost";
@@ -91,9 +90,8 @@ describe("one-click unsubscribe (RFC 8058) with appservice.public_url", () => {
 
   before(async () => {
     // The appservice listener serves the links; the test reaches it directly, as a reverse proxy would.
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"], config: { appservice: { port, url: base, public_url: base } } });
+    env = await startEnv("sqlite", { allowedUsers: ["@alice:localhost"], publicUrl: true });
+    base = env.config.appservice.public_url!;
     alice = await env.synapse.registerUser("alice", { displayName: "Alice" });
     roomId = await alice.createRoom({ preset: "private_chat", name: "Reading group" });
     for (const ghost of [BOB_GHOST, CAROL_GHOST]) {

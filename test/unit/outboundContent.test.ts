@@ -21,49 +21,84 @@ import { MediaLinks } from "../../src/bridge/mediaLinks.ts";
 configureLogging({ level: "error" });
 const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDomain: "bridge.example", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 
-describe("OutboundHandler: notices and new-topic subjects", () => {
-  let store: BridgeStore;
-  let portal: PortalRow;
-  let n = 0;
-  const matrix = { displayName: async () => "Alice", stateContent: async () => null } as unknown as MatrixActions;
+/** Matrix side of a DM portal: a display name, no room name, and a 10-byte PDF behind every mxc URI. */
+const matrix = {
+  displayName: async () => "Alice",
+  stateContent: async () => null,
+  downloadContent: async (_mxc: string, maxBytes: number) => {
+    return maxBytes >= 10 ? { tooLarge: false, data: Buffer.from("0123456789"), contentType: "application/pdf" } : { tooLarge: true };
+  },
+} as unknown as MatrixActions;
 
+/**
+ * A DM portal of alice with bob@example.org on a fresh store per test (registers the hooks in
+ * the calling `describe`), with helpers to make events, handlers and read queued mail.
+ */
+function dmPortal() {
+  const fx = { store: null as unknown as BridgeStore, portal: null as unknown as PortalRow };
+  let n = 0;
   beforeEach(async () => {
-    store = await openStore({ url: null, sqliteFile: ":memory:" });
-    portal = await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "bob@example.org", subject: null, encrypted: false, remoteVerified: true });
+    fx.store = await openStore({ url: null, sqliteFile: ":memory:" });
+    fx.portal = await fx.store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "bob@example.org", subject: null, encrypted: false, remoteVerified: true });
   });
   afterEach(async () => {
-    await store.close();
+    await fx.store.close();
   });
+  return {
+    get store() {
+      return fx.store;
+    },
+    get portal() {
+      return fx.portal;
+    },
+    event(content: MessageContent): RoomMessageEvent {
+      n++;
+      return { room_id: fx.portal.roomId, event_id: `$e${n}`, sender: "@alice:hs.example", origin_server_ts: Date.now(), content };
+    },
+    handler(opts: { mailNotices?: boolean; maxAttachmentBytes?: number; mediaLinks?: MediaLinks | null } = {}): OutboundHandler {
+      return new OutboundHandler({
+        store: fx.store,
+        matrix,
+        ids,
+        dkim: null,
+        onQueued: () => undefined,
+        limits: { mailsPerHour: 0, newRecipientsPerDay: 0 },
+        maxAttachmentBytes: opts.maxAttachmentBytes ?? 10_000_000,
+        mailNotices: opts.mailNotices ?? false,
+        batchDelayMs: 0,
+        mediaLinks: opts.mediaLinks ?? null,
+      });
+    },
+    async queued(eventId: string) {
+      const row = await fx.store.getOutboundByEvent(eventId);
+      assert.ok(row, `a mail was queued for ${eventId}`);
+      return simpleParser(row.raw);
+    },
+  };
+}
 
-  function event(content: MessageContent): RoomMessageEvent {
-    n++;
-    return { room_id: portal.roomId, event_id: `$e${n}`, sender: "@alice:hs.example", origin_server_ts: Date.now(), content };
-  }
-  function handler(mailNotices: boolean): OutboundHandler {
-    return new OutboundHandler({ store, matrix, ids, dkim: null, onQueued: () => undefined, limits: { mailsPerHour: 0, newRecipientsPerDay: 0 }, maxAttachmentBytes: 10_000_000, mailNotices, batchDelayMs: 0 });
-  }
-  async function queued(eventId: string) {
-    const row = await store.getOutboundByEvent(eventId);
-    assert.ok(row, `a mail was queued for ${eventId}`);
-    return simpleParser(row.raw);
-  }
+describe("OutboundHandler: notices and new-topic subjects", () => {
+  const dm = dmPortal();
+  const handler = (mailNotices: boolean) => dm.handler({ mailNotices });
+  const event = (c: MessageContent) => dm.event(c);
+  const queued = (id: string) => dm.queued(id);
 
   it("m.notice stays in Matrix by default; outbound.mail_notices: true mails it like text", async () => {
     const off = event({ msgtype: "m.notice", body: "build passed (n-1)" });
-    assert.equal(await handler(false).handle(off, portal), null);
-    assert.equal(await store.getOutboundByEvent(off.event_id), null, "nothing queued for a notice by default");
+    assert.equal(await handler(false).handle(off, dm.portal), null);
+    assert.equal(await dm.store.getOutboundByEvent(off.event_id), null, "nothing queued for a notice by default");
     const on = event({ msgtype: "m.notice", body: "build passed (n-2)" });
-    assert.ok(await handler(true).handle(on, portal));
+    assert.ok(await handler(true).handle(on, dm.portal));
     assert.match((await queued(on.event_id)).text ?? "", /^build passed \(n-2\)/);
   });
 
   it("a new topic in a room without a name takes its first line as the subject, cut at 78 characters", async () => {
     const short = event({ msgtype: "m.text", body: "\n  Dinner on Friday?  \nDetails follow." });
-    await handler(false).handle(short, portal);
+    await handler(false).handle(short, dm.portal);
     assert.equal((await queued(short.event_id)).subject, "Dinner on Friday?");
     const line = "word ".repeat(30).trim();
     const long = event({ msgtype: "m.text", body: line });
-    await handler(false).handle(long, portal);
+    await handler(false).handle(long, dm.portal);
     const subject = (await queued(long.event_id)).subject ?? "";
     assert.equal(subject, `${line.slice(0, 77).trimEnd()}…`);
     assert.ok([...subject].length <= 78);
@@ -71,42 +106,15 @@ describe("OutboundHandler: notices and new-topic subjects", () => {
 });
 
 describe("OutboundHandler: files over max_attachment_bytes, and captions with HTML", () => {
-  let store: BridgeStore;
-  let portal: PortalRow;
-  let n = 0;
-  const matrix = {
-    displayName: async () => "Alice",
-    stateContent: async () => null,
-    downloadContent: async (_mxc: string, maxBytes: number) => {
-      return maxBytes >= 10 ? { tooLarge: false, data: Buffer.from("0123456789"), contentType: "application/pdf" } : { tooLarge: true };
-    },
-  } as unknown as MatrixActions;
+  const dm = dmPortal();
+  const handler = (maxAttachmentBytes: number, mediaLinks: MediaLinks | null) => dm.handler({ maxAttachmentBytes, mediaLinks });
+  const event = (c: MessageContent) => dm.event(c);
+  const queued = (id: string) => dm.queued(id);
   const links = new MediaLinks({ asToken: "as-token-1", publicUrl: "https://bridge.example.org", days: 30, clock: () => Date.UTC(2026, 0, 1) });
-
-  beforeEach(async () => {
-    store = await openStore({ url: null, sqliteFile: ":memory:" });
-    portal = await store.upsertPortal({ roomId: "!dm:hs.example", kind: "dm", localUserId: "@alice:hs.example", remoteAddress: "bob@example.org", subject: null, encrypted: false, remoteVerified: true });
-  });
-  afterEach(async () => {
-    await store.close();
-  });
-
-  function event(content: MessageContent): RoomMessageEvent {
-    n++;
-    return { room_id: portal.roomId, event_id: `$f${n}`, sender: "@alice:hs.example", origin_server_ts: Date.now(), content };
-  }
-  function handler(maxAttachmentBytes: number, mediaLinks: MediaLinks | null): OutboundHandler {
-    return new OutboundHandler({ store, matrix, ids, dkim: null, onQueued: () => undefined, limits: { mailsPerHour: 0, newRecipientsPerDay: 0 }, maxAttachmentBytes, mailNotices: false, batchDelayMs: 0, mediaLinks });
-  }
-  async function queued(eventId: string) {
-    const row = await store.getOutboundByEvent(eventId);
-    assert.ok(row, `a mail was queued for ${eventId}`);
-    return simpleParser(row.raw);
-  }
 
   it("with a media link: the line says why (size vs limit), links <public_url>/media/, and says until when", async () => {
     const ev = event({ msgtype: "m.file", body: "the report", filename: "report.pdf", url: "mxc://hs.example/Rep0rt", info: { size: 5000 } });
-    await handler(100, links).handle(ev, portal);
+    await handler(100, links).handle(ev, dm.portal);
     const mail = await queued(ev.event_id);
     const text = mail.text ?? "";
     assert.equal(mail.attachments.length, 0);
@@ -119,25 +127,25 @@ describe("OutboundHandler: files over max_attachment_bytes, and captions with HT
   it("an encrypted file over the limit keeps the matrix.to link, media links or not", async () => {
     const file = { url: "mxc://hs.example/Cipher", key: { alg: "A256CTR", k: "x", kty: "oct" }, iv: "AAAAAAAAAAAAAAAAAAAAAA", hashes: { sha256: "x" }, v: "v2" };
     const ev = event({ msgtype: "m.file", body: "secret.pdf", filename: "secret.pdf", file, info: { size: 5000 } } as MessageContent);
-    await handler(100, links).handle(ev, portal);
+    await handler(100, links).handle(ev, dm.portal);
     const text = (await queued(ev.event_id)).text ?? "";
-    assert.ok(text.includes(`https://matrix.to/#/${encodeURIComponent(portal.roomId)}/${encodeURIComponent(ev.event_id)}`), text);
+    assert.ok(text.includes(`https://matrix.to/#/${encodeURIComponent(dm.portal.roomId)}/${encodeURIComponent(ev.event_id)}`), text);
     assert.ok(!text.includes("/media/"), text);
   });
 
   it("a caption's formatted_body becomes the HTML part, next to the attachment; over the limit, the link is in the HTML too", async () => {
     const content = { msgtype: "m.file", body: "see **this**", format: "org.matrix.custom.html", formatted_body: "see <strong>this</strong>", filename: "a.pdf", url: "mxc://hs.example/Aaa" };
     const small = event(content);
-    await handler(1000, links).handle(small, portal);
+    await handler(1000, links).handle(small, dm.portal);
     const mail = await queued(small.event_id);
     assert.match(String(mail.html), /see <strong>this<\/strong>/);
     assert.match(mail.text ?? "", /^see this/);
     assert.equal(mail.attachments[0]?.filename, "a.pdf");
     assert.ok(mail.attachments[0]?.content.equals(Buffer.from("0123456789")));
     const big = event(content);
-    await handler(5, null).handle(big, portal);
+    await handler(5, null).handle(big, dm.portal);
     const html = String((await queued(big.event_id)).html);
     assert.match(html, /see <strong>this<\/strong>/);
-    assert.match(html, new RegExp(`<a href="https://matrix\\.to/#/${encodeURIComponent(portal.roomId)}/[^"]+">`));
+    assert.match(html, new RegExp(`<a href="https://matrix\\.to/#/${encodeURIComponent(dm.portal.roomId)}/[^"]+">`));
   });
 });
