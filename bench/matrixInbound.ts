@@ -13,6 +13,11 @@
  * Reference: the same ghosts join a second (public) room and N `PUT /rooms/{room}/send/
  * m.room.message/{txn}?user_id=<ghost>` with the appservice token, C in parallel, content of
  * the same size; from the first PUT until alice's /sync has shown the N-th event.
+ *
+ * Then the same into R rooms (`rooms`, mail i to room i mod R): the bridge posts rooms in
+ * parallel (`inbound.concurrency`, default 4) and each room in order; the reference sends into R
+ * rooms of its own, one PUT at a time per room (R in parallel), which keeps each room's order
+ * as the bridge must.
  */
 import { randomBytes } from "node:crypto";
 import { createMailboxRoom, MAIL_DOMAIN } from "../test/e2e/env.ts";
@@ -31,6 +36,8 @@ export interface MatrixInboundSettings {
   connections: number;
   /** Distinct senders (ghosts). */
   senders: number;
+  /** Rooms of the second scenario (1: only the one-room scenario runs). */
+  rooms: number;
   /** Approximate mail size, bytes. */
   messageBytes: number;
   /** Longest wait for the events, ms. */
@@ -51,24 +58,40 @@ function directBody(tag: string, i: number, bytes: number): string {
  * Run part 2.
  * @param mb the running Synapse + bridge
  * @param s the knobs
- * @returns one table row (events/s of the bridge vs the direct sender)
+ * @returns table rows: one room against both references, then `s.rooms` rooms
  */
 export async function runMatrixInbound(mb: MatrixBench, s: MatrixInboundSettings): Promise<TableRow[]> {
-  const figure = `mail->Matrix events/s (${s.messages} mails, ${s.connections} SMTP conns)`;
-  try {
-    return await measure(mb, s, figure);
-  } catch (err) {
-    progress(`  [inbound] FAILED: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-    return [{ part: "inbound", figure, value: "failed", reference: "-", ratio: "-", target: TARGET, note: `inbound: ${reason(err)}` }];
+  const rows: TableRow[] = [];
+  for (const rooms of s.rooms > 1 ? [1, s.rooms] : [1]) {
+    const figure = `mail->Matrix events/s (${s.messages} mails, ${s.connections} SMTP conns${rooms > 1 ? `, ${rooms} rooms` : ""})`;
+    try {
+      rows.push(...(await measure(mb, s, figure, rooms)));
+    } catch (err) {
+      progress(`  [inbound] FAILED: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      rows.push({ part: "inbound", figure, value: "failed", reference: "-", ratio: "-", target: TARGET, note: `inbound: ${reason(err)}` });
+    }
   }
+  return rows;
 }
 
-async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string): Promise<TableRow[]> {
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string, rooms: number): Promise<TableRow[]> {
   const { alice, bridge } = mb;
-  progress(`[inbound] ${s.messages} mails over ${s.connections} SMTP connections from ${s.senders} verified senders into a room mailbox; references: direct appservice PUTs, ${s.connections} in parallel and one at a time`);
-  const roomA = await createMailboxRoom(alice, "benchin", "bench inbound");
-  const recipient = `benchin@${MAIL_DOMAIN}`;
-  const watchA = await RoomWatcher.start(alice, roomA);
+  progress(
+    `[inbound] ${s.messages} mails over ${s.connections} SMTP connections from ${s.senders} verified senders into ${rooms} room mailbox(es); references: direct appservice PUTs, ` +
+      (rooms > 1 ? `one at a time per room, ${rooms} rooms in parallel` : `${s.connections} in parallel and one at a time`),
+  );
+  const roomIds: string[] = [];
+  const recipients: string[] = [];
+  for (let k = 0; k < rooms; k++) {
+    const local = rooms > 1 ? `benchin${k}` : "benchin";
+    roomIds.push(await createMailboxRoom(alice, local, `bench inbound ${local}`));
+    recipients.push(`${local}@${MAIL_DOMAIN}`);
+  }
+  const watchA = await RoomWatcher.start(alice, roomIds);
   const fromGhost = (tag: string) => (e: MatrixEvent) =>
     e.type === "m.room.message" && e.sender.startsWith("@email_") && String(e.content.body ?? "").includes(`bench ${tag} `);
   const job = (tag: string, messages: number) => ({
@@ -78,7 +101,8 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
     reuse: true,
     timeCapMs: s.timeoutMs,
     messageBytes: s.messageBytes,
-    recipient,
+    recipient: recipients[0]!,
+    moreRecipients: recipients.slice(1),
     senderPrefix: "benchsender",
     senderDomain: "example.org",
     senders: s.senders,
@@ -86,14 +110,16 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
   });
 
   try {
-    // Warm-up, untimed: one mail per sender, so every ghost exists and is in the room.
+    // Warm-up, untimed: mail i goes from sender i mod S to room i mod R, so the first lcm(S, R)
+    // mails make every (sender, room) pair of the timed run: every ghost exists and is in its rooms.
+    const warmCount = (s.senders * rooms) / gcd(s.senders, rooms);
     const warmTag = `w${randomBytes(3).toString("hex")}`;
-    const warm = await runSmtpLoad(job(warmTag, s.senders), s.timeoutMs + 60_000);
-    if (warm.accepted !== s.senders) throw new Error(`warm-up: ${warm.accepted}/${s.senders} mails accepted: ${warm.errors.join(" | ")}`);
-    const warmSeen = await watchA.waitFor(fromGhost(warmTag), s.senders, s.timeoutMs);
-    if (!warmSeen.complete) throw new Error(`warm-up: ${warmSeen.events.length}/${s.senders} events seen within ${s.timeoutMs / 1000} s`);
+    const warm = await runSmtpLoad(job(warmTag, warmCount), s.timeoutMs + 60_000);
+    if (warm.accepted !== warmCount) throw new Error(`warm-up: ${warm.accepted}/${warmCount} mails accepted: ${warm.errors.join(" | ")}`);
+    const warmSeen = await watchA.waitFor(fromGhost(warmTag), warmCount, s.timeoutMs);
+    if (!warmSeen.complete) throw new Error(`warm-up: ${warmSeen.events.length}/${warmCount} events seen within ${s.timeoutMs / 1000} s`);
     const ghosts = [...new Set(warmSeen.events.map((e) => e.event.sender))];
-    progress(`  [inbound] warm-up: ${s.senders} mails posted by ${ghosts.length} ghosts (${ghosts.filter((g) => !g.includes("/unverified")).length} verified)`);
+    progress(`  [inbound] warm-up: ${warmCount} mails posted by ${ghosts.length} ghosts (${ghosts.filter((g) => !g.includes("/unverified")).length} verified)`);
 
     // Timed: N mails over C connections.
     const tag = `t${randomBytes(3).toString("hex")}`;
@@ -110,24 +136,24 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
         (watchA.gaps ? `; ${watchA.gaps} limited /sync timelines` : ""),
     );
 
-    // References: the same ghosts, a room they join, PUTs with the AS token: C in parallel (the
-    // homeserver's best, order not kept), and one at a time (what keeps a room's order, as the
-    // bridge must).
-    const direct = await directSender(mb, ghosts, s, s.connections);
-    const ordered = await directSender(mb, ghosts, s, 1);
     const notes: string[] = [];
     if (!seen.complete) notes.push(`inbound: only ${seen.events.length}/${s.messages} bridge events within ${s.timeoutMs / 1000} s`);
     if (verified !== seen.events.length) notes.push(`inbound: ${seen.events.length - verified} events from unverified ghosts`);
-    const row = (ref: DirectResult, label: string, extra: string[]): TableRow => ({
+    const row = (ref: DirectResult, label: string): TableRow => ({
       part: "inbound",
       figure: `${figure}${label}`,
       value: seen.complete ? `${num(bridgeRate)} events/s` : `${seen.events.length}/${s.messages} in time`,
-      reference: ref.rate !== null ? `direct AS sender${ref.parallel > 1 ? `, ${ref.parallel} in parallel` : ", one at a time"} ${num(ref.rate)} events/s` : "incomplete",
+      reference: ref.rate !== null ? `direct AS sender, ${ref.label} ${num(ref.rate)} events/s` : "incomplete",
       ratio: seen.complete && ref.rate !== null ? `${(bridgeRate / ref.rate).toFixed(2)}x` : "-",
       target: TARGET,
-      ...([...notes, ...extra].length ? { note: [...notes, ...extra].join("; ") } : {}),
+      ...([...notes, ...ref.notes].length ? { note: [...notes, ...ref.notes].join("; ") } : {}),
     });
-    return [row(direct, "", direct.notes), row(ordered, ", vs an order-keeping sender", ordered.notes)];
+    if (rooms > 1) return [row(await directSender(mb, ghosts, s, rooms, 1), "")];
+    // One room: C in parallel (the homeserver's best, order not kept), and one at a time (what
+    // keeps a room's order, as the bridge must).
+    const direct = await directSender(mb, ghosts, s, 1, s.connections);
+    const ordered = await directSender(mb, ghosts, s, 1, 1);
+    return [row(direct, ""), row(ordered, ", vs an order-keeping sender")];
   } finally {
     watchA.stop();
   }
@@ -135,8 +161,8 @@ async function measure(mb: MatrixBench, s: MatrixInboundSettings, figure: string
 
 /** What {@link directSender} measured. */
 interface DirectResult {
-  /** PUTs in flight at once. */
-  parallel: number;
+  /** How it sent, for the table: "8 in parallel", "one at a time", "one at a time per room, 8 rooms". */
+  label: string;
   /** Events/s from the first PUT to the last event seen; null when not all were seen in time. */
   rate: number | null;
   /** Problems to print under the table. */
@@ -145,48 +171,64 @@ interface DirectResult {
 
 /**
  * The reference: `s.messages` `PUT /rooms/{room}/send/m.room.message/{txn}?user_id=<ghost>` with
- * the appservice token, by the same ghosts, into a new room they join, `parallel` at a time,
- * timed from the first PUT to the last event seen by alice's `/sync`.
+ * the appservice token, by the same ghosts, into `rooms` new rooms they join (message i into
+ * room i mod `rooms`), `perRoom` at a time into each room, timed from the first PUT to the last
+ * event seen by alice's `/sync`.
  */
-async function directSender(mb: MatrixBench, ghosts: string[], s: MatrixInboundSettings, parallel: number): Promise<DirectResult> {
+async function directSender(mb: MatrixBench, ghosts: string[], s: MatrixInboundSettings, rooms: number, perRoom: number): Promise<DirectResult> {
   const { env, alice } = mb;
-  const room = await alice.createRoom({ preset: "public_chat", name: `bench direct x${parallel}` });
+  const label = rooms > 1 ? `one at a time per room, ${rooms} rooms` : perRoom > 1 ? `${perRoom} in parallel` : "one at a time";
+  const roomIds: string[] = [];
+  for (let k = 0; k < rooms; k++) roomIds.push(await alice.createRoom({ preset: "public_chat", name: `bench direct ${label} ${k}` }));
   const clients = ghosts.map((g) => MatrixTestClient.forAppserviceUser(env.synapse.url, mb.asToken, g));
-  for (const c of clients) await c.join(room);
-  const watch = await RoomWatcher.start(alice, room);
+  for (const c of clients) for (const room of roomIds) await c.join(room);
+  const watch = await RoomWatcher.start(alice, roomIds);
   try {
     const dtag = `d${randomBytes(3).toString("hex")}`;
     const bodyBytes = Math.max(100, s.messageBytes - 400);
     const seenP = watch.waitFor((e) => e.type === "m.room.message" && String(e.content.body ?? "").includes(`bench ${dtag} `), s.messages, s.timeoutMs);
     const t0 = Date.now();
-    let next = 0;
     const errors: string[] = [];
-    const worker = async (): Promise<void> => {
-      for (let i = next++; i < s.messages; i = next++) {
-        const c = clients[i % clients.length]!;
-        const body = directBody(dtag, i, bodyBytes);
-        try {
-          await c.request("PUT", `/rooms/${encodeURIComponent(room)}/send/m.room.message/${encodeURIComponent(`bench-${dtag}-${i}`)}`, {
-            msgtype: "m.text",
-            body,
-            format: "org.matrix.custom.html",
-            formatted_body: body.replace(/\n/g, "<br>"),
-          });
-        } catch (err) {
-          if (errors.length < 3) errors.push(reason(err));
-        }
+    const send = async (i: number): Promise<void> => {
+      const c = clients[i % clients.length]!;
+      const room = roomIds[i % rooms]!;
+      const body = directBody(dtag, i, bodyBytes);
+      try {
+        await c.request("PUT", `/rooms/${encodeURIComponent(room)}/send/m.room.message/${encodeURIComponent(`bench-${dtag}-${i}`)}`, {
+          msgtype: "m.text",
+          body,
+          format: "org.matrix.custom.html",
+          formatted_body: body.replace(/\n/g, "<br>"),
+        });
+      } catch (err) {
+        if (errors.length < 3) errors.push(reason(err));
       }
     };
-    await Promise.all(Array.from({ length: parallel }, () => worker()));
+    // Per room, `perRoom` workers take that room's messages in order.
+    const workers: Promise<void>[] = [];
+    for (let k = 0; k < rooms; k++) {
+      let next = k;
+      for (let w = 0; w < perRoom; w++) {
+        workers.push(
+          (async () => {
+            for (let i = next; i < s.messages; i = next) {
+              next += rooms;
+              await send(i);
+            }
+          })(),
+        );
+      }
+    }
+    await Promise.all(workers);
     const putsS = (Date.now() - t0) / 1000;
     const seen = await seenP;
     const lastS = (Math.max(...seen.events.map((e) => e.at)) - t0) / 1000;
     const rate = seen.complete ? seen.events.length / lastS : null;
     progress(
-      `  [inbound] direct appservice sender, ${parallel} at a time: ${s.messages} PUTs done in ${putsS.toFixed(2)} s; ${seen.events.length} events seen, last ${lastS.toFixed(2)} s after the first PUT = ${num(rate ?? NaN)} events/s` +
+      `  [inbound] direct appservice sender, ${label}: ${s.messages} PUTs done in ${putsS.toFixed(2)} s; ${seen.events.length} events seen, last ${lastS.toFixed(2)} s after the first PUT = ${num(rate ?? NaN)} events/s` +
         (errors.length ? `; errors: ${errors.join(" | ")}` : ""),
     );
-    return { parallel, rate, notes: seen.complete ? [] : [`inbound: only ${seen.events.length}/${s.messages} direct events (${parallel} at a time) within ${s.timeoutMs / 1000} s`] };
+    return { label, rate, notes: seen.complete ? [] : [`inbound: only ${seen.events.length}/${s.messages} direct events (${label}) within ${s.timeoutMs / 1000} s`] };
   } finally {
     watch.stop();
   }

@@ -28,7 +28,7 @@ const LONG_POLL_MS = 5_000;
  */
 export class RoomWatcher {
   readonly #client: MatrixTestClient;
-  readonly #roomId: string;
+  readonly #roomIds: string[];
   readonly #seen: SeenEvent[] = [];
   readonly #ids = new Set<string>();
   #since: string;
@@ -38,28 +38,30 @@ export class RoomWatcher {
   #wake: (() => void) | null = null;
   readonly #loop: Promise<void>;
 
-  private constructor(client: MatrixTestClient, roomId: string, since: string) {
+  private constructor(client: MatrixTestClient, roomIds: string[], since: string) {
     this.#client = client;
-    this.#roomId = roomId;
+    this.#roomIds = roomIds;
     this.#since = since;
     this.#loop = this.#run();
   }
 
   /**
-   * Start watching `roomId` as `client` (who must be joined): events after this call count.
+   * Start watching `rooms` (one room ID or several) as `client` (who must be joined): events
+   * after this call count, from any of the rooms.
    * @throws MatrixApiError when the first /sync fails
    */
-  static async start(client: MatrixTestClient, roomId: string): Promise<RoomWatcher> {
-    const first = await client.sync({ filter: RoomWatcher.#filter(roomId, 1) });
-    return new RoomWatcher(client, roomId, first.next_batch);
+  static async start(client: MatrixTestClient, rooms: string | string[]): Promise<RoomWatcher> {
+    const roomIds = typeof rooms === "string" ? [rooms] : rooms;
+    const first = await client.sync({ filter: RoomWatcher.#filter(roomIds, 1) });
+    return new RoomWatcher(client, roomIds, first.next_batch);
   }
 
-  static #filter(roomId: string, limit: number): Record<string, unknown> {
+  static #filter(roomIds: string[], limit: number): Record<string, unknown> {
     return {
       presence: { types: [] },
       account_data: { types: [] },
       room: {
-        rooms: [roomId],
+        rooms: roomIds,
         timeline: { limit },
         state: { types: [] },
         ephemeral: { types: [] },
@@ -74,18 +76,20 @@ export class RoomWatcher {
   }
 
   async #run(): Promise<void> {
-    const filter = RoomWatcher.#filter(this.#roomId, 1000);
+    const filter = RoomWatcher.#filter(this.#roomIds, 1000);
     while (!this.#stopped) {
       try {
         const res = await this.#client.sync({ since: this.#since, timeoutMs: LONG_POLL_MS, filter });
         const at = Date.now();
         this.#since = res.next_batch;
-        const room = res.rooms?.join?.[this.#roomId] as { timeline?: { events?: MatrixEvent[]; limited?: boolean } } | undefined;
-        if (room?.timeline?.limited) this.#gaps++;
-        for (const event of room?.timeline?.events ?? []) {
-          if (this.#ids.has(event.event_id)) continue;
-          this.#ids.add(event.event_id);
-          this.#seen.push({ event, at });
+        for (const roomId of this.#roomIds) {
+          const room = res.rooms?.join?.[roomId] as { timeline?: { events?: MatrixEvent[]; limited?: boolean } } | undefined;
+          if (room?.timeline?.limited) this.#gaps++;
+          for (const event of room?.timeline?.events ?? []) {
+            if (this.#ids.has(event.event_id)) continue;
+            this.#ids.add(event.event_id);
+            this.#seen.push({ event: { ...event, room_id: roomId }, at });
+          }
         }
       } catch (err) {
         if (this.#stopped) break;

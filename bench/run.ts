@@ -80,6 +80,7 @@ async function main(): Promise<void> {
               messages: intEnv("BENCH_MATRIX_MESSAGES", 200),
               connections: intEnv("BENCH_MATRIX_CONNECTIONS", 8),
               senders: intEnv("BENCH_MATRIX_SENDERS", 8),
+              rooms: intEnv("BENCH_MATRIX_ROOMS", 8),
               messageBytes: intEnv("BENCH_MESSAGE_BYTES", 2048),
               timeoutMs,
             })),

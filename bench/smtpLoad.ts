@@ -29,6 +29,8 @@ export interface SmtpLoadJob {
   messageBytes: number;
   /** Envelope and To: recipient. */
   recipient: string;
+  /** More recipients: message `i` goes to `[recipient, ...moreRecipients][i % n]` (one each). */
+  moreRecipients?: string[];
   /** Senders are `<senderPrefix><i % senders>@<senderDomain>`. */
   senderPrefix: string;
   senderDomain: string;
@@ -89,6 +91,11 @@ function textOfSize(bytes: number): string {
   return lines.join("\r\n") + "\r\n";
 }
 
+function recipientOf(job: SmtpLoadJob, i: number): string {
+  const all = [job.recipient, ...(job.moreRecipients ?? [])];
+  return all[i % all.length]!;
+}
+
 function senderOf(job: SmtpLoadJob, i: number): string {
   return `${job.senderPrefix}${i % job.senders}@${job.senderDomain}`;
 }
@@ -97,7 +104,7 @@ function senderOf(job: SmtpLoadJob, i: number): string {
 function headOf(job: SmtpLoadJob, i: number): string {
   return (
     `From: "Bench Sender ${i % job.senders}" <${senderOf(job, i)}>\r\n` +
-    `To: <${job.recipient}>\r\n` +
+    `To: <${recipientOf(job, i)}>\r\n` +
     `Subject: bench ${job.tag} ${i}\r\n` +
     `Date: ${new Date().toUTCString().replace("GMT", "+0000")}\r\n` +
     `Message-ID: <bench.${job.tag}.${i}@${job.senderDomain}>\r\n` +
@@ -188,7 +195,7 @@ async function runClients(job: SmtpLoadJob): Promise<SmtpLoadResult> {
     return next++;
   };
   const messageOf = (i: number): Buffer => Buffer.concat([Buffer.from(headOf(job, i)), body]);
-  const envelopeOf = (i: number): SMTPEnvelope => ({ from: senderOf(job, i), to: [job.recipient] });
+  const envelopeOf = (i: number): SMTPEnvelope => ({ from: senderOf(job, i), to: [recipientOf(job, i)] });
 
   /** One connection per client, its messages sent one after the other (RSET between). */
   const reusedWorker = async (): Promise<void> => {
