@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/ensure-node.sh
 source scripts/ensure-node.sh 2>/dev/null
-exec node src/main.ts "$@"
+# --max-semi-space-size=4: as the bridge ships (docs/operations.md, "Memory").
+exec node --max-semi-space-size=4 src/main.ts "$@"

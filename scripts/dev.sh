@@ -10,4 +10,4 @@ MEB_CACHE="${MEB_CACHE:-$HOME/.cache/matrix-email-bridge}"
 export MEB_CACHE
 export MEB_SYNAPSE_VENV="${MEB_SYNAPSE_VENV:-$MEB_CACHE/synapse-venv}"
 bash scripts/install-synapse.sh
-exec node scripts/dev.ts "$@"
+exec node --max-semi-space-size=4 scripts/dev.ts "$@"
