@@ -32,6 +32,7 @@ import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
 import { AUTH_FIELD, RECIPIENT_FIELD, authContent, cutText, mailToMatrix, recipientLine, unverifiedWarning } from "./format/toMatrix.ts";
 import { escapeHtml } from "./format/html.ts";
+import { encryptFile } from "./format/encryptedFile.ts";
 import { sanitizeHtml, sanitizeMailHtml } from "./format/sanitize.ts";
 import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
@@ -242,11 +243,15 @@ export class InboundPoster {
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
 
     const roomId = await this.roomFor(row, ghost, mail);
+    // In an end-to-end-encrypted room every file is posted as an encrypted attachment; an image
+    // cannot be shown inline there (`<img src>` takes only plain mxc:// media), so it follows the
+    // message as an encrypted image instead.
+    const encrypted = await matrix.isEncrypted(roomId, ghost.userId);
     const verdict = authContent(row.auth);
     const isReply = row.replyToEventId !== null;
     const ctx = { inbound: row.id, roomId };
     // Inline images, forwarded messages and calendars are read before the message that shows them.
-    const parts = await prepareParts(row.raw, mail, { showHtml: !isReply, upload: (image, i) => this.uploadInline(row, ghost, image, i), ctx });
+    const parts = await prepareParts(row.raw, mail, { showHtml: !isReply, upload: (image, i) => (encrypted ? Promise.resolve(null) : this.uploadInline(row, ghost, image, i)), ctx });
     const fold: FoldedReply = isReply ? await foldReply(mail.text) : { text: mail.text, folded: false };
     const { content, cut } = this.content(row, mail, fold, parts);
     content[AUTH_FIELD] = verdict;
@@ -272,7 +277,7 @@ export class InboundPoster {
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from([mail.text, ...parts.blocks.map((b) => b.text)].join("\n\n"), "utf8") });
     // What did not decode, or was folded away, is not lost: the original goes with what is shown.
     if (mail.losses.length > 0 || fold.folded) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
-    for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation);
+    for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation, encrypted);
     // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
     // An inline image the message shows is not posted again; one it does not show is, with its upload.
     const formatted = String(content.formatted_body ?? "");
@@ -289,6 +294,7 @@ export class InboundPoster {
             files.length + i,
             verdict,
             fileRelation,
+            encrypted,
             parts.inline.get(i),
           ),
         { only: (_info, i) => postAsFile(i) },
@@ -511,7 +517,11 @@ export class InboundPoster {
    * even as `application/octet-stream`, are named in a notice instead: one bad attachment never
    * stops the others. Temporary failures throw (the row is retried; the sends are idempotent).
    * @param relation the thread the file (or its notice) goes into, or null for the main timeline
-   * @param uploaded the file's upload when it was uploaded already (an inline image the message does not show)
+   * @param encrypted whether the room is end-to-end encrypted: the file is then encrypted before
+   *   it is uploaded and posted as an encrypted attachment (`file` instead of `url`; Client-Server
+   *   API › End-to-end encryption › "Sending encrypted attachments")
+   * @param uploaded the file's upload when it was uploaded already (an inline image the message
+   *   does not show; never in an encrypted room)
    */
   private async postFile(
     row: InboundRow,
@@ -521,6 +531,7 @@ export class InboundPoster {
     index: number,
     verdict: AuthFields,
     relation: ThreadRelation | null,
+    encrypted: boolean,
     uploaded?: InlineImage,
   ): Promise<void> {
     const { matrix } = this.opts;
@@ -535,14 +546,26 @@ export class InboundPoster {
       await notice(`is larger than this homeserver's upload limit of ${limit} bytes and was not posted.`);
       return;
     }
+    if (encrypted) {
+      // Only the ciphertext reaches the media repository; the key goes in the encrypted event.
+      const sealed = encryptFile(file.content);
+      const stored = await this.uploadFile(row, ghost, roomId, { ...file, contentType: "application/octet-stream", content: sealed.ciphertext });
+      if ("refused" in stored) {
+        await notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
+        return;
+      }
+      const mimetype = safeMimeType(file.contentType);
+      const media = { msgtype: msgtypeOf(mimetype), body: file.filename, filename: file.filename, file: { ...sealed.file, url: stored.url }, info: { mimetype, size } };
+      await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { ...media, [AUTH_FIELD]: verdict, ...related }, txnId);
+      return;
+    }
     const stored = uploaded ?? (await this.uploadFile(row, ghost, roomId, file));
     if ("refused" in stored) {
       await notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
       return;
     }
     const { url, mimetype } = stored;
-    const msgtype = mimetype.startsWith("image/") ? "m.image" : mimetype.startsWith("audio/") ? "m.audio" : mimetype.startsWith("video/") ? "m.video" : "m.file";
-    await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype, body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict, ...related }, txnId);
+    await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: msgtypeOf(mimetype), body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict, ...related }, txnId);
   }
 
   /**
@@ -569,6 +592,11 @@ export class InboundPoster {
       return { refused: second.message };
     }
   }
+}
+
+/** The message type a file of `mimetype` is posted as: `m.image`, `m.audio`, `m.video`, else `m.file`. */
+function msgtypeOf(mimetype: string): "m.image" | "m.audio" | "m.video" | "m.file" {
+  return mimetype.startsWith("image/") ? "m.image" : mimetype.startsWith("audio/") ? "m.audio" : mimetype.startsWith("video/") ? "m.video" : "m.file";
 }
 
 /**

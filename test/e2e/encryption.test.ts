@@ -9,7 +9,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { simpleParser } from "mailparser";
 import { prepareEnv, MAIL_DOMAIN, type PreparedEnv } from "./env.ts";
 import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
@@ -171,6 +171,52 @@ describe("encrypted rooms, homeserver with the experimental features", () => {
     const posted = await alice.waitForMessage(vault, (m) => m.sender === "@email_erin=40example.net:localhost" && String(m.content.body).includes("Two gold bars"));
     assert.equal(posted.wireType, "m.room.encrypted");
     assert.notEqual(posted.shield?.colour, "red", JSON.stringify(posted.shield));
+  });
+
+  it("a mail's attachment reaches the encrypted room as an encrypted attachment: the media repository holds only ciphertext", async () => {
+    const safe = await alice.createEncryptedRoom("Safe", [BOT]);
+    await alice.waitForMembership(safe, BOT, "join");
+    await alice.sendText(safe, "!email mailbox on safe");
+    await alice.waitForMessage(safe, (m) => m.sender === BOT && /^Done: mail to safe@/.test(String(m.content.body)));
+    const pdf = Buffer.concat([Buffer.from("%PDF-1.4\n"), randomBytes(30_000)]);
+    const raw = [
+      "From: Erin <erin@example.net>",
+      `To: safe@${MAIL_DOMAIN}`,
+      "Subject: The deeds",
+      `Message-ID: <deeds.${randomBytes(4).toString("hex")}@example.net>`,
+      `Date: ${new Date().toUTCString()}`,
+      "MIME-Version: 1.0",
+      'Content-Type: multipart/mixed; boundary="b1"',
+      "",
+      "--b1",
+      "Content-Type: text/plain; charset=utf-8",
+      "",
+      "The deeds are attached.",
+      "--b1",
+      'Content-Type: application/pdf; name="deeds.pdf"',
+      'Content-Disposition: attachment; filename="deeds.pdf"',
+      "Content-Transfer-Encoding: base64",
+      "",
+      pdf.toString("base64").replace(/.{76}/g, "$&\r\n"),
+      "--b1--",
+      "",
+    ].join("\r\n");
+    assert.match(await env.sendRaw(raw, { from: "erin@example.net", to: `safe@${MAIL_DOMAIN}` }), /^250/);
+    const posted = await alice.waitForMessage(safe, (m) => m.sender === "@email_erin=40example.net:localhost" && m.content.body === "deeds.pdf");
+    assert.equal(posted.wireType, "m.room.encrypted");
+    assert.equal(posted.content.msgtype, "m.file");
+    assert.equal(posted.content.url, undefined, "no plain media URL");
+    const file = posted.content.file as { url: string; key: { k: string; alg: string }; iv: string; hashes: { sha256: string } };
+    assert.equal(file.key.alg, "A256CTR");
+    const [serverName, mediaId] = file.url.replace("mxc://", "").split("/");
+    const res = await fetch(`${env.synapse.url}/_matrix/client/v1/media/download/${serverName}/${mediaId}`, { headers: { Authorization: `Bearer ${alice.client.getAccessToken()}` } });
+    assert.equal(res.status, 200);
+    const stored = Buffer.from(await res.arrayBuffer());
+    assert.ok(!stored.equals(pdf) && !stored.includes(pdf.subarray(0, 64)), "the homeserver holds ciphertext only");
+    assert.equal(createHash("sha256").update(stored).digest("base64").replace(/=+$/, ""), file.hashes.sha256);
+    // Decrypted here with node:crypto alone, as a client would (AES-256-CTR, key and IV from the event).
+    const decipher = createDecipheriv("aes-256-ctr", Buffer.from(file.key.k, "base64url"), Buffer.from(file.iv, "base64"));
+    assert.ok(Buffer.concat([decipher.update(stored), decipher.final()]).equals(pdf), "the event's key decrypts it to the attachment");
   });
 });
 

@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
 import type { MatrixActions } from "../../src/bridge/ports.ts";
+import { decryptFile, type EncryptedFile } from "../../src/bridge/format/encryptedFile.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, NewInbound } from "../../src/store/Store.ts";
@@ -25,13 +26,13 @@ if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
 const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomain: "bridge.test", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 
 /** An error the fake homeserver throws, with the status it classifies as (null: a network error, temporary). */
-type Op = { op: "upload"; name: string; type: string; size: number; url: string } | { op: "send"; content: Record<string, unknown>; txnId: string | undefined };
+type Op = { op: "upload"; name: string; type: string; size: number; url: string; data: Buffer } | { op: "send"; content: Record<string, unknown>; txnId: string | undefined };
 
 /** What the fake homeserver does with an upload: accept it, refuse it (400), or fail (temporary). */
 type UploadRule = (type: string, name: string, attempt: number) => "ok" | "refuse" | "fail";
 
 /** A homeserver that records uploads and sends in order; uploads are judged by `rule`. */
-function fakeHomeserver(limit: number | null, rule: UploadRule): MatrixActions & { ops: Op[] } {
+function fakeHomeserver(limit: number | null, rule: UploadRule, encrypted = false): MatrixActions & { ops: Op[] } {
   const ops: Op[] = [];
   const attempts = new Map<string, number>();
   const known: Partial<MatrixActions> = {
@@ -45,6 +46,7 @@ function fakeHomeserver(limit: number | null, rule: UploadRule): MatrixActions &
       return `$event${ops.length - 1}`;
     },
     uploadLimitBytes: async () => limit,
+    isEncrypted: async () => encrypted,
     uploadContent: async (_user, data, type, name) => {
       const key = `${type} ${name}`;
       const attempt = (attempts.get(key) ?? 0) + 1;
@@ -53,7 +55,7 @@ function fakeHomeserver(limit: number | null, rule: UploadRule): MatrixActions &
       if (verdict === "refuse") throw new FakeHttpError(400, `M_UNKNOWN: ${type} not accepted`);
       if (verdict === "fail") throw new FakeHttpError(null, "connection reset");
       const url = `mxc://hs.test/u${ops.filter((o) => o.op === "upload").length + 1}`;
-      ops.push({ op: "upload", name, type, size: data.length, url });
+      ops.push({ op: "upload", name, type, size: data.length, url, data });
       return url;
     },
   };
@@ -126,8 +128,8 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
   });
 
   /** Post one mail; returns what the homeserver saw, in order. */
-  async function post(raw: Buffer, opts: { over?: Partial<NewInbound>; limit?: number | null; rule?: UploadRule; maxTextBytes?: number } = {}): Promise<Op[]> {
-    const matrix = fakeHomeserver(opts.limit ?? null, opts.rule ?? (() => "ok"));
+  async function post(raw: Buffer, opts: { over?: Partial<NewInbound>; limit?: number | null; rule?: UploadRule; maxTextBytes?: number; encrypted?: boolean } = {}): Promise<Op[]> {
+    const matrix = fakeHomeserver(opts.limit ?? null, opts.rule ?? (() => "ok"), opts.encrypted ?? false);
     const poster = new InboundPoster({
       store,
       matrix,
@@ -157,6 +159,32 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     assert.equal(upload.size, logo.length);
     assert.equal(upload.type, "image/png");
     assert.equal(sends(ops)[0]!.content.formatted_body, `<p><strong>Logo</strong></p><p>Our logo:</p><p><img src="${upload.url}" alt="logo" /></p><p>The end.</p>`);
+  });
+
+  it("in an encrypted room every file is an encrypted attachment: only ciphertext is uploaded, the key is in the event; the cid: image follows the message", async () => {
+    const logo = image(40, 9);
+    const ops = await post(relatedMail({ logo, messageId: "inline-enc@example.org" }), { encrypted: true });
+    assert.deepEqual(
+      ops.map((o) => (o.op === "upload" ? `upload ${o.name} ${o.type}` : `send ${String(o.content.msgtype)} ${String(o.content.body).split("\n")[0]}`)),
+      [
+        "send m.text Logo",
+        "upload logo.png application/octet-stream",
+        "send m.image logo.png",
+        "upload photo.png application/octet-stream",
+        "send m.image photo.png",
+        "upload doc.pdf application/octet-stream",
+        "send m.file doc.pdf",
+      ],
+    );
+    const [message, logoEvent] = sends(ops);
+    assert.ok(!String(message!.content.formatted_body).includes("<img"), "no plain media in the message");
+    const upload = ops.find((o): o is Extract<Op, { op: "upload" }> => o.op === "upload" && o.name === "logo.png")!;
+    assert.ok(!upload.data.equals(logo), "the homeserver never gets the plaintext");
+    assert.equal(logoEvent!.content.url, undefined);
+    const file = logoEvent!.content.file as EncryptedFile;
+    assert.equal(file.url, upload.url);
+    assert.deepEqual(logoEvent!.content.info, { mimetype: "image/png", size: logo.length });
+    assert.ok(decryptFile(upload.data, file).equals(logo), "the event's key decrypts the upload to the image");
   });
 
   it("a cid: image over the upload limit is not shown; it is named in a notice after the message", async () => {

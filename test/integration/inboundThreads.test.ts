@@ -36,6 +36,7 @@ function fakeHomeserver(refusedRoots: Set<string>): MatrixActions & { sends: { c
       return `$posted${sends.length}`;
     },
     uploadLimitBytes: async () => null,
+    isEncrypted: async () => false,
     uploadContent: async () => "mxc://hs.test/file",
   };
   return strictHomeserver(known, { sends });

@@ -139,6 +139,7 @@ function flakyHomeserver(): MatrixActions & { sent: number } {
     ensureGhost: async () => {},
     join: async () => {},
     botNotice: async () => {},
+    isEncrypted: async () => false,
     sendEvent: async () => {
       if (state.failNext) {
         state.failNext = false;

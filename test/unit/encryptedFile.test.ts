@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createCipheriv, createHash, randomBytes } from "node:crypto";
-import { decryptFile, encryptedFileOf, EncryptedFileError, type EncryptedFile } from "../../src/bridge/format/encryptedFile.ts";
+import { decryptFile, encryptedFileOf, encryptFile, EncryptedFileError, type EncryptedFile } from "../../src/bridge/format/encryptedFile.ts";
 
 /** Encrypt as a client does: a random key, a random IV with its counter half zero. */
 function encrypt(plain: Buffer): { data: Buffer; file: EncryptedFile } {
@@ -47,4 +47,22 @@ test("encryptedFileOf: none for a plain file, the object for an encrypted one, a
   const { file } = encrypt(Buffer.from("x"));
   assert.equal(encryptedFileOf({ msgtype: "m.file", file })?.url, "mxc://hs.test/abc");
   assert.throws(() => encryptedFileOf({ msgtype: "m.file", file: { url: "mxc://hs.test/abc" } }), EncryptedFileError);
+});
+
+test("encryptFile: what it encrypts, decryptFile gives back; fresh key and IV each time, counter's low half zero", () => {
+  const plain = Buffer.concat([Buffer.from("%PDF-1.4\n"), Buffer.alloc(70_000, 7)]);
+  const a = encryptFile(plain);
+  const b = encryptFile(plain);
+  assert.equal(a.ciphertext.length, plain.length);
+  assert.ok(!a.ciphertext.equals(plain));
+  assert.notEqual(a.file.key.k, b.file.key.k);
+  assert.notEqual(a.file.iv, b.file.iv);
+  assert.equal(a.file.key.alg, "A256CTR");
+  assert.equal(a.file.v, "v2");
+  assert.ok(Buffer.from(a.file.iv, "base64").subarray(8).equals(Buffer.alloc(8)));
+  assert.ok(decryptFile(a.ciphertext, { ...a.file, url: "mxc://hs/x" }).equals(plain));
+  // The hash covers the ciphertext: a flipped byte is refused.
+  const tampered = Buffer.from(a.ciphertext);
+  tampered[0] = tampered[0]! ^ 1;
+  assert.throws(() => decryptFile(tampered, { ...a.file, url: "mxc://hs/x" }), EncryptedFileError);
 });
