@@ -336,7 +336,7 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     : null;
   // Up before the homeserver wait, so /health says what is not up yet.
   const appserviceAddress = { bindAddress: config.appservice.bind_address, port: config.appservice.port };
-  const ops = config.metrics.enabled ? await startOperationsListener({ config: config.metrics, metrics, store, smtp, appservice: appserviceAddress }) : null;
+  const ops = config.metrics.enabled ? await startOperationsListener({ config: config.metrics, metrics, store, smtp, submission: submissionListener, appservice: appserviceAddress }) : null;
   // The admin API (docs/admin-api.md): the same queue actions, addressing and inbound router as the rest.
   const admin = config.admin_api.enabled
     ? await (await import("../admin/AdminApi.ts")).startAdminApi({

@@ -3,7 +3,8 @@
  * metrics listener (util/metrics.ts) to the bridge's parts.
  *
  * Healthy means: the store answers (the queue-size query, within `timeoutMs`), the SMTP
- * listener is bound, and the appservice listener accepts TCP connections. The homeserver is
+ * listener is bound (and the submission listener, when `submission.enabled`), and the
+ * appservice listener accepts TCP connections. The homeserver is
  * not checked: when it is down mail waits in the store and is retried, which the queue
  * gauges show (`meb_queue_depth`, `meb_queue_oldest_age_seconds`), and a restart would not
  * help.
@@ -22,6 +23,8 @@ export interface HealthParts {
   store: Pick<BridgeStore, "queueCounts">;
   /** The SMTP listener (its `listening` flag). */
   smtp: { readonly listening: boolean };
+  /** The submission listener (its `listening` flag); absent when `submission.enabled` is off. */
+  submission?: { readonly listening: boolean } | null;
   /** Where the appservice listener listens (config `appservice.bind_address` / `port`); probed with a TCP connect. */
   appservice: { bindAddress: string; port: number };
   /** Longest wait for the store and for the TCP probe, in ms (default 5000). */
@@ -32,7 +35,7 @@ export interface HealthParts {
 
 /**
  * The health check of the bridge. A change between healthy and unhealthy is logged once.
- * @returns a function that runs the checks (never rejects): healthy when all three are "ok";
+ * @returns a function that runs the checks (never rejects): healthy when all are "ok";
  *   `details.checks` names each part with "ok" or what is wrong, and `details.queues` has the
  *   queue sizes when the store answered
  */
@@ -51,6 +54,7 @@ export function makeHealthCheck(parts: HealthParts): () => Promise<HealthReport>
     const checks = {
       store: store.ok ? "ok" : `error: ${store.error}`,
       smtp: parts.smtp.listening ? "ok" : "not listening",
+      ...(parts.submission ? { submission: parts.submission.listening ? "ok" : "not listening" } : {}),
       appservice: appservice === null ? "ok" : `not listening: ${appservice}`,
     };
     const healthy = Object.values(checks).every((c) => c === "ok");

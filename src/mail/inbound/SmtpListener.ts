@@ -26,7 +26,7 @@ import type { SmtpConfig } from "../../config/schema.ts";
 import type { DnsResolver } from "../dns.ts";
 import { errorFields, getLogger } from "../../util/logger.ts";
 import type { Logger } from "../../util/logger.ts";
-import { CertificateFiles } from "./certificates.ts";
+import { CertificateFiles, refreshServerCertificate } from "./certificates.ts";
 import { checkDnsbl } from "./dnsbl.ts";
 import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clientKey } from "./limits.ts";
 import type { MessageLimits, SmtpLimitKey } from "./limits.ts";
@@ -552,24 +552,7 @@ export class SmtpListener<R = unknown> {
 
   /** Before a STARTTLS handshake: pick up a renewed certificate. Never rejects. */
   async #refreshCertificate(log: Logger): Promise<void> {
-    const certificates = this.#certificates;
-    const server = this.#server;
-    if (!certificates || !server) return;
-    const result = await certificates.refresh();
-    if (result.status === "changed") {
-      try {
-        server.updateSecureContext({ cert: result.pair.cert, key: result.pair.key });
-        log.info("smtp tls certificate reloaded", { certFile: certificates.certFile, keyFile: certificates.keyFile });
-      } catch (err) {
-        log.error("smtp tls certificate reload failed, previous certificate kept", { certFile: certificates.certFile, ...errorFields(err) });
-      }
-    } else if (result.status === "failed") {
-      log.warn("smtp tls certificate files unusable, previous certificate kept", {
-        certFile: certificates.certFile,
-        keyFile: certificates.keyFile,
-        ...errorFields(result.error),
-      });
-    }
+    if (this.#certificates && this.#server) await refreshServerCertificate(this.#certificates, this.#server, log, "smtp");
   }
 
   // ---- transaction ----

@@ -11,6 +11,7 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import { createSecureContext } from "node:tls";
+import { errorFields, type Logger } from "../../util/logger.ts";
 
 /** A PEM certificate chain and its private key. */
 export interface CertificatePair {
@@ -106,5 +107,27 @@ export class CertificateFiles {
     // Throws for unparsable PEM and for a key that does not belong to the certificate.
     createSecureContext({ cert, key });
     return { cert, key };
+  }
+}
+
+/**
+ * Before a STARTTLS handshake: pick up a renewed certificate pair and hand it to `server`
+ * (smtp-server's `updateSecureContext`). Logs the reload, or why the previous pair stays, once
+ * per change, with `listener` naming which listener it is. Shared by the inbound (MX) and the
+ * submission listener. Never rejects.
+ * @param listener `smtp` or `submission`, for the log lines
+ */
+export async function refreshServerCertificate(files: CertificateFiles, server: { updateSecureContext(options: CertificatePair): void }, log: Logger, listener: "smtp" | "submission"): Promise<void> {
+  const result = await files.refresh();
+  const fields = { listener, certFile: files.certFile, keyFile: files.keyFile };
+  if (result.status === "changed") {
+    try {
+      server.updateSecureContext(result.pair);
+      log.info("smtp tls certificate reloaded", fields);
+    } catch (err) {
+      log.error("smtp tls certificate reload failed, previous certificate kept", { ...fields, ...errorFields(err) });
+    }
+  } else if (result.status === "failed") {
+    log.warn("smtp tls certificate files unusable, previous certificate kept", { ...fields, ...errorFields(result.error) });
   }
 }

@@ -25,7 +25,7 @@ import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPSe
 import { errorFields, getLogger } from "../../util/logger.ts";
 import type { Logger } from "../../util/logger.ts";
 import { readAuthor } from "../inbound/auth.ts";
-import { CertificateFiles } from "../inbound/certificates.ts";
+import { CertificateFiles, refreshServerCertificate } from "../inbound/certificates.ts";
 import { MessageInspector, RateLimiter, clientKey } from "../inbound/limits.ts";
 import type { MessageLimits } from "../inbound/limits.ts";
 import { Rejections, SmtpReply, isSmtpReply, toSmtpReply } from "../inbound/rejections.ts";
@@ -268,6 +268,11 @@ export class SubmissionListener {
     const original = conn._onCommand;
     conn._onCommand = (command: Buffer, callback?: () => void): void => {
       const verb = /^\s*([A-Za-z]+)/.exec(command.toString("latin1"))?.[1]?.toUpperCase() ?? "";
+      // A renewed certificate is picked up before each handshake (mail/inbound/certificates.ts).
+      if (!target.secure && verb === "STARTTLS" && this.#server) {
+        void refreshServerCertificate(this.#certificates, this.#server, this.#sessionLog(session), "submission").then(() => original.call(target, command, callback));
+        return;
+      }
       if (!target.secure && verb !== "" && !BEFORE_TLS.has(verb)) {
         const reply = SubmissionReplies.starttlsFirst();
         this.#sessionLog(session).info("submission command before STARTTLS refused", { command: verb, reply: reply.line });
