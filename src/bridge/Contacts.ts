@@ -16,6 +16,7 @@
 import type { BridgeStore, ContactMode, ContactRequestRow, ContactRuleRow } from "../store/Store.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import type { MatrixActions } from "./ports.ts";
+import { shownSubject } from "./format/toMatrix.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
 const log = getLogger("bridge/contacts");
@@ -187,11 +188,11 @@ export function verdictLabel(verified: boolean): string {
 
 /** The bot's message about a held request: sender, subject, first lines, verdict and the choices. */
 export function requestText(row: ContactRequestRow): string {
-  const who = row.senderName ? `${row.senderName} <${row.sender}>` : row.sender;
+  const who = row.senderName ? `${shownSubject(row.senderName, 256)} <${row.sender}>` : row.sender;
   const quote = row.preview ? row.preview.split("\n").map((l) => `> ${l}`).join("\n") : "> (no text)";
   return [
     `📨 Contact request: ${who} wants to mail you (${verdictLabel(row.verified)}).`,
-    `Subject: ${row.subject ?? "(none)"}`,
+    `Subject: ${row.subject === null ? "(none)" : shownSubject(row.subject)}`,
     quote,
     `Their mail waits on their server. Say \`accept ${row.sender}\` to let it in (it arrives on their server's next try), \`refuse ${row.sender} [reason]\` to refuse it with your reason, or \`refuse-quietly ${row.sender}\` to refuse it without one.`,
   ].join("\n");

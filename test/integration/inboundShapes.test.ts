@@ -292,6 +292,18 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     );
   });
 
+  it("a subject of 50 KB (folded) is shown cut, so the event stays under the homeserver's size limit", async () => {
+    const words = Array.from({ length: 6000 }, (_, i) => `wörd${i}`).join(" ");
+    const raw = Buffer.from(
+      ["From: Bob <bob@example.org>", "To: <room@bridge.test>", `Subject: ${words.replace(/(.{70}) /g, "$1\r\n ")}`, "Message-ID: <huge-subject@example.org>", "MIME-Version: 1.0", "Content-Type: text/html; charset=utf-8", "", `<p>${"<b>bold</b> and more text ".repeat(800)}</p>`, ""].join("\r\n"),
+      "utf8",
+    );
+    const [message] = sends(await post(raw));
+    assert.ok(Buffer.byteLength(JSON.stringify(message!.content)) < 60_000, `event of ${Buffer.byteLength(JSON.stringify(message!.content))} bytes`);
+    const firstLine = String(message!.content.body).split("\n")[0]!;
+    assert.ok(firstLine.startsWith("wörd0 wörd1 wörd2") && firstLine.endsWith("…"), firstLine.slice(-40));
+  });
+
   it("automatic mail is a notice: Auto-Submitted (not `no`), Precedence bulk/list/junk, the null reverse-path", async () => {
     const mail = (headers: string) => Buffer.from(`From: bob@example.org\r\nTo: team@bridge.test\r\nSubject: Hello\r\n${headers}\r\nHello.\r\n`);
     const msgtype = async (headers: string, over: Partial<NewInbound> = {}) => sends(await post(mail(headers), { over }))[0]!.content.msgtype;

@@ -1,6 +1,6 @@
 import { it } from "node:test";
 import assert from "node:assert/strict";
-import { mailToMatrix } from "../../src/bridge/format/toMatrix.ts";
+import { MAX_SHOWN_SUBJECT_CHARS, mailToMatrix, shownSubject } from "../../src/bridge/format/toMatrix.ts";
 import { matrixToMail, stripReplyFallback, unpillHtml } from "../../src/bridge/format/toMail.ts";
 
 it("strips the rich-reply fallback from replies only", () => {
@@ -60,4 +60,15 @@ it("matrixToMail: the text/plain alternative is made from formatted_body; body o
   assert.deepEqual(emote, { text: "* Alice waves hard", html: "* Alice waves <em>hard</em>" });
   const imageOnly = matrixToMail({ msgtype: "m.text", body: "(image)", format: "org.matrix.custom.html", formatted_body: '<img src="mxc://hs/abc" alt="">' }, "Alice");
   assert.equal(imageOnly.text, "(image)");
+});
+
+it("shownSubject: folding made one space; a subject longer than the limit is cut with …, whole characters only", () => {
+  assert.equal(shownSubject("  Re:\r\n\t Tea   party "), "Re: Tea party");
+  const long = "ü".repeat(MAX_SHOWN_SUBJECT_CHARS + 10);
+  const shown = shownSubject(long);
+  assert.equal([...shown].length, MAX_SHOWN_SUBJECT_CHARS);
+  assert.ok(shown.endsWith("…"));
+  assert.equal(shownSubject("😀".repeat(5), 3), "😀😀…");
+  const content = mailToMatrix({ subject: "x ".repeat(40_000), text: "hi", html: null }, true);
+  assert.ok(Buffer.byteLength(JSON.stringify(content)) < 4000, "a huge subject does not make a huge event");
 });

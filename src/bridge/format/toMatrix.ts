@@ -55,6 +55,25 @@ export function cutText(text: string, maxBytes: number): { text: string; cut: bo
   return { text: s.trimEnd(), cut: true };
 }
 
+/**
+ * Longest subject shown in Matrix, in characters (code points). A subject has no length limit
+ * in RFC 5322 (folded, it can fill the whole header section); shown whole in the message, the
+ * contact request or the invite preview it could make the event larger than a homeserver takes
+ * (65,536 bytes, Client-Server API "Size limits"). The mail attached as `.eml` keeps it whole.
+ */
+export const MAX_SHOWN_SUBJECT_CHARS = 500;
+
+/**
+ * A subject (or another header text) as shown in Matrix: runs of whitespace (folding) made one
+ * space, trimmed, cut to `max` characters with `…` when longer.
+ * @param max most characters (code points) kept, the `…` included
+ */
+export function shownSubject(subject: string, max = MAX_SHOWN_SUBJECT_CHARS): string {
+  const one = subject.replace(/\s+/gu, " ").trim();
+  const chars = [...one];
+  return chars.length <= max ? one : `${chars.slice(0, max - 1).join("").trimEnd()}…`;
+}
+
 /** A parsed mail, as far as posting it into Matrix needs. */
 export interface InboundText {
   subject: string | null;
@@ -65,11 +84,12 @@ export interface InboundText {
 
 /**
  * The `m.room.message` content for a received mail. The subject is shown (bold line
- * above the body) when the mail starts a conversation, not on replies.
+ * above the body, at most {@link MAX_SHOWN_SUBJECT_CHARS} characters) when the mail starts a
+ * conversation, not on replies.
  * @param showSubject whether to show the subject
  */
 export function mailToMatrix(mail: InboundText, showSubject: boolean): Record<string, unknown> {
-  const subject = showSubject && mail.subject ? mail.subject.trim() : "";
+  const subject = showSubject && mail.subject ? shownSubject(mail.subject) : "";
   const text = mail.text.trim();
   const body = subject ? `${subject}\n\n${text}` : text;
   const content: Record<string, unknown> = { msgtype: "m.text", body };
