@@ -632,14 +632,26 @@ function refusalStatus(failure: HomeserverFailure): string {
 const FILENAME_UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/gu;
 
 /**
+ * Longest attachment name posted, in characters (code points). RFC 2231 continuations let a
+ * mail carry a name of any length; file systems take 255 bytes, and a name shown whole (`body`,
+ * `filename`, the upload's query) could make the event larger than the homeserver takes.
+ */
+const MAX_FILENAME_CHARS = 200;
+
+/**
  * The name an attachment is posted under: its name without control and bidi characters
- * (see {@link FILENAME_UNSAFE}), trimmed; `attachment-N` when nothing is left.
+ * (see {@link FILENAME_UNSAFE}), trimmed; `attachment-N` when nothing is left. A name longer
+ * than {@link MAX_FILENAME_CHARS} is cut in its middle (`…`), keeping its extension.
  * @param filename the name from the mail (Content-Disposition / Content-Type), or null/undefined
  * @param index the attachment's 0-based position in the mail (N is index + 1)
  */
 export function cleanFilename(filename: string | null | undefined, index: number): string {
   const cleaned = (filename ?? "").replace(FILENAME_UNSAFE, "").trim();
-  return cleaned || `attachment-${index + 1}`;
+  if (!cleaned) return `attachment-${index + 1}`;
+  const chars = [...cleaned];
+  if (chars.length <= MAX_FILENAME_CHARS) return cleaned;
+  const ext = /\.[\p{L}\p{N}]{1,10}$/u.exec(cleaned)?.[0] ?? "";
+  return `${chars.slice(0, MAX_FILENAME_CHARS - [...ext].length - 1).join("").trimEnd()}…${ext}`;
 }
 
 /**

@@ -93,6 +93,10 @@ describe("attachment filenames", () => {
     assert.equal(cleanFilename("\u2066a\u2067b\u2068c\u2069d\u202A\u202B\u202C\u202D\u200E\u200F\u061C.pdf", 0), "abcd.pdf");
     assert.equal(cleanFilename("re\u0000port\u0007\r\n\u001b[31m.txt\u007f\u0085\u009b", 0), "report[31m.txt");
     assert.equal(cleanFilename("  Übersicht 2024 – 日本語.pdf ", 0), "Übersicht 2024 – 日本語.pdf", "printable names are kept");
+    const long = cleanFilename(`${"ä".repeat(5000)}.pdf`, 0);
+    assert.equal([...long].length, 200, "a name of any length is cut to 200 characters");
+    assert.ok(long.endsWith("….pdf"), long.slice(-10));
+    assert.equal([...cleanFilename("x".repeat(300), 0)].length, 200);
   });
 
   it("an empty result, or no name, becomes attachment-N", () => {
