@@ -23,6 +23,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as delay } from "node:timers/promises";
 import { SMTPServer } from "smtp-server";
+import { ParseThread } from "../src/mail/inbound/parseThread.ts";
 import { InboundRouter } from "../src/bridge/InboundRouter.ts";
 import { Contacts } from "../src/bridge/Contacts.ts";
 import type { Mailbox, SenderAuth } from "../src/bridge/InboundRouter.ts";
@@ -200,7 +201,10 @@ async function startBridgeIngest(engine: EngineName, settings: IngestSettings, t
       botLocalpart: "emailbot",
       caseSensitiveLocalparts: false,
     };
+    // The DATA-time parse in its worker thread, as the bridge runs it (src/bridge/Bridge.ts).
+    const parseThread = new ParseThread({ timeoutMs: 30_000 });
     const router = new InboundRouter({
+      parse: (raw, skeleton) => parseThread.parse(skeleton ?? raw),
       store,
       ids,
       contacts: new Contacts({
@@ -246,6 +250,7 @@ async function startBridgeIngest(engine: EngineName, settings: IngestSettings, t
         if (closed) return;
         closed = true;
         await listener.close().catch(() => undefined);
+        await parseThread.close();
         await dispose();
       },
     };

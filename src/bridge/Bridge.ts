@@ -18,6 +18,7 @@ import { poolOptionsFromConfig, SmtpPool } from "../mail/outbound/pool.ts";
 import type { MxResolver } from "../mail/outbound/routes.ts";
 import { loadDkimSigner } from "../mail/outbound/dkim.ts";
 import { InboundRouter } from "./InboundRouter.ts";
+import { ParseThread } from "../mail/inbound/parseThread.ts";
 import { checkWithRspamd } from "../mail/inbound/rspamd.ts";
 import { InboundPoster } from "./InboundPoster.ts";
 import { ParsedMailCache } from "./ParsedMailCache.ts";
@@ -296,7 +297,10 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     onUndeliverable: (row, why) => dsn.undeliverable(row, why),
     onResult: (outcome) => metrics.inboundPost(outcome),
   });
+  // The DATA-time parse runs in a worker thread with a deadline (mail/inbound/parseThread.ts).
+  const parseThread = new ParseThread({ timeoutMs: config.smtp.parse_timeout_ms });
   const router = new InboundRouter({
+    parse: (raw, skeleton) => parseThread.parse(skeleton ?? raw),
     parsed,
     store,
     matrix,
@@ -387,6 +391,8 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     async stop() {
       await smtp.close();
       await submissionListener?.close();
+      // The listeners waited for the deliveries in flight: no parse is left to wait for.
+      await parseThread.close();
       await matrix.stop();
       await poster.stop();
       await queue.stop();

@@ -26,7 +26,8 @@ import type { AuthFields, BridgeStore, InboundRow, NewInbound, SpamFields } from
 import { withTrace, type InboundEnvelope, type InboundHandler } from "../mail/inbound/SmtpListener.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import { verdictReply, type SpamVerdict } from "../mail/inbound/rspamd.ts";
-import { parseMail } from "../mail/inbound/parse.ts";
+import { parseMail, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import { MailParseError } from "../mail/inbound/parseThread.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import { authDecision, authenticateMessage, readAuthor, type AuthPolicy, type AuthVerdict } from "../mail/inbound/auth.ts";
@@ -116,6 +117,14 @@ export interface SenderAuth {
 
 /** Options for {@link InboundRouter}. */
 export interface InboundRouterOptions {
+  /**
+   * The DATA-time parse (attachments only counted): the message and the listener's skeleton of
+   * it (null when none could be made). Default: `parseMail` on the event loop. The bridge runs
+   * it in a worker thread with a deadline (mail/inbound/parseThread.ts).
+   * @throws MailParseError when the message cannot be parsed (554 5.6.0); other errors are
+   *   temporary (the sender retries)
+   */
+  parse?: (raw: Buffer, skeleton: Buffer | null) => Promise<ParsedMailSummary>;
   store: BridgeStore;
   matrix: Pick<MatrixActions, "userExists" | "joinedMembers">;
   ids: IdContext;
@@ -152,6 +161,19 @@ export interface SpamCheck {
   check(raw: Buffer, envelope: InboundEnvelope): Promise<SpamVerdict>;
   /** When `check` throws: `defer` (451 4.3.0, the sender retries) or `accept` unchecked. */
   onError: "defer" | "accept";
+}
+
+/**
+ * The DATA-time parse on the event loop (without {@link InboundRouterOptions.parse}): the
+ * skeleton stands in for the message's attachments.
+ * @throws MailParseError when mailparser refuses the message
+ */
+async function parseInThread(raw: Buffer, skeleton: Buffer | null): Promise<ParsedMailSummary> {
+  try {
+    return await parseMail(raw, { attachments: "metadata", skeleton });
+  } catch (err) {
+    throw new MailParseError(err instanceof Error ? err.message : String(err));
+  }
 }
 
 /**
@@ -332,13 +354,14 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     } catch (err) {
       throw new SmtpReply(550, "5.7.1", `the From address cannot be bridged: ${(err as Error).message}`);
     }
-    let mail;
+    let mail: ParsedMailSummary;
     try {
       // The listener's skeleton parses like the message without decoding any attachment.
-      mail = await parseMail(raw, { attachments: "metadata", skeleton: envelope.skeleton ?? null });
+      mail = await (this.opts.parse ?? parseInThread)(raw, envelope.skeleton ?? null);
     } catch (err) {
-      log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: (err as Error).message });
-      throw new SmtpReply(554, "5.6.0", "message could not be parsed");
+      if (!(err instanceof MailParseError)) throw err;
+      log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: err.message });
+      throw new SmtpReply(554, "5.6.0", /longer than/.test(err.message) ? `message could not be parsed: ${err.message}` : "message could not be parsed");
     }
     if (mail.unreadable) {
       log.info("mail cannot be read", { session: envelope.sessionId, sender, problem: mail.unreadable });

@@ -24,6 +24,7 @@ export const SmtpSection = Section(
     max_received_headers: Type.Integer({ minimum: 1, default: 50, description: "Most Received headers, i.e. hops (554 5.4.6 beyond: a mail loop)." }),
     command_timeout_ms: Type.Integer({ minimum: 1000, default: 300000, description: "Longest wait for one complete command line, in ms (421 4.4.2 beyond). RFC 5321: at least 5 minutes." }),
     data_timeout_ms: Type.Integer({ minimum: 1000, default: 600000, description: "Longest DATA phase, from 354 to the final dot, in ms (421 4.4.2 beyond)." }),
+    parse_timeout_ms: Type.Integer({ minimum: 100, default: 30000, description: "Longest parse of a received message, in ms, in the parser's worker thread (554 5.6.0 beyond: a message built to take that long)." }),
     dnsbl_zones: Type.Array(Type.String({ pattern: HOST_PATTERN }), { default: [], description: "DNS blocklist zones asked for each client at connect, e.g. zen.spamhaus.org (554 5.7.1 when listed; a DNS failure lets the client in). Empty: off." }),
   },
   { description: "The embedded inbound SMTP listener." },

@@ -115,9 +115,10 @@ export interface InboundHandler<R = unknown> {
 
 /**
  * The listener's config: the `smtp` section, with every limit optional (missing ones take
- * {@link LIMIT_DEFAULTS}; the loaded config always has them all).
+ * {@link LIMIT_DEFAULTS}; the loaded config always has them all). `parse_timeout_ms` is not the
+ * listener's (the router's parse uses it: mail/inbound/parseThread.ts).
  */
-export type SmtpListenerConfig = Omit<SmtpConfig, SmtpLimitKey> & Partial<Pick<SmtpConfig, SmtpLimitKey>>;
+export type SmtpListenerConfig = Omit<SmtpConfig, SmtpLimitKey | "parse_timeout_ms"> & Partial<Pick<SmtpConfig, SmtpLimitKey>>;
 
 /** Options of {@link SmtpListener}. */
 export interface SmtpListenerOptions<R = unknown> {
