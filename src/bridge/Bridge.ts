@@ -279,7 +279,10 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
   const dsn = new DsnService({ store, ids, dkim, hostname: config.smtp.hostname, onQueued: () => queue.kick() });
   // Parse once: the router's DATA-time parse of each committed row, taken by the poster.
   const parsed = new ParsedMailCache();
+  // Parsing received mail: a large message in a worker thread with a deadline (mail/inbound/parseThread.ts).
+  const parseThread = new ParseThread({ timeoutMs: config.smtp.parse_timeout_ms });
   const poster = new InboundPoster({
+    parse: (raw) => parseThread.parse(raw),
     parsed,
     store,
     matrix,
@@ -297,8 +300,6 @@ export async function startBridge(config: BridgeConfig, overrides: BridgeOverrid
     onUndeliverable: (row, why) => dsn.undeliverable(row, why),
     onResult: (outcome) => metrics.inboundPost(outcome),
   });
-  // The DATA-time parse runs in a worker thread with a deadline (mail/inbound/parseThread.ts).
-  const parseThread = new ParseThread({ timeoutMs: config.smtp.parse_timeout_ms });
   const router = new InboundRouter({
     parse: (raw, skeleton) => parseThread.parse(skeleton ?? raw),
     parsed,

@@ -25,6 +25,7 @@
  */
 import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow } from "../store/Store.ts";
 import { forEachAttachment, parseMail, type MailAttachment, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import { MailParseError } from "../mail/inbound/parseThread.ts";
 import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
 import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedParts } from "./format/mailParts.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
@@ -75,6 +76,13 @@ export interface Undeliverable {
 
 /** Options for {@link InboundPoster}. */
 export interface InboundPosterOptions {
+  /**
+   * Parse a stored message (attachments only counted) when its DATA-time parse is not at hand (a
+   * retry, or a row from before a restart). Default: `parseMail` on the event loop. The bridge
+   * parses large messages in a worker thread (mail/inbound/parseThread.ts).
+   * @throws MailParseError when the message cannot be parsed; other errors are temporary
+   */
+  parse?: (raw: Buffer) => Promise<ParsedMailSummary>;
   store: BridgeStore;
   matrix: MatrixActions;
   ids: IdContext;
@@ -351,9 +359,12 @@ export class InboundPoster {
    *   it again cannot get better)
    */
   private async parseStored(row: InboundRow): Promise<ParsedMailSummary> {
+    const parse = this.opts.parse ?? ((raw: Buffer) => parseMail(raw, { attachments: "metadata" }));
     try {
-      return await parseMail(row.raw, { attachments: "metadata" });
+      return await parse(row.raw);
     } catch (err) {
+      // A parse in a worker that died or was stopped for another message is tried again.
+      if (this.opts.parse && !(err instanceof MailParseError)) throw err;
       throw new PermanentPostError("5.6.0", `the stored message cannot be parsed: ${(err as Error).message}`);
     }
   }
