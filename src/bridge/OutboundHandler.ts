@@ -176,7 +176,11 @@ export class OutboundHandler {
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portal.reader(ids));
     const subject = await this.subjectFor(portal, parent?.subject ?? null, senderName, event.content.body ?? "");
-    const replyTo = rel?.["m.in_reply_to"]?.event_id;
+    // A thread message's `m.in_reply_to` with `is_falling_back: true` only serves clients without
+    // threads (Client-Server API, "Threading": fallback for unthreaded clients): it is not
+    // something the sender answered, so it is not quoted, and the message may be batched.
+    const fallback = rel?.rel_type === "m.thread" && rel.is_falling_back === true;
+    const replyTo = fallback ? undefined : rel?.["m.in_reply_to"]?.event_id;
     const quote = replyTo ? await this.quoteOf(portal, replyTo) : null;
     const body = isFile ? await this.fileBody(event) : { ...matrixToMail(event.content, senderName, quote), attachments: [] };
     const mail = { event, portal, from, senderName, subject, parent, plan, body };

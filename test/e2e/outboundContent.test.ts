@@ -178,7 +178,17 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     assert.equal(mail.inReplyTo, rootMail.messageId);
     assert.match(String(mail.references), new RegExp(rootMail.messageId!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
     assert.match(mail.text ?? "", /^I do \(thread-8b\)/);
+    assert.ok(!/wrote:|Who brings the cake/.test(mail.text ?? ""), `the fallback reply is not quoted: ${mail.text}`);
     await dkimPasses(sent.raw);
+    // A real reply inside the thread (is_falling_back: false) quotes what it answers.
+    const answer = await alice.sendEvent(roomId, "m.room.message", {
+      msgtype: "m.text",
+      body: "With candles? (thread-8c)",
+      "m.relates_to": { rel_type: "m.thread", event_id: root, is_falling_back: false, "m.in_reply_to": { event_id: root } },
+    });
+    assert.ok(answer);
+    const quoted = await simpleParser((await mailFor("thread-8c")).raw);
+    assert.match(quoted.text ?? "", /wrote:\n> Who brings the cake\? \(thread-8\)/);
   });
 });
 

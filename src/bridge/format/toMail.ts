@@ -19,7 +19,7 @@ export interface MessageContent {
   body?: string;
   format?: string;
   formatted_body?: string;
-  "m.relates_to"?: { "m.in_reply_to"?: { event_id?: string }; rel_type?: string; event_id?: string };
+  "m.relates_to"?: { "m.in_reply_to"?: { event_id?: string }; rel_type?: string; event_id?: string; is_falling_back?: boolean };
   /** File messages: the media (`mxc://`), the file's name (when `body` is a caption) and info. */
   url?: string;
   filename?: string;
