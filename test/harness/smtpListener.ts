@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,6 +18,7 @@ import { promisify } from "node:util";
 import { SmtpListener } from "../../src/mail/inbound/SmtpListener.ts";
 import type { InboundEnvelope, InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
 import { Rejections } from "../../src/mail/inbound/rejections.ts";
+import { LIMIT_DEFAULTS, MessageInspector } from "../../src/mail/inbound/limits.ts";
 
 /** The bridge's mail domain in these tests; the listener's hostname is `mx.` + this. */
 export const MAIL_DOMAIN = "bridge.test";
@@ -314,4 +315,59 @@ export async function makeCert(dir: string, cn: string): Promise<{ cert: string;
     "-keyout", key, "-out", cert, "-days", "1", "-subj", `/CN=${cn}`,
   ]);
   return { cert, key };
+}
+
+/**
+ * Renew a listener's certificate on disk the ways real tools do, checking after each step which
+ * certificate the next STARTTLS presents: `a` is in use at first; `b` renamed over it (certbot,
+ * acme.sh) is picked up; a half-written renewal (the key of `c` with `b`'s certificate) keeps
+ * `b`; `c` completed in place is picked up.
+ * @param files the live certificate and key files the listener reads
+ * @param subjectOfNextSession opens a session, does STARTTLS, returns the certificate's CN
+ * @param onHalfDone called after the half-written step (e.g. to check the log)
+ * @throws AssertionError at the first step whose certificate is not the expected one
+ */
+export async function checkCertificateRenewal(
+  dir: string,
+  files: { certFile: string; keyFile: string },
+  subjectOfNextSession: () => Promise<string | undefined>,
+  onHalfDone: () => void = () => {},
+): Promise<void> {
+  const a = await makeCert(dir, "a.bridge.test");
+  const b = await makeCert(dir, "b.bridge.test");
+  const c = await makeCert(dir, "c.bridge.test");
+  await writeFile(files.certFile, await readFile(a.cert));
+  await writeFile(files.keyFile, await readFile(a.key));
+  assert.equal(await subjectOfNextSession(), "a.bridge.test");
+  // Replaced the way certbot/acme tools do: new files renamed over the old ones.
+  await writeFile(files.certFile + ".new", await readFile(b.cert));
+  await writeFile(files.keyFile + ".new", await readFile(b.key));
+  await rename(files.keyFile + ".new", files.keyFile);
+  await rename(files.certFile + ".new", files.certFile);
+  assert.equal(await subjectOfNextSession(), "b.bridge.test");
+  // A half-done renewal (the key of another certificate): the previous pair stays in use.
+  await writeFile(files.keyFile, await readFile(c.key));
+  assert.equal(await subjectOfNextSession(), "b.bridge.test");
+  onHalfDone();
+  // Completed (overwritten in place): picked up.
+  await writeFile(files.certFile, await readFile(c.cert));
+  assert.equal(await subjectOfNextSession(), "c.bridge.test");
+}
+
+/**
+ * The listener's skeleton of a message (mail/inbound/limits.ts `MessageInspector`, default
+ * limits), written in 1000-byte chunks as SMTP delivers it.
+ * @throws AssertionError when the message breaks a limit or no skeleton could be made
+ */
+export async function skeletonOf(bytes: Buffer): Promise<Buffer> {
+  const inspector = new MessageInspector({
+    maxHeaderBytes: LIMIT_DEFAULTS.max_header_bytes,
+    maxMimeParts: LIMIT_DEFAULTS.max_mime_parts,
+    maxMimeDepth: LIMIT_DEFAULTS.max_mime_depth,
+    maxReceivedHeaders: LIMIT_DEFAULTS.max_received_headers,
+  });
+  for (let i = 0; i < bytes.length; i += 1000) inspector.write(bytes.subarray(i, i + 1000));
+  assert.equal(await inspector.finish(), null, "the message breaks no limit");
+  assert.ok(inspector.skeleton, "a skeleton is made");
+  return inspector.skeleton;
 }

@@ -9,24 +9,11 @@ import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { parseMail } from "../../src/mail/inbound/parse.ts";
 import { MailParseError, ParseThread } from "../../src/mail/inbound/parseThread.ts";
-import { LIMIT_DEFAULTS, MessageInspector } from "../../src/mail/inbound/limits.ts";
+import { skeletonOf } from "../harness/smtpListener.ts";
 
 // Every parse in the worker (the default parses small messages on the event loop).
 const thread = new ParseThread({ timeoutMs: 30_000, onLoopMaxBytes: 0 });
 after(() => thread.close());
-
-/** The listener's skeleton of a message (as SmtpListener makes it at DATA). */
-async function skeletonOf(bytes: Buffer): Promise<Buffer> {
-  const inspector = new MessageInspector({
-    maxHeaderBytes: LIMIT_DEFAULTS.max_header_bytes,
-    maxMimeParts: LIMIT_DEFAULTS.max_mime_parts,
-    maxMimeDepth: LIMIT_DEFAULTS.max_mime_depth,
-    maxReceivedHeaders: LIMIT_DEFAULTS.max_received_headers,
-  });
-  for (let i = 0; i < bytes.length; i += 1000) inspector.write(bytes.subarray(i, i + 1000));
-  assert.equal(await inspector.finish(), null);
-  return inspector.skeleton!;
-}
 
 /** An HTML-only message of about `mb` MB: seconds of mailparser and html-to-text work. */
 function bigHtml(mb: number, id: string): Buffer {
