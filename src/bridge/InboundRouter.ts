@@ -168,7 +168,7 @@ export interface SpamCheck {
  * skeleton stands in for the message's attachments.
  * @throws MailParseError when mailparser refuses the message
  */
-async function parseInThread(raw: Buffer, skeleton: Buffer | null): Promise<ParsedMailSummary> {
+async function parseOnLoop(raw: Buffer, skeleton: Buffer | null): Promise<ParsedMailSummary> {
   try {
     return await parseMail(raw, { attachments: "metadata", skeleton });
   } catch (err) {
@@ -357,11 +357,11 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     let mail: ParsedMailSummary;
     try {
       // The listener's skeleton parses like the message without decoding any attachment.
-      mail = await (this.opts.parse ?? parseInThread)(raw, envelope.skeleton ?? null);
+      mail = await (this.opts.parse ?? parseOnLoop)(raw, envelope.skeleton ?? null);
     } catch (err) {
       if (!(err instanceof MailParseError)) throw err;
       log.info("mail could not be parsed", { session: envelope.sessionId, sender, error: err.message });
-      throw new SmtpReply(554, "5.6.0", /longer than/.test(err.message) ? `message could not be parsed: ${err.message}` : "message could not be parsed");
+      throw new SmtpReply(554, "5.6.0", err.timedOut ? `message could not be parsed: ${err.message}` : "message could not be parsed");
     }
     if (mail.unreadable) {
       log.info("mail cannot be read", { session: envelope.sessionId, sender, problem: mail.unreadable });

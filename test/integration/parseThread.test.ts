@@ -50,6 +50,7 @@ test("past the deadline: MailParseError for that message, a temporary error for 
     assert.equal(slowResult.status, "rejected");
     assert.ok((slowResult as PromiseRejectedResult).reason instanceof MailParseError, String((slowResult as PromiseRejectedResult).reason));
     assert.match(String((slowResult as PromiseRejectedResult).reason), /longer than 300 ms/);
+    assert.equal(((slowResult as PromiseRejectedResult).reason as MailParseError).timedOut, true);
     if (bystanderResult.status === "rejected") {
       assert.ok(!(bystanderResult.reason instanceof MailParseError), `a bystander's failure is temporary: ${String(bystanderResult.reason)}`);
     }

@@ -24,6 +24,12 @@ const WORKER_URL = new URL(import.meta.url.endsWith(".ts") ? "./parseWorker.ts" 
  */
 export class MailParseError extends Error {
   override name = "MailParseError";
+  /** Whether the parse was stopped at the deadline (the message is not known to be malformed). */
+  readonly timedOut: boolean;
+  constructor(message: string, opts: { timedOut?: boolean } = {}) {
+    super(message);
+    this.timedOut = opts.timedOut ?? false;
+  }
 }
 
 /** Options of {@link ParseThread}. */
@@ -89,7 +95,7 @@ export class ParseThread {
       // that ran out of time is about its message; the others failed through no fault of theirs
       // (a plain Error: the sender is asked to retry).
       if (!rpc.alive && performance.now() - started >= this.#timeoutMs - 1) {
-        throw new MailParseError(`the message took longer than ${this.#timeoutMs} ms to parse`);
+        throw new MailParseError(`the message took longer than ${this.#timeoutMs} ms to parse`, { timedOut: true });
       }
       throw err;
     }
