@@ -318,6 +318,23 @@ export async function makeCert(dir: string, cn: string): Promise<{ cert: string;
 }
 
 /**
+ * Open a session on `port`, do STARTTLS and EHLO again, and return the CN of the certificate
+ * the listener presented.
+ * @param checkEhlo asserts on the EHLO reply after STARTTLS (e.g. whether AUTH is offered)
+ */
+export async function subjectOfNextSession(port: number, checkEhlo: (ehlo: string[]) => void): Promise<string | undefined> {
+  const c = await RawClient.open(port);
+  try {
+    await c.hello();
+    const cert = await c.startTls();
+    checkEhlo(await c.command("EHLO client.example.org"));
+    return cert.subject?.CN as string | undefined;
+  } finally {
+    c.close();
+  }
+}
+
+/**
  * Renew a listener's certificate on disk the ways real tools do, checking after each step which
  * certificate the next STARTTLS presents: `a` is in use at first; `b` renamed over it (certbot,
  * acme.sh) is picked up; a half-written renewal (the key of `c` with `b`'s certificate) keeps

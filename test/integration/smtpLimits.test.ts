@@ -14,7 +14,7 @@ import { SmtpListener } from "../../src/mail/inbound/SmtpListener.ts";
 import { startDnsServer } from "../harness/dns.ts";
 import type { TestDns } from "../harness/dns.ts";
 import {
-  MAIL_DOMAIN, RawClient, RecordingHandler, checkCertificateRenewal, delay, makeCert, testWithOpenssl, smtpListenerConfig, startSmtpListener,
+  MAIL_DOMAIN, RawClient, RecordingHandler, checkCertificateRenewal, subjectOfNextSession, delay, makeCert, testWithOpenssl, smtpListenerConfig, startSmtpListener,
 } from "../harness/smtpListener.ts";
 
 const logLines: string[] = [];
@@ -506,20 +506,9 @@ describe("STARTTLS: certificate reload, require_tls, no AUTH", async () => {
     await writeFile(files.keyFile, await readFile(first.key));
     const handler = new RecordingHandler();
     const { listener, port } = await startSmtpListener(handler, { tls_cert_file: files.certFile, tls_key_file: files.keyFile });
-    const subjectOfNextSession = async (): Promise<string | undefined> => {
-      const c = await RawClient.open(port);
-      try {
-        await c.hello();
-        const cert = await c.startTls();
-        const ehlo = await c.command("EHLO client.example.org");
-        assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
-        return cert.subject?.CN as string | undefined;
-      } finally {
-        c.close();
-      }
-    };
+    const nextSubject = (): Promise<string | undefined> => subjectOfNextSession(port, (ehlo) => assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n")));
     try {
-      await checkCertificateRenewal(dir, files, subjectOfNextSession, () => {
+      await checkCertificateRenewal(dir, files, nextSubject, () => {
         assert.ok(logged("smtp tls certificate files unusable, previous certificate kept").length > 0);
       });
     } finally {

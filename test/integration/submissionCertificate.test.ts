@@ -9,7 +9,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SubmissionListener, type SubmissionHandler } from "../../src/mail/submission/SubmissionListener.ts";
-import { RawClient, checkCertificateRenewal, makeCert, testWithOpenssl } from "../harness/smtpListener.ts";
+import { checkCertificateRenewal, makeCert, subjectOfNextSession, testWithOpenssl } from "../harness/smtpListener.ts";
 
 const logLines: string[] = [];
 configureLogging({ level: "debug", format: "json", write: (line) => logLines.push(line) });
@@ -52,20 +52,9 @@ describe("submission: certificate reload", async () => {
       closeTimeoutMs: 500,
     });
     const { port } = await listener.listen();
-    const subjectOfNextSession = async (): Promise<string | undefined> => {
-      const c = await RawClient.open(port);
-      try {
-        await c.hello();
-        const cert = await c.startTls();
-        const ehlo = await c.command("EHLO client.example.org");
-        assert.ok(ehlo.some((l) => /AUTH PLAIN LOGIN/.test(l)), ehlo.join("\n"));
-        return cert.subject?.CN as string | undefined;
-      } finally {
-        c.close();
-      }
-    };
+    const nextSubject = (): Promise<string | undefined> => subjectOfNextSession(port, (ehlo) => assert.ok(ehlo.some((l) => /AUTH PLAIN LOGIN/.test(l)), ehlo.join("\n")));
     try {
-      await checkCertificateRenewal(dir, { certFile, keyFile }, subjectOfNextSession, () => {
+      await checkCertificateRenewal(dir, { certFile, keyFile }, nextSubject, () => {
         assert.ok(logged("smtp tls certificate reloaded").some((l) => l.listener === "submission"));
         assert.ok(logged("smtp tls certificate files unusable, previous certificate kept").some((l) => l.listener === "submission"));
       });
