@@ -10,6 +10,8 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { parse } from "yaml";
 import { simpleParser } from "mailparser";
 import { prepareEnv, MAIL_DOMAIN, type PreparedEnv } from "./env.ts";
 import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
@@ -248,5 +250,30 @@ describe("encrypted rooms, homeserver without the experimental features", () => 
     await carol.sendText(roomId, "Is anybody mailing this?");
     await new Promise((r) => setTimeout(r, 3000));
     assert.equal(env.sink.mails.filter((m) => m.raw.includes("anybody mailing this")).length, 0);
+  });
+
+  it("without the features the crypto library is never loaded: the bot's device stays keyless, unsaved, and is used again after a restart", async () => {
+    const registration = parse(readFileSync(env.config.appservice.registration_file, "utf8")) as { as_token: string };
+    const devices = async (): Promise<string[]> => {
+      const res = await fetch(`${env.synapse.url}/_matrix/client/v3/devices?user_id=${encodeURIComponent(BOT)}`, { headers: { Authorization: `Bearer ${registration.as_token}` } });
+      assert.equal(res.status, 200);
+      return ((await res.json()) as { devices: { device_id: string }[] }).devices.map((d) => d.device_id).filter((id) => id.startsWith("EMAILBRIDGE")).sort();
+    };
+    const savedDevices = (): number => {
+      const db = new DatabaseSync(env.config.database.sqlite_file);
+      try {
+        return Number((db.prepare("SELECT COUNT(*) AS n FROM crypto_store").get() as { n: number }).n);
+      } finally {
+        db.close();
+      }
+    };
+    assert.deepEqual(await devices(), ["EMAILBRIDGE"]);
+    assert.equal(savedDevices(), 0, "no crypto machine was made, so no state was saved");
+    await bridge!.stop();
+    bridge = await startBridge(env.config);
+    env.smtpPort = bridge.smtpPort;
+    // The keyless device of the first start is used again: not "lost", not replaced by a new ID.
+    assert.deepEqual(await devices(), ["EMAILBRIDGE"]);
+    assert.equal(savedDevices(), 0);
   });
 });

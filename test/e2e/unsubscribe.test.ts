@@ -176,4 +176,33 @@ describe("one-click unsubscribe (RFC 8058) with appservice.public_url", () => {
     assert.equal(env.sink.mails.filter((x) => x.rcptTo.includes("bob@example.org")).length, bobBefore, "no more mail to bob from this room");
     assert.ok(CAROL_GHOST in (await alice.getJoinedMembers(roomId)), "carol is still in the room");
   });
+
+  it("a click while the homeserver is down: 503 with Retry-After, yet carol is already opted out; the repeated click once it is back makes her ghost leave", async () => {
+    const mail = await env.sink.waitForMail((x) => x.raw.includes("(o3)") && x.rcptTo.includes("carol@example.net"));
+    const carolLink = /<(http:\/\/127\.0\.0\.1:\d+\/unsubscribe\/[A-Za-z0-9_.-]+)>/.exec(mail.raw.toString("utf8"))?.[1];
+    assert.ok(carolLink, "carol's copy has her link");
+    const click = () => fetch(carolLink, { method: "POST", redirect: "manual", headers: { "Content-Type": "application/x-www-form-urlencoded" }, body: "List-Unsubscribe=One-Click" });
+
+    await env.synapse.stopProcess();
+    try {
+      const down = await click();
+      assert.equal(down.status, 503, "the room cannot be told yet: the click is to be repeated");
+      assert.ok(down.headers.get("retry-after"), "Retry-After says when");
+      await down.text();
+    } finally {
+      await env.synapse.startProcess();
+    }
+
+    // Recorded before the homeserver was asked: nothing more is mailed to carol from this room.
+    const carolBefore = env.sink.mails.filter((x) => x.rcptTo.includes("carol@example.net")).length;
+    await alice.sendText(roomId, "After the outage (o4)");
+    await sleep(3000);
+    assert.equal(env.sink.mails.filter((x) => x.rcptTo.includes("carol@example.net")).length, carolBefore, "no mail to carol after her click");
+
+    const again = await click();
+    assert.equal(again.status, 200);
+    await again.text();
+    await alice.waitForMembership(roomId, CAROL_GHOST, "leave");
+    await alice.waitForEvent(roomId, (e) => e.content.msgtype === "m.notice" && String(e.content.body).includes("carol@example.net unsubscribed from this room's mail"));
+  });
 });
