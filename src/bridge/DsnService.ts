@@ -7,7 +7,7 @@
  * (RFC 3834 §2, RFC 5321 §6.2): those are given up with a log line only. List mail does get one:
  * lists rely on bounces to their envelope sender to drop dead addresses.
  */
-import type { BridgeStore, InboundRow } from "../store/Store.ts";
+import type { BridgeStore, QueuedInbound } from "../store/Store.ts";
 import { composeDsn, mayBounce } from "../mail/dsn.ts";
 import { signWithDkim, type DkimSigner } from "../mail/outbound/compose.ts";
 import { parseMail } from "../mail/inbound/parse.ts";
@@ -19,7 +19,7 @@ const log = getLogger("bridge/dsn");
 
 /** Options of {@link DsnService}. */
 export interface DsnServiceOptions {
-  store: Pick<BridgeStore, "enqueueOutbound" | "getRoomMailboxByRoom" | "getPortalByRoom">;
+  store: Pick<BridgeStore, "enqueueOutbound" | "getRoomMailboxByRoom" | "getPortalByRoom" | "readInboundRaw">;
   ids: IdContext;
   /** Signs the DSN with the bridge's key (`d=` the mail domain), or null for none. */
   dkim: DkimSigner | null;
@@ -50,8 +50,10 @@ export class DsnService {
    * Idempotent: the DSN is keyed by the row (`dsn:inbound:<id>`), so a retry queues it once.
    * @throws the store's error when it cannot be queued (the caller keeps the row and retries)
    */
-  async undeliverable(row: InboundRow, why: Undeliverable): Promise<void> {
-    const headers = headerSection(row.raw);
+  async undeliverable(row: QueuedInbound, why: Undeliverable): Promise<void> {
+    // The header section is in the first chunk of a stored mail (RFC 3462: the DSN returns only the headers).
+    const stored = await this.opts.store.readInboundRaw(row.id);
+    const headers = headerSection(stored?.head ?? Buffer.alloc(0));
     const mail = await parseMail(headers);
     const contentType = /^content-type:\s*([^\r\n;]+)/im.exec(headers.toString("latin1"))?.[1]?.trim() ?? null;
     const ctx = { inbound: row.id, messageId: row.messageId, envelopeFrom: row.envelopeFrom ?? "<>" };
@@ -94,7 +96,7 @@ export class DsnService {
   }
 
   /** The bridge mailbox the mail was for (RFC 3464 §2.3.2 Final-Recipient): the room's, or the DM owner's personal one. */
-  private async finalRecipient(row: InboundRow): Promise<string> {
+  private async finalRecipient(row: QueuedInbound): Promise<string> {
     const { store, ids } = this.opts;
     const owner = row.dmLocalUserId ?? (row.roomId ? (await store.getPortalByRoom(row.roomId))?.localUserId : null) ?? null;
     const personal = owner ? personalAddress(owner, ids) : null;

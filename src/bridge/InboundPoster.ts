@@ -23,7 +23,7 @@
  * attachment names lose control and bidi characters ({@link cleanFilename}).
  * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
-import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow } from "../store/Store.ts";
+import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow, QueuedInbound, StoredRaw } from "../store/Store.ts";
 import { forEachAttachment, parseMail, type MailAttachment, type ParsedMailSummary } from "../mail/inbound/parse.ts";
 import { MailParseError } from "../mail/inbound/parseThread.ts";
 import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
@@ -97,7 +97,7 @@ export interface InboundPosterOptions {
    * Tell the sender a mail cannot be delivered (a DSN). Throwing keeps the row pending (it is
    * tried again later), so a mail is never marked failed without its sender hearing of it.
    */
-  onUndeliverable: (row: InboundRow, why: Undeliverable) => Promise<void>;
+  onUndeliverable: (row: QueuedInbound, why: Undeliverable) => Promise<void>;
   /** The parses the router made at DATA time (parse once); a row not in it is parsed from the stored message. */
   parsed?: ParsedMailCache;
   /** Safety-net poll interval, in ms (default 10 000). */
@@ -173,7 +173,7 @@ export class InboundPoster {
   }
 
   /** Try one row; decide retry or give-up on failure. Never throws for a row's own failure. */
-  private async attempt(row: InboundRow): Promise<void> {
+  private async attempt(row: QueuedInbound): Promise<void> {
     const ctx = { inbound: row.id, messageId: row.messageId, roomId: row.roomId ?? undefined, sender: row.sender, attempt: row.attempts + 1 };
     try {
       await this.post(row);
@@ -204,7 +204,7 @@ export class InboundPoster {
   }
 
   /** Give a row up: notice in its room (best effort), DSN to the sender, then `failed`. */
-  private async giveUp(row: InboundRow, why: Undeliverable, ctx: Record<string, unknown>): Promise<void> {
+  private async giveUp(row: QueuedInbound, why: Undeliverable, ctx: Record<string, unknown>): Promise<void> {
     log.error("mail cannot be posted into Matrix, giving up", { ...ctx, status: why.status, error: why.diagnostic });
     // Best effort: the room may be exactly what cannot be reached (the DSN is what counts);
     // then the admin room, when there is one, hears of it.
@@ -239,13 +239,16 @@ export class InboundPoster {
   }
 
   /** Post one row: ghost profile, DM portal if needed, message, attachments, mapping. */
-  private async post(row: InboundRow): Promise<void> {
+  private async post(row: QueuedInbound): Promise<void> {
     const { store, matrix, ids } = this.opts;
     if (row.kind === "dsn" && row.roomId) {
       await this.postReport(row, row.roomId);
       return;
     }
-    const mail = this.opts.parsed?.take(row.id) ?? (await this.parseStored(row));
+    // The stored message is read a chunk at a time: a large mail is never whole in memory here.
+    const stored = await store.readInboundRaw(row.id);
+    if (!stored) throw new Error(`inbound mail ${row.id} is no longer stored`);
+    const mail = this.opts.parsed?.take(row.id) ?? (await this.parseStored(stored));
     const ghost = Ghost.of(row.sender, row.senderVerified, ids);
     // Only authenticated mail speaks for the address: the name follows its From header.
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
@@ -259,7 +262,7 @@ export class InboundPoster {
     const isReply = row.replyToEventId !== null;
     const ctx = { inbound: row.id, roomId };
     // Inline images, forwarded messages and calendars are read before the message that shows them.
-    const parts = await prepareParts(row.raw, mail, { showHtml: !isReply, upload: (image, i) => (encrypted ? Promise.resolve(null) : this.uploadInline(row, ghost, image, i)), ctx });
+    const parts = await prepareParts(stored, mail, { showHtml: !isReply, upload: (image, i) => (encrypted ? Promise.resolve(null) : this.uploadInline(row, ghost, image, i)), ctx });
     const fold: FoldedReply = isReply ? await foldReply(mail.text) : { text: mail.text, folded: false };
     const { content, cut } = this.content(row, mail, fold, parts);
     content[AUTH_FIELD] = verdict;
@@ -284,7 +287,7 @@ export class InboundPoster {
     const files: { filename: string; contentType: string; content: Buffer }[] = [];
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from([mail.text, ...parts.blocks.map((b) => b.text)].join("\n\n"), "utf8") });
     // What did not decode, or was folded away, is not lost: the original goes with what is shown.
-    if (mail.losses.length > 0 || fold.folded) files.push({ filename: "message.eml", contentType: "message/rfc822", content: row.raw });
+    if (mail.losses.length > 0 || fold.folded) files.push({ filename: "message.eml", contentType: "message/rfc822", content: await stored.whole() });
     for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation, encrypted);
     // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
     // An inline image the message shows is not posted again; one it does not show is, with its upload.
@@ -292,7 +295,7 @@ export class InboundPoster {
     const postAsFile = (i: number): boolean => !parts.skip.has(i) && !(parts.inline.has(i) && formatted.includes(parts.inline.get(i)!.url));
     if (mail.attachments.some((_a, i) => postAsFile(i))) {
       await forEachAttachment(
-        row.raw,
+        stored,
         (att, i) =>
           this.postFile(
             row,
@@ -322,7 +325,7 @@ export class InboundPoster {
    * @throws the homeserver's error (the caller retries or gives up)
    */
   private async sendMessage(
-    row: InboundRow,
+    row: QueuedInbound,
     ghost: Ghost,
     roomId: string,
     content: Record<string, unknown>,
@@ -358,10 +361,10 @@ export class InboundPoster {
    * @throws PermanentPostError 5.6.0 when it does not parse (it parsed at DATA time; parsing
    *   it again cannot get better)
    */
-  private async parseStored(row: InboundRow): Promise<ParsedMailSummary> {
+  private async parseStored(stored: StoredRaw): Promise<ParsedMailSummary> {
     const parse = this.opts.parse ?? ((raw: Buffer) => parseMail(raw, { attachments: "metadata" }));
     try {
-      return await parse(row.raw);
+      return await parse(await stored.whole());
     } catch (err) {
       // A parse in a worker that died or was stopped for another message is tried again.
       if (this.opts.parse && !(err instanceof MailParseError)) throw err;
@@ -374,8 +377,10 @@ export class InboundPoster {
    * address and what the reporting server said (RFC 3464 Final-Recipient, Action, Status,
    * Diagnostic-Code).
    */
-  private async postReport(row: InboundRow, roomId: string): Promise<void> {
-    const report = await parseDsn(row.raw);
+  private async postReport(row: QueuedInbound, roomId: string): Promise<void> {
+    const stored = await this.opts.store.readInboundRaw(row.id);
+    if (!stored) throw new Error(`inbound mail ${row.id} is no longer stored`);
+    const report = await parseDsn(await stored.whole());
     const lines = (report?.recipients ?? []).map((r) => `• ${r.address}: ${r.action} (${r.status})${r.diagnostic ? `: ${r.diagnostic}` : ""}`);
     const from = report?.reportingMta ? ` from ${report.reportingMta}` : "";
     const text = `⚠️ A delivery report${from} came back for this message:\n${lines.length > 0 ? lines.join("\n") : "(it names no recipient)"}`;
@@ -389,7 +394,7 @@ export class InboundPoster {
    * the local user has left (or was removed from) the one there is: mail never lands in a room
    * its reader left (the new DM invites them again, with `is_direct`).
    */
-  private async roomFor(row: InboundRow, ghost: Ghost, mail: ParsedMailSummary): Promise<string> {
+  private async roomFor(row: QueuedInbound, ghost: Ghost, mail: ParsedMailSummary): Promise<string> {
     const { store, matrix } = this.opts;
     const portal: PortalRow | null = row.roomId ? await store.getPortalByRoom(row.roomId) : null;
     if (row.roomId && (!portal || portalOf(portal).joinsSenders)) {
@@ -460,7 +465,7 @@ export class InboundPoster {
    * @param parts what {@link prepareParts} read
    * @returns the content and whether the text was cut (then the full text is attached)
    */
-  private content(row: InboundRow, mail: ParsedMailSummary, fold: FoldedReply, parts: PreparedParts = noParts()): { content: Record<string, unknown>; cut: boolean } {
+  private content(row: QueuedInbound, mail: ParsedMailSummary, fold: FoldedReply, parts: PreparedParts = noParts()): { content: Record<string, unknown>; cut: boolean } {
     const isReply = row.replyToEventId !== null;
     // The folded text is not marked in the message: a Matrix reply to it would quote the mark
     // into the mail it sends. The whole mail follows as message.eml (see post()).
@@ -504,7 +509,7 @@ export class InboundPoster {
    * or refused for its content: null (it is posted as a file after the message, which names it
    * in a notice if need be). Temporary failures throw (the row is retried).
    */
-  private async uploadInline(row: InboundRow, ghost: Ghost, image: MailAttachment, index: number): Promise<InlineImage | null> {
+  private async uploadInline(row: QueuedInbound, ghost: Ghost, image: MailAttachment, index: number): Promise<InlineImage | null> {
     const { matrix } = this.opts;
     const limit = await matrix.uploadLimitBytes();
     const filename = cleanFilename(image.filename, index);
@@ -535,7 +540,7 @@ export class InboundPoster {
    *   does not show; never in an encrypted room)
    */
   private async postFile(
-    row: InboundRow,
+    row: QueuedInbound,
     ghost: Ghost,
     roomId: string,
     file: { filename: string; contentType: string; content: Buffer },
@@ -585,7 +590,7 @@ export class InboundPoster {
    * @returns the upload, or what the homeserver said when it refuses it either way
    * @throws the homeserver's error on temporary failures (the row is retried)
    */
-  private async uploadFile(row: InboundRow, ghost: Ghost, roomId: string, file: { filename: string; contentType: string; content: Buffer }): Promise<InlineImage | { refused: string }> {
+  private async uploadFile(row: QueuedInbound, ghost: Ghost, roomId: string, file: { filename: string; contentType: string; content: Buffer }): Promise<InlineImage | { refused: string }> {
     const { matrix } = this.opts;
     const typed = safeMimeType(file.contentType);
     try {

@@ -7,9 +7,9 @@ import { dbBool, dbBuffer, dbNumber, isUniqueViolation, jsonText, parseStringArr
 import * as Q from "./queries/sql.ts";
 import { toAppPassword } from "./queries/rows.ts";
 import { toMailAlias, toMailDomain } from "./queries/rows.ts";
-import { toGhost, toInbound, toMailbox, toSubscriber, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
+import { toGhost, toInbound, toQueuedInbound, toMailbox, toSubscriber, toMatrixEvent, toMessage, toOutbound, toOutboundRecipient, toPortal } from "./queries/rows.ts";
 import type { DbRow } from "./queries/rows.ts";
-import { MailboxTakenError } from "./Store.ts";
+import { MailboxTakenError, RAW_CHUNK_BYTES } from "./Store.ts";
 import { RawCipher } from "./rawCipher.ts";
 import type {
   AppPasswordRow,
@@ -25,6 +25,8 @@ import type {
   UserSettings,
   InboundRow,
   InboundState,
+  QueuedInbound,
+  StoredRaw,
   RawPurgeResult,
   MailboxPolicy,
   MailAliasFilter,
@@ -137,19 +139,77 @@ export class SqlStore implements BridgeStore {
    * @param opts.cipher encryption at rest of `inbound_mail.raw` and `outbound_mail.raw`
    *   (default: none, plaintext written; an encrypted row then fails to read, loudly)
    */
-  constructor(db: Database, opts: { now?: () => number; cipher?: RawCipher } = {}) {
+  constructor(db: Database, opts: { now?: () => number; cipher?: RawCipher; rawChunkBytes?: number } = {}) {
     this.db = db;
     this.engine = db.engine;
     this.#now = opts.now ?? Date.now;
     this.#cipher = opts.cipher ?? RawCipher.plaintext();
+    this.#chunkBytes = opts.rawChunkBytes ?? RAW_CHUNK_BYTES;
+    if (!Number.isInteger(this.#chunkBytes) || this.#chunkBytes < 1) throw new RangeError(`rawChunkBytes must be an integer >= 1, got ${this.#chunkBytes}`);
   }
 
-  /** Map an inbound row, decrypting `raw`. @throws RawDecryptError naming the row and key ID */
+  /** Chunk size of large inbound mail, in bytes ({@link RAW_CHUNK_BYTES}; smaller in tests). */
+  readonly #chunkBytes: number;
+
+  /** Map an inbound row, decrypting `raw` (the first chunk only). @throws RawDecryptError naming the row and key ID */
   readonly #toInbound = (r: DbRow): InboundRow => {
     const row = toInbound(r);
     row.raw = this.#cipher.open(row.raw, "inbound_mail", row.id);
     return row;
   };
+
+  /**
+   * Map inbound rows with their whole message: `raw` decrypted and, for a chunked mail, joined
+   * with its chunks.
+   * @throws RawDecryptError naming the row and key ID; Error when a chunk is missing
+   */
+  async #inboundRows(q: Queryable, rows: DbRow[]): Promise<InboundRow[]> {
+    const out: InboundRow[] = [];
+    for (const r of rows) {
+      const row = this.#toInbound(r);
+      const chunks = r.raw_chunks === null || r.raw_chunks === undefined ? 0 : dbNumber(r.raw_chunks);
+      if (chunks > 0) row.raw = await this.#storedRaw(q, row.id, row.raw, chunks).whole();
+      out.push(row);
+    }
+    return out;
+  }
+
+  /** One inbound row with its whole message, or null. */
+  async #inboundRow(q: Queryable, sql: string, params: readonly SqlValue[]): Promise<InboundRow | null> {
+    return (await this.#inboundRows(q, await q.query<DbRow>(sql, params)))[0] ?? null;
+  }
+
+  /**
+   * The bytes of inbound mail `id`: `head` (its decrypted `raw`) and `chunks` more, read one at
+   * a time from `inbound_raw_chunk`.
+   */
+  #storedRaw(q: Queryable, id: number, head: Buffer, chunks: number): StoredRaw {
+    const cipher = this.#cipher;
+    async function* read(): AsyncGenerator<Buffer> {
+      yield head;
+      for (let seq = 1; seq <= chunks; seq++) {
+        const r = (await q.query<DbRow>(Q.SQL_INBOUND_CHUNK, [id, seq]))[0];
+        if (!r) throw new Error(`inbound mail ${id}: chunk ${seq} of ${chunks} is missing`);
+        yield cipher.open(dbBuffer(r.data), "inbound_raw_chunk", id, `${id}/${seq}`);
+      }
+    }
+    return {
+      head,
+      chunked: chunks > 0,
+      chunks: read,
+      async whole(): Promise<Buffer> {
+        const parts: Buffer[] = [];
+        for await (const chunk of read()) parts.push(chunk);
+        return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+      },
+    };
+  }
+
+  async readInboundRaw(id: number): Promise<StoredRaw | null> {
+    const r = (await this.db.query<DbRow>(Q.SQL_INBOUND_RAW_HEAD, [id]))[0];
+    if (!r) return null;
+    return this.#storedRaw(this.db, id, this.#cipher.open(dbBuffer(r.raw), "inbound_mail", id), dbNumber(r.raw_chunks));
+  }
 
   /** Map an outbound row, decrypting `raw`. @throws RawDecryptError naming the row and key ID */
   readonly #toOutbound = (r: DbRow): OutboundRow => {
@@ -404,6 +464,9 @@ export class SqlStore implements BridgeStore {
       } else {
         target = dmTarget(mail.dmLocalUserId!, mail.sender, mail.senderVerified);
       }
+      // A large mail is stored in chunks (migration 13): the row holds the first.
+      const size = this.#chunkBytes;
+      const chunks = mail.raw.length > size ? Math.ceil(mail.raw.length / size) - 1 : 0;
       const inserted = await tx.query<DbRow>(Q.SQL_INSERT_INBOUND, [
         target,
         mail.roomId,
@@ -411,7 +474,7 @@ export class SqlStore implements BridgeStore {
         mail.replyToEventId,
         mail.messageId,
         mail.sender,
-        this.#cipher.seal(mail.raw, "inbound_mail"),
+        this.#cipher.seal(chunks > 0 ? mail.raw.subarray(0, size) : mail.raw, "inbound_mail"),
         ms(this.#now()),
         mail.senderVerified,
         mail.senderName,
@@ -423,18 +486,26 @@ export class SqlStore implements BridgeStore {
         mail.kind ?? "mail",
         mail.deliveredTo ?? null,
         mail.recipientTag ?? null,
+        chunks,
       ]);
       // The insert does not read the bytes back: the row carries the caller's plaintext.
-      if (inserted[0]) return { row: { ...toInbound({ ...inserted[0], raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false };
-      const existing = await one(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash], this.#toInbound);
+      if (inserted[0]) {
+        const id = dbNumber(inserted[0].id);
+        // One chunk at a time: each crosses to the database (and is copied there) on its own.
+        for (let seq = 1; seq <= chunks; seq++) {
+          const chunk = mail.raw.subarray(seq * size, (seq + 1) * size);
+          await tx.execute(Q.SQL_INSERT_INBOUND_CHUNK, [id, seq, this.#cipher.seal(chunk, "inbound_raw_chunk", `${id}/${seq}`)]);
+        }
+        return { row: { ...toInbound({ ...inserted[0], raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false };
+      }
+      const existing = await this.#inboundRow(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash]);
       if (!existing) throw new Error("inbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
     });
   }
 
   async listPendingInbound(limit: number): Promise<InboundRow[]> {
-    const rows = await this.db.query<DbRow>(Q.SQL_PENDING_INBOUND, [limitOf(limit)]);
-    return rows.map(this.#toInbound);
+    return this.#inboundRows(this.db, await this.db.query<DbRow>(Q.SQL_PENDING_INBOUND, [limitOf(limit)]));
   }
 
   async setInboundRoom(id: number, roomId: string): Promise<void> {
@@ -445,9 +516,9 @@ export class SqlStore implements BridgeStore {
     await this.db.execute(Q.SQL_INBOUND_POSTED, [id, eventId]);
   }
 
-  async listDueInbound(now: number, limit: number): Promise<InboundRow[]> {
+  async listDueInbound(now: number, limit: number): Promise<QueuedInbound[]> {
     const rows = await this.db.query<DbRow>(Q.SQL_DUE_INBOUND, [ms(now), limitOf(limit)]);
-    return rows.map(this.#toInbound);
+    return rows.map(toQueuedInbound);
   }
 
   async nextInboundAttemptAt(): Promise<number | null> {
@@ -456,16 +527,16 @@ export class SqlStore implements BridgeStore {
   }
 
   getInbound(id: number): Promise<InboundRow | null> {
-    return one(this.db, Q.SQL_INBOUND_BY_ID, [id], this.#toInbound);
+    return this.#inboundRow(this.db, Q.SQL_INBOUND_BY_ID, [id]);
   }
 
   getInboundByEvent(roomId: string, eventId: string): Promise<InboundRow | null> {
-    return one(this.db, Q.SQL_INBOUND_BY_EVENT, [roomId, eventId], this.#toInbound);
+    return this.#inboundRow(this.db, Q.SQL_INBOUND_BY_EVENT, [roomId, eventId]);
   }
 
   async listInbound(state: InboundState | null, limit: number): Promise<InboundRow[]> {
     const rows = state === null ? await this.db.query<DbRow>(Q.SQL_INBOUND_ALL, [limitOf(limit)]) : await this.db.query<DbRow>(Q.SQL_INBOUND_IN_STATE, [state, limitOf(limit)]);
-    return rows.map(this.#toInbound);
+    return this.#inboundRows(this.db, rows);
   }
 
   async markInboundRetry(id: number, error: string, nextAttemptAt: number): Promise<void> {
@@ -481,7 +552,11 @@ export class SqlStore implements BridgeStore {
   }
 
   async dropInbound(id: number): Promise<boolean> {
-    return (await this.db.execute(Q.SQL_INBOUND_DROP, [id])).changes > 0;
+    return this.db.transaction(async (tx) => {
+      const dropped = (await tx.execute(Q.SQL_INBOUND_DROP, [id])).changes > 0;
+      if (dropped) await tx.execute(Q.SQL_DROP_INBOUND_CHUNKS, [id]);
+      return dropped;
+    });
   }
 
   // Outbound queue
@@ -911,6 +986,7 @@ export class SqlStore implements BridgeStore {
     const empty = Buffer.alloc(0);
     return this.db.transaction(async (tx) => {
       const inbound = (await tx.execute(Q.SQL_PURGE_INBOUND_RAW, [empty, now, cutoff, n])).changes;
+      if (inbound > 0) await tx.execute(Q.SQL_PURGE_INBOUND_CHUNKS, [now]);
       const outbound = (await tx.execute(Q.SQL_PURGE_OUTBOUND_RAW, [empty, now, cutoff, n])).changes;
       return { inbound, outbound };
     });

@@ -211,6 +211,32 @@ export interface InboundRow {
   receivedAt: number;
 }
 
+/** An inbound row as the poster takes it: without its bytes, which it reads as it goes ({@link BridgeStore.readInboundRaw}). */
+export type QueuedInbound = Omit<InboundRow, "raw">;
+
+/**
+ * Bytes above which an inbound mail is stored in chunks of this size (migration 13): 1 MiB.
+ * Each layer a blob crosses (the SQLite worker, SQLite's record, pg's parameter) copies it whole,
+ * so a large mail is written and read one chunk at a time.
+ */
+export const RAW_CHUNK_BYTES = 1024 * 1024;
+
+/** The stored bytes of one inbound mail, read one chunk at a time (see {@link RAW_CHUNK_BYTES}). */
+export interface StoredRaw {
+  /** The first chunk: the whole message when it is not larger than a chunk; empty once purged. */
+  readonly head: Buffer;
+  /** Whether chunks follow {@link head}. */
+  readonly chunked: boolean;
+  /**
+   * Every chunk in order, {@link head} first; each is read (and decrypted) only when the one
+   * before it was taken, so one chunk is in memory at a time.
+   * @throws RawDecryptError naming the row, the driver's error, or Error when a chunk is missing
+   */
+  chunks(): AsyncIterable<Buffer>;
+  /** The whole message in one Buffer (as {@link chunks} throws). */
+  whole(): Promise<Buffer>;
+}
+
 /** What {@link BridgeStore.insertInbound} takes (`kind` defaults to `mail`, `deliveredTo` and `recipientTag` to null). */
 export type NewInbound = Pick<
   InboundRow,
@@ -591,9 +617,15 @@ export interface BridgeStore {
   /**
    * Pending rows due at `now` (epoch ms) that are the oldest pending row of their target (room,
    * or DM partner): per-target order is kept, and a row waiting for its retry holds back only
-   * its own target. Oldest first, at most `limit`.
+   * its own target. Oldest first, at most `limit`. Without their bytes: see {@link readInboundRaw}.
    */
-  listDueInbound(now: number, limit: number): Promise<InboundRow[]>;
+  listDueInbound(now: number, limit: number): Promise<QueuedInbound[]>;
+  /**
+   * The stored bytes of inbound row `id`, to be read a chunk at a time, or null when there is
+   * no such row. Empty (`head` of 0 bytes) once purged.
+   * @throws RawDecryptError naming the row when the first chunk cannot be decrypted
+   */
+  readInboundRaw(id: number): Promise<StoredRaw | null>;
   /** The earliest `nextAttemptAt` of a pending row, or null when none is pending. */
   nextInboundAttemptAt(): Promise<number | null>;
   /** One row by id, or null. */

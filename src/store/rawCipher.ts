@@ -19,8 +19,10 @@
  * | 34+n       | rest  | ciphertext (as long as the plaintext)                           |
  *
  * The additional authenticated data is the header (bytes 0 .. 6+n) followed by the table name
- * (`inbound_mail` or `outbound_mail`): the key ID cannot be swapped, nor a blob moved to the
- * other table, without failing authentication.
+ * (`inbound_mail`, `outbound_mail` or `inbound_raw_chunk`): the key ID cannot be swapped, nor a
+ * blob moved to the other table, without failing authentication. A chunk of a large inbound
+ * mail also binds its place (`<inbound id>/<seq>`, after a zero byte): chunks cannot be
+ * reordered, nor moved to another mail.
  *
  * A `raw` that does not start with the magic is plaintext (a row written before encryption was
  * turned on, or a purged row, whose `raw` is empty) and is read as it is. No mail the bridge
@@ -47,8 +49,11 @@ const ALGORITHM = "aes-256-gcm";
 /** What a key ID may look like: 1 to 32 of `A-Z a-z 0-9 . _ -`. */
 export const RAW_KEY_ID_PATTERN = /^[A-Za-z0-9._-]{1,32}$/;
 
-/** The tables whose `raw` column is encrypted. */
-export type RawTable = "inbound_mail" | "outbound_mail";
+/**
+ * The tables whose stored mail is encrypted: `raw` of `inbound_mail` and `outbound_mail`, and
+ * `data` of `inbound_raw_chunk` (the chunks after the first of a large inbound mail, migration 13).
+ */
+export type RawTable = "inbound_mail" | "outbound_mail" | "inbound_raw_chunk";
 
 /** One AES-256 key with its ID. */
 export interface RawKey {
@@ -103,6 +108,11 @@ export function isRawEnvelope(stored: Buffer): boolean {
 export function rawEnvelopeKeyId(stored: Buffer, table: RawTable = "inbound_mail", rowId: number | null = null): string | null {
   if (!isRawEnvelope(stored)) return null;
   return parseHeader(stored, table, rowId).keyId;
+}
+
+/** The authenticated data after the header: the table name, then a zero byte and the chunk's place when there is one. */
+function additionalData(table: RawTable, place: string | undefined): Buffer {
+  return Buffer.from(place === undefined ? table : `${table}\0${place}`, "latin1");
 }
 
 interface Header {
@@ -165,15 +175,17 @@ export class RawCipher {
   /**
    * What to store for `plain` in `table`: an envelope under the current key, or `plain`
    * itself when there is no current key.
+   * @param place a chunk's place (`<inbound id>/<seq>`, `inbound_raw_chunk` only), bound into
+   *   the authenticated data
    */
-  seal(plain: Buffer, table: RawTable): Buffer {
+  seal(plain: Buffer, table: RawTable, place?: string): Buffer {
     const cur = this.#current;
     if (!cur) return plain;
     const id = Buffer.from(cur.id, "latin1");
     const header = Buffer.concat([RAW_ENVELOPE_MAGIC, Buffer.from([id.length]), id]);
     const iv = randomBytes(IV_BYTES);
     const cipher = createCipheriv(ALGORITHM, cur.key, iv, { authTagLength: TAG_BYTES });
-    cipher.setAAD(Buffer.concat([header, Buffer.from(table, "latin1")]));
+    cipher.setAAD(Buffer.concat([header, additionalData(table, place)]));
     const body = Buffer.concat([cipher.update(plain), cipher.final()]);
     return Buffer.concat([header, iv, cipher.getAuthTag(), body]);
   }
@@ -183,10 +195,11 @@ export class RawCipher {
    * @param stored the column's bytes
    * @param table the row's table (part of the authenticated data)
    * @param rowId the row's ID, for the error
+   * @param place a chunk's place (`<inbound id>/<seq>`), as given to {@link seal}
    * @throws RawDecryptError naming the row and key ID when the key is not configured, the
    *   blob fails authentication, or the envelope is malformed
    */
-  open(stored: Buffer, table: RawTable, rowId: number | null): Buffer {
+  open(stored: Buffer, table: RawTable, rowId: number | null, place?: string): Buffer {
     if (!isRawEnvelope(stored)) return stored;
     const { keyId, headerEnd } = parseHeader(stored, table, rowId);
     if (stored.length < headerEnd + IV_BYTES + TAG_BYTES) throw new RawDecryptError(table, rowId, keyId, "malformed");
@@ -195,7 +208,7 @@ export class RawCipher {
     const iv = stored.subarray(headerEnd, headerEnd + IV_BYTES);
     const tag = stored.subarray(headerEnd + IV_BYTES, headerEnd + IV_BYTES + TAG_BYTES);
     const decipher = createDecipheriv(ALGORITHM, key, iv, { authTagLength: TAG_BYTES });
-    decipher.setAAD(Buffer.concat([stored.subarray(0, headerEnd), Buffer.from(table, "latin1")]));
+    decipher.setAAD(Buffer.concat([stored.subarray(0, headerEnd), additionalData(table, place)]));
     decipher.setAuthTag(tag);
     const body = decipher.update(stored.subarray(headerEnd + IV_BYTES + TAG_BYTES));
     try {

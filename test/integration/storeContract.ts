@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, it } from "node:test";
 import { migrate } from "../../src/store/migrate.ts";
 import { MIGRATIONS } from "../../src/store/migrations/index.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
-import { MailboxTakenError } from "../../src/store/Store.ts";
+import { MailboxTakenError, RAW_CHUNK_BYTES } from "../../src/store/Store.ts";
 import type { BridgeStore, NewInbound, NewOutbound } from "../../src/store/Store.ts";
 import type { Database } from "../../src/store/db/Database.ts";
 import { dbBuffer } from "../../src/store/db/dialect.ts";
@@ -1510,15 +1510,153 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         // A purged row is not re-encrypted (nothing to protect).
         await encB.markInboundPosted(b1.id, "$b1");
         await encB.purgeRawMail(Date.now() + 1000, 10);
-        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated, { batchSize: 1 }), { inbound: 2, outbound: 1 });
+        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated, { batchSize: 1 }), { inbound: 2, inboundChunks: 0, outbound: 1 });
         for (const id of [plain.id, a1.id]) assert.equal(rawEnvelopeKeyId(await column("inbound_mail", id)), "key-b");
         assert.equal(rawEnvelopeKeyId(await column("outbound_mail", o1.id)), "key-b");
         assert.equal((await column("inbound_mail", b1.id)).length, 0);
         const onlyB = storeWith({ cipher: new RawCipher({ current: keyB }) });
         for (const id of [plain.id, a1.id]) assert.ok((await onlyB.getInbound(id))?.raw.equals(SECRET), "key A can be retired");
         assert.ok((await onlyB.getOutboundById(o1.id))?.raw.equals(SECRET));
-        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated), { inbound: 0, outbound: 0 }, "a second run has nothing to do");
+        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated), { inbound: 0, inboundChunks: 0, outbound: 0 }, "a second run has nothing to do");
         await assert.rejects(reencryptRawMail(dbOf(store), RawCipher.plaintext()), /no current key/);
+      });
+    });
+    describe("large inbound mail in chunks (migration 13)", () => {
+      const CHUNK = 16;
+      const MAIL = Buffer.concat([Buffer.from("From: bob@example.org\r\nSubject: chunked\r\n\r\n"), NASTY_BYTES]);
+      const keyA: RawKey = { id: "key-a", key: randomBytes(32) };
+      const keyB: RawKey = { id: "key-b", key: randomBytes(32) };
+      /** Another store over the fixture's database with small chunks (not closed: the fixture closes the database). */
+      function chunked(opts: { cipher?: RawCipher; now?: () => number } = {}): SqlStore {
+        return new SqlStore(dbOf(store), { ...opts, rawChunkBytes: CHUNK });
+      }
+      async function chunkRows(id: number): Promise<{ seq: number; data: Buffer }[]> {
+        const rows = await dbOf(store).query<{ seq: unknown; data: unknown }>("SELECT seq, data FROM inbound_raw_chunk WHERE inbound_id = $1 ORDER BY seq", [id]);
+        return rows.map((r) => ({ seq: Number(r.seq), data: dbBuffer(r.data) }));
+      }
+      async function readAll(s: BridgeStore, id: number): Promise<Buffer[]> {
+        const raw = await s.readInboundRaw(id);
+        assert.ok(raw, `inbound row ${id} is stored`);
+        const out: Buffer[] = [];
+        for await (const chunk of raw.chunks()) out.push(chunk);
+        return out;
+      }
+
+      it("chunks of 1 MiB by default", () => {
+        assert.equal(RAW_CHUNK_BYTES, 1024 * 1024);
+      });
+
+      it("stores the first chunk in the row and the rest in order; every read gives the whole message back", async () => {
+        const s = chunked();
+        const { row, duplicate } = await s.insertInbound(inbound({ messageId: "big@x", raw: MAIL }));
+        assert.equal(duplicate, false);
+        assert.ok(row.raw.equals(MAIL), "the inserted row carries the whole message");
+        const [col] = await dbOf(store).query<{ raw: unknown; raw_chunks: unknown }>("SELECT raw, raw_chunks FROM inbound_mail WHERE id = $1", [row.id]);
+        assert.ok(dbBuffer(col!.raw).equals(MAIL.subarray(0, CHUNK)), "the row holds the first chunk");
+        const expected = Math.ceil(MAIL.length / CHUNK) - 1;
+        assert.equal(Number(col!.raw_chunks), expected);
+        const rows = await chunkRows(row.id);
+        assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: expected }, (_, i) => i + 1));
+        assert.ok(rows.every((r, i) => r.data.equals(MAIL.subarray((i + 1) * CHUNK, (i + 2) * CHUNK))));
+
+        assert.ok((await s.getInbound(row.id))?.raw.equals(MAIL), "getInbound");
+        assert.ok((await s.listInbound(null, 10))[0]?.raw.equals(MAIL), "listInbound");
+        assert.ok((await s.listPendingInbound(10))[0]?.raw.equals(MAIL), "listPendingInbound");
+        await s.markInboundPosted(row.id, "$big");
+        assert.ok((await s.getInboundByEvent("!room:hs.test", "$big"))?.raw.equals(MAIL), "getInboundByEvent");
+        const pieces = await readAll(s, row.id);
+        assert.equal(pieces.length, expected + 1, "read one chunk at a time");
+        assert.ok(Buffer.concat(pieces).equals(MAIL));
+        const raw = await s.readInboundRaw(row.id);
+        assert.equal(raw?.chunked, true);
+        assert.ok(raw?.head.equals(MAIL.subarray(0, CHUNK)));
+        assert.ok((await raw!.whole()).equals(MAIL));
+        // The default store (1 MiB chunks) reads what a store with other chunks wrote.
+        assert.ok((await store.getInbound(row.id))?.raw.equals(MAIL));
+        assert.equal(await s.readInboundRaw(row.id + 1000), null);
+      });
+
+      it("a mail no larger than a chunk stays in the row alone", async () => {
+        const s = chunked();
+        const small = MAIL.subarray(0, CHUNK);
+        const { row } = await s.insertInbound(inbound({ messageId: "small@x", raw: small }));
+        assert.deepEqual(await chunkRows(row.id), []);
+        const raw = await s.readInboundRaw(row.id);
+        assert.equal(raw?.chunked, false);
+        assert.deepEqual(await readAll(s, row.id), [small]);
+      });
+
+      it("lists due rows without their bytes; a replay is a duplicate with the whole message and no second set of chunks", async () => {
+        const s = chunked();
+        const first = (await s.insertInbound(inbound({ messageId: "dup@x", raw: MAIL }))).row;
+        const due = await s.listDueInbound(Date.now() + 1000, 10);
+        assert.equal(due.length, 1);
+        assert.equal("raw" in due[0]!, false, "the poster reads the bytes as it goes");
+        assert.equal(due[0]!.id, first.id);
+        const again = await s.insertInbound(inbound({ messageId: "dup@x", raw: MAIL }));
+        assert.equal(again.duplicate, true);
+        assert.equal(again.row.id, first.id);
+        assert.ok(again.row.raw.equals(MAIL));
+        assert.equal((await chunkRows(first.id)).length, Math.ceil(MAIL.length / CHUNK) - 1);
+      });
+
+      it("a missing chunk is an error naming the row and the chunk, never a short message", async () => {
+        const s = chunked();
+        const { row } = await s.insertInbound(inbound({ messageId: "cut@x", raw: MAIL }));
+        await dbOf(store).execute("DELETE FROM inbound_raw_chunk WHERE inbound_id = $1 AND seq = 2", [row.id]);
+        await assert.rejects(s.getInbound(row.id), new RegExp(`inbound mail ${row.id}: chunk 2 of \\d+ is missing`));
+        await assert.rejects(readAll(s, row.id), /chunk 2 of/);
+      });
+
+      it("dropping the row or purging its bytes deletes its chunks", async () => {
+        const DAY = 86_400_000;
+        let now = Date.UTC(2030, 0, 1);
+        const s = chunked({ now: () => now });
+        const dropped = (await s.insertInbound(inbound({ messageId: "drop@x", raw: MAIL }))).row;
+        const posted = (await s.insertInbound(inbound({ messageId: "purge@x", raw: MAIL }))).row;
+        const kept = (await s.insertInbound(inbound({ messageId: "keep@x", raw: MAIL }))).row;
+        assert.equal(await s.dropInbound(dropped.id), true);
+        assert.deepEqual(await chunkRows(dropped.id), []);
+        await s.markInboundPosted(posted.id, "$p");
+        now += 31 * DAY;
+        assert.deepEqual(await s.purgeRawMail(now - 30 * DAY, 10), { inbound: 1, outbound: 0 });
+        assert.deepEqual(await chunkRows(posted.id), []);
+        const purged = await s.getInbound(posted.id);
+        assert.equal(purged?.raw.length, 0);
+        assert.notEqual(purged?.rawPurgedAt, null);
+        assert.deepEqual(await readAll(s, posted.id), [Buffer.alloc(0)]);
+        assert.ok((await s.getInbound(kept.id))?.raw.equals(MAIL), "a pending mail keeps its chunks");
+      });
+
+      it("encrypts every chunk at rest, bound to its mail and place; re-encryption rewrites the chunks too", async () => {
+        const enc = chunked({ cipher: new RawCipher({ current: keyA }) });
+        const marker = Buffer.from("top-secret-marker-".repeat(4));
+        const secret = Buffer.concat([Buffer.from("From: bob@example.org\r\n\r\n"), marker, marker]);
+        const a = (await enc.insertInbound(inbound({ messageId: "enc-a@x", raw: secret }))).row;
+        const b = (await enc.insertInbound(inbound({ messageId: "enc-b@x", raw: secret }))).row;
+        const rows = await chunkRows(a.id);
+        assert.ok(rows.length >= 3);
+        for (const r of rows) {
+          assert.ok(isRawEnvelope(r.data), `chunk ${r.seq} is an envelope`);
+          assert.equal(rawEnvelopeKeyId(r.data, "inbound_raw_chunk"), "key-a");
+          assert.equal(r.data.includes(Buffer.from("secret")), false);
+        }
+        assert.ok((await enc.getInbound(a.id))?.raw.equals(secret));
+        // Chunks cannot be reordered, nor moved to another mail.
+        await dbOf(store).execute("UPDATE inbound_raw_chunk SET data = $3 WHERE inbound_id = $1 AND seq = $2", [a.id, 1, rows[1]!.data]);
+        await assert.rejects(enc.getInbound(a.id), RawDecryptError);
+        await dbOf(store).execute("UPDATE inbound_raw_chunk SET data = $3 WHERE inbound_id = $1 AND seq = $2", [a.id, 1, (await chunkRows(b.id))[0]!.data]);
+        await assert.rejects(enc.getInbound(a.id), RawDecryptError);
+        await dbOf(store).execute("UPDATE inbound_raw_chunk SET data = $3 WHERE inbound_id = $1 AND seq = $2", [a.id, 1, rows[0]!.data]);
+        assert.ok((await enc.getInbound(a.id))?.raw.equals(secret), "put back, it reads again");
+
+        const rotated = new RawCipher({ current: keyB, previous: [keyA] });
+        const chunks = (await chunkRows(a.id)).length + (await chunkRows(b.id)).length;
+        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated, { batchSize: 2 }), { inbound: 2, inboundChunks: chunks, outbound: 0 });
+        for (const r of [...(await chunkRows(a.id)), ...(await chunkRows(b.id))]) assert.equal(rawEnvelopeKeyId(r.data, "inbound_raw_chunk"), "key-b");
+        const onlyB = chunked({ cipher: new RawCipher({ current: keyB }) });
+        for (const id of [a.id, b.id]) assert.ok((await onlyB.getInbound(id))?.raw.equals(secret), "key A can be retired");
+        assert.deepEqual(await reencryptRawMail(dbOf(store), rotated), { inbound: 0, inboundChunks: 0, outbound: 0 });
       });
     });
   });

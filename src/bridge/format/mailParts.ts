@@ -12,7 +12,7 @@
  *   carrying the same calendar, the named one.
  */
 import { createHash } from "node:crypto";
-import { forEachAttachment, parseMail, type MailAddress, type MailAttachment, type MailAttachmentInfo, type ParsedMailSummary } from "../../mail/inbound/parse.ts";
+import { forEachAttachment, parseMail, type MailAddress, type MailAttachment, type MailAttachmentInfo, type MessageSource, type ParsedMailSummary } from "../../mail/inbound/parse.ts";
 import { TextDecoder } from "node:util";
 import { calendarHtml, calendarText, summarizeCalendar, type CalendarSummary } from "../../mail/inbound/calendar.ts";
 import { sanitizeHtml } from "./sanitize.ts";
@@ -239,11 +239,11 @@ export interface PreparePartsOptions {
  * ({@link forEachAttachment}): only the part being read is in memory. Inline images referenced
  * by the HTML are uploaded; forwarded messages and calendar objects become blocks. Nothing is read
  * when the mail has no such part.
- * @param raw the stored message
+ * @param raw the stored message, whole or in chunks
  * @param mail its parse (attachments as metadata)
  * @throws what `opts.upload` throws, or Error from mailparser
  */
-export async function prepareParts(raw: Buffer, mail: ParsedMailSummary, opts: PreparePartsOptions): Promise<PreparedParts> {
+export async function prepareParts(raw: MessageSource, mail: ParsedMailSummary, opts: PreparePartsOptions): Promise<PreparedParts> {
   const parts = noParts();
   const cids = opts.showHtml && mail.html !== null ? new Set([...referencedCids(mail.html)].map(cidKey)) : new Set<string>();
   const shown = (info: MailAttachmentInfo): boolean => info.contentId !== null && info.contentType.startsWith("image/") && cids.has(cidKey(info.contentId));

@@ -163,6 +163,12 @@ function rawHeader(mail: MailparserMail, name: string): string | null {
   return line.slice(colon + 1).replace(/\r?\n[ \t]+/g, " ").trim();
 }
 
+/**
+ * A message to read: whole in memory, or a large stored mail read one chunk at a time (the
+ * store's `StoredRaw`: `head` is its first chunk, `chunks()` yields `head` and the rest in order).
+ */
+export type MessageSource = Buffer | { readonly head: Buffer; chunks(): AsyncIterable<Buffer> };
+
 /** What one run of mailparser over a message gives (the fields `simpleParser` would set). */
 interface MailparserRun {
   mail: MailparserMail;
@@ -188,9 +194,13 @@ const PARSER_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipTextLin
  * buffering of every attachment.
  * @throws Error from mailparser (structural limits) or from `onAttachment`
  */
-function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, content: Readable, index: number) => Promise<void>): Promise<MailparserRun> {
+function runMailparser(source: MessageSource, onAttachment: (info: MailAttachmentInfo, content: Readable, index: number) => Promise<void>): Promise<MailparserRun> {
+  const whole = Buffer.isBuffer(source);
+  const head = whole ? source : source.head;
+  /** The bytes a part's raw 8-bit file name is looked up in: the message, or (chunked) its first chunk and the chunk being read. */
+  let near = head;
   let hint: string | null | undefined;
-  const messageCharset = (): string | null => (hint === undefined ? (hint = charsetHint(raw)) : hint);
+  const messageCharset = (): string | null => (hint === undefined ? (hint = charsetHint(head)) : hint);
   return new Promise((resolve, reject) => {
     const mail = { attachments: [] } as unknown as MailparserMail & Record<string, unknown>;
     const attachments: MailAttachmentInfo[] = [];
@@ -221,7 +231,7 @@ function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, con
         return;
       }
       const data = read as AttachmentStream & { content: Readable };
-      const info = attachmentInfo(data, raw, messageCharset);
+      const info = attachmentInfo(data, near, messageCharset);
       const index = attachments.length;
       attachments.push(info);
       let size = 0;
@@ -254,19 +264,34 @@ function runMailparser(raw: Buffer, onAttachment: (info: MailAttachmentInfo, con
     });
     // Fed in slices, minding backpressure: one big write would make every stage below
     // (MIME splitting, transfer decoding) buffer the whole message at once.
-    let offset = 0;
-    const feed = (): void => {
-      while (offset < raw.length && !settled) {
-        const slice = raw.subarray(offset, Math.min(offset + FEED_SLICE_BYTES, raw.length));
-        offset += slice.length;
-        if (!parser.write(slice)) {
-          parser.once("drain", feed);
-          return;
+    const feedChunk = (raw: Buffer, done: () => void): void => {
+      let offset = 0;
+      const feed = (): void => {
+        while (offset < raw.length && !settled) {
+          const slice = raw.subarray(offset, Math.min(offset + FEED_SLICE_BYTES, raw.length));
+          offset += slice.length;
+          if (!parser.write(slice)) {
+            parser.once("drain", feed);
+            return;
+          }
         }
+        if (!settled) done();
+      };
+      feed();
+    };
+    if (whole) {
+      feedChunk(source, () => parser.end());
+      return;
+    }
+    // A chunked message: the next chunk is read once the parser took the one before.
+    void (async () => {
+      for await (const chunk of source.chunks()) {
+        if (settled) return;
+        near = chunk === head ? head : Buffer.concat([head.subarray(0, 64 * 1024), chunk]);
+        await new Promise<void>((next) => feedChunk(chunk, next));
       }
       if (!settled) parser.end();
-    };
-    feed();
+    })().catch(fail);
   });
 }
 
@@ -341,15 +366,16 @@ export async function parseMail(raw: Buffer, opts?: { attachments: "metadata"; s
 
 /**
  * Hand each attachment of `raw`, decoded, to `fn`, in order, one at a time: only the
- * attachment being handled is in memory (plus `raw` itself). Indexes match
- * `parseMail(raw).attachments`.
+ * attachment being handled is in memory (plus `raw` itself when it is a Buffer; one chunk of
+ * it at a time when it is read in chunks). Indexes match `parseMail(raw).attachments`.
+ * @param raw the message, whole or in chunks ({@link MessageSource})
  * @param fn called with the attachment and its index; the next attachment is read once it settles
  * @param opts.only which attachments to hand over (from their name, type and Content-ID; `size`
  *   is not known yet); the others are decoded and dropped, never collected. Default: all.
  * @throws Error from mailparser, or what `fn` throws (no further attachment is read)
  */
 export async function forEachAttachment(
-  raw: Buffer,
+  raw: MessageSource,
   fn: (attachment: MailAttachment, index: number) => Promise<void>,
   opts: { only?: (info: MailAttachmentInfo, index: number) => boolean } = {},
 ): Promise<void> {

@@ -13,6 +13,7 @@ import { sql009ContactRequests } from "./009-contact-requests.ts";
 import { sql010Addressing } from "./010-addressing.ts";
 import { sql011AppPasswords } from "./011-app-passwords.ts";
 import { sql012CryptoStore } from "./012-crypto-store.ts";
+import { sql013RawChunks } from "./013-raw-chunks.ts";
 
 /** One schema migration. */
 export interface Migration {
@@ -38,4 +39,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 10, description: "addressing: mail domains and aliases", sql: sql010Addressing },
   { version: 11, description: "app passwords for SMTP submission", sql: sql011AppPasswords },
   { version: 12, description: "end-to-end-encryption state of the bridge's Matrix devices", sql: sql012CryptoStore },
+  { version: 13, description: "large inbound mail stored in chunks: raw_chunks, inbound_raw_chunk", sql: sql013RawChunks },
 ];

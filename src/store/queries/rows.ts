@@ -13,6 +13,7 @@ import type {
   Direction,
   GhostRow,
   InboundRow,
+  QueuedInbound,
   InboundState,
   MatrixEventRow,
   MatrixEventState,
@@ -111,6 +112,12 @@ function jsonObjectOrNull<T>(v: unknown): T | null {
 
 /** Map a row of the matching table to its Store.ts type. @throws TypeError on a malformed row */
 export function toInbound(r: DbRow): InboundRow {
+  // As stored (maybe an encrypted envelope): SqlStore decrypts it (src/store/rawCipher.ts).
+  return { ...toQueuedInbound(r), raw: dbBuffer(r.raw) };
+}
+
+/** Map an inbound row selected without `raw` (see `INBOUND_COLS_BUT_RAW`). @throws TypeError on a malformed row */
+export function toQueuedInbound(r: DbRow): QueuedInbound {
   return {
     id: dbNumber(r.id),
     roomId: strOrNull(r.room_id),
@@ -129,8 +136,6 @@ export function toInbound(r: DbRow): InboundRow {
     kind: str(r.kind) as InboundRow["kind"],
     deliveredTo: strOrNull(r.delivered_to),
     recipientTag: strOrNull(r.recipient_tag),
-    // As stored (maybe an encrypted envelope): SqlStore decrypts it (src/store/rawCipher.ts).
-    raw: dbBuffer(r.raw),
     rawPurgedAt: r.raw_purged_at === null || r.raw_purged_at === undefined ? null : dbNumber(r.raw_purged_at),
     state: str(r.state) as InboundState,
     attempts: dbNumber(r.attempts),

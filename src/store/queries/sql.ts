@@ -134,30 +134,33 @@ export const SQL_MESSAGES_IN_ROOM = `SELECT ${MESSAGE_COLS} FROM messages WHERE 
 
 const INBOUND_COLS =
   "id, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, event_id, last_error, received_at, " +
-  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from, raw_purged_at, kind, delivered_to, recipient_tag";
-/** {@link INBOUND_COLS} but `raw`: an insert does not read back the bytes it just wrote (a 25 MiB mail would be copied twice more). */
-const INBOUND_COLS_BUT_RAW = INBOUND_COLS.replace(" raw,", "");
+  "sender_verified, sender_name, auth, spam, participants, content_hash, next_attempt_at, envelope_from, raw_purged_at, kind, delivered_to, recipient_tag, raw_chunks";
+/**
+ * {@link INBOUND_COLS} but `raw`: an insert does not read back the bytes it just wrote (a 25 MiB
+ * mail would be copied twice more), and the poster reads them as it goes (`readInboundRaw`).
+ */
+export const INBOUND_COLS_BUT_RAW = INBOUND_COLS.replace(" raw,", "");
 /** The local user and remote party of $1 room_id if it is a dm portal (for the inbound target). */
 export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id, remote_address, remote_verified FROM portals WHERE room_id = $1 AND kind = 'dm'";
 /**
  * Insert a pending inbound mail unless (target, message_id, content_hash) exists, returning it
  * (no row on conflict; `raw` is not returned). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
  * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash, $15 envelope_from, $16 kind,
- * $17 delivered_to, $18 recipient_tag.
+ * $17 delivered_to, $18 recipient_tag, $19 raw_chunks ($7 raw is then the first chunk).
  */
 export const SQL_INSERT_INBOUND = `
 INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at,
-  sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from, kind, delivered_to, recipient_tag)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+  sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from, kind, delivered_to, recipient_tag, raw_chunks)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT (target, message_id, content_hash) DO NOTHING
 RETURNING ${INBOUND_COLS_BUT_RAW}`;
 /** Inbound mail by $1 target, $2 message_id, $3 content_hash. */
 export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2 AND content_hash = $3`;
 /** Pending inbound mail, oldest first, at most $1 rows. */
 export const SQL_PENDING_INBOUND = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = 'pending' ORDER BY id LIMIT $1`;
-/** The oldest pending row of each target, if due at $1 (ms); oldest first, at most $2 rows. */
+/** The oldest pending row of each target, if due at $1 (ms), without `raw`; oldest first, at most $2 rows. */
 export const SQL_DUE_INBOUND = `
-SELECT ${INBOUND_COLS} FROM inbound_mail m
+SELECT ${INBOUND_COLS_BUT_RAW} FROM inbound_mail m
 WHERE m.state = 'pending' AND m.next_attempt_at <= $1
   AND NOT EXISTS (SELECT 1 FROM inbound_mail p WHERE p.state = 'pending' AND p.target = m.target AND p.id < m.id)
 ORDER BY m.id LIMIT $2`;
@@ -179,6 +182,21 @@ export const SQL_INBOUND_FAILED = "UPDATE inbound_mail SET state = 'failed', att
 export const SQL_INBOUND_REQUEUE = "UPDATE inbound_mail SET state = 'pending', next_attempt_at = $2 WHERE id = $1 AND state <> 'posted'";
 /** Delete $1 unless posted. */
 export const SQL_INBOUND_DROP = "DELETE FROM inbound_mail WHERE id = $1 AND state <> 'posted'";
+/** Insert chunk $2 (seq) of inbound mail $1: $3 data. */
+export const SQL_INSERT_INBOUND_CHUNK = "INSERT INTO inbound_raw_chunk (inbound_id, seq, data) VALUES ($1, $2, $3)";
+/** The first column `raw` of inbound mail $1 and its chunk count (no row when there is no such mail). */
+export const SQL_INBOUND_RAW_HEAD = "SELECT raw, raw_chunks FROM inbound_mail WHERE id = $1";
+/** Chunk $2 (seq) of inbound mail $1. */
+export const SQL_INBOUND_CHUNK = "SELECT data FROM inbound_raw_chunk WHERE inbound_id = $1 AND seq = $2";
+/** Delete the chunks of inbound mail $1 (once the row is gone). */
+export const SQL_DROP_INBOUND_CHUNKS = "DELETE FROM inbound_raw_chunk WHERE inbound_id = $1 AND NOT EXISTS (SELECT 1 FROM inbound_mail WHERE id = $1)";
+/** Delete the chunks of inbound mail purged at $1 (ms, the purge's now). */
+export const SQL_PURGE_INBOUND_CHUNKS = "DELETE FROM inbound_raw_chunk WHERE inbound_id IN (SELECT id FROM inbound_mail WHERE raw_purged_at = $1)";
+/** Chunks of kept inbound mail after ($1 inbound_id, $2 seq), in order, at most $3: for re-encryption. */
+export const SQL_INBOUND_CHUNK_PAGE = `SELECT c.inbound_id, c.seq, c.data FROM inbound_raw_chunk c
+WHERE c.inbound_id > $1 OR (c.inbound_id = $1 AND c.seq > $2) ORDER BY c.inbound_id, c.seq LIMIT $3`;
+/** Replace chunk ($1 inbound_id, $2 seq) when it still holds $3 with $4. */
+export const SQL_INBOUND_CHUNK_SWAP = "UPDATE inbound_raw_chunk SET data = $4 WHERE inbound_id = $1 AND seq = $2 AND data = $3";
 /** Set room_id $2 of inbound mail $1. */
 export const SQL_SET_INBOUND_ROOM = "UPDATE inbound_mail SET room_id = $2 WHERE id = $1";
 /** Mark inbound mail $1 posted as event $2. */
@@ -359,7 +377,7 @@ export const SQL_PRUNE_APPSERVICE_TXNS = "DELETE FROM appservice_txns WHERE rece
  * inner ones so a row that changed meanwhile is left alone.
  */
 export const SQL_PURGE_INBOUND_RAW = `
-UPDATE inbound_mail SET raw = $1, raw_purged_at = $2
+UPDATE inbound_mail SET raw = $1, raw_purged_at = $2, raw_chunks = 0
 WHERE state = 'posted' AND raw_purged_at IS NULL AND id IN (
   SELECT id FROM inbound_mail WHERE state = 'posted' AND raw_purged_at IS NULL AND received_at < $3 ORDER BY id LIMIT $4)`;
 /**
