@@ -7,7 +7,7 @@ import nodemailer from "nodemailer";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
 import type { SMTPConnectionOptions, SMTPConnectionSendInfo, SMTPEnvelope } from "nodemailer/lib/smtp-connection";
 import { configureLogging } from "../../src/util/logger.ts";
-import { SmtpListener } from "../../src/mail/inbound/SmtpListener.ts";
+import { LARGE_MESSAGE_BYTES, SmtpListener, TRACE_HEADROOM_BYTES, withTrace } from "../../src/mail/inbound/SmtpListener.ts";
 import type { InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
 import { Rejections, SmtpReply } from "../../src/mail/inbound/rejections.ts";
 import { MAIL_DOMAIN, RawClient, RecordingHandler, delay, makeCert, testWithOpenssl, smtpListenerConfig, startSmtpListener } from "../harness/smtpListener.ts";
@@ -386,6 +386,39 @@ describe("SmtpListener over loopback", () => {
 });
 
 describe("SmtpListener limits and lifecycle", () => {
+  test("a large message is written in place as it arrives: byte-identical, room for the trace in front, over the limit still 552", async () => {
+    const handler = new RecordingHandler();
+    const max = 3 * LARGE_MESSAGE_BYTES;
+    const { listener, port } = await startListener(handler, { max_message_bytes: max });
+    try {
+      const line = (i: number): string => `${String(i).padStart(8, "0")} ${"q".repeat(68)}\r\n`;
+      const body = (bytes: number): string => Array.from({ length: Math.ceil(bytes / 79) }, (_, i) => line(i)).join("");
+      const large = rawMessage(body(2 * LARGE_MESSAGE_BYTES));
+      assert.ok(large.length > LARGE_MESSAGE_BYTES && large.length <= max);
+      const info = await sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, large);
+      assert.match(info.response, /^250 /);
+      const got = handler.deliveries[0]!;
+      assert.ok(got.raw.equals(large), "the message reaches deliver() byte for byte");
+      assert.equal(got.envelope.traceHeadroom, TRACE_HEADROOM_BYTES);
+      const trace = Buffer.from("Received: from test\r\n");
+      const stored = withTrace(trace, got.raw, got.envelope.traceHeadroom ?? 0);
+      assert.equal(stored.buffer, got.raw.buffer, "the trace header goes in front without a copy");
+      assert.ok(stored.equals(Buffer.concat([trace, large])));
+
+      const over = rawMessage(body(max));
+      await assert.rejects(sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, over), (err: SendError) => {
+        assert.equal(err.responseCode, 552);
+        return true;
+      });
+      assert.equal(handler.deliveries.length, 1, "the message over the limit is not delivered");
+      const next = rawMessage(body(LARGE_MESSAGE_BYTES + 100));
+      assert.match((await sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, next)).response, /^250 /);
+      assert.ok(handler.deliveries[1]!.raw.equals(next), "the next large message is not mixed with the refused one");
+    } finally {
+      await listener.close();
+    }
+  });
+
   test("too many recipients: 452 4.5.3 past the limit", async () => {
     const handler = new RecordingHandler();
     const { listener, port } = await startListener(handler, { max_recipients: 3 });

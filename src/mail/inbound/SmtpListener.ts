@@ -83,6 +83,14 @@ export interface InboundEnvelope<R = unknown> {
 export const TRACE_HEADROOM_BYTES = 1024;
 
 /**
+ * Bytes of DATA after which the listener writes the message into one buffer of
+ * `max_message_bytes` as it arrives, instead of keeping the chunks and joining them at the end
+ * (which holds a large message twice). The buffer is allocated uninitialised: pages the message
+ * never reaches are never touched, so they cost address space, not memory.
+ */
+export const LARGE_MESSAGE_BYTES = 1024 * 1024;
+
+/**
  * `trace` followed by `raw`: written into the free memory in front of `raw` when it has room
  * (`headroom`, from {@link InboundEnvelope.traceHeadroom}; nothing is copied and `raw` is
  * unchanged), else a new buffer.
@@ -699,6 +707,8 @@ export class SmtpListener<R = unknown> {
     const limits = this.#limits;
     const inspector = new MessageInspector(this.#messageLimits);
     const chunks: Buffer[] = [];
+    /** Past LARGE_MESSAGE_BYTES: the message, written in place after TRACE_HEADROOM_BYTES. */
+    let large: Buffer | null = null;
     let kept = 0;
     let truncated = false;
     let failed = false;
@@ -725,16 +735,29 @@ export class SmtpListener<R = unknown> {
       if (kept + chunk.length > max) {
         truncated = true;
         chunks.length = 0;
+        large = null;
         inspector.abort();
         return;
       }
       inspector.write(chunk);
       if (inspector.violation) {
         chunks.length = 0;
+        large = null;
+        return;
+      }
+      if (large) {
+        chunk.copy(large, TRACE_HEADROOM_BYTES + kept);
+        kept += chunk.length;
         return;
       }
       chunks.push(chunk);
       kept += chunk.length;
+      if (kept > LARGE_MESSAGE_BYTES) {
+        large = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + max);
+        let at = TRACE_HEADROOM_BYTES;
+        for (const c of chunks) at += c.copy(large, at);
+        chunks.length = 0;
+      }
     });
     stream.once("error", (err: Error) => {
       failed = true;
@@ -771,12 +794,17 @@ export class SmtpListener<R = unknown> {
             log.info("smtp message rejected", { bytes: stream.byteLength, ...inspector.stats, reply: violation.line });
             return finish(violation);
           }
-          // One buffer with room for the trace header in front (see TRACE_HEADROOM_BYTES).
-          const buffer = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + kept);
-          let at = TRACE_HEADROOM_BYTES;
-          for (const chunk of chunks) at += chunk.copy(buffer, at);
-          chunks.length = 0;
-          const raw = buffer.subarray(TRACE_HEADROOM_BYTES);
+          // One buffer with room for the trace header in front (see TRACE_HEADROOM_BYTES); a
+          // large message is in one already (LARGE_MESSAGE_BYTES).
+          let buffer = large;
+          large = null;
+          if (!buffer) {
+            buffer = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + kept);
+            let at = TRACE_HEADROOM_BYTES;
+            for (const chunk of chunks) at += chunk.copy(buffer, at);
+            chunks.length = 0;
+          }
+          const raw = buffer.subarray(TRACE_HEADROOM_BYTES, TRACE_HEADROOM_BYTES + kept);
           finish(await this.#deliver(raw, { ...this.#envelope(session, tx), skeleton: inspector.skeleton, traceHeadroom: TRACE_HEADROOM_BYTES }, log));
         })
         .catch((err: unknown) => log.error("smtp reply failed", errorFields(err)));
