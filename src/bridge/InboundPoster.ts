@@ -26,6 +26,7 @@
 import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow, QueuedInbound, StoredRaw } from "../store/Store.ts";
 import { forEachAttachment, parseMail, type MailAttachment, type ParsedMailSummary } from "../mail/inbound/parse.ts";
 import { MailParseError } from "../mail/inbound/parseThread.ts";
+import { RawDecryptError } from "../store/rawCipher.ts";
 import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
 import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedParts } from "./format/mailParts.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
@@ -180,6 +181,10 @@ export class InboundPoster {
       this.opts.onResult?.({ result: "posted", attempt: row.attempts + 1, ageMs: this.clock() - row.receivedAt });
       return;
     } catch (err) {
+      // A stored mail that cannot be decrypted (its key is not configured) is not the
+      // homeserver's doing and must never run into a DSN: the pass fails (logged, retried with
+      // backoff) and the queue waits until the key is back (docs/security.md, "Stored mail").
+      if (err instanceof RawDecryptError) throw err;
       const failure: HomeserverFailure =
         err instanceof PermanentPostError
           ? { temporary: false, retryAfterMs: null, status: null, errcode: null, message: err.message }
