@@ -116,6 +116,20 @@ function relatedMail(opts: { logo: Buffer; html?: string; messageId: string }): 
   );
 }
 
+/** A poster over `store` and `matrix` that expects no notice and no undeliverable mail. */
+function posterOver(store: BridgeStore, matrix: MatrixActions, maxTextBytes = 24000): InboundPoster {
+  return new InboundPoster({
+    store,
+    matrix,
+    ids: IDS,
+    botDisplayName: "Email bridge",
+    settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes },
+    notices: { post: async () => Promise.reject(new Error("no notice expected")) },
+    onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
+    pollMs: 20,
+  });
+}
+
 describe("inbound poster: inline images, forwards, calendars, folded replies, automatic mail", () => {
   let dir: string;
   let store: BridgeStore;
@@ -135,16 +149,7 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
   async function post(raw: Buffer, opts: { over?: Partial<NewInbound>; limit?: number | null; rule?: UploadRule; maxTextBytes?: number; encrypted?: boolean; via?: BridgeStore } = {}): Promise<Op[]> {
     const matrix = fakeHomeserver(opts.limit ?? null, opts.rule ?? (() => "ok"), opts.encrypted ?? false);
     const store = opts.via ?? defaultStore;
-    const poster = new InboundPoster({
-      store,
-      matrix,
-      ids: IDS,
-      botDisplayName: "Email bridge",
-      settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: opts.maxTextBytes ?? 24000 },
-      notices: { post: async () => Promise.reject(new Error("no notice expected")) },
-      onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
-      pollMs: 20,
-    });
+    const poster = posterOver(store, matrix, opts.maxTextBytes);
     const id = `shape-${++counter}@example.org`;
     const { row } = await store.insertInbound(newInbound({ roomId: `!shapes${counter}:hs.test`, messageId: id, contentHash: id, raw, ...opts.over }));
     assert.equal(await postRow(poster, store, row.id, 400), "posted");
@@ -319,22 +324,13 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     const mail = relatedMail({ logo: image(4000, 4), messageId: "chunked-2@example.org" });
     const { row } = await writer.insertInbound(newInbound({ roomId: "!locked:hs.test", messageId: "chunked-2@example.org", contentHash: "chunked-2", raw: mail }));
     const matrix = fakeHomeserver(null, () => "ok");
-    const options = {
-      matrix,
-      ids: IDS,
-      botDisplayName: "Email bridge",
-      settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
-      notices: { post: async () => Promise.reject(new Error("no notice expected")) },
-      onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
-      pollMs: 20,
-    };
     // The keyless poster fails its passes (logged, retried); the row is watched through the keyed store.
-    assert.equal(await postRow(new InboundPoster({ ...options, store: keyless }), writer, row.id, 20), "pending");
+    assert.equal(await postRow(posterOver(keyless, matrix), writer, row.id, 20), "pending");
     assert.deepEqual(matrix.ops, [], "nothing reached the homeserver");
     const held = await writer.getInbound(row.id);
     assert.equal(held?.attempts, 0, "not counted as a failed attempt");
     assert.equal(held?.lastError, null);
-    assert.equal(await postRow(new InboundPoster({ ...options, store: writer }), writer, row.id, 200), "posted", "with the key back, it is posted");
+    assert.equal(await postRow(posterOver(writer, matrix), writer, row.id, 200), "posted", "with the key back, it is posted");
   });
 
   it("a subject of 50 KB (folded) is shown cut, so the event stays under the homeserver's size limit", async () => {
