@@ -90,6 +90,34 @@ test("parse once: metadata mode counts attachments without keeping them; forEach
   );
 });
 
+test("a message read in chunks gives the same attachments; a chunk that cannot be read, or a failing consumer, rejects (never hangs)", async () => {
+  const raw = withAttachments(3, 100_000);
+  const full = await parseMail(raw);
+  /** `raw` as the store hands out a chunked mail: `head` first, then 7 KiB chunks read one at a time. */
+  const chunked = (failAt: number | null = null) => ({
+    head: raw.subarray(0, 7000),
+    async *chunks(): AsyncGenerator<Buffer> {
+      for (let at = 0, n = 0; at < raw.length; at += 7000, n++) {
+        if (n === failAt) throw new Error(`chunk ${n} is missing`);
+        await new Promise((r) => setImmediate(r));
+        yield raw.subarray(at, at + 7000);
+      }
+    },
+  });
+  const got: Buffer[] = [];
+  await forEachAttachment(chunked(), async (att) => {
+    got.push(att.content);
+  });
+  assert.deepEqual(got, full.attachments.map((a) => a.content));
+  await assert.rejects(forEachAttachment(chunked(20), async () => undefined), /chunk 20 is missing/);
+  await assert.rejects(
+    forEachAttachment(chunked(), async (_att, i) => {
+      if (i === 0) throw new Error("upload failed");
+    }),
+    /upload failed/,
+  );
+});
+
 test("ParsedMailCache: take once, bounded in bytes, oldest out first", async () => {
   const m = await parseMail(Buffer.from("From: a@example.org\r\nSubject: s\r\n\r\n" + "x".repeat(1000) + "\r\n"), { attachments: "metadata" });
   const cache = new ParsedMailCache(3 * (2 * 1010 + 512));

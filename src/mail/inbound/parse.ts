@@ -206,9 +206,12 @@ function runMailparser(source: MessageSource, onAttachment: (info: MailAttachmen
     const attachments: MailAttachmentInfo[] = [];
     const parser = new MailParser(PARSER_OPTIONS);
     let settled = false;
+    /** A chunked read waiting for the parser to take a chunk: woken when the parse fails. */
+    let waiting: (() => void) | null = null;
     const fail = (err: unknown): void => {
       if (settled) return;
       settled = true;
+      waiting?.();
       parser.destroy();
       reject(err instanceof Error ? err : new Error(String(err)));
     };
@@ -275,12 +278,15 @@ function runMailparser(source: MessageSource, onAttachment: (info: MailAttachmen
             return;
           }
         }
-        if (!settled) done();
+        // Also when settled (failed): a chunked read waiting on it then stops.
+        done();
       };
       feed();
     };
     if (whole) {
-      feedChunk(source, () => parser.end());
+      feedChunk(source, () => {
+        if (!settled) parser.end();
+      });
       return;
     }
     // A chunked message: the next chunk is read once the parser took the one before.
@@ -288,7 +294,10 @@ function runMailparser(source: MessageSource, onAttachment: (info: MailAttachmen
       for await (const chunk of source.chunks()) {
         if (settled) return;
         near = chunk === head ? head : Buffer.concat([head.subarray(0, 64 * 1024), chunk]);
-        await new Promise<void>((next) => feedChunk(chunk, next));
+        await new Promise<void>((next) => {
+          waiting = next;
+          feedChunk(chunk, next);
+        });
       }
       if (!settled) parser.end();
     })().catch(fail);
