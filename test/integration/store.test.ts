@@ -146,6 +146,60 @@ describe("sqlite engine", () => {
     }
   });
 
+  it("a SIGKILL while a large mail is written in chunks leaves it whole or absent, never partial; the MTA's retry then stores it once", async () => {
+    const dir = tempDir();
+    const sqliteFile = join(dir, "crash-chunks.sqlite");
+    const openUrl = pathToFileURL(join(import.meta.dirname, "../../src/store/open.ts")).href;
+    // 16 MiB: 16 chunks, each its own statement in the SQLite worker; the kill lands among them.
+    const mail = (n: number) => `Buffer.concat([Buffer.from("From: bob@example.org\\r\\n\\r\\n"), Buffer.alloc(${n}, 0x61 + ${n} % 20)])`;
+    const row = (id: string, raw: string) =>
+      `{ roomId: "!r:hs.test", dmLocalUserId: null, replyToEventId: null, messageId: "${id}@x", sender: "bob@example.org", senderVerified: true, senderName: null, auth: null, spam: null, participants: [], contentHash: "${id}", envelopeFrom: "bob@example.org", kind: "mail", raw: ${raw} }`;
+    const big = 16 * 1024 * 1024;
+    const child = `
+      import { openStore } from ${JSON.stringify(openUrl)};
+      const store = await openStore({ url: null, sqliteFile: process.env.MEB_CRASH_FILE });
+      await store.insertInbound(${row("whole", mail(3 * 1024 * 1024))});
+      setTimeout(() => process.kill(process.pid, "SIGKILL"), 15);
+      await store.insertInbound(${row("cut", mail(big))});
+      process.kill(process.pid, "SIGKILL");
+    `;
+    try {
+      const result = await new Promise<{ signal: NodeJS.Signals | null; stderr: string }>((resolve, reject) => {
+        const p = spawn(process.execPath, ["--input-type=module", "-e", child], {
+          env: { ...process.env, MEB_CRASH_FILE: sqliteFile, MEB_LOG_LEVEL: "warn" },
+          stdio: ["ignore", "ignore", "pipe"],
+        });
+        let stderr = "";
+        p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+        p.on("error", reject);
+        p.on("close", (_code, signal) => resolve({ signal, stderr }));
+      });
+      assert.equal(result.signal, "SIGKILL", `child did not die by SIGKILL: ${result.stderr}`);
+      const store = await openStore({ url: null, sqliteFile });
+      try {
+        const expect = (n: number) => Buffer.concat([Buffer.from("From: bob@example.org\r\n\r\n"), Buffer.alloc(n, 0x61 + (n % 20))]);
+        const pending = await store.listPendingInbound(10);
+        const whole = pending.find((r) => r.messageId === "whole@x");
+        assert.ok(whole?.raw.equals(expect(3 * 1024 * 1024)), "the mail committed before the kill is whole");
+        const cut = pending.find((r) => r.messageId === "cut@x");
+        if (cut) assert.ok(cut.raw.equals(expect(big)), "a mail that made it is whole");
+        const db = (store as SqlStore).db;
+        const orphans = await db.query<{ n: unknown }>("SELECT COUNT(*) AS n FROM inbound_raw_chunk WHERE inbound_id NOT IN (SELECT id FROM inbound_mail)");
+        assert.equal(Number(orphans[0]!.n), 0, "no chunk without its mail");
+        // The sending MTA got no 250 for the cut mail and sends it again: it is stored exactly once.
+        const again = await store.insertInbound({ roomId: "!r:hs.test", dmLocalUserId: null, replyToEventId: null, messageId: "cut@x", sender: "bob@example.org", senderVerified: true, senderName: null, auth: null, spam: null, participants: [], contentHash: "cut", envelopeFrom: "bob@example.org", kind: "mail", raw: expect(big) });
+        assert.equal(again.duplicate, cut !== undefined);
+        const after = (await store.listPendingInbound(10)).filter((r) => r.messageId === "cut@x");
+        assert.equal(after.length, 1);
+        assert.ok(after[0]!.raw.equals(expect(big)));
+      } finally {
+        await store.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("keeps committed inbound rows when the process is SIGKILLed right after the commit", async () => {
     const dir = tempDir();
     const sqliteFile = join(dir, "crash.sqlite");
