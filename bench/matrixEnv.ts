@@ -6,7 +6,8 @@
  * The bridge runs compiled, as the Dockerfile ships it (`npm run build`, here into
  * `node_modules/.cache/`): Node's type stripping of the sources costs about 17 MiB of RSS that a production
  * bridge does not pay. `BENCH_BRIDGE_FROM=src` runs `src/main.ts` instead. It gets the node flags
- * it ships with (`--max-semi-space-size=4`), then `BENCH_BRIDGE_NODE_ARGS`.
+ * it ships with (`--max-semi-space-size=4`), then `BENCH_BRIDGE_NODE_ARGS`, and the environment it
+ * ships with (`MALLOC_MMAP_THRESHOLD_=65536`, unless the bench's own environment sets it).
  *
  * Config changes from prepareEnv's (all through its `config` option):
  * - smtp: the per-IP and per-sender-domain message rate limits off (all load comes from
@@ -29,6 +30,8 @@ import { progress, sleep } from "./util.ts";
 const REPO = new URL("../", import.meta.url).pathname;
 /** Node flags the bridge is shipped with (the Dockerfile's ENTRYPOINT, `bin/matrix-email-bridge.js`'s `#!` line). */
 const SHIPPED_NODE_FLAGS = ["--max-semi-space-size=4"];
+/** The environment the bridge ships with (bin/matrix-email-bridge.js, Dockerfile; docs/operations.md "Memory"). */
+const SHIPPED_ENV = { MALLOC_MMAP_THRESHOLD_: "65536" };
 
 let builtMain: string | null = null;
 
@@ -96,7 +99,8 @@ function readLog(file: string): string {
 export async function spawnBridge(configFile: string, logFile: string): Promise<BridgeProcess> {
   const main = bridgeMain();
   const fd = openSync(logFile, "a");
-  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+  const { NODE_TEST_CONTEXT: _, ...inherited } = process.env;
+  const env = { ...SHIPPED_ENV, ...inherited };
   const t0 = Date.now();
   let child: ChildProcess;
   try {

@@ -1,5 +1,6 @@
-#!/usr/bin/env -S node --max-semi-space-size=4
-// --max-semi-space-size=4: a young generation of at most 4 MiB per semi-space (docs/operations.md, "Memory").
+#!/usr/bin/env -S MALLOC_MMAP_THRESHOLD_=65536 node --max-semi-space-size=4
+// --max-semi-space-size=4: a young generation of at most 4 MiB per semi-space; MALLOC_MMAP_THRESHOLD_:
+// glibc gives blocks of 64 KiB and more back to the system when they are freed (docs/operations.md, "Memory").
 // Runs the built CLI (dist/) when present, else the TypeScript sources
 // directly (Node >= 22.18 strips types natively).
 import { existsSync } from "node:fs";

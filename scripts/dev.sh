@@ -10,4 +10,6 @@ MEB_CACHE="${MEB_CACHE:-$HOME/.cache/matrix-email-bridge}"
 export MEB_CACHE
 export MEB_SYNAPSE_VENV="${MEB_SYNAPSE_VENV:-$MEB_CACHE/synapse-venv}"
 bash scripts/install-synapse.sh
+# As the bridge ships (docs/operations.md, "Memory").
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-65536}"
 exec node --max-semi-space-size=4 scripts/dev.ts "$@"

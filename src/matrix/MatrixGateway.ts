@@ -15,6 +15,7 @@ import { RoomStateCache } from "./RoomStateCache.ts";
 import { routeLibraryLogs } from "./libraryLogs.ts";
 import { E2eeUnavailableError, EndToEndEncryption, storeKeyFrom, type CryptoStateStore } from "./e2ee/E2ee.ts";
 import { MissingRoomKeyError } from "./e2ee/errors.ts";
+import { uploadMedia } from "./mediaUpload.ts";
 import type { HomeserverFailure, MatrixActions, MatrixEventJournal } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
@@ -623,9 +624,13 @@ export class MatrixGateway implements MatrixActions {
     return res.event_id;
   }
 
-  /** Upload media as `userId` (Client-Server API, "Content repository"); returns an `mxc://` URI. */
+  /**
+   * Upload media as `userId` (Client-Server API, "Content repository"), the Buffer sent as it is
+   * (./mediaUpload.ts); returns an `mxc://` URI.
+   * @throws MediaUploadError (judged by {@link classifyError}) or the network's error
+   */
   async uploadContent(userId: string, data: Buffer, contentType: string, filename: string): Promise<string> {
-    return this.intent(userId).matrixClient.uploadContent(data, contentType, filename);
+    return uploadMedia({ homeserverUrl: this.opts.homeserverUrl, asToken: this.#asToken, userId, body: data, contentType, filename });
   }
 
   /** The bot posts an `m.notice`, optionally as a reply to `replyTo`. Errors are logged, not thrown. */

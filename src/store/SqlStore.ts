@@ -196,6 +196,7 @@ export class SqlStore implements BridgeStore {
     return {
       head,
       chunked: chunks > 0,
+      maxBytes: head.length * (1 + chunks),
       chunks: read,
       async whole(): Promise<Buffer> {
         const parts: Buffer[] = [];

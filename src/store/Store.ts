@@ -228,6 +228,11 @@ export interface StoredRaw {
   /** Whether chunks follow {@link head}. */
   readonly chunked: boolean;
   /**
+   * An upper bound of the message's size, in bytes: no chunk is larger than {@link head}, so
+   * `head.length × (1 + chunks after it)`; exact when the message is not chunked.
+   */
+  readonly maxBytes: number;
+  /**
    * Every chunk in order, {@link head} first; each is read (and decrypted) only when the one
    * before it was taken, so one chunk is in memory at a time.
    * @throws RawDecryptError naming the row, the driver's error, or Error when a chunk is missing

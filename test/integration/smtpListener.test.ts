@@ -419,6 +419,51 @@ describe("SmtpListener limits and lifecycle", () => {
     }
   });
 
+  test("a large message's MIME checks read its in-place copy: the skeleton leaves the attachment out, a part past 1 MiB still counts", async () => {
+    const handler = new RecordingHandler();
+    const { listener, port } = await startListener(handler, { max_message_bytes: 4 * LARGE_MESSAGE_BYTES, max_mime_parts: 4 });
+    try {
+      const attachment = Buffer.alloc(Math.ceil(1.5 * LARGE_MESSAGE_BYTES), 7).toString("base64").replace(/.{76}/g, "$&\r\n");
+      const message = (textParts: number): Buffer =>
+        Buffer.from(
+          [
+            "From: Alice <alice@example.org>",
+            "To: room-one@bridge.test",
+            "Subject: large",
+            "MIME-Version: 1.0",
+            'Content-Type: multipart/mixed; boundary="b"',
+            "",
+            "--b",
+            "Content-Type: application/octet-stream",
+            'Content-Disposition: attachment; filename="big.bin"',
+            "Content-Transfer-Encoding: base64",
+            "",
+            attachment,
+            ...Array.from({ length: textParts }, (_, i) => ["--b", "Content-Type: text/plain", "", `after the attachment ${i}`]).flat(),
+            "--b--",
+            "",
+          ].join("\r\n"),
+        );
+      const ok = message(2);
+      assert.ok(ok.length > LARGE_MESSAGE_BYTES);
+      assert.match((await sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, ok)).response, /^250 /);
+      const got = handler.deliveries[0]!;
+      assert.ok(got.raw.equals(ok));
+      const skeleton = got.envelope.skeleton?.toString("latin1") ?? "";
+      assert.match(skeleton, /after the attachment 1/, "the parts after 1 MiB are in the skeleton");
+      assert.ok(skeleton.length < 10_000, `the attachment's content is left out (skeleton ${skeleton.length} bytes)`);
+      // The message, its attachment and 3 text parts: 5 MIME parts, the 5th past 1 MiB.
+      await assert.rejects(sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, message(3)), (err: SendError) => {
+        assert.equal(err.responseCode, 552);
+        assert.match(err.response ?? "", /5\.6\.0 message has more than 4 MIME parts/);
+        return true;
+      });
+      assert.equal(handler.deliveries.length, 1);
+    } finally {
+      await listener.close();
+    }
+  });
+
   test("too many recipients: 452 4.5.3 past the limit", async () => {
     const handler = new RecordingHandler();
     const { listener, port } = await startListener(handler, { max_recipients: 3 });

@@ -96,6 +96,7 @@ test("a message read in chunks gives the same attachments; a chunk that cannot b
   /** `raw` as the store hands out a chunked mail: `head` first, then 7 KiB chunks read one at a time. */
   const chunked = (failAt: number | null = null) => ({
     head: raw.subarray(0, 7000),
+    maxBytes: raw.length,
     async *chunks(): AsyncGenerator<Buffer> {
       for (let at = 0, n = 0; at < raw.length; at += 7000, n++) {
         if (n === failAt) throw new Error(`chunk ${n} is missing`);
@@ -116,6 +117,33 @@ test("a message read in chunks gives the same attachments; a chunk that cannot b
     }),
     /upload failed/,
   );
+});
+
+test("an attachment over 1 MiB is read whole and byte for byte, with a true size bound of the message and with one too small", async () => {
+  const raw = withAttachments(2, 1_600_000);
+  const expected = (await parseMail(raw)).attachments.map((a) => a.content);
+  assert.deepEqual(expected.map((c) => c.length), [1_600_000, 1_600_000]);
+  /** `raw` in 64 KiB chunks, claiming `maxBytes` as the store does. */
+  const source = (maxBytes: number) => ({
+    head: raw.subarray(0, 65_536),
+    maxBytes,
+    async *chunks(): AsyncGenerator<Buffer> {
+      for (let at = 0; at < raw.length; at += 65_536) yield raw.subarray(at, at + 65_536);
+    },
+  });
+  for (const [what, src] of [
+    ["whole", raw],
+    ["chunked, true bound", source(raw.length)],
+    ["chunked, bound below the attachment", source(1_200_000)],
+    ["chunked, no bound", source(0)],
+  ] as const) {
+    const got: Buffer[] = [];
+    await forEachAttachment(src, async (att) => {
+      assert.equal(att.size, att.content.length, what);
+      got.push(Buffer.from(att.content));
+    });
+    assert.deepEqual(got, expected, what);
+  }
 });
 
 test("ParsedMailCache: take once, bounded in bytes, oldest out first", async () => {

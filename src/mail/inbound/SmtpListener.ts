@@ -739,19 +739,24 @@ export class SmtpListener<R = unknown> {
         inspector.abort();
         return;
       }
-      inspector.write(chunk);
+      // A large message is copied into its buffer first and the inspector reads the copy: the
+      // MIME splitter queues what it has not read yet, and queued views of smtp-server's chunks
+      // would keep every one of them (the whole message a second time) until DATA ends.
+      let data = chunk;
+      if (large) {
+        const at = TRACE_HEADROOM_BYTES + kept;
+        chunk.copy(large, at);
+        data = large.subarray(at, at + chunk.length);
+      }
+      inspector.write(data);
       if (inspector.violation) {
         chunks.length = 0;
         large = null;
         return;
       }
-      if (large) {
-        chunk.copy(large, TRACE_HEADROOM_BYTES + kept);
-        kept += chunk.length;
-        return;
-      }
-      chunks.push(chunk);
       kept += chunk.length;
+      if (large) return;
+      chunks.push(chunk);
       if (kept > LARGE_MESSAGE_BYTES) {
         large = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + max);
         let at = TRACE_HEADROOM_BYTES;

@@ -165,9 +165,10 @@ function rawHeader(mail: MailparserMail, name: string): string | null {
 
 /**
  * A message to read: whole in memory, or a large stored mail read one chunk at a time (the
- * store's `StoredRaw`: `head` is its first chunk, `chunks()` yields `head` and the rest in order).
+ * store's `StoredRaw`: `head` is its first chunk, `chunks()` yields `head` and the rest in order,
+ * `maxBytes` bounds the whole message's size).
  */
-export type MessageSource = Buffer | { readonly head: Buffer; chunks(): AsyncIterable<Buffer> };
+export type MessageSource = Buffer | { readonly head: Buffer; readonly maxBytes: number; chunks(): AsyncIterable<Buffer> };
 
 /** What one run of mailparser over a message gives (the fields `simpleParser` would set). */
 interface MailparserRun {
@@ -322,12 +323,52 @@ function attachmentInfo(data: AttachmentStream, raw: Buffer, messageCharset: () 
   return { filename, contentType: data.contentType.toLowerCase(), size: 0, contentId, disposition, charset };
 }
 
-/** Read an attachment stream into one Buffer. */
-function collect(content: Readable): Promise<Buffer> {
+/**
+ * Size from which {@link collect} writes an attachment in place rather than joining its
+ * chunks: 1 MiB. Below it a join costs little; above it, its second copy is the attachment's
+ * size again.
+ */
+const IN_PLACE_MIN_BYTES = 1024 * 1024;
+
+/**
+ * Read an attachment stream into one Buffer.
+ *
+ * Given a `capacity` (an upper bound of the decoded size: the message's size, as no part decodes
+ * larger than its transfer encoding, RFC 2045 §6.2, §6.7, §6.8), content past
+ * {@link IN_PLACE_MIN_BYTES} is written in place into one uninitialised buffer of that capacity,
+ * whose pages the content never reaches are never touched and cost no memory: collecting the
+ * chunks and joining them would hold the attachment twice. Content past the capacity (never,
+ * for a true upper bound) is collected and joined, so nothing is lost.
+ * @param capacity upper bound of the content's size, in bytes; 0: unknown (chunks are joined)
+ * @returns the content (a view of the buffer it was written into)
+ * @throws what the stream emits as its error
+ */
+function collect(content: Readable, capacity = 0): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    content.on("data", (chunk: Buffer) => chunks.push(chunk));
-    content.once("end", () => resolve(Buffer.concat(chunks)));
+    let chunks: Buffer[] = [];
+    let size = 0;
+    /** Past IN_PLACE_MIN_BYTES: the content so far, written in place from its start. */
+    let inPlace: Buffer | null = null;
+    content.on("data", (chunk: Buffer) => {
+      if (inPlace && size + chunk.length <= inPlace.length) {
+        size += chunk.copy(inPlace, size);
+        return;
+      }
+      if (inPlace) {
+        chunks = [inPlace.subarray(0, size)];
+        inPlace = null;
+        capacity = 0;
+      }
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size > IN_PLACE_MIN_BYTES && capacity >= size) {
+        inPlace = Buffer.allocUnsafe(capacity);
+        let at = 0;
+        for (const c of chunks) at += c.copy(inPlace, at);
+        chunks = [];
+      }
+    });
+    content.once("end", () => resolve(inPlace ? inPlace.subarray(0, size) : Buffer.concat(chunks, size)));
     content.once("error", reject);
   });
 }
@@ -390,7 +431,7 @@ export async function forEachAttachment(
 ): Promise<void> {
   await runMailparser(raw, async (info, content, index) => {
     if (opts.only && !opts.only(info, index)) return;
-    const data = await collect(content);
+    const data = await collect(content, Buffer.isBuffer(raw) ? raw.length : raw.maxBytes);
     await fn({ ...info, size: data.length, content: data }, index);
   });
 }
