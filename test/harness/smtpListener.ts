@@ -114,7 +114,8 @@ export class RecordingHandler implements InboundHandler<string> {
   async deliver(raw: Buffer, envelope: InboundEnvelope<string>): Promise<void> {
     if (this.deliverDelayMs) await delay(this.deliverDelayMs);
     await this.deliverImpl(raw, envelope);
-    this.deliveries.push({ raw, envelope });
+    // A copy: the listener frees a large message's buffer once deliver() settles.
+    this.deliveries.push({ raw: Buffer.from(raw), envelope });
   }
 
   /** Forget everything recorded and restore the default behaviour. */

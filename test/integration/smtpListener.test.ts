@@ -395,15 +395,24 @@ describe("SmtpListener limits and lifecycle", () => {
       const body = (bytes: number): string => Array.from({ length: Math.ceil(bytes / 79) }, (_, i) => line(i)).join("");
       const large = rawMessage(body(2 * LARGE_MESSAGE_BYTES));
       assert.ok(large.length > LARGE_MESSAGE_BYTES && large.length <= max);
+      /** The buffer deliver() was lent, as it is after the reply. */
+      let lent: Buffer | null = null;
+      /** The message with a trace header in front, as the router stores it (a copy of it). */
+      let stored: Buffer | null = null;
+      const trace = Buffer.from("Received: from test\r\n");
+      handler.deliverImpl = async (raw, envelope) => {
+        lent = raw;
+        const traced = withTrace(trace, raw, envelope.traceHeadroom ?? 0);
+        assert.equal(traced.buffer, raw.buffer, "the trace header goes in front without a copy");
+        stored = Buffer.from(traced);
+      };
       const info = await sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, large);
       assert.match(info.response, /^250 /);
       const got = handler.deliveries[0]!;
       assert.ok(got.raw.equals(large), "the message reaches deliver() byte for byte");
       assert.equal(got.envelope.traceHeadroom, TRACE_HEADROOM_BYTES);
-      const trace = Buffer.from("Received: from test\r\n");
-      const stored = withTrace(trace, got.raw, got.envelope.traceHeadroom ?? 0);
-      assert.equal(stored.buffer, got.raw.buffer, "the trace header goes in front without a copy");
-      assert.ok(stored.equals(Buffer.concat([trace, large])));
+      assert.ok(stored!.equals(Buffer.concat([trace, large])));
+      assert.equal(lent!.length, 0, "once deliver() settled, the large message's memory was freed (its buffer detached)");
 
       const over = rawMessage(body(max));
       await assert.rejects(sendOnce(port, { from: "alice@example.org", to: ["room-one@bridge.test"] }, over), (err: SendError) => {

@@ -117,7 +117,14 @@ export interface InboundHandler<R = unknown> {
    * `postmaster` itself (RFC 5321 §4.5.1), this decides.
    */
   checkRecipient(address: string, envelope: InboundEnvelope<R>): Promise<R>;
-  /** Commit the message. Resolve ONLY after it is durably stored; throwing SmtpReply gives that reply, any other error gives 451 4.3.0. */
+  /**
+   * Commit the message. Resolve ONLY after it is durably stored; throwing SmtpReply gives that
+   * reply, any other error gives 451 4.3.0.
+   *
+   * `raw` is lent for the call: once the returned promise settles, the listener frees the memory
+   * of a message over {@link LARGE_MESSAGE_BYTES} (its buffer is detached, ECMA-262 §25.1.6.7, and
+   * reads as empty). A handler that uses the bytes later keeps a copy.
+   */
   deliver(raw: Buffer, envelope: InboundEnvelope<R>): Promise<void>;
 }
 
@@ -802,6 +809,7 @@ export class SmtpListener<R = unknown> {
           // One buffer with room for the trace header in front (see TRACE_HEADROOM_BYTES); a
           // large message is in one already (LARGE_MESSAGE_BYTES).
           let buffer = large;
+          const ownBuffer = buffer !== null;
           large = null;
           if (!buffer) {
             buffer = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + kept);
@@ -810,7 +818,13 @@ export class SmtpListener<R = unknown> {
             chunks.length = 0;
           }
           const raw = buffer.subarray(TRACE_HEADROOM_BYTES, TRACE_HEADROOM_BYTES + kept);
-          finish(await this.#deliver(raw, { ...this.#envelope(session, tx), skeleton: inspector.skeleton, traceHeadroom: TRACE_HEADROOM_BYTES }, log));
+          const reply = await this.#deliver(raw, { ...this.#envelope(session, tx), skeleton: inspector.skeleton, traceHeadroom: TRACE_HEADROOM_BYTES }, log);
+          // The handler is done with a large message (InboundHandler.deliver): its memory is
+          // returned now rather than at the next garbage collection, which can come after the
+          // poster has read the mail back and decoded its attachments, so the two add up. Only
+          // a large message's buffer is its own; a small one's may share Node's buffer pool.
+          if (ownBuffer) (buffer.buffer as ArrayBuffer).transfer(0);
+          finish(reply);
         })
         .catch((err: unknown) => log.error("smtp reply failed", errorFields(err)));
       this.#deliveries.add(delivery);
