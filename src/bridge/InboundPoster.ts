@@ -24,7 +24,7 @@
  * One {@link QueueWorker} runs the passes (the same worker shape as the outbound queue).
  */
 import type { AuthFields, BridgeStore, InboundRow, MessageRow, PortalRow, QueuedInbound, StoredRaw } from "../store/Store.ts";
-import { forEachAttachment, parseMail, type MailAttachment, type ParsedMailSummary } from "../mail/inbound/parse.ts";
+import { attachmentSizes, forEachAttachment, parseMail, type MailAttachment, type MailAttachmentInfo, type ParsedMailSummary, type StreamedAttachment } from "../mail/inbound/parse.ts";
 import { MailParseError } from "../mail/inbound/parseThread.ts";
 import { RawDecryptError } from "../store/rawCipher.ts";
 import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
@@ -41,7 +41,7 @@ import { Ghost } from "./Ghost.ts";
 import { portalOf } from "./Portal.ts";
 import { invitePreview } from "./Contacts.ts";
 import type { NoticeService } from "./NoticeService.ts";
-import type { HomeserverFailure, MatrixActions } from "./ports.ts";
+import type { HomeserverFailure, MatrixActions, MediaStream } from "./ports.ts";
 import { QueueWorker, backoffMs, type PassResult } from "../util/worker.ts";
 import { getLogger } from "../util/logger.ts";
 
@@ -299,21 +299,30 @@ export class InboundPoster {
     const formatted = String(content.formatted_body ?? "");
     const postAsFile = (i: number): boolean => !parts.skip.has(i) && !(parts.inline.has(i) && formatted.includes(parts.inline.get(i)!.url));
     if (mail.attachments.some((_a, i) => postAsFile(i))) {
+      // A mail stored in chunks, in a room without encryption: a first pass counts its
+      // attachments' sizes, so that a large one is uploaded as it is decoded (the homeserver
+      // wants its length first) and never held whole.
+      const sizes = stored.chunked && !encrypted ? await attachmentSizes(stored) : null;
       await forEachAttachment(
         stored,
-        (att, i) =>
+        (att: MailAttachment | StreamedAttachment, i: number) =>
           this.postFile(
             row,
             ghost,
             roomId,
-            { filename: cleanFilename(parts.names.get(i) ?? att.filename, i), contentType: att.contentType, content: att.content },
+            {
+              filename: cleanFilename(parts.names.get(i) ?? att.filename, i),
+              contentType: att.contentType,
+              content: att.content,
+              reread: () => readAttachment(stored, i),
+            },
             files.length + i,
             verdict,
             fileRelation,
             encrypted,
             parts.inline.get(i),
           ),
-        { only: (_info, i) => postAsFile(i) },
+        { only: (_info: MailAttachmentInfo, i: number) => postAsFile(i), stream: (_info: MailAttachmentInfo, i: number) => (sizes !== null && sizes[i]! >= STREAM_MIN_BYTES ? sizes[i]! : null) },
       );
     }
     await store.markInboundPosted(row.id, eventId);
@@ -548,7 +557,7 @@ export class InboundPoster {
     row: QueuedInbound,
     ghost: Ghost,
     roomId: string,
-    file: { filename: string; contentType: string; content: Buffer },
+    file: PostedFile,
     index: number,
     verdict: AuthFields,
     relation: ThreadRelation | null,
@@ -559,7 +568,7 @@ export class InboundPoster {
     const txnId = `meb-in-${row.id}-att-${index}`;
     const related = relation ? { "m.relates_to": relation } : {};
     const limit = await matrix.uploadLimitBytes();
-    const size = file.content.length;
+    const size = Buffer.isBuffer(file.content) ? file.content.length : file.content.bytes;
     const notice = async (why: string): Promise<void> => {
       await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: "m.notice", body: `📎 ${file.filename} (${size} bytes) ${why}`, [AUTH_FIELD]: verdict, ...related }, txnId);
     };
@@ -569,6 +578,8 @@ export class InboundPoster {
     }
     if (encrypted) {
       // Only the ciphertext reaches the media repository; the key goes in the encrypted event.
+      // (Attachments are streamed only into rooms without encryption.)
+      if (!Buffer.isBuffer(file.content)) throw new Error(`inbound mail ${row.id}: a streamed attachment cannot be encrypted`);
       const sealed = encryptFile(file.content);
       const stored = await this.uploadFile(row, ghost, roomId, { ...file, contentType: "application/octet-stream", content: sealed.ciphertext });
       if ("refused" in stored) {
@@ -591,11 +602,12 @@ export class InboundPoster {
 
   /**
    * Upload a file as the ghost, typed as the mail typed it, else (refused) as
-   * `application/octet-stream`.
+   * `application/octet-stream`; a streamed file is read again whole for that second try
+   * (`reread`), its stream being spent.
    * @returns the upload, or what the homeserver said when it refuses it either way
    * @throws the homeserver's error on temporary failures (the row is retried)
    */
-  private async uploadFile(row: QueuedInbound, ghost: Ghost, roomId: string, file: { filename: string; contentType: string; content: Buffer }): Promise<InlineImage | { refused: string }> {
+  private async uploadFile(row: QueuedInbound, ghost: Ghost, roomId: string, file: PostedFile): Promise<InlineImage | { refused: string }> {
     const { matrix } = this.opts;
     const typed = safeMimeType(file.contentType);
     try {
@@ -605,7 +617,8 @@ export class InboundPoster {
       if (failure.temporary) throw err;
     }
     try {
-      return { url: await matrix.uploadContent(ghost.userId, file.content, "application/octet-stream", file.filename), mimetype: "application/octet-stream" };
+      const content = Buffer.isBuffer(file.content) ? file.content : await (file.reread ?? noReread)();
+      return { url: await matrix.uploadContent(ghost.userId, content, "application/octet-stream", file.filename), mimetype: "application/octet-stream" };
     } catch (again) {
       const second = matrix.classifyError(again);
       if (second.temporary) throw again;
@@ -613,6 +626,46 @@ export class InboundPoster {
       return { refused: second.message };
     }
   }
+}
+
+/**
+ * A file to post: its content whole, or (a large attachment of a chunked mail) as a stream of
+ * known size, with `reread` to read it again whole when the homeserver refused the stream as
+ * typed and it is to be tried as `application/octet-stream`.
+ */
+interface PostedFile {
+  filename: string;
+  contentType: string;
+  content: Buffer | MediaStream;
+  reread?: () => Promise<Buffer>;
+}
+
+/**
+ * Attachments of this size (bytes) or more, of a mail stored in chunks, are uploaded as they are
+ * decoded rather than collected first: 1 MiB, the chunk size of the store.
+ */
+const STREAM_MIN_BYTES = 1024 * 1024;
+
+/**
+ * Attachment `index` of a stored mail, decoded whole (one more pass over the message).
+ * @throws Error when the message has no such attachment, or what reading it throws
+ */
+async function readAttachment(stored: StoredRaw, index: number): Promise<Buffer> {
+  let content: Buffer | null = null;
+  await forEachAttachment(
+    stored,
+    async (att) => {
+      content = att.content;
+    },
+    { only: (_info, i) => i === index },
+  );
+  if (content === null) throw new Error(`the stored mail has no attachment ${index}`);
+  return content;
+}
+
+/** What a streamed file without `reread` is read again with: never, a caller's mistake. */
+function noReread(): Promise<Buffer> {
+  return Promise.reject(new Error("a streamed attachment cannot be read again"));
 }
 
 /** The message type a file of `mimetype` is posted as: `m.image`, `m.audio`, `m.video`, else `m.file`. */

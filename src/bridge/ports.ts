@@ -2,6 +2,17 @@
  * What the bridge core needs from the Matrix side. matrix/MatrixGateway.ts implements it;
  * tests may pass another implementation.
  */
+import type { Readable } from "node:stream";
+
+/**
+ * Media known as a stream of its bytes and their number (the homeserver wants a `Content-Length`
+ * before the body): paused until the upload resumes it, read at most once.
+ */
+export interface MediaStream {
+  /** Size in bytes; an upload fails when the stream gives more or fewer. */
+  readonly bytes: number;
+  readonly stream: Readable;
+}
 
 /** Matrix actions the bridge core performs, as the bot or as a ghost. */
 export interface MatrixActions {
@@ -15,8 +26,8 @@ export interface MatrixActions {
   leave(roomId: string, userId: string, reason?: string): Promise<void>;
   /** Send an event; `txnId` makes it idempotent. Returns the event ID. */
   sendEvent(userId: string, roomId: string, type: string, content: Record<string, unknown>, txnId?: string): Promise<string>;
-  /** Upload media as `userId`; returns an `mxc://` URI. */
-  uploadContent(userId: string, data: Buffer, contentType: string, filename: string): Promise<string>;
+  /** Upload media as `userId`, whole or as a stream of known size ({@link MediaStream}); returns an `mxc://` URI. */
+  uploadContent(userId: string, data: Buffer | MediaStream, contentType: string, filename: string): Promise<string>;
   /** The bot posts an m.notice (errors are logged, not thrown). */
   botNotice(roomId: string, text: string, replyTo?: string): Promise<void>;
   /** A ghost creates a DM room inviting a local user; returns the room ID. */

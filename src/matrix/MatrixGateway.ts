@@ -16,7 +16,7 @@ import { routeLibraryLogs } from "./libraryLogs.ts";
 import { E2eeUnavailableError, EndToEndEncryption, storeKeyFrom, type CryptoStateStore } from "./e2ee/E2ee.ts";
 import { MissingRoomKeyError } from "./e2ee/errors.ts";
 import { uploadMedia } from "./mediaUpload.ts";
-import type { HomeserverFailure, MatrixActions, MatrixEventJournal } from "../bridge/ports.ts";
+import type { HomeserverFailure, MatrixActions, MatrixEventJournal, MediaStream } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
 
@@ -625,11 +625,11 @@ export class MatrixGateway implements MatrixActions {
   }
 
   /**
-   * Upload media as `userId` (Client-Server API, "Content repository"), the Buffer sent as it is
-   * (./mediaUpload.ts); returns an `mxc://` URI.
+   * Upload media as `userId` (Client-Server API, "Content repository"): a Buffer sent as it is, a
+   * stream as it is read (./mediaUpload.ts); returns an `mxc://` URI.
    * @throws MediaUploadError (judged by {@link classifyError}) or the network's error
    */
-  async uploadContent(userId: string, data: Buffer, contentType: string, filename: string): Promise<string> {
+  async uploadContent(userId: string, data: Buffer | MediaStream, contentType: string, filename: string): Promise<string> {
     return uploadMedia({ homeserverUrl: this.opts.homeserverUrl, asToken: this.#asToken, userId, body: data, contentType, filename });
   }
 

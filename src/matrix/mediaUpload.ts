@@ -6,17 +6,18 @@
  * Written on `node:http` rather than through matrix-bot-sdk, whose `request` copies every typed
  * array body (`Buffer.from(body)`) before it writes it, and through which no body can be streamed:
  * a 25 MiB attachment cost 25 to 50 MiB more than itself. Here a Buffer goes to the socket as it
- * is, and a body known only as chunks is streamed with its length (Synapse refuses an upload
- * without a `Content-Length`), one chunk at a time.
+ * is, and a body known as a stream is sent as it is read, with its length (Synapse refuses an
+ * upload without a `Content-Length`) and the socket's backpressure.
  */
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
+import type { MediaStream } from "../bridge/ports.ts";
 
 /** Longest silence of the connection during an upload (nothing sent or received), in ms (matrix-bot-sdk's timeout). */
 export const UPLOAD_TIMEOUT_MS = 60_000;
 
-/** The content of an upload: in one Buffer, or its chunks in order with their total size. */
-export type UploadBody = Buffer | { readonly bytes: number; chunks(): AsyncIterable<Buffer> };
+/** The content of an upload: in one Buffer, or a stream of its bytes and their number (paused until the upload reads it). */
+export type UploadBody = Buffer | MediaStream;
 
 /** What {@link uploadMedia} needs. */
 export interface UploadRequest {
@@ -109,17 +110,24 @@ export function uploadMedia(req: UploadRequest): Promise<string> {
       outgoing.end(req.body);
       return;
     }
-    const { chunks } = req.body;
-    void (async () => {
-      let sent = 0;
-      for await (const chunk of chunks()) {
-        if (settled) return;
-        sent += chunk.length;
-        if (sent > bytes) throw new Error(`media upload: the body is larger than its ${bytes} bytes`);
-        if (!outgoing.write(chunk)) await new Promise<void>((drained) => outgoing.once("drain", drained).once("close", drained));
+    // Streamed with backpressure: paused while the socket is full.
+    const { stream } = req.body;
+    let sent = 0;
+    stream.on("data", (chunk: Buffer) => {
+      if (settled) return;
+      sent += chunk.length;
+      if (sent > bytes) return fail(new Error(`media upload: the body is larger than its ${bytes} bytes`));
+      if (!outgoing.write(chunk)) {
+        stream.pause();
+        outgoing.once("drain", () => stream.resume());
       }
-      if (sent !== bytes) throw new Error(`media upload: the body has ${sent} of its ${bytes} bytes`);
+    });
+    stream.once("error", (err: Error) => fail(err));
+    stream.once("end", () => {
+      if (settled) return;
+      if (sent !== bytes) return fail(new Error(`media upload: the body has ${sent} of its ${bytes} bytes`));
       outgoing.end();
-    })().catch((err: unknown) => fail(err instanceof Error ? err : new Error(String(err))));
+    });
+    stream.resume();
   });
 }

@@ -2,7 +2,8 @@
  * End to end, received mail reads natively in Matrix: in a room mailbox each email conversation
  * is a Matrix thread rooted at its first mail; in a DM a reply stays a rich reply; HTML nested
  * deeper than the spec's 100 levels is flattened without losing text; a link whose text names
- * another target shows the real one; an attachment's name loses bidi controls. A real Synapse,
+ * another target shows the real one; an attachment's name loses bidi controls; a large attachment
+ * arrives byte for byte. A real Synapse,
  * the bridge in-process on the embedded SQLite store, a real DNS server. What is asserted is what
  * a Matrix client reads through the Client-Server API.
  */
@@ -147,5 +148,32 @@ describe("received mail reads natively in Matrix (embedded SQLite store)", () =>
     const file = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && e.content.msgtype === "m.file");
     assert.equal(file.content.body, "invoicefdp.exe");
     assert.equal(file.content.filename, "invoicefdp.exe");
+  });
+
+  it("a 3 MiB attachment (a mail stored in chunks, the file streamed to the media repository) arrives byte for byte", async () => {
+    const boundary = "b1g";
+    const data = Buffer.from(Array.from({ length: 3 * 1024 * 1024 + 17 }, (_, i) => (i * 31 + (i >> 12)) % 256));
+    const body = [
+      `--${boundary}`,
+      "Content-Type: text/plain; charset=utf-8",
+      "",
+      "The recording is attached.",
+      `--${boundary}`,
+      'Content-Type: audio/ogg; name="call.ogg"',
+      "Content-Transfer-Encoding: base64",
+      'Content-Disposition: attachment; filename="call.ogg"',
+      "",
+      ...(data.toString("base64").match(/.{1,76}/g) ?? []),
+      `--${boundary}--`,
+    ].join("\r\n");
+    const raw = rfc5322({ from: "carol@example.net", to: team, subject: "Recording", messageId: newId("big"), headers: ["MIME-Version: 1.0", `Content-Type: multipart/mixed; boundary="${boundary}"`], body });
+    assert.match(await send(raw, "carol@example.net"), /^250 /);
+    const file = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && e.content.msgtype === "m.audio");
+    assert.equal(file.content.body, "call.ogg");
+    assert.deepEqual(file.content.info, { mimetype: "audio/ogg", size: data.length });
+    const [, server, id] = /^mxc:\/\/([^/]+)\/(.+)$/.exec(String(file.content.url)) ?? [];
+    const res = await fetch(`${env.synapse.url}/_matrix/client/v1/media/download/${server}/${id}`, { headers: { authorization: `Bearer ${alice.accessToken}` } });
+    assert.equal(res.status, 200);
+    assert.ok(Buffer.from(await res.arrayBuffer()).equals(data), "the downloaded file is the attachment");
   });
 });

@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
-import type { MatrixActions } from "../../src/bridge/ports.ts";
+import type { MatrixActions, MediaStream } from "../../src/bridge/ports.ts";
 import { decryptFile, type EncryptedFile } from "../../src/bridge/format/encryptedFile.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
@@ -29,7 +29,7 @@ if (!process.env.MEB_LOG_LEVEL) configureLogging({ level: "error" });
 const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomain: "bridge.test", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 
 /** An error the fake homeserver throws, with the status it classifies as (null: a network error, temporary). */
-type Op = { op: "upload"; name: string; type: string; size: number; url: string; data: Buffer } | { op: "send"; content: Record<string, unknown>; txnId: string | undefined };
+type Op = { op: "upload"; name: string; type: string; size: number; url: string; data: Buffer; streamed?: boolean } | { op: "send"; content: Record<string, unknown>; txnId: string | undefined };
 
 /** What the fake homeserver does with an upload: accept it, refuse it (400), or fail (temporary). */
 type UploadRule = (type: string, name: string, attempt: number) => "ok" | "refuse" | "fail";
@@ -57,12 +57,28 @@ function fakeHomeserver(limit: number | null, rule: UploadRule, encrypted = fals
       const verdict = rule(type, name, attempt);
       if (verdict === "refuse") throw new FakeHttpError(400, `M_UNKNOWN: ${type} not accepted`);
       if (verdict === "fail") throw new FakeHttpError(null, "connection reset");
+      // A streamed upload is read as a homeserver reads it, and checked against its length.
+      const body = Buffer.isBuffer(data) ? data : await readStream(data);
       const url = `mxc://hs.test/u${ops.filter((o) => o.op === "upload").length + 1}`;
-      ops.push({ op: "upload", name, type, size: data.length, url, data });
+      ops.push({ op: "upload", name, type, size: body.length, url, data: body, streamed: !Buffer.isBuffer(data) });
       return url;
     },
   };
   return strictHomeserver(known, { ops });
+}
+
+/** Read a streamed upload whole, as a homeserver does; one whose length is not the one announced is refused. */
+async function readStream(media: MediaStream): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  media.stream.on("data", (chunk: Buffer) => parts.push(chunk));
+  await new Promise<void>((resolve, reject) => {
+    media.stream.once("end", resolve);
+    media.stream.once("error", reject);
+    media.stream.resume();
+  });
+  const body = Buffer.concat(parts);
+  if (body.length !== media.bytes) throw new FakeHttpError(400, `M_UNKNOWN: Content-Length ${media.bytes}, body ${body.length}`);
+  return body;
 }
 
 /** A 1×1 PNG-looking payload of `size` bytes (the fake homeserver does not look inside). */
@@ -315,6 +331,70 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     const folded = Buffer.from(`${head}Yes.\r\n\r\nOn Mon, 2 Nov 2026 at 10:00, Bob <bob@example.org> wrote:\r\n${"> Plan?\r\n".repeat(300)}`);
     const eml = (await post(folded, { over: { replyToEventId: "$root" }, via: chunked })).find((o): o is Extract<Op, { op: "upload" }> => o.op === "upload");
     assert.ok(eml?.data.equals(folded), "message.eml is the whole stored mail");
+  });
+
+  it("a large attachment of a chunked mail is streamed to the homeserver with its length; refused as typed, it is read again and uploaded as octet-stream; a temporary failure retries the row", async () => {
+    const chunked = new SqlStore((store as SqlStore).db, { rawChunkBytes: 64 * 1024 });
+    const big = Buffer.from(Array.from({ length: 1_300_000 }, (_, i) => (i * 13 + (i >> 11)) % 256));
+    const small = image(3000, 9);
+    const mail = Buffer.from(
+      [
+        "From: Bob <bob@example.org>",
+        "To: room@bridge.test",
+        "Subject: the report",
+        "Message-ID: <streamed@example.org>",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="m"',
+        "",
+        "--m",
+        "Content-Type: text/plain",
+        "",
+        "Both files attached.",
+        "--m",
+        'Content-Type: application/pdf; name="report.pdf"',
+        'Content-Disposition: attachment; filename="report.pdf"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        ...(big.toString("base64").match(/.{1,76}/g) ?? []),
+        "--m",
+        'Content-Type: image/png; name="small.png"',
+        'Content-Disposition: attachment; filename="small.png"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        ...(small.toString("base64").match(/.{1,76}/g) ?? []),
+        "--m--",
+        "",
+      ].join("\r\n"),
+    );
+    const uploads = (ops: Op[]) => ops.filter((o): o is Extract<Op, { op: "upload" }> => o.op === "upload");
+
+    const ops = await post(mail, { via: chunked });
+    const [pdf, png] = uploads(ops);
+    assert.equal(pdf?.name, "report.pdf");
+    assert.equal(pdf?.streamed, true, "the large attachment is streamed");
+    assert.ok(pdf?.data.equals(big), "byte for byte");
+    assert.equal(png?.streamed, false, "a small one is uploaded whole");
+    assert.ok(png?.data.equals(small));
+    const file = sends(ops).find((o) => o.content.body === "report.pdf");
+    assert.deepEqual(file?.content.info, { mimetype: "application/pdf", size: big.length });
+
+    const whole = await post(mail, { via: new SqlStore((store as SqlStore).db, { rawChunkBytes: 8 * 1024 * 1024 }) });
+    assert.equal(uploads(whole)[0]?.streamed, false, "a mail stored whole is not streamed");
+    assert.ok(uploads(whole)[0]?.data.equals(big));
+
+    const refused = await post(mail, { via: chunked, rule: (type) => (type === "application/pdf" ? "refuse" : "ok") });
+    const again = uploads(refused).find((o) => o.name === "report.pdf");
+    assert.equal(again?.type, "application/octet-stream");
+    assert.equal(again?.streamed, false, "read again whole for the second try");
+    assert.ok(again?.data.equals(big));
+
+    const retried = await post(mail, { via: chunked, rule: (type, _name, attempt) => (type === "application/pdf" && attempt === 1 ? "fail" : "ok") });
+    assert.equal(uploads(retried).filter((o) => o.name === "report.pdf").length, 1);
+    assert.equal(sends(retried).filter((o) => o.content.body === "report.pdf").length, 1, "posted once");
+
+    const limited = await post(mail, { via: chunked, limit: 1_000_000 });
+    assert.deepEqual(uploads(limited).map((o) => o.name), ["small.png"]);
+    assert.match(String(sends(limited).find((o) => o.content.msgtype === "m.notice")?.content.body), /report\.pdf \(1300000 bytes\) is larger than this homeserver's upload limit/);
   });
 
   it("a mail in chunks that cannot be decrypted is held back (no event, no DSN, no attempt counted) until the key is configured again", async () => {

@@ -6,6 +6,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { Readable } from "node:stream";
+import type { MediaStream } from "../../src/bridge/ports.ts";
 import { MediaUploadError, uploadMedia } from "../../src/matrix/mediaUpload.ts";
 import { MatrixGateway } from "../../src/matrix/MatrixGateway.ts";
 
@@ -54,28 +56,32 @@ test("a Buffer is uploaded byte for byte as the ghost, with its length, type, na
   assert.ok(s.body.equals(body));
 });
 
-test("a body given as chunks is streamed with its Content-Length; a size that does not match fails the upload", async (t) => {
+test("a body given as a stream is sent as it is read, with its Content-Length; a size that does not match fails the upload", async (t) => {
   const { url, seen, srv } = await server(ok);
   t.after(() => srv.close());
-  const whole = Buffer.from(Array.from({ length: 200_000 }, (_, i) => (i * 7) % 256));
-  const chunks = async function* (): AsyncGenerator<Buffer> {
-    for (let at = 0; at < whole.length; at += 65_536) {
-      await new Promise((r) => setImmediate(r));
-      yield whole.subarray(at, at + 65_536);
-    }
+  const whole = Buffer.from(Array.from({ length: 2_000_000 }, (_, i) => (i * 7) % 256));
+  /** `whole` as a paused stream of 64 KiB chunks, as forEachAttachment hands one over. */
+  const media = (bytes: number, failAt: number | null = null): MediaStream => {
+    const stream = Readable.from(
+      (async function* () {
+        for (let at = 0, n = 0; at < whole.length; at += 65_536, n++) {
+          if (n === failAt) throw new Error(`inbound mail 7: chunk ${n} is missing`);
+          yield whole.subarray(at, at + 65_536);
+        }
+      })(),
+    );
+    stream.pause();
+    return { bytes, stream };
   };
   const base = { homeserverUrl: url, asToken: "t", userId: "@email_a=40b.test:hs.test", contentType: "application/pdf", filename: "a.pdf" };
-  assert.equal(await uploadMedia({ ...base, body: { bytes: whole.length, chunks } }), "mxc://hs.test/abc");
+  assert.equal(await uploadMedia({ ...base, body: media(whole.length) }), "mxc://hs.test/abc");
   assert.equal(seen[0]?.headers["content-length"], String(whole.length));
+  assert.equal(seen[0]?.headers["transfer-encoding"], undefined);
   assert.ok(seen[0]?.body.equals(whole));
-  await assert.rejects(uploadMedia({ ...base, body: { bytes: whole.length + 1, chunks } }), /has 200000 of its 200001 bytes/);
-  await assert.rejects(uploadMedia({ ...base, body: { bytes: whole.length - 1, chunks } }), /larger than its 199999 bytes/);
-  const failing = async function* (): AsyncGenerator<Buffer> {
-    yield whole.subarray(0, 1000);
-    throw new Error("inbound mail 7: chunk 2 of 3 is missing");
-  };
-  await assert.rejects(uploadMedia({ ...base, body: { bytes: whole.length, chunks: failing } }), /chunk 2 of 3 is missing/);
-  assert.equal(seen.length, 1, "no truncated upload was completed");
+  await assert.rejects(uploadMedia({ ...base, body: media(whole.length + 1) }), /has 2000000 of its 2000001 bytes/);
+  await assert.rejects(uploadMedia({ ...base, body: media(whole.length - 1) }), /larger than its 1999999 bytes/);
+  await assert.rejects(uploadMedia({ ...base, body: media(whole.length, 3) }), /chunk 3 is missing/);
+  assert.equal(seen.length, 1, "no short or long upload was completed");
 });
 
 test("refusals are shaped like matrix-bot-sdk's errors and judged alike: 413 permanent, 429 and 502 temporary, a refused connection temporary", async (t) => {

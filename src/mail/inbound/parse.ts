@@ -42,6 +42,15 @@ export interface MailAttachment extends MailAttachmentInfo {
   content: Buffer;
 }
 
+/**
+ * An attachment handed over while it is decoded ({@link forEachAttachment}'s `stream`): its
+ * decoded size in bytes, known from an earlier pass ({@link attachmentSizes}), and the stream of
+ * its content, paused until the reader resumes it. Read at most once.
+ */
+export interface StreamedAttachment extends MailAttachmentInfo {
+  content: { readonly bytes: number; readonly stream: Readable };
+}
+
 /** The fields of a received message the bridge uses, with attachments as {@link MailAttachmentInfo} (no content). */
 export type ParsedMailSummary = Omit<ParsedMail, "attachments"> & { attachments: MailAttachmentInfo[] };
 
@@ -414,6 +423,11 @@ export async function parseMail(raw: Buffer, opts?: { attachments: "metadata"; s
   return { ...summary, attachments: attachments.map((a, i) => ({ ...a, content: contents[i] ?? Buffer.alloc(0) })) };
 }
 
+/** Which attachments {@link forEachAttachment} hands over (from their name, type and Content-ID). */
+export interface AttachmentChoice {
+  only?: (info: MailAttachmentInfo, index: number) => boolean;
+}
+
 /**
  * Hand each attachment of `raw`, decoded, to `fn`, in order, one at a time: only the
  * attachment being handled is in memory (plus `raw` itself when it is a Buffer; one chunk of
@@ -422,18 +436,46 @@ export async function parseMail(raw: Buffer, opts?: { attachments: "metadata"; s
  * @param fn called with the attachment and its index; the next attachment is read once it settles
  * @param opts.only which attachments to hand over (from their name, type and Content-ID; `size`
  *   is not known yet); the others are decoded and dropped, never collected. Default: all.
+ * @param opts.stream for an attachment handed over, its decoded size when it is to be handed over
+ *   as a stream ({@link StreamedAttachment}: never held whole; what `fn` leaves unread is
+ *   drained), or null to collect it; the size must come from {@link attachmentSizes} of the same
+ *   message. Default: all collected.
  * @throws Error from mailparser, or what `fn` throws (no further attachment is read)
  */
+export async function forEachAttachment(raw: MessageSource, fn: (attachment: MailAttachment, index: number) => Promise<void>, opts?: AttachmentChoice): Promise<void>;
 export async function forEachAttachment(
   raw: MessageSource,
-  fn: (attachment: MailAttachment, index: number) => Promise<void>,
-  opts: { only?: (info: MailAttachmentInfo, index: number) => boolean } = {},
+  fn: (attachment: MailAttachment | StreamedAttachment, index: number) => Promise<void>,
+  opts: AttachmentChoice & { stream: (info: MailAttachmentInfo, index: number) => number | null },
+): Promise<void>;
+export async function forEachAttachment(
+  raw: MessageSource,
+  handler: ((attachment: MailAttachment, index: number) => Promise<void>) | ((attachment: MailAttachment | StreamedAttachment, index: number) => Promise<void>),
+  opts: AttachmentChoice & { stream?: (info: MailAttachmentInfo, index: number) => number | null } = {},
 ): Promise<void> {
+  // A StreamedAttachment is handed over only with `stream`, whose overload takes a handler of both.
+  const fn = handler as (attachment: MailAttachment | StreamedAttachment, index: number) => Promise<void>;
   await runMailparser(raw, async (info, content, index) => {
     if (opts.only && !opts.only(info, index)) return;
+    const bytes = opts.stream?.(info, index) ?? null;
+    if (bytes !== null) {
+      // Paused now, in the tick the part began: nothing flows until the reader resumes it.
+      content.pause();
+      await fn({ ...info, size: bytes, content: { bytes, stream: content } }, index);
+      return;
+    }
     const data = await collect(content, Buffer.isBuffer(raw) ? raw.length : raw.maxBytes);
     await fn({ ...info, size: data.length, content: data }, index);
   });
+}
+
+/**
+ * The decoded size of each attachment of `raw`, in bytes, indexes as in
+ * `parseMail(raw).attachments`: one pass of mailparser that keeps nothing of the contents.
+ * @throws Error from mailparser
+ */
+export async function attachmentSizes(raw: MessageSource): Promise<number[]> {
+  return (await runMailparser(raw, async () => undefined)).attachments.map((a) => a.size);
 }
 
 /** The bridge's fields of a mailparser result. */
