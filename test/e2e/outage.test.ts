@@ -4,7 +4,9 @@
  * appears exactly once, in the order it was accepted; mail refused with 4xx while Synapse was
  * down (personal mailboxes need the homeserver to say the user exists) is resent by the test, as
  * an MTA would, and also appears once. The bridge's retry delays are shortened through config
- * (`inbound.retry_base_ms`, `inbound.retry_max_ms`); the outage is not.
+ * (`inbound.retry_base_ms`, `inbound.retry_max_ms`); the outage is not. Then a mail with a 3 MiB
+ * attachment (stored in chunks, uploaded as a stream) is accepted while Synapse is down again,
+ * and is posted once, byte for byte, when it is back.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -78,5 +80,48 @@ describe("homeserver outage during a burst (PostgreSQL store)", () => {
     assert.equal(accepted.team!.length + accepted.dora!.length, MAILS);
     const stuck = await env.bridge.store.listPendingInbound(10);
     assert.deepEqual(stuck.map((r) => r.id), [], "nothing left in the queue");
+  });
+
+  it("a 3 MiB attachment accepted while the homeserver is down (stored in chunks, streamed on upload) appears once, byte for byte", async () => {
+    const data = Buffer.from(Array.from({ length: 3 * 1024 * 1024 + 5 }, (_, i) => (i * 17 + (i >> 10)) % 256));
+    const raw = [
+      "From: Bob <bob@example.org>",
+      `To: team@${MAIL_DOMAIN}`,
+      "Subject: scan during the outage",
+      "Message-ID: <outage-scan@example.org>",
+      "MIME-Version: 1.0",
+      'Content-Type: multipart/mixed; boundary="s"',
+      "",
+      "--s",
+      "Content-Type: text/plain",
+      "",
+      "The scan is attached.",
+      "--s",
+      'Content-Type: application/pdf; name="scan.pdf"',
+      'Content-Disposition: attachment; filename="scan.pdf"',
+      "Content-Transfer-Encoding: base64",
+      "",
+      ...(data.toString("base64").match(/.{1,76}/g) ?? []),
+      "--s--",
+      "",
+    ].join("\r\n");
+    await env.synapse.stopProcess();
+    assert.match(await env.sendRaw(raw, { from: "bob@example.org", to: `team@${MAIL_DOMAIN}` }), /^250 /);
+    // Several posting attempts fail against the stopped homeserver (retry_base_ms 500).
+    await new Promise((r) => setTimeout(r, 5000));
+    const [pending] = await env.bridge.store.listPendingInbound(10);
+    assert.ok(pending && pending.attempts >= 1, "the mail waits in the queue, its attempts counted");
+    await env.synapse.startProcess();
+    const file = await alice.waitForEvent(teamRoom, (e) => e.sender === BOB && e.content.body === "scan.pdf", 120_000);
+    assert.deepEqual(file.content.info, { mimetype: "application/pdf", size: data.length });
+    const [server, id] = String(file.content.url).replace("mxc://", "").split("/");
+    const res = await fetch(`${env.synapse.url}/_matrix/client/v1/media/download/${server}/${id}`, { headers: { authorization: `Bearer ${alice.accessToken}` } });
+    assert.equal(res.status, 200);
+    assert.ok(Buffer.from(await res.arrayBuffer()).equals(data), "the file is the attachment, byte for byte");
+    const deadline = Date.now() + 60_000;
+    while ((await env.bridge.store.listPendingInbound(10)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
+    const events = (await alice.getRoomMessages(teamRoom, { limit: 200 })).filter((e) => e.sender === BOB);
+    assert.equal(events.filter((e) => e.content.body === "scan.pdf").length, 1, "the file is posted once");
+    assert.equal(events.filter((e) => String(e.content.body).includes("The scan is attached.")).length, 1, "the message is posted once");
   });
 });

@@ -64,6 +64,24 @@ after(async () => {
   await stopPostgresCluster();
 });
 
+/**
+ * Run `child` (an ES module's source) in a new node process with `MEB_CRASH_FILE=sqliteFile`, and
+ * wait for it to end; it must end by SIGKILL (it kills itself at the moment under test).
+ */
+async function runUntilKilled(child: string, sqliteFile: string): Promise<void> {
+  const result = await new Promise<{ signal: NodeJS.Signals | null; stderr: string }>((resolve, reject) => {
+    const p = spawn(process.execPath, ["--input-type=module", "-e", child], {
+      env: { ...process.env, MEB_CRASH_FILE: sqliteFile, MEB_LOG_LEVEL: "warn" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    p.on("error", reject);
+    p.on("close", (_code, signal) => resolve({ signal, stderr }));
+  });
+  assert.equal(result.signal, "SIGKILL", `child did not die by SIGKILL: ${result.stderr}`);
+}
+
 describe("sqlite engine", () => {
   it("opens with WAL, synchronous=FULL and foreign keys on", async () => {
     const fx = await sqliteFixture();
@@ -164,17 +182,7 @@ describe("sqlite engine", () => {
       process.kill(process.pid, "SIGKILL");
     `;
     try {
-      const result = await new Promise<{ signal: NodeJS.Signals | null; stderr: string }>((resolve, reject) => {
-        const p = spawn(process.execPath, ["--input-type=module", "-e", child], {
-          env: { ...process.env, MEB_CRASH_FILE: sqliteFile, MEB_LOG_LEVEL: "warn" },
-          stdio: ["ignore", "ignore", "pipe"],
-        });
-        let stderr = "";
-        p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-        p.on("error", reject);
-        p.on("close", (_code, signal) => resolve({ signal, stderr }));
-      });
-      assert.equal(result.signal, "SIGKILL", `child did not die by SIGKILL: ${result.stderr}`);
+      await runUntilKilled(child, sqliteFile);
       const store = await openStore({ url: null, sqliteFile });
       try {
         const expect = (n: number) => Buffer.concat([Buffer.from("From: bob@example.org\r\n\r\n"), Buffer.alloc(n, 0x61 + (n % 20))]);
@@ -216,17 +224,7 @@ describe("sqlite engine", () => {
       process.kill(process.pid, "SIGKILL");
     `;
     try {
-      const result = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve, reject) => {
-        const p = spawn(process.execPath, ["--input-type=module", "-e", child], {
-          env: { ...process.env, MEB_CRASH_FILE: sqliteFile, MEB_LOG_LEVEL: "warn" },
-          stdio: ["ignore", "ignore", "pipe"],
-        });
-        let stderr = "";
-        p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-        p.on("error", reject);
-        p.on("close", (code, signal) => resolve({ code, signal, stderr }));
-      });
-      assert.equal(result.signal, "SIGKILL", `child did not die by SIGKILL: ${result.stderr}`);
+      await runUntilKilled(child, sqliteFile);
       const store = await openStore({ url: null, sqliteFile });
       try {
         const pending = await store.listPendingInbound(100);
