@@ -12,4 +12,4 @@ export MEB_SYNAPSE_VENV="${MEB_SYNAPSE_VENV:-$MEB_CACHE/synapse-venv}"
 bash scripts/install-synapse.sh
 # As the bridge ships (docs/operations.md, "Memory").
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-65536}"
-exec node --max-semi-space-size=4 scripts/dev.ts "$@"
+exec node --max-semi-space-size=4 --expose-gc scripts/dev.ts "$@"

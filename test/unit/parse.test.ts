@@ -4,6 +4,7 @@ import { readFile } from "node:fs/promises";
 import { forEachAttachment, parseMail, stripQuotedReply, extractMessageIds } from "../../src/mail/inbound/parse.ts";
 import { ParsedMailCache } from "../../src/bridge/ParsedMailCache.ts";
 import { sanitizeHtml } from "../../src/bridge/format/sanitize.ts";
+import { largeWork } from "../../src/util/reclaim.ts";
 
 const fixture = (name: string): Promise<Buffer> => readFile(new URL(`../fixtures/eml/${name}`, import.meta.url));
 
@@ -94,22 +95,25 @@ test("a message read in chunks gives the same attachments; a chunk that cannot b
   const raw = withAttachments(3, 100_000);
   const full = await parseMail(raw);
   /** `raw` as the store hands out a chunked mail: `head` first, then 7 KiB chunks read one at a time. */
+  const head = raw.subarray(0, 7000);
   const chunked = (failAt: number | null = null) => ({
-    head: raw.subarray(0, 7000),
+    head,
     maxBytes: raw.length,
     async *chunks(): AsyncGenerator<Buffer> {
       for (let at = 0, n = 0; at < raw.length; at += 7000, n++) {
         if (n === failAt) throw new Error(`chunk ${n} is missing`);
         await new Promise((r) => setImmediate(r));
-        yield raw.subarray(at, at + 7000);
+        yield n === 0 ? head : raw.subarray(at, at + 7000);
       }
     },
   });
   const got: Buffer[] = [];
+  const noted = largeWork.noted;
   await forEachAttachment(chunked(), async (att) => {
     got.push(att.content);
   });
   assert.deepEqual(got, full.attachments.map((a) => a.content));
+  assert.equal(largeWork.noted - noted, raw.length - 7000, "every chunk after the head is counted as large-message work (util/reclaim.ts)");
   await assert.rejects(forEachAttachment(chunked(20), async () => undefined), /chunk 20 is missing/);
   await assert.rejects(
     forEachAttachment(chunked(), async (_att, i) => {

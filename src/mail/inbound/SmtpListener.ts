@@ -26,6 +26,7 @@ import type { SmtpConfig } from "../../config/schema.ts";
 import type { DnsResolver } from "../dns.ts";
 import { errorFields, getLogger } from "../../util/logger.ts";
 import type { Logger } from "../../util/logger.ts";
+import { noteLargeWork } from "../../util/reclaim.ts";
 import { CertificateFiles, refreshServerCertificate } from "./certificates.ts";
 import { checkDnsbl } from "./dnsbl.ts";
 import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clientKey } from "./limits.ts";
@@ -762,7 +763,11 @@ export class SmtpListener<R = unknown> {
         return;
       }
       kept += chunk.length;
-      if (large) return;
+      if (large) {
+        // Each read of a large message leaves garbage behind (util/reclaim.ts).
+        noteLargeWork(chunk.length);
+        return;
+      }
       chunks.push(chunk);
       if (kept > LARGE_MESSAGE_BYTES) {
         large = Buffer.allocUnsafe(TRACE_HEADROOM_BYTES + max);

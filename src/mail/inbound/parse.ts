@@ -7,6 +7,7 @@ import addressparser from "nodemailer/lib/addressparser";
 import type { AddressObject, AttachmentStream, EmailAddress, MessageText, ParsedMail as MailparserMail } from "mailparser";
 import { htmlToPlain } from "./htmlText.ts";
 import { charsetHint, recoverRawHeader, recoverRawParameter } from "./charsets.ts";
+import { noteLargeWork } from "../../util/reclaim.ts";
 export { stripQuotedReply } from "./replyFold.ts";
 
 /** One mailbox of an address header. */
@@ -303,6 +304,8 @@ function runMailparser(source: MessageSource, onAttachment: (info: MailAttachmen
     void (async () => {
       for await (const chunk of source.chunks()) {
         if (settled) return;
+        // Each stored chunk parsed leaves garbage behind (util/reclaim.ts).
+        if (chunk !== head) noteLargeWork(chunk.length);
         near = chunk === head ? head : Buffer.concat([head.subarray(0, 64 * 1024), chunk]);
         await new Promise<void>((next) => {
           waiting = next;
