@@ -134,6 +134,32 @@ describe("sqlite engine", () => {
     }
   });
 
+  it("group commit: a group whose first and last members fail, and one where all fail, commit exactly the others", async () => {
+    const fx = await sqliteFixture();
+    try {
+      assert.ok(fx.store instanceof SqlStore);
+      const db = fx.store.db;
+      assert.ok(db instanceof SqliteDatabase);
+      const insert = (address: string, fail: boolean): Promise<string> =>
+        db.transaction(async (tx) => {
+          await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", [address, `@${address}`]);
+          if (fail) throw new Error(`refused ${address}`);
+          return address;
+        });
+      // The savepoint statements ride with their neighbours (sqlite.ts): a failed first member is
+      // followed by `; SAVEPOINT`, a failed last one by `; COMMIT`.
+      const mixed = await Promise.allSettled(["f0@x", "f1@x", "f2@x", "f3@x"].map((a, i) => insert(a, i === 0 || i === 3)));
+      assert.deepEqual(mixed.map((r) => r.status), ["rejected", "fulfilled", "fulfilled", "rejected"]);
+      const all = await Promise.allSettled(["h0@x", "h1@x", "h2@x"].map((a) => insert(a, true)));
+      assert.deepEqual(all.map((r) => r.status), ["rejected", "rejected", "rejected"]);
+      assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
+      const rows = await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid");
+      assert.deepEqual(rows.map((r) => r.address), ["f1@x", "f2@x", "after@x"]);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
   it("rolls back a failed transaction and keeps serving", async () => {
     const fx = await sqliteFixture();
     try {

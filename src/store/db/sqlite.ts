@@ -15,6 +15,9 @@
  * - **Order.** Members run one after another in arrival order. A write outside a transaction
  *   (`execute`) is a member of its own; reads (`query`) and scripts (`exec`) outside a
  *   transaction run between groups, never inside one (they never see uncommitted rows).
+ * - **Round trips.** Each statement is one message to the worker and back, so the
+ *   savepoint statements ride with their neighbours: `BEGIN IMMEDIATE; SAVEPOINT 1`,
+ *   `RELEASE n; SAVEPOINT n+1`, `RELEASE n; COMMIT`.
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
@@ -237,13 +240,14 @@ export class SqliteDatabase implements Database {
     const committed: { member: Member; value: unknown }[] = [];
     const failed: { member: Member; err: unknown }[] = [];
     let current: Member | null = null;
+    /** What ends the previous member (or begins the group), sent with the next statement. */
+    let before = "BEGIN IMMEDIATE";
     try {
-      await conn.exec("BEGIN IMMEDIATE");
       for (let n = 1; n <= MAX_GROUP && this.#waiting.length > 0; n++) {
         const member = this.#waiting.shift()!;
         current = member;
         const savepoint = `meb_member_${n}`;
-        await conn.exec(`SAVEPOINT ${savepoint}`);
+        await conn.exec(`${before}; SAVEPOINT ${savepoint}`);
         const tx = new SqliteTx(conn);
         let value: unknown;
         let error: { err: unknown } | null = null;
@@ -255,16 +259,16 @@ export class SqliteDatabase implements Database {
           tx.open = false;
         }
         if (error) {
-          await conn.exec(`ROLLBACK TO ${savepoint}`);
-          await conn.exec(`RELEASE ${savepoint}`);
+          await conn.exec(`ROLLBACK TO ${savepoint}; RELEASE ${savepoint}`);
+          before = "";
           failed.push({ member, err: error.err });
         } else {
-          await conn.exec(`RELEASE ${savepoint}`);
+          before = `RELEASE ${savepoint}`;
           committed.push({ member, value });
         }
         current = null;
       }
-      await conn.exec("COMMIT");
+      await conn.exec(`${before}; COMMIT`);
     } catch (err) {
       // BEGIN, a savepoint or COMMIT failed: nothing of this group is on disk.
       await conn.request({ op: "rollbackIfOpen" }).catch((rollbackErr: unknown) => {
