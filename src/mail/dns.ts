@@ -112,6 +112,21 @@ export function nameserverProblem(entry: string): string | null {
  * The resolver. Create one per bridge and pass it (or its {@link lookup}) wherever a
  * lookup is made.
  */
+/**
+ * The error of a cached negative answer, as node:dns throws it (`code`, `hostname`), without a
+ * stack trace: it would name only the cache, and capturing one costs more than the rest of a
+ * cache hit. mailauth's DMARC lookup (RFC 7489 §6.6.3) meets several such answers per mail.
+ */
+function cachedNegative(negative: { code: string; message: string }, hostname: string): Error {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return Object.assign(new Error(negative.message), { code: negative.code, hostname });
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
 export class DnsResolver {
   readonly #resolver: Resolver;
   readonly #cache = new Map<string, CacheEntry>();
@@ -164,7 +179,7 @@ export class DnsResolver {
         // LRU: a hit moves the entry to the back.
         this.#cache.delete(key);
         this.#cache.set(key, cached);
-        if (cached.negative) throw Object.assign(new Error(cached.negative.message), { code: cached.negative.code, hostname: name });
+        if (cached.negative) throw cachedNegative(cached.negative, name);
         return structuredClone(cached.answer!);
       }
       this.#cache.delete(key);

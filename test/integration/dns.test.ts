@@ -284,6 +284,10 @@ describe("DnsResolver against a real DNS server", () => {
     const cachedNx = await rejection(r.resolve("new.example.test", "A"));
     assert.equal(cachedNx.code, "ENOTFOUND");
     assert.equal(isNegativeDnsAnswer(cachedNx), true);
+    assert.ok(cachedNx instanceof Error);
+    assert.equal((cachedNx as Error & { hostname?: string }).hostname, "new.example.test", "the cached answer names the host, as node:dns does");
+    assert.match(cachedNx.message, /ENOTFOUND/);
+    assert.ok(Error.stackTraceLimit > 0, "building it without a stack leaves the process's stack traces as they were");
     assert.equal((await rejection(r.resolve("n.example.test", "TXT"))).code, "ENODATA");
     assert.deepEqual(asked(await dns.takeQueries()), ["A new.example.test", "TXT n.example.test"]);
 
