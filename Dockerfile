@@ -18,7 +18,7 @@ COPY bin ./bin
 VOLUME /data
 # 25: inbound SMTP (smtp.port); 8090: appservice listener (appservice.port).
 EXPOSE 25 8090
-# --max-semi-space-size=4, --expose-gc and MALLOC_MMAP_THRESHOLD_: see docs/operations.md, "Memory".
-ENV MALLOC_MMAP_THRESHOLD_=65536
+# --max-semi-space-size=4, --expose-gc, MALLOC_MMAP_THRESHOLD_ and MALLOC_ARENA_MAX: see docs/operations.md, "Memory".
+ENV MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=1
 ENTRYPOINT ["node", "--max-semi-space-size=4", "--expose-gc", "/app/bin/matrix-email-bridge.js"]
 CMD ["start", "-c", "/data/config.yaml"]

@@ -7,7 +7,7 @@
  * `node_modules/.cache/`): Node's type stripping of the sources costs about 17 MiB of RSS that a production
  * bridge does not pay. `BENCH_BRIDGE_FROM=src` runs `src/main.ts` instead. It gets the node flags
  * it ships with (`--max-semi-space-size=4 --expose-gc`), then `BENCH_BRIDGE_NODE_ARGS`, and the environment it
- * ships with (`MALLOC_MMAP_THRESHOLD_=65536`, unless the bench's own environment sets it).
+ * ships with (`MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=1`, unless the bench's own environment sets them).
  *
  * Config changes from prepareEnv's (all through its `config` option):
  * - smtp: the per-IP and per-sender-domain message rate limits off (all load comes from
@@ -31,7 +31,7 @@ const REPO = new URL("../", import.meta.url).pathname;
 /** Node flags the bridge is shipped with (the Dockerfile's ENTRYPOINT, `bin/matrix-email-bridge.js`'s `#!` line). */
 const SHIPPED_NODE_FLAGS = ["--max-semi-space-size=4", "--expose-gc"];
 /** The environment the bridge ships with (bin/matrix-email-bridge.js, Dockerfile; docs/operations.md "Memory"). */
-const SHIPPED_ENV = { MALLOC_MMAP_THRESHOLD_: "65536" };
+const SHIPPED_ENV = { MALLOC_MMAP_THRESHOLD_: "65536", MALLOC_ARENA_MAX: "1" };
 
 let builtMain: string | null = null;
 

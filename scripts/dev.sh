@@ -12,4 +12,5 @@ export MEB_SYNAPSE_VENV="${MEB_SYNAPSE_VENV:-$MEB_CACHE/synapse-venv}"
 bash scripts/install-synapse.sh
 # As the bridge ships (docs/operations.md, "Memory").
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-65536}"
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-1}"
 exec node --max-semi-space-size=4 --expose-gc scripts/dev.ts "$@"
