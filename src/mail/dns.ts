@@ -109,10 +109,6 @@ export function nameserverProblem(entry: string): string | null {
 }
 
 /**
- * The resolver. Create one per bridge and pass it (or its {@link lookup}) wherever a
- * lookup is made.
- */
-/**
  * The error of a cached negative answer, as node:dns throws it (`code`, `hostname`), without a
  * stack trace: it would name only the cache, and capturing one costs more than the rest of a
  * cache hit. mailauth's DMARC lookup (RFC 7489 §6.6.3) meets several such answers per mail.
@@ -127,6 +123,10 @@ function cachedNegative(negative: { code: string; message: string }, hostname: s
   }
 }
 
+/**
+ * The resolver. Create one per bridge and pass it (or its {@link lookup}) wherever a
+ * lookup is made.
+ */
 export class DnsResolver {
   readonly #resolver: Resolver;
   readonly #cache = new Map<string, CacheEntry>();
