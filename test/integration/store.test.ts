@@ -82,6 +82,19 @@ async function runUntilKilled(child: string, sqliteFile: string): Promise<void> 
   assert.equal(result.signal, "SIGKILL", `child did not die by SIGKILL: ${result.stderr}`);
 }
 
+/**
+ * A transaction on `db` that inserts the ghost `address`, then fails when `fail` is set.
+ * @returns the address, once committed
+ */
+function ghostInsert(db: SqliteDatabase): (address: string, fail: boolean) => Promise<string> {
+  return (address, fail) =>
+    db.transaction(async (tx) => {
+      await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", [address, `@${address}`]);
+      if (fail) throw new Error(`refused ${address}`);
+      return address;
+    });
+}
+
 describe("sqlite engine", () => {
   it("opens with WAL, synchronous=FULL and foreign keys on", async () => {
     const fx = await sqliteFixture();
@@ -105,12 +118,7 @@ describe("sqlite engine", () => {
       const db = fx.store.db;
       assert.ok(db instanceof SqliteDatabase);
       const before = { ...db.stats };
-      const insert = (address: string, fail: boolean): Promise<string> =>
-        db.transaction(async (tx) => {
-          await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", [address, `@${address}`]);
-          if (fail) throw new Error(`refused ${address}`);
-          return address;
-        });
+      const insert = ghostInsert(db);
       const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => insert(`g${i}@x`, i % 10 === 3)));
       results.forEach((r, i) => {
         if (i % 10 === 3) assert.equal(r.status === "rejected" && (r.reason as Error).message, `refused g${i}@x`);
@@ -140,12 +148,7 @@ describe("sqlite engine", () => {
       assert.ok(fx.store instanceof SqlStore);
       const db = fx.store.db;
       assert.ok(db instanceof SqliteDatabase);
-      const insert = (address: string, fail: boolean): Promise<string> =>
-        db.transaction(async (tx) => {
-          await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", [address, `@${address}`]);
-          if (fail) throw new Error(`refused ${address}`);
-          return address;
-        });
+      const insert = ghostInsert(db);
       // The savepoint statements ride with their neighbours (sqlite.ts): a failed first member is
       // followed by `; SAVEPOINT`, a failed last one by `; COMMIT`.
       const mixed = await Promise.allSettled(["f0@x", "f1@x", "f2@x", "f3@x"].map((a, i) => insert(a, i === 0 || i === 3)));
