@@ -3,7 +3,8 @@
  * (Client-Server API › Application service ping) answered by doctor itself while the bridge is
  * not running, and by the running bridge; an as_token Synapse does not know; an hs_token the
  * appservice refuses; an appservice port that drops the homeserver's connection. With the
- * bridge running and every record published, the whole report passes (exit code 0).
+ * bridge running and every record published, the whole report passes (exit code 0). The bridge
+ * pings through the homeserver at start too, and warns when that fails.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -14,6 +15,7 @@ import { parse, stringify } from "yaml";
 import { startBridge, type RunningBridge } from "../../src/bridge/Bridge.ts";
 import { prepareEnv, type PreparedEnv } from "./env.ts";
 import { runCliAsync } from "../harness/cli.ts";
+import { configureLogging } from "../../src/util/logger.ts";
 
 
 const cli = runCliAsync;
@@ -109,5 +111,26 @@ describe("doctor against Synapse", () => {
     const { line, fix } = homeserverLines(run.stdout);
     assert.match(line, /^fail {2}homeserver: token unknown: http:\/\/127\.0\.0\.1:\d+ does not know the as_token of .*wrong-as\.registration\.yaml \(M_UNKNOWN_TOKEN\)$/);
     assert.match(fix ?? "", /^ {6}fix: registration not loaded: add .*wrong-as\.registration\.yaml to app_service_config_files in Synapse's homeserver\.yaml and restart Synapse$/);
+  });
+
+  it("the bridge pings at start: a registration ID Synapse does not know with this as_token is logged as a warning", async () => {
+    await bridge?.stop();
+    bridge = null;
+    const file = configWithRegistration("started-other-id", { id: "another-bridge" });
+    const regFile = (parse(readFileSync(file, "utf8")) as { appservice: { registration_file: string } }).appservice.registration_file;
+    const lines: string[] = [];
+    configureLogging({ write: (line) => lines.push(line) });
+    try {
+      bridge = await startBridge({ ...env.config, appservice: { ...env.config.appservice, registration_file: regFile } });
+      const deadline = Date.now() + 15_000;
+      const failed = () => lines.find((l) => l.includes("appservice ping through the homeserver failed"));
+      while (!failed() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(failed(), `no ping warning in:\n${lines.join("\n")}`);
+      assert.match(failed()!, /M_FORBIDDEN/);
+      assert.match(failed()!, /another-bridge/);
+      assert.ok(!lines.some((l) => l.includes("homeserver pinged the appservice")));
+    } finally {
+      configureLogging({ write: (line) => process.stderr.write(line + "\n") });
+    }
   });
 });

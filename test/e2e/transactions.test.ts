@@ -10,6 +10,9 @@
  * After a restart without the failpoint, the sink gets exactly one mail per message, and a
  * replay of the transaction (same txn ID, sent directly with the hs_token) or of the event
  * (in a new transaction) sends none.
+ *
+ * And a message sent while no bridge runs goes out right after the restart: the bridge's
+ * start-up appservice ping makes Synapse retry what it held at once, not after its backoff.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -186,5 +189,31 @@ describe("appservice transactions: SIGKILL between the transaction and the outbo
 
   it("SIGKILL right after the 200, before handling (Synapse never resends): one mail after the restart, none on replay", async () => {
     await crashScenario("after-txn-ack", "Crash-proof hello, after the answer", "meb-e2e-replay-2");
+  });
+
+  it("a message sent while the bridge is down goes out right after its restart (the start-up ping ends Synapse's backoff)", async () => {
+    const text = "Sent while the bridge was away";
+    await alice.sendText(roomId, text);
+    const sentAt = Date.now();
+    // Synapse's recoverer (synapse/appservice/scheduler.py) retries 2 s after the failed push,
+    // then 4 s and 8 s after each failure: at about 2, 6, 14 and 30 s. Down for 16 s, the bridge
+    // would wait for the retry at 30 s without the ping.
+    await sleep(16_000);
+    assert.equal(mailsWith(text).length, 0, "no bridge ran: no mail yet");
+    const bridge = await spawnBridge(env.configFile);
+    try {
+      const startedAt = Date.now();
+      const nextRetryAt = sentAt + 30_000;
+      assert.ok(startedAt < nextRetryAt - 8000, `the bridge took too long to start (${startedAt - sentAt} ms after the send) for this test to tell anything`);
+      await within(
+        env.sink.waitForMail((m) => m.rcptTo.includes("bob@example.org") && m.raw.includes(text), 60_000),
+        nextRetryAt - startedAt - 2000,
+        `the mail before Synapse's own next retry (started ${startedAt - sentAt} ms after the send; log:\n${bridge.output()})`,
+      );
+      assert.match(bridge.output(), /homeserver pinged the appservice/);
+      assert.equal(mailsWith(text).length, 1);
+    } finally {
+      await stopBridge(bridge);
+    }
   });
 });

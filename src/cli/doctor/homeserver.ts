@@ -11,7 +11,9 @@ import { randomBytes } from "node:crypto";
 import type { BridgeConfig } from "../../config/schema.ts";
 import { readRegistration, type Registration } from "../registration.ts";
 import { startPingResponder, type PingResponder } from "./pingResponder.ts";
-import { describeError, fail, jsonObject, ok, warn, type DoctorResult } from "./result.ts";
+import { requestAppservicePing, type AppservicePingAnswer } from "../../matrix/appservicePing.ts";
+import { jsonObject } from "../../util/json.ts";
+import { describeError, fail, ok, warn, type DoctorResult } from "./result.ts";
 
 /** Options of {@link checkHomeserver}. */
 export interface HomeserverCheckOptions {
@@ -22,16 +24,6 @@ export interface HomeserverCheckOptions {
    * appservice, which Synapse gives up after 60 s (M_CONNECTION_TIMEOUT): wait longer than that.
    */
   timeoutMs: number;
-}
-
-/** A Matrix error body (Client-Server API › Standard error response), with the ping's extra fields. */
-interface PingError {
-  errcode?: string;
-  error?: string;
-  /** M_BAD_STATUS: the HTTP status the appservice answered. */
-  status?: number;
-  /** M_BAD_STATUS: the appservice's response body. */
-  body?: string;
 }
 
 const CHECK = "homeserver";
@@ -91,52 +83,44 @@ async function ping(cfg: BridgeConfig, reg: Registration, responder: PingRespond
   } catch (err) {
     return fail(CHECK, `homeserver unreachable at ${hs}: ${fetchFailure(err, opts.connectTimeoutMs)}`, unreachable);
   }
-  let res: Response;
+  let answer: AppservicePingAnswer;
   try {
-    res = await fetch(endpoint, {
-      method: "POST",
-      headers: { Authorization: `Bearer ${reg.as_token}`, "Content-Type": "application/json" },
-      body: JSON.stringify({ transaction_id: txnId }),
-      signal: AbortSignal.timeout(opts.timeoutMs),
-    });
+    answer = await requestAppservicePing({ homeserverUrl: hs, appserviceId: reg.id, asToken: reg.as_token, transactionId: txnId, timeoutMs: opts.timeoutMs });
   } catch (err) {
     return fail(CHECK, `no answer to the appservice ping from ${hs}: ${fetchFailure(err, opts.timeoutMs)}`, `check Synapse's log for the ping to ${reg.url}`);
   }
-  const text = await res.text();
-  // Not JSON (a proxy's page, not a homeserver): reported below with the status.
-  const body = (jsonObject(text) ?? {}) as PingError & { duration_ms?: number };
   const registrationNotLoaded = `registration not loaded: add ${cfg.appservice.registration_file} to app_service_config_files in Synapse's homeserver.yaml and restart Synapse`;
-  if (res.ok) {
+  if (answer.ok) {
     if (responder && !responder.received.includes(txnId)) {
       return fail(CHECK, `the homeserver pinged ${reg.url}, but something other than this host's ${cfg.appservice.bind_address}:${cfg.appservice.port} answered`, `point appservice.url at this bridge host (then generate-registration and restart Synapse)`);
     }
     const reached = responder ? `reached ${reg.url}` : `reached the running bridge at ${reg.url}`;
-    return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and ${reached} in ${body.duration_ms ?? "?"} ms (answered by ${who})`);
+    return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and ${reached} in ${answer.durationMs ?? "?"} ms (answered by ${who})`);
   }
-  const errcode = body.errcode ?? `HTTP ${res.status}`;
-  switch (body.errcode) {
+  const errcode = answer.errcode ?? `HTTP ${answer.status}`;
+  switch (answer.errcode) {
     case "M_UNKNOWN_TOKEN":
     case "M_MISSING_TOKEN":
       return fail(CHECK, `token unknown: ${hs} does not know the as_token of ${cfg.appservice.registration_file} (${errcode})`, registrationNotLoaded);
     case "M_FORBIDDEN":
-      return fail(CHECK, `${hs} knows the as_token, but not as appservice "${reg.id}" (${body.error ?? errcode})`, `Synapse has another registration with this token loaded; ${registrationNotLoaded}`);
+      return fail(CHECK, `${hs} knows the as_token, but not as appservice "${reg.id}" (${answer.error ?? errcode})`, `Synapse has another registration with this token loaded; ${registrationNotLoaded}`);
     case "M_URL_NOT_SET":
       return fail(CHECK, `the registration Synapse loaded has no url (${errcode})`, "run `matrix-email-bridge generate-registration` and restart Synapse");
     case "M_CONNECTION_FAILED":
     case "M_CONNECTION_TIMEOUT":
       return fail(
         CHECK,
-        `homeserver cannot reach the appservice URL ${reg.url}: ${body.error ?? errcode} (answering: ${who})`,
+        `homeserver cannot reach the appservice URL ${reg.url}: ${answer.error ?? errcode} (answering: ${who})`,
         `appservice.url must be reachable from the Synapse host and lead to appservice.bind_address:port (${cfg.appservice.bind_address}:${cfg.appservice.port}); check the address, firewalls and containers' networks`,
       );
     case "M_BAD_STATUS":
-      return badStatus(body, reg, hs, responder, who);
+      return badStatus(answer, reg, hs, responder, who);
     case "M_UNRECOGNIZED":
-      if (res.status === 404 || res.status === 405) {
+      if (answer.status === 404 || answer.status === 405) {
         return warn(CHECK, `${hs} does not support the appservice ping (${errcode}); reachability not checked`, "upgrade Synapse (1.84 or newer supports it)");
       }
   }
-  return fail(CHECK, `${endpoint} answered ${res.status} ${errcode}${body.error ? `: ${body.error}` : ""}`, "check homeserver.url (the Client-Server API base URL) and Synapse's log");
+  return fail(CHECK, `${endpoint} answered ${answer.status} ${errcode}${answer.error ? `: ${answer.error}` : ""}`, "check homeserver.url (the Client-Server API base URL) and Synapse's log");
 }
 
 /** Why a fetch failed: the network error under undici's "fetch failed", or the timeout. */
@@ -152,14 +136,14 @@ function fetchFailure(err: unknown, timeoutMs: number): string {
  * check means a bridge from before the ping route accepted the token: the homeserver reached
  * it, which is what the check is for. (The bridge answers the ping with 200 since then.)
  */
-function badStatus(body: PingError, reg: Registration, hs: string, responder: PingResponder | null, who: string): DoctorResult {
-  const status = body.status;
+function badStatus(answer: AppservicePingAnswer, reg: Registration, hs: string, responder: PingResponder | null, who: string): DoctorResult {
+  const status = answer.appserviceStatus;
   if (status === 401 || status === 403) {
     return fail(CHECK, `${hs} reached ${reg.url}, but ${who} refused its hs_token (HTTP ${status}): Synapse has an older registration loaded`, "restart Synapse so it reads the current registration file (after `generate-registration --rotate` it must)");
   }
-  const answerCode = jsonObject(body.body ?? "")?.errcode;
+  const answerCode = jsonObject(answer.appserviceBody ?? "")?.errcode;
   if (!responder && status === 404 && answerCode === "M_UNRECOGNIZED") {
     return ok(CHECK, `${hs} has the registration "${reg.id}" loaded and reached the running bridge at ${reg.url} (it accepted the hs_token; it answers the ping route with 404)`);
   }
-  return fail(CHECK, `${hs} reached ${reg.url}, which answered HTTP ${status ?? "?"} (${(body.body ?? "").slice(0, 120)})`, "make sure appservice.url leads to this bridge (not another service or proxy)");
+  return fail(CHECK, `${hs} reached ${reg.url}, which answered HTTP ${status ?? "?"} (${(answer.appserviceBody ?? "").slice(0, 120)})`, "make sure appservice.url leads to this bridge (not another service or proxy)");
 }

@@ -8,7 +8,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { checkAppserviceAuth } from "../../matrix/appserviceAuth.ts";
 import { closeServer, tryListen, type BindOutcome } from "./listen.ts";
-import { jsonObject } from "./result.ts";
+import { jsonObject } from "../../util/json.ts";
 
 /** Largest ping body read, in bytes (the body is `{"transaction_id": ...}`). */
 const MAX_BODY_BYTES = 64 * 1024;

@@ -68,17 +68,3 @@ export function isNoRecord(err: unknown): boolean {
 export function normName(name: string): string {
   return name.trim().toLowerCase().replace(/\.$/, "");
 }
-
-/**
- * `text` parsed as a JSON object, or null when it is not one (an answer that is not a Matrix
- * JSON body: a proxy's page, another service); the caller reports that case itself.
- */
-export function jsonObject(text: string): Record<string, unknown> | null {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return null; // not JSON: the documented "not a JSON object" answer
-  }
-  return value !== null && typeof value === "object" && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
-}
