@@ -73,7 +73,14 @@ export interface BridgeProcess {
 /** Everything parts 2-4 run against. */
 export interface MatrixBench {
   env: PreparedEnv;
+  /** The bridge process running now (a new one after {@link restartBridge}). */
   bridge: BridgeProcess;
+  /**
+   * Stop the bridge (SIGTERM), run `whileDown`, start a new bridge process on the same config,
+   * store and log.
+   * @returns the new process (also in `bridge`)
+   */
+  restartBridge(whileDown: () => Promise<void>): Promise<BridgeProcess>;
   /** The appservice's as_token (from the registration file). */
   asToken: string;
   /** A local user (allowed to bridge) who watches and sends. */
@@ -99,6 +106,8 @@ function readLog(file: string): string {
 export async function spawnBridge(configFile: string, logFile: string): Promise<BridgeProcess> {
   const main = bridgeMain();
   const fd = openSync(logFile, "a");
+  // A restart appends to the same log: only lines after this offset are this process's.
+  const from = readLog(logFile).length;
   const { NODE_TEST_CONTEXT: _, ...inherited } = process.env;
   const env = { ...SHIPPED_ENV, ...inherited };
   const t0 = Date.now();
@@ -132,7 +141,7 @@ export async function spawnBridge(configFile: string, logFile: string): Promise<
       child.kill("SIGKILL");
       throw new Error(`the bridge did not log "bridge started" within 90 s; log:\n${logTail()}`);
     }
-    for (const line of readLog(logFile).split("\n")) {
+    for (const line of readLog(logFile).slice(from).split("\n")) {
       if (!line.includes('"bridge started"')) continue;
       const m = /:(\d+)$/.exec(String((JSON.parse(line) as { smtp?: unknown }).smtp ?? ""));
       if (m) smtpPort = Number(m[1]);
@@ -215,16 +224,24 @@ export async function startMatrixBench(): Promise<MatrixBench> {
     await env.stop();
     throw err;
   }
-  return {
+  const mb: MatrixBench = {
     env,
     bridge,
     asToken: registration.as_token,
     alice,
+    async restartBridge(whileDown) {
+      await this.bridge.stop();
+      await whileDown();
+      this.bridge = await spawnBridge(env.configFile, this.bridge.logFile);
+      env.smtpPort = this.bridge.smtpPort;
+      return this.bridge;
+    },
     async stop() {
-      const p = bridge.problems();
+      const p = this.bridge.problems();
       if (p.warn || p.error) progress(`[matrix] the bridge logged ${p.warn} warnings and ${p.error} errors, e.g.:\n  ${p.first.join("\n  ")}`);
-      await bridge.stop();
+      await this.bridge.stop();
       await env.stop();
     },
   };
+  return mb;
 }
