@@ -9,7 +9,11 @@
  * once with several (the bridge delivers one mail at a time per room, rooms in parallel).
  * - throughput: mails the sink accepted / (last sink 250 − first PUT), mails/s; it cannot
  *   exceed the rate at which the Matrix sends return, which the table shows next to it;
- * - latency per mail: the sink's 250 (its `receivedAt`) − the PUT of that message returning.
+ * - latency per mail: the sink's 250 (its `receivedAt`) − the PUT of that message returning;
+ * - backlog: the bridge is stopped, N messages are sent into the portals, the bridge is started
+ *   again; mails at the sink / (last sink 250 − "bridge started"). Synapse already has the
+ *   events and hands them over as soon as the bridge's start-up ping says it is back, so this
+ *   is the bridge's own delivery rate, not bounded by how fast Synapse takes sends.
  *
  * Reference: a plain SMTP client (bench/smtpLoad.ts, child process) sending N mails of the
  * same size to the same sink, a new connection per mail (as the bridge delivers), with the
