@@ -124,6 +124,16 @@ function cachedNegative(negative: { code: string; message: string }, hostname: s
 }
 
 /**
+ * A copy of a cached or shared answer for a caller, who may change it (sort MX records, join TXT
+ * strings): each record copied one level deep, which is all node:dns's shapes of
+ * {@link DnsRrType} have (strings; `string[]` for TXT; a flat object for MX). 20 to 50 times
+ * cheaper than `structuredClone` (0.05 against 1-2 µs), and cache hits are most of a mail's lookups.
+ */
+function copyAnswer(answer: unknown[]): unknown[] {
+  return answer.map((r) => (Array.isArray(r) ? [...(r as unknown[])] : r !== null && typeof r === "object" ? { ...r } : r));
+}
+
+/**
  * The resolver. Create one per bridge and pass it (or its {@link lookup}) wherever a
  * lookup is made.
  */
@@ -180,15 +190,17 @@ export class DnsResolver {
         this.#cache.delete(key);
         this.#cache.set(key, cached);
         if (cached.negative) throw cachedNegative(cached.negative, name);
-        return structuredClone(cached.answer!);
+        return copyAnswer(cached.answer!);
       }
       this.#cache.delete(key);
     }
-    const running = this.#inflight.get(key);
-    if (running) return running;
-    const query = this.#query(key, name, rrtype).finally(() => this.#inflight.delete(key));
-    this.#inflight.set(key, query);
-    return query;
+    let query = this.#inflight.get(key);
+    if (!query) {
+      query = this.#query(key, name, rrtype).finally(() => this.#inflight.delete(key));
+      this.#inflight.set(key, query);
+    }
+    // Each caller gets its own copy: the answer is cached and shared with concurrent callers.
+    return copyAnswer(await query);
   }
 
   async #query(key: string, name: string, rrtype: DnsRrType): Promise<unknown[]> {

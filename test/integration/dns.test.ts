@@ -271,6 +271,21 @@ describe("DnsResolver against a real DNS server", () => {
     assert.deepEqual(asked(await dns.takeQueries()), ["A c.example.test"]);
   });
 
+  test("a caller that changes an answer (sorts MX, edits TXT) does not change the cached one", async () => {
+    await dns.setZone({ records: { "m.example.test": { MX: [{ exchange: "mx1.example.test", priority: 20 }, { exchange: "mx2.example.test", priority: 10 }], TXT: ["v=spf1 -all"] } } });
+    const r = resolver({ cacheTtlMs: 60_000 });
+    const mx = (await r.resolve("m.example.test", "MX")) as { exchange: string; priority: number }[];
+    const want = structuredClone(mx);
+    mx.sort((a, b) => a.priority - b.priority);
+    mx[0]!.exchange = "changed.example.test";
+    mx.push({ exchange: "added.example.test", priority: 1 });
+    assert.deepEqual(await r.resolve("m.example.test", "MX"), want);
+    const txt = (await r.resolve("m.example.test", "TXT")) as string[][];
+    txt[0]![0] = "changed";
+    txt[0]!.push("more");
+    assert.deepEqual(await r.resolve("m.example.test", "TXT"), [["v=spf1 -all"]]);
+  });
+
   test("NXDOMAIN and NODATA are cached too", async () => {
     await dns.setZone({ records: { "n.example.test": { A: ["192.0.2.1"] } } });
     await dns.takeQueries();

@@ -195,6 +195,28 @@ function applyPct(policy: DmarcPolicy, record: string | undefined, raw: Buffer):
   return draw < pct ? policy : weaker(policy);
 }
 
+/** mailauth's functions, once loaded (see {@link loadMailauth}). */
+let mailauth: Promise<{ authenticate: typeof import("mailauth").authenticate; getAlignment: typeof import("mailauth/lib/tools.js").getAlignment }> | null = null;
+
+/**
+ * mailauth, loaded on the first inbound mail, not at start: with the dependencies no other
+ * package loads (tldts, joi, undici and the BIMI certificate code it requires even with BIMI
+ * off) it is ~7 MiB of an idle bridge's RSS. The promise is kept: a dynamic `import()` resolves
+ * its specifier again on every call, which cost about 1 % of the ingest CPU.
+ * @throws Error when the package cannot be loaded (the promise is then forgotten, so the next
+ *   mail tries again)
+ */
+function loadMailauth(): NonNullable<typeof mailauth> {
+  mailauth ??= Promise.all([import("mailauth"), import("mailauth/lib/tools.js")]).then(
+    ([lib, tools]) => ({ authenticate: lib.authenticate, getAlignment: tools.getAlignment }),
+    (err: unknown) => {
+      mailauth = null;
+      throw err;
+    },
+  );
+  return mailauth;
+}
+
 /**
  * Authenticate one message: SPF, DKIM, ARC and DMARC through `opts.lookup`.
  * @param input the message and its envelope
@@ -214,10 +236,7 @@ export async function authenticateMessage(input: AuthInput, author: Author, opts
     }
   };
   const ip = input.remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "");
-  // mailauth is loaded on the first inbound mail, not at start: with the dependencies no other
-  // package loads (tldts, joi, undici and the BIMI certificate code it requires even with BIMI
-  // off) it is ~7 MiB of an idle bridge's RSS. The module cache makes later calls free.
-  const [{ authenticate }, { getAlignment }] = await Promise.all([import("mailauth"), import("mailauth/lib/tools.js")]);
+  const { authenticate, getAlignment } = await loadMailauth();
   const result: AuthenticateResult = await authenticate(input.raw, {
     ip,
     helo: input.heloName || undefined,
