@@ -317,7 +317,7 @@ export class MatrixGateway implements MatrixActions {
    * takes), set the bot's display name, then start handing journaled events to the sink (those
    * left pending by a previous run first). Transactions are journaled (and answered) as soon as
    * the listener runs. Last, the homeserver is asked to ping the appservice (in the background,
-   * see {@link pingHomeserver}), so that it sends at once what it held while the bridge was down.
+   * see `#pingHomeserver`), so that it sends at once what it held while the bridge was down.
    * @throws Error when the listener cannot start or the homeserver cannot be reached in time
    */
   async start(maxWaitMs = 120_000): Promise<void> {
@@ -345,7 +345,7 @@ export class MatrixGateway implements MatrixActions {
     await this.#startE2ee();
     this.#transactions.start();
     log.info("appservice listening", { bind: this.opts.bindAddress, port: this.opts.port, bot: this.botUserId, e2ee: this.#e2ee ? "bot device ready" : "off" });
-    this.#ping = this.pingHomeserver();
+    this.#ping = this.#pingHomeserver();
   }
 
   /** The start-up ping while it runs (awaited by {@link stop}). */
@@ -366,7 +366,7 @@ export class MatrixGateway implements MatrixActions {
    * `M_CONNECTION_FAILED`: the homeserver cannot reach `appservice.url`, so no event will reach
    * the bridge; `matrix-email-bridge doctor` tells more).
    */
-  async pingHomeserver(): Promise<void> {
+  async #pingHomeserver(): Promise<void> {
     const transactionId = `meb-start-${randomBytes(6).toString("hex")}`;
     const where = { homeserver: this.opts.homeserverUrl, appservice: this.#appserviceId };
     try {
