@@ -149,8 +149,8 @@ describe("sqlite engine", () => {
       const db = fx.store.db;
       assert.ok(db instanceof SqliteDatabase);
       const insert = ghostInsert(db);
-      // The savepoint statements ride with their neighbours (sqlite.ts): a failed first member is
-      // followed by `; SAVEPOINT`, a failed last one by `; COMMIT`.
+      // The group's own statements ride with the members' (sqlite.ts): a failed first member's
+      // rollback goes with the next member's first statement, a failed last one's with `COMMIT`.
       const mixed = await Promise.allSettled(["f0@x", "f1@x", "f2@x", "f3@x"].map((a, i) => insert(a, i === 0 || i === 3)));
       assert.deepEqual(mixed.map((r) => r.status), ["rejected", "fulfilled", "fulfilled", "rejected"]);
       const all = await Promise.allSettled(["h0@x", "h1@x", "h2@x"].map((a) => insert(a, true)));
@@ -158,6 +158,68 @@ describe("sqlite engine", () => {
       assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
       const rows = await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid");
       assert.deepEqual(rows.map((r) => r.address), ["f1@x", "f2@x", "after@x"]);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  it("group commit: members that send no statement, or several at once, and a group script that fails", async () => {
+    const fx = await sqliteFixture();
+    try {
+      assert.ok(fx.store instanceof SqlStore);
+      const db = fx.store.db;
+      assert.ok(db instanceof SqliteDatabase);
+      const insert = ghostInsert(db);
+      const sql = "INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)";
+      // One group: a member with no statement (its value still waits for the COMMIT), one that
+      // fails before any statement, two statements sent at once as a member's first, and a
+      // failed member between committed ones.
+      const results = await Promise.allSettled([
+        db.transaction(async () => "nothing"),
+        insert("n1@x", false),
+        db.transaction(async () => {
+          throw new Error("refused before any statement");
+        }),
+        db.transaction(async (tx) => {
+          await Promise.all([tx.execute(sql, ["p1@x", "@p1"]), tx.execute(sql, ["p2@x", "@p2"])]);
+          return "pair";
+        }),
+        insert("n2@x", true),
+        db.transaction(async () => "nothing again"),
+        insert("n3@x", false),
+      ]);
+      assert.deepEqual(
+        results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as Error).message)),
+        ["nothing", "n1@x", "refused before any statement", "pair", "refused n2@x", "nothing again", "n3@x"],
+      );
+      assert.deepEqual((await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid")).map((r) => r.address), ["n1@x", "p1@x", "p2@x", "n3@x"]);
+
+      // A member that releases its own savepoint breaks the script sent with the next member's
+      // first statement: that statement does not run, a later one of the same member is refused
+      // too, and the group fails as a whole (nothing of it on disk); the member after it, taken by
+      // the next group, commits.
+      const broken = await Promise.allSettled([
+        db.transaction(async (tx) => {
+          await tx.execute(sql, ["b1@x", "@b1"]);
+          await tx.exec("RELEASE meb_member_1");
+          return "b1";
+        }),
+        db.transaction(async (tx) => {
+          const first = await tx.execute(sql, ["b2@x", "@b2"]).then(
+            () => "ran",
+            (err: unknown) => (err as Error).message,
+          );
+          await tx.execute(sql, ["b3@x", "@b3"]);
+          return first;
+        }),
+        insert("b4@x", false),
+      ]);
+      assert.equal(broken[0]!.status, "rejected");
+      assert.equal(broken[1]!.status, "rejected");
+      assert.match((broken[1] as PromiseRejectedResult).reason.message, /no such savepoint/);
+      assert.deepEqual(broken[2], { status: "fulfilled", value: "b4@x" });
+      assert.deepEqual((await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid")).map((r) => r.address), ["n1@x", "p1@x", "p2@x", "n3@x", "b4@x"]);
+      assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
     } finally {
       await fx.cleanup();
     }

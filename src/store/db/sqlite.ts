@@ -15,9 +15,12 @@
  * - **Order.** Members run one after another in arrival order. A write outside a transaction
  *   (`execute`) is a member of its own; reads (`query`) and scripts (`exec`) outside a
  *   transaction run between groups, never inside one (they never see uncommitted rows).
- * - **Round trips.** Each statement is one message to the worker and back, so the
- *   savepoint statements ride with their neighbours: `BEGIN IMMEDIATE; SAVEPOINT 1`,
- *   `RELEASE n; SAVEPOINT n+1`, `RELEASE n; COMMIT`.
+ * - **Round trips.** Each statement is one message to the worker and back, so the group's
+ *   own statements ride with the members' (`before`, see `sqliteWorker.ts`): a member's first
+ *   statement carries `BEGIN IMMEDIATE; SAVEPOINT 1` or `RELEASE n; SAVEPOINT n+1` (or
+ *   `ROLLBACK TO n; RELEASE n; …` after a member that failed), and the last carries nothing
+ *   but `RELEASE n; COMMIT`. A member that sends no statement gets no savepoint. If such a
+ *   script fails, the whole group fails, as a failed `BEGIN` or `COMMIT` does.
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
@@ -85,6 +88,9 @@ function rebuild(e: SerializedError): Error {
   return Object.assign(err, e.code !== undefined ? { code: e.code } : {}, e.errcode !== undefined ? { errcode: e.errcode } : {}, e.errstr !== undefined ? { errstr: e.errstr } : {});
 }
 
+/** Errors of a request whose `before` script failed (its statement did not run). */
+const beforeFailures = new WeakSet<Error>();
+
 /** Request/reply over the worker thread (util/workerRpc.ts), with the statement helpers. */
 class WorkerConnection {
   readonly #rpc = new WorkerRpc<RequestBody, OkReply>({
@@ -92,7 +98,10 @@ class WorkerConnection {
     url: WORKER_URL,
     decode: (reply) => {
       const r = reply as unknown as SqliteReply;
-      return r.ok ? { ok: true, value: r } : { ok: false, error: rebuild(r.error) };
+      if (r.ok) return { ok: true, value: r };
+      const error = rebuild(r.error);
+      if (r.before) beforeFailures.add(error);
+      return { ok: false, error };
     },
   });
 
@@ -104,20 +113,21 @@ class WorkerConnection {
     return this.#rpc.request(body, undefined, transfer);
   }
 
-  async query(sql: string, params: readonly SqlValue[] | undefined): Promise<Row[]> {
+  /** `before`: a script (SQLite's dialect) the worker runs first, in the same round trip. */
+  async query(sql: string, params: readonly SqlValue[] | undefined, before?: string): Promise<Row[]> {
     const moved = movedParams(toParams(params));
-    const reply = await this.request({ op: "all", sql: sqliteDialect.sql(sql), params: moved.params }, moved.transfer);
+    const reply = await this.request({ op: "all", sql: sqliteDialect.sql(sql), params: moved.params, ...(before ? { before } : {}) }, moved.transfer);
     return (reply.rows ?? []).map(normaliseRow);
   }
 
-  async execute(sql: string, params: readonly SqlValue[] | undefined): Promise<{ changes: number }> {
+  async execute(sql: string, params: readonly SqlValue[] | undefined, before?: string): Promise<{ changes: number }> {
     const moved = movedParams(toParams(params));
-    const reply = await this.request({ op: "run", sql: sqliteDialect.sql(sql), params: moved.params }, moved.transfer);
+    const reply = await this.request({ op: "run", sql: sqliteDialect.sql(sql), params: moved.params, ...(before ? { before } : {}) }, moved.transfer);
     return { changes: reply.changes ?? 0 };
   }
 
-  async exec(script: string): Promise<void> {
-    await this.request({ op: "exec", sql: sqliteDialect.sql(script) });
+  async exec(script: string, before?: string): Promise<void> {
+    await this.request({ op: "exec", sql: sqliteDialect.sql(script), ...(before ? { before } : {}) });
   }
 
   async terminate(): Promise<void> {
@@ -125,33 +135,67 @@ class WorkerConnection {
   }
 }
 
-/** A transaction handle: valid only while its member of the group runs. */
+/**
+ * A transaction handle: valid only while its member of the group runs. The member's first
+ * statement carries the group's pending script (its savepoint); statements sent while that
+ * first one is on its way wait for it, so none runs if the script failed.
+ */
 class SqliteTx implements Queryable {
   readonly engine = "sqlite" as const;
   readonly #conn: WorkerConnection;
+  /** The script for the first statement; null once sent. */
+  #before: string | null;
+  /** Settles (never rejects) once the first statement's reply came; null before it is sent. */
+  #first: Promise<void> | null = null;
   open = true;
+  /** The error of a failed `before` script: the group's transaction is not as its members expect. */
+  broken: Error | null = null;
 
-  constructor(conn: WorkerConnection) {
+  /** @param before the group's pending script, ending with this member's `SAVEPOINT` */
+  constructor(conn: WorkerConnection, before: string) {
     this.#conn = conn;
+    this.#before = before;
   }
 
-  #check(): void {
+  /** Whether a statement was sent (so the member's savepoint was asked for). */
+  get started(): boolean {
+    return this.#before === null;
+  }
+
+  /** Resolves once the first statement (if any) has its reply, so that {@link broken} is known. */
+  async settled(): Promise<void> {
+    await this.#first;
+  }
+
+  async #send<R>(send: (before: string | undefined) => Promise<R>): Promise<R> {
     if (!this.open) throw new Error("sqlite transaction already finished");
+    if (this.#before !== null) {
+      const before = this.#before;
+      this.#before = null;
+      const first = send(before);
+      this.#first = first.then(
+        () => undefined,
+        (err: unknown) => {
+          if (err instanceof Error && beforeFailures.has(err)) this.broken = err;
+        },
+      );
+      return first;
+    }
+    await this.#first;
+    if (this.broken) throw this.broken;
+    return send(undefined);
   }
 
   async query<T extends object = Row>(sql: string, params?: readonly SqlValue[]): Promise<T[]> {
-    this.#check();
-    return (await this.#conn.query(sql, params)) as T[];
+    return (await this.#send((before) => this.#conn.query(sql, params, before))) as T[];
   }
 
-  async execute(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }> {
-    this.#check();
-    return this.#conn.execute(sql, params);
+  execute(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }> {
+    return this.#send((before) => this.#conn.execute(sql, params, before));
   }
 
-  async exec(script: string): Promise<void> {
-    this.#check();
-    await this.#conn.exec(script);
+  exec(script: string): Promise<void> {
+    return this.#send((before) => this.#conn.exec(script, before));
   }
 }
 
@@ -240,15 +284,14 @@ export class SqliteDatabase implements Database {
     const committed: { member: Member; value: unknown }[] = [];
     const failed: { member: Member; err: unknown }[] = [];
     let current: Member | null = null;
-    /** What ends the previous member (or begins the group), sent with the next statement. */
+    /** The group's script not yet sent: it rides with the next member's first statement, or the COMMIT. */
     let before = "BEGIN IMMEDIATE";
     try {
       for (let n = 1; n <= MAX_GROUP && this.#waiting.length > 0; n++) {
         const member = this.#waiting.shift()!;
         current = member;
         const savepoint = `meb_member_${n}`;
-        await conn.exec(`${before}; SAVEPOINT ${savepoint}`);
-        const tx = new SqliteTx(conn);
+        const tx = new SqliteTx(conn, `${before}; SAVEPOINT ${savepoint}`);
         let value: unknown;
         let error: { err: unknown } | null = null;
         try {
@@ -258,14 +301,13 @@ export class SqliteDatabase implements Database {
         } finally {
           tx.open = false;
         }
-        if (error) {
-          await conn.exec(`ROLLBACK TO ${savepoint}; RELEASE ${savepoint}`);
-          before = "";
-          failed.push({ member, err: error.err });
-        } else {
-          before = `RELEASE ${savepoint}`;
-          committed.push({ member, value });
+        await tx.settled();
+        if (tx.broken) throw tx.broken;
+        if (tx.started) {
+          before = error ? `ROLLBACK TO ${savepoint}; RELEASE ${savepoint}` : `RELEASE ${savepoint}`;
         }
+        if (error) failed.push({ member, err: error.err });
+        else committed.push({ member, value });
         current = null;
       }
       await conn.exec(`${before}; COMMIT`);

@@ -6,6 +6,10 @@
  * Protocol (see `sqlite.ts`, the only sender): each request `{ id, op, ... }` gets exactly one
  * reply `{ id, ok: true, rows?, changes? }` or `{ id, ok: false, error }`, in order. SQL arrives
  * already in SQLite's dialect and parameters already converted (`sqliteDialect`).
+ *
+ * A statement may carry `before`, a script run first (the group commit's `BEGIN IMMEDIATE`,
+ * `RELEASE`/`SAVEPOINT`): one round trip instead of two. If `before` fails the statement does
+ * not run, and the error reply says so (`before: true`).
  */
 import { parentPort } from "node:worker_threads";
 import { DatabaseSync } from "node:sqlite";
@@ -14,8 +18,8 @@ import type { SQLInputValue, StatementSync } from "node:sqlite";
 /** A request from the main thread. */
 export type SqliteRequest =
   | { id: number; op: "open"; file: string; busyTimeoutMs: number }
-  | { id: number; op: "all" | "run"; sql: string; params: SQLInputValue[] }
-  | { id: number; op: "exec"; sql: string }
+  | { id: number; op: "all" | "run"; sql: string; params: SQLInputValue[]; before?: string }
+  | { id: number; op: "exec"; sql: string; before?: string }
   /** `ROLLBACK` if a transaction is open (after a failed statement or `COMMIT`), else nothing. */
   | { id: number; op: "rollbackIfOpen" }
   | { id: number; op: "close" };
@@ -23,7 +27,8 @@ export type SqliteRequest =
 /** A reply to one {@link SqliteRequest}. */
 export type SqliteReply =
   | { id: number; ok: true; rows?: Record<string, unknown>[]; changes?: number; journalMode?: unknown }
-  | { id: number; ok: false; error: SerializedError };
+  /** `before`: the request's `before` script failed, so its statement did not run. */
+  | { id: number; ok: false; error: SerializedError; before?: true };
 
 /** The fields of a `node:sqlite` error that callers look at (`isUniqueViolation`). */
 export interface SerializedError {
@@ -76,6 +81,13 @@ function handle(req: SqliteRequest): SqliteReply {
     }
   }
   if (db === null) throw new Error("sqlite database is not open");
+  if ((req.op === "all" || req.op === "run" || req.op === "exec") && req.before) {
+    try {
+      db.exec(req.before);
+    } catch (err) {
+      return { id: req.id, ok: false, error: serialize(err), before: true };
+    }
+  }
   switch (req.op) {
     case "all":
       return { id: req.id, ok: true, rows: prepare(req.sql).all(...req.params) as Record<string, unknown>[] };
