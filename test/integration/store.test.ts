@@ -83,6 +83,27 @@ async function runUntilKilled(child: string, sqliteFile: string): Promise<void> 
 }
 
 /**
+ * Run `fn` on a fresh SQLite store's database, then remove the store.
+ * @throws what `fn` throws
+ */
+async function withSqliteDb(fn: (db: SqliteDatabase, store: SqlStore) => Promise<void>): Promise<void> {
+  const fx = await sqliteFixture();
+  try {
+    assert.ok(fx.store instanceof SqlStore);
+    const db = fx.store.db;
+    assert.ok(db instanceof SqliteDatabase);
+    await fn(db, fx.store);
+  } finally {
+    await fx.cleanup();
+  }
+}
+
+/** The addresses in the ghosts table, in insertion order. */
+async function ghostAddresses(db: SqliteDatabase): Promise<string[]> {
+  return (await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid")).map((r) => r.address);
+}
+
+/**
  * A transaction on `db` that inserts the ghost `address`, then fails when `fail` is set.
  * @returns the address, once committed
  */
@@ -111,119 +132,96 @@ describe("sqlite engine", () => {
     }
   });
 
-  it("commits concurrent transactions together (group commit), in call order, each failure rolled back alone", async () => {
-    const fx = await sqliteFixture();
-    try {
-      assert.ok(fx.store instanceof SqlStore);
-      const db = fx.store.db;
-      assert.ok(db instanceof SqliteDatabase);
-      const before = { ...db.stats };
-      const insert = ghostInsert(db);
-      const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => insert(`g${i}@x`, i % 10 === 3)));
-      results.forEach((r, i) => {
-        if (i % 10 === 3) assert.equal(r.status === "rejected" && (r.reason as Error).message, `refused g${i}@x`);
-        else assert.deepEqual(r, { status: "fulfilled", value: `g${i}@x` });
-      });
-      const rows = await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid");
-      assert.deepEqual(
-        rows.map((r) => r.address),
-        Array.from({ length: 40 }, (_, i) => `g${i}@x`).filter((_, i) => i % 10 !== 3),
-      );
-      const groups = db.stats.groups - before.groups;
-      assert.equal(db.stats.transactions - before.transactions, 36);
-      assert.ok(groups >= 1 && groups <= 4, `40 concurrent transactions took ${groups} commits`);
+  it("commits concurrent transactions together (group commit), in call order, each failure rolled back alone", () =>
+    withSqliteDb(async (db, store) => {
+    const before = { ...db.stats };
+    const insert = ghostInsert(db);
+    const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => insert(`g${i}@x`, i % 10 === 3)));
+    results.forEach((r, i) => {
+      if (i % 10 === 3) assert.equal(r.status === "rejected" && (r.reason as Error).message, `refused g${i}@x`);
+      else assert.deepEqual(r, { status: "fulfilled", value: `g${i}@x` });
+    });
+    assert.deepEqual(
+      await ghostAddresses(db),
+      Array.from({ length: 40 }, (_, i) => `g${i}@x`).filter((_, i) => i % 10 !== 3),
+    );
+    const groups = db.stats.groups - before.groups;
+    assert.equal(db.stats.transactions - before.transactions, 36);
+    assert.ok(groups >= 1 && groups <= 4, `40 concurrent transactions took ${groups} commits`);
 
-      // Inbound mail the same way: ids follow the order the commits were asked for.
-      const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => fx.store.insertInbound(newInbound({ messageId: `gc${i}@x`, contentHash: `gc${i}` }))));
-      const sorted = [...ids.map((r) => r.row.id)].sort((a, b) => a - b);
-      assert.deepEqual(ids.map((r) => r.row.id), sorted);
-    } finally {
-      await fx.cleanup();
-    }
-  });
+    // Inbound mail the same way: ids follow the order the commits were asked for.
+    const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => store.insertInbound(newInbound({ messageId: `gc${i}@x`, contentHash: `gc${i}` }))));
+    const sorted = [...ids.map((r) => r.row.id)].sort((a, b) => a - b);
+    assert.deepEqual(ids.map((r) => r.row.id), sorted);
+    }));
 
-  it("group commit: a group whose first and last members fail, and one where all fail, commit exactly the others", async () => {
-    const fx = await sqliteFixture();
-    try {
-      assert.ok(fx.store instanceof SqlStore);
-      const db = fx.store.db;
-      assert.ok(db instanceof SqliteDatabase);
-      const insert = ghostInsert(db);
-      // The group's own statements ride with the members' (sqlite.ts): a failed first member's
-      // rollback goes with the next member's first statement, a failed last one's with `COMMIT`.
-      const mixed = await Promise.allSettled(["f0@x", "f1@x", "f2@x", "f3@x"].map((a, i) => insert(a, i === 0 || i === 3)));
-      assert.deepEqual(mixed.map((r) => r.status), ["rejected", "fulfilled", "fulfilled", "rejected"]);
-      const all = await Promise.allSettled(["h0@x", "h1@x", "h2@x"].map((a) => insert(a, true)));
-      assert.deepEqual(all.map((r) => r.status), ["rejected", "rejected", "rejected"]);
-      assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
-      const rows = await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid");
-      assert.deepEqual(rows.map((r) => r.address), ["f1@x", "f2@x", "after@x"]);
-    } finally {
-      await fx.cleanup();
-    }
-  });
+  it("group commit: a group whose first and last members fail, and one where all fail, commit exactly the others", () =>
+    withSqliteDb(async (db, store) => {
+    const insert = ghostInsert(db);
+    // The group's own statements ride with the members' (sqlite.ts): a failed first member's
+    // rollback goes with the next member's first statement, a failed last one's with `COMMIT`.
+    const mixed = await Promise.allSettled(["f0@x", "f1@x", "f2@x", "f3@x"].map((a, i) => insert(a, i === 0 || i === 3)));
+    assert.deepEqual(mixed.map((r) => r.status), ["rejected", "fulfilled", "fulfilled", "rejected"]);
+    const all = await Promise.allSettled(["h0@x", "h1@x", "h2@x"].map((a) => insert(a, true)));
+    assert.deepEqual(all.map((r) => r.status), ["rejected", "rejected", "rejected"]);
+    assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
+    assert.deepEqual(await ghostAddresses(db), ["f1@x", "f2@x", "after@x"]);
+    }));
 
-  it("group commit: members that send no statement, or several at once, and a group script that fails", async () => {
-    const fx = await sqliteFixture();
-    try {
-      assert.ok(fx.store instanceof SqlStore);
-      const db = fx.store.db;
-      assert.ok(db instanceof SqliteDatabase);
-      const insert = ghostInsert(db);
-      const sql = "INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)";
-      // One group: a member with no statement (its value still waits for the COMMIT), one that
-      // fails before any statement, two statements sent at once as a member's first, and a
-      // failed member between committed ones.
-      const results = await Promise.allSettled([
-        db.transaction(async () => "nothing"),
-        insert("n1@x", false),
-        db.transaction(async () => {
-          throw new Error("refused before any statement");
-        }),
-        db.transaction(async (tx) => {
-          await Promise.all([tx.execute(sql, ["p1@x", "@p1"]), tx.execute(sql, ["p2@x", "@p2"])]);
-          return "pair";
-        }),
-        insert("n2@x", true),
-        db.transaction(async () => "nothing again"),
-        insert("n3@x", false),
-      ]);
-      assert.deepEqual(
-        results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as Error).message)),
-        ["nothing", "n1@x", "refused before any statement", "pair", "refused n2@x", "nothing again", "n3@x"],
-      );
-      assert.deepEqual((await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid")).map((r) => r.address), ["n1@x", "p1@x", "p2@x", "n3@x"]);
+  it("group commit: members that send no statement, or several at once, and a group script that fails", () =>
+    withSqliteDb(async (db, store) => {
+    const insert = ghostInsert(db);
+    const sql = "INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)";
+    // One group: a member with no statement (its value still waits for the COMMIT), one that
+    // fails before any statement, two statements sent at once as a member's first, and a
+    // failed member between committed ones.
+    const results = await Promise.allSettled([
+      db.transaction(async () => "nothing"),
+      insert("n1@x", false),
+      db.transaction(async () => {
+        throw new Error("refused before any statement");
+      }),
+      db.transaction(async (tx) => {
+        await Promise.all([tx.execute(sql, ["p1@x", "@p1"]), tx.execute(sql, ["p2@x", "@p2"])]);
+        return "pair";
+      }),
+      insert("n2@x", true),
+      db.transaction(async () => "nothing again"),
+      insert("n3@x", false),
+    ]);
+    assert.deepEqual(
+      results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as Error).message)),
+      ["nothing", "n1@x", "refused before any statement", "pair", "refused n2@x", "nothing again", "n3@x"],
+    );
+    assert.deepEqual(await ghostAddresses(db), ["n1@x", "p1@x", "p2@x", "n3@x"]);
 
-      // A member that releases its own savepoint breaks the script sent with the next member's
-      // first statement: that statement does not run, a later one of the same member is refused
-      // too, and the group fails as a whole (nothing of it on disk); the member after it, taken by
-      // the next group, commits.
-      const broken = await Promise.allSettled([
-        db.transaction(async (tx) => {
-          await tx.execute(sql, ["b1@x", "@b1"]);
-          await tx.exec("RELEASE meb_member_1");
-          return "b1";
-        }),
-        db.transaction(async (tx) => {
-          const first = await tx.execute(sql, ["b2@x", "@b2"]).then(
-            () => "ran",
-            (err: unknown) => (err as Error).message,
-          );
-          await tx.execute(sql, ["b3@x", "@b3"]);
-          return first;
-        }),
-        insert("b4@x", false),
-      ]);
-      assert.equal(broken[0]!.status, "rejected");
-      assert.equal(broken[1]!.status, "rejected");
-      assert.match((broken[1] as PromiseRejectedResult).reason.message, /no such savepoint/);
-      assert.deepEqual(broken[2], { status: "fulfilled", value: "b4@x" });
-      assert.deepEqual((await db.query<{ address: string }>("SELECT address FROM ghosts ORDER BY rowid")).map((r) => r.address), ["n1@x", "p1@x", "p2@x", "n3@x", "b4@x"]);
-      assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
-    } finally {
-      await fx.cleanup();
-    }
-  });
+    // A member that releases its own savepoint breaks the script sent with the next member's
+    // first statement: that statement does not run, a later one of the same member is refused
+    // too, and the group fails as a whole (nothing of it on disk); the member after it, taken by
+    // the next group, commits.
+    const broken = await Promise.allSettled([
+      db.transaction(async (tx) => {
+        await tx.execute(sql, ["b1@x", "@b1"]);
+        await tx.exec("RELEASE meb_member_1");
+        return "b1";
+      }),
+      db.transaction(async (tx) => {
+        const first = await tx.execute(sql, ["b2@x", "@b2"]).then(
+          () => "ran",
+          (err: unknown) => (err as Error).message,
+        );
+        await tx.execute(sql, ["b3@x", "@b3"]);
+        return first;
+      }),
+      insert("b4@x", false),
+    ]);
+    assert.equal(broken[0]!.status, "rejected");
+    assert.equal(broken[1]!.status, "rejected");
+    assert.match((broken[1] as PromiseRejectedResult).reason.message, /no such savepoint/);
+    assert.deepEqual(broken[2], { status: "fulfilled", value: "b4@x" });
+    assert.deepEqual(await ghostAddresses(db), ["n1@x", "p1@x", "p2@x", "n3@x", "b4@x"]);
+    assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
+    }));
 
   it("rolls back a failed transaction and keeps serving", async () => {
     const fx = await sqliteFixture();
