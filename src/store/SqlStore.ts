@@ -110,7 +110,8 @@ const MAILBOX_RETRIES = 3;
 
 /**
  * The inbound queue target of a DM: one per local user, remote address and ghost kind, so
- * mail for one DM never waits behind, or is deduplicated against, another DM's.
+ * mail for one DM never waits behind, or is deduplicated against, another DM's. The insert
+ * spells the same key in SQL for mail to a DM portal's room (`inboundTarget` in queries/sql.ts).
  */
 function dmTarget(localUserId: string, remoteAddress: string, remoteVerified: boolean): string {
   return `dm:${localUserId} ${remoteAddress} ${remoteVerified ? "v" : "u"}`;
@@ -455,16 +456,9 @@ export class SqlStore implements BridgeStore {
       throw new Error("inbound mail needs a roomId or a dmLocalUserId");
     }
     return this.db.transaction(async (tx) => {
-      let target: string;
-      if (mail.roomId !== null) {
-        const dm = (await tx.query<DbRow>(Q.SQL_INBOUND_TARGET_OF_ROOM, [mail.roomId]))[0];
-        target =
-          dm && typeof dm.local_user_id === "string" && typeof dm.remote_address === "string"
-            ? dmTarget(dm.local_user_id, dm.remote_address, dbBool(dm.remote_verified))
-            : mail.roomId;
-      } else {
-        target = dmTarget(mail.dmLocalUserId!, mail.sender, mail.senderVerified);
-      }
+      // Mail for a room that is a DM portal queues under the DM's key: the insert decides that
+      // itself (Q.SQL_INSERT_INBOUND), in the same statement.
+      const target = mail.roomId ?? dmTarget(mail.dmLocalUserId!, mail.sender, mail.senderVerified);
       // A large mail is stored in chunks (migration 13): the row holds the first.
       const size = this.#chunkBytes;
       const chunks = mail.raw.length > size ? Math.ceil(mail.raw.length / size) - 1 : 0;
@@ -499,7 +493,7 @@ export class SqlStore implements BridgeStore {
         }
         return { row: { ...toInbound({ ...inserted[0], raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false };
       }
-      const existing = await this.#inboundRow(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash]);
+      const existing = await this.#inboundRow(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash, mail.roomId]);
       if (!existing) throw new Error("inbound insert conflicted but no row was found");
       return { row: existing, duplicate: true };
     });

@@ -507,6 +507,29 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreFix
         assert.equal(replay.row.roomId, "!dm:hs.test");
       });
 
+      it("dedupes a replay into the DM portal of an unverified sender against the mail that waited for it, not against the verified DM", async () => {
+        const unverified = await store.insertInbound(inbound({ roomId: null, dmLocalUserId: "@alice:hs.test", senderVerified: false }));
+        const verified = await store.insertInbound(inbound({ roomId: null, dmLocalUserId: "@alice:hs.test", senderVerified: true }));
+        assert.notEqual(unverified.row.id, verified.row.id);
+        await store.upsertPortal({
+          roomId: "!dm-u:hs.test",
+          kind: "dm",
+          localUserId: "@alice:hs.test",
+          remoteAddress: "bob@example.org",
+          subject: null,
+          encrypted: false,
+          remoteVerified: false,
+        });
+        const replay = await store.insertInbound(inbound({ roomId: "!dm-u:hs.test", senderVerified: false }));
+        assert.equal(replay.duplicate, true);
+        assert.equal(replay.row.id, unverified.row.id);
+        // A new mail into that room queues behind the waiting one (same target), not as a room of its own.
+        const next = await store.insertInbound(inbound({ roomId: "!dm-u:hs.test", messageId: "next@example.org", senderVerified: false }));
+        assert.equal(next.duplicate, false);
+        const due = await store.listDueInbound(Date.now() + 1000, 10);
+        assert.deepEqual(due.map((r) => r.id).sort((a, b) => a - b), [unverified.row.id, verified.row.id]);
+      });
+
       it("refuses a mail with neither room nor DM user", async () => {
         await assert.rejects(store.insertInbound(inbound({ roomId: null, dmLocalUserId: null })));
       });

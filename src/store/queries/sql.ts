@@ -140,22 +140,39 @@ const INBOUND_COLS =
  * mail would be copied twice more), and the poster reads them as it goes (`readInboundRaw`).
  */
 export const INBOUND_COLS_BUT_RAW = INBOUND_COLS.replace(" raw,", "");
-/** The local user and remote party of $1 room_id if it is a dm portal (for the inbound target). */
-export const SQL_INBOUND_TARGET_OF_ROOM = "SELECT local_user_id, remote_address, remote_verified FROM portals WHERE room_id = $1 AND kind = 'dm'";
+/**
+ * The inbound queue target of a mail (SQL expression): for a room that is a DM portal, that
+ * DM's key, spelled as `dmTarget` in SqlStore.ts spells it (`dm:<local user> <remote address>
+ * v|u`), so mail posted into the DM's room queues behind, and is deduplicated against, mail that
+ * was waiting for the DM to be created; otherwise `fallback` (the room ID, or the DM key of a
+ * mail for a DM not yet created). The decision is made by the insert itself: no round trip of
+ * its own.
+ * @param room the placeholder of the mail's room_id (NULL for a mail for a DM not yet created)
+ * @param fallback the placeholder of the target when the room is not a DM portal
+ */
+function inboundTarget(room: string, fallback: string): string {
+  return `COALESCE((SELECT 'dm:' || p.local_user_id || ' ' || p.remote_address || ' ' || CASE WHEN p.remote_verified THEN 'v' ELSE 'u' END
+  FROM portals p WHERE p.room_id = ${room} AND p.kind = 'dm' AND p.local_user_id IS NOT NULL AND p.remote_address IS NOT NULL), ${fallback})`;
+}
 /**
  * Insert a pending inbound mail unless (target, message_id, content_hash) exists, returning it
- * (no row on conflict; `raw` is not returned). $1 target .. $8 received_at, $9 sender_verified, $10 sender_name,
- * $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash, $15 envelope_from, $16 kind,
- * $17 delivered_to, $18 recipient_tag, $19 raw_chunks ($7 raw is then the first chunk).
+ * (no row on conflict; `raw` is not returned). The target is the DM key when $2 room_id is a DM
+ * portal, else $1 (see {@link inboundTarget}). $1 target .. $8 received_at, $9 sender_verified,
+ * $10 sender_name, $11 auth (JSON), $12 spam (JSON), $13 participants (JSON), $14 content_hash,
+ * $15 envelope_from, $16 kind, $17 delivered_to, $18 recipient_tag, $19 raw_chunks ($7 raw is
+ * then the first chunk).
  */
 export const SQL_INSERT_INBOUND = `
 INSERT INTO inbound_mail (target, room_id, dm_local_user_id, reply_to_event_id, message_id, sender, raw, state, attempts, received_at,
   sender_verified, sender_name, auth, spam, participants, content_hash, envelope_from, kind, delivered_to, recipient_tag, raw_chunks)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+VALUES (${inboundTarget("$2", "$1")}, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT (target, message_id, content_hash) DO NOTHING
 RETURNING ${INBOUND_COLS_BUT_RAW}`;
-/** Inbound mail by $1 target, $2 message_id, $3 content_hash. */
-export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = $1 AND message_id = $2 AND content_hash = $3`;
+/**
+ * The inbound mail an insert of SQL_INSERT_INBOUND conflicted with: by its target (the DM key
+ * when $4 room_id is a DM portal, else $1), $2 message_id and $3 content_hash.
+ */
+export const SQL_INBOUND_BY_KEY = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE target = ${inboundTarget("$4", "$1")} AND message_id = $2 AND content_hash = $3`;
 /** Pending inbound mail, oldest first, at most $1 rows. */
 export const SQL_PENDING_INBOUND = `SELECT ${INBOUND_COLS} FROM inbound_mail WHERE state = 'pending' ORDER BY id LIMIT $1`;
 /** The oldest pending row of each target, if due at $1 (ms), without `raw`; oldest first, at most $2 rows. */
