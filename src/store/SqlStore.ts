@@ -455,47 +455,57 @@ export class SqlStore implements BridgeStore {
     if (mail.roomId === null && mail.dmLocalUserId === null) {
       throw new Error("inbound mail needs a roomId or a dmLocalUserId");
     }
+    // Mail for a room that is a DM portal queues under the DM's key: the insert decides that
+    // itself (Q.SQL_INSERT_INBOUND), in the same statement.
+    const target = mail.roomId ?? dmTarget(mail.dmLocalUserId!, mail.sender, mail.senderVerified);
+    // A large mail is stored in chunks (migration 13): the row holds the first.
+    const size = this.#chunkBytes;
+    const chunks = mail.raw.length > size ? Math.ceil(mail.raw.length / size) - 1 : 0;
+    const params: SqlValue[] = [
+      target,
+      mail.roomId,
+      mail.dmLocalUserId,
+      mail.replyToEventId,
+      mail.messageId,
+      mail.sender,
+      this.#cipher.seal(chunks > 0 ? mail.raw.subarray(0, size) : mail.raw, "inbound_mail"),
+      ms(this.#now()),
+      mail.senderVerified,
+      mail.senderName,
+      mail.auth === null ? null : jsonText(mail.auth),
+      mail.spam === null ? null : jsonText(mail.spam),
+      jsonText(mail.participants),
+      mail.contentHash,
+      mail.envelopeFrom,
+      mail.kind ?? "mail",
+      mail.deliveredTo ?? null,
+      mail.recipientTag ?? null,
+      chunks,
+    ];
+    // The insert does not read the bytes back: the row carries the caller's plaintext.
+    const fresh = (inserted: DbRow): { row: InboundRow; duplicate: boolean } => ({ row: { ...toInbound({ ...inserted, raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false });
+    const existing = async (q: Queryable): Promise<{ row: InboundRow; duplicate: boolean }> => {
+      const row = await this.#inboundRow(q, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash, mail.roomId]);
+      if (!row) throw new Error("inbound insert conflicted but no row was found");
+      return { row, duplicate: true };
+    };
+    if (chunks === 0) {
+      // One statement, a transaction of its own: mails stored at the same time share one round
+      // trip to the database and one commit (Database.write). The row it conflicted with, if
+      // any, is committed: it is read afterwards.
+      const inserted = await this.db.write<DbRow>(Q.SQL_INSERT_INBOUND, params);
+      return inserted[0] ? fresh(inserted[0]) : existing(this.db);
+    }
     return this.db.transaction(async (tx) => {
-      // Mail for a room that is a DM portal queues under the DM's key: the insert decides that
-      // itself (Q.SQL_INSERT_INBOUND), in the same statement.
-      const target = mail.roomId ?? dmTarget(mail.dmLocalUserId!, mail.sender, mail.senderVerified);
-      // A large mail is stored in chunks (migration 13): the row holds the first.
-      const size = this.#chunkBytes;
-      const chunks = mail.raw.length > size ? Math.ceil(mail.raw.length / size) - 1 : 0;
-      const inserted = await tx.query<DbRow>(Q.SQL_INSERT_INBOUND, [
-        target,
-        mail.roomId,
-        mail.dmLocalUserId,
-        mail.replyToEventId,
-        mail.messageId,
-        mail.sender,
-        this.#cipher.seal(chunks > 0 ? mail.raw.subarray(0, size) : mail.raw, "inbound_mail"),
-        ms(this.#now()),
-        mail.senderVerified,
-        mail.senderName,
-        mail.auth === null ? null : jsonText(mail.auth),
-        mail.spam === null ? null : jsonText(mail.spam),
-        jsonText(mail.participants),
-        mail.contentHash,
-        mail.envelopeFrom,
-        mail.kind ?? "mail",
-        mail.deliveredTo ?? null,
-        mail.recipientTag ?? null,
-        chunks,
-      ]);
-      // The insert does not read the bytes back: the row carries the caller's plaintext.
-      if (inserted[0]) {
-        const id = dbNumber(inserted[0].id);
-        // One chunk at a time: each crosses to the database (and is copied there) on its own.
-        for (let seq = 1; seq <= chunks; seq++) {
-          const chunk = mail.raw.subarray(seq * size, (seq + 1) * size);
-          await tx.execute(Q.SQL_INSERT_INBOUND_CHUNK, [id, seq, this.#cipher.seal(chunk, "inbound_raw_chunk", `${id}/${seq}`)]);
-        }
-        return { row: { ...toInbound({ ...inserted[0], raw: Buffer.alloc(0) }), raw: mail.raw }, duplicate: false };
+      const inserted = await tx.query<DbRow>(Q.SQL_INSERT_INBOUND, params);
+      if (!inserted[0]) return existing(tx);
+      const id = dbNumber(inserted[0].id);
+      // One chunk at a time: each crosses to the database (and is copied there) on its own.
+      for (let seq = 1; seq <= chunks; seq++) {
+        const chunk = mail.raw.subarray(seq * size, (seq + 1) * size);
+        await tx.execute(Q.SQL_INSERT_INBOUND_CHUNK, [id, seq, this.#cipher.seal(chunk, "inbound_raw_chunk", `${id}/${seq}`)]);
       }
-      const existing = await this.#inboundRow(tx, Q.SQL_INBOUND_BY_KEY, [target, mail.messageId, mail.contentHash, mail.roomId]);
-      if (!existing) throw new Error("inbound insert conflicted but no row was found");
-      return { row: existing, duplicate: true };
+      return fresh(inserted[0]);
     });
   }
 

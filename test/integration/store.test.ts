@@ -13,6 +13,7 @@ import { openStore } from "../../src/store/open.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
 import { SqliteDatabase } from "../../src/store/db/sqlite.ts";
+import { isUniqueViolation } from "../../src/store/db/dialect.ts";
 import { newInbound } from "../harness/rows.ts";
 import { startPostgres, stopPostgresCluster } from "../harness/postgres.ts";
 import { runStoreContract } from "./storeContract.ts";
@@ -221,6 +222,46 @@ describe("sqlite engine", () => {
     assert.deepEqual(broken[2], { status: "fulfilled", value: "b4@x" });
     assert.deepEqual(await ghostAddresses(db), ["n1@x", "p1@x", "p2@x", "n3@x", "b4@x"]);
     assert.equal(await insert("after@x", false), "after@x", "the connection keeps serving");
+    }));
+
+  it("group commit: single statements side by side share one batch; a failed one is backed out alone; a failed COMMIT or a rollback by SQLite fails the batch", () =>
+    withSqliteDb(async (db) => {
+    const sql = "INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)";
+    const insert = ghostInsert(db);
+    const before = { ...db.stats };
+    // One group: two statements (one batch, after BEGIN), a duplicate that fails alone, a
+    // transaction of its own (a savepoint), and a statement whose batch carries the COMMIT.
+    const results = await Promise.allSettled([
+      db.execute(sql, ["s1@x", "@s1"]),
+      db.write<{ address: string }>(`${sql} RETURNING address`, ["s2@x", "@s2"]),
+      db.execute(sql, ["s1@x", "@s1-again"]),
+      insert("t1@x", false),
+      db.execute(sql, ["s3@x", "@s3"]),
+    ]);
+    assert.deepEqual(results[0], { status: "fulfilled", value: { changes: 1 } });
+    assert.deepEqual(results[1], { status: "fulfilled", value: [{ address: "s2@x" }] });
+    assert.equal(results[2]!.status, "rejected");
+    assert.ok(isUniqueViolation((results[2] as PromiseRejectedResult).reason), "the duplicate's own error");
+    assert.deepEqual(results[3], { status: "fulfilled", value: "t1@x" });
+    assert.deepEqual(results[4], { status: "fulfilled", value: { changes: 1 } });
+    assert.deepEqual(await ghostAddresses(db), ["s1@x", "s2@x", "t1@x", "s3@x"]);
+    assert.deepEqual({ groups: db.stats.groups - before.groups, transactions: db.stats.transactions - before.transactions }, { groups: 1, transactions: 4 });
+
+    // A COMMIT that fails (a deferred foreign key left dangling): nothing of the batch is on
+    // disk, every member rejects, and the connection keeps serving.
+    await db.exec("CREATE TABLE t_parent (id INTEGER PRIMARY KEY); CREATE TABLE t_child (p INTEGER REFERENCES t_parent (id) DEFERRABLE INITIALLY DEFERRED)");
+    const dangling = await Promise.allSettled([db.execute(sql, ["c1@x", "@c1"]), db.execute("INSERT INTO t_child (p) VALUES (42)"), db.execute(sql, ["c2@x", "@c2"])]);
+    assert.deepEqual(dangling.map((r) => r.status), ["rejected", "rejected", "rejected"]);
+    assert.match((dangling[0] as PromiseRejectedResult).reason.message, /FOREIGN KEY/);
+    assert.deepEqual(await db.query("SELECT p FROM t_child"), []);
+
+    // A statement after which SQLite rolled back the whole transaction (OR ROLLBACK) fails the
+    // batch: the statements before it in the group are not on disk either.
+    const rolledBack = await Promise.allSettled([db.execute(sql, ["r1@x", "@r1"]), db.execute(`INSERT OR ROLLBACK ${sql.slice("INSERT ".length)}`, ["s1@x", "@s1-again"])]);
+    assert.deepEqual(rolledBack.map((r) => r.status), ["rejected", "rejected"]);
+    assert.ok(isUniqueViolation((rolledBack[0] as PromiseRejectedResult).reason), "the batch fails with the error that ended the transaction");
+    assert.deepEqual(await ghostAddresses(db), ["s1@x", "s2@x", "t1@x", "s3@x"]);
+    assert.deepEqual(await db.write<{ address: string }>(`${sql} RETURNING address`, ["after@x", "@after"]), [{ address: "after@x" }], "the connection keeps serving");
     }));
 
   it("rolls back a failed transaction and keeps serving", async () => {

@@ -55,6 +55,14 @@ export interface Database extends Queryable {
    * On sqlite, transactions and single statements are serialized on the one connection.
    */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * Run one write statement as a transaction of its own and return its rows (`RETURNING`):
+   * committed when the promise resolves. On sqlite it joins the next group commit, and single
+   * statements waiting side by side there share one round trip to the worker; on postgres it is
+   * one statement, committed by itself.
+   * @throws the driver's error; on sqlite also the error of the group's `BEGIN` or `COMMIT`
+   */
+  write<T extends object = Row>(sql: string, params?: readonly SqlValue[]): Promise<T[]>;
   /** Close the pool/connection. Further calls fail. */
   close(): Promise<void>;
 }

@@ -81,6 +81,11 @@ class PgDatabase extends PgQueryable implements Database {
     }
   }
 
+  /** One statement outside a transaction block commits by itself (PostgreSQL's autocommit). */
+  write<T extends object = Row>(sql: string, params?: readonly SqlValue[]): Promise<T[]> {
+    return this.query<T>(sql, params);
+  }
+
   async close(): Promise<void> {
     await this.#pool.end();
   }

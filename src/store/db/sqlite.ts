@@ -18,16 +18,20 @@
  * - **Round trips.** Each statement is one message to the worker and back, so the group's
  *   own statements ride with the members' (`before`, see `sqliteWorker.ts`): a member's first
  *   statement carries `BEGIN IMMEDIATE; SAVEPOINT 1` or `RELEASE n; SAVEPOINT n+1` (or
- *   `ROLLBACK TO n; RELEASE n; …` after a member that failed), and the last carries nothing
- *   but `RELEASE n; COMMIT`. A member that sends no statement gets no savepoint. If such a
- *   script fails, the whole group fails, as a failed `BEGIN` or `COMMIT` does.
+ *   `ROLLBACK TO n; RELEASE n; …` after a member that failed), and the group's `COMMIT` carries
+ *   the last `RELEASE n`. A member that sends no statement gets no savepoint. If such a script
+ *   fails, the whole group fails, as a failed `BEGIN` or `COMMIT` does.
+ * - **Single statements** (`write`, `execute` outside a transaction) need no savepoint: SQLite
+ *   backs out a failed statement's own changes. Those waiting next to each other in a group go
+ *   to the worker in one `batch`, with the group's pending script and, when they end the group,
+ *   its `COMMIT`: a group of stored mails is one round trip.
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import type { SQLInputValue } from "node:sqlite";
 import type { Database, Queryable, Row, SqlValue } from "./Database.ts";
 import { sqliteDialect } from "./dialect.ts";
-import type { SerializedError, SqliteReply, SqliteRequest } from "./sqliteWorker.ts";
+import type { BatchResult, SerializedError, SqliteReply, SqliteRequest, SqliteStatement } from "./sqliteWorker.ts";
 import { getLogger } from "../../util/logger.ts";
 import { WorkerRpc } from "../../util/workerRpc.ts";
 
@@ -130,6 +134,26 @@ class WorkerConnection {
     await this.request({ op: "exec", sql: sqliteDialect.sql(script), ...(before ? { before } : {}) });
   }
 
+  /**
+   * Run statements in the open transaction (after `before`), each with its own outcome, then
+   * `COMMIT` if `commit`.
+   * @returns one outcome per statement, in order: rows (`all`) or changes (`run`), or its error
+   * @throws the error of `before`, of `COMMIT`, or of a statement after which SQLite ended the
+   *   transaction: the batch as a whole failed
+   */
+  async batch(statements: readonly StatementMember[], before: string, commit: boolean): Promise<({ ok: true; value: Row[] | { changes: number } } | { ok: false; error: Error })[]> {
+    const transfer: ArrayBuffer[] = [];
+    const sent: SqliteStatement[] = statements.map((m) => {
+      const moved = movedParams(toParams(m.params));
+      transfer.push(...moved.transfer);
+      return { op: m.op, sql: sqliteDialect.sql(m.sql), params: moved.params };
+    });
+    const reply = await this.request({ op: "batch", statements: sent, commit, ...(before ? { before } : {}) }, transfer);
+    return (reply.results ?? []).map((r: BatchResult, i) =>
+      r.ok ? { ok: true, value: statements[i]!.op === "all" ? (r.rows ?? []).map(normaliseRow) : { changes: r.changes ?? 0 } } : { ok: false, error: rebuild(r.error) },
+    );
+  }
+
   async terminate(): Promise<void> {
     await this.#rpc.terminate("sqlite database is closed");
   }
@@ -199,12 +223,28 @@ class SqliteTx implements Queryable {
   }
 }
 
-/** A transaction waiting for, or running in, a group. */
-interface Member {
-  fn: (tx: Queryable) => Promise<unknown>;
+/** How a member of a group settles. */
+interface Settle {
   resolve: (value: unknown) => void;
   reject: (err: unknown) => void;
 }
+
+/** A transaction of several statements, with the caller's code between them. */
+interface FnMember extends Settle {
+  kind: "fn";
+  fn: (tx: Queryable) => Promise<unknown>;
+}
+
+/** One statement that is a transaction of its own (`write`, `execute`): it needs no savepoint. */
+interface StatementMember extends Settle {
+  kind: "statement";
+  op: "all" | "run";
+  sql: string;
+  params: readonly SqlValue[] | undefined;
+}
+
+/** A transaction waiting for, or running in, a group. */
+type Member = FnMember | StatementMember;
 
 /** Counters of {@link SqliteDatabase}'s group commit (tests, the benchmark). */
 export interface GroupCommitStats {
@@ -247,7 +287,19 @@ export class SqliteDatabase implements Database {
 
   /** A write outside a transaction joins the next group: it shares that group's one COMMIT (fsync). */
   execute(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }> {
-    return this.transaction((tx) => tx.execute(sql, params));
+    return this.#statement("run", sql, params) as Promise<{ changes: number }>;
+  }
+
+  /** Joins the next group, as {@link execute}; statements side by side in a group share one round trip. */
+  write<T extends object = Row>(sql: string, params?: readonly SqlValue[]): Promise<T[]> {
+    return this.#statement("all", sql, params) as Promise<T[]>;
+  }
+
+  #statement(op: "all" | "run", sql: string, params: readonly SqlValue[] | undefined): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      this.#waiting.push({ kind: "statement", op, sql, params, resolve, reject });
+      this.#queueGroup();
+    });
   }
 
   exec(script: string): Promise<void> {
@@ -256,7 +308,7 @@ export class SqliteDatabase implements Database {
 
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.#waiting.push({ fn, resolve: resolve as (value: unknown) => void, reject });
+      this.#waiting.push({ kind: "fn", fn, resolve: resolve as (value: unknown) => void, reject });
       this.#queueGroup();
     });
   }
@@ -276,22 +328,48 @@ export class SqliteDatabase implements Database {
   }
 
   /**
-   * One group: `BEGIN IMMEDIATE`, each waiting member in its own savepoint (taking members
-   * that arrive meanwhile, up to {@link MAX_GROUP}), one `COMMIT`, then every member settles.
+   * One group: `BEGIN IMMEDIATE`, each waiting member in turn (taking members that arrive
+   * meanwhile, up to {@link MAX_GROUP}), one `COMMIT`, then every member settles. A transaction
+   * of several statements runs in its own savepoint; single statements next to each other go in
+   * one batch, which carries the `COMMIT` when nothing else waits.
    */
   async #runGroup(): Promise<void> {
     const conn = this.#conn;
     const committed: { member: Member; value: unknown }[] = [];
     const failed: { member: Member; err: unknown }[] = [];
-    let current: Member | null = null;
+    /** Members whose outcome is open while their statements run. */
+    let current: Member[] = [];
     /** The group's script not yet sent: it rides with the next member's first statement, or the COMMIT. */
     let before = "BEGIN IMMEDIATE";
+    let done = false;
     try {
-      for (let n = 1; n <= MAX_GROUP && this.#waiting.length > 0; n++) {
-        const member = this.#waiting.shift()!;
-        current = member;
-        const savepoint = `meb_member_${n}`;
-        const tx = new SqliteTx(conn, `${before}; SAVEPOINT ${savepoint}`);
+      for (let n = 1; n <= MAX_GROUP && this.#waiting.length > 0; ) {
+        if (this.#waiting[0]!.kind === "statement") {
+          const batch: StatementMember[] = [];
+          while (n <= MAX_GROUP && this.#waiting[0]?.kind === "statement") {
+            batch.push(this.#waiting.shift() as StatementMember);
+            n++;
+          }
+          current = batch;
+          const commit = n > MAX_GROUP || this.#waiting.length === 0;
+          const outcomes = await conn.batch(batch, before, commit);
+          before = "";
+          batch.forEach((member, i) => {
+            const outcome = outcomes[i]!;
+            if (outcome.ok) committed.push({ member, value: outcome.value });
+            else failed.push({ member, err: outcome.error });
+          });
+          current = [];
+          if (commit) {
+            done = true;
+            break;
+          }
+          continue;
+        }
+        const member = this.#waiting.shift() as FnMember;
+        current = [member];
+        const savepoint = `meb_member_${n++}`;
+        const tx = new SqliteTx(conn, before ? `${before}; SAVEPOINT ${savepoint}` : `SAVEPOINT ${savepoint}`);
         let value: unknown;
         let error: { err: unknown } | null = null;
         try {
@@ -308,16 +386,16 @@ export class SqliteDatabase implements Database {
         }
         if (error) failed.push({ member, err: error.err });
         else committed.push({ member, value });
-        current = null;
+        current = [];
       }
-      await conn.exec(`${before}; COMMIT`);
+      if (!done) await conn.exec(before ? `${before}; COMMIT` : "COMMIT");
     } catch (err) {
       // BEGIN, a savepoint or COMMIT failed: nothing of this group is on disk.
       await conn.request({ op: "rollbackIfOpen" }).catch((rollbackErr: unknown) => {
         log.error("sqlite rollback after a failed group commit failed", { error: rollbackErr instanceof Error ? rollbackErr.message : String(rollbackErr) });
       });
       for (const { member } of committed) member.reject(err);
-      current?.reject(err);
+      for (const member of current) member.reject(err);
       for (const { member, err: own } of failed) member.reject(own);
       return;
     }

@@ -10,15 +10,36 @@
  * A statement may carry `before`, a script run first (the group commit's `BEGIN IMMEDIATE`,
  * `RELEASE`/`SAVEPOINT`): one round trip instead of two. If `before` fails the statement does
  * not run, and the error reply says so (`before: true`).
+ *
+ * A `batch` carries several single-statement transactions of one group (sqlite.ts `write`,
+ * `execute`) and, when they end the group, its `COMMIT`: the whole group in one round trip.
+ * Each statement gets its own result; a failed one leaves the others as they are, since SQLite
+ * backs out a failed statement's own changes and keeps the transaction (conflict resolution
+ * ABORT, https://sqlite.org/lang_conflict.html). An error that ends the transaction itself (SQLite
+ * rolls back on some I/O and out-of-memory errors, https://sqlite.org/lang_transaction.html,
+ * "Response To Errors Within A Transaction"), a failed `before` or a failed `COMMIT` fails the
+ * whole batch.
  */
 import { parentPort } from "node:worker_threads";
 import { DatabaseSync } from "node:sqlite";
 import type { SQLInputValue, StatementSync } from "node:sqlite";
 
+/** One statement: `all` returns its rows, `run` the number of rows it changed. */
+export interface SqliteStatement {
+  op: "all" | "run";
+  sql: string;
+  params: SQLInputValue[];
+}
+
+/** The outcome of one statement of a `batch`. */
+export type BatchResult = { ok: true; rows?: Record<string, unknown>[]; changes?: number } | { ok: false; error: SerializedError };
+
 /** A request from the main thread. */
 export type SqliteRequest =
   | { id: number; op: "open"; file: string; busyTimeoutMs: number }
-  | { id: number; op: "all" | "run"; sql: string; params: SQLInputValue[]; before?: string }
+  | ({ id: number; before?: string } & SqliteStatement)
+  /** Statements of an open transaction, each answered on its own; then `COMMIT` if `commit`. */
+  | { id: number; op: "batch"; before?: string; statements: SqliteStatement[]; commit: boolean }
   | { id: number; op: "exec"; sql: string; before?: string }
   /** `ROLLBACK` if a transaction is open (after a failed statement or `COMMIT`), else nothing. */
   | { id: number; op: "rollbackIfOpen" }
@@ -26,7 +47,7 @@ export type SqliteRequest =
 
 /** A reply to one {@link SqliteRequest}. */
 export type SqliteReply =
-  | { id: number; ok: true; rows?: Record<string, unknown>[]; changes?: number; journalMode?: unknown }
+  | { id: number; ok: true; rows?: Record<string, unknown>[]; changes?: number; journalMode?: unknown; results?: BatchResult[] }
   /** `before`: the request's `before` script failed, so its statement did not run. */
   | { id: number; ok: false; error: SerializedError; before?: true };
 
@@ -65,6 +86,11 @@ function serialize(err: unknown): SerializedError {
   };
 }
 
+function runStatement(statement: SqliteStatement): { rows: Record<string, unknown>[] } | { changes: number } {
+  const stmt = prepare(statement.sql);
+  return statement.op === "all" ? { rows: stmt.all(...statement.params) as Record<string, unknown>[] } : { changes: Number(stmt.run(...statement.params).changes) };
+}
+
 function handle(req: SqliteRequest): SqliteReply {
   if (req.op === "open") {
     const conn = new DatabaseSync(req.file);
@@ -81,7 +107,7 @@ function handle(req: SqliteRequest): SqliteReply {
     }
   }
   if (db === null) throw new Error("sqlite database is not open");
-  if ((req.op === "all" || req.op === "run" || req.op === "exec") && req.before) {
+  if ((req.op === "all" || req.op === "run" || req.op === "exec" || req.op === "batch") && req.before) {
     try {
       db.exec(req.before);
     } catch (err) {
@@ -90,9 +116,22 @@ function handle(req: SqliteRequest): SqliteReply {
   }
   switch (req.op) {
     case "all":
-      return { id: req.id, ok: true, rows: prepare(req.sql).all(...req.params) as Record<string, unknown>[] };
     case "run":
-      return { id: req.id, ok: true, changes: Number(prepare(req.sql).run(...req.params).changes) };
+      return { id: req.id, ok: true, ...runStatement(req) };
+    case "batch": {
+      const results: BatchResult[] = [];
+      for (const statement of req.statements) {
+        try {
+          results.push({ ok: true, ...runStatement(statement) });
+        } catch (err) {
+          // Only this statement's changes are backed out, unless SQLite ended the transaction.
+          if (!db.isTransaction) throw err;
+          results.push({ ok: false, error: serialize(err) });
+        }
+      }
+      if (req.commit) db.exec("COMMIT");
+      return { id: req.id, ok: true, results };
+    }
     case "exec":
       db.exec(req.sql);
       return { id: req.id, ok: true };
@@ -116,9 +155,10 @@ const TRANSFER_MIN_BYTES = 64 * 1024;
  * at once (SQLite's, the clone being sent, the main thread's copy). Each blob `node:sqlite`
  * returns owns its memory, and nothing here uses it after the reply.
  */
-function transferable(rows: Record<string, unknown>[] | undefined): ArrayBuffer[] {
+function transferable(reply: Extract<SqliteReply, { ok: true }>): ArrayBuffer[] {
   const out: ArrayBuffer[] = [];
-  for (const row of rows ?? []) {
+  const rows = [...(reply.rows ?? []), ...(reply.results ?? []).flatMap((r) => (r.ok ? (r.rows ?? []) : []))];
+  for (const row of rows) {
     for (const v of Object.values(row)) {
       if (v instanceof Uint8Array && v.byteLength >= TRANSFER_MIN_BYTES && v.byteOffset === 0 && v.byteLength === v.buffer.byteLength && v.buffer instanceof ArrayBuffer) out.push(v.buffer);
     }
@@ -135,9 +175,11 @@ function transferable(rows: Record<string, unknown>[] | undefined): ArrayBuffer[
  * at once. Each parameter arrived with the request, moved or cloned: nothing else holds it.
  */
 function release(req: SqliteRequest): void {
-  if (req.op !== "all" && req.op !== "run") return;
-  for (const p of req.params) {
-    if (p instanceof Uint8Array && p.byteLength >= TRANSFER_MIN_BYTES && p.buffer instanceof ArrayBuffer && !p.buffer.detached) p.buffer.transfer(0);
+  const statements = req.op === "all" || req.op === "run" ? [req] : req.op === "batch" ? req.statements : [];
+  for (const { params } of statements) {
+    for (const p of params) {
+      if (p instanceof Uint8Array && p.byteLength >= TRANSFER_MIN_BYTES && p.buffer instanceof ArrayBuffer && !p.buffer.detached) p.buffer.transfer(0);
+    }
   }
 }
 
@@ -149,5 +191,5 @@ parentPort!.on("message", (req: SqliteRequest) => {
     reply = { id: req.id, ok: false, error: serialize(err) };
   }
   release(req);
-  parentPort!.postMessage(reply, reply.ok ? transferable(reply.rows) : []);
+  parentPort!.postMessage(reply, reply.ok ? transferable(reply) : []);
 });
