@@ -18,6 +18,7 @@ import { E2eeUnavailableError, EndToEndEncryption, storeKeyFrom, type CryptoStat
 import { MissingRoomKeyError } from "./e2ee/errors.ts";
 import { uploadMedia } from "./mediaUpload.ts";
 import { requestAppservicePing } from "./appservicePing.ts";
+import { RefusalPing, type RefusalPingOptions, type RefusalPingOutcome } from "./refusalPing.ts";
 import type { HomeserverFailure, MatrixActions, MatrixEventJournal, MediaStream } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
@@ -77,6 +78,8 @@ export interface MatrixGatewayOptions {
    * migration 4); events are handed to `sink` from there.
    */
   journal: MatrixEventJournal;
+  /** Delays of the ping after refused transactions (tests); defaults in ./refusalPing.ts. */
+  refusalPing?: Pick<RefusalPingOptions, "firstDelayMs" | "maxDelayMs">;
   /** Retry and concurrency settings of the event dispatcher (tests); defaults in ./appserviceTransactions.ts. */
   dispatch?: Pick<AppserviceTransactionsOptions, "maxAttempts" | "retryBackoff" | "concurrency" | "pollMs">;
   /** End-to-end-encrypted rooms (./e2ee/E2ee.ts, config `encryption`); absent or disabled: the bridge stays out of them. */
@@ -150,12 +153,16 @@ export class MatrixGateway implements MatrixActions {
   /** Journals transactions before their 200 and hands their events to the sink (./appserviceTransactions.ts). */
   readonly #transactions: AppserviceTransactions;
 
-  private constructor(bridge: BridgeT, opts: MatrixGatewayOptions, crypto: CryptoStatus, appservice: AppService, transactions: AppserviceTransactions) {
+  /** Pings the homeserver after refused transactions (./refusalPing.ts). */
+  readonly #refusalPing: RefusalPing;
+
+  private constructor(bridge: BridgeT, opts: MatrixGatewayOptions, crypto: CryptoStatus, appservice: AppService, transactions: AppserviceTransactions, refusalPing: RefusalPing) {
     this.bridge = bridge;
     this.opts = opts;
     this.crypto = crypto;
     this.appservice = appservice;
     this.#transactions = transactions;
+    this.#refusalPing = refusalPing;
   }
 
   /**
@@ -176,6 +183,8 @@ export class MatrixGateway implements MatrixActions {
     // One parse of the registration, shared by the bridge and the listener's token check.
     const registration = await loadRegistration(mab.AppServiceRegistration, opts.registrationFile);
     let gateway: MatrixGateway | null = null;
+    // Refused transactions wait in the homeserver for its backoff; a ping ends it (./refusalPing.ts).
+    const refusalPing = new RefusalPing({ ping: () => (gateway ? gateway.#pingHomeserver("refused") : Promise.resolve("not asked" as const)), ...opts.refusalPing });
     const failpointArmed = armedFailpoint();
     if (failpointArmed) log.warn("test failpoint armed: this process will SIGKILL itself", { failpoint: failpointArmed });
     const transactions = new AppserviceTransactions({
@@ -202,6 +211,8 @@ export class MatrixGateway implements MatrixActions {
         if (!gateway) throw new Error("appservice transaction before the gateway exists");
         return userId === gateway.botUserId || registration.isUserMatch(userId, true);
       },
+      onRefused: () => refusalPing.refused(),
+      onRecorded: () => refusalPing.recorded(),
     });
     const appservice = createHardenedAppService(mab, {
       homeserverToken: registration.getHomeserverToken() ?? "",
@@ -260,7 +271,7 @@ export class MatrixGateway implements MatrixActions {
         },
       },
     });
-    gateway = new MatrixGateway(bridge, opts, crypto, appservice, transactions);
+    gateway = new MatrixGateway(bridge, opts, crypto, appservice, transactions, refusalPing);
     gateway.#asToken = registration.getAppServiceToken() ?? "";
     gateway.#appserviceId = registration.getId() ?? "";
     return gateway;
@@ -345,20 +356,28 @@ export class MatrixGateway implements MatrixActions {
     await this.#startE2ee();
     this.#transactions.start();
     log.info("appservice listening", { bind: this.opts.bindAddress, port: this.opts.port, bot: this.botUserId, e2ee: this.#e2ee ? "bot device ready" : "off" });
-    this.#ping = this.#pingHomeserver();
+    this.#started = true;
+    this.#ping = this.#pingHomeserver("start");
   }
 
+  /** {@link start} has run: the homeserver answered; pings may be asked for. */
+  #started = false;
+  /** The homeserver answered a ping `M_UNRECOGNIZED`: it has none (older than spec v1.7). */
+  #pingUnsupported = false;
   /** The start-up ping while it runs (awaited by {@link stop}). */
-  #ping: Promise<void> | null = null;
-  /** Aborts the start-up ping when the gateway stops. */
+  #ping: Promise<RefusalPingOutcome> | null = null;
+  /** Aborts the pings in flight when the gateway stops. */
   readonly #pingAbort = new AbortController();
 
   /**
    * Ask the homeserver to ping this appservice (./appservicePing.ts) and log the outcome; never
-   * throws. Synapse marks an appservice it could not reach as down and retries the transactions
-   * it holds for it only after a backoff that doubles from 2 s to 512 s; after a successful ping
-   * it retries them at once (`force_retry`). So Matrix messages sent while the bridge was down
-   * go out as mail right after it is back, not up to 8.5 minutes later.
+   * throws. Synapse marks an appservice it could not reach, or that refused a transaction, as
+   * down and retries the transactions it holds for it only after a backoff that doubles from 2 s
+   * to 512 s; after a successful ping it retries them at once (`force_retry`). So Matrix messages
+   * sent while the bridge was down go out as mail right after it is back (`start`), and those
+   * refused while its store was away right after the store is back (`refused`, ./refusalPing.ts),
+   * not up to 8.5 minutes later. Before {@link start} has run nothing is asked (the start-up
+   * ping follows).
    *
    * Outcomes, one log line each: `info` when the homeserver reached the bridge; `info` when it
    * has no ping (HTTP 404/405 `M_UNRECOGNIZED`: older than spec v1.7 / Synapse 1.84; held
@@ -366,9 +385,11 @@ export class MatrixGateway implements MatrixActions {
    * `M_CONNECTION_FAILED`: the homeserver cannot reach `appservice.url`, so no event will reach
    * the bridge; `matrix-email-bridge doctor` tells more).
    */
-  async #pingHomeserver(): Promise<void> {
-    const transactionId = `meb-start-${randomBytes(6).toString("hex")}`;
-    const where = { homeserver: this.opts.homeserverUrl, appservice: this.#appserviceId };
+  async #pingHomeserver(reason: "start" | "refused"): Promise<RefusalPingOutcome> {
+    if (this.#pingUnsupported) return "unsupported";
+    if (!this.#started || this.#pingAbort.signal.aborted) return "not asked";
+    const transactionId = `meb-${reason}-${randomBytes(6).toString("hex")}`;
+    const where = { homeserver: this.opts.homeserverUrl, appservice: this.#appserviceId, reason };
     try {
       const answer = await requestAppservicePing({
         homeserverUrl: this.opts.homeserverUrl,
@@ -379,9 +400,13 @@ export class MatrixGateway implements MatrixActions {
         signal: this.#pingAbort.signal,
       });
       if (answer.ok) {
-        log.info("homeserver pinged the appservice: it sends the transactions it held now", { ...where, durationMs: answer.durationMs });
+        // After refusals, ./refusalPing.ts logs once when journaling works again.
+        const level = reason === "start" ? "info" : "debug";
+        log[level]("homeserver pinged the appservice: it sends the transactions it held now", { ...where, durationMs: answer.durationMs });
       } else if (answer.errcode === "M_UNRECOGNIZED" && (answer.status === 404 || answer.status === 405)) {
         log.info("homeserver has no appservice ping (spec v1.7, Synapse 1.84): transactions it held while the bridge was down come on its own retry schedule", where);
+        this.#pingUnsupported = true;
+        return "unsupported";
       } else {
         log.warn("appservice ping through the homeserver failed: check `matrix-email-bridge doctor`", {
           ...where,
@@ -392,9 +417,11 @@ export class MatrixGateway implements MatrixActions {
         });
       }
     } catch (err) {
-      if (this.#pingAbort.signal.aborted) return;
-      log.warn("appservice ping through the homeserver got no answer: check `matrix-email-bridge doctor`", { ...where, ...errorFields(err) });
+      if (!this.#pingAbort.signal.aborted) {
+        log.warn("appservice ping through the homeserver got no answer: check `matrix-email-bridge doctor`", { ...where, ...errorFields(err) });
+      }
     }
+    return "asked";
   }
 
   /**
@@ -404,6 +431,7 @@ export class MatrixGateway implements MatrixActions {
   async stop(): Promise<void> {
     this.#pingAbort.abort();
     await this.#ping;
+    await this.#refusalPing.stop();
     await this.#transactions.stop();
     const e2ee = this.#e2ee;
     this.#e2ee = null;

@@ -6,11 +6,12 @@
  * says what failed (`M_CONNECTION_FAILED`, `M_CONNECTION_TIMEOUT`, `M_BAD_STATUS` with the
  * appservice's `status` and `body`, `M_URL_NOT_SET`, `M_FORBIDDEN`, `M_UNKNOWN_TOKEN`).
  *
- * Two users: `doctor` proves with it that the homeserver has the registration loaded and can
- * reach the bridge (src/cli/doctor/homeserver.ts), and the bridge pings once it has started
- * ({@link MatrixGateway.start}): after a successful ping Synapse retries at once the
- * transactions it held while the bridge was down (synapse/rest/client/appservice_ping.py,
- * `force_retry`), which would otherwise wait for its backoff of 2 s doubling up to 512 s.
+ * Its users: `doctor` proves with it that the homeserver has the registration loaded and can
+ * reach the bridge (src/cli/doctor/homeserver.ts); the bridge pings once it has started
+ * ({@link MatrixGateway.start}), and again after it refused transactions (./refusalPing.ts):
+ * after a successful ping Synapse retries at once the transactions it held while the bridge
+ * was down or refused them (synapse/rest/client/appservice_ping.py, `force_retry`), which would
+ * otherwise wait for its backoff of 2 s doubling up to 512 s.
  */
 import { jsonObject } from "../util/json.ts";
 

@@ -101,6 +101,13 @@ export interface AppserviceTransactionsOptions {
    * the journal commit and the 200; a throw refuses the transaction (500, retried).
    */
   crypto?: { ingest(txnId: string, body: Record<string, unknown>): Promise<void> };
+  /**
+   * Called when {@link AppserviceTransactions.record} refuses a well-formed transaction (the
+   * crypto step or the journal commit failed; the homeserver holds it and retries), with the error.
+   */
+  onRefused?: (err: unknown) => void;
+  /** Called when {@link AppserviceTransactions.record} has journaled a transaction (or found it journaled before). */
+  onRecorded?: () => void;
 }
 
 /** A transaction body, validated: the room events to journal and what was left out. */
@@ -203,16 +210,25 @@ export class AppserviceTransactions implements TransactionReceiver {
    * @param txnId the homeserver's transaction ID (path parameter, decoded)
    * @param body the parsed JSON body
    * @throws TransactionBodyError for a malformed body (nothing is written)
-   * @throws the journal's error when the commit fails (nothing is recorded; the homeserver retries)
+   * @throws the crypto step's or the journal's error when either fails (nothing is recorded; the
+   *   homeserver retries; `onRefused` has been called)
    */
   async record(txnId: string, body: unknown): Promise<RecordedTransaction> {
     const parsed = parseTransaction(body, this.#opts.isOwnUser);
-    // Crypto first: room keys must be saved before the events they decrypt are journaled.
-    if (this.#opts.crypto) await this.#opts.crypto.ingest(txnId, body as Record<string, unknown>);
-    if (parsed.malformed.length > 0) {
-      log.warn("appservice transaction has malformed events: skipped", { txnId, indexes: parsed.malformed.slice(0, 20), count: parsed.malformed.length });
+    let result: { duplicate: boolean; recorded: number };
+    try {
+      // Crypto first: room keys must be saved before the events they decrypt are journaled.
+      if (this.#opts.crypto) await this.#opts.crypto.ingest(txnId, body as Record<string, unknown>);
+      if (parsed.malformed.length > 0) {
+        log.warn("appservice transaction has malformed events: skipped", { txnId, indexes: parsed.malformed.slice(0, 20), count: parsed.malformed.length });
+      }
+      result = await this.#opts.journal.recordAppserviceTransaction(txnId, parsed.events);
+    } catch (err) {
+      this.#opts.onRefused?.(err);
+      throw err;
     }
-    const { duplicate, recorded } = await this.#opts.journal.recordAppserviceTransaction(txnId, parsed.events);
+    this.#opts.onRecorded?.();
+    const { duplicate, recorded } = result;
     log.debug(duplicate ? "appservice transaction replayed: already recorded" : "appservice transaction recorded", {
       txnId,
       events: parsed.events.length,

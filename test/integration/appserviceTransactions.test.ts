@@ -230,6 +230,8 @@ describe("appservice transactions (real HTTP, MatrixGateway, SQLite journal)", (
     await until(() => handled.length === 1, "the handler");
     await sleep(100);
     assert.deepEqual(handled, ["$m1"]);
+    // The refusal and its end are told once (no ping: a gateway that only listens asks for none).
+    assert.equal(logLines.filter((l) => l.includes('"appservice transactions are journaled again"') && l.includes('"refused":1') && l.includes('"pings":0')).length, 1);
   });
 
   test("a replayed transaction ID, or a known event ID in a new transaction, is handled once", async () => {
