@@ -3,6 +3,9 @@
  * database: open connections are ended, new ones refused, as during a restart of the server),
  * with a real Synapse and the bridge in-process:
  *
+ * - mail accepted right before is posted once each, though the outage cuts into its
+ *   posting (a post whose outcome could not be recorded is made again with the same transaction
+ *   ID, which the homeserver deduplicates);
  * - mail offered meanwhile is refused with a temporary reply (4xx), never a 250 the store did
  *   not back, nor a 5xx; resent once the database is back (as an MTA does), it is posted once;
  * - a Matrix message sent meanwhile is refused to Synapse (its transaction is not journaled)
@@ -21,6 +24,8 @@ import type { SinkMail } from "../harness/smtpSink.ts";
 const BOB = "@email_bob=40example.org:localhost";
 /** How long the database stays away: past Synapse's retries at about 2, 6, 14 and 30 s. */
 const OUTAGE_MS = 34_000;
+/** Mails accepted right before the outage: posting them is cut into. */
+const BURST = 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -75,6 +80,16 @@ describe("store outage: the database goes away and comes back (PostgreSQL store)
     await alice.sendText(portal, "Hello Bob, before the outage");
     await env.sink.waitForMail((m) => m.rcptTo.includes("bob@example.org") && m.raw.includes("before the outage"), 60_000);
 
+    // A burst whose posting the outage cuts into: each mail that got 250 appears once.
+    // Sent at once, so that the last ones are still being posted when the database goes.
+    const burst: number[] = [];
+    await Promise.all(
+      Array.from({ length: BURST }, async (_, n) => {
+        assert.match(await env.sendMail({ from: "Bob <bob@example.org>", to: `team@${MAIL_DOMAIN}`, subject: `burst ${n}`, text: `burst body ${n}` }), /^250 /);
+        burst.push(n);
+      }),
+    );
+
     await admin(dbUrl, `ALTER DATABASE ${dbName} ALLOW_CONNECTIONS false`);
     await admin(dbUrl, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${dbName}' AND pid <> pg_backend_pid()`);
     const downAt = Date.now();
@@ -110,7 +125,11 @@ describe("store outage: the database goes away and comes back (PostgreSQL store)
     await alice.waitForEvent(teamRoom, (e) => e.sender === BOB && String(e.content.body).includes("during the outage"), 60_000);
     await sleep(3000);
     assert.equal(mailsWith(text).length, 1, "the Matrix message was mailed once");
-    const events = await alice.getRoomMessages(teamRoom, { limit: 50 });
+    const events = (await alice.getRoomMessages(teamRoom, { limit: 100 })).reverse();
     assert.equal(events.filter((e) => e.sender === BOB && String(e.content.body).includes("during the outage")).length, 1, "the resent mail was posted once");
+    const seen = events.filter((e) => e.sender === BOB && /burst body \d+/.test(String(e.content.body))).map((e) => Number(/burst body (\d+)/.exec(String(e.content.body))![1]));
+    // Sent concurrently, their 250s do not order them (test/e2e/ordering.test.ts checks the order).
+    assert.deepEqual([...seen].sort((a, b) => a - b), [...burst].sort((a, b) => a - b), "every mail of the burst once");
+    assert.deepEqual((await env.bridge.store.listPendingInbound(10)).map((r) => r.id), [], "nothing left in the queue");
   });
 });

@@ -13,6 +13,7 @@ import { openStore } from "../../src/store/open.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
 import { SqliteDatabase } from "../../src/store/db/sqlite.ts";
+import { openPostgres } from "../../src/store/db/postgres.ts";
 import { isUniqueViolation } from "../../src/store/db/dialect.ts";
 import { newInbound } from "../harness/rows.ts";
 import { startPostgres, stopPostgresCluster } from "../harness/postgres.ts";
@@ -368,6 +369,47 @@ describe("sqlite engine", () => {
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("postgres engine", () => {
+  it("a connection ended by the server in the middle of a transaction fails that transaction only: the process goes on, the next one works", async () => {
+    const pg = await startPostgres();
+    const db = await openPostgres(pg.url, { max: 2 });
+    try {
+      await db.exec("CREATE TABLE t (v INTEGER)");
+      let release!: () => void;
+      const between = new Promise<void>((r) => (release = r));
+      let started!: () => void;
+      const inside = new Promise<void>((r) => (started = r));
+      const tx = db.transaction(async (q) => {
+        await q.execute("INSERT INTO t (v) VALUES (1)");
+        started();
+        await between; // no statement running: the client has no query to fail, only its `error` event
+        await q.execute("INSERT INTO t (v) VALUES (2)");
+      });
+      await inside;
+      const killer = await openPostgres(pg.url, { max: 1 });
+      try {
+        // The transaction's backend: the one that is idle in a transaction.
+        const ended = await killer.query<{ n: number }>(
+          "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'",
+        );
+        assert.deepEqual(ended, [{ n: 1 }]);
+        // Give the `error` event time to arrive while nothing runs on that client.
+        await new Promise((r) => setTimeout(r, 300));
+      } finally {
+        await killer.close();
+      }
+      release();
+      await assert.rejects(tx);
+      assert.deepEqual(await db.query("SELECT v FROM t"), [], "nothing of the failed transaction is kept");
+      await db.transaction((q) => q.execute("INSERT INTO t (v) VALUES (3)"));
+      assert.deepEqual(await db.query("SELECT v FROM t"), [{ v: 3 }]);
+    } finally {
+      await db.close();
+      await pg.stop();
     }
   });
 });

@@ -61,6 +61,15 @@ class PgDatabase extends PgQueryable implements Database {
   async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     const client = await this.#pool.connect();
     let broken: Error | undefined;
+    // pg-pool listens for errors of idle clients only: a checked-out client that loses its
+    // connection between two statements (the server restarting, `pg_terminate_backend`) emits
+    // `error` with no listener, which would end the process. Its next statement fails instead,
+    // and the client is destroyed on release.
+    const onError = (err: Error): void => {
+      broken = err;
+      log.warn("postgres connection lost during a transaction", errorFields(err));
+    };
+    client.on("error", onError);
     try {
       await client.query("BEGIN");
       try {
@@ -77,6 +86,7 @@ class PgDatabase extends PgQueryable implements Database {
         throw err;
       }
     } finally {
+      client.removeListener("error", onError);
       client.release(broken);
     }
   }
