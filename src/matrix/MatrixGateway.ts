@@ -18,7 +18,7 @@ import { E2eeUnavailableError, EndToEndEncryption, storeKeyFrom, type CryptoStat
 import { MissingRoomKeyError } from "./e2ee/errors.ts";
 import { uploadMedia } from "./mediaUpload.ts";
 import { requestAppservicePing } from "./appservicePing.ts";
-import { RefusalPing, type RefusalPingOptions, type RefusalPingOutcome } from "./refusalPing.ts";
+import { RefusalPing, type RefusalPingOutcome } from "./refusalPing.ts";
 import type { HomeserverFailure, MatrixActions, MatrixEventJournal, MediaStream } from "../bridge/ports.ts";
 
 const log = getLogger("matrix");
@@ -78,8 +78,6 @@ export interface MatrixGatewayOptions {
    * migration 4); events are handed to `sink` from there.
    */
   journal: MatrixEventJournal;
-  /** Delays of the ping after refused transactions (tests); defaults in ./refusalPing.ts. */
-  refusalPing?: Pick<RefusalPingOptions, "firstDelayMs" | "maxDelayMs">;
   /** Retry and concurrency settings of the event dispatcher (tests); defaults in ./appserviceTransactions.ts. */
   dispatch?: Pick<AppserviceTransactionsOptions, "maxAttempts" | "retryBackoff" | "concurrency" | "pollMs">;
   /** End-to-end-encrypted rooms (./e2ee/E2ee.ts, config `encryption`); absent or disabled: the bridge stays out of them. */
@@ -184,7 +182,7 @@ export class MatrixGateway implements MatrixActions {
     const registration = await loadRegistration(mab.AppServiceRegistration, opts.registrationFile);
     let gateway: MatrixGateway | null = null;
     // Refused transactions wait in the homeserver for its backoff; a ping ends it (./refusalPing.ts).
-    const refusalPing = new RefusalPing({ ping: () => (gateway ? gateway.#pingHomeserver("refused") : Promise.resolve("not asked" as const)), ...opts.refusalPing });
+    const refusalPing = new RefusalPing({ ping: () => (gateway ? gateway.#pingHomeserver("refused") : Promise.resolve("not asked" as const)) });
     const failpointArmed = armedFailpoint();
     if (failpointArmed) log.warn("test failpoint armed: this process will SIGKILL itself", { failpoint: failpointArmed });
     const transactions = new AppserviceTransactions({
