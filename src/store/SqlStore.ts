@@ -332,12 +332,12 @@ export class SqlStore implements BridgeStore {
   // Room mailbox subscribers
 
   async putSubscriber(row: Omit<SubscriberRow, "createdAt">): Promise<SubscriberRow> {
-    const rows = await this.db.query<DbRow>(Q.SQL_PUT_SUBSCRIBER, [row.roomId, row.address, row.state, row.state === "active" ? null : row.token, ms(this.#now())]);
+    const rows = await this.db.write<DbRow>(Q.SQL_PUT_SUBSCRIBER, [row.roomId, row.address, row.state, row.state === "active" ? null : row.token, ms(this.#now())]);
     return toSubscriber(rows[0]!);
   }
 
   async activateSubscriber(token: string): Promise<SubscriberRow | null> {
-    const rows = await this.db.query<DbRow>(Q.SQL_ACTIVATE_SUBSCRIBER, [token]);
+    const rows = await this.db.write<DbRow>(Q.SQL_ACTIVATE_SUBSCRIBER, [token]);
     return rows[0] ? toSubscriber(rows[0]) : null;
   }
 
@@ -376,7 +376,7 @@ export class SqlStore implements BridgeStore {
    *   (localUserId, remoteAddress)
    */
   async upsertPortal(portal: Omit<PortalRow, "createdAt">): Promise<PortalRow> {
-    const rows = await this.db.query<DbRow>(Q.SQL_UPSERT_PORTAL, [
+    const rows = await this.db.write<DbRow>(Q.SQL_UPSERT_PORTAL, [
       portal.roomId,
       portal.kind,
       portal.localUserId,
@@ -724,7 +724,8 @@ export class SqlStore implements BridgeStore {
   }
 
   async addAppPassword(userId: string, label: string, hash: string): Promise<AppPasswordRow | null> {
-    return one(this.db, Q.SQL_ADD_APP_PASSWORD, [userId, label, hash, ms(this.#now())], toAppPassword);
+    const row = (await this.db.write<DbRow>(Q.SQL_ADD_APP_PASSWORD, [userId, label, hash, ms(this.#now())]))[0];
+    return row === undefined ? null : toAppPassword(row);
   }
 
   async listAppPasswords(userId: string): Promise<AppPasswordRow[]> {
