@@ -203,7 +203,9 @@ export class InboundPoster {
       }
       const why: Undeliverable = failure.temporary
         ? { status: "4.4.7", diagnostic: `the homeserver could not take the message for ${this.opts.settings.retryHours} hours: ${failure.message}` }
-        : { status: err instanceof PermanentPostError ? err.status : refusalStatus(failure), diagnostic: `the homeserver refused the message: ${failure.message}` };
+        : err instanceof PermanentPostError
+          ? { status: err.status, diagnostic: err.message }
+          : { status: refusalStatus(failure), diagnostic: `the homeserver refused the message: ${failure.message}` };
       await this.giveUp(row, why, ctx);
     }
   }
@@ -412,6 +414,7 @@ export class InboundPoster {
     const { store, matrix } = this.opts;
     const portal: PortalRow | null = row.roomId ? await store.getPortalByRoom(row.roomId) : null;
     if (row.roomId && (!portal || portalOf(portal).joinsSenders)) {
+      if (portal && !portalOf(portal).invitesSenders) await this.stillMember(row.roomId, ghost, portalOf(portal).reader(this.opts.ids));
       await matrix.join(row.roomId, ghost.userId);
       return row.roomId;
     }
@@ -431,6 +434,27 @@ export class InboundPoster {
     await store.setInboundRoom(row.id, roomId);
     log.info(existing ? "DM portal re-created: the user had left the old one" : "DM portal created", { roomId, oldRoomId: existing?.roomId, user: localUser, address: row.sender, verified: ghost.verified });
     return roomId;
+  }
+
+  /**
+   * Check that the ghost is still in (or invited to) a group portal before it posts there: the
+   * bot never invites a ghost back into a room whose members removed it ({@link Portal}
+   * `invitesSenders`). Routing at DATA time sends a reply there only while the ghost is joined;
+   * this covers a removal between the 250 and the post.
+   * @param reader who reads the room's state (the bridge bot)
+   * @throws PermanentPostError 5.7.1 when the ghost was removed or left (the sender gets a DSN
+   *   saying so); the homeserver's error when it cannot be asked (the row is retried)
+   */
+  private async stillMember(roomId: string, ghost: Ghost, reader: string): Promise<void> {
+    let member: Record<string, unknown> | null;
+    try {
+      member = await this.opts.matrix.stateContent(roomId, "m.room.member", ghost.userId, reader);
+    } catch (err) {
+      if (this.opts.matrix.classifyError(err).temporary) throw err;
+      member = null;
+    }
+    if (member?.membership === "join" || member?.membership === "invite") return;
+    throw new PermanentPostError("5.7.1", "the sender is no longer a member of the Matrix room of this conversation (a member removed them); a room member can invite them again");
   }
 
   /**

@@ -12,7 +12,9 @@
  *    a. thread: In-Reply-To, then References (newest first), to a known message of a portal
  *       of that mailbox (the room's mailbox, or a room the mailbox's owner is joined to), but
  *       only for a VERIFIED sender who took part in that message (as its sender or one of its
- *       participants): knowing a Message-ID grants no membership;
+ *       participants) and, through a personal mailbox, whose ghost is still joined to that room:
+ *       knowing a Message-ID grants no membership, and a removed ghost does not come back by
+ *       replying (its mail goes where mail without thread headers goes);
  *    b. a room mailbox → its room;
  *    c. a personal mailbox → the DM portal of its owner with the sender's ghost (verified and
  *       unverified ghosts have separate DM portals; made on first mail);
@@ -578,8 +580,9 @@ export class InboundRouter implements InboundHandler<Mailbox> {
 
   /**
    * Where a mail for `mailbox` goes (one target, or one per admin). A thread is joined only by a
-   * verified sender who took part in the referenced message; otherwise the mail is routed as if
-   * it had no thread headers.
+   * verified sender who took part in the referenced message (and, through a personal mailbox,
+   * whose ghost is still joined to the room); otherwise the mail is routed as if it had no
+   * thread headers.
    */
   private async route(
     mailbox: TargetMailbox,
@@ -615,7 +618,10 @@ export class InboundRouter implements InboundHandler<Mailbox> {
             list = this.membersOf(known.roomId);
             members.set(known.roomId, list);
           }
-          if ((await list).includes(mailbox.userId)) {
+          // The mailbox's owner reads the room, and the sender's ghost is still in it: a ghost a
+          // member removed (a kick), or one that left, does not come back by replying.
+          const joined = await list;
+          if (joined.includes(mailbox.userId) && joined.includes(Ghost.of(sender, true, this.opts.ids).userId)) {
             return { roomId: known.roomId, dmLocalUserId: null, replyToEventId: known.eventId };
           }
         }

@@ -77,10 +77,18 @@ abstract class PortalBase<K extends PortalRow["kind"]> {
 
   /**
    * Whether mail to this room is posted by joining its sender's ghost to the room as it is (a
-   * group or room mailbox: any address may write to it), rather than the room being one ghost's
+   * group or room mailbox; see {@link invitesSenders} for who may), rather than the room being one ghost's
    * DM with one local user, which the bridge makes again when that user has left it (false).
    */
   abstract get joinsSenders(): boolean;
+
+  /**
+   * Whether the bridge bot invites a sender's ghost that is not in the room, so that it can post
+   * its mail: true for a room mailbox, which takes mail from every address its posting policy
+   * admits; false for a group portal, whose ghosts are the ones its members invited (a ghost a
+   * member removed stays out until a member invites it again), and for a DM.
+   */
+  abstract get invitesSenders(): boolean;
 
   /**
    * Whether `userId` is the local user this portal belongs to: a DM's local user (the owner of
@@ -143,6 +151,11 @@ export class DmPortal extends PortalBase<"dm"> {
 
   /** False: the DM is its ghost's room with its local user; mail never joins a ghost to it. */
   get joinsSenders(): boolean {
+    return false;
+  }
+
+  /** False: mail never joins a ghost to a DM. */
+  get invitesSenders(): boolean {
     return false;
   }
 
@@ -213,6 +226,11 @@ export class GroupPortal extends RoomPortal<"group"> {
     return false;
   }
 
+  /** False: the room's members chose its ghosts; the bot never invites one back. */
+  get invitesSenders(): boolean {
+    return false;
+  }
+
   /** The addresses of the ghosts joined to the room (each once). */
   async recipients(_parent: MessageRow | null, ctx: PortalContext): Promise<RecipientPlan> {
     const members = await ctx.matrix.joinedMembers(this.roomId);
@@ -227,6 +245,11 @@ export class MailboxPortal extends RoomPortal<"mailbox"> {
 
   /** True: each email conversation is a Matrix thread, and its replies go into it. */
   get threadsReplies(): boolean {
+    return true;
+  }
+
+  /** True: the posting policy (checked at DATA time) decides who may write, not membership. */
+  get invitesSenders(): boolean {
     return true;
   }
 

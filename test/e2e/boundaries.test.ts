@@ -59,6 +59,34 @@ describe("room boundaries end to end (embedded SQLite store)", () => {
     assert.ok(!env.sink.mails.some((m) => m.rcptTo.includes("mallory@evil.test")), "nothing was mailed to the stranger");
   });
 
+  it("a ghost a member removed stays out: its reply by mail opens a DM instead of bringing it back, and later room messages are not mailed to it", async () => {
+    const room = await alice.createRoom({ preset: "private_chat", name: "Removed" });
+    const carol = "@email_carol=40example.org:localhost";
+    const dave = "@email_dave=40example.org:localhost";
+    for (const ghost of [carol, dave]) {
+      await alice.invite(room, ghost);
+      await alice.waitForMembership(room, ghost, "join");
+    }
+    await alice.sendText(room, "Before the removal");
+    const sent = await env.sink.waitForMail((m) => m.rcptTo.includes("carol@example.org") && m.raw.includes("Before the removal"));
+    const messageId = (await simpleParser(sent.raw)).messageId!;
+    await alice.request("POST", `/rooms/${encodeURIComponent(room)}/kick`, { user_id: carol, reason: "removed" });
+    await alice.waitForMembership(room, carol, "leave");
+
+    // Carol authenticates (SPF) and took part in the message she replies to, but is out now.
+    const reply = await env.sendMail({ from: "Carol <carol@example.org>", to: `alice@${MAIL_DOMAIN}`, subject: "Re: Removed", text: "Let me back in", inReplyTo: messageId, references: [messageId] });
+    assert.match(reply, /^250 /);
+    const dm = await alice.waitForInvite(30_000, (i) => i.inviter === carol);
+    assert.notEqual(dm, room, "her reply opens a DM of its own");
+    assert.ok(!Object.keys(await alice.getJoinedMembers(room)).includes(carol), "the removed ghost was not invited back");
+    const history = await alice.getRoomMessages(room, { limit: 50 });
+    assert.ok(!history.some((e) => String(e.content.body ?? "").includes("Let me back in")));
+
+    await alice.sendText(room, "After the removal");
+    const after = await env.sink.waitForMail((m) => m.raw.includes("After the removal"));
+    assert.deepEqual(after.rcptTo, ["dave@example.org"], "only the ghost still in the room gets the room's mail");
+  });
+
   it("a room mailbox with three correspondents: a reply reaches only its conversation; a top-level message only the subscribers, hidden from each other", async () => {
     const room = await createMailboxRoom(alice, "team", "Team");
     const team = `team@${MAIL_DOMAIN}`;

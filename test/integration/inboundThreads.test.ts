@@ -24,11 +24,23 @@ const IDS: IdContext = { ghostPrefix: "email_", serverName: "hs.test", mailDomai
 
 /** An error the fake homeserver throws, with the status it classifies as. */
 /** A homeserver that records sends and refuses threads rooted at `refusedRoots` with 400 M_UNKNOWN, as Synapse does. */
-function fakeHomeserver(refusedRoots: Set<string>): MatrixActions & { sends: { content: Record<string, unknown>; txnId: string | undefined }[] } {
+function fakeHomeserver(
+  refusedRoots: Set<string>,
+  ghostMembership = "join",
+): MatrixActions & { sends: { content: Record<string, unknown>; txnId: string | undefined }[]; joins: string[] } {
   const sends: { content: Record<string, unknown>; txnId: string | undefined }[] = [];
+  const joins: string[] = [];
   const known: Partial<MatrixActions> = {
     ensureGhost: async () => {},
-    join: async () => {},
+    join: async (_room, userId) => {
+      joins.push(userId);
+    },
+    stateContent: async (_room, type, stateKey, asUser) => {
+      assert.equal(type, "m.room.member");
+      assert.equal(asUser, "@emailbot:hs.test", "the bot reads the group portal's state");
+      assert.equal(stateKey, "@email_bob=40example.org:hs.test");
+      return { membership: ghostMembership };
+    },
     sendEvent: async (_user, _room, _type, content, txnId) => {
       const rel = content["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined;
       if (rel?.rel_type === "m.thread" && refusedRoots.has(rel.event_id ?? "")) throw new FakeHttpError(400, "Cannot start threads from an event with a relation");
@@ -39,7 +51,7 @@ function fakeHomeserver(refusedRoots: Set<string>): MatrixActions & { sends: { c
     isEncrypted: async () => false,
     uploadContent: async () => "mxc://hs.test/file",
   };
-  return strictHomeserver(known, { sends });
+  return strictHomeserver(known, { sends, joins });
 }
 
 describe("inbound poster: replies in room mailboxes are threads", () => {
@@ -102,6 +114,42 @@ describe("inbound poster: replies in room mailboxes are threads", () => {
   it("group portal: a rich reply", async () => {
     const { sends } = await postReply("group", "!grp:hs.test", { eventId: "$g", messageId: "g@bridge.test", references: [] }, new Set());
     assert.deepEqual(sends[0]!.content["m.relates_to"], { "m.in_reply_to": { event_id: "$g" } });
+  });
+
+  it("group portal: a ghost a member removed after the 250 is not joined again; its sender gets a DSN saying why", async () => {
+    const roomId = "!removed:hs.test";
+    await store.upsertPortal({ roomId, kind: "group", localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
+    for (const membership of ["leave", "ban"]) {
+      const matrix = fakeHomeserver(new Set(), membership);
+      const refused: { status: string; diagnostic: string }[] = [];
+      const poster = new InboundPoster({
+        store,
+        matrix,
+        ids: IDS,
+        botDisplayName: "Email bridge",
+        settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
+        notices: { post: async () => Promise.reject(new Error("no notice expected")) },
+        onUndeliverable: async (_row, why) => {
+          refused.push({ status: why.status, diagnostic: why.diagnostic });
+        },
+        pollMs: 50,
+      });
+      const messageId = `after-removal-${membership}@example.org`;
+      const raw = Buffer.from(`From: bob@example.org\r\nTo: x@bridge.test\r\nSubject: Re: Plans\r\nMessage-ID: <${messageId}>\r\n\r\nLet me back in.\r\n`);
+      const { row } = await store.insertInbound(newInbound({ roomId, messageId, contentHash: messageId, raw }));
+      poster.start();
+      try {
+        for (let i = 0; i < 200 && refused.length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+      } finally {
+        await poster.stop();
+      }
+      assert.equal(refused.length, 1, `a DSN for membership ${membership}`);
+      assert.equal(refused[0]!.status, "5.7.1");
+      assert.match(refused[0]!.diagnostic, /no longer a member of the Matrix room/);
+      assert.deepEqual(matrix.joins, [], "the ghost was not joined (the bot would have invited it back)");
+      assert.deepEqual(matrix.sends, []);
+      assert.equal((await store.getInbound(row.id))?.state, "failed");
+    }
   });
 
   it("a thread the homeserver refuses (its root is itself in a thread) is posted as a rich reply", async () => {

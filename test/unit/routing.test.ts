@@ -25,7 +25,9 @@ import { startDnsServer, type TestDns } from "../harness/dns.ts";
 configureLogging({ level: "error" });
 const ids: IdContext = { ghostPrefix: "email_", serverName: "hs.example", mailDomain: "bridge.example", botLocalpart: "emailbot", caseSensitiveLocalparts: false };
 const USERS = new Set(["@alice:hs.example", "@bob:hs.example"]);
-const MEMBERS: Record<string, string[]> = { "!group:hs.example": ["@alice:hs.example", "@emailbot:hs.example"] };
+const CAROL_GHOST = "@email_carol=40example.org:hs.example";
+/** Joined members of the rooms routing may ask about (reset before each test). */
+let MEMBERS: Record<string, string[]> = {};
 
 async function envelope(rcptTo: string[], mailFrom = "carol@example.org"): Promise<InboundEnvelope<Mailbox>> {
   // As the listener does: each recipient resolved once at RCPT time, carried to DATA.
@@ -72,6 +74,7 @@ describe("inbound routing", () => {
     store = await openStore({ url: null, sqliteFile: join(dir, "s.sqlite") });
     committed = 0;
     notified = [];
+    MEMBERS = { "!group:hs.example": ["@alice:hs.example", "@emailbot:hs.example", CAROL_GHOST] };
     router = new InboundRouter({
       store,
       ids,
@@ -155,6 +158,16 @@ describe("inbound routing", () => {
     assert.deepEqual(row?.auth, { spf: "none", dkim: "none", dmarc: "none", arc: "none", verified: false });
     assert.equal(row?.roomId, null, "neither the thread nor the verified DM");
     assert.equal(row?.dmLocalUserId, "@alice:hs.example");
+  });
+
+  it("a participant whose ghost was removed from the room does not come back by replying: the reply goes where mail without thread headers goes", async () => {
+    MEMBERS["!group:hs.example"] = ["@alice:hs.example", "@emailbot:hs.example"];
+    await router.deliver(mail({ messageId: "k1@example.org", inReplyTo: "out1@bridge.example" }), await envelope(["alice@bridge.example"]));
+    const [row] = await store.listPendingInbound(10);
+    assert.equal(row?.roomId, null, "not posted into the group portal it was removed from");
+    assert.equal(row?.dmLocalUserId, "@alice:hs.example");
+    assert.equal(row?.replyToEventId, null);
+    assert.equal(row?.senderVerified, true);
   });
 
   it("a known Message-ID does not route to a room the recipient is not in", async () => {
