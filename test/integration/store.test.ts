@@ -4,16 +4,15 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as delay } from "node:timers/promises";
 import { after, describe, it } from "node:test";
 import { pathToFileURL } from "node:url";
 import { openStore } from "../../src/store/open.ts";
 import { configureLogging } from "../../src/util/logger.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
-import { SqliteDatabase, openSqlite } from "../../src/store/db/sqlite.ts";
+import { SqliteDatabase } from "../../src/store/db/sqlite.ts";
 import { openPostgres } from "../../src/store/db/postgres.ts";
 import { isUniqueViolation } from "../../src/store/db/dialect.ts";
 import { newInbound } from "../harness/rows.ts";
@@ -265,54 +264,6 @@ describe("sqlite engine", () => {
     assert.deepEqual(await ghostAddresses(db), ["s1@x", "s2@x", "t1@x", "s3@x"]);
     assert.deepEqual(await db.write<{ address: string }>(`${sql} RETURNING address`, ["after@x", "@after"]), [{ address: "after@x" }], "the connection keeps serving");
     }));
-
-  it("reads go to the reader connection: they answer while a group is open, from committed rows only, and see each transaction once its promise resolved", () =>
-    withSqliteDb(async (db, store) => {
-      await store.upsertGhost({ address: "before@x", userId: "@before:x", displayName: null });
-      let release!: () => void;
-      const held = new Promise<void>((r) => (release = r));
-      let inserted!: () => void;
-      const insertedNow = new Promise<void>((r) => (inserted = r));
-      const open = db.transaction(async (tx) => {
-        await tx.execute("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ($1, $2, NULL, 0)", ["during@x", "@during:x"]);
-        inserted();
-        await held;
-        return "committed";
-      });
-      await insertedNow;
-      // The group holds the writer; on one connection this read would wait for its COMMIT.
-      const timeout = new AbortController();
-      try {
-        const read = await Promise.race([ghostAddresses(db), delay(5000, "read waited for the open group", { signal: timeout.signal })]);
-        assert.deepEqual(read, ["before@x"], "the read answered at once, without the uncommitted row");
-      } finally {
-        timeout.abort();
-        release();
-      }
-      assert.equal(await open, "committed");
-      assert.deepEqual(await ghostAddresses(db), ["before@x", "during@x"]);
-      // The reader refuses writes: a write that returns rows goes through `write`.
-      await assert.rejects(db.query("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ('q@x', '@q:x', NULL, 0) RETURNING address"), /readonly/);
-      assert.deepEqual(await db.write("INSERT INTO ghosts (address, user_id, display_name, updated_at) VALUES ('w@x', '@w:x', NULL, 0) RETURNING address"), [{ address: "w@x" }]);
-      assert.deepEqual(await ghostAddresses(db), ["before@x", "during@x", "w@x"]);
-    }));
-
-  it("closes the reader and the writer: the WAL is checkpointed away, later reads fail", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "meb-sqlite-close-"));
-    try {
-      const file = join(dir, "bridge.sqlite");
-      const db = await openSqlite(file);
-      await db.exec("CREATE TABLE t (v INTEGER)");
-      await db.execute("INSERT INTO t (v) VALUES (1)");
-      const pending = db.query<{ v: number }>("SELECT v FROM t");
-      await db.close();
-      assert.deepEqual(await pending, [{ v: 1 }], "a read sent before close is answered");
-      await assert.rejects(db.query("SELECT v FROM t"), /closed/);
-      assert.equal(existsSync(`${file}-wal`), false, "the last connection to close removed the WAL");
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
 
   it("rolls back a failed transaction and keeps serving", async () => {
     const fx = await sqliteFixture();

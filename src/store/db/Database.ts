@@ -46,11 +46,7 @@ export interface Queryable {
   exec(script: string): Promise<void>;
 }
 
-/**
- * A database connection (pool for postgres; for sqlite a writer and a read-only reader connection).
- * Outside a transaction, {@link Queryable.query} is for reads (sqlite runs it on the reader, which
- * refuses writes): a write that returns rows goes through {@link Database.write}.
- */
+/** A database connection (pool for postgres, one connection for sqlite). */
 export interface Database extends Queryable {
   /**
    * Run `fn` in one transaction: committed when the returned promise resolves, rolled back

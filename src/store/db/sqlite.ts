@@ -1,6 +1,6 @@
 /**
- * SQLite engine of {@link Database}: a writer `node:sqlite` connection with group commit and a
- * read-only reader connection, each owned by its own worker thread (`sqliteWorker.ts`).
+ * SQLite engine of {@link Database}: one `node:sqlite` connection, owned by a worker thread
+ * (`sqliteWorker.ts`), with group commit.
  *
  * - **Off the event loop.** Every statement runs in the worker; the main thread only waits for
  *   the reply. SQLite's synchronous work, above all the fsync of each `COMMIT` under
@@ -13,15 +13,8 @@
  *   fsync covers all the SMTP sessions that committed together. While a group's `COMMIT` is
  *   being written, the next group gathers.
  * - **Order.** Members run one after another in arrival order. A write outside a transaction
- *   (`execute`) is a member of its own; scripts (`exec`) outside a transaction run between
- *   groups, never inside one.
- * - **Reads do not wait for writes.** A read outside a transaction (`query`) goes to the reader
- *   connection, in its own thread: WAL lets it read the last committed state while a group
- *   runs and while its `COMMIT` is being written (https://sqlite.org/wal.html, "Concurrency").
- *   It sees every transaction whose promise has resolved, never an uncommitted row. Before,
- *   a recipient lookup at RCPT waited behind the running group and its fsync: 7.7 ms on
- *   average under the ingest bench's load. A `:memory:` database has no second connection to
- *   it: there, reads run between groups on the writer.
+ *   (`execute`) is a member of its own; reads (`query`) and scripts (`exec`) outside a
+ *   transaction run between groups, never inside one (they never see uncommitted rows).
  * - **Round trips.** Each statement is one message to the worker and back, so the group's
  *   own statements ride with the members' (`before`, see `sqliteWorker.ts`): a member's first
  *   statement carries `BEGIN IMMEDIATE; SAVEPOINT 1` or `RELEASE n; SAVEPOINT n+1` (or
@@ -104,22 +97,17 @@ const beforeFailures = new WeakSet<Error>();
 
 /** Request/reply over the worker thread (util/workerRpc.ts), with the statement helpers. */
 class WorkerConnection {
-  readonly #rpc: WorkerRpc<RequestBody, OkReply>;
-
-  /** @param name the worker's name in log lines and errors */
-  constructor(name: string) {
-    this.#rpc = new WorkerRpc<RequestBody, OkReply>({
-      name,
-      url: WORKER_URL,
-      decode: (reply) => {
-        const r = reply as unknown as SqliteReply;
-        if (r.ok) return { ok: true, value: r };
-        const error = rebuild(r.error);
-        if (r.before) beforeFailures.add(error);
-        return { ok: false, error };
-      },
-    });
-  }
+  readonly #rpc = new WorkerRpc<RequestBody, OkReply>({
+    name: "sqlite",
+    url: WORKER_URL,
+    decode: (reply) => {
+      const r = reply as unknown as SqliteReply;
+      if (r.ok) return { ok: true, value: r };
+      const error = rebuild(r.error);
+      if (r.before) beforeFailures.add(error);
+      return { ok: false, error };
+    },
+  });
 
   /**
    * Send one request and wait for its reply.
@@ -266,14 +254,12 @@ export interface GroupCommitStats {
   transactions: number;
 }
 
-/** {@link Database} on node:sqlite connections in worker threads: a writer with group commit, a reader. */
+/** {@link Database} on one node:sqlite connection in a worker thread, with group commit. */
 export class SqliteDatabase implements Database {
   readonly engine = "sqlite" as const;
   /** Committed groups and transactions since open. */
   readonly stats: GroupCommitStats = { groups: 0, transactions: 0 };
   readonly #conn: WorkerConnection;
-  /** The read-only connection that answers {@link query}; null for `:memory:` (the writer answers). */
-  readonly #reader: WorkerConnection | null;
   #tail: Promise<unknown> = Promise.resolve();
   #closed = false;
   /** Transactions not yet taken by a group. */
@@ -281,9 +267,8 @@ export class SqliteDatabase implements Database {
   /** A group is queued or running (it takes every member that arrives before its COMMIT). */
   #groupQueued = false;
 
-  constructor(conn: WorkerConnection, reader: WorkerConnection | null) {
+  constructor(conn: WorkerConnection) {
     this.#conn = conn;
-    this.#reader = reader;
   }
 
   /** Run `fn` once everything queued before it has finished. */
@@ -296,12 +281,8 @@ export class SqliteDatabase implements Database {
     return run;
   }
 
-  /** On the reader, at once (see the module comment); on the writer between groups for `:memory:`. */
   query<T extends object = Row>(sql: string, params?: readonly SqlValue[]): Promise<T[]> {
-    const reader = this.#reader;
-    if (reader === null) return this.#locked(async () => (await this.#conn.query(sql, params)) as T[]);
-    if (this.#closed) return Promise.reject(new Error("sqlite database is closed"));
-    return reader.query(sql, params) as Promise<T[]>;
+    return this.#locked(async () => (await this.#conn.query(sql, params)) as T[]);
   }
 
   /** A write outside a transaction joins the next group: it shares that group's one COMMIT (fsync). */
@@ -427,12 +408,8 @@ export class SqliteDatabase implements Database {
   async close(): Promise<void> {
     await this.#locked(async () => {
       this.#closed = true;
-      // The reader first (it answers the reads sent before this, in order): the last connection
-      // to close checkpoints the WAL into the database file and removes it.
-      await this.#reader?.request({ op: "close" });
       await this.#conn.request({ op: "close" });
     });
-    await this.#reader?.terminate();
     await this.#conn.terminate();
   }
 }
@@ -446,22 +423,14 @@ export class SqliteDatabase implements Database {
  * @throws the node:sqlite error if the file cannot be opened or is not a database
  */
 export async function openSqlite(file: string): Promise<Database> {
-  const memory = file === ":memory:";
-  if (!memory) mkdirSync(dirname(file), { recursive: true });
-  const conn = new WorkerConnection("sqlite");
-  let reader: WorkerConnection | null = null;
+  if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
+  const conn = new WorkerConnection();
   try {
     const { journalMode } = await conn.request({ op: "open", file, busyTimeoutMs: BUSY_TIMEOUT_MS });
-    if (journalMode !== "wal" && !memory) log.warn("sqlite journal mode is not WAL", { journalMode });
-    if (!memory) {
-      // Opened after the writer: the file exists and is WAL, so a read-only connection can use it.
-      reader = new WorkerConnection("sqlite-reader");
-      await reader.request({ op: "open", file, busyTimeoutMs: BUSY_TIMEOUT_MS, readOnly: true });
-    }
+    if (journalMode !== "wal" && file !== ":memory:") log.warn("sqlite journal mode is not WAL", { journalMode });
   } catch (err) {
     await conn.terminate();
-    await reader?.terminate();
     throw err;
   }
-  return new SqliteDatabase(conn, reader);
+  return new SqliteDatabase(conn);
 }

@@ -1,8 +1,7 @@
 /**
- * The SQLite engine's worker thread: owns one `node:sqlite` connection (the engine's writer, or
- * its read-only reader) and runs the statements the main thread sends, one at a time, so that
- * SQLite's synchronous work (above all the fsync of a `COMMIT` under `synchronous=FULL`) never
- * blocks the bridge's event loop.
+ * The SQLite engine's worker thread: owns the one `node:sqlite` connection and runs the
+ * statements the main thread sends, one at a time, so that SQLite's synchronous work (above
+ * all the fsync of a `COMMIT` under `synchronous=FULL`) never blocks the bridge's event loop.
  *
  * Protocol (see `sqlite.ts`, the only sender): each request `{ id, op, ... }` gets exactly one
  * reply `{ id, ok: true, rows?, changes? }` or `{ id, ok: false, error }`, in order. SQL arrives
@@ -37,11 +36,7 @@ export type BatchResult = { ok: true; rows?: Record<string, unknown>[]; changes?
 
 /** A request from the main thread. */
 export type SqliteRequest =
-  /**
-   * `readOnly`: the engine's reader connection (sqlite.ts): opened read-only, on a database whose
-   * writer connection has already made it WAL; it only answers `all`.
-   */
-  | { id: number; op: "open"; file: string; busyTimeoutMs: number; readOnly?: boolean }
+  | { id: number; op: "open"; file: string; busyTimeoutMs: number }
   | ({ id: number; before?: string } & SqliteStatement)
   /** Statements of an open transaction, each answered on its own; then `COMMIT` if `commit`. */
   | { id: number; op: "batch"; before?: string; statements: SqliteStatement[]; commit: boolean }
@@ -98,13 +93,9 @@ function runStatement(statement: SqliteStatement): { rows: Record<string, unknow
 
 function handle(req: SqliteRequest): SqliteReply {
   if (req.op === "open") {
-    const conn = new DatabaseSync(req.file, { readOnly: req.readOnly === true });
+    const conn = new DatabaseSync(req.file);
     try {
       conn.exec(`PRAGMA busy_timeout = ${req.busyTimeoutMs}`);
-      if (req.readOnly) {
-        db = conn;
-        return { id: req.id, ok: true, journalMode: (conn.prepare("PRAGMA journal_mode").get() as { journal_mode?: unknown } | undefined)?.journal_mode };
-      }
       const mode = (conn.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: unknown } | undefined)?.journal_mode;
       conn.exec("PRAGMA synchronous = FULL");
       conn.exec("PRAGMA foreign_keys = ON");
