@@ -16,7 +16,8 @@
 import type { BridgeStore, ContactMode, ContactRequestRow, ContactRuleRow } from "../store/Store.ts";
 import { SmtpReply } from "../mail/inbound/rejections.ts";
 import type { MatrixActions } from "./ports.ts";
-import { shownSubject } from "./format/toMatrix.ts";
+import { MAX_SHOWN_SUBJECT_CHARS } from "./format/toMatrix.ts";
+import { cleanDisplayName, nameHasAtSign } from "./Ghost.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
 const log = getLogger("bridge/contacts");
@@ -28,8 +29,14 @@ const log = getLogger("bridge/contacts");
  */
 export const MAX_REQUEST_NOTICES_PER_HOUR = 10;
 
-/** Longest preview of a held mail's text, in characters. */
+/** Longest preview of a held mail's text, in characters; also the longest DM invite preview. */
 export const PREVIEW_CHARS = 300;
+
+/** Longest (verified) sender name in a DM invite preview or a contact request, in UTF-16 code units. */
+export const PREVIEW_NAME_CHARS = 64;
+
+/** Longest subject in a DM invite preview, in UTF-16 code units (less when the address is long). */
+export const PREVIEW_SUBJECT_CHARS = 120;
 
 /** What the router knows of one mail when it asks {@link Contacts.gate}. */
 export interface HeldMailInfo {
@@ -181,18 +188,67 @@ export function previewOf(text: string): string | null {
   return out || null;
 }
 
-/** How a sender's authentication shows in previews. */
+/**
+ * How a sender's authentication shows in previews: always the first words, so no text the
+ * sender chose (name, subject) can come before it, and no cut can remove it.
+ * @param verified whether the mail's sender authenticated (aligned SPF or DKIM, RFC 7489 §3.1)
+ * @returns `from an authenticated sender` or `from an unauthenticated sender (…)`, to follow
+ *   the ✅ or ⚠️ that opens the text (no final punctuation)
+ */
 export function verdictLabel(verified: boolean): string {
-  return verified ? "✅ authenticated sender" : "⚠️ unauthenticated sender: the From address could not be verified";
+  return verified ? "from an authenticated sender" : "from an unauthenticated sender (the From address could not be verified)";
 }
 
-/** The bot's message about a held request: sender, subject, first lines, verdict and the choices. */
+/**
+ * `text` cut to at most `max` UTF-16 code units, `…` marking a cut, never inside a surrogate pair.
+ * @param text the text to bound
+ * @param max longest result (at least 1)
+ */
+function cutTo(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let out = "";
+  for (const ch of text) {
+    if (out.length + ch.length > max - 1) break;
+    out += ch;
+  }
+  return `${out.trimEnd()}…`;
+}
+
+/**
+ * A sender-chosen text (subject, display name) as a preview shows it: cleaned like a display
+ * name (controls, line breaks and bidi overrides removed: they could reorder or hide the
+ * verdict, CVE-2021-42574) and cut by itself to `max`.
+ * @returns the shown text, or null when nothing printable is left
+ */
+function shownClaim(raw: string | null, max: number): string | null {
+  const cleaned = cleanDisplayName(raw, Number.POSITIVE_INFINITY);
+  return cleaned === null ? null : cutTo(cleaned, max);
+}
+
+/**
+ * Who wrote, as a preview shows it: `Name <address>` for an authenticated sender whose name is
+ * usable, else the bare address. The From display name of unverified mail is never shown (the
+ * ghost rule, Ghost.ts), nor a name with an at sign in any spelling (it would read as another
+ * address, {@link nameHasAtSign}).
+ */
+function shownSender(sender: string, senderName: string | null, verified: boolean): string {
+  const name = verified ? shownClaim(senderName, PREVIEW_NAME_CHARS) : null;
+  return name && !nameHasAtSign(name) ? `${name} <${sender}>` : sender;
+}
+
+/**
+ * The bot's message about a held request: the verdict first, then the sender (the display name
+ * only when authenticated), subject, first lines and the choices.
+ * @param row the held request
+ * @returns the plain-text message body
+ */
 export function requestText(row: ContactRequestRow): string {
-  const who = row.senderName ? `${shownSubject(row.senderName, 256)} <${row.sender}>` : row.sender;
+  const who = shownSender(row.sender, row.senderName, row.verified);
   const quote = row.preview ? row.preview.split("\n").map((l) => `> ${l}`).join("\n") : "> (no text)";
+  const subject = shownClaim(row.subject, MAX_SHOWN_SUBJECT_CHARS);
   return [
-    `📨 Contact request: ${who} wants to mail you (${verdictLabel(row.verified)}).`,
-    `Subject: ${row.subject === null ? "(none)" : shownSubject(row.subject)}`,
+    `📨 ${row.verified ? "✅" : "⚠️"} Contact request ${verdictLabel(row.verified)}: ${who} wants to mail you.`,
+    `Subject: ${subject ?? "(none)"}`,
     quote,
     `Their mail waits on their server. Say \`accept ${row.sender}\` to let it in (it arrives on their server's next try), \`refuse ${row.sender} [reason]\` to refuse it with your reason, or \`refuse-quietly ${row.sender}\` to refuse it without one.`,
   ].join("\n");
@@ -200,10 +256,24 @@ export function requestText(row: ContactRequestRow): string {
 
 /**
  * The reason shown with a DM invite opened by a stranger's mail (Element shows it with the
- * invite): who wrote, the subject and whether the sender authenticated. At most 300 characters.
+ * invite), e.g. `✅ Email from an authenticated sender: Bob <bob@example.org>: "Hi". Join to
+ * read it and reply; reject to refuse their mail.`
+ *
+ * The verdict comes first, so nothing the sender wrote can precede or imitate it, nor push it
+ * past the cut. The display name is shown only for an authenticated sender (never for
+ * unverified mail, the ghost rule of Ghost.ts), at most {@link PREVIEW_NAME_CHARS}; the subject
+ * is cleaned and cut by itself to at most {@link PREVIEW_SUBJECT_CHARS} (less when a long
+ * address leaves less room). The whole is at most {@link PREVIEW_CHARS} UTF-16 code units.
+ * @param sender the sender's normalised address
+ * @param senderName the From display name (shown only when `verified`)
+ * @param subject the mail's subject, or null
+ * @param verified whether the sender authenticated (aligned SPF or DKIM, RFC 7489 §3.1)
+ * @returns the invite reason
  */
 export function invitePreview(sender: string, senderName: string | null, subject: string | null, verified: boolean): string {
-  const who = senderName ? `${senderName} <${sender}>` : sender;
-  const text = `Email from ${who}${subject ? `: "${subject}"` : ""} (${verified ? "✅ authenticated sender" : "⚠️ unauthenticated sender"}). Join to read it and reply; reject to refuse their mail.`;
-  return text.length > 300 ? `${text.slice(0, 299)}…` : text;
+  const head = `${verified ? "✅" : "⚠️"} Email ${verdictLabel(verified)}: ${shownSender(sender, senderName, verified)}`;
+  const tail = ". Join to read it and reply; reject to refuse their mail.";
+  const room = Math.min(PREVIEW_SUBJECT_CHARS, PREVIEW_CHARS - head.length - tail.length - 4);
+  const shown = room >= 8 ? shownClaim(subject, room) : null;
+  return cutTo(`${head}${shown ? `: "${shown}"` : ""}${tail}`, PREVIEW_CHARS);
 }

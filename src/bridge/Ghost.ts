@@ -10,7 +10,8 @@
  *   name is fixed: `<address> (unverified)`; the From display name of unverified mail is never
  *   shown as a name.
  * - Names are cleaned ({@link cleanDisplayName}) and cut to the homeserver's limit; a name that
- *   imitates the bridge bot or an address is replaced by the address.
+ *   imitates the bridge bot or an address (an `@`, also fullwidth or small: compared after
+ *   NFKC) is replaced by the address.
  */
 import type { BridgeStore } from "../store/Store.ts";
 import { ghostUserId, parseGhost, unverifiedGhostUserId, type IdContext } from "./ids.ts";
@@ -43,6 +44,28 @@ export function cleanDisplayName(raw: string | null | undefined, max = MAX_DISPL
   if (!cleaned) return null;
   const points = [...cleaned];
   return points.length > max ? points.slice(0, max).join("").trimEnd() : cleaned;
+}
+
+/**
+ * Whether a name would read as an address or a Matrix ID: it has an `@` once compatibility
+ * forms are folded (NFKC, UAX #15), so `＠` (U+FF20 FULLWIDTH COMMERCIAL AT), `﹫` (U+FE6B SMALL
+ * COMMERCIAL AT) and anything else NFKC maps to `@` count as `@`.
+ * @param name a display name (any normalisation form)
+ * @returns true when the name has an at sign in any of those spellings
+ */
+export function nameHasAtSign(name: string): boolean {
+  return name.normalize("NFKC").includes("@");
+}
+
+/**
+ * Whether `name` imitates the bridge bot's name: equal to it after NFKC folding (fullwidth and
+ * other compatibility forms, UAX #15), case folding and trimming.
+ * @param name a cleaned display name
+ * @param botDisplayName the bot's configured display name
+ */
+function imitatesBot(name: string, botDisplayName: string): boolean {
+  const fold = (n: string): string => n.normalize("NFKC").replace(/\s+/gu, " ").trim().toLowerCase();
+  return fold(name) === fold(botDisplayName);
 }
 
 /** What a ghost needs to reach Matrix and the store. */
@@ -98,13 +121,14 @@ export class Ghost {
   /**
    * The display name this ghost should carry when `claimed` is the name its mail gave.
    * Unverified: always `<address> (unverified)`. Verified: the cleaned claimed name, or the
-   * address when the claim is empty, contains `@` (it would read as another address or a Matrix
-   * ID), or is the bridge bot's name.
+   * address when the claim is empty, contains `@` in any spelling NFKC folds to it (`＠`, `﹫`:
+   * it would read as another address or a Matrix ID, {@link nameHasAtSign}), or is the bridge
+   * bot's name (compared after NFKC and case folding).
    */
   displayNameFor(claimed: string | null, botDisplayName: string): string {
     if (!this.verified) return this.unverifiedName;
     const name = cleanDisplayName(claimed);
-    if (!name || name.includes("@") || name.toLowerCase() === botDisplayName.trim().toLowerCase()) return this.address;
+    if (!name || nameHasAtSign(name) || imitatesBot(name, botDisplayName)) return this.address;
     return name;
   }
 

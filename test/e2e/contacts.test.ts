@@ -56,7 +56,7 @@ describe("contact requests and personal settings", () => {
       isDirect = own?.content.is_direct;
       return i.inviter === ghost;
     });
-    assert.equal(reason, 'Email from Carl <carl@example.org>: "Board games on Friday?" (✅ authenticated sender). Join to read it and reply; reject to refuse their mail.');
+    assert.equal(reason, '✅ Email from an authenticated sender: Carl <carl@example.org>: "Board games on Friday?". Join to read it and reply; reject to refuse their mail.');
     assert.equal(isDirect, true, "a DM invite (is_direct)");
     await alice.join(roomId);
     await alice.waitForEvent(roomId, (e) => e.sender === ghost && String(e.content.body).includes("(c-1)"));
@@ -71,14 +71,14 @@ describe("contact requests and personal settings", () => {
 
     const dana = { from: "Dana <dana@example.org>", to: `alice@${MAIL_DOMAIN}`, subject: "Quick question", text: "Do you still have the bike?\nIt is for my son. (d-1)", messageId: "dana-1@example.org" };
     await assert.rejects(env.sendMail(dana), /451 4\.7\.1 alice@bridge\.test has not accepted mail from dana@example\.org yet/);
-    const request = await botReply(/^📨 Contact request: Dana <dana@example\.org> wants to mail you \(✅ authenticated sender\)\./);
+    const request = await botReply(/^📨 ✅ Contact request from an authenticated sender: Dana <dana@example\.org> wants to mail you\./);
     assert.match(String(request.content.body), /\nSubject: Quick question\n> Do you still have the bike\?\n> It is for my son\. \(d-1\)\n/);
     // The MTA retries: still held, and the user is not told twice.
     await assert.rejects(env.sendMail(dana), /451 4\.7\.1/);
     await alice.sendText(botDm, "contacts");
     const listing = await botReply(/^Mode: hold/);
     assert.match(String(listing.content.body), /Waiting for your answer:\n• dana@example\.org: "Quick question" \(2 tries; authenticated\)/);
-    const requests = (await alice.getRoomMessages(botDm, { limit: 100 })).filter((e) => e.sender === BOT && String(e.content.body).startsWith("📨 Contact request: Dana"));
+    const requests = (await alice.getRoomMessages(botDm, { limit: 100 })).filter((e) => e.sender === BOT && String(e.content.body).startsWith("📨 ✅ Contact request from an authenticated sender: Dana"));
     assert.equal(requests.length, 1, "told once");
 
     await alice.sendText(botDm, "accept dana@example.org");

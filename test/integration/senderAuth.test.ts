@@ -240,6 +240,52 @@ describe("sender authentication", () => {
       });
     }
 
+    // DMARC (mailauth) turns a U-label into A-labels with NFC, lower-casing and Punycode only;
+    // UTS-46 mapping (node:url domainToASCII) also folds fullwidth and compatibility forms. A
+    // spelling the two read differently would be judged as another domain (no DMARC record:
+    // "none") while the ghost is named after the mapped one, so it is refused.
+    const uncanonical: [string, string][] = [
+      ["fullwidth letters", "ceo@ｖｉｃｔｉｍ.test"],
+      ["a fullwidth dot (U+FF0E)", "ceo@victim．test"],
+      ["an ideographic full stop (U+3002)", "ceo@victim。test"],
+      ["ASCII mixed with fullwidth letters", "ceo@ｖictim.test"],
+      ["ASCII mixed with a mathematical bold letter", "ceo@\u{1d42f}ictim.test"],
+      ["a ligature (U+FB01)", "ceo@\ufb01nance.test"],
+      ["a soft hyphen UTS-46 drops", "ceo@vic\u00adtim.test"],
+    ];
+    for (const [name, address] of uncanonical) {
+      it(`a From domain with ${name} is not canonical: 550 5.7.1`, () => {
+        assert.throws(
+          () => readAuthor(Buffer.from(`From: "CEO" <${address}>\r\nSubject: x\r\n\r\nbody\r\n`), OWN),
+          (e: unknown) => e instanceof SmtpReply && e.responseCode === 550 && e.enhancedStatus === "5.7.1" && /not written in a canonical form/.test(e.text),
+        );
+      });
+    }
+
+    it("canonical spellings keep working: upper-case ASCII, a proper U-label (NFC or not, any case), an A-label", () => {
+      const author = (address: string) => readAuthor(Buffer.from(`From: <${address}>\r\n\r\nx`), OWN);
+      assert.deepEqual(author("ceo@VICTIM.TEST"), { address: "ceo@victim.test", domain: "victim.test" });
+      assert.deepEqual(author("bob@bücher.example"), { address: "bob@xn--bcher-kva.example", domain: "xn--bcher-kva.example" });
+      assert.deepEqual(author("bob@bu\u0308cher.example"), { address: "bob@xn--bcher-kva.example", domain: "xn--bcher-kva.example" });
+      assert.deepEqual(author("bob@BÜCHER.example"), { address: "bob@xn--bcher-kva.example", domain: "xn--bcher-kva.example" });
+      assert.deepEqual(author("bob@xn--bcher-kva.example"), { address: "bob@xn--bcher-kva.example", domain: "xn--bcher-kva.example" });
+      assert.deepEqual(author("bob@XN--BCHER-KVA.Example"), { address: "bob@xn--bcher-kva.example", domain: "xn--bcher-kva.example" });
+    });
+
+    it("authenticateMessage refuses when DMARC's author domain is not exactly the author's (a fullwidth spelling)", async () => {
+      // readAuthor refuses this From; an author read another way must not pass either.
+      const raw = message('"CEO" <ceo@ｂａｎｋ.test>');
+      await assert.rejects(
+        authenticateMessage({ raw, mailFrom: "bounces@mailer.unrelated.test", remoteAddress: "127.0.0.1", heloName: "client.example" }, { address: "ceo@bank.test", domain: "bank.test" }, { lookup: resolver.lookup, hostname: "mx.bridge.test", minKeyBits: 1024, trustedArcSealers: [] }),
+        (e: unknown) => e instanceof SmtpReply && e.responseCode === 550 && e.enhancedStatus === "5.7.1",
+      );
+    });
+
+    it("a U-label From passes the author cross-check (mailauth keeps it in Unicode)", async () => {
+      const { verdict } = await judge(message("Bob <bob@bücher.example>"), "bounces@mailer.unrelated.test");
+      assert.equal(verdict.verified, false);
+    });
+
     it("reads an ordinary From, with display name, case and IDN", () => {
       assert.deepEqual(readAuthor(Buffer.from('From: "Bob, Jr." <Bob@Example.ORG>\r\n\r\nx'), OWN), { address: "Bob@example.org", domain: "example.org" });
       assert.deepEqual(readAuthor(Buffer.from("from: =?utf-8?q?J=C3=BCrgen?= <j@bücher.example>\r\n\r\nx"), OWN), { address: "j@xn--bcher-kva.example", domain: "xn--bcher-kva.example" });

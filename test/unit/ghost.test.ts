@@ -4,7 +4,7 @@
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { cleanDisplayName, Ghost, MAX_DISPLAY_NAME } from "../../src/bridge/Ghost.ts";
+import { cleanDisplayName, Ghost, MAX_DISPLAY_NAME, nameHasAtSign } from "../../src/bridge/Ghost.ts";
 import { ghostAddress, ghostUserId, parseGhost, unverifiedGhostUserId, type IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
 
@@ -57,6 +57,26 @@ describe("verified and unverified ghosts", () => {
     for (const imitation of ["Email bridge", "email BRIDGE ", "alice@bridge.example", "@alice:hs.example", "", "\u202e"]) {
       assert.equal(v.displayNameFor(imitation, "Email bridge"), "bob@example.org", JSON.stringify(imitation));
     }
+  });
+
+  it("an at sign in any spelling NFKC folds to @ (fullwidth U+FF20, small U+FE6B) makes the name the address", () => {
+    const v = Ghost.of("bob@example.org", true, ids);
+    for (const imitation of ["alice\uff20bridge.example", "\uff20alice:hs.example", "alice\ufe6bbridge.example", "PayPal <service\uff20paypal.com>", "\ufe6b"]) {
+      assert.equal(nameHasAtSign(imitation), true, JSON.stringify(imitation));
+      assert.equal(v.displayNameFor(imitation, "Email bridge"), "bob@example.org", JSON.stringify(imitation));
+    }
+    // Names without one are kept as written (cleaning stays NFC: a fullwidth name is not folded).
+    assert.equal(nameHasAtSign("Ｂｏｂ Example"), false);
+    assert.equal(v.displayNameFor("Ｂｏｂ Example", "Email bridge"), "Ｂｏｂ Example");
+  });
+
+  it("the bot's name is compared after NFKC: fullwidth or compatibility spellings of it are refused", () => {
+    const v = Ghost.of("bob@example.org", true, ids);
+    for (const imitation of ["Ｅｍａｉｌ ｂｒｉｄｇｅ", "EMAIL\u00a0BRIDGE", "\ud835\udc04mail bridge", "Email bridge"]) {
+      assert.equal(v.displayNameFor(imitation, "Email bridge"), "bob@example.org", JSON.stringify(imitation));
+    }
+    assert.equal(v.displayNameFor("Email bridge", "Ｅｍａｉｌ ｂｒｉｄｇｅ "), "bob@example.org", "a fullwidth bot name is folded too");
+    assert.equal(v.displayNameFor("Email bridges", "Email bridge"), "Email bridges");
   });
 
   it("ensureProfile: only a verified ghost's stored name changes; an unverified ghost is named once", async () => {

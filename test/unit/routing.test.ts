@@ -224,7 +224,7 @@ describe("inbound routing", () => {
       assert.equal((await store.listPendingInbound(10)).length, 0, "nothing committed while held");
       assert.equal(notified.length, 1, "told once");
       assert.equal(notified[0]!.roomId, "!dm-@alice:hs.example");
-      assert.match(notified[0]!.text, /Carol <carol@example\.org>.*✅ authenticated/);
+      assert.match(notified[0]!.text, /^📨 ✅ Contact request from an authenticated sender: Carol <carol@example\.org> wants to mail you\./);
       assert.match(notified[0]!.text, /Subject: Lunch\?\n> Shall we meet\n> on Friday\?/);
       assert.match(notified[0]!.text, /`accept carol@example\.org`.*`refuse carol@example\.org \[reason\]`.*`refuse-quietly carol@example\.org`/s);
       const req = await store.getContactRequest("@alice:hs.example", "carol@example.org");

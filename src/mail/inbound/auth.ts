@@ -17,7 +17,7 @@
  * or a DMARC fail vouched for by a trusted ARC sealer (RFC 8617 §7.2).
  */
 import { createHash } from "node:crypto";
-import { domainToASCII } from "node:url";
+import { domainToASCII, domainToUnicode } from "node:url";
 import type { AuthenticateResult } from "mailauth";
 import addressparser from "nodemailer/lib/addressparser";
 import { isTemporaryDnsError, type DnsLookup } from "../dns.ts";
@@ -114,6 +114,35 @@ function headerSection(raw: Buffer): string {
   return raw.subarray(0, end >= 0 ? end : raw.length).toString("utf8");
 }
 
+/** Why {@link canonicalDomain} refused a domain. */
+type DomainProblem = "unusable" | "not canonical";
+
+/**
+ * The A-label form of a From domain, if the domain is written in a canonical form: the one
+ * every reader turns into the same DNS name.
+ *
+ * The domain as written, lower-cased and NFC-normalised (a trailing root dot dropped), must be
+ * its own A-label form (ASCII names, A-labels: `example.org`, `xn--bcher-kva.example`) or the
+ * U-label form of that (`bücher.example`). Anything else is a spelling that only UTS-46
+ * mapping (UTS #46 §4, what node:url `domainToASCII` does) turns into a name: fullwidth
+ * letters or dots (`ｖｉｃｔｉｍ.test`, `victim．test`), compatibility characters (`ﬁ`,
+ * mathematical letters), ignored ones (soft hyphen). DMARC (mailauth, `toALabel`) converts a
+ * U-label with NFC, lower-casing and Punycode only (RFC 5891 §4.4, RFC 3492), splitting at `.`
+ * only, so it would judge another name than the one the ghost is named after: such a name must
+ * never pass (RFC 7489 §6.6.1: the Author Domain must be unambiguous). For a canonical spelling
+ * both conversions give the same A-labels.
+ * @param written the domain as written after the `@`
+ * @returns the lower-case A-label form, or the problem: `unusable` when it is no domain name
+ *   (no dot, characters a host name may not have, IDNA errors), `not canonical` as above
+ */
+function canonicalDomain(written: string): { domain: string } | { problem: DomainProblem } {
+  const lowered = written.toLowerCase().normalize("NFC").replace(/\.$/, "");
+  const domain = domainToASCII(lowered);
+  if (!domain || !/^[a-z0-9-]+(\.[a-z0-9-]+)+$/.test(domain)) return { problem: "unusable" };
+  if (lowered !== domain && lowered !== domainToUnicode(domain)) return { problem: "not canonical" };
+  return { domain };
+}
+
 /**
  * Read the author (the From mailbox) strictly from the raw header section.
  *
@@ -122,7 +151,9 @@ function headerSection(raw: Buffer): string {
  * no From field; two or more From fields; a From field name followed by white space or a line
  * break before its colon (`From :`, `From\r\n :`); a continuation line that starts like a
  * From field (` From: ...`); a From with no address, two or more addresses, or a group; an
- * address whose domain is not a usable domain name; an address on one of `ownDomains`.
+ * address whose domain is not a usable domain name; a domain not written in a canonical form
+ * (fullwidth letters or dots and other spellings only UTS-46 mapping reads as a name: DMARC
+ * would judge another domain, see {@link canonicalDomain}); an address on one of `ownDomains`.
  *
  * @param raw the message as received
  * @param ownDomains the bridge's own domains (mail domain, MX host name), lower-case
@@ -157,8 +188,15 @@ export function readAuthor(raw: Buffer, ownDomains: readonly string[]): Author {
   const address = (parsed[0]?.address ?? "").trim();
   const at = address.lastIndexOf("@");
   if (at <= 0 || at === address.length - 1) throw badAuthor("the From address has no usable domain");
-  const domain = domainToASCII(address.slice(at + 1).toLowerCase().replace(/\.$/, ""));
-  if (!domain || !/^[a-z0-9-]+(\.[a-z0-9-]+)+$/.test(domain)) throw badAuthor("the From address has no usable domain");
+  const canonical = canonicalDomain(address.slice(at + 1));
+  if ("problem" in canonical) {
+    throw badAuthor(
+      canonical.problem === "unusable"
+        ? "the From address has no usable domain"
+        : "the From address's domain is not written in a canonical form (write it in ASCII, A-labels or proper U-labels, without fullwidth or compatibility characters)",
+    );
+  }
+  const { domain } = canonical;
   if (ownDomains.includes(domain)) throw badAuthor(`mail from ${domain}, this bridge's own domain, is not accepted from outside`);
   return { address: `${address.slice(0, at)}@${domain}`, domain };
 }
@@ -223,7 +261,8 @@ function loadMailauth(): NonNullable<typeof mailauth> {
  * @param author the From mailbox read by {@link readAuthor}
  * @returns the verdict (never throws for DNS failures: they are recorded in `dnsTemporaryError`)
  * @throws SmtpReply 550 5.7.1 when mailauth reads a different author than {@link readAuthor}
- *   (a header trick); Error only for a programming error inside mailauth
+ *   (a header trick, or a From domain whose spelling is not canonical: see
+ *   {@link canonicalDomain}); Error only for a programming error inside mailauth
  */
 export async function authenticateMessage(input: AuthInput, author: Author, opts: AuthOptions): Promise<AuthVerdict> {
   let dnsTemporaryError = false;
@@ -252,8 +291,10 @@ export async function authenticateMessage(input: AuthInput, author: Author, opts
   if (result.dkim.fromFields > 1 || headerFrom.length !== 1 || headerFrom[0]!.toLowerCase() !== author.address.toLowerCase()) {
     const seen = headerFrom.length === 1 ? headerFrom[0]!.toLowerCase() : "";
     const at = seen.lastIndexOf("@");
-    // mailauth keeps IDN domains in Unicode; compare in A-labels.
-    const same = at > 0 && `${seen.slice(0, at)}@${domainToASCII(seen.slice(at + 1))}` === author.address.toLowerCase();
+    // mailauth keeps IDN domains in Unicode; compare in A-labels, by the same canonical rule
+    // as readAuthor, so the domain DMARC judged is exactly the author's.
+    const canonical = at > 0 ? canonicalDomain(seen.slice(at + 1)) : null;
+    const same = canonical !== null && "domain" in canonical && `${seen.slice(0, at)}@${canonical.domain}` === author.address.toLowerCase();
     if (!same || result.dkim.fromFields > 1) throw badAuthor("the From header field is ambiguous");
   }
 
