@@ -77,7 +77,7 @@ describe("contact requests and personal settings", () => {
     await assert.rejects(env.sendMail(dana), /451 4\.7\.1/);
     await alice.sendText(botDm, "contacts");
     const listing = await botReply(/^Mode: hold/);
-    assert.match(String(listing.content.body), /Waiting for your answer:\n• dana@example\.org: "Quick question" \(2 tries; authenticated\)/);
+    assert.match(String(listing.content.body), /Waiting for your answer:\n• ✅ dana@example\.org \(authenticated, 2 tries\): "Quick question"/);
     const requests = (await alice.getRoomMessages(botDm, { limit: 100 })).filter((e) => e.sender === BOT && String(e.content.body).startsWith("📨 ✅ Contact request from an authenticated sender: Dana"));
     assert.equal(requests.length, 1, "told once");
 

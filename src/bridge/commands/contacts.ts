@@ -6,6 +6,8 @@
 import type { ContactRuleRow } from "../../store/Store.ts";
 import { InvalidAddressError, normalizeAddress } from "../ids.ts";
 import { CommandError, requireBridgeUser, restOf, type CommandContext, type CommandRequest } from "./context.ts";
+import { cleanDisplayName } from "../Ghost.ts";
+import { PREVIEW_SUBJECT_CHARS } from "../Contacts.ts";
 
 /** Longest refusal reason, in characters (it goes into one SMTP reply line). */
 const MAX_REASON_CHARS = 200;
@@ -90,7 +92,11 @@ export async function contactsCommand(ctx: CommandContext, req: CommandRequest, 
   ];
   if (pending.length > 0) {
     lines.push("Waiting for your answer:");
-    for (const r of pending) lines.push(`• ${r.sender}: "${r.subject ?? "(no subject)"}" (${r.attempts} ${r.attempts === 1 ? "try" : "tries"}; ${r.verified ? "authenticated" : "unauthenticated"})`);
+    // The verdict before anything the sender chose; the subject cleaned and cut (Contacts.ts previews).
+    for (const r of pending) {
+      const subject = cleanDisplayName(r.subject, PREVIEW_SUBJECT_CHARS);
+      lines.push(`• ${r.verified ? "✅" : "⚠️"} ${r.sender} (${r.verified ? "authenticated" : "unauthenticated"}, ${r.attempts} ${r.attempts === 1 ? "try" : "tries"}): ${subject === null ? "(no subject)" : `"${subject}"`}`);
+    }
   }
   const blocked = rules.filter((r) => r.rule === "block");
   const allowed = rules.filter((r) => r.rule === "allow");
