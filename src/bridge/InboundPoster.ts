@@ -32,11 +32,11 @@ import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedPart
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
-import { AUTH_FIELD, RECIPIENT_FIELD, authContent, cutText, mailToMatrix, recipientLine, unverifiedWarning } from "./format/toMatrix.ts";
+import { AUTH_FIELD, NO_TEXT, RECIPIENT_FIELD, authContent, cutSubjectWarning, cutText, mailToMatrix, recipientLine, showSubject, unverifiedWarning } from "./format/toMatrix.ts";
 import { escapeHtml } from "./format/html.ts";
 import { encryptFile } from "./format/encryptedFile.ts";
 import { sanitizeHtml, sanitizeMailHtml } from "./format/sanitize.ts";
-import { replyRelation, storedReferences, threadRelation, type ThreadRelation } from "./threads.ts";
+import { continuableMessages, replyRelation, storedReferences, threadIdsOf, threadRelation, type ThreadRelation } from "./threads.ts";
 import { Ghost } from "./Ghost.ts";
 import { portalOf } from "./Portal.ts";
 import { invitePreview } from "./Contacts.ts";
@@ -246,7 +246,8 @@ export class InboundPoster {
   }
 
   /** Post one row: ghost profile, DM portal if needed, message, attachments, mapping. */
-  private async post(row: QueuedInbound): Promise<void> {
+  private async post(queued: QueuedInbound): Promise<void> {
+    let row = queued;
     const { store, matrix, ids } = this.opts;
     if (row.kind === "dsn" && row.roomId) {
       await this.postReport(row, row.roomId);
@@ -261,6 +262,10 @@ export class InboundPoster {
     await ghost.ensureProfile({ store, matrix, ids, botDisplayName: this.opts.botDisplayName }, row.senderVerified ? row.senderName : null);
 
     const roomId = await this.roomFor(row, ghost, mail);
+    if (row.replyToEventId === null) {
+      const late = await this.lateParent(row, roomId, mail);
+      if (late) row = { ...row, replyToEventId: late };
+    }
     // In an end-to-end-encrypted room every file is posted as an encrypted attachment; an image
     // cannot be shown inline there (`<img src>` takes only plain mxc:// media), so it follows the
     // message as an encrypted image instead.
@@ -271,44 +276,58 @@ export class InboundPoster {
     // Inline images, forwarded messages and calendars are read before the message that shows them.
     const parts = await prepareParts(stored, mail, { showHtml: !isReply, upload: (image, i) => (encrypted ? Promise.resolve(null) : this.uploadInline(row, ghost, image, i)), ctx });
     const fold: FoldedReply = isReply ? await foldReply(mail.text) : { text: mail.text, folded: false };
-    const { content, cut } = this.content(row, mail, fold, parts);
+    const { content, cut, original, textless } = this.content(row, mail, fold, parts);
     content[AUTH_FIELD] = verdict;
     if (row.deliveredTo) content[RECIPIENT_FIELD] = { address: row.deliveredTo, tag: row.recipientTag };
     // RFC 3834 §2: an automatic mail (auto-reply, bounce, list or bulk mail) is a notice; nothing answers notices.
-    if (isAutomatic(row, mail)) content.msgtype = "m.notice";
+    const automatic = isAutomatic(row, mail);
+    if (automatic) content.msgtype = "m.notice";
     const parent = row.replyToEventId ? await store.getMessageByEvent(roomId, row.replyToEventId) : null;
-    const { eventId, threadRoot } = await this.sendMessage(row, ghost, roomId, content, parent, mail);
-    // A thread message's files go into its thread too, falling back to the message itself.
-    const fileRelation: ThreadRelation | null = threadRoot ? { rel_type: "m.thread", event_id: threadRoot, is_falling_back: true, "m.in_reply_to": { event_id: eventId } } : null;
-    await store.insertMessage({
-      roomId,
-      eventId,
-      messageId: row.messageId,
-      references: storedReferences(mail.references, parent),
-      direction: "inbound",
-      sender: row.sender,
-      subject: mail.subject,
-      participants: row.participants,
-      viaList: false,
-    });
     const files: { filename: string; contentType: string; content: Buffer }[] = [];
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from([mail.text, ...parts.blocks.map((b) => b.text)].join("\n\n"), "utf8") });
-    // What did not decode, or was folded away, is not lost: the original goes with what is shown.
-    if (mail.losses.length > 0 || fold.folded) files.push({ filename: "message.eml", contentType: "message/rfc822", content: await stored.whole() });
-    for (const [i, file] of files.entries()) await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation, encrypted);
-    // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
+    // What did not decode, was folded away or cut from the subject is not lost: the original goes with what is shown.
+    if (original) files.push({ filename: "message.eml", contentType: "message/rfc822", content: await stored.whole() });
     // An inline image the message shows is not posted again; one it does not show is, with its upload.
     const formatted = String(content.formatted_body ?? "");
     const postAsFile = (i: number): boolean => !parts.skip.has(i) && !(parts.inline.has(i) && formatted.includes(parts.inline.get(i)!.url));
-    if (mail.attachments.some((_a, i) => postAsFile(i))) {
+    const attached = mail.attachments.some((_a, i) => postAsFile(i));
+    // A mail with nothing to show but its files (no subject, no text, no warning line) posts the
+    // files alone, the first standing for the mail (its event is the one replies answer; every
+    // file carries the verdict). The message event stays, with NO_TEXT, where it carries what no
+    // file can: a reply's relation, an automatic mail's m.notice, or a mail without files.
+    const filesOnly = textless && !isReply && !automatic && (files.length > 0 || attached);
+    const message = filesOnly ? null : await this.sendMessage(row, ghost, roomId, content, parent, mail);
+    // A thread message's files go into its thread too, falling back to the message itself.
+    const fileRelation: ThreadRelation | null = message?.threadRoot ? { rel_type: "m.thread", event_id: message.threadRoot, is_falling_back: true, "m.in_reply_to": { event_id: message.eventId } } : null;
+    const record = (eventId: string): Promise<void> =>
+      store.insertMessage({
+        roomId,
+        eventId,
+        messageId: row.messageId,
+        references: storedReferences(mail.references, parent),
+        direction: "inbound",
+        sender: row.sender,
+        subject: mail.subject,
+        participants: row.participants,
+        viaList: false,
+      });
+    if (message) await record(message.eventId);
+    // The first file's event: the mail's own when it posts no message event.
+    let firstFile: string | null = null;
+    for (const [i, file] of files.entries()) {
+      const posted = await this.postFile(row, ghost, roomId, file, i, verdict, fileRelation, encrypted);
+      firstFile ??= posted;
+    }
+    // Attachments are read from the stored message one at a time: only the one being uploaded is in memory.
+    if (attached) {
       // A mail stored in chunks, in a room without encryption: a first pass counts its
       // attachments' sizes, so that a large one is uploaded as it is decoded (the homeserver
       // wants its length first) and never held whole.
       const sizes = stored.chunked && !encrypted ? await attachmentSizes(stored) : null;
       await forEachAttachment(
         stored,
-        (att: MailAttachment | StreamedAttachment, i: number) =>
-          this.postFile(
+        async (att: MailAttachment | StreamedAttachment, i: number) => {
+          const posted = await this.postFile(
             row,
             ghost,
             roomId,
@@ -323,12 +342,18 @@ export class InboundPoster {
             fileRelation,
             encrypted,
             parts.inline.get(i),
-          ),
+          );
+          firstFile ??= posted;
+        },
         { only: (_info: MailAttachmentInfo, i: number) => postAsFile(i), stream: (_info: MailAttachmentInfo, i: number) => (sizes !== null && sizes[i]! >= STREAM_MIN_BYTES ? sizes[i]! : null) },
       );
     }
+    const eventId = message?.eventId ?? firstFile;
+    // Never: a mail posts its files alone only when it has one.
+    if (eventId === null) throw new Error(`inbound mail ${row.id}: neither a message nor a file was posted`);
+    if (!message) await record(eventId);
     await store.markInboundPosted(row.id, eventId);
-    log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId, verified: ghost.verified });
+    log.info("mail posted", { inbound: row.id, messageId: row.messageId, roomId, eventId, ghost: ghost.userId, verified: ghost.verified, filesOnly });
   }
 
   /**
@@ -437,6 +462,23 @@ export class InboundPoster {
   }
 
   /**
+   * The parent of a reply that reached the queue before its parent was posted (both waited: a
+   * homeserver outage, a burst), so routing at DATA time found no posted parent to answer. The
+   * rule is routing's (bridge/threads.ts `continuableMessages`), narrowed to the room the row
+   * goes to anyway: a message there that the verified sender took part in. The room's rows post
+   * in order, so a parent that came first has been posted by now.
+   * @param roomId the room the row is being posted to
+   * @returns the parent's event ID, or null (an unverified sender, no thread headers, no such message in the room)
+   */
+  private async lateParent(row: QueuedInbound, roomId: string, mail: ParsedMailSummary): Promise<string | null> {
+    if (!row.senderVerified || row.kind === "dsn") return null;
+    for await (const known of continuableMessages(this.opts.store, threadIdsOf(mail), row.sender)) {
+      if (known.roomId === roomId) return known.eventId;
+    }
+    return null;
+  }
+
+  /**
    * Check that the ghost is still in (or invited to) a group portal before it posts there: the
    * bot never invites a ghost back into a room whose members removed it ({@link Portal}
    * `invitesSenders`). Routing at DATA time sends a reply there only while the ghost is joined;
@@ -498,12 +540,21 @@ export class InboundPoster {
   /**
    * The message content: subject, text (a reply's quote and signature folded away), sanitized HTML with inline images pointing at their uploads, the blocks of
    * forwarded messages and calendars after the text, warnings; text longer than `maxTextBytes`,
-   * or content over the event budget, is cut at a marker.
+   * or content over the event budget, is cut at a marker. A subject too long to show whole
+   * ({@link showSubject}) gets a line saying the original is attached. Content with nothing to
+   * show (no subject shown, no text, no image, no warning line) has {@link NO_TEXT} as its text.
    * @param fold the reply's text after {@link foldReply} (the mail's text for a new conversation)
    * @param parts what {@link prepareParts} read
-   * @returns the content and whether the text was cut (then the full text is attached)
+   * @returns the content; `cut`: whether the text was cut (then the full text is attached as
+   *   message.txt); `original`: whether the original mail is to be attached as message.eml (what
+   *   did not decode, a folded reply, a cut subject); `textless`: whether it had nothing to show
    */
-  private content(row: QueuedInbound, mail: ParsedMailSummary, fold: FoldedReply, parts: PreparedParts = noParts()): { content: Record<string, unknown>; cut: boolean } {
+  private content(
+    row: QueuedInbound,
+    mail: ParsedMailSummary,
+    fold: FoldedReply,
+    parts: PreparedParts = noParts(),
+  ): { content: Record<string, unknown>; cut: boolean; original: boolean; textless: boolean } {
     const isReply = row.replyToEventId !== null;
     // The folded text is not marked in the message: a Matrix reply to it would quote the mark
     // into the mail it sends. The whole mail follows as message.eml (see post()).
@@ -523,6 +574,10 @@ export class InboundPoster {
     if (row.deliveredTo) warnings.push(recipientLine(row.deliveredTo, row.recipientTag));
     if (!row.senderVerified) warnings.push(unverifiedWarning(row.sender, row.auth));
     if (mail.losses.length > 0) warnings.push(`⚠️ Parts of this mail could not be decoded (${mail.losses.join(", ")}); the original is attached as message.eml.`);
+    // The subject is shown on a new conversation only; cut there, it is whole in the original.
+    const subject = !isReply && mail.subject !== null ? showSubject(mail.subject) : null;
+    if (subject?.cut) warnings.push(cutSubjectWarning(subject.length));
+    const original = mail.losses.length > 0 || fold.folded || subject?.cut === true;
     if (row.spam && (row.spam.action === "add header" || row.spam.action === "rewrite subject")) {
       warnings.push(`⚠️ Possible spam (rspamd score ${row.spam.score.toFixed(1)} of ${row.spam.requiredScore.toFixed(1)})`);
     }
@@ -537,7 +592,15 @@ export class InboundPoster {
         content.body = `${warning}\n\n${String(content.body)}`;
         content.formatted_body = `<p><em>${escapeHtml(warning)}</em></p>${String(content.formatted_body)}`;
       }
-      if (Buffer.byteLength(JSON.stringify(content)) <= EVENT_JSON_BUDGET || round >= 6) return { content, cut: piece.cut || budget < this.opts.settings.maxTextBytes };
+      if (Buffer.byteLength(JSON.stringify(content)) <= EVENT_JSON_BUDGET || round >= 6) {
+        // Nothing to show: no blank event (an image-only HTML body still shows its image).
+        const textless = String(content.body).trim() === "" && !/<img\b/iu.test(String(content.formatted_body ?? ""));
+        if (textless) {
+          content.body = NO_TEXT;
+          content.formatted_body = `<em>${escapeHtml(NO_TEXT)}</em>`;
+        }
+        return { content, cut: piece.cut || budget < this.opts.settings.maxTextBytes, original, textless };
+      }
       budget = Math.floor(budget / 2); // escaping made it bigger than the text: try smaller
     }
   }
@@ -576,6 +639,7 @@ export class InboundPoster {
    *   API › End-to-end encryption › "Sending encrypted attachments")
    * @param uploaded the file's upload when it was uploaded already (an inline image the message
    *   does not show; never in an encrypted room)
+   * @returns the ID of the event posted: the file's, or the notice's naming it
    */
   private async postFile(
     row: QueuedInbound,
@@ -587,41 +651,30 @@ export class InboundPoster {
     relation: ThreadRelation | null,
     encrypted: boolean,
     uploaded?: InlineImage,
-  ): Promise<void> {
+  ): Promise<string> {
     const { matrix } = this.opts;
     const txnId = `meb-in-${row.id}-att-${index}`;
     const related = relation ? { "m.relates_to": relation } : {};
     const limit = await matrix.uploadLimitBytes();
     const size = Buffer.isBuffer(file.content) ? file.content.length : file.content.bytes;
-    const notice = async (why: string): Promise<void> => {
-      await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: "m.notice", body: `📎 ${file.filename} (${size} bytes) ${why}`, [AUTH_FIELD]: verdict, ...related }, txnId);
-    };
-    if (limit !== null && size > limit) {
-      await notice(`is larger than this homeserver's upload limit of ${limit} bytes and was not posted.`);
-      return;
-    }
+    const notice = (why: string): Promise<string> =>
+      matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: "m.notice", body: `📎 ${file.filename} (${size} bytes) ${why}`, [AUTH_FIELD]: verdict, ...related }, txnId);
+    if (limit !== null && size > limit) return notice(`is larger than this homeserver's upload limit of ${limit} bytes and was not posted.`);
     if (encrypted) {
       // Only the ciphertext reaches the media repository; the key goes in the encrypted event.
       // (Attachments are streamed only into rooms without encryption.)
       if (!Buffer.isBuffer(file.content)) throw new Error(`inbound mail ${row.id}: a streamed attachment cannot be encrypted`);
       const sealed = encryptFile(file.content);
       const stored = await this.uploadFile(row, ghost, roomId, { ...file, contentType: "application/octet-stream", content: sealed.ciphertext });
-      if ("refused" in stored) {
-        await notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
-        return;
-      }
+      if ("refused" in stored) return notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
       const mimetype = safeMimeType(file.contentType);
       const media = { msgtype: msgtypeOf(mimetype), body: file.filename, filename: file.filename, file: { ...sealed.file, url: stored.url }, info: { mimetype, size } };
-      await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { ...media, [AUTH_FIELD]: verdict, ...related }, txnId);
-      return;
+      return matrix.sendEvent(ghost.userId, roomId, "m.room.message", { ...media, [AUTH_FIELD]: verdict, ...related }, txnId);
     }
     const stored = uploaded ?? (await this.uploadFile(row, ghost, roomId, file));
-    if ("refused" in stored) {
-      await notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
-      return;
-    }
+    if ("refused" in stored) return notice(`could not be posted: the homeserver refused it (${stored.refused}).`);
     const { url, mimetype } = stored;
-    await matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: msgtypeOf(mimetype), body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict, ...related }, txnId);
+    return matrix.sendEvent(ghost.userId, roomId, "m.room.message", { msgtype: msgtypeOf(mimetype), body: file.filename, filename: file.filename, url, info: { mimetype, size }, [AUTH_FIELD]: verdict, ...related }, txnId);
   }
 
   /**

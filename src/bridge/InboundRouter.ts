@@ -41,6 +41,7 @@ import { parseMailboxCommand, type MailboxCommand, type Subscriptions } from "./
 import { Ghost } from "./Ghost.ts";
 import type { Contacts } from "./Contacts.ts";
 import type { MatrixActions } from "./ports.ts";
+import { continuableMessages, threadIdsOf } from "./threads.ts";
 import { getLogger } from "../util/logger.ts";
 
 const log = getLogger("bridge/inbound");
@@ -390,7 +391,7 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     // A mail without a Message-ID gets one derived from its content: a retry posts once.
     const messageId = mail.messageId ?? `${hash.slice(0, 32)}.derived@${ids.mailDomain}`;
     const participants = [...new Set([...mail.to, ...mail.cc].map((a) => safeNormalize(a.address, ids)).filter((a): a is string => a !== null))];
-    const threadIds = [mail.inReplyTo, ...[...mail.references].reverse()].filter((x): x is string => Boolean(x));
+    const threadIds = threadIdsOf(mail);
     const targets = new Map<string, NewInbound>();
     const members = new Map<string, Promise<string[]>>();
     const base = {
@@ -606,9 +607,8 @@ export class InboundRouter implements InboundHandler<Mailbox> {
     threadIds: string[],
     members: Map<string, Promise<string[]>>,
   ): Promise<Pick<NewInbound, "roomId" | "dmLocalUserId" | "replyToEventId">> {
-    for (const id of verified ? threadIds : []) {
-      for (const known of await this.opts.store.getMessagesByMessageId(id)) {
-        if (known.sender !== sender && !known.participants.includes(sender)) continue;
+    if (verified) {
+      for await (const known of continuableMessages(this.opts.store, threadIds, sender)) {
         if (mailbox.kind === "room" && known.roomId === mailbox.roomId) {
           return { roomId: known.roomId, dmLocalUserId: null, replyToEventId: known.eventId };
         }

@@ -28,6 +28,32 @@ export interface ThreadRelation extends ReplyRelation {
   is_falling_back: boolean;
 }
 
+/**
+ * The Message-IDs a mail's thread headers name, in the order a parent is looked for: In-Reply-To,
+ * then References newest first (RFC 5322 §3.6.4: the last of References is the parent), each
+ * once, at most {@link MAX_LOOKUPS} (a hostile References can name thousands).
+ */
+export function threadIdsOf(mail: { inReplyTo: string | null; references: readonly string[] }): string[] {
+  const ids = [mail.inReplyTo, ...[...mail.references].reverse()].filter((x): x is string => Boolean(x));
+  return [...new Set(ids)].slice(0, MAX_LOOKUPS);
+}
+
+/**
+ * The known messages a mail from `sender` may continue, in the order of `threadIds`: those whose
+ * sender or participants include `sender`. Knowing a Message-ID grants nothing: a message
+ * `sender` took no part in is skipped. The caller decides the rest (a verified sender only, the
+ * room, membership: bridge/InboundRouter.ts at DATA time, bridge/InboundPoster.ts when posting).
+ * @param threadIds from {@link threadIdsOf}
+ * @param sender the mail's normalized From address
+ */
+export async function* continuableMessages(store: Pick<BridgeStore, "getMessagesByMessageId">, threadIds: readonly string[], sender: string): AsyncGenerator<MessageRow> {
+  for (const id of threadIds) {
+    for (const known of await store.getMessagesByMessageId(id)) {
+      if (known.sender === sender || known.participants.includes(sender)) yield known;
+    }
+  }
+}
+
 /** The reply relation of a message replying to `parentEventId`. */
 export function replyRelation(parentEventId: string): ReplyRelation {
   return { "m.in_reply_to": { event_id: parentEventId } };

@@ -2,8 +2,10 @@
  * End to end, received mail reads natively in Matrix: in a room mailbox each email conversation
  * is a Matrix thread rooted at its first mail; in a DM a reply stays a rich reply; HTML nested
  * deeper than the spec's 100 levels is flattened without losing text; a link whose text names
- * another target shows the real one; an attachment's name loses bidi controls; a large attachment
- * arrives byte for byte. A real Synapse,
+ * another target shows the real one; an attachment's name loses bidi controls; a subject too long
+ * to show whole, or one that lost control characters, brings the original along as message.eml; a
+ * mail with nothing to show but a file posts the file alone; a large attachment arrives byte for
+ * byte. A real Synapse,
  * the bridge in-process on the embedded SQLite store, a real DNS server. What is asserted is what
  * a Matrix client reads through the Client-Server API.
  */
@@ -148,6 +150,44 @@ describe("received mail reads natively in Matrix (embedded SQLite store)", () =>
     const file = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && e.content.msgtype === "m.file");
     assert.equal(file.content.body, "invoicefdp.exe");
     assert.equal(file.content.filename, "invoicefdp.exe");
+  });
+
+  it("a cut subject brings the original along; a subject loses controls (named) and bidi overrides; a mail with only a file posts the file alone, and a reply threads on it", async () => {
+    // A 50 KB subject, folded: the event shows 500 characters, says so, and message.eml has the rest.
+    const words = Array.from({ length: 6000 }, (_, i) => `huge${i}`).join(" ");
+    const huge = rfc5322({ from: "carol@example.net", to: team, subject: words.replace(/(.{70}) /g, "$1\r\n "), messageId: newId("huge"), body: "huge subject" });
+    assert.match(await send(huge, "carol@example.net"), /^250 /);
+    const cut = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && String(e.content.body).endsWith("huge subject"));
+    const [line, shown] = String(cut.content.body).split("\n\n");
+    assert.equal(line, `✂️ The subject is too long to show here (${[...words].length} characters); the original is attached as message.eml.`);
+    assert.ok(shown!.startsWith("huge0 huge1") && shown!.endsWith("…"));
+    const eml = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && e.content.body === "message.eml" && e.origin_server_ts >= cut.origin_server_ts);
+    const [, server, media] = /^mxc:\/\/([^/]+)\/(.+)$/.exec(String(eml.content.url)) ?? [];
+    const res = await fetch(`${env.synapse.url}/_matrix/client/v1/media/download/${server}/${media}`, { headers: { authorization: `Bearer ${alice.accessToken}` } });
+    assert.ok((await res.text()).includes(`huge${5999}`), "message.eml holds the whole subject");
+
+    // NUL and a right-to-left override in the subject.
+    const nul = rfc5322({ from: "carol@example.net", to: team, subject: "Nul\u0000in =?utf-8?q?subject=E2=80=AEtxt.exe?=", messageId: newId("nul"), body: "nul subject" });
+    assert.match(await send(nul, "carol@example.net"), /^250 /);
+    const cleaned = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && String(e.content.body).endsWith("nul subject"));
+    assert.equal(
+      cleaned.content.body,
+      "⚠️ Parts of this mail could not be decoded (control characters in the subject); the original is attached as message.eml.\n\nNulin subject txt.exe\n\nnul subject",
+    );
+
+    // No subject, application/octet-stream, empty body: the file alone.
+    const fileOnly = newId("file-only");
+    const empty = ["From: carol@example.net", `To: ${team}`, "Date: Mon, 2 Nov 2026 10:00:00 +0000", `Message-ID: <${fileOnly}>`, "MIME-Version: 1.0", "Content-Type: application/octet-stream", "", ""].join("\r\n");
+    assert.match(await send(empty, "carol@example.net"), /^250 /);
+    const file = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && e.content.msgtype === "m.file" && e.content.body === "attachment-1");
+    assert.deepEqual((file.content.info as Record<string, unknown>).size, 0);
+    assert.equal((file.content["io.github.matrix-email-bridge.auth"] as { verified: boolean }).verified, true);
+    const blank = (await alice.getRoomMessages(roomId, { limit: 100 })).filter((e) => e.sender === CAROL && e.type === "m.room.message" && String(e.content.body ?? "").trim() === "");
+    assert.deepEqual(blank, [], "no blank text event");
+    // The file stands for the mail: a reply to it is a thread rooted at the file.
+    assert.match(await send(rfc5322({ from: "carol@example.net", to: team, subject: "Re: the scan", messageId: newId("file-re"), inReplyTo: fileOnly, references: [fileOnly], body: "Did the file arrive?" }), "carol@example.net"), /^250 /);
+    const reply = await alice.waitForEvent(roomId, (e) => e.sender === CAROL && String(e.content.body).includes("Did the file arrive?"));
+    assert.deepEqual(relation(reply), { rel_type: "m.thread", event_id: file.event_id, is_falling_back: true, "m.in_reply_to": { event_id: file.event_id } });
   });
 
   it("a 3 MiB attachment (a mail stored in chunks, the file streamed to the media repository) arrives byte for byte", async () => {

@@ -6,7 +6,8 @@
  * an MTA would, and also appears once. The bridge's retry delays are shortened through config
  * (`inbound.retry_base_ms`, `inbound.retry_max_ms`); the outage is not. Then a mail with a 3 MiB
  * attachment (stored in chunks, uploaded as a stream) is accepted while Synapse is down again,
- * and is posted once, byte for byte, when it is back.
+ * and is posted once, byte for byte, when it is back; a follow-up accepted right after it, before
+ * its parent could be posted, is posted in the parent's thread.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -107,6 +108,10 @@ describe("homeserver outage during a burst (PostgreSQL store)", () => {
     ].join("\r\n");
     await env.synapse.stopProcess();
     assert.match(await env.sendRaw(raw, { from: "bob@example.org", to: `team@${MAIL_DOMAIN}` }), /^250 /);
+    // Bob follows up before the first mail could be posted: at DATA time its parent is not in
+    // the room yet, so the reply finds it when it is posted.
+    const followUp = ["From: Bob <bob@example.org>", `To: team@${MAIL_DOMAIN}`, "Subject: Re: scan during the outage", "Message-ID: <outage-scan-2@example.org>", "In-Reply-To: <outage-scan@example.org>", "References: <outage-scan@example.org>", "", "Page 2 follows.", ""].join("\r\n");
+    assert.match(await env.sendRaw(followUp, { from: "bob@example.org", to: `team@${MAIL_DOMAIN}` }), /^250 /);
     // Several posting attempts fail against the stopped homeserver (retry_base_ms 500).
     await new Promise((r) => setTimeout(r, 5000));
     const [pending] = await env.bridge.store.listPendingInbound(10);
@@ -122,6 +127,9 @@ describe("homeserver outage during a burst (PostgreSQL store)", () => {
     while ((await env.bridge.store.listPendingInbound(10)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
     const events = (await alice.getRoomMessages(teamRoom, { limit: 200 })).filter((e) => e.sender === BOB);
     assert.equal(events.filter((e) => e.content.body === "scan.pdf").length, 1, "the file is posted once");
-    assert.equal(events.filter((e) => String(e.content.body).includes("The scan is attached.")).length, 1, "the message is posted once");
+    const message = events.filter((e) => String(e.content.body).includes("The scan is attached."));
+    assert.equal(message.length, 1, "the message is posted once");
+    const reply = events.find((e) => String(e.content.body).includes("Page 2 follows."));
+    assert.equal((reply?.content["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)?.event_id, message[0]!.event_id, "the follow-up is in the first mail's thread");
   });
 });

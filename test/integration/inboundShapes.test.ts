@@ -3,8 +3,9 @@
  * homeserver that records every upload and send in order: inline (`cid:`) images are uploaded
  * before the message that shows them and not posted again; images that cannot be shown inline
  * (over the upload limit, refused, cut away with the HTML) are posted after it; forwarded messages
- * and calendars are shown as blocks and posted once; a folded reply brings its original along;
- * automatic mail is a notice.
+ * and calendars are shown as blocks and posted once; a folded reply, a cut subject and a subject
+ * that lost control characters bring the original along; automatic mail is a notice; a mail with
+ * nothing to show but a file posts the file alone.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -14,6 +15,7 @@ import { join } from "node:path";
 import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
 import type { MatrixActions, MediaStream } from "../../src/bridge/ports.ts";
 import { decryptFile, type EncryptedFile } from "../../src/bridge/format/encryptedFile.ts";
+import { AUTH_FIELD } from "../../src/bridge/format/toMatrix.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
 import { SqlStore } from "../../src/store/SqlStore.ts";
@@ -413,16 +415,104 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     assert.equal(await postRow(posterOver(writer, matrix), writer, row.id, 200), "posted", "with the key back, it is posted");
   });
 
-  it("a subject of 50 KB (folded) is shown cut, so the event stays under the homeserver's size limit", async () => {
+  it("a subject of 50 KB (folded, or one line) is shown cut, so the event stays under the homeserver's size limit; a line says so and the original follows as message.eml", async () => {
     const words = Array.from({ length: 6000 }, (_, i) => `wörd${i}`).join(" ");
-    const raw = Buffer.from(
-      ["From: Bob <bob@example.org>", "To: <room@bridge.test>", `Subject: ${words.replace(/(.{70}) /g, "$1\r\n ")}`, "Message-ID: <huge-subject@example.org>", "MIME-Version: 1.0", "Content-Type: text/html; charset=utf-8", "", `<p>${"<b>bold</b> and more text ".repeat(800)}</p>`, ""].join("\r\n"),
-      "utf8",
+    const subjects = [
+      { header: words.replace(/(.{70}) /g, "$1\r\n "), length: [...words].length, start: "wörd0 wörd1 wörd2" },
+      { header: "s".repeat(50_000), length: 50_000, start: "sss" },
+    ];
+    for (const subject of subjects) {
+      const raw = Buffer.from(
+        ["From: Bob <bob@example.org>", "To: <room@bridge.test>", `Subject: ${subject.header}`, "Message-ID: <huge-subject@example.org>", "MIME-Version: 1.0", "Content-Type: text/html; charset=utf-8", "", `<p>${"<b>bold</b> and more text ".repeat(800)}</p>`, ""].join("\r\n"),
+        "utf8",
+      );
+      const ops = await post(raw);
+      const [message, eml, ...rest] = sends(ops);
+      assert.ok(Buffer.byteLength(JSON.stringify(message!.content)) < 60_000, `event of ${Buffer.byteLength(JSON.stringify(message!.content))} bytes`);
+      const [warning, shown] = String(message!.content.body).split("\n\n");
+      assert.equal(warning, `✂️ The subject is too long to show here (${subject.length} characters); the original is attached as message.eml.`);
+      assert.ok(String(message!.content.formatted_body).startsWith(`<p><em>${warning}</em></p><p><strong>${subject.start}`));
+      assert.ok(shown!.startsWith(subject.start) && shown!.endsWith("…"), shown!.slice(-40));
+      assert.equal([...shown!].length, 500);
+      assert.equal(eml!.content.body, "message.eml");
+      assert.deepEqual(rest, []);
+      const upload = ops.find((o): o is Extract<Op, { op: "upload" }> => o.op === "upload" && o.name === "message.eml");
+      assert.ok(upload?.data.equals(raw), "message.eml is the mail, whole subject and all");
+    }
+    // A reply does not show its subject: nothing is cut, nothing attached.
+    const reply = Buffer.from(`From: bob@example.org\r\nTo: team@bridge.test\r\nSubject: Re: ${"s".repeat(5000)}\r\n\r\nYes.\r\n`);
+    assert.deepEqual(
+      sends(await post(reply, { over: { replyToEventId: "$root" } })).map((s) => s.content.body),
+      ["Yes."],
     );
-    const [message] = sends(await post(raw));
-    assert.ok(Buffer.byteLength(JSON.stringify(message!.content)) < 60_000, `event of ${Buffer.byteLength(JSON.stringify(message!.content))} bytes`);
-    const firstLine = String(message!.content.body).split("\n")[0]!;
-    assert.ok(firstLine.startsWith("wörd0 wörd1 wörd2") && firstLine.endsWith("…"), firstLine.slice(-40));
+  });
+
+  it("the subject loses control characters (named in the loss line, the original attached) and bidi controls (as names lose them); a bare CR in the text is a line break", async () => {
+    const mail = (subject: string, body = "Hello.") => Buffer.from(`From: bob@example.org\r\nTo: team@bridge.test\r\nSubject: ${subject}\r\n\r\n${body}\r\n`, "utf8");
+    const nul = sends(await post(mail("Nul\u0000in subject")));
+    assert.deepEqual(
+      nul.map((s) => s.content.body),
+      ["⚠️ Parts of this mail could not be decoded (control characters in the subject); the original is attached as message.eml.\n\nNulin subject\n\nHello.", "message.eml"],
+    );
+    assert.ok(!JSON.stringify(nul[0]!.content).includes("\\u0000"), "no NUL in the event");
+
+    // A right-to-left override (raw UTF-8, or an encoded word) is dropped from the shown subject, as from names; nothing else is lost.
+    for (const subject of ["Invoice \u202efdp.exe", "Invoice =?utf-8?q?=E2=80=AEfdp.exe?="]) {
+      const rlo = sends(await post(mail(subject)));
+      assert.deepEqual(
+        rlo.map((s) => [s.content.body, s.content.formatted_body]),
+        [["Invoice fdp.exe\n\nHello.", "<p><strong>Invoice fdp.exe</strong></p>Hello."]],
+        subject,
+      );
+    }
+
+    // A bare CR (here from base64) is a line end, as a mail client shows it: no loss, no message.eml.
+    const cr = Buffer.from(`From: bob@example.org\r\nTo: team@bridge.test\r\nSubject: Lines\r\nContent-Transfer-Encoding: base64\r\n\r\n${Buffer.from("one\rtwo\r\rthree").toString("base64")}\r\n`);
+    assert.deepEqual(
+      sends(await post(cr)).map((s) => [s.content.body, s.content.formatted_body]),
+      [["Lines\n\none\ntwo\n\nthree", "<p><strong>Lines</strong></p>one<br>two<br><br>three"]],
+    );
+  });
+
+  it("a mail with nothing to show but a file posts the file alone, as the mail's event; a reply, an automatic mail and a mail without files say (no text); a subject or a warning is still posted", async () => {
+    const octet = (headers = "") =>
+      Buffer.from(`From: bob@example.org\r\nTo: team@bridge.test\r\nMIME-Version: 1.0\r\n${headers}Content-Type: application/octet-stream\r\n\r\n`);
+    const roomId = "!files-only:hs.test";
+    const ops = await post(octet(), { over: { roomId } });
+    const [file, ...more] = sends(ops);
+    assert.deepEqual(more, [], "no blank text event");
+    assert.equal(file!.content.msgtype, "m.file");
+    assert.equal(file!.content.body, "attachment-1");
+    assert.deepEqual(file!.content.info, { mimetype: "application/octet-stream", size: 0 });
+    assert.equal((file!.content[AUTH_FIELD] as { verified: boolean }).verified, true, "the file carries the verdict");
+    assert.match(String(file!.txnId), /^meb-in-\d+-att-0$/);
+    // The file stands for the mail: its event is mapped to the Message-ID and recorded as posted.
+    const eventId = `$event${ops.indexOf(file!)}`;
+    assert.ok(await defaultStore.getMessageByEvent(roomId, eventId), "mapped for replies");
+    assert.equal((await defaultStore.getInboundByEvent(roomId, eventId))?.state, "posted");
+
+    const shown = async (raw: Buffer, over: Partial<NewInbound> = {}) => sends(await post(raw, { over })).map((s) => [s.content.msgtype, s.content.body, s.content.formatted_body, s.content["m.relates_to"]]);
+    // Nothing at all: the mail still has its event.
+    assert.deepEqual(await shown(Buffer.from("From: bob@example.org\r\nTo: team@bridge.test\r\n\r\n")), [["m.text", "(no text)", "<em>(no text)</em>", undefined]]);
+    // A reply: its event carries the relation; the file follows.
+    assert.deepEqual(await shown(octet(), { replyToEventId: "$root" }), [
+      ["m.text", "(no text)", "<em>(no text)</em>", { "m.in_reply_to": { event_id: "$root" } }],
+      ["m.file", "attachment-1", undefined, undefined],
+    ]);
+    // An automatic mail: its event is the notice.
+    assert.deepEqual(await shown(octet("Auto-Submitted: auto-generated\r\n")), [
+      ["m.notice", "(no text)", "<em>(no text)</em>", undefined],
+      ["m.file", "attachment-1", undefined, undefined],
+    ]);
+    // A subject and no body: the subject is posted, as before.
+    const subjectOnly = await shown(octet("Subject: The scan\r\n"));
+    assert.equal(subjectOnly.length, 2);
+    assert.equal(String(subjectOnly[0]![1]).trim(), "The scan");
+    // An unverified sender: the warning line is the text.
+    const unverified = await shown(octet(), { senderVerified: false, auth: { spf: "fail", dkim: "none", dmarc: "fail", arc: "none", verified: false } });
+    assert.equal(unverified.length, 2);
+    assert.match(String(unverified[0]![1]), /^⚠️ Unverified sender: this mail claims to be from bob@example\.org/u);
+    assert.doesNotMatch(String(unverified[0]![1]), /no text/);
   });
 
   it("automatic mail is a notice: Auto-Submitted (not `no`), Precedence bulk/list/junk, the null reverse-path", async () => {

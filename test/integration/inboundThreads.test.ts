@@ -152,6 +152,46 @@ describe("inbound poster: replies in room mailboxes are threads", () => {
     }
   });
 
+  it("a reply that reached the queue before its parent was posted (routed without a parent) answers it once the parent is posted; a stranger's and an unverified sender's do not", async () => {
+    for (const kind of ["group", "mailbox"] as const) {
+      const roomId = `!late-${kind}:hs.test`;
+      await store.upsertPortal({ roomId, kind, localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
+      // The parent, posted by now: Carol's mail to the room, with Bob among its recipients.
+      await store.insertMessage({ roomId, eventId: `$parent-${kind}`, messageId: `parent-${kind}@example.org`, references: [], direction: "inbound", sender: "carol@example.org", subject: "Plans", participants: ["bob@example.org"], viaList: false });
+      const cases = [
+        { sender: "bob@example.org", verified: true, expect: `$parent-${kind}` },
+        { sender: "mallory@example.org", verified: true, expect: null },
+        { sender: "bob@example.org", verified: false, expect: null },
+      ];
+      for (const [i, c] of cases.entries()) {
+        const matrix = fakeHomeserver(new Set());
+        const poster = new InboundPoster({
+          store,
+          matrix,
+          ids: IDS,
+          botDisplayName: "Email bridge",
+          settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
+          notices: { post: async () => Promise.reject(new Error("no notice expected")) },
+          onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
+          pollMs: 50,
+        });
+        const messageId = `late-${kind}-${i}@example.org`;
+        const raw = Buffer.from(`From: ${c.sender}\r\nTo: x@bridge.test\r\nSubject: Re: Plans\r\nMessage-ID: <${messageId}>\r\nIn-Reply-To: <parent-${kind}@example.org>\r\n\r\nCount me in.\r\n`);
+        const { row } = await store.insertInbound(
+          newInbound({ roomId, replyToEventId: null, messageId, contentHash: messageId, sender: c.sender, senderVerified: c.verified, auth: { spf: "pass", dkim: "none", dmarc: "pass", arc: "none", verified: c.verified }, raw }),
+        );
+        if (kind === "group") {
+          // A group portal posts only for a ghost that is in the room (stillMember).
+          (matrix as { stateContent: unknown }).stateContent = async () => ({ membership: "join" });
+        }
+        assert.equal(await postRow(poster, store, row.id), "posted");
+        const rel = matrix.sends[0]!.content["m.relates_to"] as { event_id?: string; "m.in_reply_to"?: { event_id: string } } | undefined;
+        assert.equal(rel?.["m.in_reply_to"]?.event_id ?? null, c.expect, `${kind}: ${c.sender} verified=${c.verified}`);
+        if (c.expect && kind === "mailbox") assert.equal(rel?.event_id, c.expect, "a thread in the room mailbox");
+      }
+    }
+  });
+
   it("a thread the homeserver refuses (its root is itself in a thread) is posted as a rich reply", async () => {
     const { sends, rowId } = await postReply("mailbox", "!mb2:hs.test", { eventId: "$inThread", messageId: "t@bridge.test", references: [] }, new Set(["$inThread"]));
     assert.equal(sends.length, 1);

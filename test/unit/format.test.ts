@@ -1,6 +1,6 @@
 import { it } from "node:test";
 import assert from "node:assert/strict";
-import { MAX_SHOWN_SUBJECT_CHARS, mailToMatrix, shownSubject } from "../../src/bridge/format/toMatrix.ts";
+import { MAX_SHOWN_SUBJECT_CHARS, cutSubjectWarning, mailToMatrix, showSubject, shownSubject } from "../../src/bridge/format/toMatrix.ts";
 import { matrixToMail, stripReplyFallback, unpillHtml } from "../../src/bridge/format/toMail.ts";
 
 it("strips the rich-reply fallback from replies only", () => {
@@ -71,4 +71,30 @@ it("shownSubject: folding made one space; a subject longer than the limit is cut
   assert.equal(shownSubject("😀".repeat(5), 3), "😀😀…");
   const content = mailToMatrix({ subject: "x ".repeat(40_000), text: "hi", html: null }, true);
   assert.ok(Buffer.byteLength(JSON.stringify(content)) < 4000, "a huge subject does not make a huge event");
+});
+
+it("showSubject: says when it cut and how long the subject is; a 50 KB one-line subject too", () => {
+  assert.deepEqual(showSubject("  Tea   party "), { text: "Tea party", cut: false, length: 9 });
+  const one = showSubject("s".repeat(50_000));
+  assert.equal(one.cut, true);
+  assert.equal(one.length, 50_000);
+  assert.equal(one.text, `${"s".repeat(MAX_SHOWN_SUBJECT_CHARS - 1)}…`);
+  const exact = showSubject("s".repeat(MAX_SHOWN_SUBJECT_CHARS));
+  assert.equal(exact.cut, false, "a subject of exactly the limit is whole");
+  assert.equal(cutSubjectWarning(50_000), "✂️ The subject is too long to show here (50000 characters); the original is attached as message.eml.");
+});
+
+it("shownSubject: controls and bidi controls go as they go from display names; ZWNJ, ZWJ and emoji sequences stay", () => {
+  assert.equal(shownSubject("Nul\u0000in \u001b[31msubject\u009b"), "Nul in [31msubject");
+  // RLO, PDF, LRI..PDI, LRE: gone (CVE-2021-42574); the text reads in its own order.
+  assert.equal(shownSubject("invoice\u202efdp.exe"), "invoice fdp.exe");
+  assert.equal(shownSubject("\u2066Pay\u2069 \u202anow\u202c"), "Pay now");
+  assert.equal(shownSubject("\u202e\u2067 \u200b"), "", "nothing printable left");
+  assert.equal(shownSubject("Team \u{1F469}\u200d\u{1F4BB} news"), "Team \u{1F469}\u200d\u{1F4BB} news", "ZWJ sequence kept");
+  assert.equal(shownSubject("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"), "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "ZWNJ in Persian kept");
+  assert.equal(shownSubject("\u200d Hi \u200c"), "Hi", "joiners at the ends are trimmed");
+  // The subject line of the event is the cleaned one.
+  const content = mailToMatrix({ subject: "Pay\u202e now\u0007", text: "hi", html: null }, true);
+  assert.equal(content.body, "Pay now\n\nhi");
+  assert.equal(content.formatted_body, "<p><strong>Pay now</strong></p>hi");
 });

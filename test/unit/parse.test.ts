@@ -238,6 +238,35 @@ test("a message that is only headers parses to an empty body", async () => {
   assert.equal(m.subject, "empty");
 });
 
+test("the subject loses C0/C1 controls and DEL as the body does, named in losses; whitespace and bidi characters are left to the bridge", async () => {
+  const mail = (subject: string) => Buffer.from(`From: a@example.org\r\nSubject: ${subject}\r\n\r\nHello.\r\n`, "utf8");
+  const nul = await parseMail(mail("Nul\u0000in subject"));
+  assert.equal(nul.subject, "Nulin subject");
+  assert.deepEqual(nul.losses, ["control characters in the subject"]);
+  // From encoded words too: ESC, DEL, a C1 control (U+009B CSI); CRLF and NEL are line ends (LF), not losses.
+  const encoded = await parseMail(mail("=?utf-8?q?a=1Bb=7Fc=C2=9Bd_e=0D=0Af=C2=85g?="));
+  assert.equal(encoded.subject, "abcd e\nf\ng");
+  assert.deepEqual(encoded.losses, ["control characters in the subject"]);
+  // A clean subject, and one with only a bidi override (cleaned where it is shown, bridge/format/toMatrix.ts), lose nothing.
+  for (const subject of ["Grüße \t aus München", "=?utf-8?q?invoice=E2=80=AEfdp.exe?="]) assert.deepEqual((await parseMail(mail(subject))).losses, [], subject);
+  assert.equal((await parseMail(mail("=?utf-8?q?invoice=E2=80=AEfdp.exe?="))).subject, "invoice\u202efdp.exe");
+});
+
+test("body line ends: a bare CR and NEL become LF (no loss); C0 and C1 controls are removed and named in losses", async () => {
+  const mail = (text: string, charset = "utf-8") =>
+    Buffer.from(`From: a@example.org\r\nSubject: x\r\nContent-Type: text/plain; charset=${charset}\r\nContent-Transfer-Encoding: base64\r\n\r\n${Buffer.from(text, "utf8").toString("base64")}\r\n`);
+  const cr = await parseMail(mail("one\rtwo\r\nthree\r\rfour\u0085five"));
+  assert.equal(cr.text, "one\ntwo\nthree\n\nfour\nfive");
+  assert.deepEqual(cr.losses, []);
+  const controls = await parseMail(mail("bell\u0007 esc\u001b[31m csi\u009b nul\u0000 tab\tkept"));
+  assert.equal(controls.text, "bell esc[31m csi nul tab\tkept");
+  assert.deepEqual(controls.losses, ["control characters"]);
+  // HTML: line ends made LF, controls removed (the text made from it names the loss).
+  const html = await parseMail(Buffer.from(`From: a@example.org\r\nSubject: x\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n${Buffer.from("<p>a\rb\u0000c</p>").toString("base64")}\r\n`));
+  assert.equal(html.html, "<p>a\nbc</p>");
+  assert.deepEqual(html.losses, ["control characters"]);
+});
+
 test("extractMessageIds handles brackets, folding, missing brackets", () => {
   assert.deepEqual(extractMessageIds("<a@b>"), ["a@b"]);
   assert.deepEqual(extractMessageIds(" <a@b>\r\n\t<c@d><e@f> "), ["a@b", "c@d", "e@f"]);

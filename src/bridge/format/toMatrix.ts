@@ -3,6 +3,7 @@
  * verdict field, and the limits of one event (text cut at a marker).
  */
 import { escapeHtml } from "./html.ts";
+import { cleanDisplayName } from "../Ghost.ts";
 import type { AuthFields } from "../../store/Store.ts";
 
 /**
@@ -59,20 +60,71 @@ export function cutText(text: string, maxBytes: number): { text: string; cut: bo
  * Longest subject shown in Matrix, in characters (code points). A subject has no length limit
  * in RFC 5322 (folded, it can fill the whole header section); shown whole in the message, the
  * contact request or the invite preview it could make the event larger than a homeserver takes
- * (65,536 bytes, Client-Server API "Size limits"). The mail attached as `.eml` keeps it whole.
+ * (65,536 bytes, Client-Server API "Size limits"). The mail attached as `.eml` keeps it whole:
+ * a posted mail whose subject is cut brings its original along as `message.eml`, with a line
+ * saying so ({@link cutSubjectWarning}; bridge/InboundPoster.ts).
  */
 export const MAX_SHOWN_SUBJECT_CHARS = 500;
 
 /**
- * A subject (or another header text) as shown in Matrix: runs of whitespace (folding) made one
- * space, trimmed, cut to `max` characters with `…` when longer.
+ * ZWNJ and ZWJ (U+200C, U+200D): invisible, but part of how words of Persian and Indic scripts
+ * and emoji sequences (`👩‍💻`) are written. The name cleaner ({@link cleanDisplayName}) makes them
+ * spaces; a subject keeps them. The split keeps each one as a piece of its own (capturing group).
+ */
+const JOINERS = /([\u200c\u200d])/u;
+
+/** A subject as {@link showSubject} shows it, and whether anything of it is not shown. */
+export interface ShownSubject {
+  /** The text shown: cleaned, one line, at most `max` characters (code points), `…` at its end when cut. */
+  text: string;
+  /** Whether the cleaned subject was longer than `max` characters and was cut. */
+  cut: boolean;
+  /** Length of the cleaned subject before any cut, in characters (code points). */
+  length: number;
+}
+
+/**
+ * A subject (or another header text) as shown in Matrix: cleaned as display names are
+ * ({@link cleanDisplayName}: controls, bidi controls U+202A–U+202E and U+2066–U+2069, LRM, RLM,
+ * ALM, zero-width and other invisible format characters become spaces; NFC), but keeping ZWNJ
+ * and ZWJ ({@link JOINERS}); runs of whitespace (folding) made one space, trimmed; cut to `max`
+ * characters with `…` when longer.
+ * @param subject the header's text, encoded words decoded
+ * @param max most characters (code points) kept, the `…` included
+ * @returns the shown text, whether it was cut, and the cleaned subject's length
+ */
+export function showSubject(subject: string, max = MAX_SHOWN_SUBJECT_CHARS): ShownSubject {
+  const pieces = subject.split(JOINERS).map((piece, i) => (i % 2 === 1 ? piece : (cleanDisplayName(piece, Infinity) ?? "")));
+  const one = pieces.join("").replace(/^[\s\u200c\u200d]+|[\s\u200c\u200d]+$/gu, "");
+  const chars = [...one];
+  if (chars.length <= max) return { text: one, cut: false, length: chars.length };
+  return { text: `${chars.slice(0, max - 1).join("").trimEnd()}…`, cut: true, length: chars.length };
+}
+
+/**
+ * The text of {@link showSubject}: a subject (or another header text) as shown in Matrix.
  * @param max most characters (code points) kept, the `…` included
  */
 export function shownSubject(subject: string, max = MAX_SHOWN_SUBJECT_CHARS): string {
-  const one = subject.replace(/\s+/gu, " ").trim();
-  const chars = [...one];
-  return chars.length <= max ? one : `${chars.slice(0, max - 1).join("").trimEnd()}…`;
+  return showSubject(subject, max).text;
 }
+
+/**
+ * The warning line above a mail whose subject was cut ({@link MAX_SHOWN_SUBJECT_CHARS}): the
+ * whole subject is in the original, posted as `message.eml`.
+ * @param length the subject's length, in characters (code points)
+ */
+export function cutSubjectWarning(length: number): string {
+  return `✂️ The subject is too long to show here (${length} characters); the original is attached as message.eml.`;
+}
+
+/**
+ * The text of a mail's message event when the mail has nothing to show in it (no subject shown,
+ * no text, no warning line) but the event must still be posted: it is a reply (the event carries
+ * the reply relation), an automatic mail (the event is the `m.notice`), or a mail with no file
+ * either. A mail whose files can carry it posts no message event (bridge/InboundPoster.ts).
+ */
+export const NO_TEXT = "(no text)";
 
 /** A parsed mail, as far as posting it into Matrix needs. */
 export interface InboundText {

@@ -71,13 +71,20 @@ export interface ParsedMail {
   to: MailAddress[];
   /** Mailboxes of Cc (groups flattened). */
   cc: MailAddress[];
-  /** Subject with encoded words decoded; null when the header is missing. */
+  /**
+   * Subject with encoded words decoded, control characters removed as from `text` (a removal is
+   * named in `losses`); null when the header is missing.
+   */
   subject: string | null;
   /** Date header; null when missing or unparseable. */
   date: Date | null;
   /** The Date header as written (unfolded, trimmed), for showing it; null when missing. */
   dateHeader: string | null;
-  /** Plain body: the text/plain parts, or the HTML converted to text when there are none; "" when no body. */
+  /**
+   * Plain body: the text/plain parts, or the HTML converted to text when there are none; "" when
+   * no body. Line ends are LF (a bare CR and NEL too); C0 controls but TAB and LF, DEL and C1
+   * controls are removed (named in `losses`).
+   */
   text: string;
   /** HTML body as the mail has it (untrusted: the bridge sanitizes it before posting); null when the mail has no HTML. */
   html: string | null;
@@ -92,8 +99,8 @@ export interface ParsedMail {
   attachments: MailAttachment[];
   /**
    * What could not be decoded, one phrase each ("undecodable characters", "control
-   * characters", "undecodable characters in the header fields"): the text is posted, but the
-   * original should go with it. Empty for a clean mail.
+   * characters", "undecodable characters in the header fields", "control characters in the
+   * subject"): the text is posted, but the original should go with it. Empty for a clean mail.
    */
   losses: string[];
   /**
@@ -103,9 +110,34 @@ export interface ParsedMail {
   unreadable: string | null;
 }
 
-/** C0 controls other than TAB, LF, CR, and DEL: never part of readable text. */
+/**
+ * Line ends other than LF: CRLF, a bare CR and NEL (U+0085 NEXT LINE). RFC 5322 §2.3 allows CR
+ * in a body only before LF, but a bare CR still arrives (old Mac text, base64 or
+ * quoted-printable `=0D`); mail clients show it as a line end (HTML, which webmail renders text
+ * in, reads a bare CR as LF: HTML Living Standard §13.2.3.5 "Preprocessing the input stream").
+ * Unicode §5.8 counts NEL as a line end too. They become LF.
+ */
+const LINE_END_RE = /\r\n?|\u0085/gu;
+
+/**
+ * C0 controls other than TAB and LF, DEL, and C1 controls (U+0080–U+009F): never part of readable
+ * text. Applied after {@link LINE_END_RE}, so no CR or NEL is left for it to take.
+ */
 // eslint-disable-next-line no-control-regex
-const CONTROL_RE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/g;
+const CONTROL_RE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/gu;
+
+/**
+ * Text as the bridge posts it: line ends made LF ({@link LINE_END_RE}), controls removed
+ * ({@link CONTROL_RE}).
+ * @param text decoded text (a body, or a header's text)
+ * @returns the cleaned text, and whether a control character was removed (line ends made LF do
+ *   not count: nothing of them is lost)
+ */
+function cleanText(text: string): { text: string; stripped: boolean } {
+  const lines = text.replace(LINE_END_RE, "\n");
+  const stripped = lines.search(CONTROL_RE) >= 0;
+  return { text: stripped ? lines.replace(CONTROL_RE, "") : lines, stripped };
+}
 
 /** Why the top-level MIME structure cannot be read, or null (RFC 2046 §5.1.1: a multipart needs a boundary that occurs). */
 function unreadableStructure(mail: MailparserMail, raw: Buffer): string | null {
@@ -399,6 +431,7 @@ function collect(content: Readable, capacity = 0): Promise<Buffer> {
  * encoding-japanese). Header text a legacy client wrote as raw 8-bit bytes (Subject, the From
  * display name, file names) is decoded in the charset the message names for its text
  * (mail/inbound/charsets.ts). What still does not decode is U+FFFD and is named in `losses`.
+ * Bodies and the subject lose control characters, named in `losses` too; their line ends become LF.
  *
  * With `{ attachments: "metadata" }` the attachments are decoded only to be counted (name,
  * type, size): nothing of their content is kept. That is the parse made at DATA time
@@ -502,8 +535,9 @@ function summarize(mail: MailparserMail, attachments: MailAttachmentInfo[], raw:
   const losses: string[] = [];
   // U+FFFD is what the decoders put where bytes did not decode (bad base64, unknown charset).
   if (decoded.includes("\uFFFD") || htmlRaw?.includes("\uFFFD")) losses.push("undecodable characters");
-  if (decoded.search(CONTROL_RE) >= 0) losses.push("control characters");
-  const text = decoded.replace(CONTROL_RE, "");
+  const body = cleanText(decoded);
+  if (body.stripped) losses.push("control characters");
+  const text = body.text;
 
   // Raw 8-bit header text in a legacy charset (see mail/inbound/charsets.ts).
   let subject = mail.subject ?? null;
@@ -517,6 +551,13 @@ function summarize(mail: MailparserMail, attachments: MailAttachmentInfo[], raw:
   }
   const headerText = [subject ?? "", from?.name ?? "", ...attachments.map((a) => a.filename ?? "")];
   if (headerText.some((t) => t.includes("\uFFFD"))) losses.push("undecodable characters in the header fields");
+  // The subject loses controls as the body does (a NUL or an ESC, raw or from an encoded word).
+  // Display names and file names are cleaned where they are shown (bridge/Ghost.ts, bridge/InboundPoster.ts).
+  if (subject !== null) {
+    const cleaned = cleanText(subject);
+    if (cleaned.stripped) losses.push("control characters in the subject");
+    subject = cleaned.text;
+  }
 
   return {
     messageId: messageIdRaw ? (extractMessageIds(messageIdRaw)[0] ?? null) : null,
@@ -530,7 +571,7 @@ function summarize(mail: MailparserMail, attachments: MailAttachmentInfo[], raw:
     date: date && !Number.isNaN(date.getTime()) ? date : null,
     dateHeader: dateRaw || null,
     text,
-    html: htmlRaw === null ? null : htmlRaw.replace(CONTROL_RE, ""),
+    html: htmlRaw === null ? null : cleanText(htmlRaw).text,
     autoSubmitted,
     precedence,
     losses,
