@@ -247,7 +247,7 @@ export class RawClient {
    * @throws AssertionError when STARTTLS is not answered 220; the TLS error when the handshake fails
    */
   async startTls(): Promise<tls.PeerCertificate> {
-    assert.deepEqual(await this.command("STARTTLS"), ["220 Ready to start TLS"]);
+    assert.deepEqual(await this.command("STARTTLS"), ["220 2.0.0 Ready to start TLS"]);
     this.socket.removeAllListeners("data");
     const secure = tls.connect({ socket: this.socket, rejectUnauthorized: false });
     await new Promise<void>((resolve, reject) => {

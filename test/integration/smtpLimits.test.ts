@@ -26,8 +26,8 @@ function logged(msg: string): Record<string, unknown>[] {
 
 /** One complete transaction on an open, greeted session; returns the reply to the final dot. */
 async function transaction(c: RawClient, message: string | Buffer, to = "room@bridge.test", from = "alice@example.org"): Promise<string[]> {
-  assert.deepEqual(await c.command(`MAIL FROM:<${from}>`), ["250 Accepted"]);
-  assert.deepEqual(await c.command(`RCPT TO:<${to}>`), ["250 Accepted"]);
+  assert.deepEqual(await c.command(`MAIL FROM:<${from}>`), ["250 2.1.0 Accepted"]);
+  assert.deepEqual(await c.command(`RCPT TO:<${to}>`), ["250 2.1.5 Accepted"]);
   assert.deepEqual(await c.command("DATA"), ["354 End data with <CR><LF>.<CR><LF>"]);
   c.write(typeof message === "string" ? message : message.toString("latin1"));
   c.write("\r\n.\r\n");
@@ -107,6 +107,33 @@ describe("connection limits (421 4.7.0)", () => {
   });
 });
 
+describe("smtp-server's own client limit (backstop at 2 × max_clients + 100 sockets)", () => {
+  test("its 421 carries an enhanced code too", async () => {
+    const handler = new RecordingHandler();
+    const { listener, port } = await startSmtpListener(handler, { max_clients: 1, max_connections_per_ip: 1000 });
+    const clients: RawClient[] = [];
+    try {
+      // 110 sockets at once, all open before the first is greeted (100 ms early-talker wait): the
+      // ones past 102 meet smtp-server's check, the first 102 the listener's (one greeted).
+      clients.push(...(await Promise.all(Array.from({ length: 110 }, () => RawClient.open(port)))));
+      const first = (await Promise.all(clients.map((c) => c.reply()))).map((r) => r.join("\n"));
+      const counts = new Map<string, number>();
+      for (const r of first) counts.set(r, (counts.get(r) ?? 0) + 1);
+      const backstop = "421 4.4.2 mx.bridge.test Too many connected clients, try again in a moment";
+      assert.deepEqual(
+        new Set(counts.keys()),
+        new Set(["220 mx.bridge.test ESMTP matrix-email-bridge", "421 4.7.0 too many connections, try again later", backstop]),
+        JSON.stringify([...counts]),
+      );
+      assert.equal(counts.get("220 mx.bridge.test ESMTP matrix-email-bridge"), 1);
+      assert.ok((counts.get(backstop) ?? 0) >= 1);
+    } finally {
+      for (const c of clients) c.close();
+      await listener.close();
+    }
+  });
+});
+
 describe("message rate limits (451 4.7.1 at MAIL FROM)", () => {
   test("per client IP per window", async () => {
     const handler = new RecordingHandler();
@@ -115,11 +142,11 @@ describe("message rate limits (451 4.7.1 at MAIL FROM)", () => {
     try {
       await c.hello();
       for (let i = 0; i < 2; i++) {
-        assert.deepEqual(await c.command("MAIL FROM:<a@example.org>"), ["250 Accepted"]);
-        assert.deepEqual(await c.command("RSET"), ["250 Flushed"]);
+        assert.deepEqual(await c.command("MAIL FROM:<a@example.org>"), ["250 2.1.0 Accepted"]);
+        assert.deepEqual(await c.command("RSET"), ["250 2.0.0 Flushed"]);
       }
       assert.deepEqual(await c.command("MAIL FROM:<b@example.net>"), ["451 4.7.1 too many messages from 127.0.0.1, try again later"]);
-      assert.deepEqual(await c.command("RCPT TO:<room@bridge.test>"), ["503 Error: need MAIL command"]);
+      assert.deepEqual(await c.command("RCPT TO:<room@bridge.test>"), ["503 5.5.1 Error: need MAIL command"]);
     } finally {
       c.close();
     }
@@ -137,13 +164,13 @@ describe("message rate limits (451 4.7.1 at MAIL FROM)", () => {
     try {
       await c.hello();
       for (const from of ["a@example.org", "b@EXAMPLE.org"]) {
-        assert.deepEqual(await c.command(`MAIL FROM:<${from}>`), ["250 Accepted"]);
-        assert.deepEqual(await c.command("RSET"), ["250 Flushed"]);
+        assert.deepEqual(await c.command(`MAIL FROM:<${from}>`), ["250 2.1.0 Accepted"]);
+        assert.deepEqual(await c.command("RSET"), ["250 2.0.0 Flushed"]);
       }
       assert.deepEqual(await c.command("MAIL FROM:<c@example.org>"), ["451 4.7.1 too many messages from senders at example.org, try again later"]);
-      assert.deepEqual(await c.command("MAIL FROM:<c@example.net>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RSET"), ["250 Flushed"]);
-      assert.deepEqual(await c.command("MAIL FROM:<>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("MAIL FROM:<c@example.net>"), ["250 2.1.0 Accepted"]);
+      assert.deepEqual(await c.command("RSET"), ["250 2.0.0 Flushed"]);
+      assert.deepEqual(await c.command("MAIL FROM:<>"), ["250 2.1.0 Accepted"]);
     } finally {
       c.close();
       await listener.close();
@@ -239,7 +266,7 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
     const c = await RawClient.open(port);
     try {
       await c.hello();
-      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 2.1.0 Accepted"]);
       // Pipelined (RFC 2920), in batches so the test stays bounded.
       const replies: string[] = [];
       for (let batch = 0; batch < 12; batch++) {
@@ -247,7 +274,7 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
         for (let i = 0; i < 100; i++) replies.push(...(await c.reply()));
       }
       assert.equal(replies.length, 1200);
-      assert.deepEqual(replies.slice(0, 100), Array(100).fill("250 Accepted"));
+      assert.deepEqual(replies.slice(0, 100), Array(100).fill("250 2.1.5 Accepted"));
       assert.deepEqual(new Set(replies.slice(100)), new Set(["452 4.5.3 too many recipients, at most 100 per message"]));
       assert.deepEqual(await c.command("DATA"), ["354 End data with <CR><LF>.<CR><LF>"]);
       c.write(SIMPLE + "\r\n.\r\n");
@@ -272,7 +299,7 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
       const refusal = ["550 5.1.1 <nobody@bridge.test>: no such mailbox here"];
       assert.deepEqual(await c.command("RCPT TO:<nobody@bridge.test>"), refusal);
       assert.deepEqual(await c.command("RCPT TO:<nobody@BRIDGE.test>"), refusal);
-      assert.deepEqual(await c.command("RCPT TO:<room@bridge.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<room@bridge.test>"), ["250 2.1.5 Accepted"]);
       assert.deepEqual(await c.command("RCPT TO:<other@bridge.test>"), ["452 4.5.3 too many recipients, at most 3 per message"]);
       assert.deepEqual(await c.command("DATA"), ["354 End data with <CR><LF>.<CR><LF>"]);
       c.write(SIMPLE + "\r\n.\r\n");
@@ -295,10 +322,10 @@ describe("recipients: every RCPT counts, each distinct address is resolved once"
     try {
       await c.hello();
       await c.command("MAIL FROM:<>");
-      assert.deepEqual(await c.command("RCPT TO:<room@bridge.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<room@bridge.test>"), ["250 2.1.5 Accepted"]);
       assert.deepEqual(await c.command("RCPT TO:<other@bridge.test>"), ["452 4.5.3 too many recipients, at most 1 per message"]);
-      assert.deepEqual(await c.command("RCPT TO:<Postmaster>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RCPT TO:<POSTMASTER@Bridge.Test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<Postmaster>"), ["250 2.1.5 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<POSTMASTER@Bridge.Test>"), ["250 2.1.5 Accepted"]);
       // Past the limit, postmaster of a domain that is not ours is refused for what it is: relaying.
       assert.deepEqual(await c.command("RCPT TO:<postmaster@other.test>"), ["550 5.7.1 <postmaster@other.test>: relaying denied"]);
     } finally {
@@ -409,7 +436,7 @@ describe("timeouts (421 4.4.2)", () => {
     try {
       await c.hello();
       assert.deepEqual(await transaction(c, SIMPLE), ["250 2.0.0 OK: message accepted for delivery"]);
-      assert.deepEqual(await c.command("QUIT"), ["221 Bye"]);
+      assert.deepEqual(await c.command("QUIT"), ["221 2.0.0 Bye"]);
     } finally {
       c.close();
       await listener.close();
@@ -527,9 +554,13 @@ describe("STARTTLS: certificate reload, require_tls, no AUTH", async () => {
       assert.ok(ehlo.some((l) => /^250[- ]STARTTLS$/.test(l)), ehlo.join("\n"));
       assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
       assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["530 5.7.0 Must issue a STARTTLS command first"]);
+      // smtp-server refuses REQUIRETLS (not offered) itself without TLS, before our parameter check.
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org> REQUIRETLS"), ["530 5.7.0 REQUIRETLS not permitted on non-TLS connections"]);
       await c.startTls();
       const ehlo2 = await c.command("EHLO client.example.org");
-      assert.ok(!ehlo2.some((l) => /AUTH|STARTTLS/.test(l)), ehlo2.join("\n"));
+      assert.ok(!ehlo2.some((l) => /AUTH|STARTTLS|REQUIRETLS/.test(l)), ehlo2.join("\n"));
+      assert.ok(ehlo2.includes("250-ENHANCEDSTATUSCODES"), ehlo2.join("\n"));
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org> REQUIRETLS"), ["555 5.5.4 unsupported parameter REQUIRETLS"]);
       assert.deepEqual(await transaction(c, SIMPLE), ["250 2.0.0 OK: message accepted for delivery"]);
     } finally {
       c.close();

@@ -10,7 +10,7 @@ import { configureLogging } from "../../src/util/logger.ts";
 import { LARGE_MESSAGE_BYTES, SmtpListener, TRACE_HEADROOM_BYTES, withTrace } from "../../src/mail/inbound/SmtpListener.ts";
 import { largeWork } from "../../src/util/reclaim.ts";
 import type { InboundHandler, SmtpListenerConfig, SmtpListenerOptions } from "../../src/mail/inbound/SmtpListener.ts";
-import { Rejections, SmtpReply } from "../../src/mail/inbound/rejections.ts";
+import { Rejections, SmtpReply, unsupportedParameter } from "../../src/mail/inbound/rejections.ts";
 import { MAIL_DOMAIN, RawClient, RecordingHandler, delay, makeCert, testWithOpenssl, smtpListenerConfig, startSmtpListener } from "../harness/smtpListener.ts";
 
 const MAX_BYTES = 8192;
@@ -104,8 +104,19 @@ describe("SmtpReply", () => {
       Rejections.tooManyConnections(), Rejections.tooManyConnectionsFromClient("192.0.2.1"),
       Rejections.clientRateLimited("192.0.2.1"), Rejections.senderDomainRateLimited("example.org"),
       Rejections.timeout("command"), Rejections.dnsblListed("192.0.2.1", "bl.example"), Rejections.tlsRequired(),
+      Rejections.parameterNotRecognized("FOO"),
     ];
     for (const e of entries) assert.match(e.line, /^[45]\d\d [45]\.\d{1,3}\.\d{1,3} \S/);
+  });
+
+  test("unsupportedParameter: 555 5.5.4 for the first keyword not offered; the echo is printable and short", () => {
+    const offered = new Set(["SIZE", "BODY"]);
+    assert.equal(unsupportedParameter(false, offered), null);
+    assert.equal(unsupportedParameter({ SIZE: "10", BODY: "8BITMIME" }, offered), null);
+    assert.equal(unsupportedParameter({ SIZE: "10", FOO: "BAR", RET: "FULL" }, offered)?.line, "555 5.5.4 unsupported parameter FOO");
+    assert.equal(unsupportedParameter({ SMTPUTF8: true }, new Set())?.line, "555 5.5.4 unsupported parameter SMTPUTF8");
+    const long = Rejections.parameterNotRecognized("X\u0001".repeat(2500));
+    assert.equal(long.line, `555 5.5.4 unsupported parameter ${"X?".repeat(32)}...`);
   });
 });
 
@@ -127,12 +138,19 @@ describe("SmtpListener over loopback", () => {
       const greeting = await c.reply();
       assert.deepEqual(greeting, ["220 mx.bridge.test ESMTP matrix-email-bridge"]);
       const ehlo = await c.command("EHLO client.example.org");
-      assert.equal(ehlo[0], "250-mx.bridge.test Nice to meet you, [127.0.0.1]");
-      assert.ok(ehlo.some((l) => l === `250-SIZE ${MAX_BYTES}` || l === `250 SIZE ${MAX_BYTES}`), ehlo.join("\n"));
-      assert.ok(!ehlo.some((l) => /AUTH|STARTTLS/.test(l)), ehlo.join("\n"));
+      // RFC 2034 §3: the reply to EHLO has no enhanced codes, it lists keywords; ENHANCEDSTATUSCODES is one.
+      assert.deepEqual(ehlo, [
+        "250-mx.bridge.test Nice to meet you, [127.0.0.1]",
+        "250-PIPELINING",
+        "250-8BITMIME",
+        "250-SMTPUTF8",
+        "250-ENHANCEDSTATUSCODES",
+        `250 SIZE ${MAX_BYTES}`,
+      ]);
+      assert.ok(!ehlo.some((l) => /AUTH|STARTTLS|DSN|REQUIRETLS/.test(l)), ehlo.join("\n"));
       // AUTH is disabled: smtp-server treats it as an unknown command.
-      assert.match((await c.command("AUTH PLAIN AGJvYgBzZWNyZXQ="))[0] ?? "", /^50[02] /);
-      assert.deepEqual(await c.command("QUIT"), ["221 Bye"]);
+      assert.deepEqual(await c.command("AUTH PLAIN AGJvYgBzZWNyZXQ="), ["500 5.5.2 Error: command not recognized"]);
+      assert.deepEqual(await c.command("QUIT"), ["221 2.0.0 Bye"]);
     } finally {
       c.close();
     }
@@ -143,7 +161,7 @@ describe("SmtpListener over loopback", () => {
     try {
       c.socket.write("EHLO early.example.org\r\n");
       const reply = await c.reply();
-      assert.match(reply[0] ?? "", /^421 mx\.bridge\.test You talk too soon/);
+      assert.deepEqual(reply, ["421 4.4.2 mx.bridge.test You talk too soon"]);
     } finally {
       c.close();
     }
@@ -187,19 +205,19 @@ describe("SmtpListener over loopback", () => {
     try {
       await c.reply();
       await c.command("EHLO client.example.org");
-      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RCPT TO:<room-one@bridge.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 2.1.0 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<room-one@bridge.test>"), ["250 2.1.5 Accepted"]);
       assert.deepEqual(await c.command("RCPT TO:<nobody@bridge.test>"), ["550 5.1.1 <nobody@bridge.test>: no such mailbox here"]);
       assert.deepEqual(await c.command("RCPT TO:<someone@other.test>"), ["550 5.7.1 <someone@other.test>: relaying denied"]);
       assert.deepEqual(await c.command("RCPT TO:<someone@bridge.test.other.test>"), ["550 5.7.1 <someone@bridge.test.other.test>: relaying denied"]);
       assert.deepEqual(await c.command("RCPT TO:<someone@[127.0.0.1]>"), ["550 5.7.1 <someone@[127.0.0.1]>: relaying denied"]);
       assert.deepEqual(await c.command("RCPT TO:<disabled@bridge.test>"), ["550 5.2.1 <disabled@bridge.test>: mailbox disabled, not accepting messages"]);
       assert.deepEqual(await c.command("RCPT TO:<broken@bridge.test>"), ["451 4.3.0 temporary local failure, try again later"]);
-      assert.deepEqual(await c.command("RCPT TO:<Room-Two@BRIDGE.Test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<Room-Two@BRIDGE.Test>"), ["250 2.1.5 Accepted"]);
       assert.deepEqual(await c.command("DATA"), ["354 End data with <CR><LF>.<CR><LF>"]);
       c.socket.write("Subject: x\r\n\r\nbody\r\n.\r\n");
       assert.deepEqual(await c.reply(), ["250 2.0.0 OK: message accepted for delivery"]);
-      assert.deepEqual(await c.command("QUIT"), ["221 Bye"]);
+      assert.deepEqual(await c.command("QUIT"), ["221 2.0.0 Bye"]);
     } finally {
       c.close();
     }
@@ -227,7 +245,7 @@ describe("SmtpListener over loopback", () => {
       await c.reply();
       await c.command("EHLO client.example.org");
       await c.command("MAIL FROM:<>");
-      assert.deepEqual(await c.command("RCPT TO:<Postmaster>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<Postmaster>"), ["250 2.1.5 Accepted"]);
       await c.command("QUIT");
     } finally {
       c.close();
@@ -386,6 +404,214 @@ describe("SmtpListener over loopback", () => {
   });
 });
 
+/**
+ * RFC 2034 §3 (4): the text of every 2xx, 4xx and 5xx reply but the greeting and the replies to
+ * HELO/EHLO starts with an RFC 3463 code of the reply's class; 3xx replies have none.
+ */
+function assertCoded(reply: string[]): void {
+  assert.ok(reply.length > 0);
+  for (const line of reply) {
+    const m = /^(\d)\d\d[ -](?:(\d)\.\d{1,3}\.\d{1,3} )?/.exec(line);
+    assert.ok(m, `not a reply line: ${JSON.stringify(line)}`);
+    if (m[1] === "3") assert.equal(m[2], undefined, line);
+    else assert.equal(m[2], m[1], `no enhanced code of class ${m[1]}: ${JSON.stringify(line)}`);
+  }
+}
+
+describe("enhanced status codes on every reply, smtp-server's own included (RFC 2034, RFC 3463), over raw SMTP", () => {
+  const handler = new RecordingHandler();
+  let listener: SmtpListener<string>;
+  let port: number;
+
+  before(async () => {
+    ({ listener, port } = await startListener(handler));
+  });
+  after(async () => {
+    await listener.close();
+  });
+
+  /** A session past the greeting; with `ehlo`, past EHLO too. */
+  async function open(ehlo = true): Promise<RawClient> {
+    const c = await RawClient.open(port);
+    assert.deepEqual(await c.reply(), ["220 mx.bridge.test ESMTP matrix-email-bridge"]);
+    if (ehlo) assert.ok((await c.command("EHLO client.example.org")).includes("250-ENHANCEDSTATUSCODES"));
+    return c;
+  }
+
+  /** Send each command and check its exact reply; every reply must also carry a code of its class. */
+  async function expect(c: RawClient, pairs: [command: string, reply: string][]): Promise<void> {
+    for (const [command, reply] of pairs) {
+      const got = await c.command(command);
+      assert.deepEqual(got, [reply], `reply to ${JSON.stringify(command.slice(0, 80))}`);
+      assertCoded(got);
+    }
+  }
+
+  test("a whole transaction: 250 2.1.0, 250 2.1.5, 354 without a code, 250 2.0.0, 221 2.0.0; RSET, NOOP, HELP, VRFY too", async () => {
+    handler.reset();
+    const c = await open();
+    try {
+      await expect(c, [
+        ["NOOP", "250 2.0.0 OK"],
+        ["HELP", "214 2.0.0 See https://tools.ietf.org/html/rfc5321 for details"],
+        ["VRFY someone", "252 2.1.5 Try to send something. No promises though"],
+        ["MAIL FROM:<alice@example.org>", "250 2.1.0 Accepted"],
+        ["RSET", "250 2.0.0 Flushed"],
+        ["MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8", "250 2.1.0 Accepted"],
+        ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
+        ["DATA", "354 End data with <CR><LF>.<CR><LF>"],
+      ]);
+      c.write("Subject: x\r\n\r\nbody\r\n.\r\n");
+      assert.deepEqual(await c.reply(), ["250 2.0.0 OK: message accepted for delivery"]);
+      await expect(c, [
+        ["MAIL FROM:<> BODY=7BIT", "250 2.1.0 Accepted"],
+        ["QUIT", "221 2.0.0 Bye"],
+      ]);
+    } finally {
+      c.close();
+    }
+    assert.equal(handler.deliveries.length, 1);
+    assert.equal(handler.deliveries[0]!.envelope.mailFrom, "alice@example.org");
+  });
+
+  test("commands out of sequence: 503 5.5.1; malformed HELO/EHLO: 501 5.5.4", async () => {
+    const c = await open(false);
+    try {
+      await expect(c, [
+        ["MAIL FROM:<alice@example.org>", "503 5.5.1 Error: send HELO/EHLO first"],
+        ["RCPT TO:<room-one@bridge.test>", "503 5.5.1 Error: send HELO/EHLO first"],
+        ["DATA", "503 5.5.1 Error: send HELO/EHLO first"],
+        ["EHLO", "501 5.5.4 Error: syntax: EHLO hostname"],
+        ["EHLO two words", "501 5.5.4 Error: syntax: EHLO hostname"],
+        ["HELO", "501 5.5.4 Error: Syntax: HELO hostname"],
+      ]);
+      assert.deepEqual(await c.command("HELO client.example.org"), ["250 mx.bridge.test Nice to meet you, [127.0.0.1]"]);
+      await expect(c, [
+        ["RCPT TO:<room-one@bridge.test>", "503 5.5.1 Error: need MAIL command"],
+        ["DATA", "503 5.5.1 Error: need RCPT command"],
+        ["MAIL FROM:<alice@example.org>", "250 2.1.0 Accepted"],
+        ["MAIL FROM:<alice@example.org>", "503 5.5.1 Error: nested MAIL command"],
+        ["DATA", "503 5.5.1 Error: need RCPT command"],
+      ]);
+    } finally {
+      c.close();
+    }
+  });
+
+  test("unknown and not offered commands: 500 5.5.2 (AUTH, STARTTLS without a certificate, BDAT, LHLO, names of smtp-server's code contexts)", async () => {
+    const c = await open();
+    try {
+      const unknown = "500 5.5.2 Error: command not recognized";
+      await expect(c, [
+        ["FOO bar", unknown],
+        ["AUTH PLAIN AGJvYgBzZWNyZXQ=", unknown],
+        ["AUTH LOGIN", unknown],
+        ["STARTTLS", unknown],
+        ["BDAT 10 LAST", unknown],
+        ["LHLO client.example.org", unknown],
+        ["DATA_OK", unknown],
+        ["MAIL_FROM_OK", unknown],
+      ]);
+    } finally {
+      c.close();
+    }
+  });
+
+  test("malformed MAIL FROM: 501 5.1.7; SIZE over the limit: 552 5.3.4", async () => {
+    const c = await open();
+    try {
+      const bad = "501 5.1.7 Error: Bad sender address syntax";
+      await expect(c, [
+        ["MAIL FROM:<a@b@example.org>", bad],
+        ["MAIL FROM:<nodomain>", bad],
+        [`MAIL FROM:<${"l".repeat(1000)}@example.org>`, bad],
+        ["MAIL FROM:alice@example.org", bad],
+        ["MAIL FROM:<x@example.org> SIZE=99999999999999", `552 5.3.4 Error: message exceeds fixed maximum message size ${MAX_BYTES}`],
+        [`MAIL FROM:<x@example.org> SIZE=${MAX_BYTES + 1}`, `552 5.3.4 Error: message exceeds fixed maximum message size ${MAX_BYTES}`],
+        ["MAIL FROM:<x@example.org> SIZE=abc", "501 5.5.4 Error: Bad message size syntax"],
+        ["MAIL FROM:<x@example.org> BODY=BINARYMIME", "501 5.5.4 Invalid BODY parameter value. Must be 7BIT or 8BITMIME"],
+        [`MAIL FROM:<x@example.org> SIZE=${MAX_BYTES}`, "250 2.1.0 Accepted"],
+      ]);
+    } finally {
+      c.close();
+    }
+  });
+
+  test("malformed RCPT TO: 501 5.1.3; the handler is not asked", async () => {
+    handler.reset();
+    const c = await open();
+    try {
+      await c.command("MAIL FROM:<alice@example.org>");
+      const bad = "501 5.1.3 Error: Bad recipient address syntax";
+      await expect(c, [
+        ["RCPT TO:<odd>", bad],
+        [`RCPT TO:<${"r".repeat(300)}@bridge.test>`, bad],
+        ["RCPT TO:<a\u0000b@bridge.test>", bad],
+        ["RCPT TO:<>", bad],
+        ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
+      ]);
+    } finally {
+      c.close();
+    }
+    assert.deepEqual(handler.checked, ["room-one@bridge.test"]);
+  });
+
+  test("MAIL FROM and RCPT TO parameters not offered: 555 5.5.4 (RFC 5321 §4.1.1.11), nothing counted or asked", async () => {
+    handler.reset();
+    const c = await open();
+    try {
+      await expect(c, [
+        ["MAIL FROM:<alice@example.org> FOO=BAR", "555 5.5.4 unsupported parameter FOO"],
+        ["MAIL FROM:<alice@example.org> SIZE=100 FOO", "555 5.5.4 unsupported parameter FOO"],
+        // DSN (RFC 3461) and AUTH (RFC 4954) are not advertised.
+        ["MAIL FROM:<alice@example.org> RET=FULL", "555 5.5.4 unsupported parameter RET"],
+        ["MAIL FROM:<alice@example.org> ENVID=abc", "555 5.5.4 unsupported parameter ENVID"],
+        ["MAIL FROM:<alice@example.org> AUTH=<>", "555 5.5.4 unsupported parameter AUTH"],
+      ]);
+      const long = await c.command(`MAIL FROM:<alice@example.org> X-${"p".repeat(5000)}=1`);
+      assert.deepEqual(long, [`555 5.5.4 unsupported parameter X-${"P".repeat(62)}...`]);
+      assert.ok(long[0]!.length < 512, "the reply stays within RFC 5321's 512 octets");
+      await expect(c, [
+        ["MAIL FROM:<alice@example.org>", "250 2.1.0 Accepted"],
+        ["RCPT TO:<room-one@bridge.test> NOTIFY=SUCCESS", "555 5.5.4 unsupported parameter NOTIFY"],
+        ["RCPT TO:<room-one@bridge.test> ORCPT=rfc822;room-one@bridge.test", "555 5.5.4 unsupported parameter ORCPT"],
+        ["RCPT TO:<room-one@bridge.test> FOO=BAR", "555 5.5.4 unsupported parameter FOO"],
+        ["RCPT TO:<Postmaster> FOO", "555 5.5.4 unsupported parameter FOO"],
+        ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
+      ]);
+    } finally {
+      c.close();
+    }
+    assert.deepEqual(handler.checked, ["room-one@bridge.test"]);
+  });
+
+  test("the listener's own refusals keep their exact code and enhanced code (no second code, no table code)", async () => {
+    handler.reset();
+    handler.deliverImpl = async () => {
+      throw Rejections.loopDetected(50);
+    };
+    const c = await open();
+    try {
+      await expect(c, [
+        ["MAIL FROM:<alice@example.org>", "250 2.1.0 Accepted"],
+        ["RCPT TO:<nobody@bridge.test>", "550 5.1.1 <nobody@bridge.test>: no such mailbox here"],
+        ["RCPT TO:<someone@other.test>", "550 5.7.1 <someone@other.test>: relaying denied"],
+        ["RCPT TO:<broken@bridge.test>", "451 4.3.0 temporary local failure, try again later"],
+        ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
+        ["DATA", "354 End data with <CR><LF>.<CR><LF>"],
+      ]);
+      c.write("Subject: x\r\n\r\nbody\r\n.\r\n");
+      const reply = await c.reply();
+      assert.deepEqual(reply, ["554 5.4.6 routing loop detected: more than 50 Received headers"]);
+      assertCoded(reply);
+    } finally {
+      c.close();
+      handler.reset();
+    }
+    assert.equal(handler.deliveries.length, 0);
+  });
+});
+
 describe("SmtpListener limits and lifecycle", () => {
   test("a large message is written in place as it arrives: byte-identical, room for the trace in front, over the limit still 552", async () => {
     const handler = new RecordingHandler();
@@ -502,8 +728,8 @@ describe("SmtpListener limits and lifecycle", () => {
       await c.reply();
       await c.command("EHLO client.example.org");
       await c.command("MAIL FROM:<a@example.org>");
-      assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RCPT TO:<r1@BRIDGE.TEST>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["250 2.1.5 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<r1@BRIDGE.TEST>"), ["250 2.1.5 Accepted"]);
       assert.deepEqual(await c.command("RCPT TO:<r2@bridge.test>"), ["452 4.5.3 too many recipients, at most 2 per message"]);
       assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["452 4.5.3 too many recipients, at most 2 per message"]);
     } finally {
@@ -525,7 +751,7 @@ describe("SmtpListener limits and lifecycle", () => {
       const started = Date.now();
       assert.deepEqual(await c.command("RCPT TO:<slow@bridge.test>"), ["451 4.3.0 temporary local failure, try again later"]);
       assert.ok(Date.now() - started >= 150);
-      assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<r1@bridge.test>"), ["250 2.1.5 Accepted"]);
     } finally {
       c.close();
       await listener.close();
@@ -621,6 +847,9 @@ describe("SmtpListener STARTTLS", async () => {
         const ehlo = await c.command("EHLO client.example.org");
         assert.ok(ehlo.some((l) => /^250[- ]STARTTLS$/.test(l)), ehlo.join("\n"));
         assert.ok(!ehlo.some((l) => /AUTH/.test(l)), ehlo.join("\n"));
+        // RFC 2034 §3 (4): a 2xx reply other than the greeting and to EHLO, so it has its code.
+        assert.deepEqual(await c.command("STARTTLS x"), ["501 5.5.4 Error: syntax: STARTTLS"]);
+        assert.deepEqual(await c.command("STARTTLS"), ["220 2.0.0 Ready to start TLS"]);
       } finally {
         c.close();
       }

@@ -309,9 +309,9 @@ describe("the SMTP listener's other mail domains", () => {
     try {
       await c.reply();
       await c.command("EHLO client.example.org");
-      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RCPT TO:<team@bridge.test>"), ["250 Accepted"]);
-      assert.deepEqual(await c.command("RCPT TO:<Team@ZWEI.test>"), ["250 Accepted"]);
+      assert.deepEqual(await c.command("MAIL FROM:<alice@example.org>"), ["250 2.1.0 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<team@bridge.test>"), ["250 2.1.5 Accepted"]);
+      assert.deepEqual(await c.command("RCPT TO:<Team@ZWEI.test>"), ["250 2.1.5 Accepted"]);
       assert.deepEqual(await c.command("RCPT TO:<nobody@zwei.test>"), ["550 5.1.1 <nobody@zwei.test>: no such mailbox here"]);
       assert.deepEqual(await c.command("RCPT TO:<team@other.test>"), ["550 5.7.1 <team@other.test>: relaying denied"]);
       assert.deepEqual(await c.command("RCPT TO:<team@broken.test>"), ["451 4.3.0 temporary local failure, try again later"]);

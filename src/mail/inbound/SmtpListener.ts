@@ -10,8 +10,9 @@
  * size, MIME part count and depth, Received-header hop count, command and DATA timeouts,
  * DNS blocklists, and optionally STARTTLS before MAIL.
  *
- * Replies are {@link SmtpReply} values from `rejections.ts`; see there for how enhanced
- * status codes (RFC 3463) reach the wire with smtp-server 3.21.
+ * Replies are {@link SmtpReply} values from `rejections.ts`. Every reply, smtp-server's own
+ * included, carries an RFC 3463 enhanced status code, and EHLO advertises ENHANCEDSTATUSCODES
+ * (RFC 2034); see `rejections.ts` for how with smtp-server 3.21.
  */
 import { domainToASCII } from "node:url";
 import { SMTPServer } from "smtp-server";
@@ -31,7 +32,7 @@ import { CertificateFiles, refreshServerCertificate } from "./certificates.ts";
 import { checkDnsbl } from "./dnsbl.ts";
 import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clientKey } from "./limits.ts";
 import type { MessageLimits, SmtpLimitKey } from "./limits.ts";
-import { Rejections, SmtpReply, isSmtpReply, toSmtpReply } from "./rejections.ts";
+import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter } from "./rejections.ts";
 import { replyTap } from "./replyTap.ts";
 import { listenSmtp } from "../listen.ts";
 
@@ -172,6 +173,16 @@ export interface SmtpListenerOptions<R = unknown> {
 /** Default per-message recipient limit (RFC 5321 §4.5.3.1.8). */
 export const DEFAULT_MAX_RECIPIENTS = LIMIT_DEFAULTS.max_recipients;
 
+/**
+ * MAIL FROM parameters the listener takes: those of the extensions its EHLO advertises, each
+ * checked by smtp-server (SIZE, RFC 1870; BODY=7BIT/8BITMIME, RFC 6152; SMTPUTF8, RFC 6531).
+ * Any other gets 555 5.5.4 (RFC 5321 §4.1.1.11): DSN, REQUIRETLS and AUTH are not offered.
+ */
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(["SIZE", "BODY", "SMTPUTF8"]);
+
+/** RCPT TO parameters the listener takes: none (DSN's NOTIFY and ORCPT are not offered); others get 555 5.5.4. */
+const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
+
 /** Text of the 250 reply to DATA, after the message was stored. */
 const DATA_OK_TEXT = "2.0.0 OK: message accepted for delivery";
 
@@ -214,8 +225,14 @@ type Limits = Pick<SmtpConfig, SmtpLimitKey>;
  * The inbound SMTP server. Create, {@link listen}, and {@link close} on shutdown.
  *
  * Behaviour (codes are `basic enhanced`):
+ * - every reply has an enhanced code (RFC 2034 §3: not the greeting, the replies to HELO/EHLO,
+ *   and 3xx); smtp-server's own come from its table, e.g. `250 2.1.0` / `250 2.1.5` for MAIL /
+ *   RCPT, `501 5.1.7` / `501 5.1.3` for a malformed sender / recipient, `503 5.5.1` out of
+ *   sequence, `500 5.5.2` unknown command (AUTH, BDAT, STARTTLS without a certificate);
  * - no AUTH (never offered), STARTTLS only when `tls_cert_file`/`tls_key_file` are set; the
  *   files are re-read when they change (checked before each STARTTLS);
+ * - MAIL FROM parameters other than SIZE, BODY and SMTPUTF8, and any RCPT TO parameter →
+ *   555 5.5.4 (RFC 5321 §4.1.1.11); `SIZE=` over `max_message_bytes` → 552 5.3.4 (RFC 1870);
  * - `require_tls`: MAIL before STARTTLS gets 530 5.7.0;
  * - at connect: over `max_clients` open sessions, or `max_connections_per_ip` from the
  *   client's address (IPv6: its /64) → 421 4.7.0 and close; listed on a `dnsbl_zones` zone →
@@ -339,8 +356,9 @@ export class SmtpListener<R = unknown> {
       // AUTH is never offered. Without a certificate smtp-server would offer STARTTLS with
       // its built-in test key.
       disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
-      // We write enhanced status codes ourselves, see rejections.ts.
-      hideENHANCEDSTATUSCODES: true,
+      // Advertise ENHANCEDSTATUSCODES and let smtp-server code its own replies; ours carry
+      // theirs in the text (installEnhancedStatusCodes below, see rejections.ts).
+      hideENHANCEDSTATUSCODES: false,
       hideDSN: true,
       hideREQUIRETLS: true,
       // The connection limits are ours (onConnect, with an enhanced code). smtp-server's own
@@ -349,8 +367,8 @@ export class SmtpListener<R = unknown> {
       maxClients: config.max_clients * 2 + 100,
       disableReverseLookup: !this.#reverseLookup,
       ...(this.#dns ? { resolver: this.#dns.callbackApi } : {}),
-      // Our command and DATA timers (421 4.4.2) fire first; smtp-server's idle timeout (no
-      // enhanced code) stays as a backstop, and bounds the time before the greeting.
+      // Our command and DATA timers (421 4.4.2) fire first; smtp-server's idle timeout stays
+      // as a backstop, and bounds the time before the greeting.
       socketTimeout: limits.command_timeout_ms + 30_000,
       closeTimeout: this.#closeTimeoutMs,
       // With `onReply`, a logger that only reads reply codes (replyTap.ts); otherwise none.
@@ -361,6 +379,7 @@ export class SmtpListener<R = unknown> {
       onRcptTo: (address, session, cb) => this.#onRcptTo(address, session, cb),
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
     });
+    installEnhancedStatusCodes(server);
     server.on("error", (err: Error) => this.#log.warn("smtp server error", errorFields(err)));
 
     const port = await listenSmtp(server, config.bind_address, config.port);
@@ -632,6 +651,8 @@ export class SmtpListener<R = unknown> {
       cb(reply);
     };
     if (this.#limits.require_tls && !session.secure) return reject(Rejections.tlsRequired());
+    const badParameter = unsupportedParameter(address.args, MAIL_PARAMETERS);
+    if (badParameter) return reject(badParameter);
     let domain: string | null = null;
     if (a !== "") {
       const at = a.lastIndexOf("@");
@@ -660,6 +681,10 @@ export class SmtpListener<R = unknown> {
       log.info("smtp recipient rejected", { rcpt: address.address, reply: reply.line, ...ctx });
       cb(reply);
     };
+    // A parameter we do not offer: refused like smtp-server's own syntax errors, before the
+    // RCPT counts (it causes no work).
+    const badParameter = unsupportedParameter(address.args, RCPT_PARAMETERS);
+    if (badParameter) return reject(badParameter);
     const tx = this.#transaction(session);
     tx.rcptCommands++;
     const n = this.#normalizeRecipient(address.address);

@@ -1,27 +1,41 @@
 /**
  * SMTP replies the inbound listener gives, each with its basic reply code
- * (RFC 5321 §4.2) and its enhanced mail system status code (RFC 3463).
+ * (RFC 5321 §4.2) and its enhanced mail system status code (RFC 3463), and how enhanced codes
+ * reach the wire.
  *
- * How these reach the wire (smtp-server 3.21): the listener runs smtp-server with
- * `hideENHANCEDSTATUSCODES: true` (also smtp-server's default). When enhanced codes are
- * enabled, smtp-server derives the enhanced code of an error a handler passes back from
- * the basic code alone (`ENHANCED_STATUS_CODES` in smtp-connection.js: 550 → 5.1.1,
- * 552 → 5.2.2, 553 → 5.1.3, 452 → 4.2.2), with no way for the error to choose it. That
- * would turn "relaying denied" into `550 5.1.1` and "message too big" into `552 5.2.2`,
- * or, with our own code in the text, into `550 5.1.1 5.7.1 ...`. With the codes hidden,
- * smtp-server writes `<responseCode> <err.message>`, so an {@link SmtpReply} puts its
- * enhanced code at the start of its `message` and the client reads exactly
- * `550 5.1.1 <bob@example.org>: no such mailbox here`.
+ * How (smtp-server 3.21): the listeners run smtp-server with `hideENHANCEDSTATUSCODES: false`,
+ * so EHLO advertises ENHANCEDSTATUSCODES (RFC 2034) and smtp-server prefixes the replies it
+ * writes itself with an enhanced code from its own table (`ENHANCED_STATUS_CODES` in
+ * smtp-connection.js, refined by a context for some replies): `250 2.1.0` to MAIL, `250 2.1.5`
+ * to RCPT, `501 5.1.7` / `501 5.1.3` for a malformed sender / recipient, `552 5.3.4` for a
+ * `SIZE=` over the limit, `503 5.5.1` for a command out of sequence, `500 5.5.2` for an unknown
+ * (or disabled) command, `221 2.0.0`; none on 3xx replies, the greeting and the replies to
+ * HELO/EHLO (RFC 2034 §3 (4)).
  *
- * The trade-off: EHLO does not advertise ENHANCEDSTATUSCODES (RFC 2034), and the replies
- * smtp-server writes itself ("250 Accepted", "503 Error: need MAIL command", its SIZE
- * check on `MAIL FROM ... SIZE=`) carry no enhanced code. RFC 2034 only requires them
- * on every reply once the extension is advertised; clients that parse enhanced codes
- * (Postfix, Exim, nodemailer) read them from the reply text either way.
+ * That table alone is not enough. smtp-server writes an error a handler passes back as
+ * `<responseCode> <table code for responseCode> <err.message>`: the error cannot choose its
+ * enhanced code, so "relaying denied" would go out as `550 5.1.1` and "message too big" as
+ * `552 5.2.2`. {@link installEnhancedStatusCodes} therefore hooks `send`, smtp-server's one
+ * write site for replies, on each connection, and passes smtp-server's own `context` argument
+ * (`false`: no code) so that:
+ * - a reply text that starts with an enhanced code of its class goes out as it is: every
+ *   {@link SmtpReply} puts its code at the start of its `message`, so the client reads exactly
+ *   `550 5.1.1 <bob@example.org>: no such mailbox here`;
+ * - an error smtp-server writes with no code at all (its HELO/EHLO syntax errors, its backstop
+ *   client limit) gets the table's code for its basic code, e.g. `501 5.5.4`;
+ * - where smtp-server takes the context from the client's command name (its 500 and 421
+ *   replies), a name that yields no code of the reply's class (`LHLO`, or a command literally
+ *   named `DATA_OK`) falls back to the table as well.
+ * The greeting and the 250 replies to HELO/EHLO stay bare (the EHLO lines are keywords).
  */
+
+import type { SMTPServer, SMTPServerAddress } from "smtp-server";
 
 /** `d.ddd.ddd` as in RFC 3463 §2: class (2, 4 or 5), subject (0-999), detail (0-999). */
 const ENHANCED_STATUS_RE = /^([245])\.(\d{1,3})\.(\d{1,3})$/;
+
+/** A reply text that starts with an enhanced status code (RFC 3463 §2), then a space. */
+const LEADING_STATUS_RE = /^([245])\.\d{1,3}\.\d{1,3} /;
 
 /**
  * One SMTP reply to a command, thrown by {@link InboundHandler} implementations (see
@@ -160,6 +174,18 @@ export const Rejections = Object.freeze({
   /** `553 5.1.3`: the RCPT TO address is malformed (RFC 3463 X.1.3 bad destination mailbox address syntax). */
   badRecipientSyntax: (address: string): SmtpReply => new SmtpReply(553, "5.1.3", `${bracket(address)}: bad recipient address syntax`),
 
+  /**
+   * `555 5.5.4`: a MAIL FROM or RCPT TO parameter the listener does not know or did not
+   * advertise (RFC 5321 §4.1.1.11 and §4.2.2: 555 "parameters not recognized or not implemented";
+   * RFC 3463 X.5.4 invalid command arguments). Only the keyword is echoed, made printable and cut
+   * to 64 characters, so that the reply stays one short line (RFC 5321 §4.5.3.1.5: 512 octets).
+   * @param keyword the parameter's keyword as smtp-server parsed it (upper case, without `=value`)
+   */
+  parameterNotRecognized: (keyword: string): SmtpReply => {
+    const shown = keyword.replace(/[^\x21-\x7e]/g, "?");
+    return new SmtpReply(555, "5.5.4", `unsupported parameter ${shown.length > 64 ? `${shown.slice(0, 64)}...` : shown}`);
+  },
+
   /** `550 5.7.1`: the sender is refused by policy (blocked address or domain; RFC 3463 X.7.1). */
   senderRefused: (address: string): SmtpReply => new SmtpReply(550, "5.7.1", `${bracket(address)}: sender refused`),
 
@@ -250,3 +276,68 @@ export const Rejections = Object.freeze({
   /** `554 5.6.0`: the message cannot be parsed as RFC 5322/MIME (RFC 3463 X.6.0 other media error). */
   malformedMessage: (): SmtpReply => new SmtpReply(554, "5.6.0", "message could not be parsed"),
 });
+
+/**
+ * The refusal for the first MAIL FROM or RCPT TO parameter (RFC 5321 §4.1.2 `esmtp-param`) that
+ * is not one of `supported`, or null when there is none such. RFC 5321 §4.1.1.11: a parameter the
+ * server does not recognize gets 555; see {@link Rejections.parameterNotRecognized}.
+ * @param args smtp-server's parsed parameters (`SMTPServerAddress.args`: upper-case keywords, false for none)
+ * @param supported the upper-case keywords of the extensions the listener advertises (and checks)
+ * @returns a new `555 5.5.4` reply, or null
+ */
+export function unsupportedParameter(args: SMTPServerAddress["args"], supported: ReadonlySet<string>): SmtpReply | null {
+  if (!args) return null;
+  for (const keyword of Object.keys(args)) {
+    if (!supported.has(keyword)) return Rejections.parameterNotRecognized(keyword);
+  }
+  return null;
+}
+
+/** smtp-server's connection object (typed by its own declarations, see `SMTPServer.connections`). */
+type Connection = SMTPServer["connections"] extends Set<infer C> ? C : never;
+
+/** smtp-server's `context` argument of `send`: a key of its code table, or false for no code. */
+type ReplyContext = Parameters<Connection["send"]>[2];
+
+/**
+ * The `context` to hand smtp-server's `send` so that the reply gets exactly one enhanced code of
+ * its class (rules in the module comment). Pure apart from asking `conn` for its table's code.
+ */
+function replyContext(conn: Connection, code: number, data: Parameters<Connection["send"]>[1], context: ReplyContext): ReplyContext {
+  const cls = String(Math.floor(code / 100));
+  // RFC 2034 §4: 3xx replies (354, AUTH challenges) have none; smtp-server leaves them bare.
+  if (cls !== "2" && cls !== "4" && cls !== "5") return context;
+  // The text carries its own code (an SmtpReply): written as it is.
+  if (typeof data === "string" && LEADING_STATUS_RE.exec(data)?.[1] === cls) return false;
+  // The greeting and the 250 replies to HELO/EHLO (RFC 2034 §3 (4)); an error there gets the table's code.
+  if (context === false) return cls === "2" ? false : undefined;
+  return conn._getEnhancedStatusCode(code, context).startsWith(`${cls}.`) ? context : undefined;
+}
+
+/**
+ * Make every reply of `server` carry one enhanced status code of its class (RFC 3463; RFC 2034
+ * §3 (4) and §4, the greeting, the replies to HELO/EHLO and 3xx replies excepted): hooks `send`
+ * of each connection as smtp-server creates it, before it writes anything, and picks smtp-server's
+ * own `context` argument for the reply (see the module comment). Call it once, before `listen`,
+ * on a server created with `hideENHANCEDSTATUSCODES: false`; with the codes hidden, only the
+ * codes in reply texts (every {@link SmtpReply}'s) reach the wire.
+ *
+ * smtp-server 3.21 adds a connection to `server.connections` right after creating it, and writes
+ * every reply through `SMTPConnection.send` (also its early-talker and client-limit 421s, the
+ * refusals of `onConnect`, handler errors). Throws nothing.
+ * @param server a smtp-server instance that is not listening yet
+ */
+export function installEnhancedStatusCodes(server: SMTPServer): void {
+  const hook = (conn: Connection): void => {
+    const send = conn.send;
+    conn.send = (code, data, context) => send.call(conn, code, data, replyContext(conn, code, data, context));
+  };
+  /** `server.connections`, hooking each connection smtp-server adds. */
+  class HookedConnections extends Set<Connection> {
+    override add(conn: Connection): this {
+      if (!this.has(conn)) hook(conn);
+      return super.add(conn);
+    }
+  }
+  server.connections = new HookedConnections(server.connections);
+}

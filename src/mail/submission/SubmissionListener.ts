@@ -16,19 +16,23 @@
  * - RCPT: the handler decides (a mailbox of the bridge's domain that does not exist: 550 5.1.1);
  *   at most `maxRecipients` (452 4.5.3 beyond);
  * - DATA: the size and structure limits of the MX listener (552 5.3.4, 552/554 5.6.0, 554 5.4.6);
- *   250 only once the handler resolved, i.e. the mail is committed (RFC 5321 §6.1).
+ *   250 only once the handler resolved, i.e. the mail is committed (RFC 5321 §6.1);
+ * - MAIL FROM parameters other than SIZE, BODY, SMTPUTF8 and AUTH (RFC 4954 §5), and any RCPT TO
+ *   parameter: `555 5.5.4` (RFC 5321 §4.1.1.11);
+ * - every reply carries an enhanced status code and EHLO advertises ENHANCEDSTATUSCODES
+ *   (RFC 2034), smtp-server's own replies included, as on the MX listener (inbound/rejections.ts).
  *
  * Knows nothing of Matrix: the bridge passes a {@link SubmissionHandler}.
  */
 import { SMTPServer } from "smtp-server";
-import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
+import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
 import { errorFields, getLogger } from "../../util/logger.ts";
 import type { Logger } from "../../util/logger.ts";
 import { readAuthor } from "../inbound/auth.ts";
 import { CertificateFiles, refreshServerCertificate } from "../inbound/certificates.ts";
 import { MessageInspector, RateLimiter, clientKey } from "../inbound/limits.ts";
 import type { MessageLimits } from "../inbound/limits.ts";
-import { Rejections, SmtpReply, isSmtpReply, toSmtpReply } from "../inbound/rejections.ts";
+import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter } from "../inbound/rejections.ts";
 import { listenSmtp } from "../listen.ts";
 
 /** A local user logged in on the submission port. */
@@ -102,6 +106,12 @@ export interface SubmissionListenerOptions {
 
 /** How long a client that failed AUTH too often is refused, in ms; also the window failures are counted in. */
 const AUTH_LOCKOUT_MS = 60_000;
+
+/** MAIL FROM parameters of the advertised extensions: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531), AUTH (RFC 4954 §5). */
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(["SIZE", "BODY", "SMTPUTF8", "AUTH"]);
+
+/** RCPT TO parameters taken: none (DSN is not offered). */
+const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
 
 /** Commands allowed before STARTTLS (RFC 3207 §4: the server may refuse all others with 530). */
 const BEFORE_TLS = new Set(["EHLO", "HELO", "LHLO", "STARTTLS", "NOOP", "RSET", "QUIT"]);
@@ -185,7 +195,8 @@ export class SubmissionListener {
       authOptional: true,
       allowInsecureAuth: false,
       disabledCommands: [],
-      hideENHANCEDSTATUSCODES: true,
+      // Enhanced status codes on every reply, ours and smtp-server's (installEnhancedStatusCodes below).
+      hideENHANCEDSTATUSCODES: false,
       hideDSN: true,
       hideREQUIRETLS: true,
       maxClients: config.max_clients,
@@ -204,8 +215,10 @@ export class SubmissionListener {
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => cb(this.#checkMailFrom(address.address, session)),
+      onMailFrom: (address, session, cb) => cb(this.#checkMailFrom(address, session)),
       onRcptTo: (address, session, cb) => {
+        const badParameter = unsupportedParameter(address.args, RCPT_PARAMETERS);
+        if (badParameter) return cb(badParameter);
         this.#onRcptTo(address.address, session).then(
           () => cb(),
           (err: unknown) => cb(toSmtpReply(err)),
@@ -213,6 +226,7 @@ export class SubmissionListener {
       },
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
     });
+    installEnhancedStatusCodes(server);
     server.on("error", (err: Error) => this.#log.warn("submission server error", errorFields(err)));
     const port = await listenSmtp(server, config.bind_address, config.port);
     this.#server = server;
@@ -323,14 +337,16 @@ export class SubmissionListener {
     return typeof u === "object" && u !== null && "userId" in u && "address" in u ? (u as SubmissionUser) : null;
   }
 
-  /** MAIL FROM: TLS, a login, and the user's own address. @returns the refusal, or null */
-  #checkMailFrom(address: string, session: SMTPServerSession): SmtpReply | null {
+  /** MAIL FROM: TLS, a login, the user's own address, and only parameters we offer. @returns the refusal, or null */
+  #checkMailFrom(from: SMTPServerAddress, session: SMTPServerSession): SmtpReply | null {
     const log = this.#sessionLog(session);
     const user = this.#user(session);
+    const address = from.address;
     let reply: SmtpReply | null = null;
     if (!session.secure) reply = SubmissionReplies.starttlsFirst();
     else if (!user) reply = SubmissionReplies.authRequired();
     else if (!sameAddress(address, user.address)) reply = SubmissionReplies.notYourAddress(`<${address}>`, user.address);
+    else reply = unsupportedParameter(from.args, MAIL_PARAMETERS);
     if (reply) log.info("submission sender refused", { mailFrom: address || "<>", user: user?.userId, reply: reply.line });
     return reply;
   }
