@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
+import { InboundPoster, type InboundPosterOptions } from "../../src/bridge/InboundPoster.ts";
 import type { MatrixActions } from "../../src/bridge/ports.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
@@ -54,6 +54,23 @@ function fakeHomeserver(
   return strictHomeserver(known, { sends, joins });
 }
 
+/**
+ * A poster on `store` and the fake homeserver, with short retries; no notice is expected, and
+ * by default nothing may be undeliverable.
+ */
+function posterFor(store: BridgeStore, matrix: MatrixActions, onUndeliverable: InboundPosterOptions["onUndeliverable"] = async () => Promise.reject(new Error("nothing should be undeliverable"))): InboundPoster {
+  return new InboundPoster({
+    store,
+    matrix,
+    ids: IDS,
+    botDisplayName: "Email bridge",
+    settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
+    notices: { post: async () => Promise.reject(new Error("no notice expected")) },
+    onUndeliverable,
+    pollMs: 50,
+  });
+}
+
 describe("inbound poster: replies in room mailboxes are threads", () => {
   let dir: string;
   let store: BridgeStore;
@@ -72,16 +89,7 @@ describe("inbound poster: replies in room mailboxes are threads", () => {
     await store.upsertPortal({ roomId, kind, localUserId: null, remoteAddress: null, subject: null, encrypted: false, remoteVerified: true });
     await store.insertMessage({ roomId, eventId: parent.eventId, messageId: parent.messageId, references: parent.references, direction: "outbound", sender: "alice@bridge.test", subject: "Plans", participants: ["bob@example.org"], viaList: false });
     const matrix = fakeHomeserver(refused);
-    const poster = new InboundPoster({
-      store,
-      matrix,
-      ids: IDS,
-      botDisplayName: "Email bridge",
-      settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
-      notices: { post: async () => Promise.reject(new Error("no notice expected")) },
-      onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
-      pollMs: 50,
-    });
+    const poster = posterFor(store, matrix);
     const messageId = `reply-${roomId}@example.org`;
     const head = `From: bob@example.org\r\nTo: x@bridge.test\r\nSubject: Re: Plans\r\nMessage-ID: <${messageId}>\r\nIn-Reply-To: <${parent.messageId}>\r\n`;
     const raw = Buffer.from(
@@ -122,17 +130,8 @@ describe("inbound poster: replies in room mailboxes are threads", () => {
     for (const membership of ["leave", "ban"]) {
       const matrix = fakeHomeserver(new Set(), membership);
       const refused: { status: string; diagnostic: string }[] = [];
-      const poster = new InboundPoster({
-        store,
-        matrix,
-        ids: IDS,
-        botDisplayName: "Email bridge",
-        settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
-        notices: { post: async () => Promise.reject(new Error("no notice expected")) },
-        onUndeliverable: async (_row, why) => {
-          refused.push({ status: why.status, diagnostic: why.diagnostic });
-        },
-        pollMs: 50,
+      const poster = posterFor(store, matrix, async (_row, why) => {
+        refused.push({ status: why.status, diagnostic: why.diagnostic });
       });
       const messageId = `after-removal-${membership}@example.org`;
       const raw = Buffer.from(`From: bob@example.org\r\nTo: x@bridge.test\r\nSubject: Re: Plans\r\nMessage-ID: <${messageId}>\r\n\r\nLet me back in.\r\n`);
@@ -165,16 +164,7 @@ describe("inbound poster: replies in room mailboxes are threads", () => {
       ];
       for (const [i, c] of cases.entries()) {
         const matrix = fakeHomeserver(new Set());
-        const poster = new InboundPoster({
-          store,
-          matrix,
-          ids: IDS,
-          botDisplayName: "Email bridge",
-          settings: { retryHours: 1, retryBaseMs: 10, retryMaxMs: 20, concurrency: 1, maxTextBytes: 24000 },
-          notices: { post: async () => Promise.reject(new Error("no notice expected")) },
-          onUndeliverable: async () => Promise.reject(new Error("nothing should be undeliverable")),
-          pollMs: 50,
-        });
+        const poster = posterFor(store, matrix);
         const messageId = `late-${kind}-${i}@example.org`;
         const raw = Buffer.from(`From: ${c.sender}\r\nTo: x@bridge.test\r\nSubject: Re: Plans\r\nMessage-ID: <${messageId}>\r\nIn-Reply-To: <parent-${kind}@example.org>\r\n\r\nCount me in.\r\n`);
         const { row } = await store.insertInbound(

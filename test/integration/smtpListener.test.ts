@@ -438,6 +438,16 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
     return c;
   }
 
+  /** Run `fn` on a session past EHLO ({@link open}), closed afterwards. */
+  async function withSession(fn: (c: RawClient) => Promise<void>): Promise<void> {
+    const c = await open();
+    try {
+      await fn(c);
+    } finally {
+      c.close();
+    }
+  }
+
   /** Send each command and check its exact reply; every reply must also carry a code of its class. */
   async function expect(c: RawClient, pairs: [command: string, reply: string][]): Promise<void> {
     for (const [command, reply] of pairs) {
@@ -449,8 +459,7 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
 
   test("a whole transaction: 250 2.1.0, 250 2.1.5, 354 without a code, 250 2.0.0, 221 2.0.0; RSET, NOOP, HELP, VRFY too", async () => {
     handler.reset();
-    const c = await open();
-    try {
+    await withSession(async (c) => {
       await expect(c, [
         ["NOOP", "250 2.0.0 OK"],
         ["HELP", "214 2.0.0 See https://tools.ietf.org/html/rfc5321 for details"],
@@ -467,9 +476,7 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
         ["MAIL FROM:<> BODY=7BIT", "250 2.1.0 Accepted"],
         ["QUIT", "221 2.0.0 Bye"],
       ]);
-    } finally {
-      c.close();
-    }
+    });
     assert.equal(handler.deliveries.length, 1);
     assert.equal(handler.deliveries[0]!.envelope.mailFrom, "alice@example.org");
   });
@@ -499,8 +506,7 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
   });
 
   test("unknown and not offered commands: 500 5.5.2 (AUTH, STARTTLS without a certificate, BDAT, LHLO, names of smtp-server's code contexts)", async () => {
-    const c = await open();
-    try {
+    await withSession(async (c) => {
       const unknown = "500 5.5.2 Error: command not recognized";
       await expect(c, [
         ["FOO bar", unknown],
@@ -512,14 +518,11 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
         ["DATA_OK", unknown],
         ["MAIL_FROM_OK", unknown],
       ]);
-    } finally {
-      c.close();
-    }
+    });
   });
 
   test("malformed MAIL FROM: 501 5.1.7; SIZE over the limit: 552 5.3.4", async () => {
-    const c = await open();
-    try {
+    await withSession(async (c) => {
       const bad = "501 5.1.7 Error: Bad sender address syntax";
       await expect(c, [
         ["MAIL FROM:<a@b@example.org>", bad],
@@ -532,15 +535,12 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
         ["MAIL FROM:<x@example.org> BODY=BINARYMIME", "501 5.5.4 Invalid BODY parameter value. Must be 7BIT or 8BITMIME"],
         [`MAIL FROM:<x@example.org> SIZE=${MAX_BYTES}`, "250 2.1.0 Accepted"],
       ]);
-    } finally {
-      c.close();
-    }
+    });
   });
 
   test("malformed RCPT TO: 501 5.1.3; the handler is not asked", async () => {
     handler.reset();
-    const c = await open();
-    try {
+    await withSession(async (c) => {
       await c.command("MAIL FROM:<alice@example.org>");
       const bad = "501 5.1.3 Error: Bad recipient address syntax";
       await expect(c, [
@@ -550,16 +550,13 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
         ["RCPT TO:<>", bad],
         ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
       ]);
-    } finally {
-      c.close();
-    }
+    });
     assert.deepEqual(handler.checked, ["room-one@bridge.test"]);
   });
 
   test("MAIL FROM and RCPT TO parameters not offered: 555 5.5.4 (RFC 5321 §4.1.1.11), nothing counted or asked", async () => {
     handler.reset();
-    const c = await open();
-    try {
+    await withSession(async (c) => {
       await expect(c, [
         ["MAIL FROM:<alice@example.org> FOO=BAR", "555 5.5.4 unsupported parameter FOO"],
         ["MAIL FROM:<alice@example.org> SIZE=100 FOO", "555 5.5.4 unsupported parameter FOO"],
@@ -579,9 +576,7 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
         ["RCPT TO:<Postmaster> FOO", "555 5.5.4 unsupported parameter FOO"],
         ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
       ]);
-    } finally {
-      c.close();
-    }
+    });
     assert.deepEqual(handler.checked, ["room-one@bridge.test"]);
   });
 
