@@ -18,7 +18,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { createWriteStream, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as delay } from "node:timers/promises";
@@ -87,6 +87,10 @@ interface Run {
   pattern: string;
   round: number;
   msgPerS: number;
+  /** CPU time of the bench process (the server under load) per accepted message, ms. */
+  serverCpuMsPerMsg: number;
+  /** CPU time of the load generator per accepted message, ms. */
+  clientCpuMsPerMsg: number;
   result: SmtpLoadResult;
 }
 
@@ -292,7 +296,9 @@ async function oneRun(server: ServerName, pattern: Pattern, settings: IngestSett
         (result.failed ? `; ${result.failed} FAILED, e.g. ${result.errors.join(" | ")}` : "") +
         (result.capped ? " (TIME CAP)" : ""),
     );
-    return { server, pattern: pattern.name, round, msgPerS, result };
+    const serverCpuMsPerMsg = (cpu.user + cpu.system) / 1000 / Math.max(1, result.accepted);
+    const clientCpuMsPerMsg = result.cpuMs / Math.max(1, result.accepted);
+    return { server, pattern: pattern.name, round, msgPerS, serverCpuMsPerMsg, clientCpuMsPerMsg, result };
   } finally {
     await target.close();
   }
@@ -379,7 +385,35 @@ export async function runIngest(settings: IngestSettings): Promise<TableRow[]> {
         target: TARGET,
         ...(note ? { note } : {}),
       });
+      if (mine.length && bare.length) rows.push(cpuBudgetRow(engine, pattern.name, mine, bare));
     }
   }
   return rows;
+}
+
+/** Cores of this machine (the bridge, the load generator and the reference share them). */
+const CORES = availableParallelism();
+
+/**
+ * The CPU the bridge's ingest path would need to take mail at the bare server's rate: the
+ * bridge's CPU per message (its process, all threads) plus the load generator's, times the bare
+ * rate, in cores, next to the cores this machine has. Over the cores means that rate is out of
+ * reach on this machine whatever the path's latency, since the work (parse, authenticate, commit)
+ * is done for every message and the reference does none of it.
+ * @param mine the bridge's runs of one engine and pattern; `bare` the reference's
+ */
+function cpuBudgetRow(engine: EngineName, pattern: string, mine: Run[], bare: Run[]): TableRow {
+  const server = median(mine.map((r) => r.serverCpuMsPerMsg));
+  const clients = median(bare.map((r) => r.clientCpuMsPerMsg));
+  const bareServer = median(bare.map((r) => r.serverCpuMsPerMsg));
+  const rate = median(bare.map((r) => r.msgPerS));
+  const cores = (rate * (server + clients)) / 1000;
+  return {
+    part: "ingest",
+    figure: `CPU per msg, ${engine}, ${pattern}: bridge + load generator`,
+    value: `${server.toFixed(2)} + ${clients.toFixed(2)} ms`,
+    reference: `bare smtp-server ${bareServer.toFixed(2)} + ${clients.toFixed(2)} ms`,
+    ratio: `${cores.toFixed(1)} cores`,
+    target: `cores needed at the bare rate (${num(rate)} msg/s); this machine has ${CORES}`,
+  };
 }

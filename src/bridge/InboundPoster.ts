@@ -791,14 +791,19 @@ const MAX_FILENAME_CHARS = 200;
 
 /**
  * The name an attachment is posted under: its name without control and bidi characters
- * (see {@link FILENAME_UNSAFE}), trimmed; `attachment-N` when nothing is left. A name longer
- * than {@link MAX_FILENAME_CHARS} is cut in its middle (`…`), keeping its extension.
+ * (see {@link FILENAME_UNSAFE}), its last path segment only (a mail's name is a suggestion for
+ * the recipient's file, never a path: RFC 2183 §2.3, a receiver SHOULD NOT respect directory
+ * path information in it, so `../../.ssh/authorized_keys` and `C:\Windows\x.dll` post as
+ * `authorized_keys` and `x.dll`), trimmed; `attachment-N` when nothing, or only dots, is left.
+ * A name longer than {@link MAX_FILENAME_CHARS} is cut in its middle (`…`), keeping its
+ * extension.
  * @param filename the name from the mail (Content-Disposition / Content-Type), or null/undefined
  * @param index the attachment's 0-based position in the mail (N is index + 1)
  */
 export function cleanFilename(filename: string | null | undefined, index: number): string {
-  const cleaned = (filename ?? "").replace(FILENAME_UNSAFE, "").trim();
-  if (!cleaned) return `attachment-${index + 1}`;
+  const segments = (filename ?? "").replace(FILENAME_UNSAFE, "").split(/[\\/]/u);
+  const cleaned = (segments.findLast((s) => s.trim() !== "") ?? "").trim();
+  if (/^\.*$/u.test(cleaned)) return `attachment-${index + 1}`;
   const chars = [...cleaned];
   if (chars.length <= MAX_FILENAME_CHARS) return cleaned;
   const ext = /\.[\p{L}\p{N}]{1,10}$/u.exec(cleaned)?.[0] ?? "";

@@ -901,19 +901,30 @@ export class MatrixGateway implements MatrixActions {
     return pl.users?.[userId] ?? pl.users_default ?? 0;
   }
 
-  /** The display name of `userId` in a room, falling back to the global profile, then the user ID. */
+  /**
+   * The display name of `userId` in a room (its `m.room.member` state, Client-Server API
+   * "m.room.member"), else its global profile (`GET /profile/{userId}`), else the user ID.
+   * A refusal (4xx: no such event or profile, or not readable by `asUserId`) falls through to
+   * the next source; a homeserver that cannot answer now (5xx, 429, network; see
+   * {@link classifyError}) is thrown, so that a mail waits and retries rather than going out
+   * under the bare user ID because the homeserver was away for a moment.
+   * @throws the homeserver's temporary failure
+   */
   async displayName(roomId: string, userId: string, asUserId?: string): Promise<string> {
+    const refused = (err: unknown): void => {
+      if (this.classifyError(err).temporary) throw err;
+    };
     try {
       const member = await this.stateContent(roomId, "m.room.member", userId, asUserId);
       if (typeof member?.displayname === "string" && member.displayname) return member.displayname;
-    } catch {
-      /* fall through to the profile */
+    } catch (err) {
+      refused(err);
     }
     try {
       const profile = (await this.intent().matrixClient.getUserProfile(userId)) as { displayname?: string };
       if (profile.displayname) return profile.displayname;
-    } catch {
-      /* fall through */
+    } catch (err) {
+      refused(err);
     }
     return userId;
   }

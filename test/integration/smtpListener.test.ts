@@ -580,6 +580,23 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
     assert.deepEqual(handler.checked, ["room-one@bridge.test"]);
   });
 
+  test("a non-ASCII address without SMTPUTF8 on MAIL FROM: 553 5.6.7 (RFC 6531 §3.4, §3.5); with it, the address is taken", async () => {
+    handler.reset();
+    await withSession(async (c) => {
+      await expect(c, [
+        ["MAIL FROM:<jürgen@example.org>", "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"],
+        ["MAIL FROM:<alice@exämple.org>", "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"],
+        ["MAIL FROM:<alice@example.org>", "250 2.1.0 Accepted"],
+        ["RCPT TO:<räum@bridge.test>", "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"],
+        ["RCPT TO:<room-one@bridge.test>", "250 2.1.5 Accepted"],
+        ["RSET", "250 2.0.0 Flushed"],
+        ["MAIL FROM:<jürgen@example.org> SMTPUTF8", "250 2.1.0 Accepted"],
+        ["RCPT TO:<räum@bridge.test>", "250 2.1.5 Accepted"],
+      ]);
+    });
+    assert.deepEqual(handler.checked, ["room-one@bridge.test", "räum@bridge.test"], "the refused address is never looked up");
+  });
+
   test("the listener's own refusals keep their exact code and enhanced code (no second code, no table code)", async () => {
     handler.reset();
     handler.deliverImpl = async () => {

@@ -102,6 +102,12 @@ describe("attachment filenames", () => {
   it("an empty result, or no name, becomes attachment-N", () => {
     assert.equal(cleanFilename("\u202E\u0000 ", 2), "attachment-3");
     assert.equal(cleanFilename(null, 0), "attachment-1");
+    assert.equal(cleanFilename("../../.ssh/authorized_keys", 0), "authorized_keys", "a path keeps its last segment (RFC 2183 §2.3)");
+    assert.equal(cleanFilename("C:\\Windows\\System32\\evil.dll", 0), "evil.dll");
+    assert.equal(cleanFilename("report.pdf/ ", 0), "report.pdf", "a trailing separator leaves the segment before it");
+    assert.equal(cleanFilename("..", 1), "attachment-2");
+    assert.equal(cleanFilename("/../.", 0), "attachment-1");
+    assert.equal(cleanFilename(".profile", 0), ".profile", "a dot file's name is kept");
     assert.equal(cleanFilename(undefined, 4), "attachment-5");
   });
 });

@@ -32,7 +32,7 @@ import { CertificateFiles, refreshServerCertificate } from "./certificates.ts";
 import { checkDnsbl } from "./dnsbl.ts";
 import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clientKey } from "./limits.ts";
 import type { MessageLimits, SmtpLimitKey } from "./limits.ts";
-import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter } from "./rejections.ts";
+import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter, utf8WithoutSmtputf8 } from "./rejections.ts";
 import { replyTap } from "./replyTap.ts";
 import { listenSmtp } from "../listen.ts";
 
@@ -233,6 +233,8 @@ type Limits = Pick<SmtpConfig, SmtpLimitKey>;
  *   files are re-read when they change (checked before each STARTTLS);
  * - MAIL FROM parameters other than SIZE, BODY and SMTPUTF8, and any RCPT TO parameter →
  *   555 5.5.4 (RFC 5321 §4.1.1.11); `SIZE=` over `max_message_bytes` → 552 5.3.4 (RFC 1870);
+ * - a non-ASCII MAIL FROM or RCPT TO address in a transaction without `SMTPUTF8` → 553 5.6.7
+ *   (RFC 6531 §3.4, §3.5);
  * - `require_tls`: MAIL before STARTTLS gets 530 5.7.0;
  * - at connect: over `max_clients` open sessions, or `max_connections_per_ip` from the
  *   client's address (IPv6: its /64) → 421 4.7.0 and close; listed on a `dnsbl_zones` zone →
@@ -653,6 +655,8 @@ export class SmtpListener<R = unknown> {
     if (this.#limits.require_tls && !session.secure) return reject(Rejections.tlsRequired());
     const badParameter = unsupportedParameter(address.args, MAIL_PARAMETERS);
     if (badParameter) return reject(badParameter);
+    const nonAscii = utf8WithoutSmtputf8(a, address);
+    if (nonAscii) return reject(nonAscii);
     let domain: string | null = null;
     if (a !== "") {
       const at = a.lastIndexOf("@");
@@ -685,6 +689,8 @@ export class SmtpListener<R = unknown> {
     // RCPT counts (it causes no work).
     const badParameter = unsupportedParameter(address.args, RCPT_PARAMETERS);
     if (badParameter) return reject(badParameter);
+    const nonAscii = utf8WithoutSmtputf8(address.address, session.envelope.mailFrom);
+    if (nonAscii) return reject(nonAscii);
     const tx = this.#transaction(session);
     tx.rcptCommands++;
     const n = this.#normalizeRecipient(address.address);

@@ -186,6 +186,15 @@ export const Rejections = Object.freeze({
     return new SmtpReply(555, "5.5.4", `unsupported parameter ${shown.length > 64 ? `${shown.slice(0, 64)}...` : shown}`);
   },
 
+  /**
+   * `553 5.6.7`: a MAIL FROM or RCPT TO address with non-ASCII characters in a transaction whose
+   * MAIL did not carry the `SMTPUTF8` parameter. RFC 6531 §3.4: such an address is only allowed
+   * when the client asked for SMTPUTF8; §3.5 gives the reply, 553 with X.6.7 "Non-ASCII
+   * addresses not permitted for that sender/recipient" (RFC 5248). Postfix answers the same.
+   * The address is not echoed: a client that did not ask for SMTPUTF8 gets an ASCII reply.
+   */
+  utf8AddressWithoutSmtputf8: (): SmtpReply => new SmtpReply(553, "5.6.7", "a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"),
+
   /** `550 5.7.1`: the sender is refused by policy (blocked address or domain; RFC 3463 X.7.1). */
   senderRefused: (address: string): SmtpReply => new SmtpReply(550, "5.7.1", `${bracket(address)}: sender refused`),
 
@@ -291,6 +300,22 @@ export function unsupportedParameter(args: SMTPServerAddress["args"], supported:
     if (!supported.has(keyword)) return Rejections.parameterNotRecognized(keyword);
   }
   return null;
+}
+
+/**
+ * The refusal for a non-ASCII address in a transaction whose MAIL FROM did not carry the
+ * `SMTPUTF8` parameter (RFC 6531 §3.4: without it, addresses are RFC 5321's ASCII), or null.
+ * See {@link Rejections.utf8AddressWithoutSmtputf8}.
+ * @param address the MAIL FROM or RCPT TO address as smtp-server parsed it
+ * @param mailFrom the transaction's MAIL FROM (for RCPT: `session.envelope.mailFrom`, set once
+ *   MAIL was accepted; false/undefined before)
+ * @returns a new `553 5.6.7` reply, or null
+ */
+export function utf8WithoutSmtputf8(address: string, mailFrom: SMTPServerAddress | false | undefined): SmtpReply | null {
+  if (/^[\x00-\x7f]*$/u.test(address)) return null;
+  // smtp-server parses the flag as `true` (its typings say string values).
+  const asked = Boolean(mailFrom && mailFrom.args && (mailFrom.args as Record<string, unknown>).SMTPUTF8);
+  return asked ? null : Rejections.utf8AddressWithoutSmtputf8();
 }
 
 /** smtp-server's connection object (typed by its own declarations, see `SMTPServer.connections`). */

@@ -32,7 +32,7 @@ import { readAuthor } from "../inbound/auth.ts";
 import { CertificateFiles, refreshServerCertificate } from "../inbound/certificates.ts";
 import { MessageInspector, RateLimiter, clientKey } from "../inbound/limits.ts";
 import type { MessageLimits } from "../inbound/limits.ts";
-import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter } from "../inbound/rejections.ts";
+import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter, utf8WithoutSmtputf8 } from "../inbound/rejections.ts";
 import { listenSmtp } from "../listen.ts";
 
 /** A local user logged in on the submission port. */
@@ -217,7 +217,7 @@ export class SubmissionListener {
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
       onMailFrom: (address, session, cb) => cb(this.#checkMailFrom(address, session)),
       onRcptTo: (address, session, cb) => {
-        const badParameter = unsupportedParameter(address.args, RCPT_PARAMETERS);
+        const badParameter = unsupportedParameter(address.args, RCPT_PARAMETERS) ?? utf8WithoutSmtputf8(address.address, session.envelope.mailFrom);
         if (badParameter) return cb(badParameter);
         this.#onRcptTo(address.address, session).then(
           () => cb(),
@@ -346,7 +346,7 @@ export class SubmissionListener {
     if (!session.secure) reply = SubmissionReplies.starttlsFirst();
     else if (!user) reply = SubmissionReplies.authRequired();
     else if (!sameAddress(address, user.address)) reply = SubmissionReplies.notYourAddress(`<${address}>`, user.address);
-    else reply = unsupportedParameter(from.args, MAIL_PARAMETERS);
+    else reply = unsupportedParameter(from.args, MAIL_PARAMETERS) ?? utf8WithoutSmtputf8(address, from);
     if (reply) log.info("submission sender refused", { mailFrom: address || "<>", user: user?.userId, reply: reply.line });
     return reply;
   }
