@@ -28,11 +28,11 @@ import { attachmentSizes, forEachAttachment, parseMail, type MailAttachment, typ
 import { MailParseError } from "../mail/inbound/parseThread.ts";
 import { RawDecryptError } from "../store/rawCipher.ts";
 import { foldReply, type FoldedReply } from "../mail/inbound/replyFold.ts";
-import { noParts, prepareParts, replaceCids, type InlineImage, type PreparedParts } from "./format/mailParts.ts";
+import { noParts, prepareParts, replaceImages, type InlineImage, type PreparedParts } from "./format/mailParts.ts";
 import type { ParsedMailCache } from "./ParsedMailCache.ts";
 import { parseDsn } from "../mail/dsn.ts";
 import type { IdContext } from "./ids.ts";
-import { AUTH_FIELD, NO_TEXT, RECIPIENT_FIELD, authContent, cutSubjectWarning, cutText, mailToMatrix, recipientLine, showSubject, unverifiedWarning } from "./format/toMatrix.ts";
+import { AUTH_FIELD, NO_TEXT, RECIPIENT_FIELD, authContent, cutSubjectWarning, cutText, droppedImagesWarning, mailToMatrix, recipientLine, showSubject, unverifiedWarning } from "./format/toMatrix.ts";
 import { escapeHtml } from "./format/html.ts";
 import { encryptFile } from "./format/encryptedFile.ts";
 import { sanitizeHtml, sanitizeMailHtml } from "./format/sanitize.ts";
@@ -287,6 +287,8 @@ export class InboundPoster {
     if (cut) files.push({ filename: "message.txt", contentType: "text/plain; charset=utf-8", content: Buffer.from([mail.text, ...parts.blocks.map((b) => b.text)].join("\n\n"), "utf8") });
     // What did not decode, was folded away or cut from the subject is not lost: the original goes with what is shown.
     if (original) files.push({ filename: "message.eml", contentType: "message/rfc822", content: await stored.whole() });
+    // Images the HTML carried (`data:` URLs) that could not be shown inline follow as files, as `cid:` images do.
+    files.push(...parts.dataFiles);
     // An inline image the message shows is not posted again; one it does not show is, with its upload.
     const formatted = String(content.formatted_body ?? "");
     const postAsFile = (i: number): boolean => !parts.skip.has(i) && !(parts.inline.has(i) && formatted.includes(parts.inline.get(i)!.url));
@@ -561,7 +563,7 @@ export class InboundPoster {
     const own = fold.text.trimEnd();
     const text = [own, ...parts.blocks.map((b) => b.text)].join("\n\n");
     // A reply shows its text only: its HTML would bring the quote back.
-    const ownHtml = !isReply && mail.html ? replaceCids(mail.html, parts.cidUrls) : null;
+    const ownHtml = !isReply && mail.html ? replaceImages(mail.html, parts.cidUrls, parts.dataUrls) : null;
     let html: string | null;
     if (parts.blocks.length === 0) html = ownHtml !== null ? sanitizeMailHtml(ownHtml) || null : null;
     else {
@@ -577,7 +579,8 @@ export class InboundPoster {
     // The subject is shown on a new conversation only; cut there, it is whole in the original.
     const subject = !isReply && mail.subject !== null ? showSubject(mail.subject) : null;
     if (subject?.cut) warnings.push(cutSubjectWarning(subject.length));
-    const original = mail.losses.length > 0 || fold.folded || subject?.cut === true;
+    if (parts.dataDropped > 0) warnings.push(droppedImagesWarning(parts.dataDropped));
+    const original = mail.losses.length > 0 || fold.folded || subject?.cut === true || parts.dataDropped > 0;
     if (row.spam && (row.spam.action === "add header" || row.spam.action === "rewrite subject")) {
       warnings.push(`⚠️ Possible spam (rspamd score ${row.spam.score.toFixed(1)} of ${row.spam.requiredScore.toFixed(1)})`);
     }

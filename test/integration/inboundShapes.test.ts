@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { InboundPoster } from "../../src/bridge/InboundPoster.ts";
 import type { MatrixActions, MediaStream } from "../../src/bridge/ports.ts";
 import { decryptFile, type EncryptedFile } from "../../src/bridge/format/encryptedFile.ts";
+import { MAX_DATA_IMAGES } from "../../src/bridge/format/mailParts.ts";
 import { AUTH_FIELD } from "../../src/bridge/format/toMatrix.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
 import { openStore } from "../../src/store/open.ts";
@@ -213,6 +214,46 @@ describe("inbound poster: inline images, forwards, calendars, folded replies, au
     assert.equal(file.url, upload.url);
     assert.deepEqual(logoEvent!.content.info, { mimetype: "image/png", size: logo.length });
     assert.ok(decryptFile(upload.data, file).equals(logo), "the event's key decrypts the upload to the image");
+  });
+
+  /** A text/html mail whose HTML carries its images itself (`data:` URLs, RFC 2397). */
+  function dataImageMail(images: Buffer[], messageId: string): Buffer {
+    const imgs = images.map((b, i) => `<img src="data:image/png;base64,${b.toString("base64")}" alt="pic${i}">`).join("");
+    return Buffer.from([`From: Bob <bob@example.org>`, `Message-ID: <${messageId}>`, "Subject: Pictures", "MIME-Version: 1.0", "Content-Type: text/html; charset=utf-8", "", `<p>Look:</p><p>${imgs}</p>`, ""].join("\r\n"));
+  }
+
+  it("a data: image in the HTML is uploaded before the message and shown in it, like a cid: image", async () => {
+    const pic = image(60, 11);
+    const ops = await post(dataImageMail([pic], "data-1@example.org"));
+    assert.deepEqual(
+      ops.map((o) => (o.op === "upload" ? `upload ${o.name} ${o.type}` : `send ${String(o.content.msgtype)} ${String(o.content.body).split("\n")[0]}`)),
+      ["upload image-1.png image/png", "send m.text Pictures"],
+    );
+    const upload = ops[0] as Extract<Op, { op: "upload" }>;
+    assert.ok(upload.data.equals(pic), "the decoded bytes are uploaded");
+    assert.equal(sends(ops)[0]!.content.formatted_body, `<p><strong>Pictures</strong></p><p>Look:</p><p><img src="${upload.url}" alt="pic0" /></p>`);
+  });
+
+  it("in an encrypted room a data: image follows the message as an encrypted image; none is lost", async () => {
+    const pic = image(60, 12);
+    const ops = await post(dataImageMail([pic], "data-enc@example.org"), { encrypted: true });
+    assert.deepEqual(
+      ops.map((o) => (o.op === "upload" ? `upload ${o.name} ${o.type}` : `send ${String(o.content.msgtype)} ${String(o.content.body).split("\n")[0]}`)),
+      ["send m.text Pictures", "upload image-1.png application/octet-stream", "send m.image image-1.png"],
+    );
+    const upload = ops.find((o): o is Extract<Op, { op: "upload" }> => o.op === "upload")!;
+    assert.ok(decryptFile(upload.data, sends(ops)[1]!.content.file as EncryptedFile).equals(pic));
+  });
+
+  it(`data: images past ${MAX_DATA_IMAGES} are not shown: the message says so and the original follows as message.eml`, async () => {
+    const pics = Array.from({ length: MAX_DATA_IMAGES + 1 }, (_, i) => image(20, 100 + i));
+    const ops = await post(dataImageMail(pics, "data-many@example.org"));
+    const names = ops.filter((o): o is Extract<Op, { op: "upload" }> => o.op === "upload").map((o) => o.name);
+    assert.equal(names.filter((n) => n.startsWith("image-")).length, MAX_DATA_IMAGES);
+    assert.ok(names.includes("message.eml"), names.join(", "));
+    const message = sends(ops)[0]!;
+    assert.match(String(message.content.body), /^🖼️ 1 image embedded in this mail is not shown here; the original is attached as message\.eml\./u);
+    assert.equal((String(message.content.formatted_body).match(/<img /g) ?? []).length, MAX_DATA_IMAGES);
   });
 
   it("a cid: image over the upload limit is not shown; it is named in a notice after the message", async () => {

@@ -5,7 +5,7 @@
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { forwardedBlock, forwardedName, prepareParts, referencedCids, replaceCids } from "../../src/bridge/format/mailParts.ts";
+import { MAX_DATA_IMAGES, dataImageOf, forwardedBlock, forwardedName, prepareParts, referencedCids, referencedDataImages, replaceImages } from "../../src/bridge/format/mailParts.ts";
 import { isAutomatic } from "../../src/bridge/InboundPoster.ts";
 import { sanitizeMailHtml } from "../../src/bridge/format/sanitize.ts";
 import { parseMail, type MailAttachment } from "../../src/mail/inbound/parse.ts";
@@ -27,16 +27,65 @@ describe("cid: links", () => {
     assert.deepEqual([...referencedCids(html)].sort(), ["%zz@x", "&lt;d@x&gt;", "a@x", "b@x", "c@x"].sort());
   });
 
-  it("replaceCids points known ids (any case) at their mxc URL, leaves the rest; the sanitizer keeps mxc and drops the rest", () => {
+  it("replaceImages points known ids (any case) at their mxc URL, leaves the rest; the sanitizer keeps mxc and drops the rest", () => {
     const urls = new Map([
       ["A@x", "mxc://hs/1"],
       ["b@x", "mxc://hs/2"],
     ]);
     const html = '<p><img src="cid:a@X" alt="one"> <img src=\'cid:b%40x\'> <img src="cid:unknown@x" alt="gone"></p>';
-    const replaced = replaceCids(html, urls);
+    const replaced = replaceImages(html, urls);
     assert.equal(replaced, '<p><img src="mxc://hs/1" alt="one"> <img src="mxc://hs/2"> <img src="cid:unknown@x" alt="gone"></p>');
     assert.equal(sanitizeMailHtml(replaced), '<p><img src="mxc://hs/1" alt="one" /> <img src="mxc://hs/2" /> </p>');
-    assert.equal(replaceCids(html, new Map()), html);
+    assert.equal(replaceImages(html, new Map()), html);
+  });
+});
+
+describe("data: images (RFC 2397)", () => {
+  const png = Buffer.from("89504e470d0a1a0a0000000d49484452", "hex");
+  const b64 = png.toString("base64");
+
+  it("referencedDataImages: base64 raster images in img src, distinct, in order; other data: URLs and tags ignored", () => {
+    const html = [
+      `<img src="data:image/png;base64,${b64}">`,
+      `<IMG SRC='data:image/jpeg;base64,${b64}' alt=x>`,
+      `<img src="data:image/png;base64,${b64}">`,
+      '<img src="data:image/svg+xml;base64,PHN2Zy8+">',
+      '<a href="data:image/png;base64,AAAA">a link</a>',
+      '<img src="https://example.org/x.png">',
+    ].join("");
+    const urls = referencedDataImages(html);
+    assert.deepEqual(urls, [`data:image/png;base64,${b64}`, `data:image/jpeg;base64,${b64}`, "data:image/svg+xml;base64,PHN2Zy8+"]);
+    assert.deepEqual(dataImageOf(urls[0]!), { contentType: "image/png", content: png });
+    assert.equal(dataImageOf(urls[2]!), null, "SVG is not shown (it can carry script)");
+    assert.equal(dataImageOf("data:image/png,rawbytes"), null, "not base64");
+    assert.equal(dataImageOf("data:image/png;base64,"), null, "empty");
+    assert.deepEqual(dataImageOf(`data:image/jpg;name=a.jpg;base64,${b64.slice(0, 8)}\n${b64.slice(8)}`)?.contentType, "image/jpeg", "parameters and folded base64 are read");
+    assert.deepEqual(referencedDataImages("<p>no images</p>"), []);
+  });
+
+  it("prepareParts uploads each (named image-N), points the HTML at it; one that cannot be inline becomes a file; past the limit, counted", async () => {
+    const imgs = Array.from({ length: MAX_DATA_IMAGES + 2 }, (_, i) => `<img src="data:image/gif;base64,${Buffer.from(`GIF89a-${i}`).toString("base64")}" alt="i${i}">`);
+    const html = `<p>Hi</p>${imgs.join("")}<img src="data:image/png;base64,!!!!">`;
+    const raw = Buffer.from(["From: bob@example.org", "Subject: s", "MIME-Version: 1.0", "Content-Type: text/html", "", html, ""].join("\r\n"));
+    const summary = await parseMail(raw, { attachments: "metadata" });
+    const uploaded: string[] = [];
+    const parts = await prepareParts(raw, summary, {
+      showHtml: true,
+      // The second image is refused inline (an encrypted room, over the upload limit).
+      upload: async (img, i) => (uploaded.push(`${i}:${img.filename}:${img.contentType}:${img.content.toString()}`), i === 1 ? null : { url: `mxc://hs/d${i}`, mimetype: img.contentType }),
+      ctx: {},
+    });
+    assert.equal(uploaded.length, MAX_DATA_IMAGES);
+    assert.equal(uploaded[0], "0:image-1.gif:image/gif:GIF89a-0");
+    assert.equal(parts.dataUrls.size, MAX_DATA_IMAGES - 1);
+    assert.deepEqual(parts.dataFiles.map((f) => [f.filename, f.content.toString()]), [["image-2.gif", "GIF89a-1"]]);
+    assert.equal(parts.dataDropped, 3, "two past the limit and one not decodable");
+    const shown = sanitizeMailHtml(replaceImages(summary.html!, parts.cidUrls, parts.dataUrls));
+    assert.ok(shown.includes('<img src="mxc://hs/d0" alt="i0" />'), shown.slice(0, 200));
+    assert.ok(!shown.includes("data:"), "no data: URL is left");
+    assert.equal((shown.match(/<img /g) ?? []).length, MAX_DATA_IMAGES - 1);
+    const reply = await prepareParts(raw, summary, { showHtml: false, upload: async () => assert.fail("nothing is uploaded for a reply"), ctx: {} });
+    assert.equal(reply.dataUrls.size + reply.dataFiles.length + reply.dataDropped, 0);
   });
 });
 

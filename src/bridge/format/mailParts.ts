@@ -4,6 +4,9 @@
  * ({@link prepareParts}).
  * - Inline images (RFC 2392 `cid:` links in the HTML, RFC 2387 `multipart/related`): uploaded as
  *   the ghost and shown where the mail shows them, `<img src="mxc://…">` in `formatted_body`.
+ * - Images carried in the HTML itself (`<img src="data:image/png;base64,…">`, RFC 2397): the
+ *   same, at most {@link MAX_DATA_IMAGES} of them; one that cannot be shown inline (an encrypted
+ *   room, over the upload limit) is posted as a file after the message, as a `cid:` image is.
  * - Forwarded messages (`message/rfc822` and `message/global` parts, RFC 2046 §5.2.1, RFC 6532 §3.5):
  *   a quoted block with their From, Date, Subject and To headers and their text; the part
  *   itself is still posted, as a `.eml` file.
@@ -49,11 +52,65 @@ export interface PreparedParts {
   skip: Set<number>;
   /** File names for parts the mail left unnamed (or named without their type's extension), by attachment index. */
   names: Map<number, string>;
+  /** `src` of a `data:` image of the HTML (as written, unquoted) → `mxc://` URL of its upload, for {@link replaceImages}. */
+  dataUrls: Map<string, string>;
+  /** `data:` images of the HTML that could not be shown inline: posted as files after the message. */
+  dataFiles: { filename: string; contentType: string; content: Buffer }[];
+  /** `data:` images of the HTML past {@link MAX_DATA_IMAGES}, or not decodable: not shown (the original mail is attached). */
+  dataDropped: number;
 }
 
 /** Nothing prepared: a mail without parts to show. */
 export function noParts(): PreparedParts {
-  return { cidUrls: new Map(), inline: new Map(), blocks: [], skip: new Set(), names: new Map() };
+  return { cidUrls: new Map(), inline: new Map(), blocks: [], skip: new Set(), names: new Map(), dataUrls: new Map(), dataFiles: [], dataDropped: 0 };
+}
+
+/**
+ * Most distinct `data:` images of one mail's HTML that are uploaded (inline, or as files where
+ * they cannot be inline); the rest are counted in {@link PreparedParts.dataDropped}. A mail of
+ * thousands of tiny embedded images cannot make thousands of uploads or file events.
+ */
+export const MAX_DATA_IMAGES = 16;
+
+/** A `data:` URL of a raster image in base64 (RFC 2397 §3), the kinds Matrix clients show. */
+const DATA_IMAGE_RE = /^data:(image\/(?:png|jpeg|jpg|gif|webp|bmp|avif))(?:;[a-z0-9_.-]+=[^;,]*)*;base64,([a-z0-9+/=\s]*)$/iu;
+
+/** File name extensions for the types of {@link DATA_IMAGE_RE}. */
+const DATA_IMAGE_EXT: Readonly<Record<string, string>> = { "image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp", "image/avif": "avif" };
+
+/** An `<img src>` value without its quotes and with `&amp;` read, as the other URL readers take it. */
+function srcValue(src: string): string {
+  return src.replace(/^["']|["']$/gu, "").replace(/&amp;/giu, "&").trim();
+}
+
+/**
+ * The `data:` image URLs the HTML shows (`<img src="data:image/…;base64,…">`), distinct, in
+ * order, as written (unquoted); other `data:` URLs (SVG, text, not base64) are not images the
+ * bridge shows, and the sanitizer drops them.
+ */
+export function referencedDataImages(html: string): string[] {
+  const out = new Set<string>();
+  if (!/data:image\//iu.test(html)) return [];
+  for (const [tag] of html.matchAll(IMG_TAG_RE)) {
+    const src = SRC_ATTR_RE.exec(tag)?.[2];
+    if (src !== undefined && /^["']?\s*data:image\//iu.test(src)) out.add(srcValue(src));
+  }
+  return [...out];
+}
+
+/**
+ * The image a `data:` URL carries (RFC 2397), or null when it is not a base64 raster image or
+ * decodes to nothing.
+ * @param url the `src` value ({@link referencedDataImages})
+ * @returns its media type (lower case, `image/jpg` read as `image/jpeg`) and decoded bytes
+ */
+export function dataImageOf(url: string): { contentType: string; content: Buffer } | null {
+  const m = DATA_IMAGE_RE.exec(url);
+  if (!m) return null;
+  const type = m[1]!.toLowerCase();
+  const content = Buffer.from(m[2]!.replace(/\s+/gu, ""), "base64");
+  if (content.length === 0) return null;
+  return { contentType: type === "image/jpg" ? "image/jpeg" : type, content };
 }
 
 /** Whether a part is a forwarded message. */
@@ -104,19 +161,21 @@ function cidKey(id: string): string {
 }
 
 /**
- * Point the `cid:` images of the HTML at their uploads: `<img src="cid:x">` becomes
- * `<img src="mxc://…">` for each Content-ID in `urls`; others are left (the sanitizer removes
- * images that are not `mxc://`).
+ * Point the images of the HTML at their uploads: `<img src="cid:x">` (RFC 2392) and
+ * `<img src="data:image/…">` (RFC 2397) become `<img src="mxc://…">` for each Content-ID in
+ * `cidUrls` and each `data:` URL in `dataUrls`; others are left (the sanitizer removes images
+ * that are not `mxc://`).
  * @param html the mail's HTML as received
- * @param urls Content-ID → `mxc://` URL ({@link PreparedParts.cidUrls})
+ * @param cidUrls Content-ID → `mxc://` URL ({@link PreparedParts.cidUrls})
+ * @param dataUrls `data:` URL → `mxc://` URL ({@link PreparedParts.dataUrls})
  */
-export function replaceCids(html: string, urls: ReadonlyMap<string, string>): string {
-  if (urls.size === 0) return html;
-  const byKey = new Map([...urls].map(([id, url]) => [cidKey(id), url]));
+export function replaceImages(html: string, cidUrls: ReadonlyMap<string, string>, dataUrls: ReadonlyMap<string, string> = new Map()): string {
+  if (cidUrls.size === 0 && dataUrls.size === 0) return html;
+  const byKey = new Map([...cidUrls].map(([id, url]) => [cidKey(id), url]));
   return html.replace(IMG_TAG_RE, (tag) =>
     tag.replace(SRC_ATTR_RE, (whole, prefix: string, src: string) => {
       const id = cidOf(src);
-      const url = id === null ? undefined : byKey.get(cidKey(id));
+      const url = id === null ? dataUrls.get(srcValue(src)) : byKey.get(cidKey(id));
       return url === undefined ? whole : `${prefix}"${url}"`;
     }),
   );
@@ -167,6 +226,30 @@ export function forwardedName(info: Pick<MailAttachmentInfo, "filename">, messag
   if (own) return /\.eml$/iu.test(own) ? own : `${own}.eml`;
   const subject = message?.subject?.replace(UNSAFE_NAME_RE, " ").replace(/\s+/gu, " ").trim().slice(0, 80).trim();
   return `${subject || "forwarded-message"}.eml`;
+}
+
+/**
+ * Upload the `data:` images the HTML shows (at most {@link MAX_DATA_IMAGES}), as inline images
+ * are: each named `image-N.<ext>`, handed to `opts.upload` with an index past the mail's
+ * attachments (`first + N - 1`). One the upload cannot show goes to `parts.dataFiles`; one past
+ * the limit, or not decodable, is counted in `parts.dataDropped`.
+ * @throws what `opts.upload` throws (a temporary failure: the mail is tried again)
+ */
+async function prepareDataImages(html: string, first: number, parts: PreparedParts, opts: PreparePartsOptions): Promise<void> {
+  const urls = referencedDataImages(html);
+  for (const [i, url] of urls.entries()) {
+    const image = i < MAX_DATA_IMAGES ? dataImageOf(url) : null;
+    if (!image) {
+      parts.dataDropped++;
+      continue;
+    }
+    const filename = `image-${i + 1}.${DATA_IMAGE_EXT[image.contentType] ?? "img"}`;
+    const att: MailAttachment = { filename, contentType: image.contentType, size: image.content.length, contentId: null, disposition: "inline", charset: null, content: image.content };
+    const uploaded = await opts.upload(att, first + i);
+    if (uploaded) parts.dataUrls.set(url, uploaded.url);
+    else parts.dataFiles.push({ filename, contentType: image.contentType, content: image.content });
+  }
+  if (parts.dataDropped > 0) log.info("images embedded in the HTML not shown", { ...opts.ctx, shown: urls.length - parts.dataDropped, dropped: parts.dataDropped });
 }
 
 /** A calendar part as read: its summary, or why it could not be read. */
@@ -225,7 +308,8 @@ export interface PreparePartsOptions {
   /** Whether the message shows the mail's HTML: inline images are uploaded only then. */
   showHtml: boolean;
   /**
-   * Upload an inline image as the sender's ghost.
+   * Upload an inline image as the sender's ghost: a `cid:` part (its attachment index), or a
+   * `data:` image of the HTML (an index past the attachments, its name `image-N.<ext>`).
    * @returns the `mxc://` URL, or null when it cannot be shown (too big, refused): it is then posted as a file after the message
    * @throws on temporary failures (the mail is tried again)
    */
@@ -245,6 +329,7 @@ export interface PreparePartsOptions {
  */
 export async function prepareParts(raw: MessageSource, mail: ParsedMailSummary, opts: PreparePartsOptions): Promise<PreparedParts> {
   const parts = noParts();
+  if (opts.showHtml && mail.html !== null) await prepareDataImages(mail.html, mail.attachments.length, parts, opts);
   const cids = opts.showHtml && mail.html !== null ? new Set([...referencedCids(mail.html)].map(cidKey)) : new Set<string>();
   const shown = (info: MailAttachmentInfo): boolean => info.contentId !== null && info.contentType.startsWith("image/") && cids.has(cidKey(info.contentId));
   const wanted = (info: MailAttachmentInfo): boolean => shown(info) || isForwarded(info) || isCalendar(info);

@@ -119,6 +119,16 @@ export function cutSubjectWarning(length: number): string {
 }
 
 /**
+ * The warning line above a mail whose HTML carried images (`data:` URLs, RFC 2397) that are not
+ * shown: past the most shown (mailParts `MAX_DATA_IMAGES`), or not decodable. The original is
+ * posted as `message.eml`.
+ * @param count how many are not shown
+ */
+export function droppedImagesWarning(count: number): string {
+  return `🖼️ ${count === 1 ? "1 image" : `${count} images`} embedded in this mail ${count === 1 ? "is" : "are"} not shown here; the original is attached as message.eml.`;
+}
+
+/**
  * The text of a mail's message event when the mail has nothing to show in it (no subject shown,
  * no text, no warning line) but the event must still be posted: it is a reply (the event carries
  * the reply relation), an automatic mail (the event is the `m.notice`), or a mail with no file
