@@ -240,6 +240,17 @@ describe("sender authentication", () => {
       });
     }
 
+    it("a bare CR in the header section: 554 5.6.0 naming it, whatever the From (readers differ on where it ends a line)", () => {
+      for (const raw of ["From: a@x.test\rSubject: s\r\rbody\r\n", "Subject: hi\rFrom: ceo@bank.test\r\nFrom: a@x.test\r\n\r\nbody\r\n", "From: a@x.test\r\nSubject: a\rb\r\n\r\nbody\r\n"]) {
+        assert.throws(
+          () => readAuthor(Buffer.from(raw), OWN),
+          (e: unknown) => e instanceof SmtpReply && e.line === "554 5.6.0 the header section has a bare CR: header lines must end in CRLF (RFC 5322 §2.2)",
+          JSON.stringify(raw),
+        );
+      }
+      assert.deepEqual(readAuthor(Buffer.from("From: a@x.test\r\n\r\nbody\rwith a bare CR\r\n"), OWN), { address: "a@x.test", domain: "x.test" }, "the body is not the header");
+    });
+
     // DMARC (mailauth) turns a U-label into A-labels with NFC, lower-casing and Punycode only;
     // UTS-46 mapping (node:url domainToASCII) also folds fullwidth and compatibility forms. A
     // spelling the two read differently would be judged as another domain (no DMARC record:

@@ -154,16 +154,21 @@ function canonicalDomain(written: string): { domain: string } | { problem: Domai
  * address whose domain is not a usable domain name; a domain not written in a canonical form
  * (fullwidth letters or dots and other spellings only UTS-46 mapping reads as a name: DMARC
  * would judge another domain, see {@link canonicalDomain}); an address on one of `ownDomains`.
+ * Before that, a header section with a bare CR (a CR not followed by LF) gets `554 5.6.0`:
+ * header lines end in CRLF (RFC 5322 §2.2, RFC 5321 §2.3.8), and readers differ on where a
+ * bare CR ends a line.
  *
  * @param raw the message as received
  * @param ownDomains the bridge's own domains (mail domain, MX host name), lower-case
  * @returns the author
- * @throws SmtpReply 550 5.7.1 naming the problem
+ * @throws SmtpReply 550 5.7.1 naming the problem, or 554 5.6.0 for a bare CR
  */
 export function readAuthor(raw: Buffer, ownDomains: readonly string[]): Author {
   const fields: string[][] = [];
   let current: string[] | null = null;
-  for (const line of headerSection(raw).split(/\r?\n/)) {
+  const header = headerSection(raw);
+  if (/\r(?!\n)/.test(header)) throw new SmtpReply(554, "5.6.0", "the header section has a bare CR: header lines must end in CRLF (RFC 5322 §2.2)");
+  for (const line of header.split(/\r?\n/)) {
     if (/^[ \t]/.test(line)) {
       if (/^[ \t]+from[ \t]*:/i.test(line)) throw badAuthor("a header continuation line looks like a From field");
       current?.push(line);
