@@ -505,7 +505,7 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
     }
   });
 
-  test("unknown and not offered commands: 500 5.5.2 (AUTH, STARTTLS without a certificate, BDAT, LHLO, names of smtp-server's code contexts)", async () => {
+  test("unknown and not offered commands: 500 5.5.2 (AUTH, STARTTLS without a certificate, BDAT, LHLO, names of smtp-server's code contexts, sendmail's WIZ/SHELL/KILL)", async () => {
     await withSession(async (c) => {
       const unknown = "500 5.5.2 Error: command not recognized";
       await expect(c, [
@@ -517,6 +517,15 @@ describe("enhanced status codes on every reply, smtp-server's own included (RFC 
         ["LHLO client.example.org", unknown],
         ["DATA_OK", unknown],
         ["MAIL_FROM_OK", unknown],
+      ]);
+    });
+    // A session of its own: the tenth unrecognized command of a session gets 421 and a close.
+    await withSession(async (c) => {
+      const unknown = "500 5.5.2 Error: command not recognized";
+      await expect(c, [
+        ["WIZ secret", unknown],
+        ["SHELL", unknown],
+        ["KILL", unknown],
       ]);
     });
   });

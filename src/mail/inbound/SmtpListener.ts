@@ -32,7 +32,7 @@ import { CertificateFiles, refreshServerCertificate } from "./certificates.ts";
 import { checkDnsbl } from "./dnsbl.ts";
 import { ConnectionLimiter, LIMIT_DEFAULTS, MessageInspector, RateLimiter, clientKey } from "./limits.ts";
 import type { MessageLimits, SmtpLimitKey } from "./limits.ts";
-import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter, utf8WithoutSmtputf8 } from "./rejections.ts";
+import { Rejections, SENDMAIL_DEBUG_COMMANDS, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter, utf8WithoutSmtputf8 } from "./rejections.ts";
 import { replyTap } from "./replyTap.ts";
 import { listenSmtp } from "../listen.ts";
 
@@ -356,8 +356,8 @@ export class SmtpListener<R = unknown> {
       size: config.max_message_bytes,
       authOptional: true,
       // AUTH is never offered. Without a certificate smtp-server would offer STARTTLS with
-      // its built-in test key.
-      disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
+      // its built-in test key. sendmail's debugging commands get 500 5.5.2.
+      disabledCommands: [...(tls ? ["AUTH"] : ["AUTH", "STARTTLS"]), ...SENDMAIL_DEBUG_COMMANDS],
       // Advertise ENHANCEDSTATUSCODES and let smtp-server code its own replies; ours carry
       // theirs in the text (installEnhancedStatusCodes below, see rejections.ts).
       hideENHANCEDSTATUSCODES: false,

@@ -287,6 +287,14 @@ export const Rejections = Object.freeze({
 });
 
 /**
+ * smtp-server's answers to sendmail's old debugging commands (`WIZ`, `SHELL`, `KILL`: jokes such
+ * as "Please pass, oh mighty wizard"): listed in `disabledCommands`, each gets the
+ * unrecognized-command reply, `500 5.5.2`, as any other command the server does not offer
+ * (RFC 5321 §4.2.4).
+ */
+export const SENDMAIL_DEBUG_COMMANDS: readonly string[] = Object.freeze(["WIZ", "SHELL", "KILL"]);
+
+/**
  * The refusal for the first MAIL FROM or RCPT TO parameter (RFC 5321 §4.1.2 `esmtp-param`) that
  * is not one of `supported`, or null when there is none such. RFC 5321 §4.1.1.11: a parameter the
  * server does not recognize gets 555; see {@link Rejections.parameterNotRecognized}.

@@ -32,7 +32,7 @@ import { readAuthor } from "../inbound/auth.ts";
 import { CertificateFiles, refreshServerCertificate } from "../inbound/certificates.ts";
 import { MessageInspector, RateLimiter, clientKey } from "../inbound/limits.ts";
 import type { MessageLimits } from "../inbound/limits.ts";
-import { Rejections, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter, utf8WithoutSmtputf8 } from "../inbound/rejections.ts";
+import { Rejections, SENDMAIL_DEBUG_COMMANDS, SmtpReply, installEnhancedStatusCodes, isSmtpReply, toSmtpReply, unsupportedParameter, utf8WithoutSmtputf8 } from "../inbound/rejections.ts";
 import { listenSmtp } from "../listen.ts";
 
 /** A local user logged in on the submission port. */
@@ -194,7 +194,7 @@ export class SubmissionListener {
       // Our own checks give the RFC 4954 / RFC 3207 codes (530 5.7.0, not smtp-server's texts).
       authOptional: true,
       allowInsecureAuth: false,
-      disabledCommands: [],
+      disabledCommands: [...SENDMAIL_DEBUG_COMMANDS],
       // Enhanced status codes on every reply, ours and smtp-server's (installEnhancedStatusCodes below).
       hideENHANCEDSTATUSCODES: false,
       hideDSN: true,
@@ -206,12 +206,13 @@ export class SubmissionListener {
       logger: false,
       onConnect: (session, cb) => {
         // RFC 4954 §4: no AUTH offered in the clear; STARTTLS brings it (onSecure).
-        session.disabledCommands = ["AUTH"];
+        session.disabledCommands = ["AUTH", ...SENDMAIL_DEBUG_COMMANDS];
         this.#hookConnection(session);
         cb();
       },
       onSecure: (_socket, session, cb) => {
-        session.disabledCommands = [];
+        // A session's list replaces the server's: sendmail's debugging commands stay off.
+        session.disabledCommands = [...SENDMAIL_DEBUG_COMMANDS];
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
