@@ -12,6 +12,7 @@ import type { Contacts } from "./Contacts.ts";
 import type { Addressing } from "./Addressing.ts";
 import { NotSentError, type OutboundHandler, type RoomMessageEvent } from "./OutboundHandler.ts";
 import { portalOf } from "./Portal.ts";
+import { messageContentOf } from "./format/toMail.ts";
 import { ENCRYPTED_ROOM_BRIDGED_NOTICE, ENCRYPTED_ROOM_NOTICE } from "./notices.ts";
 import { getLogger, errorFields } from "../util/logger.ts";
 
@@ -44,12 +45,26 @@ export interface MatrixHandlerOptions {
   addressing: Addressing;
 }
 
+/** How many failed events the handler remembers having told their room of (one notice per event, not per retry). */
+const FAILURES_REMEMBERED = 1000;
+
 /** Dispatches Matrix events. */
 export class MatrixHandler {
   private readonly opts: MatrixHandlerOptions;
 
+  /** Events whose failure the room was told of (oldest first, at most {@link FAILURES_REMEMBERED}). */
+  readonly #toldFailures = new Set<string>();
+
   constructor(opts: MatrixHandlerOptions) {
     this.opts = opts;
+  }
+
+  /** Whether this is the first failure of `eventId` the room would hear of; remembers it. */
+  #firstFailure(eventId: string): boolean {
+    if (this.#toldFailures.has(eventId)) return false;
+    this.#toldFailures.add(eventId);
+    if (this.#toldFailures.size > FAILURES_REMEMBERED) this.#toldFailures.delete(this.#toldFailures.values().next().value!);
+    return true;
   }
 
   /** Handle one event. Errors are thrown to the caller, which logs them once. */
@@ -59,7 +74,8 @@ export class MatrixHandler {
     } else if (event.type === "m.room.encryption") {
       await this.onEncryptionEnabled(event);
     } else if (event.type === "m.room.message") {
-      await this.onMessage(event as unknown as RoomMessageEvent);
+      // The content is the sender's client's JSON: read field by field, typed (toMail.ts).
+      await this.onMessage({ ...(event as unknown as RoomMessageEvent), content: messageContentOf(event.content) });
     } else if (event.type === "m.room.member" && event.content.membership === "leave" && event.state_key === event.sender) {
       await this.onOwnLeave(event);
     } else if (event.type === "m.room.member" && event.content.membership === "join" && event.state_key === event.sender) {
@@ -211,7 +227,10 @@ export class MatrixHandler {
         await this.notice(event.room_id, err.message, event.event_id);
         return;
       }
-      await this.notice(event.room_id, "This message could not be sent by email because of an error on the bridge. The bridge's log has the details.", event.event_id);
+      // The journal tries a failed event again a few times: the room hears of it once.
+      if (this.#firstFailure(event.event_id)) {
+        await this.notice(event.room_id, "This message could not be sent by email because of an error on the bridge. The bridge's log has the details.", event.event_id);
+      }
       throw err;
     }
   }

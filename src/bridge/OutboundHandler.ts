@@ -9,7 +9,8 @@ import { portalOf, type Portal, type PortalContext, type RecipientPlan } from ".
 import { composeMail, type MailFile, type OutgoingMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
 import { mintMessageId, personalAddress, type IdContext } from "./ids.ts";
-import { matrixToMail, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format/toMail.ts";
+import { cleanDisplayName, nameHasAtSign } from "./Ghost.ts";
+import { matrixToMail, messageContentOf, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format/toMail.ts";
 import { escapeHtml } from "./format/html.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
@@ -69,6 +70,25 @@ const FILE_TYPES = new Set(["m.image", "m.file", "m.audio", "m.video"]);
  * many messages keep coming.
  */
 const MAX_BATCH_WINDOWS = 6;
+
+/**
+ * The display name a Matrix user's mail carries (From, and the footer's "… wrote this"): their
+ * name cleaned as a ghost's is (bridge/Ghost.ts `cleanDisplayName`: no controls or bidi
+ * controls, at most 100 characters); a name that reads as an address (an `@` in any NFKC
+ * spelling: `"ceo@bank.test" <ceo@bank.test>`), or none left, gives way to the localpart of
+ * their user ID. Many mail clients show only the display name: it must not claim an address the
+ * mail is not from (the inbound side's rule for ghosts, the same way round).
+ * @param name the `personal name` setting, else the room display name
+ * @param userId the sender's Matrix user ID (`@alice:hs` → `alice`)
+ */
+export function mailSenderName(name: string, userId: string): string {
+  const cleaned = cleanDisplayName(name, MAIL_NAME_MAX);
+  if (cleaned !== null && !nameHasAtSign(cleaned)) return cleaned;
+  return userId.replace(/^@/, "").replace(/:.*$/s, "");
+}
+
+/** Longest display name on a mail, in characters (the `personal name` command's limit). */
+const MAIL_NAME_MAX = 100;
 
 /** Longest subject made from a message's first line, in characters (RFC 5322 §2.1.1 suggests 78 per line). */
 const SUBJECT_MAX = 78;
@@ -300,7 +320,7 @@ export class OutboundHandler {
       log.info("the message replied to is not readable: mailed without a quote", { roomId: portal.roomId, eventId });
       return null;
     }
-    const { body } = stripReplyFallback(ev.content as MessageContent);
+    const { body } = stripReplyFallback(messageContentOf(ev.content));
     return { name: await matrix.displayName(portal.roomId, ev.sender, reader), date: new Date(ev.originServerTs), text: body.trim() };
   }
 
@@ -444,7 +464,7 @@ export class OutboundHandler {
       : { "List-Unsubscribe": `<mailto:${unsubscribe}?subject=unsubscribe>` };
     const { label: where } = await portal.describe(this.#portalContext());
     // The user's own name for their mail (`personal name`), else their name in the room.
-    const name = (await store.getUserSettings(event.sender)).displayName ?? senderName;
+    const name = mailSenderName((await store.getUserSettings(event.sender)).displayName ?? senderName, event.sender);
     const notice = `${name} wrote this ${where} on Matrix. To get no more mail from there, write to ${unsubscribe}.`;
     return {
       // The room's signature line (`mailbox signature`) opens the footer.
@@ -507,7 +527,9 @@ export class OutboundHandler {
   private async subjectFor(portal: Portal, parentSubject: string | null, senderName: string, text: string): Promise<string> {
     if (parentSubject) return /^re:/i.test(parentSubject) ? parentSubject : `Re: ${parentSubject}`;
     const { name } = await portal.describe(this.#portalContext());
-    if (name) return name;
+    // A room name is anyone's text (a moderator's): cleaned as a display name is; compose.ts cuts it.
+    const roomName = cleanDisplayName(name);
+    if (roomName) return roomName;
     const first = text.split("\n").map((l) => l.trim()).find((l) => l !== "" && !l.startsWith(">"));
     if (first) return first.length > SUBJECT_MAX ? `${first.slice(0, SUBJECT_MAX - 1).trimEnd()}…` : first;
     return `Message from ${senderName}`;

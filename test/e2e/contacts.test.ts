@@ -128,6 +128,10 @@ describe("contact requests and personal settings", () => {
   });
 
   it("`personal name` sets the name on outgoing mail; `personal off` refuses new mail but not replies", async () => {
+    await alice.sendText(botDm, 'personal name "support@paypal.com" <support@paypal.com>');
+    await botReply(/^`personal name`: the name may not contain @: mail clients would show it as an address$/);
+    await alice.sendText(botDm, "personal name Alice \u202Egnp.exe");
+    await botReply(/^`personal name`: the name may not contain control, bidi or invisible formatting characters$/);
     await alice.sendText(botDm, "personal name Alice Example");
     await botReply(/^Done: your mail now comes from "Alice Example" <alice@bridge\.test>\.$/);
     await alice.sendText(botDm, "start hal@example.org");

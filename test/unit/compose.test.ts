@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { generateKeyPairSync } from "node:crypto";
 import { simpleParser } from "mailparser";
 import { dkimVerify } from "mailauth";
-import { composeMail, type OutgoingMail } from "../../src/mail/outbound/compose.ts";
+import { HEADER_TEXT_MAX, composeMail, type OutgoingMail } from "../../src/mail/outbound/compose.ts";
 import { dkimTxtRecord, generateDkimKey, loadDkimSigner, type DkimSigner } from "../../src/mail/outbound/dkim.ts";
 
 const DOMAIN = "mail.example";
@@ -152,11 +152,33 @@ describe("composeMail", () => {
     for (const bad of ["bcc", "cc", "x-evil", "injected"]) assert.ok(!names.includes(bad), `no ${bad} header`);
     assert.equal(names.filter((n) => n === "subject").length, 1);
     const parsed = await simpleParser(raw);
-    assert.equal(parsed.subject, "Hi  Bcc: victim@evil.example    fake body");
+    assert.equal(parsed.subject, "Hi Bcc: victim@evil.example fake body");
     assert.equal(parsed.bcc, undefined);
     assert.equal(parsed.cc, undefined);
     assert.equal(parsed.headers.get("x-mailer"), "matrix-email-bridge  Injected: yes");
     assert.equal(parsed.text?.trim(), "Hi Alice,\nhow are you?");
+  });
+
+  it("header text loses C1 and bidi controls and is cut (RFC 5322 §2.1.1: no line over 998 characters), a file name keeping its extension", async () => {
+    const raw = await composeMail(
+      baseMail({
+        subject: `Invoice \u202Efdp.exe\u202C \u0085${"a".repeat(10_000)}`,
+        from: { name: `Alice \u2066x\u2069${"b".repeat(5_000)}`, address: "bob@mail.example" },
+        attachments: [{ filename: `Rechnung \u202Efdp.exe${"n".repeat(10_000)}.pdf`, contentType: "application/pdf", content: Buffer.from("%PDF-1.4") }],
+      }),
+      null,
+    );
+    const lines = raw.toString("latin1").split("\r\n");
+    assert.ok(lines.every((l) => l.length <= 998), `longest line ${Math.max(...lines.map((l) => l.length))}`);
+    const parsed = await simpleParser(raw);
+    assert.equal([...parsed.subject!].length, HEADER_TEXT_MAX.subject);
+    assert.ok(parsed.subject!.startsWith("Invoice fdp.exe aaa") && parsed.subject!.endsWith("a…"), parsed.subject!.slice(0, 40));
+    assert.equal([...parsed.from!.value[0]!.name].length, HEADER_TEXT_MAX.name);
+    assert.ok(parsed.from!.value[0]!.name.startsWith("Alice xbbb"));
+    const name = parsed.attachments[0]!.filename!;
+    assert.equal([...name].length, HEADER_TEXT_MAX.filename);
+    assert.ok(name.startsWith("Rechnung fdp.exennn") && name.endsWith("n….pdf"), name.slice(-20));
+    assert.ok(!/[\u202a-\u202e\u2066-\u2069\u0080-\u009f]/u.test(`${parsed.subject}${parsed.from!.value[0]!.name}${name}`));
   });
 
   it("rejects invalid ids, addresses and reserved or malformed extra header names", async () => {

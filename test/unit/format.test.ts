@@ -1,7 +1,7 @@
 import { it } from "node:test";
 import assert from "node:assert/strict";
 import { MAX_SHOWN_SUBJECT_CHARS, cutSubjectWarning, mailToMatrix, showSubject, shownSubject } from "../../src/bridge/format/toMatrix.ts";
-import { matrixToMail, stripReplyFallback, unpillHtml } from "../../src/bridge/format/toMail.ts";
+import { matrixToMail, messageContentOf, stripReplyFallback, unpillHtml } from "../../src/bridge/format/toMail.ts";
 
 it("strips the rich-reply fallback from replies only", () => {
   const reply = {
@@ -97,4 +97,35 @@ it("shownSubject: controls and bidi controls go as they go from display names; Z
   const content = mailToMatrix({ subject: "Pay\u202e now\u0007", text: "hi", html: null }, true);
   assert.equal(content.body, "Pay now\n\nhi");
   assert.equal(content.formatted_body, "<p><strong>Pay now</strong></p>hi");
+});
+
+it("messageContentOf: a message's content read field by field; wrongly typed fields read as absent (hostile JSON never throws later)", () => {
+  assert.deepEqual(
+    messageContentOf({
+      msgtype: "m.text",
+      body: 42,
+      format: ["org.matrix.custom.html"],
+      formatted_body: "<b>x</b>",
+      url: { $ne: 1 },
+      info: { mimetype: 7, size: "big" },
+      "m.relates_to": { rel_type: "m.thread", event_id: { $ne: 1 }, is_falling_back: "yes", "m.in_reply_to": { event_id: ["$a"] } },
+      "m.new_content": { body: "new", "m.new_content": { body: "deeper" } },
+      extra: "dropped",
+    }),
+    {
+      msgtype: "m.text",
+      formatted_body: "<b>x</b>",
+      info: {},
+      "m.relates_to": { rel_type: "m.thread", "m.in_reply_to": {} },
+      "m.new_content": { body: "new" },
+    },
+  );
+  const file = { url: "mxc://hs/x", key: { k: "secret" } };
+  assert.deepEqual(
+    messageContentOf({ msgtype: "m.file", body: "a.pdf", filename: "a.pdf", file, info: { mimetype: "application/pdf", size: 10 }, "m.relates_to": { "m.in_reply_to": { event_id: "$p" } } }),
+    { msgtype: "m.file", body: "a.pdf", filename: "a.pdf", file, info: { mimetype: "application/pdf", size: 10 }, "m.relates_to": { "m.in_reply_to": { event_id: "$p" } } },
+    "well-typed content is kept as it is (an encrypted file's `file` is checked by encryptedFileOf)",
+  );
+  for (const raw of [null, "text", 5, [1, 2]]) assert.deepEqual(messageContentOf(raw), {});
+  assert.deepEqual(messageContentOf({ "m.relates_to": "x", info: null }), {});
 });

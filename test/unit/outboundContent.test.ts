@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { simpleParser } from "mailparser";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, PortalRow } from "../../src/store/Store.ts";
-import { OutboundHandler, type RoomMessageEvent } from "../../src/bridge/OutboundHandler.ts";
+import { OutboundHandler, mailSenderName, type RoomMessageEvent } from "../../src/bridge/OutboundHandler.ts";
 import type { MessageContent } from "../../src/bridge/format/toMail.ts";
 import type { MatrixActions } from "../../src/bridge/ports.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
@@ -76,6 +76,17 @@ function dmPortal() {
     },
   };
 }
+
+describe("mailSenderName: the name a user's mail carries", () => {
+  it("cleaned as a ghost's; one that reads as an address, or nothing left, gives way to the user ID's localpart", () => {
+    assert.equal(mailSenderName("Alice Example", "@alice:hs.test"), "Alice Example");
+    assert.equal(mailSenderName("Alice \u202Egnp.exe\u202C", "@alice:hs.test"), "Alice gnp.exe");
+    assert.equal(mailSenderName('"ceo@bank.test" <ceo@bank.test>', "@alice:hs.test"), "alice");
+    assert.equal(mailSenderName("ceo\uFF20bank.test", "@alice:hs.test"), "alice", "a fullwidth @ reads as @ (NFKC)");
+    assert.equal(mailSenderName("\u200B\u0000 ", "@bob:hs.test"), "bob");
+    assert.equal([...mailSenderName("x".repeat(500), "@alice:hs.test")].length, 100);
+  });
+});
 
 describe("OutboundHandler: notices and new-topic subjects", () => {
   const dm = dmPortal();

@@ -4,6 +4,7 @@
  * original header section and authentication results).
  */
 import { personalAddress } from "../ids.ts";
+import { cleanDisplayName, nameHasAtSign } from "../Ghost.ts";
 import { CommandError, MAILBOX_POWER_LEVEL, requireBridgeUser, restOf, type CommandContext, type CommandRequest } from "./context.ts";
 
 /** Longest outgoing display name and signature, in characters. */
@@ -49,6 +50,9 @@ export async function personalCommand(ctx: CommandContext, req: CommandRequest, 
       return "Done: your mail carries your Matrix display name again.";
     }
     if (name.length > MAX_NAME_CHARS) throw new CommandError(`the name is too long: at most ${MAX_NAME_CHARS} characters`);
+    // Mail clients often show only the name: one with an @ would claim an address (Ghost.ts rule).
+    if (nameHasAtSign(name)) throw new CommandError("the name may not contain @: mail clients would show it as an address");
+    if (cleanDisplayName(name) !== name.normalize("NFC")) throw new CommandError("the name may not contain control, bidi or invisible formatting characters");
     await ctx.store.updateUserSettings(req.sender, { displayName: name });
     return `Done: your mail now comes from "${name}" <${address}>.`;
   }

@@ -24,8 +24,62 @@ export interface MessageContent {
   url?: string;
   filename?: string;
   info?: { mimetype?: string; size?: number };
+  /** An encrypted file's media (Client-Server API, "Sending encrypted attachments"), as received: read by format/encryptedFile.ts `encryptedFileOf`, which checks it. */
+  file?: unknown;
   /** An edit's new content (Client-Server API, "Event replacements"). */
   "m.new_content"?: MessageContent;
+}
+
+/** `value` when it is a string, else undefined. */
+function str(value: unknown): string | undefined {
+  return typeof value === "string" ? value : undefined;
+}
+
+/**
+ * The `content` of an `m.room.message` event as the bridge reads it: each field kept only when
+ * it has the type the Client-Server API gives it ("m.room.message" msgtypes, "Rich replies",
+ * "Threading", "Event replacements"), so that hostile or broken JSON (an `event_id` that is an
+ * object, a `body` that is a number) reads as absent instead of throwing deep in the outbound
+ * path. An event's content is whatever the sender's client put there: the homeserver checks
+ * none of it.
+ * @param raw the event's `content` as received
+ * @param depth how many `m.new_content` levels to read (an edit's new content, one level)
+ * @returns a new object; unknown fields are dropped
+ */
+export function messageContentOf(raw: unknown, depth = 1): MessageContent {
+  const c = raw !== null && typeof raw === "object" && !Array.isArray(raw) ? (raw as Record<string, unknown>) : {};
+  const out: MessageContent = {};
+  for (const key of ["msgtype", "body", "format", "formatted_body", "url", "filename"] as const) {
+    const v = str(c[key]);
+    if (v !== undefined) out[key] = v;
+  }
+  const info = c.info;
+  if (info !== null && typeof info === "object" && !Array.isArray(info)) {
+    const i = info as Record<string, unknown>;
+    out.info = {};
+    const mimetype = str(i.mimetype);
+    if (mimetype !== undefined) out.info.mimetype = mimetype;
+    if (typeof i.size === "number" && Number.isFinite(i.size)) out.info.size = i.size;
+  }
+  if (c.file !== undefined) out.file = c.file;
+  const rel = c["m.relates_to"];
+  if (rel !== null && typeof rel === "object" && !Array.isArray(rel)) {
+    const r = rel as Record<string, unknown>;
+    const relation: NonNullable<MessageContent["m.relates_to"]> = {};
+    const relType = str(r.rel_type);
+    const eventId = str(r.event_id);
+    if (relType !== undefined) relation.rel_type = relType;
+    if (eventId !== undefined) relation.event_id = eventId;
+    if (typeof r.is_falling_back === "boolean") relation.is_falling_back = r.is_falling_back;
+    const inReplyTo = r["m.in_reply_to"];
+    if (inReplyTo !== null && typeof inReplyTo === "object" && !Array.isArray(inReplyTo)) {
+      const replyId = str((inReplyTo as Record<string, unknown>).event_id);
+      relation["m.in_reply_to"] = replyId !== undefined ? { event_id: replyId } : {};
+    }
+    out["m.relates_to"] = relation;
+  }
+  if (depth > 0 && c["m.new_content"] !== undefined) out["m.new_content"] = messageContentOf(c["m.new_content"], depth - 1);
+  return out;
 }
 
 /**

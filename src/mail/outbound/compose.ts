@@ -19,7 +19,7 @@ export interface MailAddress {
 
 /** A file attached to an outgoing mail. */
 export interface MailFile {
-  /** File name shown to the recipient (RFC 2231 encoded when not ASCII); controls are replaced. */
+  /** File name shown to the recipient (RFC 2231 encoded when not ASCII); controls are replaced, bidi controls removed, cut to {@link HEADER_TEXT_MAX} keeping its extension. */
   filename: string;
   /** MIME type, e.g. `image/png`. */
   contentType: string;
@@ -34,7 +34,7 @@ export interface OutgoingMail {
   to: MailAddress[];
   /** Reply-To (RFC 5322 §3.6.2), e.g. a room mailbox so that replies go to the room; null for none. */
   replyTo?: MailAddress | null;
-  /** Subject; CR, LF and other control characters are replaced by spaces. */
+  /** Subject; control characters are replaced by spaces, bidi controls removed, cut to {@link HEADER_TEXT_MAX}. */
   subject: string;
   /** text/plain body (line breaks may be LF or CRLF; output uses CRLF). */
   text: string;
@@ -115,9 +115,11 @@ const ADDRESS = /^[^\s<>,;"\x00-\x1f\x7f]+@[^\s<>,;"@\x00-\x1f\x7f]+$/;
  * `In-Reply-To` and `References` (RFC 5322 §3.6.4) carry `<id>` forms. `Auto-Submitted`
  * (RFC 3834) is set only when `autoSubmitted` asks for it (mail the bridge writes itself).
  *
- * Header safety: CR/LF and other control characters in the subject, display names and
- * extra header values are replaced by spaces before nodemailer encodes them, so no
- * value can start a new header line.
+ * Header safety: CR/LF and other control characters (C0, DEL, C1) in the subject, display
+ * names, attachment names and extra header values are replaced by spaces before nodemailer
+ * encodes them, so no value can start a new header line; bidi controls are removed from them;
+ * the subject, display names and attachment names are cut to {@link HEADER_TEXT_MAX} (no line
+ * over RFC 5322's 998 characters).
  *
  * @param msg the message.
  * @param dkim signer, or null for an unsigned message. Signature: `a=rsa-sha256`,
@@ -150,7 +152,7 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     from,
     to,
     ...(replyTo !== undefined ? { replyTo } : {}),
-    subject: cleanText(msg.subject),
+    subject: headerText(msg.subject, HEADER_TEXT_MAX.subject),
     text: msg.footer ? `${msg.text}\n\n-- \n${msg.footer}` : msg.text,
     ...(msg.html !== null ? { html: msg.footer ? `${msg.html}<hr><p><small>${escapeText(msg.footer).replace(/\n/g, "<br>")}</small></p>` : msg.html } : {}),
     messageId: `<${msg.messageId}>`,
@@ -159,7 +161,7 @@ export async function composeMail(msg: OutgoingMail, dkim: DkimSigner | null): P
     date: msg.date,
     headers,
     ...(msg.attachments?.length
-      ? { attachments: msg.attachments.map((a) => ({ filename: cleanText(a.filename).trim() || "file", contentType: a.contentType, content: a.content, contentTransferEncoding: "base64" as const })) }
+      ? { attachments: msg.attachments.map((a) => ({ filename: headerText(a.filename, HEADER_TEXT_MAX.filename, true) || "file", contentType: a.contentType, content: a.content, contentTransferEncoding: "base64" as const })) }
       : {}),
     newline: "win",
     // Content comes from Matrix users: never let nodemailer read files or URLs for it.
@@ -246,14 +248,42 @@ function escapeText(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }
 
-/** Replace CR, LF and other C0 controls (except TAB) and DEL by a space. */
+/**
+ * Bidi controls (ALM, LRM, RLM, LRE..RLO, LRI..PDI): they can make a subject, name or file name
+ * read differently from what it is (`Invoice \u202Efdp.exe` shows as `Invoice exe.pdf`;
+ * CVE-2021-42574 "Trojan Source"). Removed from header text.
+ */
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/gu;
+
+/** Replace CR, LF and other C0 controls (except TAB), DEL and C1 controls by a space; remove bidi controls. */
 function cleanText(value: string): string {
-  return value.replace(/[\x00-\x08\x0a-\x1f\x7f]/g, " ");
+  return value.replace(/[\x00-\x08\x0a-\x1f\x7f-\x9f]/g, " ").replace(BIDI_CONTROLS, "");
+}
+
+/**
+ * Longest subject, display name and attachment name written, in characters (code points).
+ * RFC 5322 §2.1.1: a line MUST be at most 998 characters; nodemailer folds at white space and
+ * in encoded words, but an ASCII word longer than a line cannot be folded, so header text is cut
+ * well below it (with `…`). Matrix sets no limit on a room name or a display name.
+ */
+export const HEADER_TEXT_MAX = { subject: 250, name: 100, filename: 200 } as const;
+
+/** `value` cut to `max` code points, ending in `…` when cut; a file name keeps its extension. */
+function cut(value: string, max: number, keepExtension = false): string {
+  const points = [...value];
+  if (points.length <= max) return value;
+  const ext = keepExtension ? (/\.[\p{L}\p{N}]{1,10}$/u.exec(value)?.[0] ?? "") : "";
+  return `${points.slice(0, max - 1 - [...ext].length).join("").trimEnd()}…${ext}`;
+}
+
+/** Header text: {@link cleanText}, white space runs made one space, trimmed, cut to `max`. */
+function headerText(value: string, max: number, keepExtension = false): string {
+  return cut(cleanText(value).replace(/\s+/gu, " ").trim(), max, keepExtension);
 }
 
 function toAddress(a: MailAddress, field: string): { name: string; address: string } {
   if (!ADDRESS.test(a.address)) throw new TypeError(`composeMail: invalid ${field} address`);
-  return { name: a.name === null ? "" : cleanText(a.name).trim(), address: a.address };
+  return { name: a.name === null ? "" : headerText(a.name, HEADER_TEXT_MAX.name), address: a.address };
 }
 
 async function collect(stream: Readable): Promise<Buffer> {
