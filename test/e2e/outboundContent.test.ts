@@ -190,6 +190,19 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     const quoted = await simpleParser((await mailFor("thread-8c")).raw);
     assert.match(quoted.text ?? "", /wrote:\n> Who brings the cake\? \(thread-8\)/);
   });
+
+  it("hostile content JSON (a relation whose event_id is an object) is read as no relation: mailed at once, the next message not held", async () => {
+    const t0 = Date.now();
+    await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.text", body: "odd relation (poison-9)", "m.relates_to": { "m.in_reply_to": { event_id: { $ne: 1 } }, rel_type: ["m.thread"], event_id: 7 } });
+    await alice.sendText(roomId, "the next one (poison-9b)");
+    const odd = await simpleParser((await mailFor("poison-9")).raw);
+    assert.match(odd.text ?? "", /^odd relation \(poison-9\)/);
+    assert.equal(odd.inReplyTo, undefined, "no relation was read");
+    await mailFor("poison-9b");
+    assert.ok(Date.now() - t0 < 20_000, `both mailed within 20 s (took ${Date.now() - t0} ms)`);
+    const notices = (await alice.getRoomMessages(roomId, { limit: 50 })).filter((e) => e.sender === "@emailbot:localhost" && /could not be sent/.test(String(e.content.body)));
+    assert.deepEqual(notices.map((e) => e.content.body), [], "no failure notice");
+  });
 });
 
 describe("Matrix → email: files over the limit with appservice.public_url (the bridge's /media/ links)", () => {
