@@ -48,6 +48,9 @@ export interface MatrixHandlerOptions {
 /** How many failed events the handler remembers having told their room of (one notice per event, not per retry). */
 const FAILURES_REMEMBERED = 1000;
 
+/** Event types that start a poll (Client-Server API v1.7+ "Polls", and MSC3381's unstable type Element still sends). */
+const POLL_START_TYPES: ReadonlySet<string> = new Set(["m.poll.start", "org.matrix.msc3381.poll.start"]);
+
 /** Dispatches Matrix events. */
 export class MatrixHandler {
   private readonly opts: MatrixHandlerOptions;
@@ -76,6 +79,15 @@ export class MatrixHandler {
     } else if (event.type === "m.room.message") {
       // The content is the sender's client's JSON: read field by field, typed (toMail.ts).
       await this.onMessage({ ...(event as unknown as RoomMessageEvent), content: messageContentOf(event.content) });
+    } else if (event.type === "m.sticker") {
+      // A sticker is an image with a description (Client-Server API, "Sticker Messages"): mailed
+      // as an image named sticker.<type>, the description as its caption.
+      const content = messageContentOf(event.content);
+      const ext = /^image\/(png|gif|webp|jpeg)$/.exec(content.info?.mimetype ?? "")?.[1]?.replace("jpeg", "jpg");
+      await this.onMessage({ ...(event as unknown as RoomMessageEvent), content: { ...content, msgtype: "m.image", filename: `sticker${ext ? `.${ext}` : ""}` } });
+    } else if (POLL_START_TYPES.has(event.type)) {
+      // A poll cannot be answered by mail: its sender hears that it was not sent (the type names it).
+      await this.onMessage({ ...(event as unknown as RoomMessageEvent), content: { msgtype: event.type } });
     } else if (event.type === "m.room.member" && event.content.membership === "leave" && event.state_key === event.sender) {
       await this.onOwnLeave(event);
     } else if (event.type === "m.room.member" && event.content.membership === "join" && event.state_key === event.sender) {

@@ -87,6 +87,9 @@ export function mailSenderName(name: string, userId: string): string {
   return userId.replace(/^@/, "").replace(/:.*$/s, "");
 }
 
+/** An `mxc://<server-name>/<media-id>` URI (Client-Server API, "Matrix Content (mxc://) URIs"). */
+const MXC_URI = /^mxc:\/\/[^/\s]+\/[A-Za-z0-9_-]+$/;
+
 /** Longest display name on a mail, in characters (the `personal name` command's limit). */
 const MAIL_NAME_MAX = 100;
 
@@ -192,6 +195,11 @@ export class OutboundHandler {
     const parent = parentId ? await store.getMessageByEvent(portal.roomId, parentId) : await portal.implicitParent(this.#portalContext());
     const plan = await this.withoutOptOuts(portal.roomId, await portal.recipients(parent, this.#portalContext()));
     if (plan.envelope.length === 0) return null;
+    if (!isFile) {
+      // Only white space, or only a reply fallback (an API client can send it; Element cannot): no empty mail.
+      const own = matrixToMail({ ...event.content, msgtype: "m.text" }, "");
+      if (own.text.trim() === "" && !/<img\b/iu.test(own.html ?? "")) throw new NotSentError("This message has no text, so nothing was sent by email.");
+    }
     await this.checkLimits(from, plan.envelope, event);
 
     const senderName = await matrix.displayName(portal.roomId, event.sender, portal.reader(ids));
@@ -352,13 +360,15 @@ export class OutboundHandler {
     }
     const url = encrypted?.url ?? c.url;
     if (typeof url !== "string") throw new NotSentError("This file cannot be sent by email: it has no media URL.");
+    // Client-Server API, "Content repository": media is an mxc:// URI; anything else is never fetched.
+    if (!MXC_URI.test(url)) throw new NotSentError("This file cannot be sent by email: its media URL is not an mxc:// URI.");
     const filename = (typeof c.filename === "string" && c.filename.trim()) || (c.body ?? "").trim() || "file";
     const caption = typeof c.filename === "string" && c.body !== undefined && c.body !== c.filename ? c.body : null;
     // The caption's formatting (Client-Server API, "m.file": `format`/`formatted_body` go with a caption).
     const captioned = caption !== null ? matrixToMail({ body: caption, format: c.format, formatted_body: c.formatted_body, "m.relates_to": c["m.relates_to"] }, "") : null;
     const limit = this.opts.maxAttachmentBytes;
     const declared = typeof c.info?.size === "number" ? c.info.size : null;
-    const download = declared !== null && declared > limit ? ({ tooLarge: true } as const) : await this.opts.matrix.downloadContent(url, limit);
+    const download = declared !== null && declared > limit ? ({ tooLarge: true } as const) : await this.download(url, limit, event);
     if (download.tooLarge) {
       const size = declared !== null ? ` (${declared} bytes)` : "";
       const served = !encrypted && this.opts.mediaLinks ? this.servedLink(this.opts.mediaLinks, url, event, filename) : null;
@@ -384,6 +394,24 @@ export class OutboundHandler {
       }
     }
     return { text: captioned?.text ?? "", html: captioned?.html ?? null, attachments: [{ filename, contentType: mimetype, content }] };
+  }
+
+  /**
+   * Download a file's media for its mail. A refusal (4xx: the media does not exist, is
+   * quarantined or not readable) will not change on a retry: the message is not sent, and the
+   * room is told why. A homeserver that cannot answer now (5xx, 429, network, a remote server's
+   * media that cannot be fetched yet) is thrown, and the event is tried again.
+   * @throws NotSentError for a refusal; the homeserver's temporary failure
+   */
+  private async download(url: string, limit: number, event: RoomMessageEvent): ReturnType<MatrixActions["downloadContent"]> {
+    try {
+      return await this.opts.matrix.downloadContent(url, limit);
+    } catch (err) {
+      const failure = this.opts.matrix.classifyError(err);
+      if (failure.temporary) throw err;
+      log.info("file not sent: the homeserver refused its media", { roomId: event.room_id, eventId: event.event_id, error: failure.message });
+      throw new NotSentError(`This file cannot be sent by email: the homeserver could not provide it (${failure.message}).`);
+    }
   }
 
   /**

@@ -203,6 +203,40 @@ describe("Matrix → email content (files, edits, notices, reactions)", () => {
     const notices = (await alice.getRoomMessages(roomId, { limit: 50 })).filter((e) => e.sender === "@emailbot:localhost" && /could not be sent/.test(String(e.content.body)));
     assert.deepEqual(notices.map((e) => e.content.body), [], "no failure notice");
   });
+
+  /** The bot's notice answering `eventId` (a reply to it), within 20 s. */
+  async function noticeFor(eventId: string): Promise<string> {
+    const ev = await alice.waitForEvent(roomId, (e) => e.sender === "@emailbot:localhost" && (e.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]?.event_id === eventId, 20_000);
+    return String(ev.content.body);
+  }
+
+  it("a sticker is mailed as its image; a poll, an empty message and a file the homeserver cannot provide get one notice each, at once", async () => {
+    const png = Buffer.concat([Buffer.from("89504e470d0a1a0a", "hex"), randomBytes(500)]);
+    const url = await upload(png, "image/png", "wave.png");
+    await alice.sendEvent(roomId, "m.sticker", { body: "A cat waving (sticker-10)", url, info: { mimetype: "image/png", size: png.length } });
+    const sticker = await simpleParser((await mailFor("sticker-10")).raw);
+    assert.match(sticker.text ?? "", /^A cat waving \(sticker-10\)/, "the description is the text");
+    assert.equal(sticker.attachments.length, 1);
+    assert.equal(sticker.attachments[0]!.filename, "sticker.png");
+    assert.ok(sticker.attachments[0]!.content.equals(png), "the sticker's bytes are attached");
+
+    const t0 = Date.now();
+    const poll = await alice.sendEvent(roomId, "org.matrix.msc3381.poll.start", {
+      "org.matrix.msc3381.poll.start": { question: { "org.matrix.msc1767.text": "Cake or pie? (poll-10)" }, kind: "org.matrix.msc3381.poll.disclosed", max_selections: 1, answers: [{ id: "a", "org.matrix.msc1767.text": "Cake" }] },
+      "org.matrix.msc1767.text": "Cake or pie? (poll-10)\n1. Cake",
+    });
+    assert.equal(await noticeFor(poll), "Messages of type org.matrix.msc3381.poll.start are not sent by email; text, emotes, images, files, audio and video are.");
+    const blank = await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.text", body: " \n\t " });
+    assert.equal(await noticeFor(blank), "This message has no text, so nothing was sent by email.");
+    const missing = await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.file", body: "gone.pdf", url: "mxc://localhost/DoesNotExist123", info: { mimetype: "application/pdf", size: 10 } });
+    assert.match(await noticeFor(missing), /^This file cannot be sent by email: the homeserver could not provide it \(404 /);
+    const remote = await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.image", body: "b.png", url: "https://evil.test/b.png" });
+    assert.equal(await noticeFor(remote), "This file cannot be sent by email: its media URL is not an mxc:// URI.");
+    assert.ok(Date.now() - t0 < 30_000, `told within 30 s (took ${Date.now() - t0} ms)`);
+    await alice.sendText(roomId, "after them (after-10)");
+    await mailFor("after-10");
+    assert.ok(!env.sink.mails.some((m) => m.raw.includes("poll-10") || m.raw.includes("gone.pdf")), "none of them was mailed");
+  });
 });
 
 describe("Matrix → email: files over the limit with appservice.public_url (the bridge's /media/ links)", () => {
