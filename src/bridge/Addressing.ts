@@ -17,18 +17,26 @@
  */
 import { domainToASCII } from "node:url";
 import { MailboxTakenError, type BridgeStore, type MailAliasRow, type MailboxPolicy, type RoomMailboxRow } from "../store/Store.ts";
-import { isBridgeUser, mailboxUserId, type IdContext } from "./ids.ts";
+import { RESERVED_LOCALPARTS, isBridgeUser, mailboxUserId, usableLocalpart, type IdContext } from "./ids.ts";
 import { portalOf } from "./Portal.ts";
 import type { MatrixActions } from "./ports.ts";
 import { getLogger } from "../util/logger.ts";
 
 const log = getLogger("bridge/addressing");
 
+export { RESERVED_LOCALPARTS, usableLocalpart } from "./ids.ts";
+
 /**
- * Localparts that are never room mailboxes or aliases: `postmaster` (RFC 5321 §4.5.1), the
- * role addresses of RFC 2142, the bridge's own `unsubscribe+<token>@` and no-reply names.
+ * Whether a local user's personal address is given out to a room mailbox or an alias (a user
+ * registered after it was): mail from that user would speak for the room or the alias's
+ * owners, and replies would go there. A personal address is then not used to send.
+ * @param address the user's personal address (`ids.ts` personalAddress), on the primary domain
+ * @throws the store's error
  */
-export const RESERVED_LOCALPARTS: ReadonlySet<string> = new Set(["postmaster", "abuse", "mailer-daemon", "hostmaster", "webmaster", "noreply", "no-reply", "root", "unsubscribe"]);
+export async function personalAddressTaken(store: Pick<BridgeStore, "getRoomMailboxByLocalpart" | "listMailAliases">, address: string): Promise<boolean> {
+  const localpart = address.slice(0, address.lastIndexOf("@"));
+  return (await store.getRoomMailboxByLocalpart(localpart)) !== null || (await store.listMailAliases({ address })).length > 0;
+}
 
 /** Most targets one alias may have: bounds the work one RCPT TO can cause. */
 export const MAX_ALIAS_TARGETS = 50;
@@ -309,14 +317,6 @@ export class Addressing {
     if (!this.opts.mayBridge(target)) throw new AddressingError("invalid", `${target} is not allowed to use this bridge`);
     if (!(await matrix.userExists(target))) throw new AddressingError("invalid", `${target} does not exist`);
   }
-}
-
-/**
- * A localpart the bridge hands out: 1-64 of `a-z 0-9 . _ -`, starting with a letter or digit,
- * no `..`, not ending in `.` (a dot-atom, RFC 5322 §3.2.3; no `+`, the subaddress separator).
- */
-export function usableLocalpart(localpart: string): boolean {
-  return /^[a-z0-9][a-z0-9._-]{0,63}$/.test(localpart) && !localpart.endsWith(".") && !localpart.includes("..");
 }
 
 /**

@@ -8,8 +8,9 @@ import type { BatchPart, BatchState, BridgeStore, MessageRow, PortalRow } from "
 import { portalOf, type Portal, type PortalContext, type RecipientPlan } from "./Portal.ts";
 import { composeMail, type MailFile, type OutgoingMail } from "../mail/outbound/compose.ts";
 import type { DkimSigner } from "../mail/outbound/dkim.ts";
-import { mintMessageId, personalAddress, type IdContext } from "./ids.ts";
+import { mintMessageId, noPersonalMailboxReason, personalAddress, type IdContext } from "./ids.ts";
 import { cleanDisplayName, nameHasAtSign } from "./Ghost.ts";
+import { personalAddressTaken } from "./Addressing.ts";
 import { matrixToMail, messageContentOf, stripReplyFallback, type MessageContent, type QuotedMessage } from "./format/toMail.ts";
 import { escapeHtml } from "./format/html.ts";
 import type { MatrixActions } from "./ports.ts";
@@ -186,8 +187,7 @@ export class OutboundHandler {
       throw new NotSentError(`Messages of type ${msgtype || "(none)"} are not sent by email; text, emotes, images, files, audio and video are.`);
     }
     if (await store.getOutboundByEvent(event.event_id)) return null; // replayed transaction
-    const from = personalAddress(event.sender, ids);
-    if (!from) throw new NotSentError(`${event.sender} has no personal mailbox on this bridge (only users of ${ids.serverName} have one).`);
+    const from = await this.senderAddress(event.sender);
     // The parent: the message replied to, else the thread's root (Client-Server API, "Threading").
     const parentId = rel?.["m.in_reply_to"]?.event_id ?? (rel?.rel_type === "m.thread" ? rel.event_id : undefined);
     // In a DM, a message that answers nothing in particular continues the conversation: it
@@ -394,6 +394,22 @@ export class OutboundHandler {
       }
     }
     return { text: captioned?.text ?? "", html: captioned?.html ?? null, attachments: [{ filename, contentType: mimetype, content }] };
+  }
+
+  /**
+   * The address a local user's mail comes from: their personal mailbox (`ids.ts`
+   * personalAddress: a usable, unreserved user name), unless a room mailbox or an alias has that
+   * address (a user registered after it was given out): mail from it would speak for the room
+   * or the alias's owners, and their replies would go there.
+   * @throws NotSentError saying why the user has no address to send from
+   */
+  private async senderAddress(userId: string): Promise<string> {
+    const { store, ids } = this.opts;
+    const why = noPersonalMailboxReason(userId, ids);
+    if (why !== null) throw new NotSentError(`${userId} has no personal mailbox on this bridge: ${why}; this message was not sent by email.`);
+    const address = personalAddress(userId, ids)!;
+    if (await personalAddressTaken(store, address)) throw new NotSentError(`${address} is the address of a room mailbox or an alias on this bridge, so ${userId} cannot send from it; this message was not sent by email.`);
+    return address;
   }
 
   /**

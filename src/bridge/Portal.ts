@@ -231,10 +231,15 @@ export class GroupPortal extends RoomPortal<"group"> {
     return false;
   }
 
-  /** The addresses of the ghosts joined to the room (each once). */
+  /**
+   * The addresses of the verified ghosts joined to the room (each once). An unverified ghost
+   * (posted mail whose sender did not authenticate, e.g. into a room mailbox that was later
+   * turned off) stands for a claim, not for its address: the room's messages never go to it.
+   */
   async recipients(_parent: MessageRow | null, ctx: PortalContext): Promise<RecipientPlan> {
     const members = await ctx.matrix.joinedMembers(this.roomId);
-    const addresses = [...new Set(members.map((m) => parseGhost(m, ctx.ids)?.address).filter((a): a is string => a !== undefined))];
+    const ghosts = members.map((m) => parseGhost(m, ctx.ids)).filter((g) => g !== null && g.verified);
+    const addresses = [...new Set(ghosts.map((g) => g!.address))];
     return { envelope: addresses, to: addresses, list: false };
   }
 }

@@ -26,6 +26,7 @@ import { MalformedPasswordHashError, hashAppPassword, verifyAppPassword } from "
 import type { SubmissionEnvelope, SubmissionHandler, SubmissionListenerConfig, SubmissionUser } from "../mail/submission/SubmissionListener.ts";
 import type { BridgeConfig } from "../config/schema.ts";
 import type { Mailbox } from "./InboundRouter.ts";
+import { personalAddressTaken } from "./Addressing.ts";
 import { InvalidAddressError, mailboxUserId, mintMessageId, normalizeAddress, personalAddress, type IdContext } from "./ids.ts";
 import type { NoticeService } from "./NoticeService.ts";
 import type { MatrixActions } from "./ports.ts";
@@ -109,7 +110,9 @@ export class Submission implements SubmissionHandler {
    * @throws the store's error (the listener answers 454 4.7.0)
    */
   async authenticate(login: string, password: string): Promise<SubmissionUser | null> {
-    const user = this.userOfLogin(login);
+    const found = this.userOfLogin(login);
+    // An address given out to a room mailbox or an alias is not this user's to send from.
+    const user = found && !(await personalAddressTaken(this.opts.store, found.address)) ? found : null;
     const rows = user && password !== "" ? await this.opts.store.listAppPasswords(user.userId) : [];
     if (!user || rows.length === 0) {
       // As slow as a wrong password: the answer's timing does not tell which logins exist.

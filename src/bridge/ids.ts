@@ -210,21 +210,57 @@ export function botUserId(ctx: IdContext): string {
 }
 
 /**
- * A local Matrix user's personal mailbox: `@alice:hs` → `alice@<mail domain>`.
- * @returns the address, or null for users of other homeservers and for the bridge's own users
+ * Localparts that are never anyone's mailbox: not a room mailbox, an alias, nor a local user's
+ * personal address: `postmaster` (RFC 5321 §4.5.1), the role addresses of RFC 2142, the
+ * bridge's own `unsubscribe+<token>@` and no-reply names.
+ */
+export const RESERVED_LOCALPARTS: ReadonlySet<string> = new Set(["postmaster", "abuse", "mailer-daemon", "hostmaster", "webmaster", "noreply", "no-reply", "root", "unsubscribe"]);
+
+/**
+ * A localpart the bridge hands out: 1-64 of `a-z 0-9 . _ -`, starting with a letter or digit,
+ * no `..`, not ending in `.` (a dot-atom, RFC 5322 §3.2.3, within RFC 5321 §4.5.3.1.1's 64
+ * octets; no `+`, the subaddress separator).
+ */
+export function usableLocalpart(localpart: string): boolean {
+  return /^[a-z0-9][a-z0-9._-]{0,63}$/.test(localpart) && !localpart.endsWith(".") && !localpart.includes("..");
+}
+
+/**
+ * Why a local Matrix user has no personal mailbox, or null when they have one (see
+ * {@link personalAddress}). Matrix user names allow what mail addresses do not (Client-Server
+ * API, "User Identifiers": `+`, `=`, `/`, leading and doubled dots, 255 characters).
+ * @returns a sentence for the user (the bot's notice), or null
+ */
+export function noPersonalMailboxReason(userId: string, ctx: IdContext): string | null {
+  const m = /^@([^:]+):(.+)$/.exec(userId);
+  if (!m || m[2] !== ctx.serverName) return `only users of ${ctx.serverName} have one`;
+  if (isBridgeUser(userId, ctx)) return "it is one of the bridge's own users";
+  const localpart = m[1]!;
+  if (!usableLocalpart(localpart)) return `the user name "${localpart}" is not usable as an address (1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit; no '+', which marks another user's subaddress)`;
+  if (RESERVED_LOCALPARTS.has(localpart)) return `"${localpart}@${ctx.mailDomain}" is reserved for the mail system`;
+  return null;
+}
+
+/**
+ * A local Matrix user's personal mailbox: `@alice:hs` → `alice@<mail domain>`; only for a user
+ * name that is a usable, unreserved address ({@link noPersonalMailboxReason}): `@alice+boss`
+ * would write as alice's subaddress, `@postmaster` as the mail system.
+ * @returns the address, or null for users of other homeservers, the bridge's own users, and
+ *   user names that are no usable address
  */
 export function personalAddress(userId: string, ctx: IdContext): string | null {
-  const m = /^@([a-z0-9._=\-/+]+):(.+)$/.exec(userId);
-  if (!m || m[2] !== ctx.serverName || isBridgeUser(userId, ctx)) return null;
-  return `${m[1]}@${ctx.mailDomain}`;
+  if (noPersonalMailboxReason(userId, ctx) !== null) return null;
+  return `${/^@([^:]+):/.exec(userId)![1]}@${ctx.mailDomain}`;
 }
 
 /**
  * The local Matrix user whose personal mailbox is `localpart` (already lower-cased).
- * @returns the user ID, or null when the localpart cannot be a Matrix localpart or is a bridge user
+ * @returns the user ID, or null when the localpart is no personal address ({@link personalAddress}'s
+ *   rules: unusable or reserved) or is a bridge user
  */
 export function mailboxUserId(localpart: string, ctx: IdContext): string | null {
-  if (!/^[a-z0-9._=\-/+]+$/.test(localpart)) return null;
+  // Only a personal address (personalAddress) leads to a user: the same rules both ways.
+  if (!usableLocalpart(localpart) || RESERVED_LOCALPARTS.has(localpart)) return null;
   const userId = `@${localpart}:${ctx.serverName}`;
   return isBridgeUser(userId, ctx) ? null : userId;
 }

@@ -59,7 +59,11 @@ it("matrixToMail: the text/plain alternative is made from formatted_body; body o
   const emote = matrixToMail({ msgtype: "m.emote", body: "waves *hard*", format: "org.matrix.custom.html", formatted_body: "waves <em>hard</em>" }, "Alice");
   assert.deepEqual(emote, { text: "* Alice waves hard", html: "* Alice waves <em>hard</em>" });
   const imageOnly = matrixToMail({ msgtype: "m.text", body: "(image)", format: "org.matrix.custom.html", formatted_body: '<img src="mxc://hs/abc" alt="">' }, "Alice");
-  assert.equal(imageOnly.text, "(image)");
+  // A mail client cannot load mxc:// images: each becomes its alt text in brackets, [image] without one.
+  assert.deepEqual(imageOnly, { text: "[image]", html: "[image]" });
+  const withAlt = matrixToMail({ msgtype: "m.text", body: "x", format: "org.matrix.custom.html", formatted_body: '<p>Plan: <img src="mxc://hs/abc" alt="floor plan &amp; exits"></p>' }, "Alice");
+  assert.equal(withAlt.html, "<p>Plan: [floor plan &amp; exits]</p>");
+  assert.equal(withAlt.text, "Plan: [floor plan & exits]");
 });
 
 it("shownSubject: folding made one space; a subject longer than the limit is cut with …, whole characters only", () => {

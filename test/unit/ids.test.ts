@@ -8,6 +8,7 @@ import {
   ghostUserId,
   InvalidAddressError,
   mailboxUserId,
+  noPersonalMailboxReason,
   mintMessageId,
   normalizeAddress,
   personalAddress,
@@ -89,6 +90,28 @@ describe("address ↔ user ID mapping", () => {
     assert.equal(mailboxUserId("emailbot", ctx), null);
     assert.equal(mailboxUserId("email_bob=40example.org", ctx), null);
     assert.equal(mailboxUserId("Alice", ctx), null);
+  });
+
+  it("a user name that is no usable address, or a reserved one, has no personal mailbox, either way round", () => {
+    const none: [string, RegExp][] = [
+      ["@alice+boss:hs.example", /no '\+'/],
+      ["@.dot:hs.example", /not usable as an address/],
+      ["@trail.:hs.example", /not usable as an address/],
+      ["@a..b:hs.example", /not usable as an address/],
+      ["@a=b:hs.example", /not usable as an address/],
+      [`@${"x".repeat(65)}:hs.example`, /not usable as an address/],
+      ["@postmaster:hs.example", /"postmaster@bridge\.example" is reserved/],
+      ["@noreply:hs.example", /reserved/],
+      ["@alice:other.example", /only users of hs\.example/],
+      ["@emailbot:hs.example", /bridge's own users/],
+    ];
+    for (const [userId, why] of none) {
+      assert.equal(personalAddress(userId, ctx), null, userId);
+      assert.match(noPersonalMailboxReason(userId, ctx) ?? "", why, userId);
+    }
+    for (const localpart of ["alice+boss", ".dot", "a..b", "postmaster", "noreply", "x".repeat(65)]) assert.equal(mailboxUserId(localpart, ctx), null, localpart);
+    assert.equal(noPersonalMailboxReason("@alice.smith_2-x:hs.example", ctx), null);
+    assert.equal(personalAddress(`@${"x".repeat(64)}:hs.example`, ctx), `${"x".repeat(64)}@bridge.example`);
   });
 });
 

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { simpleParser } from "mailparser";
 import { openStore } from "../../src/store/open.ts";
 import type { BridgeStore, PortalRow } from "../../src/store/Store.ts";
-import { OutboundHandler, mailSenderName, type RoomMessageEvent } from "../../src/bridge/OutboundHandler.ts";
+import { NotSentError, OutboundHandler, mailSenderName, type RoomMessageEvent } from "../../src/bridge/OutboundHandler.ts";
 import type { MessageContent } from "../../src/bridge/format/toMail.ts";
 import type { MatrixActions } from "../../src/bridge/ports.ts";
 import type { IdContext } from "../../src/bridge/ids.ts";
@@ -85,6 +85,29 @@ describe("mailSenderName: the name a user's mail carries", () => {
     assert.equal(mailSenderName("ceo\uFF20bank.test", "@alice:hs.test"), "alice", "a fullwidth @ reads as @ (NFKC)");
     assert.equal(mailSenderName("\u200B\u0000 ", "@bob:hs.test"), "bob");
     assert.equal([...mailSenderName("x".repeat(500), "@alice:hs.test")].length, 100);
+  });
+});
+
+describe("OutboundHandler: the address a user sends from", () => {
+  const dm = dmPortal();
+
+  it("a user whose address is a room mailbox's, or an alias, sends nothing; the notice says why", async () => {
+    await dm.store.setRoomMailbox("alice", "!team:hs.example", "@mod:hs.example");
+    await assert.rejects(dm.handler().handle(dm.event({ msgtype: "m.text", body: "hi (from-1)" }), dm.portal), (err: unknown) => err instanceof NotSentError && /alice@bridge\.example is the address of a room mailbox or an alias/.test(err.message));
+    await dm.store.removeRoomMailbox("!team:hs.example");
+    await dm.store.addMailAlias("alice@bridge.example", "@carol:hs.example", "@admin:hs.example");
+    await assert.rejects(dm.handler().handle(dm.event({ msgtype: "m.text", body: "hi (from-2)" }), dm.portal), NotSentError);
+    await dm.store.removeMailAliases({ address: "alice@bridge.example" });
+    const ok = dm.event({ msgtype: "m.text", body: "hi (from-3)" });
+    assert.ok(await dm.handler().handle(ok, dm.portal));
+    assert.equal((await dm.queued(ok.event_id)).from?.value[0]?.address, "alice@bridge.example");
+  });
+
+  it("a user name that is no usable address (alice+boss, postmaster) sends nothing", async () => {
+    for (const sender of ["@alice+boss:hs.example", "@postmaster:hs.example"]) {
+      const event = { ...dm.event({ msgtype: "m.text", body: "hi" }), sender };
+      await assert.rejects(dm.handler().handle(event, dm.portal), (err: unknown) => err instanceof NotSentError && /has no personal mailbox on this bridge: /.test(err.message), sender);
+    }
   });
 });
 

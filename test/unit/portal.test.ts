@@ -50,11 +50,11 @@ describe("Portal", () => {
     assert.deepEqual(await dm.describe(context({ name: "ignored" })), { label: "in a direct chat", name: null });
   });
 
-  it("a group: read as the bot; mail to the ghosts joined, each once; a new topic per message; named by the room", async () => {
+  it("a group: read as the bot; mail to the verified ghosts joined, each once (never to an unverified one); a new topic per message; named by the room", async () => {
     const group = portalOf(row({ kind: "group" }));
     assert.equal(group.reader(ids), "@emailbot:hs.example");
     assert.equal(group.hasBot, true);
-    const members = ["@alice:hs.example", "@email_bob=40example.org:hs.example", "@email_bob=40example.org/unverified:hs.example", "@email_carol=40example.net:hs.example", "@emailbot:hs.example"];
+    const members = ["@alice:hs.example", "@email_bob=40example.org:hs.example", "@email_bob=40example.org/unverified:hs.example", "@email_carol=40example.net:hs.example", "@email_ceo=40bank.test/unverified:hs.example", "@emailbot:hs.example"];
     assert.deepEqual(await group.recipients(null, context({ members })), { envelope: ["bob@example.org", "carol@example.net"], to: ["bob@example.org", "carol@example.net"], list: false });
     assert.equal(await group.implicitParent(context({ latest: message({}) })), null);
     assert.deepEqual(await group.describe(context({ name: " Tea " })), { label: 'in the room "Tea"', name: "Tea" });

@@ -124,6 +124,19 @@ export interface QuotedMessage {
 }
 
 /**
+ * Inline Matrix images (`<img src="mxc://…">`, the only images the sanitizer keeps) as their
+ * `alt` text in brackets, `[image]` without one: a mail client cannot load an `mxc://` URI (it
+ * would show a broken image), and the bridge does not fetch and attach inline images.
+ * @param html sanitized HTML (attribute values quoted and escaped by the sanitizer)
+ */
+function withoutMatrixImages(html: string): string {
+  return html.replace(/<img\b[^>]*>/giu, (tag) => {
+    const alt = /\salt="([^"]*)"/u.exec(tag)?.[1]?.trim();
+    return alt ? `[${alt}]` : "[image]";
+  });
+}
+
+/**
  * Mail body parts for a Matrix message: HTML from `formatted_body` (mentions shown as names,
  * sanitized again: a Matrix client's HTML is untrusted too), and the text/plain alternative
  * made from that HTML (blocks and line breaks kept, links as `text [url]`, lines not wrapped),
@@ -136,7 +149,7 @@ export interface QuotedMessage {
  */
 export function matrixToMail(content: MessageContent, senderName: string, quote: QuotedMessage | null = null): MailBody {
   const { body, formatted } = stripReplyFallback(content);
-  const html = formatted ? sanitizeHtml(unpillHtml(formatted)) : null;
+  const html = formatted ? withoutMatrixImages(sanitizeHtml(unpillHtml(formatted))) : null;
   const plain = (html !== null ? htmlToPlain(html) : "") || body;
   const base =
     content.msgtype === "m.emote"
